@@ -1,0 +1,41 @@
+// Reports the CUDA devices the runtime sees. The first CUDA code of the build, so the CUDA
+// toolchain path (nvcc, architectures, static cudart) is exercised from day one.
+#include <cuda_runtime.h>
+
+#include "cuda/device_info.h"
+
+namespace emae::cuda {
+
+DeviceReport query_devices() {
+  DeviceReport r;
+  r.compiled = true;
+  r.architectures = EMAE_CUDA_ARCHS;
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    r.error = std::string("cudaGetDeviceCount: ") + cudaGetErrorName(err) + ": " + cudaGetErrorString(err);
+    cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    return r;
+  }
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    err = cudaGetDeviceProperties(&prop, i);
+    if (err != cudaSuccess) {
+      r.error = "cudaGetDeviceProperties(" + std::to_string(i) + "): " + cudaGetErrorString(err);
+      cudaGetLastError();
+      continue;
+    }
+    DeviceInfo d;
+    d.index = i;
+    d.name = prop.name;
+    d.major = prop.major;
+    d.minor = prop.minor;
+    d.multi_processors = prop.multiProcessorCount;
+    d.total_memory = prop.totalGlobalMem;
+    r.devices.push_back(d);
+  }
+  if (count == 0) r.error = "no CUDA device found";
+  return r;
+}
+
+}  // namespace emae::cuda

@@ -1,0 +1,35 @@
+// CUDA device discovery. Compiled by nvcc when the CUDA backend is built; otherwise the stub in
+// this header reports that CUDA was not compiled in. Never throws: errors are reported.
+#pragma once
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace emae::cuda {
+
+struct DeviceInfo {
+  int index = 0;
+  std::string name;
+  int major = 0, minor = 0;
+  int multi_processors = 0;
+  size_t total_memory = 0;
+};
+
+struct DeviceReport {
+  bool compiled = false;       // built with the CUDA backend
+  std::string architectures;   // e.g. "80;90"
+  std::string error;           // why no device is usable ('' when fine)
+  std::vector<DeviceInfo> devices;
+};
+
+#if EMAE_WITH_CUDA
+DeviceReport query_devices();
+#else
+inline DeviceReport query_devices() {
+  DeviceReport r;
+  r.error = "emae was built without the CUDA backend (EMAE_CUDA=OFF or no CUDA compiler found)";
+  return r;
+}
+#endif
+
+}  // namespace emae::cuda

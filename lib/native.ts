@@ -1,0 +1,148 @@
+// The typed surface of the raw native addon (build/Release/emae.node). Everything here is
+// internal: the public API (lib/model.ts) validates arguments before calling in, and the C++ side
+// re-checks cheaply. One options object per call, copied into a plain C++ struct.
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { existsSync } from 'node:fs';
+
+/** Model configuration as the native core takes it (already validated and resolved in TS). */
+export interface NativeModelConfig {
+  imageSize: number;
+  patchSize: number;
+  channels: number;
+  embedDim: number;
+  depth: number;
+  numHeads: number;
+  decoderEmbedDim: number;
+  decoderDepth: number;
+  decoderNumHeads: number;
+  mlpRatio: number;
+  /** K: parts used per iteration (1 = plain MAE). */
+  parts: number;
+  /** K_total = round(1 / (1 - maskRatio)). */
+  partsTotal: number;
+  normPixLoss: boolean;
+  consistencyDistance: 'mse' | 'l1';
+  layerNormEps: number;
+  /** Seed of the parameter initialization (uint32). */
+  seed: number;
+  /** OpenMP threads for the CPU backend (>= 1). */
+  threads: number;
+}
+
+export interface NativeParamInfo {
+  name: string;
+  shape: number[];
+  /** false for the frozen sin-cos positional embeddings */
+  trainable: boolean;
+  /** AdamW weight decay applies (ndim >= 2 and not a bias) */
+  decay: boolean;
+}
+
+export interface NativeBatch {
+  images: Float32Array;      // [B, C, H, W]
+  permutation: Int32Array;   // [B, N], each row a permutation of 0..N-1
+  batchSize: number;
+  consistencyWeight: number; // lambda for this step
+}
+
+export interface NativeOptimOptions {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** clip gradients to this global L2 norm; 0 = no clipping */
+  clipGrad: number;
+}
+
+export interface NativeLosses {
+  loss: number;
+  recon: number;
+  consistency: number;
+}
+
+export interface NativeStepResult extends NativeLosses {
+  /** global L2 norm of the gradients before clipping */
+  gradNorm: number;
+  /** optimizer step count after this step */
+  step: number;
+}
+
+export interface NativeOptimizerState {
+  step: number;
+  /** per trainable parameter, AdamW first and second moments */
+  expAvg: Record<string, Float32Array>;
+  expAvgSq: Record<string, Float32Array>;
+}
+
+export interface NativeModel {
+  paramInfo(): NativeParamInfo[];
+  /** Copies of every parameter (state-dict names). */
+  getParams(): Record<string, Float32Array>;
+  /** Replaces every parameter; all names and sizes are checked before anything is written. */
+  setParams(params: Record<string, Float32Array>): void;
+  getOptimizerState(): NativeOptimizerState;
+  setOptimizerState(state: NativeOptimizerState): void;
+  /** Forward + backward; gradients of the trainable parameters. Inputs are copied before the promise is created. */
+  lossAndGrads(batch: NativeBatch): Promise<NativeLosses & { grads: Record<string, Float32Array> }>;
+  /** Forward + backward + AdamW. A non-finite loss rejects and leaves parameters and optimizer untouched. */
+  trainStep(batch: NativeBatch, optim: NativeOptimOptions): Promise<NativeStepResult>;
+  /** Frees native memory; every later call throws. */
+  dispose(): void;
+  readonly disposed: boolean;
+}
+
+export interface NativeCudaInfo {
+  /** the addon was built with the CUDA backend */
+  compiled: boolean;
+  /** CUDA architectures compiled in, e.g. "80;90" ('' when not compiled) */
+  architectures: string;
+  /** why no device is usable, when none is */
+  error?: string;
+  devices: Array<{ index: number; name: string; computeCapability: string; multiProcessors: number; totalMemory: number }>;
+}
+
+export interface NativeAddon {
+  Model: new (config: NativeModelConfig) => NativeModel;
+  cudaInfo(): NativeCudaInfo;
+  /** OpenMP threads available by default */
+  defaultThreads(): number;
+  /** Runs one CPU op in float64 for the gradient tests (internal, synchronous). */
+  testOp(name: string, tensors: Record<string, Float64Array>, dims: Record<string, number>): Record<string, Float64Array>;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(import.meta.url);
+
+function loadAddon(): NativeAddon {
+  const root = path.resolve(here, '..');
+  const candidates = [
+    process.env.EMAE_NATIVE_PATH,
+    path.join(root, 'build', 'Release', 'emae.node'),
+    path.join(root, 'build', 'Debug', 'emae.node'),
+  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
+  const errors: string[] = [];
+  for (const file of candidates) {
+    if (!existsSync(file)) { errors.push(`${file}: not found`); continue; }
+    try {
+      return require(file) as NativeAddon;
+    } catch (err) {
+      errors.push(`${file}: ${(err as Error).message}`);
+    }
+  }
+  throw new Error(
+    'emae: could not load the native addon.\n  ' + errors.join('\n  ') +
+    '\nPossible solutions:\n' +
+    '- Build it: `npm run build:native` in the emae package folder (needs CMake and a C++17 compiler with OpenMP).\n' +
+    '- If emae was installed as a dependency with npm 11, approve its build script: `npm install-scripts approve emae`, then `npm rebuild emae`.\n' +
+    '- Set EMAE_NATIVE_PATH to a built emae.node.');
+}
+
+let cached: NativeAddon | undefined;
+/** The native addon, loaded on first use. */
+export function native(): NativeAddon {
+  cached ??= loadAddon();
+  return cached;
+}

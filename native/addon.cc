@@ -1,0 +1,55 @@
+// The Node-API surface of emae (glue only): the Model class, CUDA device information, the
+// default thread count and the internal op-test entry point.
+#include <napi.h>
+#include <omp.h>
+
+#include "cuda/device_info.h"
+#include "model_wrap.h"
+
+namespace emae::napi {
+
+Napi::Value TestOp(const Napi::CallbackInfo& info);  // test_ops.cc
+
+namespace {
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const cuda::DeviceReport report = cuda::query_devices();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("compiled", report.compiled);
+  out.Set("architectures", report.architectures);
+  if (!report.error.empty()) out.Set("error", report.error);
+  Napi::Array devices = Napi::Array::New(env, report.devices.size());
+  for (size_t i = 0; i < report.devices.size(); ++i) {
+    const auto& d = report.devices[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("index", d.index);
+    o.Set("name", d.name);
+    o.Set("computeCapability", std::to_string(d.major) + "." + std::to_string(d.minor));
+    o.Set("multiProcessors", d.multi_processors);
+    o.Set("totalMemory", (double)d.total_memory);
+    devices.Set((uint32_t)i, o);
+  }
+  out.Set("devices", devices);
+  return out;
+}
+
+Napi::Value DefaultThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), omp_get_max_threads());
+}
+
+}  // namespace
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Model", ModelWrap::Define(env));
+  exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
+  exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
+  exports.Set("testOp", Napi::Function::New<TestOp>(env, "testOp"));
+  return exports;
+}
+
+}  // namespace emae::napi
+
+static Napi::Object InitEmae(Napi::Env env, Napi::Object exports) { return emae::napi::Init(env, exports); }
+
+NODE_API_MODULE(emae, InitEmae)

@@ -1,0 +1,119 @@
+// The Backend interface: every op the EMAE training step needs, on memory the backend owns.
+// The model core (model.cc) is written against this interface only; cpu/ implements it on the
+// host, cuda/ will implement it on the GPU. Conventions (as llm.c):
+//   - row-major tensors; shapes in comments, e.g. inp (R, C) = R rows of C values;
+//   - forward outputs are assigned (=); parameter gradients accumulate (+=);
+//   - input gradients are assigned unless the name says accumulate.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/elementwise.h"
+
+namespace emae {
+
+// Geometry of the parallel parts, shared by the gather/scatter and loss ops.
+struct PartGeometry {
+  int batch;        // B
+  int parts;        // K parts used this step
+  int visible;      // V visible patches per part
+  int num_patches;  // N
+  int grid;         // patches per side (N = grid^2)
+  int patch;        // p
+  int channels;     // C
+  int image;        // H = W
+};
+
+// One flat segment of the parameter buffer for the optimizer (a parameter tensor).
+struct ParamSegment {
+  size_t offset;   // in floats
+  size_t size;     // in floats
+  bool decay;      // weight decay applies
+};
+
+struct LossValues {
+  double loss = 0, recon = 0, consistency = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory (bytes) --------------------------------------------------------------------
+  virtual void* allocate(size_t bytes) = 0;  // throws std::bad_alloc-derived emae::OutOfMemory
+  virtual void release(void* ptr) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void zero(void* dst, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+
+  // ---- linear layers -----------------------------------------------------------------------
+  // out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias (N) [+ residual (R, N)]; bias/residual may be null
+  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                              const float* residual, int R, int K, int N) = 0;
+  // dinp (R, K) = dout · weight (assigned; skipped when dinp is null)
+  // dweight (N, K) += doutᵀ · inp;  dbias (N) += Σ_rows dout (skipped when dbias is null)
+  virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                               const float* inp, const float* weight, int R, int K, int N) = 0;
+
+  // ---- LayerNorm ---------------------------------------------------------------------------
+  // out (R, C), mean (R), rstd (R)
+  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                 const float* weight, const float* bias, int R, int C, float eps) = 0;
+  // dinp (R, C) accumulates (+=); dweight, dbias (C) accumulate
+  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                                  const float* inp, const float* weight, const float* mean,
+                                  const float* rstd, int R, int C) = 0;
+
+  // ---- GELU (exact) ------------------------------------------------------------------------
+  virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  // dinp = gelu'(inp) * dout; dinp may alias dout
+  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+
+  // ---- multi-head self-attention ------------------------------------------------------------
+  // qkv (S, T, 3, H, dh) → out (S, T, H, dh); lse (S, H, T) saved for the backward.
+  // Scores T×T are never stored.
+  virtual void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) = 0;
+  // dqkv (S, T, 3·H·dh) assigned
+  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                                  const float* lse, int S, int T, int H, int dh) = 0;
+
+  // ---- patches, tokens, parts ----------------------------------------------------------------
+  // images (B, C, H, W), perm (B, N) → cols (B·K·V, C·p·p): the visible patches of each part in
+  // the conv-weight order (c, row, col), ready for the patch-embedding matmul.
+  virtual void gather_visible_patches(float* cols, const float* images, const int32_t* perm,
+                                      const PartGeometry& g) = 0;
+  // images → target (B, N, P) in (row, col, channel) order; normalized per patch if norm_pix.
+  virtual void patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) = 0;
+  // x (B·K, 1+V, D): row 0 = cls + pos[0]; row 1+v = emb (B·K·V, D) + pos[1 + perm[b, k·V+v]]
+  virtual void encoder_tokens_forward(float* x, const float* emb, const float* cls_token,
+                                      const float* pos_embed, const int32_t* perm, const PartGeometry& g, int D) = 0;
+  // demb (B·K·V, D) assigned; dcls (D) accumulates
+  virtual void encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm,
+                                       const PartGeometry& g, int D) = 0;
+  // z (B·K, 1+N, Dd): row 0 = y[cls] + dpos[0]; visible n: y[1+v] + dpos[1+n]; masked: mask_token + dpos[1+n]
+  virtual void decoder_tokens_forward(float* z, const float* y, const float* mask_token,
+                                      const float* dec_pos_embed, const int32_t* perm, const PartGeometry& g, int Dd) = 0;
+  // dy (B·K, 1+V, Dd) assigned; dmask (Dd) accumulates
+  virtual void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm,
+                                       const PartGeometry& g, int Dd) = 0;
+
+  // ---- losses -------------------------------------------------------------------------------
+  // pred (B·K, 1+N, P) (row 0 of each part is the dropped cls), target (B, N, P).
+  // Writes dpred (same shape as pred; cls rows zero) for L = L_rec + lambda·L_con and returns the
+  // loss values. The only host synchronization of a step.
+  virtual LossValues loss_forward_backward(float* dpred, const float* pred, const float* target,
+                                           const int32_t* perm, const PartGeometry& g, float lambda,
+                                           bool l1) = 0;
+
+  // ---- optimizer ---------------------------------------------------------------------------
+  // Σ g² over the segments (trainable parameters), in double.
+  virtual double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) = 0;
+  virtual void scale(float* data, const ParamSegment* segments, int count, float factor) = 0;
+  virtual void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq,
+                     const ParamSegment* segments, int count, const AdamWScalars& s) = 0;
+};
+
+}  // namespace emae

@@ -1,0 +1,367 @@
+// EMAE forward and backward over the parallel parts (DESIGN.md §1). Shapes, with
+//   B batch, K parts, V visible patches per part, N patches, P = p·p·C,
+//   S = B·K sequences, T = 1+V encoder tokens, Td = 1+N decoder tokens,
+//   R = S·T encoder rows, Rd = S·Td decoder rows, D / Dd widths, H / Hd MLP widths.
+// Every part of every image is one sequence: each layer is one batched matmul over all of them.
+#include "core/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "core/errors.h"
+
+namespace emae {
+
+namespace {
+
+// One transformer block's activations (saved for the backward).
+struct BlockActs {
+  const float* x_in;   // (R, D) residual stream in
+  float* ln1;          // (R, D)
+  float* ln1_mean;     // (R)
+  float* ln1_rstd;     // (R)
+  float* qkv;          // (R, 3D)
+  float* att;          // (R, D) attention output before proj
+  float* lse;          // (S, heads, T)
+  float* x_mid;        // (R, D) residual after attention
+  float* ln2;          // (R, D)
+  float* ln2_mean;     // (R)
+  float* ln2_rstd;     // (R)
+  float* fc1;          // (R, H) before GELU
+  float* act;          // (R, H) after GELU
+  float* x_out;        // (R, D) residual stream out
+};
+
+// Dimensions of a stack of blocks (encoder or decoder).
+struct StackDims {
+  int S, T, D, H, heads;
+  int rows() const { return S * T; }
+};
+
+// Bump allocator: take() hands out byte offsets (64-byte aligned) disguised as pointers; once
+// the total is known and allocated, rebase() turns each into a real pointer.
+class ArenaPlanner {
+ public:
+  template <typename T> T* take(size_t count) {
+    const size_t offset = bytes_;
+    bytes_ += (count * sizeof(T) + 63) & ~size_t(63);
+    return reinterpret_cast<T*>(offset);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  size_t bytes_ = 0;
+};
+
+template <typename T> T* rebase(T* offset_ptr, char* base) {
+  return reinterpret_cast<T*>(base + reinterpret_cast<uintptr_t>(offset_ptr));
+}
+
+void block_forward(Backend& be, const float* params, const BlockOffsets& o, const BlockActs& a,
+                   const StackDims& d, float eps) {
+  const int R = d.rows(), D = d.D, H = d.H;
+  be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.x_in, params + o.norm1_w, params + o.norm1_b, R, D, eps);
+  be.matmul_forward(a.qkv, a.ln1, params + o.qkv_w, params + o.qkv_b, nullptr, R, D, 3 * D);
+  be.attention_forward(a.att, a.lse, a.qkv, d.S, d.T, d.heads, D / d.heads);
+  be.matmul_forward(a.x_mid, a.att, params + o.proj_w, params + o.proj_b, a.x_in, R, D, D);
+  be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, params + o.norm2_w, params + o.norm2_b, R, D, eps);
+  be.matmul_forward(a.fc1, a.ln2, params + o.fc1_w, params + o.fc1_b, nullptr, R, D, H);
+  be.gelu_forward(a.act, a.fc1, (size_t)R * H);
+  be.matmul_forward(a.x_out, a.act, params + o.fc2_w, params + o.fc2_b, a.x_mid, R, H, D);
+}
+
+// dres (R, D): on entry d x_out, on exit d x_in (the residual stream gradient flows through
+// both skip connections and the branches accumulate into it). wide (R, max(3D, H)) and narrow
+// (R, D) are scratch.
+void block_backward(Backend& be, const float* params, float* grads, const BlockOffsets& o, const BlockActs& a,
+                    const StackDims& d, float* dres, float* wide, float* narrow) {
+  const int R = d.rows(), D = d.D, H = d.H;
+  be.matmul_backward(wide, grads + o.fc2_w, grads + o.fc2_b, dres, a.act, params + o.fc2_w, R, H, D);
+  be.gelu_backward(wide, a.fc1, wide, (size_t)R * H);
+  be.matmul_backward(narrow, grads + o.fc1_w, grads + o.fc1_b, wide, a.ln2, params + o.fc1_w, R, D, H);
+  be.layernorm_backward(dres, grads + o.norm2_w, grads + o.norm2_b, narrow, a.x_mid, params + o.norm2_w,
+                        a.ln2_mean, a.ln2_rstd, R, D);
+  be.matmul_backward(narrow, grads + o.proj_w, grads + o.proj_b, dres, a.att, params + o.proj_w, R, D, D);
+  be.attention_backward(wide, narrow, a.qkv, a.att, a.lse, d.S, d.T, d.heads, D / d.heads);
+  be.matmul_backward(narrow, grads + o.qkv_w, grads + o.qkv_b, wide, a.ln1, params + o.qkv_w, R, D, 3 * D);
+  be.layernorm_backward(dres, grads + o.norm1_w, grads + o.norm1_b, narrow, a.x_in, params + o.norm1_w,
+                        a.ln1_mean, a.ln1_rstd, R, D);
+}
+
+}  // namespace
+
+struct Model::Arena {
+  Backend* backend = nullptr;
+  void* memory = nullptr;
+  int batch = 0;
+  StackDims enc{}, dec{};
+  float* images = nullptr;      // (B, C, H, W)
+  int32_t* perm = nullptr;      // (B, N)
+  float* cols = nullptr;        // (S·V, C·p·p)
+  float* emb = nullptr;         // (S·V, D)
+  float* x0 = nullptr;          // (R, D)
+  std::vector<BlockActs> blocks;
+  float* latent = nullptr;      // (R, D) after norm
+  float* latent_mean = nullptr; // (R)
+  float* latent_rstd = nullptr; // (R)
+  float* y = nullptr;           // (R, Dd) decoder_embed output
+  float* z0 = nullptr;          // (Rd, Dd)
+  std::vector<BlockActs> dec_blocks;
+  float* dnorm = nullptr;       // (Rd, Dd) after decoder_norm
+  float* dnorm_mean = nullptr;  // (Rd)
+  float* dnorm_rstd = nullptr;  // (Rd)
+  float* pred = nullptr;        // (Rd, P)
+  float* target = nullptr;      // (B, N, P)
+  // backward scratch
+  float* dpred = nullptr;       // (Rd, P)
+  float* dres = nullptr;        // (max(R·D, Rd·Dd))
+  float* wide = nullptr;        // (max(R·max(3D, H), Rd·max(3Dd, Hd)))
+  float* narrow = nullptr;      // (max(R·D, Rd·Dd))
+  float* dy = nullptr;          // (R, Dd)
+  float* demb = nullptr;        // (S·V, D)
+  ~Arena() {
+    if (memory) backend->release(memory);
+  }
+};
+
+Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
+    : config_(config), layout_((config.validate(), config)), backend_(std::move(backend)) {
+  const size_t bytes = layout_.total * sizeof(float);
+  params_ = static_cast<float*>(backend_->allocate(bytes));
+  grads_ = static_cast<float*>(backend_->allocate(bytes));
+  exp_avg_ = static_cast<float*>(backend_->allocate(bytes));
+  exp_avg_sq_ = static_cast<float*>(backend_->allocate(bytes));
+  std::vector<float> host(layout_.total);
+  initialize_params(config_, layout_, host.data());
+  backend_->upload(params_, host.data(), bytes);
+  backend_->zero(grads_, bytes);
+  backend_->zero(exp_avg_, bytes);
+  backend_->zero(exp_avg_sq_, bytes);
+  for (const auto& s : layout_.specs)
+    if (s.trainable) trainable_.push_back({s.offset, s.size, s.decay});
+}
+
+Model::~Model() {
+  arena_.reset();
+  for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
+    if (p) backend_->release(p);
+}
+
+void Model::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
+void Model::set_params(const float* host) { backend_->upload(params_, host, layout_.total * sizeof(float)); }
+void Model::get_grads(float* host) const { backend_->download(host, grads_, layout_.total * sizeof(float)); }
+
+void Model::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
+  backend_->download(exp_avg, exp_avg_, layout_.total * sizeof(float));
+  backend_->download(exp_avg_sq, exp_avg_sq_, layout_.total * sizeof(float));
+}
+
+void Model::set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step) {
+  if (step < 0) throw RangeError("optimizer step must be >= 0");
+  backend_->upload(exp_avg_, exp_avg, layout_.total * sizeof(float));
+  backend_->upload(exp_avg_sq_, exp_avg_sq, layout_.total * sizeof(float));
+  step_ = step;
+}
+
+PartGeometry Model::geometry() const {
+  PartGeometry g;
+  g.batch = arena_->batch;
+  g.parts = config_.parts;
+  g.visible = config_.visible();
+  g.num_patches = config_.num_patches();
+  g.grid = config_.grid();
+  g.patch = config_.patch_size;
+  g.channels = config_.channels;
+  g.image = config_.image_size;
+  return g;
+}
+
+void Model::plan(int batch) {
+  if (arena_ && arena_->batch == batch) return;
+  arena_.reset();  // free the old plan before asking for the new one
+  const ModelConfig& c = config_;
+  const int K = c.parts, V = c.visible(), N = c.num_patches(), P = c.patch_dim();
+  const int S = batch * K;
+  auto a = std::make_unique<Arena>();
+  a->backend = backend_.get();
+  a->batch = batch;
+  a->enc = {S, 1 + V, c.embed_dim, c.mlp_hidden, c.num_heads};
+  a->dec = {S, 1 + N, c.decoder_embed_dim, c.decoder_mlp_hidden, c.decoder_num_heads};
+  const int R = a->enc.rows(), Rd = a->dec.rows(), D = c.embed_dim, Dd = c.decoder_embed_dim;
+
+  ArenaPlanner pl;
+  a->images = pl.take<float>((size_t)batch * c.channels * c.image_size * c.image_size);
+  a->perm = pl.take<int32_t>((size_t)batch * N);
+  a->cols = pl.take<float>((size_t)S * V * c.channels * c.patch_size * c.patch_size);
+  a->emb = pl.take<float>((size_t)S * V * D);
+  a->x0 = pl.take<float>((size_t)R * D);
+  auto plan_stack = [&](const StackDims& d, int depth, std::vector<BlockActs>& out) {
+    const size_t rows = d.rows();
+    for (int l = 0; l < depth; ++l) {
+      BlockActs b{};
+      b.ln1 = pl.take<float>(rows * d.D);
+      b.ln1_mean = pl.take<float>(rows);
+      b.ln1_rstd = pl.take<float>(rows);
+      b.qkv = pl.take<float>(rows * 3 * d.D);
+      b.att = pl.take<float>(rows * d.D);
+      b.lse = pl.take<float>((size_t)d.S * d.heads * d.T);
+      b.x_mid = pl.take<float>(rows * d.D);
+      b.ln2 = pl.take<float>(rows * d.D);
+      b.ln2_mean = pl.take<float>(rows);
+      b.ln2_rstd = pl.take<float>(rows);
+      b.fc1 = pl.take<float>(rows * d.H);
+      b.act = pl.take<float>(rows * d.H);
+      b.x_out = pl.take<float>(rows * d.D);
+      out.push_back(b);
+    }
+  };
+  plan_stack(a->enc, c.depth, a->blocks);
+  a->latent = pl.take<float>((size_t)R * D);
+  a->latent_mean = pl.take<float>(R);
+  a->latent_rstd = pl.take<float>(R);
+  a->y = pl.take<float>((size_t)R * Dd);
+  a->z0 = pl.take<float>((size_t)Rd * Dd);
+  plan_stack(a->dec, c.decoder_depth, a->dec_blocks);
+  a->dnorm = pl.take<float>((size_t)Rd * Dd);
+  a->dnorm_mean = pl.take<float>(Rd);
+  a->dnorm_rstd = pl.take<float>(Rd);
+  a->pred = pl.take<float>((size_t)Rd * P);
+  a->target = pl.take<float>((size_t)batch * N * P);
+  a->dpred = pl.take<float>((size_t)Rd * P);
+  const size_t res = std::max((size_t)R * D, (size_t)Rd * Dd);
+  a->dres = pl.take<float>(res);
+  a->narrow = pl.take<float>(res);
+  a->wide = pl.take<float>(std::max((size_t)R * std::max(3 * D, c.mlp_hidden),
+                                    (size_t)Rd * std::max(3 * Dd, c.decoder_mlp_hidden)));
+  a->dy = pl.take<float>((size_t)R * Dd);
+  a->demb = pl.take<float>((size_t)S * V * D);
+
+  a->memory = backend_->allocate(pl.bytes());
+  char* base = static_cast<char*>(a->memory);
+  auto fix = [&](auto*& p) { p = rebase(p, base); };
+  fix(a->images); fix(a->perm); fix(a->cols); fix(a->emb); fix(a->x0);
+  for (auto* stack : {&a->blocks, &a->dec_blocks})
+    for (auto& b : *stack) {
+      fix(b.ln1); fix(b.ln1_mean); fix(b.ln1_rstd); fix(b.qkv); fix(b.att); fix(b.lse); fix(b.x_mid);
+      fix(b.ln2); fix(b.ln2_mean); fix(b.ln2_rstd); fix(b.fc1); fix(b.act); fix(b.x_out);
+    }
+  fix(a->latent); fix(a->latent_mean); fix(a->latent_rstd); fix(a->y); fix(a->z0);
+  fix(a->dnorm); fix(a->dnorm_mean); fix(a->dnorm_rstd); fix(a->pred); fix(a->target);
+  fix(a->dpred); fix(a->dres); fix(a->narrow); fix(a->wide); fix(a->dy); fix(a->demb);
+  // chain the residual stream: each block reads the previous block's output
+  for (size_t l = 0; l < a->blocks.size(); ++l) a->blocks[l].x_in = l == 0 ? a->x0 : a->blocks[l - 1].x_out;
+  for (size_t l = 0; l < a->dec_blocks.size(); ++l)
+    a->dec_blocks[l].x_in = l == 0 ? a->z0 : a->dec_blocks[l - 1].x_out;
+  arena_ = std::move(a);
+}
+
+void Model::forward() {
+  Backend& be = *backend_;
+  Arena& a = *arena_;
+  const ParamLayout& L = layout_;
+  const PartGeometry g = geometry();
+  const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
+  const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
+  const float eps = config_.layer_norm_eps;
+  const float* w = params_;
+
+  // encoder over the visible patches of every part
+  be.gather_visible_patches(a.cols, a.images, a.perm, g);
+  be.matmul_forward(a.emb, a.cols, w + L.patch_w, w + L.patch_b, nullptr, g.batch * g.parts * g.visible, Cpp, D);
+  be.encoder_tokens_forward(a.x0, a.emb, w + L.cls_token, w + L.pos_embed, a.perm, g, D);
+  for (size_t l = 0; l < a.blocks.size(); ++l) block_forward(be, w, L.blocks[l], a.blocks[l], a.enc, eps);
+  const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
+  be.layernorm_forward(a.latent, a.latent_mean, a.latent_rstd, x_last, w + L.norm_w, w + L.norm_b, a.enc.rows(), D, eps);
+
+  // decoder over all patches of every part
+  be.matmul_forward(a.y, a.latent, w + L.dec_embed_w, w + L.dec_embed_b, nullptr, a.enc.rows(), D, Dd);
+  be.decoder_tokens_forward(a.z0, a.y, w + L.mask_token, w + L.dec_pos_embed, a.perm, g, Dd);
+  for (size_t l = 0; l < a.dec_blocks.size(); ++l) block_forward(be, w, L.dec_blocks[l], a.dec_blocks[l], a.dec, eps);
+  const float* z_last = a.dec_blocks.empty() ? a.z0 : a.dec_blocks.back().x_out;
+  be.layernorm_forward(a.dnorm, a.dnorm_mean, a.dnorm_rstd, z_last, w + L.dec_norm_w, w + L.dec_norm_b, a.dec.rows(), Dd, eps);
+  be.matmul_forward(a.pred, a.dnorm, w + L.dec_pred_w, w + L.dec_pred_b, nullptr, a.dec.rows(), Dd, P);
+
+  // losses and their gradient w.r.t. the predictions
+  be.patchify_target(a.target, a.images, g, config_.norm_pix_loss);
+  last_losses_ = be.loss_forward_backward(a.dpred, a.pred, a.target, a.perm, g, lambda_, config_.consistency_l1);
+}
+
+void Model::backward() {
+  Backend& be = *backend_;
+  Arena& a = *arena_;
+  const ParamLayout& L = layout_;
+  const PartGeometry g = geometry();
+  const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
+  const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
+  const float* w = params_;
+  float* dw = grads_;
+  be.zero(grads_, layout_.total * sizeof(float));
+
+  // decoder head
+  be.matmul_backward(a.narrow, dw + L.dec_pred_w, dw + L.dec_pred_b, a.dpred, a.dnorm, w + L.dec_pred_w,
+                     a.dec.rows(), Dd, P);
+  be.zero(a.dres, (size_t)a.dec.rows() * Dd * sizeof(float));
+  const float* z_last = a.dec_blocks.empty() ? a.z0 : a.dec_blocks.back().x_out;
+  be.layernorm_backward(a.dres, dw + L.dec_norm_w, dw + L.dec_norm_b, a.narrow, z_last, w + L.dec_norm_w,
+                        a.dnorm_mean, a.dnorm_rstd, a.dec.rows(), Dd);
+  for (size_t l = a.dec_blocks.size(); l-- > 0;)
+    block_backward(be, w, dw, L.dec_blocks[l], a.dec_blocks[l], a.dec, a.dres, a.wide, a.narrow);
+  be.decoder_tokens_backward(a.dy, dw + L.mask_token, a.dres, a.perm, g, Dd);
+
+  // encoder
+  be.matmul_backward(a.narrow, dw + L.dec_embed_w, dw + L.dec_embed_b, a.dy, a.latent, w + L.dec_embed_w,
+                     a.enc.rows(), D, Dd);
+  be.zero(a.dres, (size_t)a.enc.rows() * D * sizeof(float));
+  const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
+  be.layernorm_backward(a.dres, dw + L.norm_w, dw + L.norm_b, a.narrow, x_last, w + L.norm_w, a.latent_mean,
+                        a.latent_rstd, a.enc.rows(), D);
+  for (size_t l = a.blocks.size(); l-- > 0;)
+    block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow);
+  be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
+  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w,
+                     g.batch * g.parts * g.visible, Cpp, D);
+}
+
+LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda) {
+  if (batch < 1) throw RangeError("batchSize must be at least 1");
+  plan(batch);
+  const ModelConfig& c = config_;
+  backend_->upload(arena_->images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload(arena_->perm, perm, (size_t)batch * c.num_patches() * sizeof(int32_t));
+  lambda_ = lambda;
+  forward();
+  backward();
+  return last_losses_;
+}
+
+StepResult Model::train_step(const float* images, const int32_t* perm, int batch, float lambda,
+                             const OptimOptions& opt) {
+  StepResult r;
+  r.losses = loss_and_grads(images, perm, batch, lambda);
+  if (!std::isfinite(r.losses.loss))
+    throw NonFiniteLoss("the loss is not finite (loss " + std::to_string(r.losses.loss) + ", recon " +
+                        std::to_string(r.losses.recon) + ", consistency " + std::to_string(r.losses.consistency) +
+                        "); parameters and optimizer state were not updated");
+  // gradients ready: the point where a data-parallel all-reduce will go
+  r.grad_norm = std::sqrt(backend_->grad_norm_squared(grads_, trainable_.data(), (int)trainable_.size()));
+  if (opt.clip_grad > 0 && r.grad_norm > opt.clip_grad)
+    backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), (float)(opt.clip_grad / (r.grad_norm + 1e-6)));
+  const int64_t t = step_ + 1;
+  AdamWScalars s;
+  s.lr = opt.lr;
+  s.beta1 = opt.beta1;
+  s.beta2 = opt.beta2;
+  s.eps = opt.eps;
+  s.weight_decay = opt.weight_decay;
+  s.bias_correction1 = (float)(1.0 - std::pow((double)opt.beta1, (double)t));
+  s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)opt.beta2, (double)t));
+  backend_->adamw(params_, grads_, exp_avg_, exp_avg_sq_, trainable_.data(), (int)trainable_.size(), s);
+  step_ = t;
+  r.step = step_;
+  return r;
+}
+
+}  // namespace emae

@@ -1,0 +1,79 @@
+// The EMAE model core: MAE-ViT encoder and decoder over K parallel parts, its explicit forward
+// and backward, and AdamW, written against the Backend interface. Parameters, gradients,
+// optimizer moments and activations live in backend memory; the activation arena is planned
+// once per batch size.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/config.h"
+#include "core/params.h"
+
+namespace emae {
+
+struct OptimOptions {
+  float lr = 1e-4f, weight_decay = 0.05f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float clip_grad = 0.f;  // 0: no clipping
+};
+
+struct StepResult {
+  LossValues losses;
+  double grad_norm = 0;  // before clipping
+  int64_t step = 0;      // optimizer steps taken, after this one
+};
+
+// Thrown when a step's loss is NaN or infinite; nothing was updated.
+struct NonFiniteLoss : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& config, std::unique_ptr<Backend> backend);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+  Backend& backend() { return *backend_; }
+
+  // host copies, layout().total floats
+  void get_params(float* host) const;
+  void set_params(const float* host);
+  void get_grads(float* host) const;
+  int64_t step() const { return step_; }
+  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const;
+  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step);
+
+  // images (B, C, H, W) and permutations (B, N) from the host. Forward and backward; the
+  // gradients stay in backend memory (get_grads copies them out).
+  LossValues loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda);
+  // loss_and_grads, optional clipping, AdamW. Throws NonFiniteLoss before touching anything.
+  StepResult train_step(const float* images, const int32_t* perm, int batch, float lambda, const OptimOptions& opt);
+
+ private:
+  struct Arena;  // activations and scratch for one batch size
+  void plan(int batch);
+  void forward();
+  void backward();
+  PartGeometry geometry() const;
+
+  ModelConfig config_;
+  ParamLayout layout_;
+  std::unique_ptr<Backend> backend_;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  float* exp_avg_ = nullptr;
+  float* exp_avg_sq_ = nullptr;
+  std::vector<ParamSegment> trainable_;
+  int64_t step_ = 0;
+  std::unique_ptr<Arena> arena_;
+  float lambda_ = 1.f;
+  LossValues last_losses_;
+};
+
+}  // namespace emae

@@ -1,0 +1,119 @@
+// CPU implementation of the Backend interface: memory is host memory, every op forwards to the
+// float instantiation of ops.h.
+#include "cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/errors.h"
+#include "cpu/gemm.h"
+#include "cpu/ops.h"
+
+namespace emae::cpu {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return std::string("cpu (") + gemm_kernel_name() + ")"; }
+
+  void* allocate(size_t bytes) override {
+    void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t(63));
+    if (!p) throw OutOfMemory("cpu allocate", bytes);
+    return p;
+  }
+  void release(void* ptr) override { std::free(ptr); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
+                      int R, int K, int N) override {
+    cpu::matmul_forward(out, inp, weight, bias, residual, R, K, N);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, int R, int K, int N) override {
+    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                         const float* bias, int R, int C, float eps) override {
+    cpu::layernorm_forward(out, mean, rstd, inp, weight, bias, R, C, eps);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                          const float* weight, const float* mean, const float* rstd, int R, int C) override {
+    cpu::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, R, C);
+  }
+  void gelu_forward(float* out, const float* inp, size_t n) override { cpu::gelu_forward(out, inp, n); }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    cpu::gelu_backward(dinp, inp, dout, n);
+  }
+  void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) override {
+    cpu::attention_forward(out, lse, qkv, S, T, H, dh);
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+                          int S, int T, int H, int dh) override {
+    cpu::attention_backward(dqkv, dout, qkv, out, lse, S, T, H, dh);
+  }
+  void gather_visible_patches(float* cols, const float* images, const int32_t* perm,
+                              const PartGeometry& g) override {
+    cpu::gather_visible_patches(cols, images, perm, g);
+  }
+  void patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) override {
+    cpu::patchify_target(target, images, g, norm_pix);
+  }
+  void encoder_tokens_forward(float* x, const float* emb, const float* cls_token, const float* pos_embed,
+                              const int32_t* perm, const PartGeometry& g, int D) override {
+    cpu::encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D);
+  }
+  void encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm,
+                               const PartGeometry& g, int D) override {
+    cpu::encoder_tokens_backward(demb, dcls, dx, perm, g, D);
+  }
+  void decoder_tokens_forward(float* z, const float* y, const float* mask_token, const float* dec_pos_embed,
+                              const int32_t* perm, const PartGeometry& g, int Dd) override {
+    cpu::decoder_tokens_forward(z, y, mask_token, dec_pos_embed, perm, g, Dd);
+  }
+  void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm,
+                               const PartGeometry& g, int Dd) override {
+    cpu::decoder_tokens_backward(dy, dmask, dz, perm, g, Dd);
+  }
+  LossValues loss_forward_backward(float* dpred, const float* pred, const float* target, const int32_t* perm,
+                                   const PartGeometry& g, float lambda, bool l1) override {
+    return cpu::loss_forward_backward(dpred, pred, target, perm, g, lambda, l1);
+  }
+
+  double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {
+    double total = 0;  // per segment in double, segments in order: deterministic
+    for (int s = 0; s < count; ++s) {
+      const float* g = grads + segments[s].offset;
+      double acc = 0;
+#pragma omp parallel for reduction(+ : acc) schedule(static)
+      for (size_t i = 0; i < segments[s].size; ++i) acc += (double)g[i] * g[i];
+      total += acc;
+    }
+    return total;
+  }
+  void scale(float* data, const ParamSegment* segments, int count, float factor) override {
+    for (int s = 0; s < count; ++s) {
+      float* d = data + segments[s].offset;
+#pragma omp parallel for simd schedule(static)
+      for (size_t i = 0; i < segments[s].size; ++i) d[i] *= factor;
+    }
+  }
+  void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
+             int count, const AdamWScalars& s) override {
+    for (int k = 0; k < count; ++k) {
+      const ParamSegment& seg = segments[k];
+#pragma omp parallel for schedule(static)
+      for (size_t i = seg.offset; i < seg.offset + seg.size; ++i)
+        adamw_update(params[i], exp_avg[i], exp_avg_sq[i], grads[i], s, seg.decay);
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace emae::cpu

@@ -1,0 +1,28 @@
+// CPU GEMM: C (M, N) = [C +] op(A) (M, K) · op(B) (K, N), row-major, fp32.
+// Cache-blocked with packed panels and a register-blocked micro-kernel chosen at run time
+// (AVX-512 12×32, AVX2+FMA 6×16, portable 4×8). Threads split the output into tiles, each tile
+// owned by one thread and summed over K in a fixed order: results are bitwise identical for any
+// thread count.
+#pragma once
+#include <cstddef>
+
+namespace emae::cpu {
+
+struct GemmParams {
+  bool trans_a = false;  // A stored (K, M) instead of (M, K)
+  bool trans_b = false;  // B stored (N, K) instead of (K, N)
+  int M = 0, N = 0, K = 0;
+  const float* A = nullptr; int lda = 0;
+  const float* B = nullptr; int ldb = 0;
+  float* C = nullptr; int ldc = 0;
+  bool accumulate = false;          // C += … instead of C = …
+  const float* bias = nullptr;      // (N) added to every row
+  const float* residual = nullptr;  // (M, N) with leading dimension ldc, added
+};
+
+void gemm(const GemmParams& p);
+
+// Name of the micro-kernel in use ("avx512", "avx2", "generic").
+const char* gemm_kernel_name();
+
+}  // namespace emae::cpu

@@ -1,0 +1,462 @@
+// CPU reference ops (see ops.h). Invariants:
+//   - every reduction over rows runs in fixed-size chunks reduced in chunk order, so results do
+//     not depend on the thread count;
+//   - scratch lives in thread_local vectors that only grow (no allocation in a steady step).
+#include "cpu/ops.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/gemm.h"
+
+namespace emae::cpu {
+namespace {
+
+constexpr int kRowChunk = 64;  // rows per partial sum in column reductions
+
+template <typename T> T* scratch(size_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+template <typename T> inline T dot(const T* a, const T* b, int n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename T> inline void axpy(T* y, T a, const T* x, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// naive reference GEMM for double: C (M, N) (+)= op(A) · op(B)
+template <typename T>
+void gemm_ref(bool ta, bool tb, int M, int N, int K, const T* A, int lda, const T* B, int ldb, T* C, int ldc,
+              bool accumulate) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      T s = 0;
+      for (int k = 0; k < K; ++k)
+        s += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) * (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+      C[(size_t)i * ldc + j] = (accumulate ? C[(size_t)i * ldc + j] : T(0)) + s;
+    }
+}
+
+}  // namespace
+
+template <typename T> void column_sum_accumulate(T* dst, const T* src, int R, int C) {
+  const int chunks = (R + kRowChunk - 1) / kRowChunk;
+  T* partial = scratch<T>((size_t)chunks * C);
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < chunks; ++c) {
+    T* part = partial + (size_t)c * C;
+    std::fill(part, part + C, T(0));
+    const int r1 = std::min(R, (c + 1) * kRowChunk);
+    for (int r = c * kRowChunk; r < r1; ++r) axpy(part, T(1), src + (size_t)r * C, C);
+  }
+  for (int c = 0; c < chunks; ++c) axpy(dst, T(1), partial + (size_t)c * C, C);
+}
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N) {
+  if constexpr (std::is_same_v<T, float>) {
+    GemmParams p;
+    p.trans_b = true; p.M = R; p.N = N; p.K = K;
+    p.A = inp; p.lda = K; p.B = w; p.ldb = K; p.C = out; p.ldc = N;
+    p.bias = bias; p.residual = residual;
+    gemm(p);
+  } else {
+    gemm_ref<T>(false, true, R, N, K, inp, K, w, K, out, N, false);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < N; ++j)
+        out[(size_t)r * N + j] += (bias ? bias[j] : T(0)) + (residual ? residual[(size_t)r * N + j] : T(0));
+  }
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (dinp) {  // dinp (R, K) = dout (R, N) · w (N, K)
+      GemmParams p;
+      p.M = R; p.N = K; p.K = N; p.A = dout; p.lda = N; p.B = w; p.ldb = K; p.C = dinp; p.ldc = K;
+      gemm(p);
+    }
+    GemmParams p;  // dw (N, K) += dout (R, N)ᵀ · inp (R, K)
+    p.trans_a = true; p.M = N; p.N = K; p.K = R;
+    p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dw; p.ldc = K; p.accumulate = true;
+    gemm(p);
+  } else {
+    if (dinp) gemm_ref<T>(false, false, R, K, N, dout, N, w, K, dinp, K, false);
+    gemm_ref<T>(true, false, N, K, R, dout, N, inp, K, dw, K, true);
+  }
+  if (dbias) column_sum_accumulate(dbias, dout, R, N);
+}
+
+// ---- LayerNorm -------------------------------------------------------------------------------
+
+template <typename T>
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int R, int C, T eps) {
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < R; ++r) {
+    const T* x = inp + (size_t)r * C;
+    T m = 0;
+#pragma omp simd reduction(+ : m)
+    for (int i = 0; i < C; ++i) m += x[i];
+    m /= T(C);
+    T var = 0;  // two-pass: robust to a large mean
+#pragma omp simd reduction(+ : var)
+    for (int i = 0; i < C; ++i) var += (x[i] - m) * (x[i] - m);
+    const T s = layernorm_rstd(var / T(C), eps);
+    T* o = out + (size_t)r * C;
+#pragma omp simd
+    for (int i = 0; i < C; ++i) o[i] = (x[i] - m) * s * w[i] + b[i];
+    mean[r] = m;
+    rstd[r] = s;
+  }
+}
+
+template <typename T>
+void layernorm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w, const T* mean,
+                        const T* rstd, int R, int C) {
+  const int chunks = (R + kRowChunk - 1) / kRowChunk;
+  T* partial = scratch<T>((size_t)chunks * 2 * C);  // per chunk: dw (C), db (C)
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < chunks; ++c) {
+    T* pdw = partial + (size_t)c * 2 * C;
+    T* pdb = pdw + C;
+    std::fill(pdw, pdw + 2 * C, T(0));
+    const int r1 = std::min(R, (c + 1) * kRowChunk);
+    for (int r = c * kRowChunk; r < r1; ++r) {
+      const T* x = inp + (size_t)r * C;
+      const T* g = dout + (size_t)r * C;
+      const T m = mean[r], s = rstd[r];
+      // dx = s · (dn − mean(dn) − x̂ · mean(dn · x̂)), dn = g · w
+      T mean_dn = 0, mean_dn_xhat = 0;
+#pragma omp simd reduction(+ : mean_dn, mean_dn_xhat)
+      for (int i = 0; i < C; ++i) {
+        const T xhat = (x[i] - m) * s;
+        const T dn = g[i] * w[i];
+        mean_dn += dn;
+        mean_dn_xhat += dn * xhat;
+      }
+      mean_dn /= T(C);
+      mean_dn_xhat /= T(C);
+      T* dx = dinp + (size_t)r * C;
+#pragma omp simd
+      for (int i = 0; i < C; ++i) {
+        const T xhat = (x[i] - m) * s;
+        dx[i] += s * (g[i] * w[i] - mean_dn - xhat * mean_dn_xhat);
+        pdw[i] += g[i] * xhat;
+        pdb[i] += g[i];
+      }
+    }
+  }
+  for (int c = 0; c < chunks; ++c) {
+    axpy(dw, T(1), partial + (size_t)c * 2 * C, C);
+    axpy(db, T(1), partial + (size_t)c * 2 * C + C, C);
+  }
+}
+
+// ---- GELU --------------------------------------------------------------------------------------
+
+template <typename T> void gelu_forward(T* out, const T* inp, size_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) out[i] = gelu(inp[i]);
+}
+
+template <typename T> void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) dinp[i] = gelu_grad(inp[i]) * dout[i];
+}
+
+// ---- attention -------------------------------------------------------------------------------
+// One (sequence, head) per task; a score row of T values is the only scratch: the T×T matrix
+// is never stored (the backward recomputes it from q, k and the saved log-sum-exp).
+
+template <typename T>
+void attention_forward(T* out, T* lse, const T* qkv, int S, int T_, int H, int dh) {
+  const int D = H * dh, row = 3 * D;
+  const T scale = T(1) / std::sqrt(T(dh));
+#pragma omp parallel for schedule(static)
+  for (int sh = 0; sh < S * H; ++sh) {
+    const int s = sh / H, h = sh % H;
+    T* scores = scratch<T>(T_);
+    const T* base = qkv + (size_t)s * T_ * row;
+    for (int i = 0; i < T_; ++i) {
+      const T* q = base + (size_t)i * row + h * dh;
+      T mx = -INFINITY;
+      for (int j = 0; j < T_; ++j) {
+        scores[j] = scale * dot(q, base + (size_t)j * row + D + h * dh, dh);
+        mx = std::max(mx, scores[j]);
+      }
+      T sum = 0;
+      for (int j = 0; j < T_; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+      }
+      T* o = out + ((size_t)s * T_ + i) * D + h * dh;
+      std::fill(o, o + dh, T(0));
+      const T inv = T(1) / sum;
+      for (int j = 0; j < T_; ++j) axpy(o, scores[j] * inv, base + (size_t)j * row + 2 * D + h * dh, dh);
+      lse[((size_t)s * H + h) * T_ + i] = mx + std::log(sum);
+    }
+  }
+}
+
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int S, int T_, int H,
+                        int dh) {
+  const int D = H * dh, row = 3 * D;
+  const T scale = T(1) / std::sqrt(T(dh));
+#pragma omp parallel for schedule(static)
+  for (int sh = 0; sh < S * H; ++sh) {
+    const int s = sh / H, h = sh % H;
+    const T* base = qkv + (size_t)s * T_ * row;
+    T* dbase = dqkv + (size_t)s * T_ * row;
+    for (int i = 0; i < T_; ++i)
+      for (int part = 0; part < 3; ++part) std::fill_n(dbase + (size_t)i * row + part * D + h * dh, dh, T(0));
+    for (int i = 0; i < T_; ++i) {
+      const T* q = base + (size_t)i * row + h * dh;
+      const T* o = out + ((size_t)s * T_ + i) * D + h * dh;
+      const T* dO = dout + ((size_t)s * T_ + i) * D + h * dh;
+      T* dq = dbase + (size_t)i * row + h * dh;
+      const T Di = dot(dO, o, dh);  // = Σ_j p_ij dp_ij
+      const T l = lse[((size_t)s * H + h) * T_ + i];
+      for (int j = 0; j < T_; ++j) {
+        const T* k = base + (size_t)j * row + D + h * dh;
+        const T* v = base + (size_t)j * row + 2 * D + h * dh;
+        const T p = std::exp(scale * dot(q, k, dh) - l);
+        const T ds = p * (dot(dO, v, dh) - Di);
+        axpy(dq, scale * ds, k, dh);
+        axpy(dbase + (size_t)j * row + D + h * dh, scale * ds, q, dh);
+        axpy(dbase + (size_t)j * row + 2 * D + h * dh, p, dO, dh);
+      }
+    }
+  }
+}
+
+// ---- patches and tokens -----------------------------------------------------------------------
+
+template <typename T>
+void gather_visible_patches(T* cols, const T* images, const int32_t* perm, const PartGeometry& g) {
+  const int p = g.patch, C = g.channels, HW = g.image, V = g.visible, K = g.parts;
+  const int P = p * p * C;
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < g.batch * K * V; ++t) {
+    const int b = t / (K * V), kv = t % (K * V);
+    const int n = perm[(size_t)b * g.num_patches + kv];
+    const int gy = n / g.grid, gx = n % g.grid;
+    T* dst = cols + (size_t)t * P;
+    for (int c = 0; c < C; ++c)
+      for (int i = 0; i < p; ++i) {
+        const T* src = images + (((size_t)b * C + c) * HW + gy * p + i) * HW + gx * p;
+        std::copy(src, src + p, dst + (c * p + i) * p);
+      }
+  }
+}
+
+template <typename T>
+void patchify_target(T* target, const T* images, const PartGeometry& g, bool norm_pix) {
+  const int p = g.patch, C = g.channels, HW = g.image, N = g.num_patches;
+  const int P = p * p * C;
+#pragma omp parallel for schedule(static)
+  for (int bn = 0; bn < g.batch * N; ++bn) {
+    const int b = bn / N, n = bn % N;
+    const int gy = n / g.grid, gx = n % g.grid;
+    T* dst = target + (size_t)bn * P;
+    for (int i = 0; i < p; ++i)
+      for (int j = 0; j < p; ++j)
+        for (int c = 0; c < C; ++c)
+          dst[(i * p + j) * C + c] = images[(((size_t)b * C + c) * HW + gy * p + i) * HW + gx * p + j];
+    if (norm_pix) {
+      T m = 0;
+      for (int q = 0; q < P; ++q) m += dst[q];
+      m /= T(P);
+      T ss = 0;
+      for (int q = 0; q < P; ++q) ss += (dst[q] - m) * (dst[q] - m);
+      const T s = normpix_rstd(ss, P);
+      for (int q = 0; q < P; ++q) dst[q] = (dst[q] - m) * s;
+    }
+  }
+}
+
+template <typename T>
+void encoder_tokens_forward(T* x, const T* emb, const T* cls, const T* pos, const int32_t* perm,
+                            const PartGeometry& g, int D) {
+  const int K = g.parts, V = g.visible, Tn = 1 + V;
+#pragma omp parallel for schedule(static)
+  for (int bk = 0; bk < g.batch * K; ++bk) {
+    const int b = bk / K, k = bk % K;
+    T* xs = x + (size_t)bk * Tn * D;
+    for (int d = 0; d < D; ++d) xs[d] = cls[d] + pos[d];
+    for (int v = 0; v < V; ++v) {
+      const int n = perm[(size_t)b * g.num_patches + k * V + v];
+      const T* e = emb + ((size_t)bk * V + v) * D;
+      const T* ps = pos + (size_t)(1 + n) * D;
+      T* o = xs + (size_t)(1 + v) * D;
+      for (int d = 0; d < D; ++d) o[d] = e[d] + ps[d];
+    }
+  }
+}
+
+template <typename T>
+void encoder_tokens_backward(T* demb, T* dcls, const T* dx, const int32_t* perm, const PartGeometry& g, int D) {
+  const int K = g.parts, V = g.visible, Tn = 1 + V;
+#pragma omp parallel for schedule(static)
+  for (int bk = 0; bk < g.batch * K; ++bk)
+    std::copy(dx + ((size_t)bk * Tn + 1) * D, dx + ((size_t)bk * Tn + Tn) * D, demb + (size_t)bk * V * D);
+  for (int bk = 0; bk < g.batch * K; ++bk) axpy(dcls, T(1), dx + (size_t)bk * Tn * D, D);
+}
+
+template <typename T>
+void decoder_tokens_forward(T* z, const T* y, const T* mask_token, const T* dpos, const int32_t* perm,
+                            const PartGeometry& g, int Dd) {
+  const int K = g.parts, V = g.visible, N = g.num_patches;
+#pragma omp parallel for schedule(static)
+  for (int bk = 0; bk < g.batch * K; ++bk) {
+    const int b = bk / K, k = bk % K;
+    T* zs = z + (size_t)bk * (1 + N) * Dd;
+    const T* ys = y + (size_t)bk * (1 + V) * Dd;
+    for (int n = 0; n < N; ++n)  // masked everywhere first, then the visible ones overwrite
+      for (int d = 0; d < Dd; ++d) zs[(size_t)(1 + n) * Dd + d] = mask_token[d];
+    for (int d = 0; d < Dd; ++d) zs[d] = ys[d];
+    for (int v = 0; v < V; ++v) {
+      const int n = perm[(size_t)b * N + k * V + v];
+      std::copy(ys + (size_t)(1 + v) * Dd, ys + (size_t)(2 + v) * Dd, zs + (size_t)(1 + n) * Dd);
+    }
+    for (size_t i = 0; i < (size_t)(1 + N) * Dd; ++i) zs[i] += dpos[i];
+  }
+}
+
+template <typename T>
+void decoder_tokens_backward(T* dy, T* dmask, const T* dz, const int32_t* perm, const PartGeometry& g, int Dd) {
+  const int K = g.parts, V = g.visible, N = g.num_patches;
+  const int BK = g.batch * K;
+  // visible-in-part flags per (bk, n), then dmask = Σ over masked rows in a fixed order
+  T* masked_sum = scratch<T>((size_t)BK * Dd);
+#pragma omp parallel for schedule(static)
+  for (int bk = 0; bk < BK; ++bk) {
+    const int b = bk / K, k = bk % K;
+    const T* dzs = dz + (size_t)bk * (1 + N) * Dd;
+    T* dys = dy + (size_t)bk * (1 + V) * Dd;
+    std::copy(dzs, dzs + Dd, dys);
+    T* ms = masked_sum + (size_t)bk * Dd;
+    std::fill(ms, ms + Dd, T(0));
+    for (int n = 0; n < N; ++n) axpy(ms, T(1), dzs + (size_t)(1 + n) * Dd, Dd);
+    for (int v = 0; v < V; ++v) {
+      const int n = perm[(size_t)b * N + k * V + v];
+      const T* src = dzs + (size_t)(1 + n) * Dd;
+      std::copy(src, src + Dd, dys + (size_t)(1 + v) * Dd);
+      axpy(ms, T(-1), src, Dd);  // visible rows are not mask tokens
+    }
+  }
+  for (int bk = 0; bk < BK; ++bk) axpy(dmask, T(1), masked_sum + (size_t)bk * Dd, Dd);
+}
+
+// ---- losses ------------------------------------------------------------------------------------
+// Per (b, n): the parts where n is masked, M = {k < K : n not visible in k}, |M| = K or K−1.
+//   recon:       Σ_{k∈M} mean_p (ŷ_k − t)²                  / (B·K·(N−V))
+//   consistency: Σ_{i≠j ∈ M} mean_p d(ŷ_i − sg(ŷ_j))          / |S|,  |S| = Σ_{b,n} |M|(|M|−1)
+// Gradients flow only into the first member of each ordered pair.
+
+template <typename T>
+LossValues loss_forward_backward(T* dpred, const T* pred, const T* target, const int32_t* perm,
+                                 const PartGeometry& g, T lambda, bool l1) {
+  const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches;
+  const int P = g.patch * g.patch * g.channels;
+  int32_t* part_of = scratch<int32_t>((size_t)B * N);  // part in which n is visible, −1 if none
+  for (int b = 0; b < B; ++b)
+    for (int pos = 0; pos < N; ++pos)
+      part_of[(size_t)b * N + perm[(size_t)b * N + pos]] = pos < K * V ? pos / V : -1;
+  double pairs = 0;
+  for (size_t i = 0; i < (size_t)B * N; ++i) {
+    const double m = K - (part_of[i] >= 0 ? 1 : 0);
+    pairs += m * (m - 1);
+  }
+  const double rec_count = (double)B * K * (N - V);
+  const T rec_scale = T(2.0 / (rec_count * P));
+  const T con_scale = pairs > 0 ? T(lambda / (pairs * P)) : T(0);
+
+  double* sums = scratch<double>((size_t)B * N * 2);  // per (b, n): recon, consistency
+  const size_t part_stride = (size_t)(1 + N) * P;     // one part's prediction block
+#pragma omp parallel for schedule(static)
+  for (int bn = 0; bn < B * N; ++bn) {
+    const int b = bn / N, n = bn % N;
+    const int vis = part_of[bn];
+    const T* t = target + (size_t)bn * P;
+    const size_t row0 = (size_t)b * K * part_stride + (size_t)(1 + n) * P;  // part 0's row for n
+    double rec = 0, con = 0;
+    for (int i = 0; i < K; ++i) {
+      T* gi = dpred + row0 + i * part_stride;
+      if (i == vis) { std::fill(gi, gi + P, T(0)); continue; }
+      const T* yi = pred + row0 + i * part_stride;
+      for (int q = 0; q < P; ++q) {
+        const T diff = yi[q] - t[q];
+        rec += (double)(diff * diff);
+        gi[q] = rec_scale * diff;
+      }
+      for (int j = 0; j < K; ++j) {
+        if (j == i || j == vis) continue;
+        const T* yj = pred + row0 + j * part_stride;
+        for (int q = 0; q < P; ++q) {
+          const T diff = yi[q] - yj[q];
+          con += (double)consistency_dist(diff, l1);
+          gi[q] += con_scale * consistency_dist_grad(diff, l1);
+        }
+      }
+    }
+    sums[2 * (size_t)bn] = rec;
+    sums[2 * (size_t)bn + 1] = con;
+  }
+  for (int bk = 0; bk < B * K; ++bk) std::fill_n(dpred + (size_t)bk * part_stride, P, T(0));  // cls rows
+  double rec = 0, con = 0;
+  for (size_t i = 0; i < (size_t)B * N; ++i) {
+    rec += sums[2 * i];
+    con += sums[2 * i + 1];
+  }
+  LossValues out;
+  out.recon = rec / (rec_count * P);
+  out.consistency = pairs > 0 ? con / (pairs * P) : 0.0;
+  out.loss = out.recon + (double)lambda * out.consistency;
+  return out;
+}
+
+// ---- explicit instantiations -------------------------------------------------------------------
+#define EMAE_INSTANTIATE(T)                                                                                    \
+  template void column_sum_accumulate<T>(T*, const T*, int, int);                                             \
+  template void matmul_forward<T>(T*, const T*, const T*, const T*, const T*, int, int, int);                 \
+  template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);                  \
+  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, T);                  \
+  template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int); \
+  template void gelu_forward<T>(T*, const T*, size_t);                                                        \
+  template void gelu_backward<T>(T*, const T*, const T*, size_t);                                             \
+  template void attention_forward<T>(T*, T*, const T*, int, int, int, int);                                   \
+  template void attention_backward<T>(T*, const T*, const T*, const T*, const T*, int, int, int, int);        \
+  template void gather_visible_patches<T>(T*, const T*, const int32_t*, const PartGeometry&);                 \
+  template void patchify_target<T>(T*, const T*, const PartGeometry&, bool);                                  \
+  template void encoder_tokens_forward<T>(T*, const T*, const T*, const T*, const int32_t*,                   \
+                                          const PartGeometry&, int);                                          \
+  template void encoder_tokens_backward<T>(T*, T*, const T*, const int32_t*, const PartGeometry&, int);       \
+  template void decoder_tokens_forward<T>(T*, const T*, const T*, const T*, const int32_t*,                   \
+                                          const PartGeometry&, int);                                          \
+  template void decoder_tokens_backward<T>(T*, T*, const T*, const int32_t*, const PartGeometry&, int);       \
+  template LossValues loss_forward_backward<T>(T*, const T*, const T*, const int32_t*, const PartGeometry&, T, \
+                                               bool);
+
+EMAE_INSTANTIATE(float)
+EMAE_INSTANTIATE(double)
+#undef EMAE_INSTANTIATE
+
+}  // namespace emae::cpu

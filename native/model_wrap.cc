@@ -1,0 +1,355 @@
+#include "model_wrap.h"
+
+#include <omp.h>
+
+#include <string>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "napi_util.h"
+
+namespace emae::napi {
+namespace {
+
+ModelConfig parse_config(const Napi::Object& o) {
+  ModelConfig c;
+  c.image_size = get_int(o, "imageSize", 1);
+  c.patch_size = get_int(o, "patchSize", 1);
+  c.channels = get_int(o, "channels", 1);
+  c.embed_dim = get_int(o, "embedDim", 1);
+  c.depth = get_int(o, "depth", 1);
+  c.num_heads = get_int(o, "numHeads", 1);
+  c.decoder_embed_dim = get_int(o, "decoderEmbedDim", 1);
+  c.decoder_depth = get_int(o, "decoderDepth", 1);
+  c.decoder_num_heads = get_int(o, "decoderNumHeads", 1);
+  const double mlp_ratio = get_number(o, "mlpRatio");
+  const double hidden = mlp_ratio * c.embed_dim, dec_hidden = mlp_ratio * c.decoder_embed_dim;
+  if (mlp_ratio <= 0 || hidden != std::floor(hidden) || dec_hidden != std::floor(dec_hidden))
+    throw Napi::RangeError::New(o.Env(), "mlpRatio must be positive and give whole MLP widths");
+  c.mlp_hidden = (int)hidden;
+  c.decoder_mlp_hidden = (int)dec_hidden;
+  c.parts = get_int(o, "parts", 1);
+  c.parts_total = get_int(o, "partsTotal", 1);
+  c.norm_pix_loss = get_bool(o, "normPixLoss");
+  const std::string dist = get_string(o, "consistencyDistance");
+  if (dist != "mse" && dist != "l1")
+    throw Napi::RangeError::New(o.Env(), "Expected 'mse' or 'l1' for consistencyDistance but received '" + dist + "'");
+  c.consistency_l1 = dist == "l1";
+  c.layer_norm_eps = (float)get_number(o, "layerNormEps");
+  const double seed = get_number(o, "seed");
+  if (seed < 0 || seed > 4294967295.0 || seed != std::floor(seed))
+    throw Napi::RangeError::New(o.Env(), "Expected an unsigned 32-bit integer for seed");
+  c.seed = (uint32_t)seed;
+  c.threads = get_int(o, "threads", 1);
+  return c;
+}
+
+OptimOptions parse_optim(const Napi::Object& o) {
+  OptimOptions opt;
+  opt.lr = (float)get_number(o, "lr");
+  opt.weight_decay = (float)get_number(o, "weightDecay");
+  opt.beta1 = (float)get_number(o, "beta1");
+  opt.beta2 = (float)get_number(o, "beta2");
+  opt.eps = (float)get_number(o, "eps");
+  opt.clip_grad = (float)get_number(o, "clipGrad");
+  if (opt.lr < 0 || opt.weight_decay < 0 || opt.eps <= 0 || opt.clip_grad < 0 || opt.beta1 < 0 || opt.beta1 >= 1 ||
+      opt.beta2 < 0 || opt.beta2 >= 1)
+    throw Napi::RangeError::New(o.Env(), "optimizer options out of range (lr, weightDecay, clipGrad >= 0; eps > 0; betas in [0, 1))");
+  return opt;
+}
+
+// A batch copied out of JS memory.
+struct Batch {
+  std::vector<float> images;
+  std::vector<int32_t> perm;
+  int batch = 0;
+  float lambda = 1.f;
+};
+
+Batch parse_batch(const Napi::Value& v, const ModelConfig& c) {
+  Napi::Object o = get_object(v, "batch");
+  Batch b;
+  b.batch = get_int(o, "batchSize", 1);
+  const int64_t N = c.num_patches();
+  auto images = get_typed_array<float>(o.Get("images"), "images",
+                                       (int64_t)b.batch * c.channels * c.image_size * c.image_size);
+  auto perm = get_typed_array<int32_t>(o.Get("permutation"), "permutation", (int64_t)b.batch * N);
+  b.images.assign(images.Data(), images.Data() + images.ElementLength());
+  b.perm.assign(perm.Data(), perm.Data() + perm.ElementLength());
+  // cheap re-check: each row is a permutation of 0..N-1 (a bad index would read out of bounds)
+  std::vector<uint8_t> seen(N);
+  for (int r = 0; r < b.batch; ++r) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t i = 0; i < N; ++i) {
+      const int32_t p = b.perm[r * N + i];
+      if (p < 0 || p >= N || seen[p])
+        throw Napi::RangeError::New(v.Env(), "permutation row " + std::to_string(r) + " is not a permutation of 0.." +
+                                                 std::to_string(N - 1));
+      seen[p] = 1;
+    }
+  }
+  const double lambda = get_number(o, "consistencyWeight");
+  if (lambda < 0) throw Napi::RangeError::New(v.Env(), "Expected consistencyWeight >= 0");
+  b.lambda = (float)lambda;
+  return b;
+}
+
+Napi::Object losses_object(Napi::Env env, const LossValues& l) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("loss", l.loss);
+  o.Set("recon", l.recon);
+  o.Set("consistency", l.consistency);
+  return o;
+}
+
+// name → Float32Array views over one copy of a flat host buffer, for the specs selected.
+template <typename Pred>
+Napi::Object tensors_object(Napi::Env env, const ParamLayout& layout, const std::vector<float>& flat, Pred select) {
+  size_t total = 0;
+  for (const auto& s : layout.specs)
+    if (select(s)) total += s.size;
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, total * sizeof(float));
+  float* dst = static_cast<float*>(buffer.Data());
+  Napi::Object out = Napi::Object::New(env);
+  size_t at = 0;
+  for (const auto& s : layout.specs) {
+    if (!select(s)) continue;
+    std::copy(flat.begin() + s.offset, flat.begin() + s.offset + s.size, dst + at);
+    out.Set(s.name, Napi::Float32Array::New(env, s.size, buffer, at * sizeof(float)));
+    at += s.size;
+  }
+  return out;
+}
+
+// Reads name → Float32Array for the selected specs into a flat buffer; every entry is checked
+// before the caller writes anything.
+template <typename Pred>
+void read_tensors(const Napi::Value& v, const ParamLayout& layout, std::vector<float>& flat, const char* what,
+                  Pred select) {
+  Napi::Object o = get_object(v, what);
+  for (const auto& s : layout.specs) {
+    if (!select(s)) continue;
+    if (!o.Has(s.name)) throw Napi::RangeError::New(v.Env(), std::string(what) + ": missing tensor " + s.name);
+    auto arr = get_typed_array<float>(o.Get(s.name), std::string(what) + "." + s.name, (int64_t)s.size);
+    std::copy(arr.Data(), arr.Data() + s.size, flat.begin() + s.offset);
+  }
+}
+
+// ---- async workers -------------------------------------------------------------------------
+
+class StepWorker : public Napi::AsyncWorker {
+ public:
+  StepWorker(Napi::Env env, Napi::Object self_ref, ModelWrap* wrap, Batch batch, bool train, OptimOptions opt,
+             const char* op)
+      : Napi::AsyncWorker(env, op),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        wrap_(wrap),
+        batch_(std::move(batch)),
+        train_(train),
+        opt_(opt),
+        op_(op) {
+    self_ = Napi::Persistent(self_ref);  // keep the JS handle (and the model) alive meanwhile
+    wrap_->set_busy(true);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      Model& m = wrap_->model();
+      omp_set_num_threads(m.config().threads);
+      if (train_) {
+        result_ = m.train_step(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, opt_);
+      } else {
+        result_.losses = m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda);
+        grads_.resize(m.layout().total);
+        m.get_grads(grads_.data());
+      }
+    } catch (const NonFiniteLoss& e) {
+      fail(ErrorKind::Error, e.what(), "EMAE_NONFINITE_LOSS");
+    } catch (const std::bad_alloc&) {
+      fail(ErrorKind::Error, "out of memory", "EMAE_OUT_OF_MEMORY");
+    } catch (const OutOfMemory& e) {
+      fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");
+    } catch (const std::exception& e) {
+      fail(classify(e), e.what(), nullptr);
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    wrap_->set_busy(false);
+    if (failed_) {
+      deferred_.Reject(make_error(env, kind_, std::string(op_) + ": " + message_, code_).Value());
+      return;
+    }
+    Napi::Object out = losses_object(env, result_.losses);
+    if (train_) {
+      out.Set("gradNorm", result_.grad_norm);
+      out.Set("step", (double)result_.step);
+    } else {
+      out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_,
+                                      [](const ParamSpec& s) { return s.trainable; }));
+    }
+    deferred_.Resolve(out);
+  }
+  void OnError(const Napi::Error& e) override {
+    wrap_->set_busy(false);
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  void fail(ErrorKind kind, const std::string& message, const char* code) {
+    failed_ = true;
+    kind_ = kind;
+    message_ = message;
+    code_ = code;
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference self_;
+  ModelWrap* wrap_;
+  Batch batch_;
+  bool train_;
+  OptimOptions opt_;
+  const char* op_;
+  StepResult result_;
+  std::vector<float> grads_;
+  bool failed_ = false;
+  ErrorKind kind_ = ErrorKind::Error;
+  std::string message_;
+  const char* code_ = nullptr;
+};
+
+}  // namespace
+
+Napi::Function ModelWrap::Define(Napi::Env env) {
+  return DefineClass(env, "Model",
+                     {
+                         InstanceMethod<&ModelWrap::ParamInfo>("paramInfo"),
+                         InstanceMethod<&ModelWrap::GetParams>("getParams"),
+                         InstanceMethod<&ModelWrap::SetParams>("setParams"),
+                         InstanceMethod<&ModelWrap::GetOptimizerState>("getOptimizerState"),
+                         InstanceMethod<&ModelWrap::SetOptimizerState>("setOptimizerState"),
+                         InstanceMethod<&ModelWrap::LossAndGrads>("lossAndGrads"),
+                         InstanceMethod<&ModelWrap::TrainStep>("trainStep"),
+                         InstanceMethod<&ModelWrap::Dispose>("dispose"),
+                         InstanceAccessor<&ModelWrap::Disposed>("disposed"),
+                         InstanceAccessor<&ModelWrap::BackendName>("backend"),
+                     });
+}
+
+ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+  Napi::Env env = info.Env();
+  ModelConfig config = parse_config(get_object(info[0], "config"));
+  guard(env, "Model", [&] {
+    omp_set_num_threads(config.threads);
+    model_ = std::make_unique<Model>(config, cpu::make_cpu_backend());
+  });
+}
+
+void ModelWrap::check_usable(Napi::Env env, const char* op) const {
+  if (!model_) throw Napi::Error::New(env, std::string(op) + ": the model has been disposed");
+  if (busy_) throw Napi::Error::New(env, std::string(op) + ": another call is still running on this model");
+}
+
+Napi::Value ModelWrap::ParamInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "paramInfo");
+  const auto& specs = model_->layout().specs;
+  Napi::Array out = Napi::Array::New(env, specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", specs[i].name);
+    Napi::Array shape = Napi::Array::New(env, specs[i].shape.size());
+    for (size_t d = 0; d < specs[i].shape.size(); ++d) shape.Set((uint32_t)d, specs[i].shape[d]);
+    o.Set("shape", shape);
+    o.Set("trainable", specs[i].trainable);
+    o.Set("decay", specs[i].decay);
+    out.Set((uint32_t)i, o);
+  }
+  return out;
+}
+
+Napi::Value ModelWrap::GetParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "getParams");
+  std::vector<float> flat(model_->layout().total);
+  model_->get_params(flat.data());
+  return tensors_object(env, model_->layout(), flat, [](const ParamSpec&) { return true; });
+}
+
+Napi::Value ModelWrap::SetParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "setParams");
+  std::vector<float> flat(model_->layout().total);
+  read_tensors(info[0], model_->layout(), flat, "params", [](const ParamSpec&) { return true; });
+  model_->set_params(flat.data());
+  return env.Undefined();
+}
+
+Napi::Value ModelWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "getOptimizerState");
+  const size_t total = model_->layout().total;
+  std::vector<float> m(total), v(total);
+  model_->get_optimizer_state(m.data(), v.data());
+  auto trainable = [](const ParamSpec& s) { return s.trainable; };
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("step", (double)model_->step());
+  out.Set("expAvg", tensors_object(env, model_->layout(), m, trainable));
+  out.Set("expAvgSq", tensors_object(env, model_->layout(), v, trainable));
+  return out;
+}
+
+Napi::Value ModelWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "setOptimizerState");
+  Napi::Object o = get_object(info[0], "optimizer state");
+  const int step = get_int(o, "step", 0);
+  const size_t total = model_->layout().total;
+  std::vector<float> m(total, 0.f), v(total, 0.f);
+  auto trainable = [](const ParamSpec& s) { return s.trainable; };
+  read_tensors(o.Get("expAvg"), model_->layout(), m, "expAvg", trainable);
+  read_tensors(o.Get("expAvgSq"), model_->layout(), v, "expAvgSq", trainable);
+  for (float x : v)
+    if (!(x >= 0)) throw Napi::RangeError::New(env, "expAvgSq must be finite and non-negative");
+  guard(env, "setOptimizerState", [&] { model_->set_optimizer_state(m.data(), v.data(), step); });
+  return env.Undefined();
+}
+
+Napi::Value ModelWrap::LossAndGrads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "lossAndGrads");
+  Batch batch = parse_batch(info[0], model_->config());
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), false, {}, "lossAndGrads");
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "trainStep");
+  Batch batch = parse_batch(info[0], model_->config());
+  OptimOptions opt = parse_optim(get_object(info[1], "optimizer options"));
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), true, opt, "trainStep");
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (busy_) throw Napi::Error::New(env, "dispose: a call is still running on this model; await it first");
+  model_.reset();
+  return env.Undefined();
+}
+
+Napi::Value ModelWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !model_); }
+
+Napi::Value ModelWrap::BackendName(const Napi::CallbackInfo& info) {
+  check_usable(info.Env(), "backend");
+  return Napi::String::New(info.Env(), model_->backend().name());
+}
+
+}  // namespace emae::napi

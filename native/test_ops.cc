@@ -1,0 +1,225 @@
+// testOp(name, tensors, dims): runs one CPU op on Float64Array inputs for the op-level tests
+// (finite differences in float64, GEMM checks in float32 with dims.fp32 = 1). Internal API,
+// synchronous; inputs are validated here since no TS layer stands in front of it.
+#include <napi.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.h"
+#include "napi_util.h"
+
+namespace emae::napi {
+namespace {
+
+template <typename T> using Tensors = std::map<std::string, std::vector<T>>;
+
+struct OpCall {
+  Napi::Env env;
+  Napi::Object tensors;
+  Napi::Object dims;
+};
+
+template <typename T> struct OpContext {
+  const OpCall& call;
+  Tensors<T> in;
+  Tensors<T> out;
+
+  int dim(const char* key) const { return get_int(call.dims, key, 0); }
+  double scalar(const char* key) const { return get_number(call.dims, key); }
+  bool has(const char* key) const { return call.tensors.Has(key) && !call.tensors.Get(key).IsUndefined(); }
+  // input tensor of exactly n elements
+  const T* input(const char* key, size_t n) {
+    auto arr = get_typed_array<double>(call.tensors.Get(key), key, (int64_t)n);
+    auto& v = in[key];
+    v.assign(arr.Data(), arr.Data() + n);
+    return v.data();
+  }
+  const T* optional(const char* key, size_t n) { return has(key) ? input(key, n) : nullptr; }
+  T* output(const char* key, size_t n) {
+    auto& v = out[key];
+    v.assign(n, T(0));
+    return v.data();
+  }
+  std::vector<int32_t> perm(size_t n) {
+    auto arr = get_typed_array<double>(call.tensors.Get("perm"), "perm", (int64_t)n);
+    return std::vector<int32_t>(arr.Data(), arr.Data() + n);
+  }
+  PartGeometry geometry() const {
+    PartGeometry g;
+    g.batch = dim("batch");
+    g.parts = dim("parts");
+    g.visible = dim("visible");
+    g.patch = dim("patch");
+    g.channels = dim("channels");
+    g.image = dim("image");
+    g.grid = g.image / std::max(1, g.patch);
+    g.num_patches = g.grid * g.grid;
+    if (g.batch < 1 || g.parts < 1 || g.patch < 1 || g.channels < 1 || g.image % g.patch != 0 ||
+        g.parts * g.visible > g.num_patches)
+      throw Napi::RangeError::New(call.env, "testOp: inconsistent part geometry");
+    return g;
+  }
+};
+
+template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
+  using namespace emae::cpu;
+  if (name == "matmul_forward") {
+    const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
+    const T* inp = c.input("inp", (size_t)R * K);
+    const T* w = c.input("weight", (size_t)N * K);
+    const T* bias = c.optional("bias", N);
+    const T* residual = c.optional("residual", (size_t)R * N);
+    matmul_forward(c.output("out", (size_t)R * N), inp, w, bias, residual, R, K, N);
+  } else if (name == "matmul_backward") {
+    const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
+    const T* dout = c.input("dout", (size_t)R * N);
+    const T* inp = c.input("inp", (size_t)R * K);
+    const T* w = c.input("weight", (size_t)N * K);
+    T* dinp = c.output("dinp", (size_t)R * K);
+    T* dw = c.output("dweight", (size_t)N * K);
+    T* db = c.output("dbias", N);
+    matmul_backward(dinp, dw, db, dout, inp, w, R, K, N);
+  } else if (name == "layernorm_forward") {
+    const int R = c.dim("R"), C = c.dim("C");
+    const T* inp = c.input("inp", (size_t)R * C);
+    const T* w = c.input("weight", C);
+    const T* b = c.input("bias", C);
+    layernorm_forward(c.output("out", (size_t)R * C), c.output("mean", R), c.output("rstd", R), inp, w, b, R, C,
+                      (T)c.scalar("eps"));
+  } else if (name == "layernorm_backward") {
+    const int R = c.dim("R"), C = c.dim("C");
+    const T* dout = c.input("dout", (size_t)R * C);
+    const T* inp = c.input("inp", (size_t)R * C);
+    const T* w = c.input("weight", C);
+    const T* mean = c.input("mean", R);
+    const T* rstd = c.input("rstd", R);
+    layernorm_backward(c.output("dinp", (size_t)R * C), c.output("dweight", C), c.output("dbias", C), dout, inp, w,
+                       mean, rstd, R, C);
+  } else if (name == "gelu_forward") {
+    const int n = c.dim("n");
+    const T* inp = c.input("inp", n);
+    gelu_forward(c.output("out", n), inp, n);
+  } else if (name == "gelu_backward") {
+    const int n = c.dim("n");
+    const T* inp = c.input("inp", n);
+    const T* dout = c.input("dout", n);
+    gelu_backward(c.output("dinp", n), inp, dout, n);
+  } else if (name == "attention_forward" || name == "attention_backward") {
+    const int S = c.dim("S"), Tn = c.dim("T"), H = c.dim("H"), dh = c.dim("dh");
+    const size_t rows = (size_t)S * Tn, D = (size_t)H * dh;
+    const T* qkv = c.input("qkv", rows * 3 * D);
+    if (name == "attention_forward") {
+      attention_forward(c.output("out", rows * D), c.output("lse", (size_t)S * H * Tn), qkv, S, Tn, H, dh);
+    } else {
+      const T* dout = c.input("dout", rows * D);
+      const T* out = c.input("out", rows * D);
+      const T* lse = c.input("lse", (size_t)S * H * Tn);
+      attention_backward(c.output("dqkv", rows * 3 * D), dout, qkv, out, lse, S, Tn, H, dh);
+    }
+  } else if (name == "gather_visible_patches" || name == "patchify_target") {
+    const PartGeometry g = c.geometry();
+    const T* images = c.input("images", (size_t)g.batch * g.channels * g.image * g.image);
+    const size_t P = (size_t)g.patch * g.patch * g.channels;
+    if (name == "patchify_target") {
+      patchify_target(c.output("target", (size_t)g.batch * g.num_patches * P), images, g, c.dim("normPix") != 0);
+    } else {
+      const auto perm = c.perm((size_t)g.batch * g.num_patches);
+      gather_visible_patches(c.output("cols", (size_t)g.batch * g.parts * g.visible * P), images, perm.data(), g);
+    }
+  } else if (name == "encoder_tokens_forward" || name == "encoder_tokens_backward") {
+    const PartGeometry g = c.geometry();
+    const int D = c.dim("D");
+    const size_t S = (size_t)g.batch * g.parts;
+    const auto perm = c.perm((size_t)g.batch * g.num_patches);
+    if (name == "encoder_tokens_forward") {
+      const T* emb = c.input("emb", S * g.visible * D);
+      const T* cls = c.input("cls", D);
+      const T* pos = c.input("pos", (size_t)(1 + g.num_patches) * D);
+      encoder_tokens_forward(c.output("x", S * (1 + g.visible) * D), emb, cls, pos, perm.data(), g, D);
+    } else {
+      const T* dx = c.input("dx", S * (1 + g.visible) * D);
+      encoder_tokens_backward(c.output("demb", S * g.visible * D), c.output("dcls", D), dx, perm.data(), g, D);
+    }
+  } else if (name == "decoder_tokens_forward" || name == "decoder_tokens_backward") {
+    const PartGeometry g = c.geometry();
+    const int D = c.dim("D");
+    const size_t S = (size_t)g.batch * g.parts;
+    const auto perm = c.perm((size_t)g.batch * g.num_patches);
+    if (name == "decoder_tokens_forward") {
+      const T* y = c.input("y", S * (1 + g.visible) * D);
+      const T* mask = c.input("mask", D);
+      const T* pos = c.input("pos", (size_t)(1 + g.num_patches) * D);
+      decoder_tokens_forward(c.output("z", S * (1 + g.num_patches) * D), y, mask, pos, perm.data(), g, D);
+    } else {
+      const T* dz = c.input("dz", S * (1 + g.num_patches) * D);
+      decoder_tokens_backward(c.output("dy", S * (1 + g.visible) * D), c.output("dmask", D), dz, perm.data(), g, D);
+    }
+  } else if (name == "loss") {
+    const PartGeometry g = c.geometry();
+    const size_t P = (size_t)g.patch * g.patch * g.channels;
+    const size_t S = (size_t)g.batch * g.parts;
+    const auto perm = c.perm((size_t)g.batch * g.num_patches);
+    const T* pred = c.input("pred", S * (1 + g.num_patches) * P);
+    const T* target = c.input("target", (size_t)g.batch * g.num_patches * P);
+    const LossValues l = loss_forward_backward(c.output("dpred", S * (1 + g.num_patches) * P), pred, target,
+                                               perm.data(), g, (T)c.scalar("lambda"), c.dim("l1") != 0);
+    *c.output("loss", 1) = (T)l.loss;
+    *c.output("recon", 1) = (T)l.recon;
+    *c.output("consistency", 1) = (T)l.consistency;
+  } else if (name == "adamw") {
+    const int n = c.dim("n");
+    AdamWScalars s;
+    s.lr = (float)c.scalar("lr");
+    s.beta1 = (float)c.scalar("beta1");
+    s.beta2 = (float)c.scalar("beta2");
+    s.eps = (float)c.scalar("eps");
+    s.weight_decay = (float)c.scalar("weightDecay");
+    const int step = c.dim("step");
+    s.bias_correction1 = (float)(1.0 - std::pow((double)s.beta1, step));
+    s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)s.beta2, step));
+    const bool decay = c.dim("decay") != 0;
+    const T* p0 = c.input("param", n);
+    const T* g = c.input("grad", n);
+    const T* m0 = c.input("expAvg", n);
+    const T* v0 = c.input("expAvgSq", n);
+    T* p = c.output("param", n);
+    T* m = c.output("expAvg", n);
+    T* v = c.output("expAvgSq", n);
+    for (int i = 0; i < n; ++i) {
+      p[i] = p0[i];
+      m[i] = m0[i];
+      v[i] = v0[i];
+      adamw_update(p[i], m[i], v[i], g[i], s, decay);
+    }
+  } else {
+    throw Napi::RangeError::New(c.call.env, "testOp: unknown op '" + name + "'");
+  }
+}
+
+template <typename T> Napi::Object run(const std::string& name, const OpCall& call) {
+  OpContext<T> ctx{call, {}, {}};
+  run_op<T>(name, ctx);
+  Napi::Object result = Napi::Object::New(call.env);
+  for (auto& [key, values] : ctx.out) {
+    auto arr = Napi::Float64Array::New(call.env, values.size());
+    for (size_t i = 0; i < values.size(); ++i) arr[i] = (double)values[i];
+    result.Set(key, arr);
+  }
+  return result;
+}
+
+}  // namespace
+
+Napi::Value TestOp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "Expected a string for name");
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  OpCall call{env, get_object(info[1], "tensors"), get_object(info[2], "dims")};
+  const bool fp32 = call.dims.Has("fp32") && get_int(call.dims, "fp32", 0) != 0;
+  return guard(env, "testOp", [&] { return fp32 ? run<float>(name, call) : run<double>(name, call); });
+}
+
+}  // namespace emae::napi

@@ -162,55 +162,66 @@ void gemm(const GemmParams& p) {
   if (p.M <= 0 || p.N <= 0) return;
   const KernelInfo& kinfo = kernel();
   const int MR = kinfo.mr, NR = kinfo.nr;
-  const int tiles_m = (p.M + kMC - 1) / kMC;
-  const int tiles_n = (p.N + kNC - 1) / kNC;
-  const int tiles = tiles_m * tiles_n;
+  const int blocks_m = (p.M + kMC - 1) / kMC;
+  // B panels are packed once per (jc, kc) and shared by all threads; each thread packs its own
+  // A blocks. Every C block belongs to one thread within a (jc, kc) step and the kc steps run in
+  // order, so the summation order is fixed.
+  thread_local std::vector<float> b_buf;
+  float* b_pack = aligned_scratch(b_buf, (size_t)kKC * kNC);
 
 #pragma omp parallel
   {
-    // per-thread packing buffers, kept across calls (grow only the first time)
-    thread_local std::vector<float> a_buf, b_buf;
+    thread_local std::vector<float> a_buf;
     float* a_pack = aligned_scratch(a_buf, (size_t)kMC * kKC);
-    float* b_pack = aligned_scratch(b_buf, (size_t)kKC * kNC);
     alignas(64) float edge[12 * 32];
 
+    for (int j0 = 0; j0 < p.N; j0 += kNC) {
+      const int nc = std::min(kNC, p.N - j0);
+      const int slivers = (nc + NR - 1) / NR;
+      if (p.K <= 0 && !p.accumulate) {
 #pragma omp for schedule(static)
-    for (int t = 0; t < tiles; ++t) {
-      const int i0 = (t / tiles_n) * kMC, j0 = (t % tiles_n) * kNC;
-      const int mc = std::min(kMC, p.M - i0), nc = std::min(kNC, p.N - j0);
-      float* c_tile = p.C + (size_t)i0 * p.ldc + j0;
-      if (p.K <= 0 && !p.accumulate)
-        for (int i = 0; i < mc; ++i) std::memset(c_tile + (size_t)i * p.ldc, 0, sizeof(float) * nc);
+        for (int i = 0; i < p.M; ++i) std::memset(p.C + (size_t)i * p.ldc + j0, 0, sizeof(float) * nc);
+      }
       for (int k0 = 0; k0 < p.K; k0 += kKC) {
         const int kc = std::min(kKC, p.K - k0);
         const bool add = p.accumulate || k0 > 0;
-        pack_b(p, k0, kc, j0, nc, NR, b_pack);
-        pack_a(p, i0, mc, k0, kc, MR, a_pack);
-        for (int js = 0; js < nc; js += NR) {
-          const int cols = std::min(NR, nc - js);
-          for (int is = 0; is < mc; is += MR) {
-            const int rows = std::min(MR, mc - is);
-            float* c = c_tile + (size_t)is * p.ldc + js;
-            const float* ap = a_pack + (size_t)is * kc;
+#pragma omp for schedule(static)
+        for (int s = 0; s < slivers; ++s)
+          pack_b(p, k0, kc, j0 + s * NR, std::min(NR, nc - s * NR), NR, b_pack + (size_t)s * NR * kc);
+        // (implicit barrier: the panel is complete)
+#pragma omp for schedule(static)
+        for (int bm = 0; bm < blocks_m; ++bm) {
+          const int i0 = bm * kMC, mc = std::min(kMC, p.M - i0);
+          pack_a(p, i0, mc, k0, kc, MR, a_pack);
+          float* c_block = p.C + (size_t)i0 * p.ldc + j0;
+          for (int js = 0; js < nc; js += NR) {
+            const int cols = std::min(NR, nc - js);
             const float* bp = b_pack + (size_t)js * kc;
-            if (rows == MR && cols == NR) {
-              kinfo.fn(kc, ap, bp, c, p.ldc, add);
-            } else {
-              kinfo.fn(kc, ap, bp, edge, NR, false);
-              for (int i = 0; i < rows; ++i)
-                for (int j = 0; j < cols; ++j)
-                  c[(size_t)i * p.ldc + j] = (add ? c[(size_t)i * p.ldc + j] : 0.f) + edge[i * NR + j];
+            for (int is = 0; is < mc; is += MR) {
+              const int rows = std::min(MR, mc - is);
+              float* c = c_block + (size_t)is * p.ldc + js;
+              const float* ap = a_pack + (size_t)is * kc;
+              if (rows == MR && cols == NR) {
+                kinfo.fn(kc, ap, bp, c, p.ldc, add);
+              } else {
+                kinfo.fn(kc, ap, bp, edge, NR, false);
+                for (int i = 0; i < rows; ++i)
+                  for (int j = 0; j < cols; ++j)
+                    c[(size_t)i * p.ldc + j] = (add ? c[(size_t)i * p.ldc + j] : 0.f) + edge[i * NR + j];
+              }
             }
           }
         }
+        // (implicit barrier: nobody still reads the panel when the next one is packed)
       }
       if (p.bias || p.residual) {
-        for (int i = 0; i < mc; ++i) {
-          float* c = c_tile + (size_t)i * p.ldc;
+#pragma omp for schedule(static)
+        for (int i = 0; i < p.M; ++i) {
+          float* c = p.C + (size_t)i * p.ldc + j0;
           if (p.bias)
             for (int j = 0; j < nc; ++j) c[j] += p.bias[j0 + j];
           if (p.residual) {
-            const float* r = p.residual + (size_t)(i0 + i) * p.ldc + j0;
+            const float* r = p.residual + (size_t)i * p.ldc + j0;
             for (int j = 0; j < nc; ++j) c[j] += r[j];
           }
         }

@@ -1,0 +1,31 @@
+// emae: EMAE (Efficient Masked Autoencoders with Self-Consistency) pretraining from Node.
+import { createRequire } from 'node:module';
+import { native, type NativeCudaInfo } from './native.js';
+
+export { EMAE } from './model.js';
+export type {
+  Batch, Device, LoadOptions, LossAndGradsResult, LossOptions, Losses, OptimizerState, ParamInfo,
+  StateDictTensor, TrainStepOptions, TrainStepResult,
+} from './model.js';
+export { ParallelMasker, validatePermutation } from './masker.js';
+export type { ParallelMaskerOptions } from './masker.js';
+export { presets, presetNames } from './presets.js';
+export type { PresetConfig, PresetName } from './presets.js';
+export { resolveConfig, configKeys } from './config.js';
+export type { ConsistencyDistance, DeviceRequest, EMAEConfig, ResolvedConfig } from './config.js';
+export { readSafetensors, writeSafetensors, writeFileAtomic } from './safetensors.js';
+export type { SafetensorsDType, SafetensorsData, SafetensorsFile, SafetensorsInput, SafetensorsTensor } from './safetensors.js';
+
+export type CudaInfo = NativeCudaInfo;
+
+/**
+ * What the native addon knows about CUDA: whether the CUDA backend was compiled in, for which
+ * architectures, the devices it sees, or why none is usable. Loads the addon.
+ */
+export function cudaInfo(): CudaInfo {
+  const info = native().cudaInfo();
+  return { ...info, devices: info.devices.map((d) => ({ ...d })) };
+}
+
+/** The package version (package.json; lib/ and dist/ both sit one level below it). */
+export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;

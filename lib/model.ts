@@ -1,0 +1,521 @@
+// The public model handle (DESIGN §3). Every argument is validated here, before the native
+// addon is called, and the error says what was wrong and what was expected; a rejected call
+// leaves the model, its optimizer state and files on disk as they were (DESIGN §4).
+//
+// Calls on one model run one at a time, in call order, through an internal promise queue: the
+// native step runs off the JS thread and reads/writes the parameters, so a stateDict() or a
+// second step must not overlap it. The batch's arrays are read at call time (copied if the call
+// has to wait), so the caller may reuse them as soon as the call returns.
+import { readFile } from 'node:fs/promises';
+import { resolveConfig, type EMAEConfig, type ResolvedConfig } from './config.js';
+import {
+  DISPOSED_MESSAGE, assertFiniteNumber, assertKnownKeys, assertNonNegativeInteger, assertObject,
+  assertPositiveInteger, assertString, describeValue, invalidTypeError, isFloat32Array, isObject, withCallerStack,
+} from './errors.js';
+import { validatePermutation } from './masker.js';
+import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
+import { readSafetensors, writeFileAtomic, writeSafetensors, type SafetensorsData } from './safetensors.js';
+
+export type Device = 'cpu' | 'cuda';
+
+/** One parameter of the model (MAE state-dict name). */
+export interface ParamInfo {
+  name: string;
+  shape: number[];
+  /** false for the frozen sin-cos positional embeddings */
+  trainable: boolean;
+  /** AdamW weight decay applies (ndim >= 2 and not a bias) */
+  decay: boolean;
+}
+
+export interface Batch {
+  /** Float32Array [batchSize, channels, imageSize, imageSize] */
+  images: Float32Array;
+  /** Int32Array [batchSize, N], each row a permutation of 0..N−1 (see ParallelMasker) */
+  permutation: Int32Array;
+  batchSize: number;
+}
+
+export interface LossOptions {
+  /** λ for this call (default: config.consistencyWeight) */
+  consistencyWeight?: number;
+}
+
+export interface TrainStepOptions extends LossOptions {
+  /** learning rate for this step (the trainer's schedule sets it per iteration) */
+  lr: number;
+  /** AdamW decoupled weight decay (default 0.05) */
+  weightDecay?: number;
+  /** default 0.9 */
+  beta1?: number;
+  /** default 0.95 */
+  beta2?: number;
+  /** default 1e-8 */
+  eps?: number;
+  /** clip gradients to this global L2 norm; 0 = no clipping (default 0) */
+  clipGrad?: number;
+}
+
+export interface Losses {
+  /** L = recon + λ·consistency */
+  loss: number;
+  recon: number;
+  consistency: number;
+}
+
+export interface LossAndGradsResult extends Losses {
+  /** gradients of the trainable parameters, by state-dict name */
+  grads: Record<string, Float32Array>;
+}
+
+export interface TrainStepResult extends Losses {
+  /** global L2 norm of the gradients before clipping */
+  gradNorm: number;
+  /** optimizer step count after this step */
+  step: number;
+}
+
+export interface OptimizerState {
+  step: number;
+  /** AdamW first moments, per trainable parameter */
+  expAvg: Record<string, Float32Array>;
+  /** AdamW second moments, per trainable parameter */
+  expAvgSq: Record<string, Float32Array>;
+}
+
+/** A tensor for loadStateDict: a Float32Array (checked by length) or one with its shape (checked exactly). */
+export type StateDictTensor = Float32Array | { data: Float32Array; shape: readonly number[] };
+
+export interface LoadOptions {
+  /** Reject missing and unexpected tensors (default true). With false, missing parameters keep their values. */
+  strict?: boolean;
+}
+
+const TRAIN_OPTION_KEYS = ['lr', 'weightDecay', 'beta1', 'beta2', 'eps', 'clipGrad', 'consistencyWeight'] as const;
+const LOSS_OPTION_KEYS = ['consistencyWeight'] as const;
+const LOAD_OPTION_KEYS = ['strict'] as const;
+const MAX_LISTED_PROBLEMS = 8;
+
+const constructToken = Symbol('EMAE.create');
+
+const shapeText = (shape: readonly number[]): string => `[${shape.join(',')}]`;
+const product = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
+export class EMAE {
+  #handle: NativeModel;
+  #config: Readonly<ResolvedConfig>;
+  #device: Device;
+  #params: readonly ParamInfo[];
+  #disposed = false;
+  /** settles when every call so far has finished */
+  #tail: Promise<unknown> = Promise.resolve();
+  /** calls started or waiting */
+  #pending = 0;
+
+  /** Use {@link EMAE.create}. */
+  private constructor(token: symbol, handle: NativeModel, config: ResolvedConfig, device: Device) {
+    if (token !== constructToken) throw new TypeError('Use EMAE.create(config) to make a model');
+    this.#handle = handle;
+    this.#config = Object.freeze({ ...config });
+    this.#device = device;
+    this.#params = Object.freeze(handle.paramInfo().map((p) => Object.freeze({
+      name: p.name, shape: Object.freeze([...p.shape]) as number[], trainable: p.trainable, decay: p.decay,
+    })));
+  }
+
+  /**
+   * Validates the config (see resolveConfig), picks the device and allocates the model with MAE's
+   * initialization.
+   * @throws {TypeError|RangeError} a bad config (the key is named)
+   * @throws {Error} device 'cuda' without a usable CUDA backend; the addon failing to load
+   */
+  static async create(config: EMAEConfig): Promise<EMAE> {
+    const context = new Error();
+    const resolved = resolveConfig(config);
+    const addon = native();
+    const device = pickDevice(resolved.device, () => addon.cudaInfo());
+    let threads = resolved.threads;
+    if (threads === undefined) {
+      threads = addon.defaultThreads();
+      assertPositiveInteger('defaultThreads() of the native addon', threads);
+    }
+    const nativeConfig: NativeModelConfig = {
+      imageSize: resolved.imageSize,
+      patchSize: resolved.patchSize,
+      channels: resolved.channels,
+      embedDim: resolved.embedDim,
+      depth: resolved.depth,
+      numHeads: resolved.numHeads,
+      decoderEmbedDim: resolved.decoderEmbedDim,
+      decoderDepth: resolved.decoderDepth,
+      decoderNumHeads: resolved.decoderNumHeads,
+      mlpRatio: resolved.mlpRatio,
+      parts: resolved.parts,
+      partsTotal: resolved.partsTotal,
+      normPixLoss: resolved.normPixLoss,
+      consistencyDistance: resolved.consistencyDistance,
+      layerNormEps: resolved.layerNormEps,
+      seed: resolved.seed,
+      threads,
+    };
+    let handle: NativeModel;
+    try {
+      handle = new addon.Model(nativeConfig);
+    } catch (err) {
+      throw withCallerStack(err, context);
+    }
+    return new EMAE(constructToken, handle, { ...resolved, device, threads }, device);
+  }
+
+  /** The resolved config (frozen): defaults filled in, device and threads as used. */
+  get config(): Readonly<ResolvedConfig> {
+    return this.#config;
+  }
+
+  /** Where the model lives. */
+  get device(): Device {
+    return this.#device;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Name, shape, trainable and decay of every parameter, in state-dict order (copies). */
+  paramInfo(): ParamInfo[] {
+    this.#assertAlive();
+    return this.#params.map((p) => ({ ...p, shape: [...p.shape] }));
+  }
+
+  /** Copies of every parameter, by MAE state-dict name (positional embeddings included). */
+  async stateDict(): Promise<Record<string, Float32Array>> {
+    const context = new Error();
+    this.#assertAlive();
+    return this.#enqueue(context, () => this.#handle.getParams());
+  }
+
+  /**
+   * Replaces the parameters. Every name, kind and shape is checked against paramInfo() before
+   * anything is written; on error the model is unchanged.
+   * @throws {TypeError} a tensor that is not a Float32Array
+   * @throws {RangeError} a missing or (strict) unexpected tensor, a wrong shape; the tensor is named
+   */
+  async loadStateDict(dict: Record<string, StateDictTensor>, options: LoadOptions = {}): Promise<void> {
+    const context = new Error();
+    this.#assertAlive();
+    const strict = checkLoadOptions(options);
+    assertObject('state dict', dict, 'object mapping parameter names to Float32Array');
+    const tensors: Record<string, { data: unknown; shape?: readonly number[]; dtype?: string }> = {};
+    for (const [name, value] of Object.entries(dict)) {
+      tensors[name] = isObject(value) && !isFloat32Array(value)
+        ? { data: value.data, shape: value.shape as readonly number[] }
+        : { data: value };
+    }
+    const checked = this.#checkTensors(tensors, strict, 'state dict');
+    await this.#enqueue(context, () => this.#setParams(checked));
+  }
+
+  /**
+   * Loads safetensors weights with MAE state-dict names (F32), as saveWeights() or PyTorch's
+   * safetensors.torch.save_file write them.
+   * @throws {RangeError} a corrupt file; a missing, unexpected or mis-shaped tensor (named)
+   * @throws {TypeError} a tensor of another dtype than F32
+   */
+  async loadWeights(file: string, options: LoadOptions = {}): Promise<void> {
+    const context = new Error();
+    this.#assertAlive();
+    assertString('file', file, 'path string');
+    const strict = checkLoadOptions(options);
+    let bytes: Uint8Array;
+    try {
+      bytes = await readFile(file);
+    } catch (err) {
+      throw withCallerStack(err, context);
+    }
+    let tensors;
+    try {
+      tensors = readSafetensors(bytes).tensors;
+    } catch (err) {
+      if (err instanceof Error) err.message = `${file}: ${err.message}`;
+      throw withCallerStack(err, context);
+    }
+    let checked: Record<string, Float32Array>;
+    try {
+      checked = this.#checkTensors(tensors, strict, file);
+    } catch (err) {
+      throw withCallerStack(err, context);
+    }
+    await this.#enqueue(context, () => this.#setParams(checked));
+  }
+
+  /**
+   * Writes every parameter as safetensors (F32, MAE names and shapes, metadata { format: 'pt' }
+   * so safetensors.torch.load_file reads it), atomically: a temporary file, then a rename.
+   */
+  async saveWeights(file: string): Promise<void> {
+    const context = new Error();
+    this.#assertAlive();
+    assertString('file', file, 'path string');
+    const params = await this.#enqueue(context, () => this.#handle.getParams());
+    const tensors: Record<string, { data: Float32Array; shape: readonly number[] }> = {};
+    for (const p of this.#params) tensors[p.name] = { data: params[p.name], shape: p.shape };
+    try {
+      await writeFileAtomic(file, writeSafetensors(tensors, { format: 'pt' }));
+    } catch (err) {
+      throw withCallerStack(err, context);
+    }
+  }
+
+  /**
+   * Forward and backward on one batch: the losses and the gradients of the trainable parameters.
+   * Parameters and optimizer state are not changed.
+   * @throws {TypeError} images not a Float32Array, permutation not an Int32Array, a non-number
+   * @throws {RangeError} wrong lengths, a row that is not a permutation, bad batchSize or λ
+   */
+  async lossAndGrads(batch: Batch, options: LossOptions = {}): Promise<LossAndGradsResult> {
+    const context = new Error();
+    this.#assertAlive();
+    assertObject('options', options);
+    assertKnownKeys('lossAndGrads option', options, LOSS_OPTION_KEYS);
+    const nativeBatch = this.#checkBatch(batch, this.#consistencyWeight(options));
+    const r = await this.#enqueue(context, () => this.#handle.lossAndGrads(nativeBatch));
+    return { loss: r.loss, recon: r.recon, consistency: r.consistency, grads: r.grads };
+  }
+
+  /**
+   * One training step: forward, backward, optional clipping, AdamW (decoupled weight decay, bias
+   * correction; no decay for 1-D parameters and biases; positional embeddings frozen).
+   * A non-finite loss rejects and leaves parameters and optimizer untouched.
+   * @throws {TypeError|RangeError} as lossAndGrads, and for the optimizer options
+   */
+  async trainStep(batch: Batch, options: TrainStepOptions): Promise<TrainStepResult> {
+    const context = new Error();
+    this.#assertAlive();
+    assertObject('options', options, 'object with lr');
+    assertKnownKeys('trainStep option', options, TRAIN_OPTION_KEYS);
+    const { lr, weightDecay = 0.05, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clipGrad = 0 } = options;
+    assertFiniteNumber('lr', lr, { min: 0 });
+    assertFiniteNumber('weightDecay', weightDecay, { min: 0 });
+    assertFiniteNumber('beta1', beta1, { min: 0, below: 1 });
+    assertFiniteNumber('beta2', beta2, { min: 0, below: 1 });
+    assertFiniteNumber('eps', eps, { above: 0 });
+    assertFiniteNumber('clipGrad', clipGrad, { min: 0 }, 'finite number >= 0 (0 = no clipping)');
+    const nativeBatch = this.#checkBatch(batch, this.#consistencyWeight(options));
+    const optim = { lr, weightDecay, beta1, beta2, eps, clipGrad };
+    const r = await this.#enqueue(context, () => this.#handle.trainStep(nativeBatch, optim));
+    return { loss: r.loss, recon: r.recon, consistency: r.consistency, gradNorm: r.gradNorm, step: r.step };
+  }
+
+  /** AdamW state (step count and moments of every trainable parameter), copied. */
+  async getOptimizerState(): Promise<OptimizerState> {
+    const context = new Error();
+    this.#assertAlive();
+    const s = await this.#enqueue(context, () => this.#handle.getOptimizerState());
+    return { step: s.step, expAvg: s.expAvg, expAvgSq: s.expAvgSq };
+  }
+
+  /**
+   * Restores AdamW state from getOptimizerState(). Checked in full before anything is written.
+   * @throws {TypeError} a moment that is not a Float32Array, a non-number step
+   * @throws {RangeError} a missing or unexpected parameter, a wrong length, a bad step
+   */
+  async setOptimizerState(state: OptimizerState): Promise<void> {
+    const context = new Error();
+    this.#assertAlive();
+    assertObject('optimizer state', state, 'object with step, expAvg, expAvgSq');
+    assertKnownKeys('optimizer state key', state, ['step', 'expAvg', 'expAvgSq']);
+    assertNonNegativeInteger('step', state.step);
+    const trainable = this.#params.filter((p) => p.trainable);
+    const copy: OptimizerState = { step: state.step, expAvg: {}, expAvgSq: {} };
+    for (const key of ['expAvg', 'expAvgSq'] as const) {
+      const moments = state[key];
+      assertObject(key, moments, 'object mapping trainable parameter names to Float32Array');
+      for (const p of trainable) {
+        const m = moments[p.name];
+        if (m === undefined) throw new RangeError(`${key}.${p.name}: missing from the optimizer state`);
+        if (!isFloat32Array(m)) throw invalidTypeError(`${key}.${p.name}`, 'Float32Array', m);
+        const want = product(p.shape);
+        if (m.length !== want) {
+          throw new RangeError(`${key}.${p.name}: expected ${want} elements (shape ${shapeText(p.shape)}) but received ${m.length}`);
+        }
+        copy[key][p.name] = m;
+      }
+      const names = new Set(trainable.map((p) => p.name));
+      const extra = Object.keys(moments).find((n) => !names.has(n));
+      if (extra !== undefined) throw new RangeError(`${key}.${extra}: not a trainable parameter of this model`);
+    }
+    await this.#enqueue(context, () => this.#handle.setOptimizerState(copy));
+  }
+
+  /**
+   * Frees the native memory once the calls already made have finished; every later call rejects
+   * with "EMAE model has been disposed". Calling it again does nothing.
+   */
+  dispose(): Promise<void> {
+    if (this.#disposed) return this.#tail.then(() => undefined);
+    this.#disposed = true;
+    const handle = this.#handle;
+    const done = this.#tail.then(() => { if (!handle.disposed) handle.dispose(); });
+    this.#tail = done.catch(() => undefined);
+    return done;
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  #assertAlive(): void {
+    if (this.#disposed) throw new Error(DISPOSED_MESSAGE);
+  }
+
+  /**
+   * Runs `fn` after every earlier call on this model has settled, immediately (synchronously)
+   * when none is pending. Native rejections get the caller's stack.
+   */
+  #enqueue<T>(context: Error, fn: () => T | Promise<T>): Promise<T> {
+    const start = (): T | Promise<T> => {
+      this.#assertAlive();
+      return fn();
+    };
+    let run: Promise<T>;
+    if (this.#pending === 0) {
+      try {
+        run = Promise.resolve(start());
+      } catch (err) {
+        run = Promise.reject(err);
+      }
+    } else {
+      run = this.#tail.then(start);
+    }
+    this.#pending++;
+    const settled = run.finally(() => { this.#pending--; });
+    this.#tail = settled.catch(() => undefined);
+    return settled.catch((err: unknown) => { throw withCallerStack(err, context); });
+  }
+
+  #consistencyWeight(options: LossOptions): number {
+    const w = options.consistencyWeight ?? this.#config.consistencyWeight;
+    assertFiniteNumber('consistencyWeight', w, { min: 0 });
+    return w;
+  }
+
+  /** Validates a batch; copies its arrays when the call will have to wait for an earlier one. */
+  #checkBatch(batch: Batch, consistencyWeight: number): NativeBatch {
+    assertObject('batch', batch, 'object with images, permutation, batchSize');
+    const { images, permutation, batchSize } = batch;
+    const c = this.#config;
+    assertPositiveInteger('batchSize', batchSize);
+    if (!isFloat32Array(images)) {
+      throw invalidTypeError('images', `Float32Array [batchSize, channels, imageSize, imageSize]`, images);
+    }
+    const want = batchSize * c.channels * c.imageSize * c.imageSize;
+    if (images.length !== want) {
+      throw new RangeError(`Expected images of length batchSize·channels·imageSize·imageSize = ` +
+        `${batchSize}·${c.channels}·${c.imageSize}·${c.imageSize} = ${want} but received length ${images.length}`);
+    }
+    validatePermutation(permutation, batchSize, c.numPatches);
+    const wait = this.#pending > 0;
+    return {
+      images: wait ? images.slice() : images,
+      permutation: wait ? permutation.slice() : permutation,
+      batchSize,
+      consistencyWeight,
+    };
+  }
+
+  /**
+   * Checks tensors against paramInfo(): kind (F32), shape, missing and unexpected names. Returns
+   * the Float32Array per parameter (missing ones, when not strict, absent). All problems are
+   * listed; the error's class is that of the first.
+   */
+  #checkTensors(
+    tensors: Record<string, { data: unknown; shape?: readonly number[]; dtype?: string }>,
+    strict: boolean,
+    source: string,
+  ): Record<string, Float32Array> {
+    const problems: Array<TypeError | RangeError> = [];
+    const out: Record<string, Float32Array> = {};
+    const known = new Set(this.#params.map((p) => p.name));
+    for (const p of this.#params) {
+      const t = Object.hasOwn(tensors, p.name) ? tensors[p.name] : undefined;
+      if (t === undefined || t.data === undefined) {
+        if (strict) problems.push(new RangeError(`${p.name}: missing from the ${describeSource(source)} (expected shape ${shapeText(p.shape)})`));
+        continue;
+      }
+      if (t.dtype !== undefined && t.dtype !== 'F32') {
+        problems.push(new TypeError(`${p.name}: expected dtype F32 but the file has ${t.dtype}`));
+        continue;
+      }
+      if (!isFloat32Array(t.data)) {
+        problems.push(invalidTypeError(p.name, 'Float32Array', t.data));
+        continue;
+      }
+      if (t.shape !== undefined) {
+        if (!Array.isArray(t.shape) || t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
+          const has = Array.isArray(t.shape) ? shapeText(t.shape) : describeValue(t.shape);
+          problems.push(new RangeError(`${p.name}: expected shape ${shapeText(p.shape)} but the ${describeSource(source)} has ${has}`));
+          continue;
+        }
+        if (t.data.length !== product(p.shape)) {
+          problems.push(new RangeError(`${p.name}: shape ${shapeText(p.shape)} needs ${product(p.shape)} elements but the data has ${t.data.length}`));
+          continue;
+        }
+      } else if (t.data.length !== product(p.shape)) {
+        problems.push(new RangeError(`${p.name}: expected ${product(p.shape)} elements (shape ${shapeText(p.shape)}) ` +
+          `but received Float32Array(${t.data.length})`));
+        continue;
+      }
+      out[p.name] = t.data;
+    }
+    if (strict) {
+      for (const name of Object.keys(tensors)) {
+        if (!known.has(name)) problems.push(new RangeError(`${name}: unexpected tensor in the ${describeSource(source)} (not a parameter of this model; pass { strict: false } to ignore it)`));
+      }
+    }
+    if (problems.length > 0) {
+      const first = problems[0];
+      const listed = problems.slice(0, MAX_LISTED_PROBLEMS).map((e) => e.message);
+      const more = problems.length > MAX_LISTED_PROBLEMS ? `; and ${problems.length - MAX_LISTED_PROBLEMS} more` : '';
+      const ErrorClass = first instanceof TypeError ? TypeError : RangeError;
+      throw new ErrorClass(`cannot load ${source === 'state dict' ? 'the state dict' : source}: ${listed.join('; ')}${more}`);
+    }
+    return out;
+  }
+
+  /** Fills parameters not given (non-strict loads) with their current values, then one native write. */
+  #setParams(given: Record<string, Float32Array>): void {
+    const full = this.#params.every((p) => given[p.name] !== undefined) ? given : { ...this.#handle.getParams(), ...given };
+    const dict: Record<string, Float32Array> = {};
+    for (const p of this.#params) dict[p.name] = full[p.name];
+    this.#handle.setParams(dict);
+  }
+}
+
+function describeSource(source: string): string {
+  return source === 'state dict' ? 'state dict' : 'file';
+}
+
+function checkLoadOptions(options: unknown): boolean {
+  assertObject('options', options, 'object with strict');
+  assertKnownKeys('load option', options, LOAD_OPTION_KEYS);
+  const strict = options.strict ?? true;
+  if (typeof strict !== 'boolean') throw invalidTypeError('strict', 'boolean', strict);
+  return strict;
+}
+
+/**
+ * 'auto' is the CPU for now: the native core has only the CPU backend wired into Model. 'cuda'
+ * is refused with what the addon reported, so the user sees why.
+ */
+function pickDevice(requested: ResolvedConfig['device'], cudaInfo: () => NativeCudaInfo): Device {
+  if (requested !== 'cuda') return 'cpu';
+  const info = cudaInfo();
+  let why: string;
+  if (!info.compiled) {
+    why = 'this build of the emae addon has no CUDA backend (built without a CUDA compiler; rebuild with EMAE_CUDA=ON)';
+  } else if (info.devices.length === 0) {
+    why = `no CUDA device is usable${info.error ? `: ${info.error}` : ''} (compiled for architectures ${info.architectures || 'none'})`;
+  } else {
+    const names = info.devices.map((d) => `${d.index}: ${d.name} (sm_${d.computeCapability.replace('.', '')})`).join(', ');
+    why = `the CUDA backend is not built yet in this version of emae (devices found: ${names})`;
+  }
+  throw new Error(`device 'cuda' was requested but cannot be used: ${why}. Use device 'cpu' or 'auto'.`);
+}

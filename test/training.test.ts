@@ -1,0 +1,53 @@
+// End-to-end behaviour of trainStep: determinism for a seed and thread count, and that
+// training on a small synthetic set drives the reconstruction loss well down.
+import test from 'ava';
+import { EMAE, ParallelMasker, type EMAEConfig } from '../lib/index.js';
+import { gratings } from './helpers/synthetic.js';
+
+const tiny: EMAEConfig = {
+  imageSize: 16, patchSize: 4, channels: 3, embedDim: 32, depth: 2, numHeads: 2, decoderEmbedDim: 32,
+  decoderDepth: 1, decoderNumHeads: 2, mlpRatio: 2, maskRatio: 0.75, device: 'cpu', threads: 2, seed: 3,
+};
+
+async function run(config: EMAEConfig, steps: number, batchSize: number, lr: number, dataSeed: number) {
+  const model = await EMAE.create(config);
+  const cfg = model.config;
+  const dataset = gratings(64, cfg.channels, cfg.imageSize, dataSeed);
+  const imageSize = cfg.channels * cfg.imageSize * cfg.imageSize;
+  const masker = ParallelMasker.fromConfig(cfg, 42);
+  const recon: number[] = [], losses: number[] = [];
+  try {
+    for (let step = 0; step < steps; step++) {
+      const start = (step * batchSize) % 64;
+      const images = dataset.slice(start * imageSize, (start + batchSize) * imageSize);
+      const warmup = Math.min(1, (step + 1) / 20);  // linear warm-up over 20 steps
+      const r = await model.trainStep({ images, permutation: masker.next(batchSize), batchSize }, { lr: lr * warmup, weightDecay: 0.05 });
+      recon.push(r.recon);
+      losses.push(r.loss);
+    }
+  } finally {
+    await model.dispose();
+  }
+  return { recon, losses };
+}
+
+test('two runs from one seed give bitwise-equal losses over 20 steps', async (t) => {
+  const a = await run(tiny, 20, 8, 1e-3, 1);
+  const b = await run(tiny, 20, 8, 1e-3, 1);
+  t.deepEqual(a.losses, b.losses);
+  t.deepEqual(a.recon, b.recon);
+  const c = await run({ ...tiny, seed: 4 }, 20, 8, 1e-3, 1);
+  t.notDeepEqual(a.losses, c.losses, 'another seed gives another run');
+});
+
+// Measured on this config (raw-pixel targets, K = 4, batch 16, lr 2e-3): recon ≈ 0.97 over the
+// first 5 steps and ≈ 0.31 over the last 10. (With normPixLoss the per-patch normalized gratings
+// plateau near 0.75 within 200 steps, so the test uses raw pixels.)
+test('200 steps on synthetic gratings drive the reconstruction loss well below its start', async (t) => {
+  const { recon } = await run({ ...tiny, parts: 4, normPixLoss: false }, 200, 16, 2e-3, 2);
+  const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
+  const first = mean(recon.slice(0, 5)), last = mean(recon.slice(-10));
+  t.log(`recon: first 5 steps ${first.toFixed(4)}, last 10 steps ${last.toFixed(4)}`);
+  t.true(Number.isFinite(last));
+  t.true(last < 0.5 * first, `recon fell from ${first.toFixed(4)} to ${last.toFixed(4)} (expected below half)`);
+});

@@ -32,6 +32,12 @@ DeviceReport query_devices() {
     d.minor = prop.minor;
     d.multi_processors = prop.multiProcessorCount;
     d.total_memory = prop.totalGlobalMem;
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaSetDevice(i) == cudaSuccess && cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      d.free_memory = free_bytes;
+    } else {
+      cudaGetLastError();
+    }
     r.devices.push_back(d);
   }
   if (count == 0) r.error = "no CUDA device found";

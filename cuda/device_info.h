@@ -13,6 +13,7 @@ struct DeviceInfo {
   int major = 0, minor = 0;
   int multi_processors = 0;
   size_t total_memory = 0;
+  size_t free_memory = 0;  // at the time of the query
 };
 
 struct DeviceReport {

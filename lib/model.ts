@@ -157,6 +157,7 @@ export class EMAE {
       layerNormEps: resolved.layerNormEps,
       seed: resolved.seed,
       threads,
+      device,
     };
     let handle: NativeModel;
     try {
@@ -502,20 +503,24 @@ function checkLoadOptions(options: unknown): boolean {
 }
 
 /**
- * 'auto' is the CPU for now: the native core has only the CPU backend wired into Model. 'cuda'
- * is refused with what the addon reported, so the user sees why.
+ * 'auto' is CUDA device 0 when the addon was built with CUDA and the runtime sees a device of
+ * compute capability 8.0 or newer, else the CPU. 'cuda' without such a device is refused with
+ * what the addon reported, so the user sees why.
  */
 function pickDevice(requested: ResolvedConfig['device'], cudaInfo: () => NativeCudaInfo): Device {
-  if (requested !== 'cuda') return 'cpu';
+  if (requested === 'cpu') return 'cpu';
   const info = cudaInfo();
+  const usable = info.compiled && info.devices.length > 0 && Number(info.devices[0].computeCapability) >= 8;
+  if (usable) return 'cuda';
+  if (requested === 'auto') return 'cpu';
   let why: string;
   if (!info.compiled) {
     why = 'this build of the emae addon has no CUDA backend (built without a CUDA compiler; rebuild with EMAE_CUDA=ON)';
   } else if (info.devices.length === 0) {
     why = `no CUDA device is usable${info.error ? `: ${info.error}` : ''} (compiled for architectures ${info.architectures || 'none'})`;
   } else {
-    const names = info.devices.map((d) => `${d.index}: ${d.name} (sm_${d.computeCapability.replace('.', '')})`).join(', ');
-    why = `the CUDA backend is not built yet in this version of emae (devices found: ${names})`;
+    const d = info.devices[0];
+    why = `CUDA device 0 (${d.name}) has compute capability ${d.computeCapability}; emae needs 8.0 or newer`;
   }
   throw new Error(`device 'cuda' was requested but cannot be used: ${why}. Use device 'cpu' or 'auto'.`);
 }

@@ -29,6 +29,8 @@ export interface NativeModelConfig {
   seed: number;
   /** OpenMP threads for the CPU backend (>= 1). */
   threads: number;
+  /** backend: 'cuda' uses CUDA device 0 */
+  device: 'cpu' | 'cuda';
 }
 
 export interface NativeParamInfo {
@@ -101,7 +103,7 @@ export interface NativeCudaInfo {
   architectures: string;
   /** why no device is usable, when none is */
   error?: string;
-  devices: Array<{ index: number; name: string; computeCapability: string; multiProcessors: number; totalMemory: number }>;
+  devices: Array<{ index: number; name: string; computeCapability: string; multiProcessors: number; totalMemory: number; freeMemory: number }>;
 }
 
 export interface NativeAddon {
@@ -109,6 +111,12 @@ export interface NativeAddon {
   cudaInfo(): NativeCudaInfo;
   /** OpenMP threads available by default */
   defaultThreads(): number;
+  /**
+   * Runs one Backend op in float32 on the CPU or CUDA backend, for the parity tests (internal,
+   * synchronous). Returns the op's outputs (Float32Array) and host values (numbers).
+   */
+  testBackendOp(device: 'cpu' | 'cuda', name: string, tensors: Record<string, Float32Array | Int32Array>,
+    dims: Record<string, number>): Record<string, Float32Array | number>;
   /** Runs one CPU op in float64 for the gradient tests (internal, synchronous). */
   testOp(name: string, tensors: Record<string, Float64Array>, dims: Record<string, number>): Record<string, Float64Array>;
 }

@@ -8,7 +8,8 @@
 
 namespace emae::napi {
 
-Napi::Value TestOp(const Napi::CallbackInfo& info);  // test_ops.cc
+Napi::Value TestOp(const Napi::CallbackInfo& info);         // test_ops.cc
+Napi::Value TestBackendOp(const Napi::CallbackInfo& info);  // backend_ops.cc
 
 namespace {
 
@@ -28,6 +29,7 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("computeCapability", std::to_string(d.major) + "." + std::to_string(d.minor));
     o.Set("multiProcessors", d.multi_processors);
     o.Set("totalMemory", (double)d.total_memory);
+    o.Set("freeMemory", (double)d.free_memory);
     devices.Set((uint32_t)i, o);
   }
   out.Set("devices", devices);
@@ -45,6 +47,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
   exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
   exports.Set("testOp", Napi::Function::New<TestOp>(env, "testOp"));
+  exports.Set("testBackendOp", Napi::Function::New<TestBackendOp>(env, "testBackendOp"));
   return exports;
 }
 

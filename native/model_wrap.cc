@@ -6,12 +6,16 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "cuda/cuda_backend.h"
 #include "napi_util.h"
 
 namespace emae::napi {
 namespace {
 
-ModelConfig parse_config(const Napi::Object& o) {
+ModelConfig parse_config(const Napi::Object& o, std::string& device) {
+  device = get_string(o, "device");
+  if (device != "cpu" && device != "cuda")
+    throw Napi::RangeError::New(o.Env(), "Expected 'cpu' or 'cuda' for device but received '" + device + "'");
   ModelConfig c;
   c.image_size = get_int(o, "imageSize", 1);
   c.patch_size = get_int(o, "patchSize", 1);
@@ -240,10 +244,11 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
 
 ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
   Napi::Env env = info.Env();
-  ModelConfig config = parse_config(get_object(info[0], "config"));
+  std::string device;
+  ModelConfig config = parse_config(get_object(info[0], "config"), device);
   guard(env, "Model", [&] {
     omp_set_num_threads(config.threads);
-    model_ = std::make_unique<Model>(config, cpu::make_cpu_backend());
+    model_ = std::make_unique<Model>(config, device == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend());
   });
 }
 

@@ -23,11 +23,16 @@ test('cudaInfo reports the build and the devices in a stable shape', (t) => {
   if (info.devices.length === 0) t.is(typeof info.error, 'string', 'no device: the reason is given');
 });
 
-// The CUDA training backend is not wired into Model yet (issue 3): until it is, device 'cuda' is
-// refused with the reason, with or without a GPU.
-test("device 'cuda' without a usable CUDA backend is a clear error", async (t) => {
+(usable ? test.skip : test)("device 'cuda' without a usable CUDA device is a clear error", async (t) => {
   const err = await t.throwsAsync(EMAE.create({ preset: 'cpu-tiny', device: 'cuda' }));
   t.regex(err!.message, /cuda/i);
+});
+
+(usable ? test.skip : test)("device 'auto' falls back to the CPU without a usable CUDA device", async (t) => {
+  const model = await EMAE.create({ imageSize: 8, patchSize: 2, embedDim: 8, depth: 1, numHeads: 2,
+    decoderEmbedDim: 8, decoderDepth: 1, decoderNumHeads: 2, device: 'auto' });
+  t.is(model.device, 'cpu');
+  await model.dispose();
 });
 
 (usable ? test : test.skip)('each CUDA device reports name, compute capability >= 8.0, SMs and memory', (t) => {

@@ -1,0 +1,106 @@
+// GPU benchmark: an EMAE training step (vit-base/16 at 224², K = 4 by default) on our CUDA
+// backend next to the same step in PyTorch (bf16 autocast, SDPA, fused AdamW) on the same card,
+// in the same run. Reports images/s, peak memory and model FLOPs utilization against the card's
+// measured bf16 matrix rate (from the PyTorch script), and the ratio.
+//   node --import=tsx bench/gpu_step.ts [--preset vit-base] [--parts 4] [--batches 64,128]
+//        [--iters 10] [--warmup 3] [--python python3] [--json out.json]
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { EMAE, ParallelMasker, cudaInfo, presets, type PresetName } from '../lib/index.js';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
+}
+const preset = arg('preset', 'vit-base') as PresetName;
+const parts = Number(arg('parts', '4'));
+const batches = arg('batches', '64,128').split(',').map(Number);
+const iters = Number(arg('iters', '10'));
+const warmup = Number(arg('warmup', '3'));
+const python = arg('python', 'python3');
+const jsonOut = arg('json', '');
+
+/** Model FLOPs of one training step (forward + backward, no recomputation), as in MFU accounting. */
+function stepFlops(c: EMAE["config"], B: number): number {
+  const K = c.parts, V = c.visiblePerPart, N = c.numPatches, P = c.patchDim;
+  const S = B * K, T = 1 + V, Td = 1 + N;
+  const linear = (rows: number, k: number, n: number, withInputGrad = true) => 2 * rows * k * n * (withInputGrad ? 3 : 2);
+  const attention = (seqs: number, t: number, width: number) => 4 * seqs * t * t * width * 3;  // QKᵀ and PV, fwd + 2× bwd
+  const block = (rows: number, seqs: number, t: number, d: number) =>
+    linear(rows, d, 3 * d) + linear(rows, d, d) + linear(rows, d, c.mlpRatio * d) + linear(rows, c.mlpRatio * d, d) + attention(seqs, t, d);
+  let f = linear(S * V, P, c.embedDim, false);
+  f += c.depth * block(S * T, S, T, c.embedDim);
+  f += linear(S * T, c.embedDim, c.decoderEmbedDim);
+  f += c.decoderDepth * block(S * Td, S, Td, c.decoderEmbedDim);
+  f += linear(S * Td, c.decoderEmbedDim, P);
+  return f;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function ours(B: number) {
+  const before = cudaInfo().devices[0]?.freeMemory ?? 0;
+  const model = await EMAE.create({ preset, parts, device: 'cuda', seed: 0 });
+  const c = model.config;
+  const masker = ParallelMasker.fromConfig(c, 1);
+  const images = Float32Array.from({ length: B * c.channels * c.imageSize * c.imageSize }, () => Math.random() * 2 - 1);
+  const perms = Array.from({ length: 4 }, () => masker.next(B));
+  const times: number[] = [];
+  let loss = 0;
+  for (let i = 0; i < warmup + iters; i++) {
+    const t0 = performance.now();
+    const r = await model.trainStep({ images, permutation: perms[i % 4], batchSize: B }, { lr: 1.5e-4 * B / 256 });
+    const dt = performance.now() - t0;
+    loss = r.loss;
+    if (i >= warmup) times.push(dt);
+  }
+  const after = cudaInfo().devices[0]?.freeMemory ?? 0;
+  const flops = stepFlops(c, B);
+  await model.dispose();
+  const ms = median(times);
+  return { ms, min: Math.min(...times), imagesPerS: B / (ms / 1e3), memoryMb: (before - after) / 2 ** 20, flops, loss };
+}
+
+function pytorch(B: number) {
+  const r = spawnSync(python, ['bench/torch_gpu_step.py', '--preset', preset, '--parts', String(parts), '--batch', String(B),
+    '--iters', String(Math.max(iters, 10)), '--warmup', String(warmup)], { encoding: 'utf8' });
+  if (r.status !== 0) return { error: (r.stderr || r.stdout || String(r.error)).trim().split('\n').slice(-3).join(' | ') };
+  return JSON.parse(r.stdout.trim().split('\n').pop()!);
+}
+
+const info = cudaInfo();
+if (!info.compiled || info.devices.length === 0) {
+  console.error(`no usable CUDA device: ${info.error ?? 'none found'}`);
+  process.exit(2);
+}
+console.log(`device: ${info.devices[0].name} (sm_${info.devices[0].computeCapability.replace('.', '')}), preset ${preset}, K = ${parts}`);
+if (!(preset in presets)) throw new RangeError(`unknown preset ${preset}`);
+const rows: any[] = [];
+for (const B of batches) {
+  let mine;
+  try {
+    mine = await ours(B);
+  } catch (err) {
+    mine = { error: (err as Error).message };
+  }
+  const theirs = pytorch(B);
+  const rate = theirs.bf16_matmul_tflops ? theirs.bf16_matmul_tflops * 1e12 : NaN;
+  const row = {
+    batch: B,
+    ours_ms: mine.ms, ours_images_per_s: mine.imagesPerS, ours_peak_memory_mb: mine.memoryMb,
+    ours_mfu: mine.flops ? mine.flops / (mine.ms / 1e3) / rate : NaN,
+    pytorch_ms: theirs.ms_per_step_median, pytorch_images_per_s: theirs.images_per_s, pytorch_peak_memory_mb: theirs.peak_memory_mb,
+    pytorch_mfu: mine.flops && theirs.ms_per_step_median ? mine.flops / (theirs.ms_per_step_median / 1e3) / rate : NaN,
+    speedup_vs_pytorch: theirs.ms_per_step_median && mine.ms ? theirs.ms_per_step_median / mine.ms : NaN,
+    bf16_matmul_tflops: theirs.bf16_matmul_tflops, step_gflop: mine.flops ? mine.flops / 1e9 : NaN,
+    ours_error: (mine as any).error, pytorch_error: theirs.error, ours_loss: (mine as any).loss,
+  };
+  rows.push(row);
+  console.log(JSON.stringify(row));
+}
+const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+console.log('\n| batch | ours ms/step | ours img/s | ours peak MB | ours MFU | PyTorch ms/step | PyTorch img/s | PyTorch peak MB | PyTorch MFU | speed-up (PyTorch ms / ours ms) |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
+for (const r of rows)
+  console.log(`| ${r.batch} | ${fmt(r.ours_ms)} | ${fmt(r.ours_images_per_s)} | ${fmt(r.ours_peak_memory_mb, 0)} | ${fmt(100 * r.ours_mfu)}% | ${fmt(r.pytorch_ms)} | ${fmt(r.pytorch_images_per_s)} | ${fmt(r.pytorch_peak_memory_mb, 0)} | ${fmt(100 * r.pytorch_mfu)}% | ${fmt(r.speedup_vs_pytorch, 2)} |`);
+if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ device: info.devices[0], preset, parts, rows }, null, 1));

@@ -1,0 +1,231 @@
+// CUDA implementation of the Backend interface (native/core/backend.h). Every op is enqueued on
+// one stream; the host waits only where the interface returns a value to the host (the losses,
+// the gradient norm, downloads). Kernels live in the .cuh files beside this one.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "core/errors.h"
+#include "cuda/attention.cuh"
+#include "cuda/common.cuh"
+#include "cuda/cuda_backend.h"
+#include "cuda/gemm.cuh"
+#include "cuda/layernorm.cuh"
+#include "cuda/loss.cuh"
+#include "cuda/optim.cuh"
+#include "cuda/tokens.cuh"
+
+namespace emae::cuda {
+namespace {
+
+// A device buffer that only grows (scratch shared by the ops, which run one after another on
+// the stream). Growing frees the old buffer: cudaFree waits for the device, so no op still uses it.
+class Scratch {
+ public:
+  ~Scratch() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  void* get(size_t bytes) {
+    if (bytes > bytes_) {
+      const size_t want = std::max(bytes, bytes_ * 2);
+      if (ptr_) EMAE_CUDA_CHECK(cudaFree(ptr_));
+      ptr_ = nullptr;
+      bytes_ = 0;
+      if (cudaMalloc(&ptr_, want) != cudaSuccess) {
+        cudaGetLastError();
+        throw OutOfMemory("cuda scratch", want);
+      }
+      bytes_ = want;
+    }
+    return ptr_;
+  }
+  template <typename T> T* get_as(size_t count) { return static_cast<T*>(get(count * sizeof(T))); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    int count = 0;
+    EMAE_CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (device < 0 || device >= count)
+      throw RangeError("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+                       " found)");
+    EMAE_CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop{};
+    EMAE_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    if (prop.major < 8)
+      throw RangeError(std::string("CUDA device ") + prop.name + " has compute capability " +
+                       std::to_string(prop.major) + "." + std::to_string(prop.minor) + "; emae needs 8.0 or newer");
+    name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+    EMAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+
+  // ---- memory --------------------------------------------------------------------------------
+  void* allocate(size_t bytes) override {
+    bind();
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      if (err == cudaErrorMemoryAllocation) throw OutOfMemory("cudaMalloc on " + name_, bytes);
+      check(err, "cudaMalloc", __FILE__, __LINE__);
+    }
+    return p;
+  }
+  void release(void* ptr) override {
+    bind();
+    cudaFree(ptr);  // never throws from a destructor path
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    bind();
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away after return
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    bind();
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void zero(void* dst, size_t bytes) override {
+    bind();
+    EMAE_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    bind();
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  // ---- ops -----------------------------------------------------------------------------------
+  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
+                      int R, int K, int N) override {
+    bind();
+    cuda::matmul_forward(out, inp, weight, bias, residual, R, K, N, stream_);
+  }
+  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, int R, int K, int N) override {
+    bind();
+    cuda::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, stream_);
+  }
+  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                         const float* bias, int R, int C, float eps) override {
+    bind();
+    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, R, C, eps, stream_);
+  }
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                          const float* weight, const float* mean, const float* rstd, int R, int C) override {
+    bind();
+    float* scratch = scratch_.get_as<float>(layernorm_scratch_floats(R, C));
+    cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, R, C, scratch, stream_);
+  }
+  void gelu_forward(float* out, const float* inp, size_t n) override {
+    bind();
+    cuda::gelu_forward(out, inp, n, stream_);
+  }
+  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+    bind();
+    cuda::gelu_backward(dinp, inp, dout, n, stream_);
+  }
+  void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) override {
+    bind();
+    cuda::attention_forward(out, lse, qkv, S, T, H, dh, stream_);
+  }
+  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int S,
+                          int T, int H, int dh) override {
+    bind();
+    float* scratch = scratch_.get_as<float>(attention_backward_scratch_floats(S, T, H));
+    cuda::attention_backward(dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream_);
+  }
+  void gather_visible_patches(float* cols, const float* images, const int32_t* perm, const PartGeometry& g) override {
+    bind();
+    cuda::gather_visible_patches(cols, images, perm, g, stream_);
+  }
+  void patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) override {
+    bind();
+    cuda::patchify_target(target, images, g, norm_pix, stream_);
+  }
+  void encoder_tokens_forward(float* x, const float* emb, const float* cls_token, const float* pos_embed,
+                              const int32_t* perm, const PartGeometry& g, int D) override {
+    bind();
+    cuda::encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D, stream_);
+  }
+  void encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm, const PartGeometry& g,
+                               int D) override {
+    bind();
+    float* scratch = scratch_.get_as<float>(column_sum_scratch_floats(g.batch * g.parts, D));
+    cuda::encoder_tokens_backward(demb, dcls, dx, g, D, scratch, stream_);
+  }
+  void decoder_tokens_forward(float* z, const float* y, const float* mask_token, const float* dec_pos_embed,
+                              const int32_t* perm, const PartGeometry& g, int Dd) override {
+    bind();
+    cuda::decoder_tokens_forward(z, y, mask_token, dec_pos_embed, positions(perm, g), g, Dd, stream_);
+  }
+  void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
+                               int Dd) override {
+    bind();
+    const int32_t* position_of = positions(perm, g);
+    float* scratch = scratch_.get_as<float>(decoder_tokens_scratch_floats(g, Dd));
+    cuda::decoder_tokens_backward(dy, dmask, dz, perm, position_of, g, Dd, scratch, stream_);
+  }
+  LossValues loss_forward_backward(float* dpred, const float* pred, const float* target, const int32_t* perm,
+                                   const PartGeometry& g, float lambda, bool l1) override {
+    bind();
+    const int32_t* position_of = positions(perm, g);
+    double* scratch = scratch_.get_as<double>(loss_scratch_doubles(g));
+    return cuda::loss_forward_backward(dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
+  }
+
+  double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {
+    bind();
+    const DeviceSegment* table = segments_.get(segments, count, stream_);
+    double* scratch = scratch_.get_as<double>((size_t)count * OptimTraits::kBlocksPerSegment + 1);
+    double* result = scratch + (size_t)count * OptimTraits::kBlocksPerSegment;
+    cuda::grad_norm_squared(result, grads, table, count, scratch, stream_);
+    double host = 0;
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(host), cudaMemcpyDeviceToHost, stream_));
+    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return host;
+  }
+  void scale(float* data, const ParamSegment* segments, int count, float factor) override {
+    bind();
+    cuda::scale(data, segments_.get(segments, count, stream_), count, factor, stream_);
+  }
+  void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
+             int count, const AdamWScalars& s) override {
+    bind();
+    cuda::adamw(params, grads, exp_avg, exp_avg_sq, segments_.get(segments, count, stream_), count, s, stream_);
+  }
+
+ private:
+  // Node may call in from different libuv threads: the current device is per host thread.
+  void bind() { EMAE_CUDA_CHECK(cudaSetDevice(device_)); }
+
+  // position_of (B, N) for this step's permutation (recomputed: a B·N-element kernel)
+  const int32_t* positions(const int32_t* perm, const PartGeometry& g) {
+    int32_t* out = positions_.get_as<int32_t>((size_t)g.batch * g.num_patches);
+    inverse_permutation(out, perm, g.batch, g.num_patches, stream_);
+    return out;
+  }
+
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  Scratch scratch_, positions_;
+  SegmentTable segments_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+}  // namespace emae::cuda

@@ -1,0 +1,125 @@
+// LayerNorm forward and backward (fp32), as in native/cpu/ops.cc.
+//   forward:  out (R, C) = (x − mean) · rstd · w + b; mean, rstd (R) saved
+//   backward: dinp (R, C) += rstd · (dn − mean(dn) − x̂ · mean(dn · x̂)), dn = dout · w   [accumulates]
+//             dw (C) += Σ_r dout · x̂;  db (C) += Σ_r dout                               [accumulate]
+// One warp per row for the row-wise parts; the column sums run in fixed row chunks reduced in
+// chunk order (deterministic), through a caller-provided scratch of
+// layernorm_scratch_floats(R, C) floats.
+#pragma once
+#include "core/elementwise.h"
+#include "cuda/common.cuh"
+
+namespace emae::cuda {
+
+struct LayerNormTraits {
+  static constexpr int kWarpsPerBlock = 8;
+  static constexpr int kRowChunk = 256;     // rows per partial column sum
+  static constexpr int kColumnsPerBlock = 128;
+  static_assert(kColumnsPerBlock % 32 == 0, "column blocks are whole warps");
+};
+
+__global__ void layernorm_forward_kernel(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                                         const float* __restrict__ inp, const float* __restrict__ w,
+                                         const float* __restrict__ b, int R, int C, float eps) {
+  const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= R) return;
+  const float* x = inp + (size_t)row * C;
+  float s = 0.f;
+  for (int c = lane; c < C; c += 32) s += x[c];
+  const float m = warp_sum(s) / C;
+  float v = 0.f;
+  for (int c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
+  const float r = layernorm_rstd(warp_sum(v) / C, eps);
+  float* o = out + (size_t)row * C;
+  for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = r;
+  }
+}
+
+__global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
+                                                const float* __restrict__ inp, const float* __restrict__ w,
+                                                const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                int R, int C) {
+  const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= R) return;
+  const float* x = inp + (size_t)row * C;
+  const float* g = dout + (size_t)row * C;
+  const float m = mean[row], r = rstd[row];
+  float sum_dn = 0.f, sum_dn_xhat = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const float dn = g[c] * w[c];
+    sum_dn += dn;
+    sum_dn_xhat += dn * (x[c] - m) * r;
+  }
+  const float mean_dn = warp_sum(sum_dn) / C, mean_dn_xhat = warp_sum(sum_dn_xhat) / C;
+  float* dx = dinp + (size_t)row * C;
+  for (int c = lane; c < C; c += 32) dx[c] += r * (g[c] * w[c] - mean_dn - (x[c] - m) * r * mean_dn_xhat);
+}
+
+// partial (chunks, 2, C): per row chunk, Σ dout·x̂ and Σ dout
+__global__ void layernorm_backward_params_partial_kernel(float* __restrict__ partial, const float* __restrict__ dout,
+                                                         const float* __restrict__ inp, const float* __restrict__ mean,
+                                                         const float* __restrict__ rstd, int R, int C) {
+  const int c = blockIdx.x * LayerNormTraits::kColumnsPerBlock + threadIdx.x;
+  const int chunk = blockIdx.y;
+  if (c >= C) return;
+  const int r0 = chunk * LayerNormTraits::kRowChunk, r1 = min(R, r0 + LayerNormTraits::kRowChunk);
+  float dw = 0.f, db = 0.f;
+  for (int r = r0; r < r1; ++r) {
+    const float g = dout[(size_t)r * C + c];
+    dw += g * (inp[(size_t)r * C + c] - mean[r]) * rstd[r];
+    db += g;
+  }
+  partial[((size_t)chunk * 2) * C + c] = dw;
+  partial[((size_t)chunk * 2 + 1) * C + c] = db;
+}
+
+// dw (C) += Σ_chunks partial[chunk][0]; db (C) += Σ_chunks partial[chunk][1]
+__global__ void layernorm_reduce_chunks_kernel(float* __restrict__ dw, float* __restrict__ db,
+                                               const float* __restrict__ partial, int chunks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float a = 0.f, b = 0.f;
+  for (int k = 0; k < chunks; ++k) {
+    a += partial[(size_t)k * 2 * C + c];
+    b += partial[(size_t)k * 2 * C + C + c];
+  }
+  dw[c] += a;
+  db[c] += b;
+}
+
+inline size_t layernorm_scratch_floats(int R, int C) {
+  return (size_t)ceil_div(R, LayerNormTraits::kRowChunk) * 2 * C;
+}
+
+inline void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
+                              int R, int C, float eps, cudaStream_t stream) {
+  if (R <= 0 || C <= 0) return;
+  const int threads = 32 * LayerNormTraits::kWarpsPerBlock;
+  layernorm_forward_kernel<<<ceil_div(R, LayerNormTraits::kWarpsPerBlock), threads, 0, stream>>>(out, mean, rstd, inp, w,
+                                                                                                 b, R, C, eps);
+  EMAE_CHECK_LAUNCH("layernorm_forward_kernel");
+}
+
+inline void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
+                               const float* mean, const float* rstd, int R, int C, float* scratch,
+                               cudaStream_t stream) {
+  if (R <= 0 || C <= 0) return;
+  const int threads = 32 * LayerNormTraits::kWarpsPerBlock;
+  layernorm_backward_input_kernel<<<ceil_div(R, LayerNormTraits::kWarpsPerBlock), threads, 0, stream>>>(
+      dinp, dout, inp, w, mean, rstd, R, C);
+  EMAE_CHECK_LAUNCH("layernorm_backward_input_kernel");
+  const int chunks = ceil_div(R, LayerNormTraits::kRowChunk);
+  dim3 grid(ceil_div(C, LayerNormTraits::kColumnsPerBlock), chunks);
+  layernorm_backward_params_partial_kernel<<<grid, LayerNormTraits::kColumnsPerBlock, 0, stream>>>(scratch, dout, inp,
+                                                                                                  mean, rstd, R, C);
+  EMAE_CHECK_LAUNCH("layernorm_backward_params_partial_kernel");
+  layernorm_reduce_chunks_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dw, db, scratch, chunks, C);
+  EMAE_CHECK_LAUNCH("layernorm_reduce_chunks_kernel");
+}
+
+}  // namespace emae::cuda

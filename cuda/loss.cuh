@@ -1,0 +1,132 @@
+// Reconstruction and self-consistency losses in one fused pass over the predictions (fp32, sums
+// in double), as in native/cpu/ops.cc loss_forward_backward:
+//   pred (S, 1+N, P) with row 0 of each part the dropped cls row, target (B, N, P)
+//   recon = Σ_{b,k, n masked in k} mean_p (ŷ − t)² / (B·K·(N−V))
+//   consistency = Σ_{(b,n,i≠j) both masked} mean_p d(ŷ_i − sg(ŷ_j)) / |S|
+//   dpred = ∂(recon + λ·consistency)/∂pred with the stop-gradient (cls rows 0)
+// |S| has a closed form: a patch visible in one of the K parts is masked in K−1, the others in K,
+// and exactly K·V patches per image are visible somewhere.
+// One warp per (b, n); per-item sums go to scratch and are reduced in a fixed order.
+#pragma once
+#include "core/backend.h"
+#include "core/elementwise.h"
+#include "cuda/common.cuh"
+
+namespace emae::cuda {
+
+struct LossTraits {
+  static constexpr int kWarpsPerBlock = 8;
+  static constexpr int kReduceThreads = 1024;
+  static_assert((kReduceThreads & (kReduceThreads - 1)) == 0, "the final tree reduction needs a power of two");
+};
+
+__global__ void loss_items_kernel(float* __restrict__ dpred, double* __restrict__ item_sums,
+                                  const float* __restrict__ pred, const float* __restrict__ target,
+                                  const int32_t* __restrict__ position_of, PartGeometry g, float rec_scale,
+                                  float con_scale, bool l1) {
+  const int item = blockIdx.x * LossTraits::kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int K = g.parts, V = g.visible, N = g.num_patches;
+  const int P = g.patch * g.patch * g.channels;
+  if (item >= g.batch * N) return;
+  const int b = item / N, n = item % N;
+  const int pos = position_of[item];
+  const int vis = pos < K * V ? pos / V : -1;  // the part in which n is visible, −1 if none
+  const float* t = target + (size_t)item * P;
+  const size_t part_stride = (size_t)(1 + N) * P;
+  const size_t row0 = (size_t)b * K * part_stride + (size_t)(1 + n) * P;
+  double rec = 0.0, con = 0.0;
+  for (int i = 0; i < K; ++i) {
+    float* gi = dpred + row0 + i * part_stride;
+    if (i == vis) {
+      for (int q = lane; q < P; q += 32) gi[q] = 0.f;
+      continue;
+    }
+    const float* yi = pred + row0 + i * part_stride;
+    for (int q = lane; q < P; q += 32) {
+      const float y = yi[q];
+      const float diff = y - t[q];
+      rec += (double)(diff * diff);
+      float grad = rec_scale * diff;
+      for (int j = 0; j < K; ++j) {
+        if (j == i || j == vis) continue;
+        const float dij = y - pred[row0 + j * part_stride + q];
+        con += (double)consistency_dist(dij, l1);
+        grad += con_scale * consistency_dist_grad(dij, l1);
+      }
+      gi[q] = grad;
+    }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    rec += __shfl_xor_sync(0xffffffffu, rec, offset);
+    con += __shfl_xor_sync(0xffffffffu, con, offset);
+  }
+  if (lane == 0) {
+    item_sums[2 * (size_t)item] = rec;
+    item_sums[2 * (size_t)item + 1] = con;
+  }
+}
+
+__global__ void zero_cls_rows_kernel(float* __restrict__ dpred, int S, int N, int P) {
+  const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (idx >= (long long)S * P) return;
+  dpred[(idx / P) * (size_t)(1 + N) * P + idx % P] = 0.f;
+}
+
+// out[0..1] = Σ items (recon, consistency); one block, fixed assignment and tree: deterministic
+__global__ void loss_reduce_kernel(double* __restrict__ out, const double* __restrict__ item_sums, int items) {
+  __shared__ double sh[2][LossTraits::kReduceThreads];
+  double rec = 0.0, con = 0.0;
+  for (int i = threadIdx.x; i < items; i += blockDim.x) {
+    rec += item_sums[2 * (size_t)i];
+    con += item_sums[2 * (size_t)i + 1];
+  }
+  sh[0][threadIdx.x] = rec;
+  sh[1][threadIdx.x] = con;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      sh[0][threadIdx.x] += sh[0][threadIdx.x + stride];
+      sh[1][threadIdx.x] += sh[1][threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    out[0] = sh[0][0];
+    out[1] = sh[1][0];
+  }
+}
+
+inline size_t loss_scratch_doubles(const PartGeometry& g) { return 2 * (size_t)g.batch * g.num_patches + 2; }
+
+// Returns the loss values (the one host synchronization of a step). scratch: loss_scratch_doubles(g).
+inline LossValues loss_forward_backward(float* dpred, const float* pred, const float* target,
+                                        const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
+                                        double* scratch, cudaStream_t stream) {
+  const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches;
+  const int P = g.patch * g.patch * g.channels;
+  const double rec_count = (double)B * K * (N - V);
+  const double pairs = (double)B * ((double)K * V * (K - 1) * (K - 2) + (double)(N - K * V) * K * (K - 1));
+  const float rec_scale = (float)(2.0 / (rec_count * P));
+  const float con_scale = pairs > 0 ? (float)(lambda / (pairs * P)) : 0.f;
+  const int items = B * N;
+  double* item_sums = scratch;
+  double* totals = scratch + 2 * (size_t)items;
+  loss_items_kernel<<<ceil_div(items, LossTraits::kWarpsPerBlock), 32 * LossTraits::kWarpsPerBlock, 0, stream>>>(
+      dpred, item_sums, pred, target, position_of, g, rec_scale, con_scale, l1);
+  EMAE_CHECK_LAUNCH("loss_items_kernel");
+  zero_cls_rows_kernel<<<ceil_div((long long)B * K * P, 256), 256, 0, stream>>>(dpred, B * K, N, P);
+  EMAE_CHECK_LAUNCH("zero_cls_rows_kernel");
+  loss_reduce_kernel<<<1, LossTraits::kReduceThreads, 0, stream>>>(totals, item_sums, items);
+  EMAE_CHECK_LAUNCH("loss_reduce_kernel");
+  double host[2];
+  EMAE_CUDA_CHECK(cudaMemcpyAsync(host, totals, sizeof(host), cudaMemcpyDeviceToHost, stream));
+  EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  LossValues out;
+  out.recon = host[0] / (rec_count * P);
+  out.consistency = pairs > 0 ? host[1] / (pairs * P) : 0.0;
+  out.loss = out.recon + (double)lambda * out.consistency;
+  return out;
+}
+
+}  // namespace emae::cuda

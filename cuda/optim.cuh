@@ -1,0 +1,154 @@
+// GELU and the optimizer-side kernels: AdamW over all trainable segments in one launch, the
+// global gradient norm (deterministic two-stage reduction) and gradient scaling.
+// Segments (offset, size, decay) live in device memory (SegmentTable below); blockIdx.y picks
+// the segment and the x blocks stride over it.
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/elementwise.h"
+#include "cuda/common.cuh"
+
+namespace emae::cuda {
+
+struct OptimTraits {
+  static constexpr int kThreads = 256;
+  static constexpr int kBlocksPerSegment = 64;  // x-blocks striding over one segment
+};
+
+__global__ void gelu_forward_kernel(float* __restrict__ out, const float* __restrict__ inp, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    out[i] = gelu(inp[i]);
+}
+
+__global__ void gelu_backward_kernel(float* dinp, const float* __restrict__ inp, const float* dout, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dinp[i] = gelu_grad(inp[i]) * dout[i];  // dinp may alias dout: each element read then written by one thread
+}
+
+struct DeviceSegment {
+  unsigned long long offset, size;
+  int decay;
+};
+
+__global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
+                             float* __restrict__ v, const DeviceSegment* __restrict__ segments, AdamWScalars s) {
+  const DeviceSegment seg = segments[blockIdx.y];
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const unsigned long long k = seg.offset + i;
+    adamw_update(params[k], m[k], v[k], grads[k], s, seg.decay != 0);
+  }
+}
+
+__global__ void scale_kernel(float* __restrict__ data, const DeviceSegment* __restrict__ segments, float factor) {
+  const DeviceSegment seg = segments[blockIdx.y];
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
+       i += (unsigned long long)gridDim.x * blockDim.x)
+    data[seg.offset + i] *= factor;
+}
+
+// partial[segment][x-block] = Σ g² over that block's stride (double)
+__global__ void grad_norm_partial_kernel(double* __restrict__ partial, const float* __restrict__ grads,
+                                         const DeviceSegment* __restrict__ segments) {
+  __shared__ double warp_sums[OptimTraits::kThreads / 32];
+  const DeviceSegment seg = segments[blockIdx.y];
+  double acc = 0.0;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const double g = grads[seg.offset + i];
+    acc += g * g;
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < OptimTraits::kThreads / 32; ++w) total += warp_sums[w];
+    partial[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = total;
+  }
+}
+
+// one thread sums the partials in order: deterministic, and the count is small (segments × 64)
+__global__ void sum_doubles_kernel(double* __restrict__ out, const double* __restrict__ partial, int n) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double total = 0.0;
+  for (int i = 0; i < n; ++i) total += partial[i];
+  *out = total;
+}
+
+inline void gelu_forward(float* out, const float* inp, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  const int blocks = (int)std::min<size_t>((n + 255) / 256, 65535 * 8);
+  gelu_forward_kernel<<<blocks, 256, 0, stream>>>(out, inp, n);
+  EMAE_CHECK_LAUNCH("gelu_forward_kernel");
+}
+
+inline void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  const int blocks = (int)std::min<size_t>((n + 255) / 256, 65535 * 8);
+  gelu_backward_kernel<<<blocks, 256, 0, stream>>>(dinp, inp, dout, n);
+  EMAE_CHECK_LAUNCH("gelu_backward_kernel");
+}
+
+// A device copy of the optimizer's segment table, refreshed only when the host table changes.
+class SegmentTable {
+ public:
+  ~SegmentTable() {
+    if (device_) cudaFree(device_);
+  }
+  const DeviceSegment* get(const ParamSegment* segments, int count, cudaStream_t stream) {
+    std::vector<DeviceSegment> table(count);
+    for (int i = 0; i < count; ++i)
+      table[i] = {(unsigned long long)segments[i].offset, (unsigned long long)segments[i].size, segments[i].decay ? 1 : 0};
+    bool same = count == count_ && host_.size() == table.size();
+    for (int i = 0; same && i < count; ++i)
+      same = host_[i].offset == table[i].offset && host_[i].size == table[i].size && host_[i].decay == table[i].decay;
+    if (same) return device_;
+    if (device_) EMAE_CUDA_CHECK(cudaFree(device_));
+    device_ = nullptr;
+    EMAE_CUDA_CHECK(cudaMalloc(&device_, sizeof(DeviceSegment) * std::max(count, 1)));
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(device_, table.data(), sizeof(DeviceSegment) * count, cudaMemcpyHostToDevice, stream));
+    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    host_ = std::move(table);
+    count_ = count;
+    return device_;
+  }
+
+ private:
+  DeviceSegment* device_ = nullptr;
+  std::vector<DeviceSegment> host_;
+  int count_ = -1;
+};
+
+inline void adamw(float* params, const float* grads, float* m, float* v, const DeviceSegment* segments, int count,
+                  const AdamWScalars& s, cudaStream_t stream) {
+  if (count <= 0) return;
+  dim3 grid(OptimTraits::kBlocksPerSegment, count);
+  adamw_kernel<<<grid, OptimTraits::kThreads, 0, stream>>>(params, grads, m, v, segments, s);
+  EMAE_CHECK_LAUNCH("adamw_kernel");
+}
+
+inline void scale(float* data, const DeviceSegment* segments, int count, float factor, cudaStream_t stream) {
+  if (count <= 0) return;
+  dim3 grid(OptimTraits::kBlocksPerSegment, count);
+  scale_kernel<<<grid, OptimTraits::kThreads, 0, stream>>>(data, segments, factor);
+  EMAE_CHECK_LAUNCH("scale_kernel");
+}
+
+// Σ g² into *result (device double); scratch holds count × kBlocksPerSegment doubles.
+inline void grad_norm_squared(double* result, const float* grads, const DeviceSegment* segments, int count,
+                              double* scratch, cudaStream_t stream) {
+  if (count <= 0) {
+    EMAE_CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), stream));
+    return;
+  }
+  dim3 grid(OptimTraits::kBlocksPerSegment, count);
+  grad_norm_partial_kernel<<<grid, OptimTraits::kThreads, 0, stream>>>(scratch, grads, segments);
+  EMAE_CHECK_LAUNCH("grad_norm_partial_kernel");
+  sum_doubles_kernel<<<1, 1, 0, stream>>>(result, scratch, count * OptimTraits::kBlocksPerSegment);
+  EMAE_CHECK_LAUNCH("sum_doubles_kernel");
+}
+
+}  // namespace emae::cuda

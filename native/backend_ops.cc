@@ -1,0 +1,268 @@
+// testBackendOp(device, name, tensors, dims): runs one Backend op (float32) on the CPU or the
+// CUDA backend, for the parity tests: the same call on both backends must agree. Outputs that
+// an op assigns are poisoned with NaN first, so an element the op fails to write shows up;
+// outputs it accumulates into start from the tensor of the same name, or zeros. Internal API.
+#include <napi.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+#include "cuda/cuda_backend.h"
+#include "napi_util.h"
+
+namespace emae::napi {
+namespace {
+
+class Runner {
+ public:
+  Runner(Backend& be, Napi::Env env, Napi::Object tensors, Napi::Object dims)
+      : be_(be), env_(env), tensors_(tensors), dims_(dims) {}
+  ~Runner() {
+    for (void* p : allocations_) be_.release(p);
+  }
+
+  int dim(const char* key) const { return get_int(dims_, key, 0); }
+  double scalar(const char* key) const { return get_number(dims_, key); }
+  bool has(const char* key) const { return tensors_.Has(key) && !tensors_.Get(key).IsUndefined(); }
+
+  const float* in(const char* key, size_t n) {
+    auto arr = get_typed_array<float>(tensors_.Get(key), key, (int64_t)n);
+    return static_cast<const float*>(place(arr.Data(), n * sizeof(float)));
+  }
+  const float* optional(const char* key, size_t n) { return has(key) ? in(key, n) : nullptr; }
+  const int32_t* perm(size_t n) {
+    auto arr = get_typed_array<int32_t>(tensors_.Get("perm"), "perm", (int64_t)n);
+    return static_cast<const int32_t*>(place(arr.Data(), n * sizeof(int32_t)));
+  }
+  // an output the op assigns: NaN-poisoned
+  float* out(const char* key, size_t n) {
+    std::vector<float> init(n, std::numeric_limits<float>::quiet_NaN());
+    return track(key, static_cast<float*>(place(init.data(), n * sizeof(float))), n);
+  }
+  // an output the op accumulates into: starts from tensors[key] or zeros
+  float* acc(const char* key, size_t n) {
+    if (has(key)) {
+      auto arr = get_typed_array<float>(tensors_.Get(key), key, (int64_t)n);
+      return track(key, static_cast<float*>(place(arr.Data(), n * sizeof(float))), n);
+    }
+    std::vector<float> init(n, 0.f);
+    return track(key, static_cast<float*>(place(init.data(), n * sizeof(float))), n);
+  }
+  void host_value(const char* key, double v) { host_values_[key] = v; }
+  bool has_dim(const std::string& key) const { return dims_.Has(key); }
+  Napi::Env env() const { return env_; }
+
+  PartGeometry geometry() const {
+    PartGeometry g;
+    g.batch = dim("batch");
+    g.parts = dim("parts");
+    g.visible = dim("visible");
+    g.patch = dim("patch");
+    g.channels = dim("channels");
+    g.image = dim("image");
+    if (g.batch < 1 || g.parts < 1 || g.patch < 1 || g.channels < 1 || g.image % g.patch != 0)
+      throw Napi::RangeError::New(env_, "testBackendOp: inconsistent part geometry");
+    g.grid = g.image / g.patch;
+    g.num_patches = g.grid * g.grid;
+    if (g.visible < 1 || g.parts * g.visible > g.num_patches)
+      throw Napi::RangeError::New(env_, "testBackendOp: inconsistent part geometry");
+    return g;
+  }
+
+  Napi::Object results() {
+    Napi::Object result = Napi::Object::New(env_);
+    for (auto& [key, o] : outputs_) {
+      auto arr = Napi::Float32Array::New(env_, o.second);
+      be_.download(arr.Data(), o.first, o.second * sizeof(float));
+      result.Set(key, arr);
+    }
+    for (auto& [key, v] : host_values_) result.Set(key, Napi::Number::New(env_, v));
+    return result;
+  }
+
+ private:
+  void* place(const void* host, size_t bytes) {
+    void* p = be_.allocate(bytes);
+    allocations_.push_back(p);
+    be_.upload(p, host, bytes);
+    return p;
+  }
+  float* track(const char* key, float* p, size_t n) {
+    outputs_[key] = {p, n};
+    return p;
+  }
+
+  Backend& be_;
+  Napi::Env env_;
+  Napi::Object tensors_, dims_;
+  std::vector<void*> allocations_;
+  std::map<std::string, std::pair<float*, size_t>> outputs_;
+  std::map<std::string, double> host_values_;
+};
+
+void run(const std::string& name, Backend& be, Runner& r) {
+  if (name == "matmul_forward") {
+    const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
+    const float* inp = r.in("inp", (size_t)R * K);
+    const float* w = r.in("weight", (size_t)N * K);
+    const float* bias = r.optional("bias", N);
+    const float* residual = r.optional("residual", (size_t)R * N);
+    be.matmul_forward(r.out("out", (size_t)R * N), inp, w, bias, residual, R, K, N);
+  } else if (name == "matmul_backward") {
+    const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
+    const float* dout = r.in("dout", (size_t)R * N);
+    const float* inp = r.in("inp", (size_t)R * K);
+    const float* w = r.in("weight", (size_t)N * K);
+    be.matmul_backward(r.out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp, w, R,
+                       K, N);
+  } else if (name == "layernorm_forward") {
+    const int R = r.dim("R"), C = r.dim("C");
+    const float* inp = r.in("inp", (size_t)R * C);
+    const float* w = r.in("weight", C);
+    const float* b = r.in("bias", C);
+    be.layernorm_forward(r.out("out", (size_t)R * C), r.out("mean", R), r.out("rstd", R), inp, w, b, R, C,
+                         (float)r.scalar("eps"));
+  } else if (name == "layernorm_backward") {
+    const int R = r.dim("R"), C = r.dim("C");
+    const float* dout = r.in("dout", (size_t)R * C);
+    const float* inp = r.in("inp", (size_t)R * C);
+    const float* w = r.in("weight", C);
+    const float* mean = r.in("mean", R);
+    const float* rstd = r.in("rstd", R);
+    be.layernorm_backward(r.acc("dinp", (size_t)R * C), r.acc("dweight", C), r.acc("dbias", C), dout, inp, w, mean, rstd,
+                          R, C);
+  } else if (name == "gelu_forward" || name == "gelu_backward") {
+    const int n = r.dim("n");
+    const float* inp = r.in("inp", n);
+    if (name == "gelu_forward") {
+      be.gelu_forward(r.out("out", n), inp, n);
+    } else {
+      const float* dout = r.in("dout", n);
+      be.gelu_backward(r.out("dinp", n), inp, dout, n);
+    }
+  } else if (name == "attention_forward" || name == "attention_backward") {
+    const int S = r.dim("S"), T = r.dim("T"), H = r.dim("H"), dh = r.dim("dh");
+    const size_t rows = (size_t)S * T, D = (size_t)H * dh;
+    const float* qkv = r.in("qkv", rows * 3 * D);
+    if (name == "attention_forward") {
+      be.attention_forward(r.out("out", rows * D), r.out("lse", (size_t)S * H * T), qkv, S, T, H, dh);
+    } else {
+      const float* dout = r.in("dout", rows * D);
+      const float* out = r.in("out", rows * D);
+      const float* lse = r.in("lse", (size_t)S * H * T);
+      be.attention_backward(r.out("dqkv", rows * 3 * D), dout, qkv, out, lse, S, T, H, dh);
+    }
+  } else if (name == "gather_visible_patches" || name == "patchify_target") {
+    const PartGeometry g = r.geometry();
+    const size_t P = (size_t)g.patch * g.patch * g.channels;
+    const float* images = r.in("images", (size_t)g.batch * g.channels * g.image * g.image);
+    if (name == "patchify_target") {
+      be.patchify_target(r.out("target", (size_t)g.batch * g.num_patches * P), images, g, r.dim("normPix") != 0);
+    } else {
+      const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
+      be.gather_visible_patches(r.out("cols", (size_t)g.batch * g.parts * g.visible * P), images, perm, g);
+    }
+  } else if (name == "encoder_tokens_forward" || name == "encoder_tokens_backward") {
+    const PartGeometry g = r.geometry();
+    const int D = r.dim("D");
+    const size_t S = (size_t)g.batch * g.parts;
+    const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
+    if (name == "encoder_tokens_forward") {
+      const float* emb = r.in("emb", S * g.visible * D);
+      const float* cls = r.in("cls", D);
+      const float* pos = r.in("pos", (size_t)(1 + g.num_patches) * D);
+      be.encoder_tokens_forward(r.out("x", S * (1 + g.visible) * D), emb, cls, pos, perm, g, D);
+    } else {
+      const float* dx = r.in("dx", S * (1 + g.visible) * D);
+      be.encoder_tokens_backward(r.out("demb", S * g.visible * D), r.acc("dcls", D), dx, perm, g, D);
+    }
+  } else if (name == "decoder_tokens_forward" || name == "decoder_tokens_backward") {
+    const PartGeometry g = r.geometry();
+    const int D = r.dim("D");
+    const size_t S = (size_t)g.batch * g.parts;
+    const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
+    if (name == "decoder_tokens_forward") {
+      const float* y = r.in("y", S * (1 + g.visible) * D);
+      const float* mask = r.in("mask", D);
+      const float* pos = r.in("pos", (size_t)(1 + g.num_patches) * D);
+      be.decoder_tokens_forward(r.out("z", S * (1 + g.num_patches) * D), y, mask, pos, perm, g, D);
+    } else {
+      const float* dz = r.in("dz", S * (1 + g.num_patches) * D);
+      be.decoder_tokens_backward(r.out("dy", S * (1 + g.visible) * D), r.acc("dmask", D), dz, perm, g, D);
+    }
+  } else if (name == "loss") {
+    const PartGeometry g = r.geometry();
+    const size_t P = (size_t)g.patch * g.patch * g.channels;
+    const size_t S = (size_t)g.batch * g.parts;
+    const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
+    const float* pred = r.in("pred", S * (1 + g.num_patches) * P);
+    const float* target = r.in("target", (size_t)g.batch * g.num_patches * P);
+    const LossValues l = be.loss_forward_backward(r.out("dpred", S * (1 + g.num_patches) * P), pred, target, perm, g,
+                                                  (float)r.scalar("lambda"), r.dim("l1") != 0);
+    r.host_value("loss", l.loss);
+    r.host_value("recon", l.recon);
+    r.host_value("consistency", l.consistency);
+  } else if (name == "adamw" || name == "grad_norm") {
+    // segments given as dims size0/decay0, size1/decay1, … laid out back to back
+    std::vector<ParamSegment> segments;
+    size_t total = 0;
+    for (int i = 0;; ++i) {
+      const std::string size_key = "size" + std::to_string(i), decay_key = "decay" + std::to_string(i);
+      if (!r.has_dim(size_key)) break;
+      const size_t n = (size_t)r.dim(size_key.c_str());
+      segments.push_back({total, n, r.dim(decay_key.c_str()) != 0});
+      total += n;
+    }
+    const float* grad = r.in("grad", total);
+    if (name == "grad_norm") {
+      r.host_value("normSquared", be.grad_norm_squared(grad, segments.data(), (int)segments.size()));
+    } else {
+      AdamWScalars s;
+      s.lr = (float)r.scalar("lr");
+      s.beta1 = (float)r.scalar("beta1");
+      s.beta2 = (float)r.scalar("beta2");
+      s.eps = (float)r.scalar("eps");
+      s.weight_decay = (float)r.scalar("weightDecay");
+      const int step = r.dim("step");
+      s.bias_correction1 = (float)(1.0 - std::pow((double)s.beta1, step));
+      s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)s.beta2, step));
+      float* p = r.acc("param", total);
+      float* m = r.acc("expAvg", total);
+      float* v = r.acc("expAvgSq", total);
+      be.adamw(p, grad, m, v, segments.data(), (int)segments.size(), s);
+    }
+  } else {
+    throw Napi::RangeError::New(r.env(), "testBackendOp: unknown op '" + name + "'");
+  }
+}
+
+}  // namespace
+
+Napi::Value TestBackendOp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "Expected a string for device");
+  if (!info[1].IsString()) throw Napi::TypeError::New(env, "Expected a string for name");
+  const std::string device = info[0].As<Napi::String>().Utf8Value();
+  const std::string name = info[1].As<Napi::String>().Utf8Value();
+  Napi::Object tensors = get_object(info[2], "tensors");
+  Napi::Object dims = get_object(info[3], "dims");
+  if (device != "cpu" && device != "cuda")
+    throw Napi::RangeError::New(env, "Expected 'cpu' or 'cuda' for device but received '" + device + "'");
+  return guard(env, "testBackendOp", [&] {
+    std::unique_ptr<Backend> be = device == "cpu" ? cpu::make_cpu_backend() : cuda::make_cuda_backend(0);
+    Napi::Object result = Napi::Object::New(env);
+    {
+      Runner runner(*be, env, tensors, dims);
+      run(name, *be, runner);
+      result = runner.results();
+    }
+    return result;
+  });
+}
+
+}  // namespace emae::napi

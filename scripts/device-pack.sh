@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Packs what a GPU run needs into the git-ignored .device/: this machine's node, the whole
+# node_modules (the GPU checks run ava + tsx) less the TypeScript compiler (dist/ is prebuilt),
+# and the OpenMP runtime the addon links. See scripts/gpu-check.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .device
+grep -qxF '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+[ -s .device/node.xz ] || xz -T2 -6 -c "$(command -v node)" > .device/node.xz
+tar --exclude=node_modules/typescript --exclude=node_modules/@types -cJf .device/node_modules.tar.xz node_modules
+cp "$(g++ -print-file-name=libgomp.so.1)" .device/
+du -sh .device/*

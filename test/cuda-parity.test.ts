@@ -1,0 +1,150 @@
+// CUDA backend parity with the CPU backend (skipped, with the reason, without a CUDA device).
+// Every op runs through the same Backend interface on both (native testBackendOp) on fresh
+// random inputs each run (the seed is logged); outputs an op assigns are NaN-poisoned first.
+// Tolerances (relative L2 against the CPU's fp32): GEMMs run bf16 operands with fp32
+// accumulation, so 1e-2 (bf16 has an 8-bit mantissa: ~4e-3 per operand); every other op is fp32
+// on both sides, so 1e-5. Whole-model gradients through 2+ bf16 layers: 3e-2.
+import test from 'ava';
+import { EMAE, ParallelMasker, cudaInfo, type EMAEConfig } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { relativeL2 } from './helpers/fixtures.js';
+import { gratings, seededUniform } from './helpers/synthetic.js';
+
+const info = cudaInfo();
+const usable = info.compiled && info.devices.length > 0;
+const gpuTest = usable ? test : test.skip;
+if (!usable) console.log(`cuda-parity.test: skipped: ${info.error ?? 'no CUDA device'}`);
+
+const seed = Math.floor(Math.random() * 2 ** 31);
+const rand = seededUniform(seed);
+const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => {
+  const u = Math.max(rand(), 1e-12), v = rand();
+  return scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+});
+const permutations = (B: number, N: number) => {
+  const out = new Int32Array(B * N);
+  for (let b = 0; b < B; b++) {
+    const row = Array.from({ length: N }, (_, i) => i);
+    for (let i = N - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [row[i], row[j]] = [row[j], row[i]];
+    }
+    out.set(row, b * N);
+  }
+  return out;
+};
+
+type Tensors = Record<string, Float32Array | Int32Array>;
+
+function compare(t: any, name: string, tensors: Tensors, dims: Record<string, number>, tol: number) {
+  const cpu = native().testBackendOp('cpu', name, tensors, dims);
+  const gpu = native().testBackendOp('cuda', name, tensors, dims);
+  t.deepEqual(Object.keys(gpu).sort(), Object.keys(cpu).sort());
+  for (const key of Object.keys(cpu)) {
+    const a = gpu[key], b = cpu[key];
+    if (typeof b === 'number') {
+      const rel = Math.abs((a as number) - b) / Math.max(Math.abs(b), 1e-12);
+      t.true(rel <= tol, `${name}.${key}: ${a} vs ${b} (rel ${rel.toExponential(2)})`);
+      continue;
+    }
+    const arr = a as Float32Array;
+    t.true(arr.every(Number.isFinite), `${name}.${key}: every element written and finite`);
+    const err = relativeL2(arr, b as Float32Array);
+    t.log(`${name}.${key}: relative L2 ${err.toExponential(2)} (tolerance ${tol})`);
+    t.true(err <= tol, `${name}.${key}: relative L2 ${err.toExponential(2)} > ${tol}`);
+  }
+}
+
+gpuTest(`per-op parity with the CPU backend (seed ${seed})`, (t) => {
+  for (const [R, K, N] of [[1, 7, 5], [33, 100, 129], [257, 64, 192], [1000, 192, 576], [3200, 768, 2304]]) {
+    compare(t, 'matmul_forward', { inp: randn(R * K), weight: randn(N * K, 0.1), bias: randn(N), residual: randn(R * N) }, { R, K, N }, 1e-2);
+    compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N }, 1e-2);
+  }
+  for (const [R, C] of [[5, 12], [300, 192], [2000, 768]]) {
+    const inp = randn(R * C, 2), weight = randn(C), bias = randn(C);
+    compare(t, 'layernorm_forward', { inp, weight, bias }, { R, C, eps: 1e-6 }, 1e-5);
+    const fwd = native().testBackendOp('cpu', 'layernorm_forward', { inp, weight, bias }, { R, C, eps: 1e-6 });
+    compare(t, 'layernorm_backward', { dout: randn(R * C), inp, weight, mean: fwd.mean as Float32Array, rstd: fwd.rstd as Float32Array, dinp: randn(R * C), dweight: randn(C), dbias: randn(C) }, { R, C }, 1e-5);
+  }
+  const n = 100_003;
+  compare(t, 'gelu_forward', { inp: randn(n, 3) }, { n }, 1e-5);
+  compare(t, 'gelu_backward', { inp: randn(n, 3), dout: randn(n) }, { n }, 1e-5);
+  for (const [S, T, H, dh] of [[2, 17, 3, 4], [3, 65, 4, 8], [2, 50, 12, 64], [2, 197, 16, 32], [1, 257, 4, 80], [1, 50, 2, 128]]) {
+    const qkv = randn(S * T * 3 * H * dh);
+    compare(t, 'attention_forward', { qkv }, { S, T, H, dh }, 1e-5);
+    const fwd = native().testBackendOp('cpu', 'attention_forward', { qkv }, { S, T, H, dh });
+    compare(t, 'attention_backward', { qkv, dout: randn(S * T * H * dh), out: fwd.out as Float32Array, lse: fwd.lse as Float32Array }, { S, T, H, dh }, 1e-5);
+  }
+  for (const g of [{ batch: 2, parts: 4, visible: 4, patch: 2, channels: 3, image: 8 }, { batch: 3, parts: 2, visible: 9, patch: 3, channels: 1, image: 18 }, { batch: 2, parts: 3, visible: 49, patch: 16, channels: 3, image: 224 }]) {
+    const N = (g.image / g.patch) ** 2, P = g.patch * g.patch * g.channels, S = g.batch * g.parts;
+    const images = randn(g.batch * g.channels * g.image * g.image), perm = permutations(g.batch, N);
+    compare(t, 'gather_visible_patches', { images, perm }, g, 1e-6);
+    compare(t, 'patchify_target', { images }, { ...g, normPix: 1 }, 1e-5);
+    compare(t, 'patchify_target', { images }, { ...g, normPix: 0 }, 1e-6);
+    const D = 16;
+    compare(t, 'encoder_tokens_forward', { emb: randn(S * g.visible * D), cls: randn(D), pos: randn((1 + N) * D), perm }, { ...g, D }, 1e-6);
+    compare(t, 'encoder_tokens_backward', { dx: randn(S * (1 + g.visible) * D), dcls: randn(D), perm }, { ...g, D }, 1e-5);
+    compare(t, 'decoder_tokens_forward', { y: randn(S * (1 + g.visible) * D), mask: randn(D), pos: randn((1 + N) * D), perm }, { ...g, D }, 1e-6);
+    compare(t, 'decoder_tokens_backward', { dz: randn(S * (1 + N) * D), dmask: randn(D), perm }, { ...g, D }, 1e-5);
+    for (const l1 of [0, 1])
+      compare(t, 'loss', { pred: randn(S * (1 + N) * P), target: randn(g.batch * N * P), perm }, { ...g, lambda: 0.7, l1 }, 1e-5);
+  }
+  const sizes = { size0: 1000, decay0: 1, size1: 7, decay1: 0, size2: 70_000, decay2: 1 };
+  const total = 71_007;
+  compare(t, 'grad_norm', { grad: randn(total) }, sizes, 1e-6);
+  const v = randn(total).map((x) => x * x);
+  compare(t, 'adamw', { param: randn(total), grad: randn(total), expAvg: randn(total, 0.1), expAvgSq: v }, { ...sizes, lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05, step: 3 }, 1e-5);
+});
+
+const small: EMAEConfig = {
+  imageSize: 32, patchSize: 4, channels: 3, embedDim: 64, depth: 2, numHeads: 2, decoderEmbedDim: 32,
+  decoderDepth: 1, decoderNumHeads: 2, mlpRatio: 4, maskRatio: 0.75, seed: 9,
+};
+
+gpuTest('whole-model loss and gradients match the CPU backend', async (t) => {
+  const cpu = await EMAE.create({ ...small, device: 'cpu' });
+  const gpu = await EMAE.create({ ...small, device: 'cuda' });
+  try {
+    t.is(gpu.device, 'cuda');
+    await gpu.loadStateDict(await cpu.stateDict());
+    const B = 8;
+    const batch = { images: gratings(B, 3, 32, seed), permutation: permutations(B, 64), batchSize: B };
+    const a = await cpu.lossAndGrads(batch), b = await gpu.lossAndGrads(batch);
+    t.log(`loss cpu ${a.loss} cuda ${b.loss}; recon ${a.recon} / ${b.recon}; consistency ${a.consistency} / ${b.consistency}`);
+    t.true(Math.abs(a.loss - b.loss) <= 1e-2 * Math.abs(a.loss));
+    for (const name of Object.keys(a.grads)) {
+      const err = relativeL2(b.grads[name], a.grads[name]);
+      t.true(err <= 3e-2, `grad ${name}: relative L2 ${err.toExponential(2)}`);
+    }
+  } finally {
+    await cpu.dispose();
+    await gpu.dispose();
+  }
+});
+
+gpuTest('300 training steps on the GPU track the CPU loss curve', async (t) => {
+  const curves: number[][] = [];
+  for (const device of ['cpu', 'cuda'] as const) {
+    const model = await EMAE.create({ ...small, device, normPixLoss: false });
+    const masker = ParallelMasker.fromConfig(model.config, 1);
+    const data = gratings(64, 3, 32, 5);
+    const per = 3 * 32 * 32, B = 16, curve: number[] = [];
+    for (let step = 0; step < 300; step++) {
+      const start = (step * B) % 64;
+      const r = await model.trainStep({ images: data.slice(start * per, (start + B) * per), permutation: masker.next(B), batchSize: B },
+        { lr: 1e-3 * Math.min(1, (step + 1) / 30) });
+      curve.push(r.loss);
+    }
+    curves.push(curve);
+    await model.dispose();
+  }
+  const [cpu, gpu] = curves;
+  const window = (c: number[], i: number) => c.slice(i, i + 30).reduce((s, x) => s + x, 0) / 30;
+  for (let i = 0; i < 300; i += 30) {
+    const a = window(cpu, i), b = window(gpu, i);
+    t.log(`steps ${i}-${i + 29}: cpu ${a.toFixed(4)} cuda ${b.toFixed(4)}`);
+    // bf16 GEMMs make the trajectories drift apart slowly; the curves must stay within 5%
+    t.true(Math.abs(a - b) <= 0.05 * a, `window ${i}: cpu ${a} vs cuda ${b}`);
+  }
+  t.true(window(gpu, 270) < 0.6 * window(gpu, 0), 'the GPU run learns');
+});

@@ -115,7 +115,8 @@ class CudaBackend final : public Backend {
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int K, int N) override {
     bind();
-    cuda::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, stream_);
+    float* scratch = dbias ? scratch_.get_as<float>(matmul_backward_scratch_floats(R, N)) : nullptr;
+    cuda::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int R, int C, float eps) override {

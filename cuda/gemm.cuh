@@ -1,0 +1,291 @@
+// Tensor-core GEMM for the training step (v1): fp32 in global memory, bf16 operands in shared
+// memory, mma.sync m16n8k16 with fp32 accumulation.
+//   C (M, N) = [C +] op(A) (M, K) · op(B) (K, N) [+ bias (N)] [+ residual (M, N), leading dim ldc]
+// Invariants:
+//   - shared-memory tiles keep the global orientation (A as [BM][BK] when K-contiguous, [BK][BM]
+//     when M-contiguous; B as [BN][BK] or [BK][BN]); ldmatrix (.trans for the non-K-contiguous
+//     cases) turns either into the mma fragments;
+//   - global loads are fp32, coalesced along the contiguous dimension, converted to bf16 on the
+//     way into shared memory; the next K-tile is loaded into registers while the current one is
+//     multiplied (double-buffered shared memory, one barrier per K-step);
+//   - any M, N, K and strides: out-of-range elements load as 0 and are never stored.
+// The interface (GemmParams, same meaning as cpu::GemmParams) is what a later wgmma (sm_90a)
+// kernel will implement too.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+
+#include "cuda/common.cuh"
+
+namespace emae::cuda {
+
+struct GemmParams {
+  bool trans_a = false;             // A stored (K, M) (M-contiguous) instead of (M, K)
+  bool trans_b = false;             // B stored (N, K) (K-contiguous) instead of (K, N)
+  int M = 0, N = 0, K = 0;
+  const float* A = nullptr; int lda = 0;  // row stride of A as stored
+  const float* B = nullptr; int ldb = 0;  // row stride of B as stored
+  float* C = nullptr; int ldc = 0;        // row stride of C (and of residual)
+  bool accumulate = false;          // C += … instead of C = …
+  const float* bias = nullptr;      // (N) or null
+  const float* residual = nullptr;  // (M, N) at ldc, or null
+};
+
+struct GemmTraits {
+  static constexpr int kBM = 128, kBN = 128, kBK = 32;
+  static constexpr int kWarpsM = 2, kWarpsN = 4;       // warp grid over the block tile
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kWarpM = kBM / kWarpsM;          // 64 rows per warp
+  static constexpr int kWarpN = kBN / kWarpsN;          // 32 columns per warp
+  static constexpr int kTilesM = kWarpM / 16;           // m16 tiles per warp
+  static constexpr int kTilesN = kWarpN / 8;            // n8 tiles per warp
+  static constexpr int kPad = 8;                        // bf16 per smem row: conflict-free ldmatrix
+  static constexpr int kLoadsA = kBM * kBK / kThreads;  // fp32 elements per thread per K-tile
+  static constexpr int kLoadsB = kBN * kBK / kThreads;
+  static_assert(kBK % 16 == 0, "K-tile is whole mma k16 steps");
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "B fragments load two n8 tiles per ldmatrix.x4");
+  static_assert((kBM * kBK) % kThreads == 0 && (kBN * kBK) % kThreads == 0, "even load split");
+  static_assert(kBK == 32, "the K-contiguous load mapping assumes one warp per 32-wide row");
+  static_assert((kBK + kPad) * 2 % 16 == 0 && (kBM + kPad) * 2 % 16 == 0, "ldmatrix rows are 16-byte aligned");
+};
+
+namespace gemm_detail {
+
+using T = GemmTraits;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// D = A (16×16, row) · B (16×8, col) + D, bf16 in, fp32 accumulate
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Shared-memory tile of one operand: ROWS × COLS bf16 (+ pad) as stored.
+template <bool KContig, int Outer>  // Outer = BM (for A) or BN (for B)
+struct TileShape {
+  static constexpr int kRows = KContig ? Outer : T::kBK;
+  static constexpr int kCols = (KContig ? T::kBK : Outer) + T::kPad;
+};
+
+// Loads one K-tile of an operand (fp32) into registers. For operand A, "outer" is M; for B, N.
+// KContig: stored (outer, K) with row stride ld; else stored (K, outer).
+template <bool KContig, int Outer, int Loads>
+__device__ __forceinline__ void load_tile(float (&regs)[Loads], const float* __restrict__ src, int ld, int outer0,
+                                          int outer_size, int k0, int K) {
+#pragma unroll
+  for (int i = 0; i < Loads; ++i) {
+    const int e = threadIdx.x + i * T::kThreads;
+    int o, k;
+    if (KContig) {
+      o = e / T::kBK;
+      k = e % T::kBK;
+    } else {
+      k = e / Outer;
+      o = e % Outer;
+    }
+    const int go = outer0 + o, gk = k0 + k;
+    float v = 0.f;
+    if (go < outer_size && gk < K) v = KContig ? src[(size_t)go * ld + gk] : src[(size_t)gk * ld + go];
+    regs[i] = v;
+  }
+}
+
+template <bool KContig, int Outer, int Loads>
+__device__ __forceinline__ void store_tile(__nv_bfloat16* tile, const float (&regs)[Loads]) {
+  constexpr int cols = TileShape<KContig, Outer>::kCols;
+#pragma unroll
+  for (int i = 0; i < Loads; ++i) {
+    const int e = threadIdx.x + i * T::kThreads;
+    int r, c;
+    if (KContig) {
+      r = e / T::kBK;
+      c = e % T::kBK;
+    } else {
+      r = e / Outer;
+      c = e % Outer;
+    }
+    tile[r * cols + c] = __float2bfloat16_rn(regs[i]);
+  }
+}
+
+template <bool AKContig, bool BKContig>
+__global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmParams p, bool swap_grid) {
+  using SA = TileShape<AKContig, T::kBM>;
+  using SB = TileShape<BKContig, T::kBN>;
+  __shared__ __align__(16) __nv_bfloat16 a_tile[2][SA::kRows * SA::kCols];
+  __shared__ __align__(16) __nv_bfloat16 b_tile[2][SB::kRows * SB::kCols];
+
+  const int tile_m = swap_grid ? blockIdx.x : blockIdx.y;
+  const int tile_n = swap_grid ? blockIdx.y : blockIdx.x;
+  const int m0 = tile_m * T::kBM, n0 = tile_n * T::kBN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp_m = warp / T::kWarpsN, warp_n = warp % T::kWarpsN;
+  const int wm0 = warp_m * T::kWarpM, wn0 = warp_n * T::kWarpN;  // warp tile origin in the block tile
+
+  float acc[T::kTilesM][T::kTilesN][4];
+#pragma unroll
+  for (int i = 0; i < T::kTilesM; ++i)
+#pragma unroll
+    for (int j = 0; j < T::kTilesN; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+  float a_regs[T::kLoadsA], b_regs[T::kLoadsB];
+  const int k_tiles = (p.K + T::kBK - 1) / T::kBK;
+  if (k_tiles > 0) {
+    load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, 0, p.K);
+    load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, 0, p.K);
+    store_tile<AKContig, T::kBM>(a_tile[0], a_regs);
+    store_tile<BKContig, T::kBN>(b_tile[0], b_regs);
+  }
+  __syncthreads();
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int buf = kt & 1;
+    const bool more = kt + 1 < k_tiles;
+    if (more) {  // global loads for the next tile overlap the mma work below
+      load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, (kt + 1) * T::kBK, p.K);
+      load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, (kt + 1) * T::kBK, p.K);
+    }
+    const __nv_bfloat16* at = a_tile[buf];
+    const __nv_bfloat16* bt = b_tile[buf];
+#pragma unroll
+    for (int kk = 0; kk < T::kBK; kk += 16) {
+      uint32_t a_frag[T::kTilesM][4];
+#pragma unroll
+      for (int i = 0; i < T::kTilesM; ++i) {
+        const int mrow = wm0 + i * 16;
+        if (AKContig) {
+          // matrices: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15)
+          const int r = mrow + (lane % 16), c = kk + (lane / 16) * 8;
+          ldmatrix_x4(a_frag[i], at + r * SA::kCols + c);
+        } else {
+          // stored [k][m]; the same four matrices, each read as 8 k-rows then transposed
+          const int j = lane / 8;
+          const int r = kk + (lane % 8) + (j / 2) * 8, c = mrow + (j % 2) * 8;
+          ldmatrix_x4_trans(a_frag[i], at + r * SA::kCols + c);
+        }
+      }
+#pragma unroll
+      for (int jn = 0; jn < T::kTilesN; jn += 2) {
+        const int ncol = wn0 + jn * 8;
+        uint32_t b_frag[4];  // (n-tile jn: b0b1, b2b3), (n-tile jn+1: b0b1, b2b3)
+        const int j = lane / 8;
+        if (BKContig) {
+          // stored [n][k]: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15)
+          const int r = ncol + (lane % 8) + (j / 2) * 8, c = kk + (j % 2) * 8;
+          ldmatrix_x4(b_frag, bt + r * SB::kCols + c);
+        } else {
+          // stored [k][n]: the same four matrices as 8 k-rows each, transposed
+          const int r = kk + (lane % 8) + (j % 2) * 8, c = ncol + (j / 2) * 8;
+          ldmatrix_x4_trans(b_frag, bt + r * SB::kCols + c);
+        }
+#pragma unroll
+        for (int i = 0; i < T::kTilesM; ++i) {
+          mma_bf16(acc[i][jn], a_frag[i], b_frag[0], b_frag[1]);
+          mma_bf16(acc[i][jn + 1], a_frag[i], b_frag[2], b_frag[3]);
+        }
+      }
+    }
+    if (more) {  // the other buffer was last read in iteration kt−1, before its closing barrier
+      store_tile<AKContig, T::kBM>(a_tile[buf ^ 1], a_regs);
+      store_tile<BKContig, T::kBN>(b_tile[buf ^ 1], b_regs);
+    }
+    __syncthreads();
+  }
+
+  // epilogue: c0c1 = (row g, cols 2t, 2t+1), c2c3 = (row g+8, same cols)
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int i = 0; i < T::kTilesM; ++i)
+#pragma unroll
+    for (int jn = 0; jn < T::kTilesN; ++jn)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = m0 + wm0 + i * 16 + g + (r / 2) * 8;
+        const int col = n0 + wn0 + jn * 8 + 2 * t + (r % 2);
+        if (row >= p.M || col >= p.N) continue;
+        float v = acc[i][jn][r];
+        const size_t at_c = (size_t)row * p.ldc + col;
+        if (p.accumulate) v += p.C[at_c];
+        if (p.bias) v += p.bias[col];
+        if (p.residual) v += p.residual[at_c];
+        p.C[at_c] = v;
+      }
+}
+
+template <bool AKContig, bool BKContig>
+inline void launch(const GemmParams& p, cudaStream_t stream) {
+  const int tiles_m = ceil_div(p.M, T::kBM), tiles_n = ceil_div(p.N, T::kBN);
+  const bool swap = tiles_m > 65535;  // grid.y is limited to 65535
+  if ((swap ? tiles_n : tiles_m) > 65535) throw std::invalid_argument("gemm: matrix too large for the grid");
+  const dim3 grid(swap ? tiles_m : tiles_n, swap ? tiles_n : tiles_m);
+  gemm_kernel<AKContig, BKContig><<<grid, T::kThreads, 0, stream>>>(p, swap);
+  EMAE_CHECK_LAUNCH("gemm_kernel");
+}
+
+}  // namespace gemm_detail
+
+inline void gemm(const GemmParams& p, cudaStream_t stream) {
+  if (p.M < 0 || p.N < 0 || p.K < 0) throw std::invalid_argument("gemm: M, N and K must be >= 0");
+  if (p.M == 0 || p.N == 0) return;
+  if (!p.C) throw std::invalid_argument("gemm: C is null");
+  if (p.K > 0 && (!p.A || !p.B)) throw std::invalid_argument("gemm: A or B is null");
+  // A K-contiguous unless trans_a; B K-contiguous when trans_b
+  const bool a_k = !p.trans_a, b_k = p.trans_b;
+  if (a_k && b_k) gemm_detail::launch<true, true>(p, stream);
+  else if (a_k) gemm_detail::launch<true, false>(p, stream);
+  else if (b_k) gemm_detail::launch<false, true>(p, stream);
+  else gemm_detail::launch<false, false>(p, stream);
+}
+
+// out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias + residual
+inline void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
+                           int R, int K, int N, cudaStream_t stream) {
+  GemmParams p;
+  p.trans_b = true;
+  p.M = R; p.N = N; p.K = K;
+  p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = out; p.ldc = N;
+  p.bias = bias; p.residual = residual;
+  gemm(p, stream);
+}
+
+inline size_t matmul_backward_scratch_floats(int R, int N) { return column_sum_scratch_floats(R, N); }
+
+// dinp (R, K) = dout (R, N) · weight (N, K) (assigned; skipped when null);
+// dweight (N, K) += doutᵀ · inp; dbias (N) += Σ_rows dout (skipped when null; scratch:
+// matmul_backward_scratch_floats(R, N) floats)
+inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int R, int K, int N, float* scratch, cudaStream_t stream) {
+  if (dinp) {
+    GemmParams p;
+    p.M = R; p.N = K; p.K = N;
+    p.A = dout; p.lda = N; p.B = weight; p.ldb = K; p.C = dinp; p.ldc = K;
+    gemm(p, stream);
+  }
+  GemmParams p;
+  p.trans_a = true;
+  p.M = N; p.N = K; p.K = R;
+  p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dweight; p.ldc = K; p.accumulate = true;
+  gemm(p, stream);
+  if (dbias) column_sum_accumulate(dbias, dout, R, N, N, scratch, stream);
+}
+
+}  // namespace emae::cuda

@@ -63,7 +63,7 @@ async function ours(B: number) {
 
 function pytorch(B: number) {
   const r = spawnSync(python, ['bench/torch_gpu_step.py', '--preset', preset, '--parts', String(parts), '--batch', String(B),
-    '--iters', String(Math.max(iters, 10)), '--warmup', String(warmup)], { encoding: 'utf8' });
+    '--iters', String(Math.max(iters, 8)), '--warmup', String(warmup)], { encoding: 'utf8' });
   if (r.status !== 0) return { error: (r.stderr || r.stdout || String(r.error)).trim().split('\n').slice(-3).join(' | ') };
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }

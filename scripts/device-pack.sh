@@ -9,4 +9,5 @@ grep -qxF '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/
 [ -s .device/node.xz ] || xz -T2 -6 -c "$(command -v node)" > .device/node.xz
 tar --exclude=node_modules/typescript --exclude=node_modules/@types -cJf .device/node_modules.tar.xz node_modules
 cp "$(g++ -print-file-name=libgomp.so.1)" .device/
+cp build/Release/emae.node .device/emae.node
 du -sh .device/*

@@ -1,41 +1,40 @@
 #!/usr/bin/env bash
 # One GPU run, end to end (see ../shared/DEVICE.md): unpack .device/, report the device, run the
-# CUDA parity tests, compute-sanitizer (memcheck, racecheck) on a small step, the kernel checks
-# in cuda/dev, and the GPU benchmark against PyTorch. Logs and a summary go to $OUT.
-# Prepare here first: npm run build (with nvcc: EMAE_CUDA=AUTO builds 80;90), scripts/device-pack.sh;
-# then run with carry [.device, build, dist].
+# CUDA parity tests, the GPU benchmark against PyTorch, and compute-sanitizer (memcheck,
+# racecheck) on a small step. Logs and a summary go to $OUT.
+# Prepare here: npm run build (nvcc present → CUDA for 80;90), scripts/device-pack.sh; then
+#   device run: bash scripts/gpu-check.sh   with carry [.device, dist]
+# Environment: SKIP_BENCH=1, SKIP_SANITIZER=1, BENCH_BATCHES=64,128
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.md"
-status() { echo "- $1: $2" | tee -a "$SUMMARY"; }
 echo "# emae GPU check $(date -u +%FT%TZ)" > "$SUMMARY"
+status() { echo "- $1: $2" | tee -a "$SUMMARY"; }
 
 xz -d < .device/node.xz > /usr/local/bin/node && chmod +x /usr/local/bin/node
 tar -xJf .device/node_modules.tar.xz
 export LD_LIBRARY_PATH="$PWD/.device${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-nvidia-smi | tee "$OUT/nvidia-smi.txt"
-node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaInfo(), null, 1)))" | tee "$OUT/cudainfo.json"
+export EMAE_NATIVE_PATH="$PWD/.device/emae.node"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee -a "$SUMMARY"
+node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaInfo())))" | tee -a "$SUMMARY"
 
 phase() {  # phase NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  status "$name" "rc=$rc in $((SECONDS - t0)) s ($(tail -1 "$OUT/$name.log" | cut -c1-160))"
-  return 0
+  status "$name" "rc=$rc in $((SECONDS - t0)) s: $(grep -E 'passed|failed|ERROR SUMMARY|Error|error' "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-200)"
 }
 
-ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-if [ "${SKIP_DEV:-0}" != 1 ]; then
-  phase gemm-check 120 bash -c "nvcc -std=c++17 -O3 -arch=sm_$ARCH -I. -Inative cuda/dev/gemm_check.cu -o /tmp/gemm_check && /tmp/gemm_check"
-  phase attention-check 120 bash -c "nvcc -std=c++17 -O3 -arch=sm_$ARCH -I. -Inative cuda/dev/attention_check.cu -o /tmp/attention_check && /tmp/attention_check"
-fi
-phase parity 240 npx ava --verbose --timeout=4m test/cuda.test.ts test/cuda-parity.test.ts
-phase smoke 60 node scripts/gpu-smoke.mjs 2
-phase memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
-phase racecheck 180 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
+phase smoke 60 node scripts/gpu-smoke.mjs 3
+phase parity 200 npx ava --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  phase bench 300 node --import=tsx bench/gpu_step.ts --json "$OUT/bench.json"
+  phase bench 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench.json"
+  grep -E '^\|' "$OUT/bench.log" >> "$SUMMARY"
+fi
+if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  phase memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
+  phase racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
 fi
 cat "$SUMMARY"

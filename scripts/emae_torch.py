@@ -182,7 +182,7 @@ class EMAE(nn.Module):
         # Put the visible tokens back at their patch positions, mask_token elsewhere.
         Dd = x.shape[-1]
         ids_p = ids.reshape(B * K, V)
-        full = self.mask_token.expand(B * K, N, Dd).scatter(1, ids_p[..., None].expand(-1, -1, Dd), x[:, 1:])
+        full = self.mask_token.to(x.dtype).expand(B * K, N, Dd).scatter(1, ids_p[..., None].expand(-1, -1, Dd), x[:, 1:])
         x = torch.cat([x[:, :1], full], dim=1) + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)

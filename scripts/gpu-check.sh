@@ -28,7 +28,7 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...
 }
 
 phase smoke 60 node scripts/gpu-smoke.mjs 3
-phase parity 200 npx ava --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   phase bench 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench.json"
   grep -E '^\|' "$OUT/bench.log" >> "$SUMMARY"

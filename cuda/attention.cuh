@@ -6,7 +6,8 @@
 //   lse  (S, H, T)          max + log Σ exp(score − max) of each scaled score row
 //   dqkv (S, T, 3D)         assigned: dq from a query-side pass, dk and dv from a key-side pass
 //                           (no atomics: deterministic)
-// Invariants: one block per (sequence·head, 32-row slab); 8 warps × 4 rows; keys (or queries)
+// Invariants: one block per (sequence·head, 32-row slab); 8 warps × 4 rows, each warp working on
+// its 4 rows at once (one shared-memory read feeds 4 FMAs); keys (or queries)
 // staged in shared memory 32 at a time, rows padded to dh + 1 floats so that lanes reading
 // different rows hit different banks; lanes run over keys for scores and over dh for sums.
 #pragma once
@@ -80,31 +81,40 @@ __global__ void __launch_bounds__(256) attention_forward_kernel(float* __restric
     __syncthreads();
     const bool key_valid = k0 + lane < T;
     const int keys = min(AT::kChunk, T - k0);
+    // the warp's 4 rows together: each k or v element read from shared memory feeds 4 FMAs
+    // (rows past T compute on zero queries and are never written)
+    const float* q_rows = qs + warp * AT::kRowsPerWarp * ld;
+    float sc[AT::kRowsPerWarp] = {};
+    for (int d = 0; d < dh; ++d) {
+      const float k = ks[lane * ld + d];
+#pragma unroll
+      for (int w = 0; w < AT::kRowsPerWarp; ++w) sc[w] += q_rows[w * ld + d] * k;
+    }
+    float p[AT::kRowsPerWarp];
 #pragma unroll
     for (int w = 0; w < AT::kRowsPerWarp; ++w) {
-      const int i = warp * AT::kRowsPerWarp + w;
-      if (q0 + i >= T) continue;  // uniform per warp
-      float sc = -INFINITY;
-      if (key_valid) {
-        float acc = 0.f;
-        for (int d = 0; d < dh; ++d) acc += qs[i * ld + d] * ks[lane * ld + d];
-        sc = acc;
-      }
-      const float m_new = fmaxf(m[w], warp_max(sc));
-      const float p = key_valid ? __expf(sc - m_new) : 0.f;
+      const float s_w = key_valid ? sc[w] : -INFINITY;
+      const float m_new = fmaxf(m[w], warp_max(s_w));
+      p[w] = key_valid ? __expf(s_w - m_new) : 0.f;
       const float corr = __expf(m[w] - m_new);  // 0 on the first chunk (m = −inf)
-      l[w] = l[w] * corr + warp_sum(p);
+      l[w] = l[w] * corr + warp_sum(p[w]);
 #pragma unroll
       for (int r = 0; r < AT::kDimsPerLane; ++r) o[w][r] *= corr;
-      for (int j = 0; j < keys; ++j) {
-        const float pj = __shfl_sync(0xffffffffu, p, j);
+      m[w] = m_new;
+    }
+    for (int j = 0; j < keys; ++j) {
+      float pj[AT::kRowsPerWarp];
 #pragma unroll
-        for (int r = 0; r < AT::kDimsPerLane; ++r) {
-          const int d = lane + 32 * r;
-          if (d < dh) o[w][r] += pj * vs[j * ld + d];
+      for (int w = 0; w < AT::kRowsPerWarp; ++w) pj[w] = __shfl_sync(0xffffffffu, p[w], j);
+#pragma unroll
+      for (int r = 0; r < AT::kDimsPerLane; ++r) {
+        const int d = lane + 32 * r;
+        if (d < dh) {
+          const float v = vs[j * ld + d];
+#pragma unroll
+          for (int w = 0; w < AT::kRowsPerWarp; ++w) o[w][r] += pj[w] * v;
         }
       }
-      m[w] = m_new;
     }
   }
 #pragma unroll
@@ -175,26 +185,32 @@ __global__ void __launch_bounds__(256) attention_backward_q_kernel(float* __rest
     __syncthreads();
     const bool key_valid = k0 + lane < T;
     const int keys = min(AT::kChunk, T - k0);
+    const float* q_rows = qs + warp * AT::kRowsPerWarp * ld;
+    const float* do_rows = dos + warp * AT::kRowsPerWarp * ld;
+    float sc[AT::kRowsPerWarp] = {}, dp[AT::kRowsPerWarp] = {};
+    for (int d = 0; d < dh; ++d) {
+      const float k = ks[lane * ld + d], v = vs[lane * ld + d];
 #pragma unroll
-    for (int w = 0; w < AT::kRowsPerWarp; ++w) {
-      const int i = warp * AT::kRowsPerWarp + w;
-      if (q0 + i >= T) continue;
-      float ds = 0.f;
-      if (key_valid) {
-        float sc = 0.f, dp = 0.f;
-        for (int d = 0; d < dh; ++d) {
-          sc += qs[i * ld + d] * ks[lane * ld + d];
-          dp += dos[i * ld + d] * vs[lane * ld + d];
-        }
-        const float p = __expf(sc - row_lse[w]);
-        ds = p * (dp - row_delta[w]);
+      for (int w = 0; w < AT::kRowsPerWarp; ++w) {
+        sc[w] += q_rows[w * ld + d] * k;
+        dp[w] += do_rows[w * ld + d] * v;
       }
-      for (int j = 0; j < keys; ++j) {
-        const float dsj = __shfl_sync(0xffffffffu, ds, j);
+    }
+    float ds[AT::kRowsPerWarp];
 #pragma unroll
-        for (int r = 0; r < AT::kDimsPerLane; ++r) {
-          const int d = lane + 32 * r;
-          if (d < dh) dq[w][r] += dsj * ks[j * ld + d];
+    for (int w = 0; w < AT::kRowsPerWarp; ++w)
+      ds[w] = key_valid ? __expf(sc[w] - row_lse[w]) * (dp[w] - row_delta[w]) : 0.f;
+    for (int j = 0; j < keys; ++j) {
+      float dsj[AT::kRowsPerWarp];
+#pragma unroll
+      for (int w = 0; w < AT::kRowsPerWarp; ++w) dsj[w] = __shfl_sync(0xffffffffu, ds[w], j);
+#pragma unroll
+      for (int r = 0; r < AT::kDimsPerLane; ++r) {
+        const int d = lane + 32 * r;
+        if (d < dh) {
+          const float k = ks[j * ld + d];
+#pragma unroll
+          for (int w = 0; w < AT::kRowsPerWarp; ++w) dq[w][r] += dsj[w] * k;
         }
       }
     }
@@ -252,29 +268,40 @@ __global__ void __launch_bounds__(256) attention_backward_kv_kernel(float* __res
     __syncthreads();
     const bool query_valid = i0 + lane < T;
     const int queries = min(AT::kChunk, T - i0);
+    // lane = query; the warp's 4 keys together (keys past T compute on zeros, never written)
+    const float* k_rows = ks + warp * AT::kRowsPerWarp * ld;
+    const float* v_rows = vs + warp * AT::kRowsPerWarp * ld;
+    float sc[AT::kRowsPerWarp] = {}, dp[AT::kRowsPerWarp] = {};
+    for (int d = 0; d < dh; ++d) {
+      const float q = qs[lane * ld + d], g = dos[lane * ld + d];
+#pragma unroll
+      for (int w = 0; w < AT::kRowsPerWarp; ++w) {
+        sc[w] += q * k_rows[w * ld + d];
+        dp[w] += g * v_rows[w * ld + d];
+      }
+    }
+    float p[AT::kRowsPerWarp], ds[AT::kRowsPerWarp];
 #pragma unroll
     for (int w = 0; w < AT::kRowsPerWarp; ++w) {
-      const int j = warp * AT::kRowsPerWarp + w;
-      if (j0 + j >= T) continue;
-      float p = 0.f, ds = 0.f;
-      if (query_valid) {
-        float sc = 0.f, dp = 0.f;
-        for (int d = 0; d < dh; ++d) {
-          sc += qs[lane * ld + d] * ks[j * ld + d];
-          dp += dos[lane * ld + d] * vs[j * ld + d];
-        }
-        p = __expf(sc - lse_c[lane]);
-        ds = p * (dp - delta_c[lane]);
-      }
-      for (int i = 0; i < queries; ++i) {
-        const float pi = __shfl_sync(0xffffffffu, p, i);
-        const float dsi = __shfl_sync(0xffffffffu, ds, i);
+      p[w] = query_valid ? __expf(sc[w] - lse_c[lane]) : 0.f;
+      ds[w] = p[w] * (dp[w] - delta_c[lane]);
+    }
+    for (int i = 0; i < queries; ++i) {
+      float pi[AT::kRowsPerWarp], dsi[AT::kRowsPerWarp];
 #pragma unroll
-        for (int r = 0; r < AT::kDimsPerLane; ++r) {
-          const int d = lane + 32 * r;
-          if (d < dh) {
-            dv[w][r] += pi * dos[i * ld + d];
-            dk[w][r] += dsi * qs[i * ld + d];  // q is pre-scaled: this is scale · Σ ds q
+      for (int w = 0; w < AT::kRowsPerWarp; ++w) {
+        pi[w] = __shfl_sync(0xffffffffu, p[w], i);
+        dsi[w] = __shfl_sync(0xffffffffu, ds[w], i);
+      }
+#pragma unroll
+      for (int r = 0; r < AT::kDimsPerLane; ++r) {
+        const int d = lane + 32 * r;
+        if (d < dh) {
+          const float g = dos[i * ld + d], q = qs[i * ld + d];  // q is pre-scaled: dk = scale · Σ ds q
+#pragma unroll
+          for (int w = 0; w < AT::kRowsPerWarp; ++w) {
+            dv[w][r] += pi[w] * g;
+            dk[w][r] += dsi[w] * q;
           }
         }
       }

@@ -115,7 +115,7 @@ class CudaBackend final : public Backend {
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int K, int N) override {
     bind();
-    float* scratch = dbias ? scratch_.get_as<float>(matmul_backward_scratch_floats(R, N)) : nullptr;
+    float* scratch = scratch_.get_as<float>(matmul_backward_scratch_floats(R, K, N));
     cuda::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,

@@ -12,6 +12,7 @@
 // The interface (GemmParams, same meaning as cpu::GemmParams) is what a later wgmma (sm_90a)
 // kernel will implement too.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
@@ -29,6 +30,8 @@ struct GemmParams {
   bool accumulate = false;          // C += … instead of C = …
   const float* bias = nullptr;      // (N) or null
   const float* residual = nullptr;  // (M, N) at ldc, or null
+  float* workspace = nullptr;       // split-K partial sums (gemm_workspace_floats), or null: no split
+  size_t workspace_floats = 0;
 };
 
 struct GemmTraits {
@@ -125,8 +128,11 @@ __device__ __forceinline__ void store_tile(__nv_bfloat16* tile, const float (&re
   }
 }
 
+// Split-K: blockIdx.z takes K range [z·k_split, (z+1)·k_split) and, when partial is set, writes
+// its raw sums to partial (split, M, N) for gemm_reduce_kernel; else the normal epilogue.
 template <bool AKContig, bool BKContig>
-__global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmParams p, bool swap_grid) {
+__global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmParams p, bool swap_grid, int k_split,
+                                                                    float* __restrict__ partial) {
   using SA = TileShape<AKContig, T::kBM>;
   using SB = TileShape<BKContig, T::kBN>;
   __shared__ __align__(16) __nv_bfloat16 a_tile[2][SA::kRows * SA::kCols];
@@ -148,10 +154,11 @@ __global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmPa
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
   float a_regs[T::kLoadsA], b_regs[T::kLoadsB];
-  const int k_tiles = (p.K + T::kBK - 1) / T::kBK;
+  const int k_begin = blockIdx.z * k_split, k_end = min(p.K, k_begin + k_split);
+  const int k_tiles = k_end > k_begin ? (k_end - k_begin + T::kBK - 1) / T::kBK : 0;
   if (k_tiles > 0) {
-    load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, 0, p.K);
-    load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, 0, p.K);
+    load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin, k_end);
+    load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin, k_end);
     store_tile<AKContig, T::kBM>(a_tile[0], a_regs);
     store_tile<BKContig, T::kBN>(b_tile[0], b_regs);
   }
@@ -161,8 +168,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmPa
     const int buf = kt & 1;
     const bool more = kt + 1 < k_tiles;
     if (more) {  // global loads for the next tile overlap the mma work below
-      load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, (kt + 1) * T::kBK, p.K);
-      load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, (kt + 1) * T::kBK, p.K);
+      load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin + (kt + 1) * T::kBK, k_end);
+      load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin + (kt + 1) * T::kBK, k_end);
     }
     const __nv_bfloat16* at = a_tile[buf];
     const __nv_bfloat16* bt = b_tile[buf];
@@ -223,6 +230,10 @@ __global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmPa
         const int col = n0 + wn0 + jn * 8 + 2 * t + (r % 2);
         if (row >= p.M || col >= p.N) continue;
         float v = acc[i][jn][r];
+        if (partial) {
+          partial[((size_t)blockIdx.z * p.M + row) * p.N + col] = v;
+          continue;
+        }
         const size_t at_c = (size_t)row * p.ldc + col;
         if (p.accumulate) v += p.C[at_c];
         if (p.bias) v += p.bias[col];
@@ -231,14 +242,48 @@ __global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmPa
       }
 }
 
+// C = [C +] Σ_z partial[z] + bias + residual, summed in split order (deterministic)
+__global__ void gemm_reduce_kernel(const GemmParams p, int splits, const float* __restrict__ partial) {
+  const size_t total = (size_t)p.M * p.N;
+  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+    const int row = (int)(idx / p.N), col = (int)(idx % p.N);
+    float v = 0.f;
+    for (int z = 0; z < splits; ++z) v += partial[(size_t)z * total + idx];
+    const size_t at_c = (size_t)row * p.ldc + col;
+    if (p.accumulate) v += p.C[at_c];
+    if (p.bias) v += p.bias[col];
+    if (p.residual) v += p.residual[at_c];
+    p.C[at_c] = v;
+  }
+}
+
+// How many K-splits: enough blocks to fill the GPU twice when the output has few tiles and K is
+// long (the weight-gradient GEMMs: K = rows), each split at least 512 deep.
+inline int split_k_count(int tiles, int K, size_t workspace_floats, size_t MN) {
+  constexpr int kTargetBlocks = 2 * 132, kMinSplitDepth = 512, kMaxSplits = 32;
+  if (tiles >= kTargetBlocks / 2 || K < 2 * kMinSplitDepth) return 1;
+  int splits = std::min({ceil_div(kTargetBlocks, tiles), K / kMinSplitDepth, kMaxSplits});
+  while (splits > 1 && (size_t)splits * MN > workspace_floats) --splits;
+  return std::max(splits, 1);
+}
+
 template <bool AKContig, bool BKContig>
 inline void launch(const GemmParams& p, cudaStream_t stream) {
   const int tiles_m = ceil_div(p.M, T::kBM), tiles_n = ceil_div(p.N, T::kBN);
   const bool swap = tiles_m > 65535;  // grid.y is limited to 65535
   if ((swap ? tiles_n : tiles_m) > 65535) throw std::invalid_argument("gemm: matrix too large for the grid");
-  const dim3 grid(swap ? tiles_m : tiles_n, swap ? tiles_n : tiles_m);
-  gemm_kernel<AKContig, BKContig><<<grid, T::kThreads, 0, stream>>>(p, swap);
+  const int splits = p.workspace ? split_k_count(tiles_m * tiles_n, p.K, p.workspace_floats, (size_t)p.M * p.N) : 1;
+  const int k_split = splits > 1 ? ceil_div(ceil_div(p.K, splits), T::kBK) * T::kBK : std::max(p.K, 1);
+  const int used_splits = splits > 1 ? ceil_div(p.K, k_split) : 1;
+  const dim3 grid(swap ? tiles_m : tiles_n, swap ? tiles_n : tiles_m, used_splits);
+  gemm_kernel<AKContig, BKContig><<<grid, T::kThreads, 0, stream>>>(p, swap, k_split,
+                                                                     used_splits > 1 ? p.workspace : nullptr);
   EMAE_CHECK_LAUNCH("gemm_kernel");
+  if (used_splits > 1) {
+    const int blocks = (int)std::min<size_t>(((size_t)p.M * p.N + 255) / 256, 132 * 16);
+    gemm_reduce_kernel<<<blocks, 256, 0, stream>>>(p, used_splits, p.workspace);
+    EMAE_CHECK_LAUNCH("gemm_reduce_kernel");
+  }
 }
 
 }  // namespace gemm_detail
@@ -267,11 +312,17 @@ inline void matmul_forward(float* out, const float* inp, const float* weight, co
   gemm(p, stream);
 }
 
-inline size_t matmul_backward_scratch_floats(int R, int N) { return column_sum_scratch_floats(R, N); }
+// split-K partials for dweight (at most 32 splits of N × K), or the dbias column sums
+inline size_t matmul_backward_scratch_floats(int R, int K, int N) {
+  // split_k_count keeps splits · N · K ≤ (2·132 + tiles) · 128² when it splits at all
+  const size_t split_partials = std::min((size_t)32 * N * K, (size_t)400 * 128 * 128);
+  return std::max(column_sum_scratch_floats(R, N), split_partials);
+}
 
 // dinp (R, K) = dout (R, N) · weight (N, K) (assigned; skipped when null);
-// dweight (N, K) += doutᵀ · inp; dbias (N) += Σ_rows dout (skipped when null; scratch:
-// matmul_backward_scratch_floats(R, N) floats)
+// dweight (N, K) += doutᵀ · inp (split over the rows when N·K has few tiles);
+// dbias (N) += Σ_rows dout (skipped when null). scratch: matmul_backward_scratch_floats(R, K, N)
+// floats, used by one kernel at a time (stream order).
 inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, int R, int K, int N, float* scratch, cudaStream_t stream) {
   if (dinp) {
@@ -284,6 +335,8 @@ inline void matmul_backward(float* dinp, float* dweight, float* dbias, const flo
   p.trans_a = true;
   p.M = N; p.N = K; p.K = R;
   p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dweight; p.ldc = K; p.accumulate = true;
+  p.workspace = scratch;
+  p.workspace_floats = scratch ? matmul_backward_scratch_floats(R, K, N) : 0;
   gemm(p, stream);
   if (dbias) column_sum_accumulate(dbias, dout, R, N, N, scratch, stream);
 }

@@ -70,12 +70,18 @@ __global__ void grad_norm_partial_kernel(double* __restrict__ partial, const flo
   }
 }
 
-// one thread sums the partials in order: deterministic, and the count is small (segments × 64)
+// one block sums the partials with a fixed assignment and tree: deterministic
 __global__ void sum_doubles_kernel(double* __restrict__ out, const double* __restrict__ partial, int n) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  double total = 0.0;
-  for (int i = 0; i < n; ++i) total += partial[i];
-  *out = total;
+  __shared__ double sh[1024];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) sh[threadIdx.x] += sh[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = sh[0];
 }
 
 inline void gelu_forward(float* out, const float* inp, size_t n, cudaStream_t stream) {
@@ -147,7 +153,7 @@ inline void grad_norm_squared(double* result, const float* grads, const DeviceSe
   dim3 grid(OptimTraits::kBlocksPerSegment, count);
   grad_norm_partial_kernel<<<grid, OptimTraits::kThreads, 0, stream>>>(scratch, grads, segments);
   EMAE_CHECK_LAUNCH("grad_norm_partial_kernel");
-  sum_doubles_kernel<<<1, 1, 0, stream>>>(result, scratch, count * OptimTraits::kBlocksPerSegment);
+  sum_doubles_kernel<<<1, 1024, 0, stream>>>(result, scratch, count * OptimTraits::kBlocksPerSegment);
   EMAE_CHECK_LAUNCH("sum_doubles_kernel");
 }
 

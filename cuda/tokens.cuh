@@ -208,7 +208,7 @@ inline void decoder_tokens_forward(float* z, const float* y, const float* mask_t
   EMAE_CHECK_LAUNCH("decoder_tokens_forward_kernel");
 }
 
-constexpr int kMaskGradSeqsPerChunk = 16;
+constexpr int kMaskGradSeqsPerChunk = 2;  // many small chunks: the column sums need parallelism
 inline size_t decoder_tokens_scratch_floats(const PartGeometry& g, int Dd) {
   return (size_t)ceil_div(g.batch * g.parts, kMaskGradSeqsPerChunk) * Dd;
 }

@@ -38,3 +38,6 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   phase racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
 fi
 cat "$SUMMARY"
+if [ "${PROFILE:-0}" = 1 ]; then  # kernel-time breakdown of two vit-base steps at batch 32
+  phase profile 150 ncu --metrics gpu__time_duration.sum --print-summary per-kernel node scripts/gpu-profile.mjs vit-base 32 2
+fi

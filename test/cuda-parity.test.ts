@@ -8,7 +8,8 @@ import test from 'ava';
 import { EMAE, ParallelMasker, cudaInfo, type EMAEConfig } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { relativeL2 } from './helpers/fixtures.js';
-import { gratings, seededUniform } from './helpers/synthetic.js';
+import { makeRandn } from './helpers/numeric.js';
+import { gratings } from './helpers/synthetic.js';
 
 const info = cudaInfo();
 const usable = info.compiled && info.devices.length > 0;
@@ -16,23 +17,9 @@ const gpuTest = usable ? test : test.skip;
 if (!usable) console.log(`cuda-parity.test: skipped: ${info.error ?? 'no CUDA device'}`);
 
 const seed = Math.floor(Math.random() * 2 ** 31);
-const rand = seededUniform(seed);
-const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => {
-  const u = Math.max(rand(), 1e-12), v = rand();
-  return scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-});
-const permutations = (B: number, N: number) => {
-  const out = new Int32Array(B * N);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: N }, (_, i) => i);
-    for (let i = N - 1; i > 0; i--) {
-      const j = Math.floor(rand() * (i + 1));
-      [row[i], row[j]] = [row[j], row[i]];
-    }
-    out.set(row, b * N);
-  }
-  return out;
-};
+const random = makeRandn(seed);
+const randn = (n: number, scale = 1) => Float32Array.from(random.randn(n, scale));
+const permutations = (B: number, N: number) => Int32Array.from(random.permutations(B, N));
 
 type Tensors = Record<string, Float32Array | Int32Array>;
 

@@ -5,8 +5,8 @@
 //   - shared-memory tiles keep the global orientation (A as [BM][BK] when K-contiguous, [BK][BM]
 //     when M-contiguous; B as [BN][BK] or [BK][BN]); ldmatrix (.trans for the non-K-contiguous
 //     cases) turns either into the mma fragments;
-//   - global loads are fp32, coalesced along the contiguous dimension, converted to bf16 on the
-//     way into shared memory; the next K-tile is loaded into registers while the current one is
+//   - global loads are fp32 (float4 when aligned), coalesced along the contiguous dimension,
+//     converted to bf16 on the way into shared memory; the next K-tile is loaded into registers while the current one is
 //     multiplied (double-buffered shared memory, one barrier per K-step);
 //   - any M, N, K and strides: out-of-range elements load as 0 and are never stored.
 // The interface (GemmParams, same meaning as cpu::GemmParams) is what a later wgmma (sm_90a)
@@ -48,7 +48,7 @@ struct GemmTraits {
   static_assert(kBK % 16 == 0, "K-tile is whole mma k16 steps");
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "B fragments load two n8 tiles per ldmatrix.x4");
   static_assert((kBM * kBK) % kThreads == 0 && (kBN * kBK) % kThreads == 0, "even load split");
-  static_assert(kBK == 32, "the K-contiguous load mapping assumes one warp per 32-wide row");
+  static_assert(kBK % 4 == 0 && kBM % 4 == 0 && kBN % 4 == 0, "loads move groups of 4 contiguous floats");
   static_assert((kBK + kPad) * 2 % 16 == 0 && (kBM + kPad) * 2 % 16 == 0, "ldmatrix rows are 16-byte aligned");
 };
 
@@ -87,26 +87,40 @@ struct TileShape {
   static constexpr int kCols = (KContig ? T::kBK : Outer) + T::kPad;
 };
 
-// Loads one K-tile of an operand (fp32) into registers. For operand A, "outer" is M; for B, N.
-// KContig: stored (outer, K) with row stride ld; else stored (K, outer).
+// One K-tile of an operand: each thread moves Loads fp32 values as Loads/4 groups of 4
+// neighbours along the contiguous dimension (one float4 load when `vec` — the operand's base is
+// 16-byte aligned and its row stride a multiple of 4 — and the group is in range; element by
+// element otherwise). For operand A "outer" is M, for B it is N. KContig: stored (outer, K) with
+// row stride ld; else stored (K, outer).
+template <bool KContig, int Outer>
+struct TileMap {
+  static constexpr int kGroupsPerRow = (KContig ? T::kBK : Outer) / 4;  // float4 groups per stored row
+  // group e → stored (row, col) of its first element in the tile
+  __device__ __forceinline__ static void at(int e, int& row, int& col) {
+    row = e / kGroupsPerRow;
+    col = (e % kGroupsPerRow) * 4;
+  }
+};
+
 template <bool KContig, int Outer, int Loads>
 __device__ __forceinline__ void load_tile(float (&regs)[Loads], const float* __restrict__ src, int ld, int outer0,
-                                          int outer_size, int k0, int K) {
+                                          int outer_size, int k0, int K, bool vec) {
+  static_assert(Loads % 4 == 0, "groups of 4");
 #pragma unroll
-  for (int i = 0; i < Loads; ++i) {
-    const int e = threadIdx.x + i * T::kThreads;
-    int o, k;
-    if (KContig) {
-      o = e / T::kBK;
-      k = e % T::kBK;
+  for (int g = 0; g < Loads / 4; ++g) {
+    int row, col;
+    TileMap<KContig, Outer>::at(threadIdx.x + g * T::kThreads, row, col);
+    // global coordinates of the group's first element: rows of the stored matrix, columns contiguous
+    const int grow = row + (KContig ? outer0 : k0), gcol = col + (KContig ? k0 : outer0);
+    const int rows_total = KContig ? outer_size : K, cols_total = KContig ? K : outer_size;
+    const float* p = src + (size_t)grow * ld + gcol;
+    if (vec && grow < rows_total && gcol + 3 < cols_total) {
+      const float4 v = *reinterpret_cast<const float4*>(p);
+      regs[4 * g] = v.x; regs[4 * g + 1] = v.y; regs[4 * g + 2] = v.z; regs[4 * g + 3] = v.w;
     } else {
-      k = e / Outer;
-      o = e % Outer;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) regs[4 * g + q] = grow < rows_total && gcol + q < cols_total ? p[q] : 0.f;
     }
-    const int go = outer0 + o, gk = k0 + k;
-    float v = 0.f;
-    if (go < outer_size && gk < K) v = KContig ? src[(size_t)go * ld + gk] : src[(size_t)gk * ld + go];
-    regs[i] = v;
   }
 }
 
@@ -114,25 +128,22 @@ template <bool KContig, int Outer, int Loads>
 __device__ __forceinline__ void store_tile(__nv_bfloat16* tile, const float (&regs)[Loads]) {
   constexpr int cols = TileShape<KContig, Outer>::kCols;
 #pragma unroll
-  for (int i = 0; i < Loads; ++i) {
-    const int e = threadIdx.x + i * T::kThreads;
-    int r, c;
-    if (KContig) {
-      r = e / T::kBK;
-      c = e % T::kBK;
-    } else {
-      r = e / Outer;
-      c = e % Outer;
-    }
-    tile[r * cols + c] = __float2bfloat16_rn(regs[i]);
+  for (int g = 0; g < Loads / 4; ++g) {
+    int row, col;
+    TileMap<KContig, Outer>::at(threadIdx.x + g * T::kThreads, row, col);
+    __nv_bfloat162 lo = __floats2bfloat162_rn(regs[4 * g], regs[4 * g + 1]);
+    __nv_bfloat162 hi = __floats2bfloat162_rn(regs[4 * g + 2], regs[4 * g + 3]);
+    uint2 packed;
+    packed.x = *reinterpret_cast<uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(tile + row * cols + col) = packed;  // 8-byte aligned: col % 4 == 0, rows 16-byte aligned
   }
 }
 
-// Split-K: blockIdx.z takes K range [z·k_split, (z+1)·k_split) and, when partial is set, writes
-// its raw sums to partial (split, M, N) for gemm_reduce_kernel; else the normal epilogue.
 template <bool AKContig, bool BKContig>
-__global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmParams p, bool swap_grid, int k_split,
-                                                                    float* __restrict__ partial) {
+__global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const GemmParams p, bool swap_grid, int k_split,
+                                                                    float* __restrict__ partial, bool vec_a,
+                                                                    bool vec_b) {
   using SA = TileShape<AKContig, T::kBM>;
   using SB = TileShape<BKContig, T::kBN>;
   __shared__ __align__(16) __nv_bfloat16 a_tile[2][SA::kRows * SA::kCols];
@@ -157,8 +168,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmPa
   const int k_begin = blockIdx.z * k_split, k_end = min(p.K, k_begin + k_split);
   const int k_tiles = k_end > k_begin ? (k_end - k_begin + T::kBK - 1) / T::kBK : 0;
   if (k_tiles > 0) {
-    load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin, k_end);
-    load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin, k_end);
+    load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin, k_end, vec_a);
+    load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin, k_end, vec_b);
     store_tile<AKContig, T::kBM>(a_tile[0], a_regs);
     store_tile<BKContig, T::kBN>(b_tile[0], b_regs);
   }
@@ -168,8 +179,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads) gemm_kernel(const GemmPa
     const int buf = kt & 1;
     const bool more = kt + 1 < k_tiles;
     if (more) {  // global loads for the next tile overlap the mma work below
-      load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin + (kt + 1) * T::kBK, k_end);
-      load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin + (kt + 1) * T::kBK, k_end);
+      load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin + (kt + 1) * T::kBK, k_end, vec_a);
+      load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin + (kt + 1) * T::kBK, k_end, vec_b);
     }
     const __nv_bfloat16* at = a_tile[buf];
     const __nv_bfloat16* bt = b_tile[buf];
@@ -276,8 +287,9 @@ inline void launch(const GemmParams& p, cudaStream_t stream) {
   const int k_split = splits > 1 ? ceil_div(ceil_div(p.K, splits), T::kBK) * T::kBK : std::max(p.K, 1);
   const int used_splits = splits > 1 ? ceil_div(p.K, k_split) : 1;
   const dim3 grid(swap ? tiles_m : tiles_n, swap ? tiles_n : tiles_m, used_splits);
-  gemm_kernel<AKContig, BKContig><<<grid, T::kThreads, 0, stream>>>(p, swap, k_split,
-                                                                     used_splits > 1 ? p.workspace : nullptr);
+  auto vectorizable = [](const float* ptr, int ld) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld % 4 == 0; };
+  gemm_kernel<AKContig, BKContig><<<grid, T::kThreads, 0, stream>>>(
+      p, swap, k_split, used_splits > 1 ? p.workspace : nullptr, vectorizable(p.A, p.lda), vectorizable(p.B, p.ldb));
   EMAE_CHECK_LAUNCH("gemm_kernel");
   if (used_splits > 1) {
     const int blocks = (int)std::min<size_t>(((size_t)p.M * p.N + 255) / 256, 132 * 16);

@@ -161,7 +161,7 @@ export class EMAE {
     };
     let handle: NativeModel;
     try {
-      handle = new addon.Model(nativeConfig);
+      handle = await addon.createModel(nativeConfig);
     } catch (err) {
       throw withCallerStack(err, context);
     }

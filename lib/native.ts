@@ -107,7 +107,8 @@ export interface NativeCudaInfo {
 }
 
 export interface NativeAddon {
-  Model: new (config: NativeModelConfig) => NativeModel;
+  /** Builds a model (allocation, MAE initialization, upload to the device) off the JS thread. */
+  createModel(config: NativeModelConfig): Promise<NativeModel>;
   cudaInfo(): NativeCudaInfo;
   /** OpenMP threads available by default */
   defaultThreads(): number;

@@ -43,7 +43,10 @@ Napi::Value DefaultThreads(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("Model", ModelWrap::Define(env));
+  Napi::Function model_class = ModelWrap::Define(env);
+  env.SetInstanceData(new Napi::FunctionReference(Napi::Persistent(model_class)));  // for createModel
+  exports.Set("Model", model_class);
+  exports.Set("createModel", Napi::Function::New<ModelWrap::CreateAsync>(env, "createModel"));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
   exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
   exports.Set("testOp", Napi::Function::New<TestOp>(env, "testOp"));

@@ -224,7 +224,72 @@ class StepWorker : public Napi::AsyncWorker {
   const char* code_ = nullptr;
 };
 
+class CreateWorker : public Napi::AsyncWorker {
+ public:
+  CreateWorker(Napi::Env env, ModelConfig config, std::string device)
+      : Napi::AsyncWorker(env, "createModel"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        config_(config),
+        device_(std::move(device)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      omp_set_num_threads(config_.threads);
+      model_ = std::make_unique<Model>(config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend());
+    } catch (const OutOfMemory& e) {
+      fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");
+    } catch (const std::bad_alloc&) {
+      fail(ErrorKind::Error, "out of memory", "EMAE_OUT_OF_MEMORY");
+    } catch (const std::exception& e) {
+      fail(classify(e), e.what(), nullptr);
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (failed_) {
+      deferred_.Reject(make_error(env, kind_, "createModel: " + message_, code_).Value());
+      return;
+    }
+    Napi::FunctionReference* ctor = env.GetInstanceData<Napi::FunctionReference>();
+    Model* raw = model_.release();
+    try {
+      deferred_.Resolve(ctor->New({Napi::External<Model>::New(env, raw)}));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  void fail(ErrorKind kind, const std::string& message, const char* code) {
+    failed_ = true;
+    kind_ = kind;
+    message_ = message;
+    code_ = code;
+  }
+  Napi::Promise::Deferred deferred_;
+  ModelConfig config_;
+  std::string device_;
+  std::unique_ptr<Model> model_;
+  bool failed_ = false;
+  ErrorKind kind_ = ErrorKind::Error;
+  std::string message_;
+  const char* code_ = nullptr;
+};
+
 }  // namespace
+
+Napi::Value ModelWrap::CreateAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string device;
+  ModelConfig config = parse_config(get_object(info[0], "config"), device);
+  guard(env, "createModel", [&] { config.validate(); });  // cheap checks before queuing
+  auto* worker = new CreateWorker(env, config, device);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
 
 Napi::Function ModelWrap::Define(Napi::Env env) {
   return DefineClass(env, "Model",
@@ -243,13 +308,9 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
 }
 
 ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
-  Napi::Env env = info.Env();
-  std::string device;
-  ModelConfig config = parse_config(get_object(info[0], "config"), device);
-  guard(env, "Model", [&] {
-    omp_set_num_threads(config.threads);
-    model_ = std::make_unique<Model>(config, device == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend());
-  });
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "Model is created with createModel(config), not with new");
+  model_.reset(info[0].As<Napi::External<Model>>().Data());
 }
 
 void ModelWrap::check_usable(Napi::Env env, const char* op) const {

@@ -13,6 +13,10 @@ namespace emae::napi {
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
+  // createModel(config) → Promise<Model>: builds the model (allocation, MAE initialization, upload)
+  // off the JS thread, then wraps it.
+  static Napi::Value CreateAsync(const Napi::CallbackInfo& info);
+  // JS `new Model(external)` from CreateAsync only; adopts the emae::Model the External holds.
   explicit ModelWrap(const Napi::CallbackInfo& info);
 
   Model& model() { return *model_; }

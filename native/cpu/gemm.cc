@@ -110,9 +110,15 @@ void pack_a(const GemmParams& p, int i0, int mc, int k0, int kc, int MR, float* 
     const int rows = std::min(MR, mc - is);
     float* dst = out + (size_t)is * kc;
     if (!p.trans_a) {
-      for (int r = 0; r < rows; ++r) {
-        const float* src = p.A + (size_t)(i0 + is + r) * p.lda + k0;
-        for (int k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
+      // k outer so the writes are contiguous; the MR row streams are read sequentially
+      const float* src[12];
+      for (int r = 0; r < rows; ++r) src[r] = p.A + (size_t)(i0 + is + r) * p.lda + k0;
+      if (rows == MR) {
+        for (int k = 0; k < kc; ++k)
+          for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[r][k];
+      } else {
+        for (int k = 0; k < kc; ++k)
+          for (int r = 0; r < rows; ++r) dst[k * MR + r] = src[r][k];
       }
     } else {
       for (int k = 0; k < kc; ++k) {

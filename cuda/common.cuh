@@ -3,7 +3,8 @@
 // Invariants for every kernel file in cuda/:
 //   - all memory is fp32 (parameters, activations, gradients) unless a name says bf16;
 //   - forward outputs are assigned, parameter gradients accumulate (+=), as in native/core/backend.h;
-//   - every launcher takes the stream, checks its arguments and calls EMAE_CHECK_LAUNCH after the launch.
+//   - every launcher takes the stream, checks its arguments and calls EMAE_CHECK_LAUNCH after the launch;
+//   - kernels in these headers are static (or templates), so several translation units may include them.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -51,7 +52,7 @@ __device__ __forceinline__ float warp_max(float v) {
 // then dst[c] += Σ_chunks partial[chunk][c] in chunk order.
 constexpr int kColumnSumRowChunk = 256;
 
-__global__ void column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__ src, int rows, int C,
+static __global__ void column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__ src, int rows, int C,
                                           long long row_stride) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -61,7 +62,7 @@ __global__ void column_sum_partial_kernel(float* __restrict__ partial, const flo
   partial[(size_t)blockIdx.y * C + c] = acc;
 }
 
-__global__ void reduce_chunks_kernel(float* __restrict__ dst, const float* __restrict__ partial, int chunks, int C) {
+static __global__ void reduce_chunks_kernel(float* __restrict__ dst, const float* __restrict__ partial, int chunks, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float acc = 0.f;

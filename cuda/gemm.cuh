@@ -8,13 +8,18 @@
 //   - global loads are fp32 (float4 when aligned), coalesced along the contiguous dimension,
 //     converted to bf16 on the way into shared memory; the next K-tile is loaded into registers while the current one is
 //     multiplied (double-buffered shared memory, one barrier per K-step);
-//   - any M, N, K and strides: out-of-range elements load as 0 and are never stored.
+//   - any M, N, K ≥ 0 and strides ≥ the stored row length: out-of-range elements load as 0 and
+//     are never stored; K == 0 still writes C = [C +] bias + residual (or 0);
+//   - deterministic: every output is summed in a fixed order (split-K partials are reduced in
+//     split order, column sums in a fixed tree), so a run repeats bit for bit;
+//   - forward outputs are assigned; dweight and dbias accumulate (+=), dinp is assigned.
 // The interface (GemmParams, same meaning as cpu::GemmParams) is what a later wgmma (sm_90a)
 // kernel will implement too.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #include "cuda/common.cuh"
 
@@ -30,8 +35,8 @@ struct GemmParams {
   bool accumulate = false;          // C += … instead of C = …
   const float* bias = nullptr;      // (N) or null
   const float* residual = nullptr;  // (M, N) at ldc, or null
-  float* workspace = nullptr;       // split-K partial sums (gemm_workspace_floats), or null: no split
-  size_t workspace_floats = 0;
+  float* workspace = nullptr;       // split-K partials ([splits][M][N] fp32), or null: no split-K
+  size_t workspace_floats = 0;      // floats at workspace; splits are reduced until they fit
 };
 
 struct GemmTraits {
@@ -253,8 +258,9 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const Gem
       }
 }
 
-// C = [C +] Σ_z partial[z] + bias + residual, summed in split order (deterministic)
-__global__ void gemm_reduce_kernel(const GemmParams p, int splits, const float* __restrict__ partial) {
+// C = [C +] Σ_z partial[z] + bias + residual, summed in split order (deterministic).
+// static: a non-template kernel defined in a header must not clash between translation units.
+static __global__ void gemm_reduce_kernel(const GemmParams p, int splits, const float* __restrict__ partial) {
   const size_t total = (size_t)p.M * p.N;
   for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
     const int row = (int)(idx / p.N), col = (int)(idx % p.N);
@@ -265,6 +271,50 @@ __global__ void gemm_reduce_kernel(const GemmParams p, int splits, const float* 
     if (p.bias) v += p.bias[col];
     if (p.residual) v += p.residual[at_c];
     p.C[at_c] = v;
+  }
+}
+
+// dbias (N) += Σ_r dout[r·N + c] without scratch: one block per 32-column slab, lane = column,
+// warp w sums rows w, w + W, w + 2W, … into kUnroll independent accumulators (combined in a fixed
+// order), then warp 0 adds the W per-warp sums in warp order: deterministic.
+struct ColumnSumTraits {
+  static constexpr int kCols = 32;   // columns per block (one per lane)
+  static constexpr int kWarps = 32;  // row-parallel warps per block
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kUnroll = 4;  // independent loads in flight per thread
+  static_assert(kCols == 32, "one column per lane");
+  static_assert(kThreads <= 1024, "block size limit");
+};
+
+template <int Unused = 0>  // a template, so the header defines no external-linkage kernel
+__global__ void __launch_bounds__(ColumnSumTraits::kThreads) column_sum_slab_kernel(float* __restrict__ dst,
+                                                                                  const float* __restrict__ src,
+                                                                                  int rows, int C) {
+  using CS = ColumnSumTraits;
+  __shared__ float warp_sums[CS::kWarps][CS::kCols];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int c = blockIdx.x * CS::kCols + lane;
+  float acc[CS::kUnroll];
+#pragma unroll
+  for (int u = 0; u < CS::kUnroll; ++u) acc[u] = 0.f;
+  if (c < C) {
+    constexpr int kStep = CS::kWarps * CS::kUnroll;  // rows per round over all warps
+    int r = warp;
+    for (; r + (CS::kUnroll - 1) * CS::kWarps < rows; r += kStep) {
+#pragma unroll
+      for (int u = 0; u < CS::kUnroll; ++u) acc[u] += src[(size_t)(r + u * CS::kWarps) * C + c];
+    }
+    for (; r < rows; r += CS::kWarps) acc[0] += src[(size_t)r * C + c];  // fewer than kUnroll rows left
+  }
+  float v = 0.f;
+#pragma unroll
+  for (int u = 0; u < CS::kUnroll; ++u) v += acc[u];
+  warp_sums[warp][lane] = v;
+  __syncthreads();
+  if (warp == 0 && c < C) {
+    float s = 0.f;
+    for (int w = 0; w < CS::kWarps; ++w) s += warp_sums[w][lane];
+    dst[c] += s;
   }
 }
 
@@ -301,10 +351,21 @@ inline void launch(const GemmParams& p, cudaStream_t stream) {
 }  // namespace gemm_detail
 
 inline void gemm(const GemmParams& p, cudaStream_t stream) {
-  if (p.M < 0 || p.N < 0 || p.K < 0) throw std::invalid_argument("gemm: M, N and K must be >= 0");
-  if (p.M == 0 || p.N == 0) return;
-  if (!p.C) throw std::invalid_argument("gemm: C is null");
-  if (p.K > 0 && (!p.A || !p.B)) throw std::invalid_argument("gemm: A or B is null");
+  auto bad = [](const std::string& what) { throw std::invalid_argument("gemm: " + what); };
+  if (p.M < 0) bad("M must be >= 0, got " + std::to_string(p.M));
+  if (p.N < 0) bad("N must be >= 0, got " + std::to_string(p.N));
+  if (p.K < 0) bad("K must be >= 0, got " + std::to_string(p.K));
+  if (p.M == 0 || p.N == 0) return;  // nothing to write
+  if (!p.C) bad("C is null");
+  if (p.ldc < p.N) bad("ldc must be >= N (" + std::to_string(p.N) + "), got " + std::to_string(p.ldc));
+  if (p.K > 0) {  // K == 0: A and B are never read
+    if (!p.A) bad("A is null");
+    if (!p.B) bad("B is null");
+    const int a_row = p.trans_a ? p.M : p.K, b_row = p.trans_b ? p.K : p.N;  // stored row lengths
+    if (p.lda < a_row) bad("lda must be >= " + std::to_string(a_row) + ", got " + std::to_string(p.lda));
+    if (p.ldb < b_row) bad("ldb must be >= " + std::to_string(b_row) + ", got " + std::to_string(p.ldb));
+  }
+  if (p.workspace_floats > 0 && !p.workspace) bad("workspace is null but workspace_floats > 0");
   // A K-contiguous unless trans_a; B K-contiguous when trans_b
   const bool a_k = !p.trans_a, b_k = p.trans_b;
   if (a_k && b_k) gemm_detail::launch<true, true>(p, stream);
@@ -324,6 +385,18 @@ inline void matmul_forward(float* out, const float* inp, const float* weight, co
   gemm(p, stream);
 }
 
+// dbias (N) += column sums of dout (R, N), deterministic, no scratch
+inline void column_sum_accumulate_noscratch(float* dbias, const float* dout, int R, int N, cudaStream_t stream) {
+  if (R < 0) throw std::invalid_argument("column_sum_accumulate_noscratch: R must be >= 0");
+  if (N < 0) throw std::invalid_argument("column_sum_accumulate_noscratch: N must be >= 0");
+  if (R == 0 || N == 0) return;
+  if (!dbias) throw std::invalid_argument("column_sum_accumulate_noscratch: dbias is null");
+  if (!dout) throw std::invalid_argument("column_sum_accumulate_noscratch: dout is null");
+  using CS = gemm_detail::ColumnSumTraits;
+  gemm_detail::column_sum_slab_kernel<<<ceil_div(N, CS::kCols), CS::kThreads, 0, stream>>>(dbias, dout, R, N);
+  EMAE_CHECK_LAUNCH("column_sum_slab_kernel");
+}
+
 // split-K partials for dweight (at most 32 splits of N × K), or the dbias column sums
 inline size_t matmul_backward_scratch_floats(int R, int K, int N) {
   // split_k_count keeps splits · N · K ≤ (2·132 + tiles) · 128² when it splits at all
@@ -334,7 +407,7 @@ inline size_t matmul_backward_scratch_floats(int R, int K, int N) {
 // dinp (R, K) = dout (R, N) · weight (N, K) (assigned; skipped when null);
 // dweight (N, K) += doutᵀ · inp (split over the rows when N·K has few tiles);
 // dbias (N) += Σ_rows dout (skipped when null). scratch: matmul_backward_scratch_floats(R, K, N)
-// floats, used by one kernel at a time (stream order).
+// floats, used by one kernel at a time (stream order), or null (no split-K, dbias without scratch).
 inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, int R, int K, int N, float* scratch, cudaStream_t stream) {
   if (dinp) {
@@ -350,7 +423,16 @@ inline void matmul_backward(float* dinp, float* dweight, float* dbias, const flo
   p.workspace = scratch;
   p.workspace_floats = scratch ? matmul_backward_scratch_floats(R, K, N) : 0;
   gemm(p, stream);
-  if (dbias) column_sum_accumulate(dbias, dout, R, N, N, scratch, stream);
+  if (dbias) {
+    if (scratch) column_sum_accumulate(dbias, dout, R, N, N, scratch, stream);
+    else column_sum_accumulate_noscratch(dbias, dout, R, N, stream);
+  }
+}
+
+// The same without scratch: no split-K for dweight, dbias by column_sum_accumulate_noscratch.
+inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int R, int K, int N, cudaStream_t stream) {
+  matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, static_cast<float*>(nullptr), stream);
 }
 
 }  // namespace emae::cuda

@@ -18,7 +18,7 @@ struct LayerNormTraits {
   static_assert(kColumnsPerBlock % 32 == 0, "column blocks are whole warps");
 };
 
-__global__ void layernorm_forward_kernel(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+static __global__ void layernorm_forward_kernel(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                          const float* __restrict__ inp, const float* __restrict__ w,
                                          const float* __restrict__ b, int R, int C, float eps) {
   const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
@@ -39,7 +39,7 @@ __global__ void layernorm_forward_kernel(float* __restrict__ out, float* __restr
   }
 }
 
-__global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
+static __global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
                                                 const float* __restrict__ inp, const float* __restrict__ w,
                                                 const float* __restrict__ mean, const float* __restrict__ rstd,
                                                 int R, int C) {
@@ -61,7 +61,7 @@ __global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const 
 }
 
 // partial (chunks, 2, C): per row chunk, Σ dout·x̂ and Σ dout
-__global__ void layernorm_backward_params_partial_kernel(float* __restrict__ partial, const float* __restrict__ dout,
+static __global__ void layernorm_backward_params_partial_kernel(float* __restrict__ partial, const float* __restrict__ dout,
                                                          const float* __restrict__ inp, const float* __restrict__ mean,
                                                          const float* __restrict__ rstd, int R, int C) {
   const int c = blockIdx.x * LayerNormTraits::kColumnsPerBlock + threadIdx.x;
@@ -79,7 +79,7 @@ __global__ void layernorm_backward_params_partial_kernel(float* __restrict__ par
 }
 
 // dw (C) += Σ_chunks partial[chunk][0]; db (C) += Σ_chunks partial[chunk][1]
-__global__ void layernorm_reduce_chunks_kernel(float* __restrict__ dw, float* __restrict__ db,
+static __global__ void layernorm_reduce_chunks_kernel(float* __restrict__ dw, float* __restrict__ db,
                                                const float* __restrict__ partial, int chunks, int C) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;

@@ -20,7 +20,7 @@ struct LossTraits {
   static_assert((kReduceThreads & (kReduceThreads - 1)) == 0, "the final tree reduction needs a power of two");
 };
 
-__global__ void loss_items_kernel(float* __restrict__ dpred, double* __restrict__ item_sums,
+static __global__ void loss_items_kernel(float* __restrict__ dpred, double* __restrict__ item_sums,
                                   const float* __restrict__ pred, const float* __restrict__ target,
                                   const int32_t* __restrict__ position_of, PartGeometry g, float rec_scale,
                                   float con_scale, bool l1) {
@@ -67,14 +67,14 @@ __global__ void loss_items_kernel(float* __restrict__ dpred, double* __restrict_
   }
 }
 
-__global__ void zero_cls_rows_kernel(float* __restrict__ dpred, int S, int N, int P) {
+static __global__ void zero_cls_rows_kernel(float* __restrict__ dpred, int S, int N, int P) {
   const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   if (idx >= (long long)S * P) return;
   dpred[(idx / P) * (size_t)(1 + N) * P + idx % P] = 0.f;
 }
 
 // out[0..1] = Σ items (recon, consistency); one block, fixed assignment and tree: deterministic
-__global__ void loss_reduce_kernel(double* __restrict__ out, const double* __restrict__ item_sums, int items) {
+static __global__ void loss_reduce_kernel(double* __restrict__ out, const double* __restrict__ item_sums, int items) {
   __shared__ double sh[2][LossTraits::kReduceThreads];
   double rec = 0.0, con = 0.0;
   for (int i = threadIdx.x; i < items; i += blockDim.x) {

@@ -17,12 +17,12 @@ struct OptimTraits {
   static constexpr int kBlocksPerSegment = 64;  // x-blocks striding over one segment
 };
 
-__global__ void gelu_forward_kernel(float* __restrict__ out, const float* __restrict__ inp, size_t n) {
+static __global__ void gelu_forward_kernel(float* __restrict__ out, const float* __restrict__ inp, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     out[i] = gelu(inp[i]);
 }
 
-__global__ void gelu_backward_kernel(float* dinp, const float* __restrict__ inp, const float* dout, size_t n) {
+static __global__ void gelu_backward_kernel(float* dinp, const float* __restrict__ inp, const float* dout, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     dinp[i] = gelu_grad(inp[i]) * dout[i];  // dinp may alias dout: each element read then written by one thread
 }
@@ -32,7 +32,7 @@ struct DeviceSegment {
   int decay;
 };
 
-__global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
+static __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, const DeviceSegment* __restrict__ segments, AdamWScalars s) {
   const DeviceSegment seg = segments[blockIdx.y];
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
@@ -42,7 +42,7 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
   }
 }
 
-__global__ void scale_kernel(float* __restrict__ data, const DeviceSegment* __restrict__ segments, float factor) {
+static __global__ void scale_kernel(float* __restrict__ data, const DeviceSegment* __restrict__ segments, float factor) {
   const DeviceSegment seg = segments[blockIdx.y];
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
        i += (unsigned long long)gridDim.x * blockDim.x)
@@ -50,7 +50,7 @@ __global__ void scale_kernel(float* __restrict__ data, const DeviceSegment* __re
 }
 
 // partial[segment][x-block] = Σ g² over that block's stride (double)
-__global__ void grad_norm_partial_kernel(double* __restrict__ partial, const float* __restrict__ grads,
+static __global__ void grad_norm_partial_kernel(double* __restrict__ partial, const float* __restrict__ grads,
                                          const DeviceSegment* __restrict__ segments) {
   __shared__ double warp_sums[OptimTraits::kThreads / 32];
   const DeviceSegment seg = segments[blockIdx.y];
@@ -71,7 +71,7 @@ __global__ void grad_norm_partial_kernel(double* __restrict__ partial, const flo
 }
 
 // one block sums the partials with a fixed assignment and tree: deterministic
-__global__ void sum_doubles_kernel(double* __restrict__ out, const double* __restrict__ partial, int n) {
+static __global__ void sum_doubles_kernel(double* __restrict__ out, const double* __restrict__ partial, int n) {
   __shared__ double sh[1024];
   double acc = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];

@@ -13,7 +13,7 @@
 
 namespace emae::cuda {
 
-__global__ void inverse_permutation_kernel(int32_t* __restrict__ position_of, const int32_t* __restrict__ perm, int B,
+static __global__ void inverse_permutation_kernel(int32_t* __restrict__ position_of, const int32_t* __restrict__ perm, int B,
                                            int N) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= B * N) return;
@@ -21,7 +21,7 @@ __global__ void inverse_permutation_kernel(int32_t* __restrict__ position_of, co
   position_of[(size_t)b * N + perm[i]] = i % N;
 }
 
-__global__ void gather_visible_patches_kernel(float* __restrict__ cols, const float* __restrict__ images,
+static __global__ void gather_visible_patches_kernel(float* __restrict__ cols, const float* __restrict__ images,
                                               const int32_t* __restrict__ perm, PartGeometry g) {
   const int p = g.patch, C = g.channels, HW = g.image, V = g.visible, K = g.parts;
   const int P = p * p * C;
@@ -39,7 +39,7 @@ __global__ void gather_visible_patches_kernel(float* __restrict__ cols, const fl
 }
 
 // one warp per (b, n) patch
-__global__ void patchify_target_kernel(float* __restrict__ target, const float* __restrict__ images, PartGeometry g,
+static __global__ void patchify_target_kernel(float* __restrict__ target, const float* __restrict__ images, PartGeometry g,
                                        bool norm_pix) {
   const int item = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -64,7 +64,7 @@ __global__ void patchify_target_kernel(float* __restrict__ target, const float* 
   for (int q = lane; q < P; q += 32) dst[q] = (dst[q] - m) * s;
 }
 
-__global__ void encoder_tokens_forward_kernel(float* __restrict__ x, const float* __restrict__ emb,
+static __global__ void encoder_tokens_forward_kernel(float* __restrict__ x, const float* __restrict__ emb,
                                               const float* __restrict__ cls, const float* __restrict__ pos,
                                               const int32_t* __restrict__ perm, PartGeometry g, int D) {
   const int K = g.parts, V = g.visible, T = 1 + V;
@@ -85,7 +85,7 @@ __global__ void encoder_tokens_forward_kernel(float* __restrict__ x, const float
   }
 }
 
-__global__ void encoder_tokens_backward_kernel(float* __restrict__ demb, const float* __restrict__ dx, PartGeometry g,
+static __global__ void encoder_tokens_backward_kernel(float* __restrict__ demb, const float* __restrict__ dx, PartGeometry g,
                                                int D) {
   const int K = g.parts, V = g.visible, T = 1 + V;
   const long long total = (long long)g.batch * K * V * D;
@@ -99,7 +99,7 @@ __global__ void encoder_tokens_backward_kernel(float* __restrict__ demb, const f
   }
 }
 
-__global__ void decoder_tokens_forward_kernel(float* __restrict__ z, const float* __restrict__ y,
+static __global__ void decoder_tokens_forward_kernel(float* __restrict__ z, const float* __restrict__ y,
                                               const float* __restrict__ mask_token, const float* __restrict__ dpos,
                                               const int32_t* __restrict__ position_of, PartGeometry g, int Dd) {
   const int K = g.parts, V = g.visible, N = g.num_patches;
@@ -124,7 +124,7 @@ __global__ void decoder_tokens_forward_kernel(float* __restrict__ z, const float
 }
 
 // dy (S, 1+V, Dd): cls row and the visible rows, gathered from dz
-__global__ void decoder_tokens_backward_kernel(float* __restrict__ dy, const float* __restrict__ dz,
+static __global__ void decoder_tokens_backward_kernel(float* __restrict__ dy, const float* __restrict__ dz,
                                                const int32_t* __restrict__ perm, PartGeometry g, int Dd) {
   const int K = g.parts, V = g.visible, N = g.num_patches;
   const long long total = (long long)g.batch * K * (1 + V) * Dd;
@@ -144,7 +144,7 @@ __global__ void decoder_tokens_backward_kernel(float* __restrict__ dy, const flo
 }
 
 // partial[chunk][d] = Σ over the masked rows of the chunk's sequences (deterministic)
-__global__ void mask_token_grad_partial_kernel(float* __restrict__ partial, const float* __restrict__ dz,
+static __global__ void mask_token_grad_partial_kernel(float* __restrict__ partial, const float* __restrict__ dz,
                                                const int32_t* __restrict__ position_of, PartGeometry g, int Dd,
                                                int seqs_per_chunk) {
   const int d = blockIdx.x * blockDim.x + threadIdx.x;

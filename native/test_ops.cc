@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <functional>
+#include <cmath>
 #include <map>
 #include <string>
 #include <vector>
@@ -43,9 +44,25 @@ template <typename T> struct OpContext {
     v.assign(n, T(0));
     return v.data();
   }
+  // perm (B, N) with B·N = n: each row must be a permutation of 0..N−1 (a bad index would read
+  // out of bounds in the gather, token and loss ops)
   std::vector<int32_t> perm(size_t n) {
     auto arr = get_typed_array<double>(call.tensors.Get("perm"), "perm", (int64_t)n);
-    return std::vector<int32_t>(arr.Data(), arr.Data() + n);
+    std::vector<int32_t> out(arr.Data(), arr.Data() + n);
+    const PartGeometry g = geometry();
+    const int N = g.num_patches;
+    std::vector<uint8_t> seen(N);
+    for (size_t r = 0; r * N < n; ++r) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int i = 0; i < N; ++i) {
+        const double v = arr[r * N + i];
+        if (v != std::floor(v) || v < 0 || v >= N || seen[(int)v])
+          throw Napi::RangeError::New(call.env, "testOp: perm row " + std::to_string(r) + " is not a permutation of 0.." +
+                                                    std::to_string(N - 1));
+        seen[(int)v] = 1;
+      }
+    }
+    return out;
   }
   PartGeometry geometry() const {
     PartGeometry g;

@@ -29,6 +29,8 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...
 
 phase smoke 60 node scripts/gpu-smoke.mjs 3
 phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+# kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90) when present
+[ -x .device/attention_check ] && phase attention_check 90 .device/attention_check
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   phase bench 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench.json"
   grep -E '^\|' "$OUT/bench.log" >> "$SUMMARY"
@@ -38,6 +40,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   phase racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
 fi
 cat "$SUMMARY"
+[ -x .device/gemm_check ] && phase gemm_check 150 .device/gemm_check
 if [ "${PROFILE:-0}" = 1 ]; then  # kernel-time breakdown of two vit-base steps at batch 32
   phase profile 150 ncu --metrics gpu__time_duration.sum --print-summary per-kernel node scripts/gpu-profile.mjs vit-base 32 2
 fi

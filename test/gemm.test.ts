@@ -1,46 +1,75 @@
-// The CPU's packed fp32 GEMM (all three transposition cases of a training step) and the fp32
-// paths of attention, LayerNorm and GELU (vectorized exp/erf approximations) against the float64
-// instantiation of the same ops. Tolerance 1e-5 relative L2: fp32 round-off over sums of up to
-// ~300 products is ~1e-6; a wrong tile edge or a packing bug gives O(1).
+// The CPU's packed fp32 GEMM (the three transposition cases of a training step: forward NT with
+// the bias/residual epilogue, dinp NN, dweight TN accumulate, plus the dbias column sum) and the
+// fp32 paths of attention, LayerNorm and GELU (vectorized exp/erf approximations), each against
+// the float64 instantiation of the same op (testOp with dims.fp32 = 1 vs without).
+//
+// Tolerance 1e-5 relative L2: the inputs are rounded to float (2^-24 ≈ 6e-8 relative) and a dot
+// product of K ≤ 300 random terms accumulates round-off ~√K·2^-24 ≈ 1e-6 relative to its size;
+// fast_exp (rel. error < 2e-7) and the A&S erf (abs. error < 1.5e-7) stay below that too. A wrong
+// tile edge, a skipped/duplicated k block or a packing bug gives errors of O(1e-2 .. 1).
+// Sizes come from {1, 7, 13, 33, 97, 255, 257, 300}: they cross the kMC = 96 row blocks, the
+// kKC = kNC = 256 depth/column blocks and the MR (4/6/12) × NR (8/16/32) micro-kernel edges.
 import test from 'ava';
 import { native } from '../lib/native.js';
 import { relativeL2 } from './helpers/fixtures.js';
-import { makeRandn } from './helpers/numeric.js';
+import { seededUniform } from './helpers/synthetic.js';
 
-const { randn } = makeRandn(7);
+const rand = seededUniform(7);
+const randn = (n: number, scale = 1): Float64Array => Float64Array.from({ length: n }, () => {
+  const u = Math.max(rand(), 1e-12), v = rand();
+  return scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+});
 const TOL = 1e-5;
 
 function both(name: string, tensors: Record<string, Float64Array>, dims: Record<string, number>) {
   return { f32: native().testOp(name, tensors, { ...dims, fp32: 1 }), f64: native().testOp(name, tensors, dims) };
 }
+function agree(t: any, label: string, r: ReturnType<typeof both>, keys: string[]) {
+  for (const key of keys) {
+    const e = relativeL2(r.f32[key], r.f64[key]);
+    t.true(e <= TOL, `${label} ${key}: relative L2 ${e.toExponential(2)}`);
+  }
+}
 
-const sizes = [[1, 7, 13], [13, 1, 7], [33, 97, 255], [97, 257, 33], [255, 13, 300], [300, 255, 257], [257, 300, 97]];
+const sizes = [
+  [1, 1, 1], [1, 7, 13], [7, 13, 1], [13, 1, 7], [1, 300, 257], [257, 1, 300], [300, 257, 1],
+  [33, 97, 255], [97, 257, 33], [255, 13, 300], [300, 255, 257], [257, 300, 97], [97, 97, 97],
+  [257, 257, 257], [33, 255, 7], [255, 33, 97], [13, 300, 33], [7, 33, 300],
+];
 
 for (const [R, K, N] of sizes) {
-  test(`GEMM R=${R} K=${K} N=${N}: forward (NT) with bias and residual, dinp (NN), dweight (TN), dbias`, (t) => {
-    const f = both('matmul_forward', { inp: randn(R * K), weight: randn(N * K), bias: randn(N), residual: randn(R * N) }, { R, K, N });
-    t.true(relativeL2(f.f32.out, f.f64.out) <= TOL, `out ${relativeL2(f.f32.out, f.f64.out)}`);
-    const b = both('matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K) }, { R, K, N });
-    for (const key of ['dinp', 'dweight', 'dbias'])
-      t.true(relativeL2(b.f32[key], b.f64[key]) <= TOL, `${key} ${relativeL2(b.f32[key], b.f64[key])}`);
+  test(`GEMM fp32 vs fp64, R=${R} K=${K} N=${N}: forward (bias + residual, plain), dinp, dweight, dbias`, (t) => {
+    const inp = randn(R * K), weight = randn(N * K);
+    agree(t, 'forward', both('matmul_forward', { inp, weight, bias: randn(N), residual: randn(R * N) }, { R, K, N }), ['out']);
+    agree(t, 'forward (no epilogue)', both('matmul_forward', { inp, weight }, { R, K, N }), ['out']);
+    agree(t, 'backward', both('matmul_backward', { dout: randn(R * N), inp, weight }, { R, K, N }), ['dinp', 'dweight', 'dbias']);
   });
 }
 
-test('fp32 attention, LayerNorm and GELU agree with float64', (t) => {
-  for (const [S, T, H, dh] of [[2, 17, 3, 8], [1, 65, 4, 32]]) {
-    const qkv = randn(S * T * 3 * H * dh);
+for (const [S, T, H, dh] of [[2, 17, 3, 8], [1, 65, 4, 32], [3, 1, 2, 5], [1, 50, 2, 64]]) {
+  test(`attention fp32 vs fp64, S=${S} T=${T} H=${H} dh=${dh}: out, lse, dqkv`, (t) => {
+    const qkv = randn(S * T * 3 * H * dh, 1.5);
     const f = both('attention_forward', { qkv }, { S, T, H, dh });
-    t.true(relativeL2(f.f32.out, f.f64.out) <= TOL);
-    const dout = randn(S * T * H * dh);
-    const b = both('attention_backward', { qkv, dout, out: f.f64.out, lse: f.f64.lse }, { S, T, H, dh });
-    t.true(relativeL2(b.f32.dqkv, b.f64.dqkv) <= TOL, `dqkv ${relativeL2(b.f32.dqkv, b.f64.dqkv)}`);
+    agree(t, 'forward', f, ['out', 'lse']);
+    const b = both('attention_backward', { qkv, dout: randn(S * T * H * dh), out: f.f64.out, lse: f.f64.lse }, { S, T, H, dh });
+    agree(t, 'backward', b, ['dqkv']);
+  });
+}
+
+test('layernorm fp32 vs fp64: forward and backward (rows cross the 64-row chunks)', (t) => {
+  for (const [R, C] of [[50, 192], [130, 7], [1, 768]]) {
+    const inp = randn(R * C, 3), weight = randn(C), bias = randn(C);
+    const f = both('layernorm_forward', { inp, weight, bias }, { R, C, eps: 1e-6 });
+    agree(t, `R=${R} C=${C} forward`, f, ['out', 'mean', 'rstd']);
+    const b = both('layernorm_backward', { dout: randn(R * C), inp, weight, mean: f.f64.mean, rstd: f.f64.rstd }, { R, C });
+    agree(t, `R=${R} C=${C} backward`, b, ['dinp', 'dweight', 'dbias']);
   }
-  const R = 50, C = 192;
-  const ln = both('layernorm_forward', { inp: randn(R * C, 3), weight: randn(C), bias: randn(C) }, { R, C, eps: 1e-6 });
-  t.true(relativeL2(ln.f32.out, ln.f64.out) <= TOL);
-  const n = 10_000, inp = randn(n, 3);
-  const g = both('gelu_forward', { inp }, { n });
-  t.true(relativeL2(g.f32.out, g.f64.out) <= TOL, `gelu ${relativeL2(g.f32.out, g.f64.out)}`);
-  const gb = both('gelu_backward', { inp, dout: randn(n) }, { n });
-  t.true(relativeL2(gb.f32.dinp, gb.f64.dinp) <= TOL, `gelu' ${relativeL2(gb.f32.dinp, gb.f64.dinp)}`);
+});
+
+test('gelu fp32 (A&S erf, fast exp) vs fp64: forward and backward', (t) => {
+  for (const scale of [0.3, 3, 10]) {
+    const n = 10_007, inp = randn(n, scale);
+    agree(t, `scale ${scale} forward`, both('gelu_forward', { inp }, { n }), ['out']);
+    agree(t, `scale ${scale} backward`, both('gelu_backward', { inp, dout: randn(n) }, { n }), ['dinp']);
+  }
 });

@@ -54,7 +54,8 @@ struct GemmTraits {
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "B fragments load two n8 tiles per ldmatrix.x4");
   static_assert((kBM * kBK) % kThreads == 0 && (kBN * kBK) % kThreads == 0, "even load split");
   static_assert(kBK % 4 == 0 && kBM % 4 == 0 && kBN % 4 == 0, "loads move groups of 4 contiguous floats");
-  static_assert((kBK + kPad) * 2 % 16 == 0 && (kBM + kPad) * 2 % 16 == 0, "ldmatrix rows are 16-byte aligned");
+  static_assert((kBK + kPad) * 2 % 16 == 0 && (kBM + kPad) * 2 % 16 == 0 && (kBN + kPad) * 2 % 16 == 0,
+                "ldmatrix rows are 16-byte aligned");
 };
 
 namespace gemm_detail {

@@ -29,3 +29,8 @@ export function cudaInfo(): CudaInfo {
 
 /** The package version (package.json; lib/ and dist/ both sit one level below it). */
 export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export { Trainer } from './trainer.js';
+export type { ImageSet, StepInfo, TrainerOptions } from './trainer.js';
+export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
+export { lrAt, scaledLr } from './schedule.js';
+export type { LrSchedule } from './schedule.js';

@@ -1,0 +1,110 @@
+// Training checkpoints: weights (MAE names), AdamW moments and step, and the trainer's state, in
+// one safetensors file written atomically (temporary file, then rename) with a SHA-256 of every
+// tensor in the metadata. Loading verifies the format and the checksum before anything is
+// written into the model, so a truncated or corrupted file is refused, never half-loaded.
+import { createHash } from 'node:crypto';
+import { readFile, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { EMAE } from './model.js';
+import { readSafetensors, writeFileAtomic, writeSafetensors, type SafetensorsInput } from './safetensors.js';
+
+export const CHECKPOINT_FORMAT = 'emae-checkpoint/1';
+
+function checksum(tensors: Record<string, { data: Float32Array }>): string {
+  const hash = createHash('sha256');
+  for (const name of Object.keys(tensors).sort()) {
+    const d = tensors[name].data;
+    hash.update(name);
+    hash.update(new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
+  }
+  return hash.digest('hex');
+}
+
+/** Writes model weights, optimizer state and `trainer` (JSON-serializable) to `file`, atomically. */
+export async function saveCheckpoint(file: string, model: EMAE, trainer: Record<string, unknown>): Promise<void> {
+  const params = await model.stateDict();
+  const optimizer = await model.getOptimizerState();
+  const tensors: Record<string, { data: Float32Array; shape: readonly number[] }> = {};
+  for (const p of model.paramInfo()) {
+    tensors[`param.${p.name}`] = { data: params[p.name], shape: p.shape };
+    if (p.trainable) {
+      tensors[`exp_avg.${p.name}`] = { data: optimizer.expAvg[p.name], shape: p.shape };
+      tensors[`exp_avg_sq.${p.name}`] = { data: optimizer.expAvgSq[p.name], shape: p.shape };
+    }
+  }
+  const metadata = {
+    format: CHECKPOINT_FORMAT,
+    optimizer_step: String(optimizer.step),
+    trainer: JSON.stringify(trainer),
+    sha256: checksum(tensors),
+  };
+  await writeFileAtomic(file, writeSafetensors(tensors as Record<string, SafetensorsInput>, metadata));
+}
+
+/**
+ * Verifies `file` and loads it into `model` (weights and optimizer state); returns the trainer
+ * state saved with it. Throws before touching the model when the file is not an emae checkpoint,
+ * is truncated, or fails its checksum.
+ */
+export async function loadCheckpoint(file: string, model: EMAE): Promise<Record<string, unknown>> {
+  const bytes = await readFile(file);
+  let parsed;
+  try {
+    parsed = readSafetensors(bytes);
+  } catch (err) {
+    throw new Error(`${file}: not a readable checkpoint (${(err as Error).message})`);
+  }
+  const { tensors, metadata } = parsed;
+  if (metadata.format !== CHECKPOINT_FORMAT)
+    throw new Error(`${file}: not an emae checkpoint (format '${metadata.format}', expected '${CHECKPOINT_FORMAT}')`);
+  const f32: Record<string, { data: Float32Array }> = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    if (t.dtype !== 'F32') throw new Error(`${file}: tensor ${name} is ${t.dtype}, expected F32`);
+    f32[name] = { data: t.data as Float32Array };
+  }
+  if (checksum(f32) !== metadata.sha256) throw new Error(`${file}: checksum mismatch, the checkpoint is corrupted`);
+  const step = Number(metadata.optimizer_step);
+  let trainer: Record<string, unknown>;
+  try {
+    trainer = JSON.parse(metadata.trainer ?? '');
+  } catch {
+    throw new Error(`${file}: the trainer state is not valid JSON`);
+  }
+  const params: Record<string, Float32Array> = {}, expAvg: Record<string, Float32Array> = {}, expAvgSq: Record<string, Float32Array> = {};
+  for (const [name, t] of Object.entries(f32)) {
+    if (name.startsWith('param.')) params[name.slice(6)] = t.data;
+    else if (name.startsWith('exp_avg_sq.')) expAvgSq[name.slice(11)] = t.data;
+    else if (name.startsWith('exp_avg.')) expAvg[name.slice(8)] = t.data;
+  }
+  // loadStateDict checks every name and shape before writing; the optimizer state likewise
+  const before = await model.stateDict();
+  await model.loadStateDict(params);
+  try {
+    await model.setOptimizerState({ step, expAvg, expAvgSq });
+  } catch (err) {
+    await model.loadStateDict(before);  // keep the model as it was
+    throw err;
+  }
+  return trainer;
+}
+
+/** Checkpoint files `ckpt-<step>.safetensors` in `dir`, oldest first. */
+export async function listCheckpoints(dir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  return names
+    .map((n) => /^ckpt-(\d+)\.safetensors$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .sort((a, b) => Number(a[1]) - Number(b[1]))
+    .map((m) => path.join(dir, m[0]));
+}
+
+/** Removes all but the newest `keep` checkpoints in `dir`. */
+export async function pruneCheckpoints(dir: string, keep: number): Promise<void> {
+  const all = await listCheckpoints(dir);
+  for (const file of all.slice(0, Math.max(0, all.length - keep))) await rm(file, { force: true });
+}

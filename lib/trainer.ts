@@ -1,0 +1,201 @@
+// The pretraining loop: MAE's recipe (lr = blr·batch/256, linear warm-up, half-cycle cosine,
+// AdamW with weight decay 0.05), the consistency weight from a given step, optional clipping,
+// seeded epoch shuffling and parallel masks, a JSON-lines log, periodic atomic checkpoints and an
+// exact resume: on the CPU the losses after a resume are bitwise those of an uninterrupted run.
+import { appendFile, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
+import { uniformInt } from 'pure-rand/distribution/uniformInt';
+import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint } from './checkpoint.js';
+import { invalidRangeError, invalidTypeError } from './errors.js';
+import { ParallelMasker } from './masker.js';
+import type { EMAE } from './model.js';
+import { lrAt, scaledLr } from './schedule.js';
+
+/** Images held in memory: (count, C, H, W) with the model's C, H, W. */
+export interface ImageSet {
+  images: Float32Array;
+  count: number;
+}
+
+export interface TrainerOptions {
+  batchSize: number;
+  /** total optimizer steps */
+  steps: number;
+  /** base learning rate; lr = blr · batchSize / 256 (default 1.5e-4, MAE) */
+  blr?: number;
+  minLr?: number;
+  /** linear warm-up steps (default 5% of steps) */
+  warmupSteps?: number;
+  weightDecay?: number;
+  clipGrad?: number;
+  /** λ once consistencyStart is reached (default: the model's consistencyWeight) */
+  consistencyWeight?: number;
+  /** step from which the consistency term is on (default 0) */
+  consistencyStart?: number;
+  /** seed of the data order and the masks (default 0) */
+  seed?: number;
+  /** folder for log.jsonl and checkpoints; none: no files */
+  outDir?: string;
+  /** write a checkpoint every N steps (and at the end); 0: only at the end (default 0) */
+  checkpointEvery?: number;
+  /** checkpoints to keep (default 3) */
+  keepLast?: number;
+  /** called after each step */
+  onStep?: (info: StepInfo) => void | Promise<void>;
+}
+
+export interface StepInfo {
+  step: number;  // 1-based count of steps done
+  epoch: number;
+  loss: number;
+  recon: number;
+  consistency: number;
+  lr: number;
+  gradNorm: number;
+  imagesPerSecond: number;
+}
+
+interface TrainerState {
+  step: number;
+  epoch: number;
+  position: number;
+  maskerState: number[];
+  seed: number;
+}
+
+export class Trainer {
+  readonly #model: EMAE;
+  readonly #data: ImageSet;
+  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'consistencyWeight'>> &
+    Pick<TrainerOptions, 'outDir' | 'onStep'> & { consistencyWeight: number };
+  readonly #masker: ParallelMasker;
+  #state: TrainerState;
+  #order: Int32Array | undefined;
+
+  constructor(model: EMAE, data: ImageSet, options: TrainerOptions) {
+    const c = model.config;
+    const per = c.channels * c.imageSize * c.imageSize;
+    if (!(data?.images instanceof Float32Array)) throw invalidTypeError('data.images', 'Float32Array', data?.images);
+    if (!Number.isInteger(data.count) || data.count < 1 || data.images.length !== data.count * per)
+      throw invalidRangeError('data.count', `a count with images.length = count·${per}`, data.count);
+    const positiveInt = (name: string, v: unknown) => {
+      if (!Number.isInteger(v) || (v as number) < 1) throw invalidRangeError(name, 'positive integer', v);
+      return v as number;
+    };
+    const batchSize = positiveInt('batchSize', options.batchSize);
+    if (batchSize > data.count) throw invalidRangeError('batchSize', `at most the dataset size ${data.count}`, batchSize);
+    const steps = positiveInt('steps', options.steps);
+    this.#opts = {
+      batchSize, steps,
+      blr: options.blr ?? 1.5e-4,
+      minLr: options.minLr ?? 0,
+      warmupSteps: options.warmupSteps ?? Math.floor(steps / 20),
+      weightDecay: options.weightDecay ?? 0.05,
+      clipGrad: options.clipGrad ?? 0,
+      consistencyWeight: options.consistencyWeight ?? c.consistencyWeight,
+      consistencyStart: options.consistencyStart ?? 0,
+      seed: options.seed ?? 0,
+      checkpointEvery: options.checkpointEvery ?? 0,
+      keepLast: options.keepLast ?? 3,
+      outDir: options.outDir,
+      onStep: options.onStep,
+    };
+    this.#model = model;
+    this.#data = data;
+    this.#masker = ParallelMasker.fromConfig(c, this.#opts.seed);
+    this.#state = { step: 0, epoch: 0, position: 0, maskerState: this.#masker.getState(), seed: this.#opts.seed };
+  }
+
+  /** Steps done so far. */
+  get step(): number {
+    return this.#state.step;
+  }
+
+  /** Restores model, optimizer and trainer state from a checkpoint (the newest in outDir if no file). */
+  async resume(file?: string): Promise<void> {
+    const target = file ?? (this.#opts.outDir ? (await listCheckpoints(this.#opts.outDir)).pop() : undefined);
+    if (!target) throw new Error('resume: no checkpoint to resume from');
+    const saved = (await loadCheckpoint(target, this.#model)) as unknown as TrainerState;
+    if (saved.seed !== this.#opts.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this trainer has ${this.#opts.seed}`);
+    this.#state = { ...saved };
+    this.#masker.setState(saved.maskerState);
+    this.#order = undefined;
+  }
+
+  /** Trains until `steps`; resolves with the last step's info. Stops with an error on a non-finite loss. */
+  async run(): Promise<StepInfo | undefined> {
+    const o = this.#opts, c = this.#model.config;
+    const per = c.channels * c.imageSize * c.imageSize;
+    const images = new Float32Array(o.batchSize * per);
+    const baseLr = scaledLr(o.blr, o.batchSize);
+    if (o.outDir) await mkdir(o.outDir, { recursive: true });
+    let last: StepInfo | undefined;
+    while (this.#state.step < o.steps) {
+      const indices = this.#nextBatch();
+      for (let b = 0; b < o.batchSize; b++) images.set(this.#data.images.subarray(indices[b] * per, (indices[b] + 1) * per), b * per);
+      const permutation = this.#masker.next(o.batchSize);
+      const lr = lrAt(this.#state.step, { baseLr, warmupSteps: o.warmupSteps, totalSteps: o.steps, minLr: o.minLr });
+      const consistencyWeight = this.#state.step >= o.consistencyStart ? o.consistencyWeight : 0;
+      const started = performance.now();
+      let r;
+      try {
+        r = await this.#model.trainStep({ images, permutation, batchSize: o.batchSize },
+          { lr, weightDecay: o.weightDecay, clipGrad: o.clipGrad, consistencyWeight });
+      } catch (err) {
+        if ((err as { code?: string }).code === 'EMAE_NONFINITE_LOSS') {
+          const kept = o.outDir ? (await listCheckpoints(o.outDir)).pop() : undefined;
+          throw Object.assign(new Error(`training stopped at step ${this.#state.step + 1}: ${(err as Error).message}` +
+            (kept ? `; the last good checkpoint is ${kept}` : '')), { code: 'EMAE_NONFINITE_LOSS' });
+        }
+        throw err;
+      }
+      this.#state.step += 1;
+      this.#state.maskerState = this.#masker.getState();
+      last = {
+        step: this.#state.step, epoch: this.#state.epoch, loss: r.loss, recon: r.recon, consistency: r.consistency,
+        lr, gradNorm: r.gradNorm, imagesPerSecond: o.batchSize / ((performance.now() - started) / 1000),
+      };
+      if (o.outDir) await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify(last) + '\n');
+      const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
+      if (o.outDir && (due || this.#state.step === o.steps)) await this.checkpoint();
+      await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
+    }
+    return last;
+  }
+
+  /** Writes `ckpt-<step>.safetensors` to outDir and keeps the newest keepLast. */
+  async checkpoint(): Promise<string> {
+    if (!this.#opts.outDir) throw new Error('checkpoint: the trainer has no outDir');
+    const file = path.join(this.#opts.outDir, `ckpt-${this.#state.step}.safetensors`);
+    await saveCheckpoint(file, this.#model, { ...this.#state });
+    await pruneCheckpoints(this.#opts.outDir, this.#opts.keepLast);
+    return file;
+  }
+
+  // Indices of the next batch: each epoch a seeded shuffle of the dataset; a partial batch at the
+  // end of an epoch is dropped (MAE's drop_last), so every batch is full.
+  #nextBatch(): Int32Array {
+    const { count } = this.#data, B = this.#opts.batchSize;
+    if (this.#state.position + B > count) {
+      this.#state.epoch += 1;
+      this.#state.position = 0;
+      this.#order = undefined;
+    }
+    this.#order ??= this.#epochOrder(this.#state.epoch);
+    const out = this.#order.slice(this.#state.position, this.#state.position + B);
+    this.#state.position += B;
+    return out;
+  }
+
+  #epochOrder(epoch: number): Int32Array {
+    // a generator per epoch: the order depends only on (seed, epoch), so a resume needs no RNG state
+    const rng = xoroshiro128plus((this.#opts.seed * 1_000_003 + epoch) | 0);
+    const order = Int32Array.from({ length: this.#data.count }, (_, i) => i);
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = uniformInt(rng, 0, i);
+      [order[i], order[j]] = [order[j], order[i]];
+    }
+    return order;
+  }
+}

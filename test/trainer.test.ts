@@ -1,0 +1,123 @@
+// The training loop: MAE's schedule, checkpoints (round trip, corruption refused, atomic), exact
+// resume, and the stop on a non-finite loss.
+import test from 'ava';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { EMAE, Trainer, loadCheckpoint, lrAt, saveCheckpoint, scaledLr, type EMAEConfig } from '../lib/index.js';
+import { gratings } from './helpers/synthetic.js';
+
+const config: EMAEConfig = {
+  imageSize: 16, patchSize: 4, channels: 3, embedDim: 32, depth: 2, numHeads: 2, decoderEmbedDim: 32,
+  decoderDepth: 1, decoderNumHeads: 2, mlpRatio: 2, maskRatio: 0.75, device: 'cpu', threads: 2, seed: 1,
+};
+const data = { images: gratings(40, 3, 16, 3), count: 40 };
+const tmp = () => mkdtempSync(path.join(tmpdir(), 'emae-trainer-'));
+
+test('schedule: lr = blr·batch/256, linear warm-up from 0, half-cycle cosine to minLr', (t) => {
+  t.is(scaledLr(1.5e-4, 4096), 2.4e-3);
+  const s = { baseLr: 1, warmupSteps: 10, totalSteps: 110, minLr: 0.1 };
+  t.is(lrAt(0, s), 0);
+  t.is(lrAt(5, s), 0.5);
+  t.is(lrAt(10, s), 1);
+  t.true(Math.abs(lrAt(60, s) - 0.55) < 1e-12, 'half way down the cosine: (1 + 0.1) / 2');
+  t.true(Math.abs(lrAt(110, s) - 0.1) < 1e-12);
+  t.throws(() => lrAt(0, { baseLr: 1, warmupSteps: -1, totalSteps: 5 }), { instanceOf: RangeError, message: /warmupSteps/ });
+});
+
+test('a checkpoint round-trips weights, optimizer state and trainer state', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  const trainer = new Trainer(model, data, { batchSize: 8, steps: 3, outDir: dir, blr: 1e-2 });
+  await trainer.run();
+  const file = path.join(dir, 'ckpt-3.safetensors');
+  t.true(existsSync(file));
+  t.is(readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').length, 3);
+  const copy = await EMAE.create({ ...config, seed: 99 });
+  const state = await loadCheckpoint(file, copy);
+  t.is(state.step, 3);
+  t.deepEqual(await copy.stateDict(), await model.stateDict());
+  t.deepEqual(await copy.getOptimizerState(), await model.getOptimizerState());
+  await model.dispose();
+  await copy.dispose();
+});
+
+test('a corrupted or truncated checkpoint is refused and the model is unchanged', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  const file = path.join(dir, 'ckpt.safetensors');
+  await saveCheckpoint(file, model, { step: 0 });
+  const bytes = readFileSync(file);
+  const target = await EMAE.create({ ...config, seed: 5 });
+  const before = await target.stateDict();
+  const flipped = Buffer.from(bytes);
+  flipped[flipped.length - 3] ^= 0x40;  // a bit in the last tensor's data
+  writeFileSync(path.join(dir, 'flipped.safetensors'), flipped);
+  await t.throwsAsync(loadCheckpoint(path.join(dir, 'flipped.safetensors'), target), { message: /checksum/ });
+  writeFileSync(path.join(dir, 'short.safetensors'), bytes.subarray(0, bytes.length - 100));
+  await t.throwsAsync(loadCheckpoint(path.join(dir, 'short.safetensors'), target), { message: /not a readable checkpoint/ });
+  await model.saveWeights(path.join(dir, 'weights.safetensors'));
+  await t.throwsAsync(loadCheckpoint(path.join(dir, 'weights.safetensors'), target), { message: /not an emae checkpoint/ });
+  t.deepEqual(await target.stateDict(), before);
+  await model.dispose();
+  await target.dispose();
+});
+
+test('a failed checkpoint write leaves the previous checkpoint loadable', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  const file = path.join(dir, 'ckpt.safetensors');
+  await saveCheckpoint(file, model, { step: 1 });
+  // a crash mid-write leaves at most a temporary file; the target is only ever renamed over
+  writeFileSync(`${file}.tmp-crashed`, Buffer.alloc(100));
+  await t.throwsAsync(saveCheckpoint(path.join(dir, 'missing-dir', 'x.safetensors'), model, { step: 2 }));
+  const state = await loadCheckpoint(file, model);
+  t.is(state.step, 1);
+  await model.dispose();
+});
+
+test('resume continues bitwise: 4 + 4 steps give the losses of 8 uninterrupted steps', async (t) => {
+  const options = { batchSize: 8, steps: 8, blr: 1e-2, warmupSteps: 2, clipGrad: 1, seed: 7, consistencyStart: 3 };
+  const straight: number[] = [];
+  const m1 = await EMAE.create(config);
+  await new Trainer(m1, data, { ...options, onStep: (s) => { straight.push(s.loss); } }).run();
+
+  const dir = tmp();
+  const resumed: number[] = [];
+  const m2 = await EMAE.create(config);
+  await new Trainer(m2, data, { ...options, steps: 8, outDir: dir, checkpointEvery: 4, keepLast: 1,
+    onStep: (s) => { resumed.push(s.loss); if (s.step === 4) throw new Error('interrupted'); } }).run().catch(() => {});
+  t.deepEqual(readdirSync(dir).filter((f) => f.startsWith('ckpt-')), ['ckpt-4.safetensors']);
+  const m3 = await EMAE.create({ ...config, seed: 12345 });  // different init: everything must come from the checkpoint
+  const trainer = new Trainer(m3, data, { ...options, outDir: dir, onStep: (s) => { resumed.push(s.loss); } });
+  await trainer.resume();
+  t.is(trainer.step, 4);
+  await trainer.run();
+  t.deepEqual(resumed, straight);
+  t.deepEqual(await m3.stateDict(), await m1.stateDict());
+  for (const m of [m1, m2, m3]) await m.dispose();
+});
+
+test('a non-finite loss stops training, names the step and keeps the last good checkpoint', async (t) => {
+  const dir = tmp();
+  const images = Float32Array.from(data.images);
+  const model = await EMAE.create(config);
+  const trainer = new Trainer(model, { images, count: 40 }, { batchSize: 40, steps: 5, outDir: dir, checkpointEvery: 1,
+    onStep: (s) => { if (s.step === 2) images[7] = NaN; } });
+  const err = await t.throwsAsync(trainer.run(), { message: /training stopped at step 3/ });
+  t.is((err as any).code, 'EMAE_NONFINITE_LOSS');
+  t.regex(err!.message, /ckpt-2\.safetensors/);
+  const state = await loadCheckpoint(path.join(dir, 'ckpt-2.safetensors'), model);
+  t.is(state.step, 2);
+  await model.dispose();
+});
+
+test('bad trainer options are clear errors', async (t) => {
+  const model = await EMAE.create(config);
+  t.throws(() => new Trainer(model, data, { batchSize: 0, steps: 1 }), { instanceOf: RangeError, message: /batchSize/ });
+  t.throws(() => new Trainer(model, data, { batchSize: 41, steps: 1 }), { instanceOf: RangeError, message: /batchSize/ });
+  t.throws(() => new Trainer(model, { images: new Float32Array(5), count: 40 }, { batchSize: 4, steps: 1 }), { instanceOf: RangeError, message: /count/ });
+  t.throws(() => new Trainer(model, { images: [] as any, count: 1 }, { batchSize: 1, steps: 1 }), { instanceOf: TypeError });
+  await t.throwsAsync(new Trainer(model, data, { batchSize: 4, steps: 1 }).resume(), { message: /no checkpoint/ });
+  await model.dispose();
+});

@@ -72,6 +72,7 @@ export class Trainer {
   readonly #masker: ParallelMasker;
   #state: TrainerState;
   #order: Int32Array | undefined;
+  #stopRequested = false;
 
   constructor(model: EMAE, data: ImageSet, options: TrainerOptions) {
     const c = model.config;
@@ -105,6 +106,11 @@ export class Trainer {
     this.#data = data;
     this.#masker = ParallelMasker.fromConfig(c, this.#opts.seed);
     this.#state = { step: 0, epoch: 0, position: 0, maskerState: this.#masker.getState(), seed: this.#opts.seed };
+  }
+
+  /** Asks run() to stop after the step in progress, writing a checkpoint when there is an outDir. */
+  stop(): void {
+    this.#stopRequested = true;
   }
 
   /** Steps done so far. */
@@ -160,6 +166,10 @@ export class Trainer {
       const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
       if (o.outDir && (due || this.#state.step === o.steps)) await this.checkpoint();
       await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
+      if (this.#stopRequested && this.#state.step < o.steps) {
+        if (o.outDir && !(due || this.#state.step === o.steps)) await this.checkpoint();
+        break;
+      }
     }
     return last;
   }

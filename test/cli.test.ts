@@ -1,8 +1,16 @@
-// `emae info` runs and reports the build; an unknown command fails with a message.
+// The CLI: `emae info`; a tiny `emae pretrain` on generated images writes the log and
+// checkpoints, `--resume` continues from them, SIGINT writes a checkpoint and exits 130.
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 const cli = (...args: string[]) => spawnSync(process.execPath, ['--import=tsx', 'lib/cli.ts', ...args], { encoding: 'utf8' });
+const dir = mkdtempSync(path.join(tmpdir(), 'emae-cli-'));
+const config = path.join(dir, 'tiny.json');
+writeFileSync(config, JSON.stringify({ patchSize: 4, embedDim: 32, depth: 1, numHeads: 2, decoderEmbedDim: 32, decoderDepth: 1, decoderNumHeads: 2, mlpRatio: 2 }));
+const common = ['pretrain', '--config', config, '--data', 'synthetic:64', '--image-size', '16', '--batch', '8', '--blr', '1e-2', '--device', 'cpu', '--threads', '1'];
 
 test('emae info prints the version, backends and devices', (t) => {
   const r = cli('info');
@@ -19,4 +27,43 @@ test('an unknown command is an error', (t) => {
   const r = cli('no-such-command');
   t.not(r.status, 0);
   t.regex(r.stderr, /unknown command/);
+});
+
+test('pretrain writes log and checkpoints; --resume continues', (t) => {
+  const out = path.join(dir, 'run');
+  const first = cli(...common, '--steps', '6', '--checkpoint-every', '3', '--out', out);
+  t.is(first.status, 0, first.stderr);
+  t.regex(first.stdout, /"imageSize": 16/, 'prints the resolved configuration');
+  t.true(existsSync(path.join(out, 'ckpt-3.safetensors')) && existsSync(path.join(out, 'ckpt-6.safetensors')));
+  t.is(readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').length, 6);
+  const second = cli(...common, '--steps', '9', '--checkpoint-every', '3', '--out', out, '--resume');
+  t.is(second.status, 0, second.stderr);
+  t.regex(second.stdout, /resumed at step 6/);
+  const log = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  t.deepEqual(log.map((l) => l.step), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  t.true(existsSync(path.join(out, 'ckpt-9.safetensors')));
+});
+
+test('pretrain: bad options are clear errors', (t) => {
+  const r = cli(...common, '--data', 'mnist:/nope', '--steps', '1', '--out', path.join(dir, 'bad'));
+  t.is(r.status, 1);
+  t.regex(r.stderr, /--data: expected synthetic/);
+  const s = cli(...common, '--steps', 'many');
+  t.not(s.status, 0);
+  t.regex(s.stderr, /--steps expects a number/);
+});
+
+test('SIGINT writes a checkpoint and exits 130', async (t) => {
+  const out = path.join(dir, 'interrupted');
+  const child = spawn(process.execPath, ['--import=tsx', 'lib/cli.ts', ...common, '--steps', '100000', '--checkpoint-every', '100000', '--out', out, '--no-progress']);
+  let stdout = '';
+  child.stdout.on('data', (d) => {
+    stdout += d;
+    if (/step 10\//.test(stdout) && !child.killed) child.kill('SIGINT');
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  t.is(code, 130, stdout);
+  t.regex(stdout, /SIGINT: stopped at step \d+; checkpoint written/);
+  const step = Number(/stopped at step (\d+)/.exec(stdout)![1]);
+  t.true(existsSync(path.join(out, `ckpt-${step}.safetensors`)));
 });

@@ -30,7 +30,11 @@ export function cudaInfo(): CudaInfo {
 /** The package version (package.json; lib/ and dist/ both sit one level below it). */
 export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 export { Trainer } from './trainer.js';
-export type { ImageSet, StepInfo, TrainerOptions } from './trainer.js';
+export type { BatchSource, ImageSet, StepInfo, TrainerOptions } from './trainer.js';
+export { ImageFolder, randomResizedCropBox } from './folder.js';
+export type { ImageFolderOptions } from './folder.js';
+export { loadCifar10, loadIdx, parseIdx, syntheticShapes } from './data.js';
+export type { LabelledImageSet, Normalization } from './data.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
 export { lrAt, scaledLr } from './schedule.js';
 export type { LrSchedule } from './schedule.js';

@@ -18,6 +18,15 @@ export interface ImageSet {
   count: number;
 }
 
+/** Images produced on demand (e.g. decoded and augmented from files): (B, C, H, W) for the indices. */
+export interface BatchSource {
+  count: number;
+  /** `seed` is fixed by the trainer for this batch, so augmentations repeat after a resume */
+  load(indices: Int32Array, seed: number): Promise<Float32Array>;
+}
+
+const isBatchSource = (d: ImageSet | BatchSource): d is BatchSource => typeof (d as BatchSource).load === 'function';
+
 export interface TrainerOptions {
   batchSize: number;
   /** total optimizer steps */
@@ -66,20 +75,25 @@ interface TrainerState {
 
 export class Trainer {
   readonly #model: EMAE;
-  readonly #data: ImageSet;
+  readonly #data: ImageSet | BatchSource;
   readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'consistencyWeight'>> &
     Pick<TrainerOptions, 'outDir' | 'onStep'> & { consistencyWeight: number };
   readonly #masker: ParallelMasker;
   #state: TrainerState;
-  #order: Int32Array | undefined;
+  #orders = new Map<number, Int32Array>();  // epoch → shuffled indices (current and next epoch)
   #stopRequested = false;
 
-  constructor(model: EMAE, data: ImageSet, options: TrainerOptions) {
+  constructor(model: EMAE, data: ImageSet | BatchSource, options: TrainerOptions) {
     const c = model.config;
     const per = c.channels * c.imageSize * c.imageSize;
-    if (!(data?.images instanceof Float32Array)) throw invalidTypeError('data.images', 'Float32Array', data?.images);
-    if (!Number.isInteger(data.count) || data.count < 1 || data.images.length !== data.count * per)
-      throw invalidRangeError('data.count', `a count with images.length = count·${per}`, data.count);
+    if (!data || typeof data !== 'object') throw invalidTypeError('data', 'an ImageSet or a BatchSource', data);
+    if (!isBatchSource(data)) {
+      if (!(data.images instanceof Float32Array)) throw invalidTypeError('data.images', 'Float32Array', data.images);
+      if (!Number.isInteger(data.count) || data.count < 1 || data.images.length !== data.count * per)
+        throw invalidRangeError('data.count', `a count with images.length = count·${per}`, data.count);
+    } else if (!Number.isInteger(data.count) || data.count < 1) {
+      throw invalidRangeError('data.count', 'positive integer', data.count);
+    }
     const positiveInt = (name: string, v: unknown) => {
       if (!Number.isInteger(v) || (v as number) < 1) throw invalidRangeError(name, 'positive integer', v);
       return v as number;
@@ -126,20 +140,23 @@ export class Trainer {
     if (saved.seed !== this.#opts.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this trainer has ${this.#opts.seed}`);
     this.#state = { ...saved };
     this.#masker.setState(saved.maskerState);
-    this.#order = undefined;
   }
 
   /** Trains until `steps`; resolves with the last step's info. Stops with an error on a non-finite loss. */
   async run(): Promise<StepInfo | undefined> {
     const o = this.#opts, c = this.#model.config;
     const per = c.channels * c.imageSize * c.imageSize;
-    const images = new Float32Array(o.batchSize * per);
     const baseLr = scaledLr(o.blr, o.batchSize);
     if (o.outDir) await mkdir(o.outDir, { recursive: true });
     let last: StepInfo | undefined;
+    // the next batch is loaded while the current step runs
+    let pending = this.#startBatch(this.#state.epoch, this.#state.position, per);
     while (this.#state.step < o.steps) {
-      const indices = this.#nextBatch();
-      for (let b = 0; b < o.batchSize; b++) images.set(this.#data.images.subarray(indices[b] * per, (indices[b] + 1) * per), b * per);
+      const batch = pending;
+      const images = await batch.images();
+      this.#state.epoch = batch.epoch;
+      this.#state.position = batch.next;
+      if (this.#state.step + 1 < o.steps) pending = this.#startBatch(batch.epoch, batch.next, per);
       const permutation = this.#masker.next(o.batchSize);
       const lr = lrAt(this.#state.step, { baseLr, warmupSteps: o.warmupSteps, totalSteps: o.steps, minLr: o.minLr });
       const consistencyWeight = this.#state.step >= o.consistencyStart ? o.consistencyWeight : 0;
@@ -183,19 +200,32 @@ export class Trainer {
     return file;
   }
 
-  // Indices of the next batch: each epoch a seeded shuffle of the dataset; a partial batch at the
-  // end of an epoch is dropped (MAE's drop_last), so every batch is full.
-  #nextBatch(): Int32Array {
-    const { count } = this.#data, B = this.#opts.batchSize;
-    if (this.#state.position + B > count) {
-      this.#state.epoch += 1;
-      this.#state.position = 0;
-      this.#order = undefined;
+  // The batch starting at (epoch, position): each epoch a seeded shuffle of the dataset; a partial
+  // batch at the end of an epoch is dropped (MAE's drop_last), so every batch is full.
+  // A BatchSource starts loading at once (prefetch); in-memory images are copied when taken.
+  #startBatch(epoch: number, position: number, per: number): { images: () => Promise<Float32Array>; epoch: number; next: number } {
+    const B = this.#opts.batchSize;
+    if (position + B > this.#data.count) {
+      epoch += 1;
+      position = 0;
     }
-    this.#order ??= this.#epochOrder(this.#state.epoch);
-    const out = this.#order.slice(this.#state.position, this.#state.position + B);
-    this.#state.position += B;
-    return out;
+    for (const e of this.#orders.keys()) if (e < epoch) this.#orders.delete(e);
+    if (!this.#orders.has(epoch)) this.#orders.set(epoch, this.#epochOrder(epoch));
+    const indices = this.#orders.get(epoch)!.slice(position, position + B);
+    const data = this.#data;
+    let images: () => Promise<Float32Array>;
+    if (isBatchSource(data)) {
+      const loading = data.load(indices, (this.#opts.seed * 31 + epoch) * 1_000_003 + position);
+      loading.catch(() => {});  // awaited in run(); no unhandled rejection if the run stops first
+      images = () => loading;
+    } else {
+      images = async () => {
+        const out = new Float32Array(B * per);
+        for (let b = 0; b < B; b++) out.set(data.images.subarray(indices[b] * per, (indices[b] + 1) * per), b * per);
+        return out;
+      };
+    }
+    return { images, epoch, next: position + B };
   }
 
   #epochOrder(epoch: number): Int32Array {

@@ -1,0 +1,130 @@
+// An image-folder dataset decoded with sharp (JPEG, PNG, WebP): class sub-folders give labels,
+// every image gets MAE's augmentation — RandomResizedCrop (scale 0.2–1.0, ratio 3/4–4/3,
+// bicubic), a horizontal flip with probability ½, ImageNet mean/std normalization — seeded per
+// (seed, index) so a batch is reproducible. Images decode in parallel on libuv's pool. A broken
+// or unreadable file is reported (path and reason) and replaced by the next readable image.
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import sharp from 'sharp';
+import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
+import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
+import { invalidRangeError } from './errors.js';
+import type { BatchSource } from './trainer.js';
+
+export interface ImageFolderOptions {
+  /** output size (square) */
+  size: number;
+  /** MAE augmentation (default true); false: resize the whole image, no flip */
+  augment?: boolean;
+  scale?: readonly [number, number];
+  ratio?: readonly [number, number];
+  mean?: readonly [number, number, number];
+  std?: readonly [number, number, number];
+  /** called for each file that cannot be decoded (default: console.warn) */
+  onError?: (file: string, reason: string) => void;
+}
+
+const EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.webp']);
+
+/** A crop box (left, top, width, height) as torchvision's RandomResizedCrop.get_params draws it. */
+export function randomResizedCropBox(width: number, height: number, scale: readonly [number, number],
+  ratio: readonly [number, number], rand: () => number): { left: number; top: number; width: number; height: number } {
+  const area = width * height;
+  const logRatio = [Math.log(ratio[0]), Math.log(ratio[1])];
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const target = area * (scale[0] + (scale[1] - scale[0]) * rand());
+    const aspect = Math.exp(logRatio[0] + (logRatio[1] - logRatio[0]) * rand());
+    const w = Math.round(Math.sqrt(target * aspect)), h = Math.round(Math.sqrt(target / aspect));
+    if (w > 0 && h > 0 && w <= width && h <= height)
+      return { left: Math.floor(rand() * (width - w + 1)), top: Math.floor(rand() * (height - h + 1)), width: w, height: h };
+  }
+  // fallback: a central crop with the aspect ratio clamped into range
+  const inRatio = width / height;
+  let w = width, h = height;
+  if (inRatio < ratio[0]) h = Math.round(w / ratio[0]);
+  else if (inRatio > ratio[1]) w = Math.round(h * ratio[1]);
+  return { left: Math.floor((width - w) / 2), top: Math.floor((height - h) / 2), width: w, height: h };
+}
+
+export class ImageFolder implements BatchSource {
+  readonly files: string[];
+  readonly labels: Int32Array;
+  readonly classes: string[];
+  readonly #o: Required<Omit<ImageFolderOptions, 'onError'>> & Pick<ImageFolderOptions, 'onError'>;
+
+  private constructor(files: string[], labels: number[], classes: string[], options: ImageFolderOptions) {
+    this.files = files;
+    this.labels = Int32Array.from(labels);
+    this.classes = classes;
+    this.#o = {
+      size: options.size, augment: options.augment ?? true, scale: options.scale ?? [0.2, 1.0],
+      ratio: options.ratio ?? [3 / 4, 4 / 3], mean: options.mean ?? [0.485, 0.456, 0.406],
+      std: options.std ?? [0.229, 0.224, 0.225], onError: options.onError,
+    };
+  }
+
+  /** Scans `root`: images directly in it (label −1) and in its sub-folders (one label per folder, sorted). */
+  static async open(root: string, options: ImageFolderOptions): Promise<ImageFolder> {
+    if (!Number.isInteger(options.size) || options.size < 1) throw invalidRangeError('size', 'positive integer', options.size);
+    const entries = await readdir(root, { withFileTypes: true });
+    const files: string[] = [], labels: number[] = [];
+    const isImage = (name: string) => EXTENSIONS.has(path.extname(name).toLowerCase());
+    for (const e of entries.filter((e) => e.isFile() && isImage(e.name)).sort((a, b) => a.name.localeCompare(b.name))) {
+      files.push(path.join(root, e.name));
+      labels.push(-1);
+    }
+    const classes = entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
+    for (const [label, cls] of classes.entries())
+      for (const name of (await readdir(path.join(root, cls))).filter(isImage).sort()) {
+        files.push(path.join(root, cls, name));
+        labels.push(label);
+      }
+    if (files.length === 0) throw new RangeError(`${root}: no JPEG, PNG or WebP images found`);
+    return new ImageFolder(files, labels, classes, options);
+  }
+
+  get count(): number {
+    return this.files.length;
+  }
+
+  /** (B, 3, size, size) float32 for the given indices; augmentation seeded by (seed, index). */
+  async load(indices: Int32Array, seed: number): Promise<Float32Array> {
+    const S = this.#o.size, per = 3 * S * S;
+    const out = new Float32Array(indices.length * per);
+    await Promise.all(Array.from(indices, async (index, b) => {
+      for (let attempt = 0; attempt < Math.min(this.files.length, 16); attempt++) {
+        const i = (index + attempt) % this.files.length;
+        try {
+          out.set(await this.#decode(i, seed), b * per);
+          return;
+        } catch (err) {
+          (this.#o.onError ?? ((f, r) => console.warn(`emae: skipping ${f}: ${r}`)))(this.files[i], (err as Error).message);
+        }
+      }
+      throw new Error(`no readable image found near index ${index}`);
+    }));
+    return out;
+  }
+
+  async #decode(index: number, seed: number): Promise<Float32Array> {
+    const o = this.#o, S = o.size;
+    const rng = xoroshiro128plus((seed * 0x9e3779b1 + index) | 0);
+    const rand = () => uniformFloat64(rng);
+    let img = sharp(this.files[index], { failOn: 'error' }).rotate();  // EXIF orientation
+    const meta = await img.metadata();
+    const width = meta.autoOrient?.width ?? meta.width, height = meta.autoOrient?.height ?? meta.height;
+    if (!width || !height) throw new Error('no image dimensions');
+    if (o.augment) {
+      const box = randomResizedCropBox(width, height, o.scale, o.ratio, rand);
+      img = img.extract(box);
+    }
+    img = img.resize(S, S, { kernel: 'cubic', fit: 'fill' });
+    if (o.augment && rand() < 0.5) img = img.flop();
+    const { data, info } = await img.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3 || info.width !== S || info.height !== S) throw new Error(`unexpected decode ${info.width}×${info.height}×${info.channels}`);
+    const out = new Float32Array(3 * S * S);
+    for (let c = 0; c < 3; c++)
+      for (let p = 0; p < S * S; p++) out[c * S * S + p] = (data[p * 3 + c] / 255 - o.mean[c]) / o.std[c];
+    return out;
+  }
+}

@@ -6,6 +6,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
+import { ImageFolder } from './folder.js';
+import type { BatchSource } from './trainer.js';
 import { EMAE, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
 import { native } from './native.js';
 import { Trainer } from './trainer.js';
@@ -47,21 +49,27 @@ const num = (name: string) => (v: string) => {
   return x;
 };
 
-async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number): Promise<LabelledImageSet> {
+type Data = LabelledImageSet | (BatchSource & { size: number; channels: number });
+
+async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number): Promise<Data> {
   const [kind, rest = ''] = spec.split(/:(.*)/s);
+  if (kind === 'folder') {
+    const folder = await ImageFolder.open(rest, { size: imageSize });
+    return Object.assign(folder, { size: imageSize, channels: 3 });
+  }
   if (kind === 'synthetic') return syntheticShapes(rest ? Number(rest) : 512, channels, imageSize, seed);
   if (kind === 'idx') {
     const [images, labels] = rest.split(',');
     return loadIdx(images, { labelsFile: labels, padTo });
   }
   if (kind === 'cifar10') return loadCifar10(rest.split(','), { padTo });
-  throw new Error(`--data: expected synthetic[:count], idx:<images>[,<labels>] or cifar10:<file>[,<file>…], got '${spec}'`);
+  throw new Error(`--data: expected synthetic[:count], folder:<dir>, idx:<images>[,<labels>] or cifar10:<file>[,<file>…], got '${spec}'`);
 }
 
 program
   .command('pretrain')
   .description('EMAE pretraining; prints the resolved configuration, logs every step to <out>/log.jsonl, checkpoints to <out>')
-  .option('--data <spec>', 'synthetic[:count] | idx:<images>[,<labels>] | cifar10:<file>[,<file>…]', 'synthetic')
+  .option('--data <spec>', 'synthetic[:count] | folder:<dir> | idx:<images>[,<labels>] | cifar10:<file>[,<file>…]', 'synthetic')
   .addOption(new Option('--preset <name>', 'model preset').choices([...presetNames]))
   .option('--config <file>', 'model config as JSON (keys of EMAE.create); flags override it')
   .option('--image-size <n>', 'image size (default: the data\'s)', num('image-size'))
@@ -89,7 +97,8 @@ program
     const fromFile: EMAEConfig = o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : {};
     const base: EMAEConfig = { ...(o.preset ? { preset: o.preset } : {}), ...fromFile };
     const channels = (fromFile.channels as number | undefined) ?? (o.data.startsWith('idx:') ? 1 : 3);
-    const wantedSize = o.imageSize ?? (fromFile.imageSize as number | undefined) ?? (o.data.startsWith('synthetic') ? 32 : undefined);
+    const presetSize = o.preset ? 224 : undefined;
+    const wantedSize = o.imageSize ?? (fromFile.imageSize as number | undefined) ?? (o.data.startsWith('synthetic') ? 32 : o.data.startsWith('folder:') ? presetSize ?? 32 : undefined);
     const data = await loadData(o.data, o.padTo, wantedSize ?? 32, channels, o.seed);
     const config: EMAEConfig = {
       ...(o.preset || o.config ? {} : { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 }),

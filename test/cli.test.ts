@@ -67,3 +67,19 @@ test('SIGINT writes a checkpoint and exits 130', async (t) => {
   const step = Number(/stopped at step (\d+)/.exec(stdout)![1]);
   t.true(existsSync(path.join(out, `ckpt-${step}.safetensors`)));
 });
+
+test('pretrain on an image folder', async (t) => {
+  const { default: sharp } = await import('sharp');
+  const images = path.join(dir, 'images');
+  for (const [i, cls] of ['a', 'a', 'b', 'b'].entries()) {
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(path.join(images, cls), { recursive: true });
+    await sharp({ create: { width: 24 + i, height: 20, channels: 3, background: { r: 60 * i, g: 100, b: 200 - 40 * i } } })
+      .png().toFile(path.join(images, cls, `${i}.png`));
+  }
+  const out = path.join(dir, 'folder-run');
+  const r = cli('pretrain', '--config', config, '--data', `folder:${images}`, '--image-size', '16', '--batch', '2', '--steps', '2',
+    '--device', 'cpu', '--threads', '1', '--out', out);
+  t.is(r.status, 0, r.stderr);
+  t.true(existsSync(path.join(out, 'ckpt-2.safetensors')));
+});

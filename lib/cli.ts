@@ -79,8 +79,10 @@ program
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
   .option('--seed <n>', 'seed of the init, data order and masks', num('seed'), 0)
-  .option('--steps <n>', 'optimizer steps', num('steps'), 1000)
-  .option('--batch <n>', 'batch size', num('batch'), 64)
+  .option('--steps <n>', 'optimizer steps (default 1000 unless --epochs)', num('steps'))
+  .option('--epochs <n>', 'epochs instead of steps', num('epochs'))
+  .option('--batch <n>', 'batch size per micro-batch', num('batch'), 64)
+  .option('--accumulate <n>', 'micro-batches accumulated per optimizer step', num('accumulate'), 1)
   .option('--blr <x>', 'base learning rate (lr = blr·batch/256)', num('blr'), 1.5e-4)
   .option('--min-lr <x>', 'cosine floor', num('min-lr'), 0)
   .option('--warmup <n>', 'warm-up steps (default 5% of steps)', num('warmup'))
@@ -115,7 +117,7 @@ program
       throw new Error(`the data has ${data.size}×${data.size} images but the config asks for ${wantedSize} (use --pad-to or --image-size)`);
     const model = await EMAE.create(config);
     const trainerOptions = {
-      batchSize: o.batch, steps: o.steps, blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
+      batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
       outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep,
     };
@@ -128,8 +130,8 @@ program
       onStep: (s) => {
         const payload = { loss: s.loss.toFixed(4), recon: s.recon.toFixed(4), cons: s.consistency.toFixed(4), lr: s.lr.toExponential(2), ips: s.imagesPerSecond.toFixed(0) };
         if (bar) bar.update(s.step, payload);
-        else if (s.step % 10 === 0 || s.step === o.steps)
-          console.log(`step ${s.step}/${o.steps} loss ${payload.loss} recon ${payload.recon} consistency ${payload.cons} lr ${payload.lr} ${payload.ips} img/s`);
+        else if (s.step % 10 === 0 || s.step === trainer.totalSteps)
+          console.log(`step ${s.step}/${trainer.totalSteps} loss ${payload.loss} recon ${payload.recon} consistency ${payload.cons} lr ${payload.lr} ${payload.ips} img/s`);
       },
     });
     if (o.resume) {
@@ -144,7 +146,7 @@ program
     const onInt = onSignal('SIGINT'), onTerm = onSignal('SIGTERM');
     process.once('SIGINT', onInt);
     process.once('SIGTERM', onTerm);
-    bar?.start(o.steps, trainer.step, { loss: '-', recon: '-', cons: '-', lr: '-', ips: '-' });
+    bar?.start(trainer.totalSteps, trainer.step, { loss: '-', recon: '-', cons: '-', lr: '-', ips: '-' });
     try {
       await trainer.run();
     } finally {

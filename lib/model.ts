@@ -98,6 +98,20 @@ const MAX_LISTED_PROBLEMS = 8;
 
 const constructToken = Symbol('EMAE.create');
 
+/** Validates the optimizer options of trainStep/applyGradients and fills the defaults. */
+function checkOptim(op: string, options: TrainStepOptions, keys: readonly string[]) {
+  assertObject('options', options, 'object with lr');
+  assertKnownKeys(`${op} option`, options, keys);
+  const { lr, weightDecay = 0.05, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clipGrad = 0 } = options;
+  assertFiniteNumber('lr', lr, { min: 0 });
+  assertFiniteNumber('weightDecay', weightDecay, { min: 0 });
+  assertFiniteNumber('beta1', beta1, { min: 0, below: 1 });
+  assertFiniteNumber('beta2', beta2, { min: 0, below: 1 });
+  assertFiniteNumber('eps', eps, { above: 0 });
+  assertFiniteNumber('clipGrad', clipGrad, { min: 0 }, 'finite number >= 0 (0 = no clipping)');
+  return { lr, weightDecay, beta1, beta2, eps, clipGrad };
+}
+
 const shapeText = (shape: readonly number[]): string => `[${shape.join(',')}]`;
 const product = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
@@ -292,20 +306,43 @@ export class EMAE {
   async trainStep(batch: Batch, options: TrainStepOptions): Promise<TrainStepResult> {
     const context = new Error();
     this.#assertAlive();
-    assertObject('options', options, 'object with lr');
-    assertKnownKeys('trainStep option', options, TRAIN_OPTION_KEYS);
-    const { lr, weightDecay = 0.05, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clipGrad = 0 } = options;
-    assertFiniteNumber('lr', lr, { min: 0 });
-    assertFiniteNumber('weightDecay', weightDecay, { min: 0 });
-    assertFiniteNumber('beta1', beta1, { min: 0, below: 1 });
-    assertFiniteNumber('beta2', beta2, { min: 0, below: 1 });
-    assertFiniteNumber('eps', eps, { above: 0 });
-    assertFiniteNumber('clipGrad', clipGrad, { min: 0 }, 'finite number >= 0 (0 = no clipping)');
+    const optim = checkOptim('trainStep', options, TRAIN_OPTION_KEYS);
     const nativeBatch = this.#checkBatch(batch, this.#consistencyWeight(options));
-    const optim = { lr, weightDecay, beta1, beta2, eps, clipGrad };
     const r = await this.#enqueue(context, () => this.#handle.trainStep(nativeBatch, optim));
     return { loss: r.loss, recon: r.recon, consistency: r.consistency, gradNorm: r.gradNorm, step: r.step };
   }
+  /**
+   * Gradient accumulation, step 1: forward and backward of one micro-batch, adding its gradients
+   * to those already accumulated (`reset: true` starts afresh). Returns the micro-batch's losses.
+   * Follow with applyGradients({ ..., gradScale: 1 / microBatches }).
+   */
+  async accumulateGradients(batch: Batch, options: LossOptions & { reset?: boolean } = {}): Promise<Losses> {
+    const context = new Error();
+    this.#assertAlive();
+    assertObject('options', options, 'object');
+    assertKnownKeys('accumulateGradients option', options, [...LOSS_OPTION_KEYS, 'reset']);
+    const reset = options.reset ?? false;
+    if (typeof reset !== 'boolean') throw invalidTypeError('reset', 'boolean', reset);
+    const nativeBatch = this.#checkBatch(batch, this.#consistencyWeight(options));
+    const r = await this.#enqueue(context, () => this.#handle.accumulateGrads(nativeBatch, { reset }));
+    return { loss: r.loss, recon: r.recon, consistency: r.consistency };
+  }
+
+  /**
+   * Gradient accumulation, step 2: scales the accumulated gradients by `gradScale` (default 1),
+   * clips and takes the AdamW step. Non-finite gradients reject (code EMAE_NONFINITE_LOSS) and
+   * change nothing.
+   */
+  async applyGradients(options: Omit<TrainStepOptions, 'consistencyWeight'> & { gradScale?: number }): Promise<{ gradNorm: number; step: number }> {
+    const context = new Error();
+    this.#assertAlive();
+    const { gradScale = 1, ...rest } = (options ?? {}) as { gradScale?: number } & TrainStepOptions;
+    assertFiniteNumber('gradScale', gradScale, { above: 0 });
+    const optim = checkOptim('applyGradients', rest, TRAIN_OPTION_KEYS.filter((k) => k !== 'consistencyWeight'));
+    const r = await this.#enqueue(context, () => this.#handle.applyGrads({ ...optim, gradScale }));
+    return { gradNorm: r.gradNorm, step: r.step };
+  }
+
 
   /** AdamW state (step count and moments of every trainable parameter), copied. */
   async getOptimizerState(): Promise<OptimizerState> {

@@ -91,6 +91,10 @@ export interface NativeModel {
   lossAndGrads(batch: NativeBatch): Promise<NativeLosses & { grads: Record<string, Float32Array> }>;
   /** Forward + backward + AdamW. A non-finite loss rejects and leaves parameters and optimizer untouched. */
   trainStep(batch: NativeBatch, optim: NativeOptimOptions): Promise<NativeStepResult>;
+  /** Forward + backward of a micro-batch, adding to the accumulated gradients (reset: start afresh). */
+  accumulateGrads(batch: NativeBatch, options: { reset: boolean }): Promise<NativeLosses>;
+  /** Scales the accumulated gradients by gradScale, clips, AdamW. */
+  applyGrads(optim: NativeOptimOptions & { gradScale: number }): Promise<{ gradNorm: number; step: number }>;
   /** Frees native memory; every later call throws. */
   dispose(): void;
   readonly disposed: boolean;

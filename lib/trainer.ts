@@ -29,8 +29,12 @@ const isBatchSource = (d: ImageSet | BatchSource): d is BatchSource => typeof (d
 
 export interface TrainerOptions {
   batchSize: number;
-  /** total optimizer steps */
-  steps: number;
+  /** total optimizer steps (or give `epochs`) */
+  steps?: number;
+  /** epochs instead of steps: steps = epochs · ⌊count / (batchSize · accumulate)⌋ */
+  epochs?: number;
+  /** micro-batches of batchSize accumulated per optimizer step (default 1); lr scales with batchSize · accumulate */
+  accumulate?: number;
   /** base learning rate; lr = blr · batchSize / 256 (default 1.5e-4, MAE) */
   blr?: number;
   minLr?: number;
@@ -52,6 +56,8 @@ export interface TrainerOptions {
   keepLast?: number;
   /** called after each step */
   onStep?: (info: StepInfo) => void | Promise<void>;
+  /** called when an epoch is complete (its number, 0-based) */
+  onEpoch?: (epoch: number) => void | Promise<void>;
 }
 
 export interface StepInfo {
@@ -76,8 +82,8 @@ interface TrainerState {
 export class Trainer {
   readonly #model: EMAE;
   readonly #data: ImageSet | BatchSource;
-  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'consistencyWeight'>> &
-    Pick<TrainerOptions, 'outDir' | 'onStep'> & { consistencyWeight: number };
+  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch' | 'consistencyWeight' | 'epochs'>> &
+    Pick<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch'> & { consistencyWeight: number };
   readonly #masker: ParallelMasker;
   #state: TrainerState;
   #orders = new Map<number, Int32Array>();  // epoch → shuffled indices (current and next epoch)
@@ -100,9 +106,13 @@ export class Trainer {
     };
     const batchSize = positiveInt('batchSize', options.batchSize);
     if (batchSize > data.count) throw invalidRangeError('batchSize', `at most the dataset size ${data.count}`, batchSize);
-    const steps = positiveInt('steps', options.steps);
+    const accumulate = positiveInt('accumulate', options.accumulate ?? 1);
+    if ((options.steps === undefined) === (options.epochs === undefined))
+      throw invalidRangeError('steps/epochs', 'exactly one of steps and epochs', { steps: options.steps, epochs: options.epochs });
+    const steps = options.steps !== undefined ? positiveInt('steps', options.steps)
+      : positiveInt('epochs', options.epochs) * Math.max(1, Math.floor(data.count / (batchSize * accumulate)));
     this.#opts = {
-      batchSize, steps,
+      batchSize, steps, accumulate,
       blr: options.blr ?? 1.5e-4,
       minLr: options.minLr ?? 0,
       warmupSteps: options.warmupSteps ?? Math.floor(steps / 20),
@@ -115,6 +125,7 @@ export class Trainer {
       keepLast: options.keepLast ?? 3,
       outDir: options.outDir,
       onStep: options.onStep,
+      onEpoch: options.onEpoch,
     };
     this.#model = model;
     this.#data = data;
@@ -125,6 +136,11 @@ export class Trainer {
   /** Asks run() to stop after the step in progress, writing a checkpoint when there is an outDir. */
   stop(): void {
     this.#stopRequested = true;
+  }
+
+  /** Optimizer steps of the whole run. */
+  get totalSteps(): number {
+    return this.#opts.steps;
   }
 
   /** Steps done so far. */
@@ -146,25 +162,43 @@ export class Trainer {
   async run(): Promise<StepInfo | undefined> {
     const o = this.#opts, c = this.#model.config;
     const per = c.channels * c.imageSize * c.imageSize;
-    const baseLr = scaledLr(o.blr, o.batchSize);
+    const baseLr = scaledLr(o.blr, o.batchSize * o.accumulate);  // MAE: the effective batch
     if (o.outDir) await mkdir(o.outDir, { recursive: true });
     let last: StepInfo | undefined;
-    // the next batch is loaded while the current step runs
+    // the next batch is loaded while the current one is computed
     let pending = this.#startBatch(this.#state.epoch, this.#state.position, per);
     while (this.#state.step < o.steps) {
-      const batch = pending;
-      const images = await batch.images();
-      this.#state.epoch = batch.epoch;
-      this.#state.position = batch.next;
-      if (this.#state.step + 1 < o.steps) pending = this.#startBatch(batch.epoch, batch.next, per);
-      const permutation = this.#masker.next(o.batchSize);
       const lr = lrAt(this.#state.step, { baseLr, warmupSteps: o.warmupSteps, totalSteps: o.steps, minLr: o.minLr });
       const consistencyWeight = this.#state.step >= o.consistencyStart ? o.consistencyWeight : 0;
       const started = performance.now();
-      let r;
+      const optim = { lr, weightDecay: o.weightDecay, clipGrad: o.clipGrad };
+      let r: { loss: number; recon: number; consistency: number; gradNorm: number };
       try {
-        r = await this.#model.trainStep({ images, permutation, batchSize: o.batchSize },
-          { lr, weightDecay: o.weightDecay, clipGrad: o.clipGrad, consistencyWeight });
+        const sums = { loss: 0, recon: 0, consistency: 0 };
+        for (let micro = 0; micro < o.accumulate; micro++) {
+          const batch = pending;
+          const images = await batch.images();
+          if (batch.epoch > this.#state.epoch) await o.onEpoch?.(this.#state.epoch);
+          this.#state.epoch = batch.epoch;
+          this.#state.position = batch.next;
+          const lastMicro = micro + 1 === o.accumulate;
+          if (!lastMicro || this.#state.step + 1 < o.steps) pending = this.#startBatch(batch.epoch, batch.next, per);
+          const permutation = this.#masker.next(o.batchSize);
+          const input = { images, permutation, batchSize: o.batchSize };
+          if (o.accumulate === 1) {
+            const t = await this.#model.trainStep(input, { ...optim, consistencyWeight });
+            Object.assign(sums, { loss: t.loss, recon: t.recon, consistency: t.consistency });
+            r = { ...sums, gradNorm: t.gradNorm };
+            break;
+          }
+          const m = await this.#model.accumulateGradients(input, { consistencyWeight, reset: micro === 0 });
+          if (!Number.isFinite(m.loss))
+            throw Object.assign(new Error(`the loss is not finite (loss ${m.loss}); parameters and optimizer state were not updated`), { code: 'EMAE_NONFINITE_LOSS' });
+          sums.loss += m.loss / o.accumulate;
+          sums.recon += m.recon / o.accumulate;
+          sums.consistency += m.consistency / o.accumulate;
+          if (lastMicro) r = { ...sums, gradNorm: (await this.#model.applyGradients({ ...optim, gradScale: 1 / o.accumulate })).gradNorm };
+        }
       } catch (err) {
         if ((err as { code?: string }).code === 'EMAE_NONFINITE_LOSS') {
           const kept = o.outDir ? (await listCheckpoints(o.outDir)).pop() : undefined;
@@ -176,8 +210,8 @@ export class Trainer {
       this.#state.step += 1;
       this.#state.maskerState = this.#masker.getState();
       last = {
-        step: this.#state.step, epoch: this.#state.epoch, loss: r.loss, recon: r.recon, consistency: r.consistency,
-        lr, gradNorm: r.gradNorm, imagesPerSecond: o.batchSize / ((performance.now() - started) / 1000),
+        step: this.#state.step, epoch: this.#state.epoch, loss: r!.loss, recon: r!.recon, consistency: r!.consistency,
+        lr, gradNorm: r!.gradNorm, imagesPerSecond: (o.batchSize * o.accumulate) / ((performance.now() - started) / 1000),
       };
       if (o.outDir) await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify(last) + '\n');
       const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;

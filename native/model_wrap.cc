@@ -141,17 +141,23 @@ void read_tensors(const Napi::Value& v, const ParamLayout& layout, std::vector<f
 
 // ---- async workers -------------------------------------------------------------------------
 
+// What a StepWorker runs: forward+backward returning gradients, a full training step, a
+// micro-batch of gradient accumulation (losses only), or the optimizer on accumulated gradients.
+enum class StepMode { LossAndGrads, Train, Accumulate, Apply };
+
 class StepWorker : public Napi::AsyncWorker {
  public:
-  StepWorker(Napi::Env env, Napi::Object self_ref, ModelWrap* wrap, Batch batch, bool train, OptimOptions opt,
-             const char* op)
+  StepWorker(Napi::Env env, Napi::Object self_ref, ModelWrap* wrap, Batch batch, StepMode mode, OptimOptions opt,
+             const char* op, bool reset = true, float grad_scale = 1.f)
       : Napi::AsyncWorker(env, op),
         deferred_(Napi::Promise::Deferred::New(env)),
         wrap_(wrap),
         batch_(std::move(batch)),
-        train_(train),
+        mode_(mode),
         opt_(opt),
-        op_(op) {
+        op_(op),
+        reset_(reset),
+        grad_scale_(grad_scale) {
     self_ = Napi::Persistent(self_ref);  // keep the JS handle (and the model) alive meanwhile
     wrap_->set_busy(true);
   }
@@ -161,12 +167,22 @@ class StepWorker : public Napi::AsyncWorker {
     try {
       Model& m = wrap_->model();
       omp_set_num_threads(m.config().threads);
-      if (train_) {
-        result_ = m.train_step(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, opt_);
-      } else {
-        result_.losses = m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda);
-        grads_.resize(m.layout().total);
-        m.get_grads(grads_.data());
+      switch (mode_) {
+        case StepMode::Train:
+          result_ = m.train_step(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, opt_);
+          break;
+        case StepMode::LossAndGrads:
+          result_.losses = m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda);
+          grads_.resize(m.layout().total);
+          m.get_grads(grads_.data());
+          break;
+        case StepMode::Accumulate:
+          result_.losses =
+              m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, !reset_);
+          break;
+        case StepMode::Apply:
+          result_ = m.apply_gradients(opt_, grad_scale_);
+          break;
       }
     } catch (const NonFiniteLoss& e) {
       fail(ErrorKind::Error, e.what(), "EMAE_NONFINITE_LOSS");
@@ -186,11 +202,11 @@ class StepWorker : public Napi::AsyncWorker {
       deferred_.Reject(make_error(env, kind_, std::string(op_) + ": " + message_, code_).Value());
       return;
     }
-    Napi::Object out = losses_object(env, result_.losses);
-    if (train_) {
+    Napi::Object out = mode_ == StepMode::Apply ? Napi::Object::New(env) : losses_object(env, result_.losses);
+    if (mode_ == StepMode::Train || mode_ == StepMode::Apply) {
       out.Set("gradNorm", result_.grad_norm);
       out.Set("step", (double)result_.step);
-    } else {
+    } else if (mode_ == StepMode::LossAndGrads) {
       out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_,
                                       [](const ParamSpec& s) { return s.trainable; }));
     }
@@ -213,9 +229,11 @@ class StepWorker : public Napi::AsyncWorker {
   Napi::ObjectReference self_;
   ModelWrap* wrap_;
   Batch batch_;
-  bool train_;
+  StepMode mode_;
   OptimOptions opt_;
   const char* op_;
+  bool reset_;
+  float grad_scale_;
   StepResult result_;
   std::vector<float> grads_;
   bool failed_ = false;
@@ -301,6 +319,8 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::SetOptimizerState>("setOptimizerState"),
                          InstanceMethod<&ModelWrap::LossAndGrads>("lossAndGrads"),
                          InstanceMethod<&ModelWrap::TrainStep>("trainStep"),
+                         InstanceMethod<&ModelWrap::AccumulateGrads>("accumulateGrads"),
+                         InstanceMethod<&ModelWrap::ApplyGrads>("applyGrads"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                          InstanceAccessor<&ModelWrap::Disposed>("disposed"),
                          InstanceAccessor<&ModelWrap::BackendName>("backend"),
@@ -387,7 +407,8 @@ Napi::Value ModelWrap::LossAndGrads(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check_usable(env, "lossAndGrads");
   Batch batch = parse_batch(info[0], model_->config());
-  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), false, {}, "lossAndGrads");
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::LossAndGrads, {},
+                                "lossAndGrads");
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
@@ -398,7 +419,34 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   check_usable(env, "trainStep");
   Batch batch = parse_batch(info[0], model_->config());
   OptimOptions opt = parse_optim(get_object(info[1], "optimizer options"));
-  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), true, opt, "trainStep");
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Train, opt,
+                                "trainStep");
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ModelWrap::AccumulateGrads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "accumulateGrads");
+  Batch batch = parse_batch(info[0], model_->config());
+  const bool reset = get_bool(get_object(info[1], "accumulate options"), "reset");
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Accumulate, {},
+                                "accumulateGrads", reset);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ModelWrap::ApplyGrads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "applyGrads");
+  Napi::Object o = get_object(info[0], "optimizer options");
+  OptimOptions opt = parse_optim(o);
+  const double scale = get_number(o, "gradScale");
+  if (!(scale > 0)) throw Napi::RangeError::New(env, "Expected gradScale > 0");
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, Batch{}, StepMode::Apply, opt, "applyGrads",
+                                true, (float)scale);
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;

@@ -30,6 +30,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value SetOptimizerState(const Napi::CallbackInfo& info);
   Napi::Value LossAndGrads(const Napi::CallbackInfo& info);
   Napi::Value TrainStep(const Napi::CallbackInfo& info);
+  Napi::Value AccumulateGrads(const Napi::CallbackInfo& info);
+  Napi::Value ApplyGrads(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);

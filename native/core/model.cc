@@ -289,7 +289,7 @@ void Model::forward() {
   last_losses_ = be.loss_forward_backward(a.dpred, a.pred, a.target, a.perm, g, lambda_, config_.consistency_l1);
 }
 
-void Model::backward() {
+void Model::backward(bool accumulate) {
   Backend& be = *backend_;
   Arena& a = *arena_;
   const ParamLayout& L = layout_;
@@ -298,7 +298,7 @@ void Model::backward() {
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
   const float* w = params_;
   float* dw = grads_;
-  be.zero(grads_, layout_.total * sizeof(float));
+  if (!accumulate) be.zero(grads_, layout_.total * sizeof(float));  // every parameter gradient below is +=
 
   // decoder head
   be.matmul_backward(a.narrow, dw + L.dec_pred_w, dw + L.dec_pred_b, a.dpred, a.dnorm, w + L.dec_pred_w,
@@ -325,7 +325,7 @@ void Model::backward() {
                      g.batch * g.parts * g.visible, Cpp, D);
 }
 
-LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda) {
+LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate) {
   if (batch < 1) throw RangeError("batchSize must be at least 1");
   plan(batch);
   const ModelConfig& c = config_;
@@ -333,20 +333,28 @@ LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int b
   backend_->upload(arena_->perm, perm, (size_t)batch * c.num_patches() * sizeof(int32_t));
   lambda_ = lambda;
   forward();
-  backward();
+  backward(accumulate);
   return last_losses_;
 }
 
 StepResult Model::train_step(const float* images, const int32_t* perm, int batch, float lambda,
                              const OptimOptions& opt) {
-  StepResult r;
-  r.losses = loss_and_grads(images, perm, batch, lambda);
-  if (!std::isfinite(r.losses.loss))
-    throw NonFiniteLoss("the loss is not finite (loss " + std::to_string(r.losses.loss) + ", recon " +
-                        std::to_string(r.losses.recon) + ", consistency " + std::to_string(r.losses.consistency) +
+  const LossValues losses = loss_and_grads(images, perm, batch, lambda);
+  if (!std::isfinite(losses.loss))
+    throw NonFiniteLoss("the loss is not finite (loss " + std::to_string(losses.loss) + ", recon " +
+                        std::to_string(losses.recon) + ", consistency " + std::to_string(losses.consistency) +
                         "); parameters and optimizer state were not updated");
-  // gradients ready: the point where a data-parallel all-reduce will go
+  StepResult r = apply_gradients(opt, 1.f);
+  r.losses = losses;
+  return r;
+}
+
+StepResult Model::apply_gradients(const OptimOptions& opt, float grad_scale) {
+  StepResult r;
+  if (grad_scale != 1.f) backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), grad_scale);
   r.grad_norm = std::sqrt(backend_->grad_norm_squared(grads_, trainable_.data(), (int)trainable_.size()));
+  if (!std::isfinite(r.grad_norm))
+    throw NonFiniteLoss("the gradients are not finite; parameters and optimizer state were not updated");
   if (opt.clip_grad > 0 && r.grad_norm > opt.clip_grad)
     backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), (float)(opt.clip_grad / (r.grad_norm + 1e-6)));
   const int64_t t = step_ + 1;

@@ -50,16 +50,20 @@ class Model {
   void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step);
 
   // images (B, C, H, W) and permutations (B, N) from the host. Forward and backward; the
-  // gradients stay in backend memory (get_grads copies them out).
-  LossValues loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda);
-  // loss_and_grads, optional clipping, AdamW. Throws NonFiniteLoss before touching anything.
+  // gradients stay in backend memory (get_grads copies them out). With accumulate the new
+  // gradients are added to the ones already there (gradient accumulation over micro-batches).
+  LossValues loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate = false);
+  // Gradients ready → scale by grad_scale (e.g. 1/micro-batches), global norm, optional clipping,
+  // AdamW. The point where a data-parallel all-reduce will go.
+  StepResult apply_gradients(const OptimOptions& opt, float grad_scale = 1.f);
+  // loss_and_grads then apply_gradients. Throws NonFiniteLoss before touching anything.
   StepResult train_step(const float* images, const int32_t* perm, int batch, float lambda, const OptimOptions& opt);
 
  private:
   struct Arena;  // activations and scratch for one batch size
   void plan(int batch);
   void forward();
-  void backward();
+  void backward(bool accumulate);
   PartGeometry geometry() const;
 
   ModelConfig config_;

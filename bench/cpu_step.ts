@@ -1,79 +1,184 @@
 // CPU benchmark: one EMAE training step (forward, backward, AdamW) on our CPU backend next to the
-// same step in PyTorch on the CPU with the same thread count, in the same run, as a ratio.
-//   node --import=tsx bench/cpu_step.ts [--preset cpu-tiny|cpu-small|all] [--parts 4|1|all]
-//        [--threads 2] [--iters 5] [--warmup 2] [--python .venv/bin/python] [--json out.json]
-// Each configuration runs in its own child process so that peak RSS is per configuration.
+// same step in PyTorch on the CPU (bench/torch_cpu_step.py) with the same preset, parts, batch and
+// thread count, in the same run, reported as a ratio (ours / PyTorch, lower is better).
+//   node --import=tsx bench/cpu_step.ts [--preset cpu-tiny|cpu-small|all] [--parts K|all]
+//        [--threads T] [--iters N] [--warmup W] [--batch B] [--rounds R] [--python PATH] [--json out.json]
+// Defaults: all presets, parts 4 (EMAE) and 1 (plain MAE), threads min(2, CPUs), 5 timed steps
+// after 2 warm-up steps, the preset's batch (cpu-tiny 32, cpu-small 16), .venv/bin/python if it
+// exists else python3. Each configuration runs in its own child process (this script with
+// --child, one JSON line out) so that the peak RSS is that configuration's alone. Images and
+// permutations are drawn outside the timed region, fresh each step, on both sides.
+// --rounds R (default 1) measures every configuration R times, alternating ours and PyTorch, and
+// keeps for each side the round with the lowest median: on a shared machine another process can
+// slow a whole child down (PyTorch's spinning OpenMP threads by up to 10×), and R = 2 or 3 makes
+// the ratio robust to that at R times the run time.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { EMAE, ParallelMasker, type PresetName } from '../lib/index.js';
+import { parseArgs } from 'node:util';
+import { EMAE, ParallelMasker, presets, type PresetName } from '../lib/index.js';
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : fallback;
+const self = fileURLToPath(import.meta.url);
+const root = path.dirname(path.dirname(self));
+const PRESETS = ['cpu-tiny', 'cpu-small'] as const;
+const DEFAULT_BATCH: Record<(typeof PRESETS)[number], number> = { 'cpu-tiny': 32, 'cpu-small': 16 };
+
+const { values: argv } = parseArgs({
+  options: {
+    preset: { type: 'string', default: 'all' },
+    parts: { type: 'string', default: 'all' },
+    threads: { type: 'string', default: String(Math.min(2, os.availableParallelism())) },
+    iters: { type: 'string', default: '5' },
+    warmup: { type: 'string', default: '2' },
+    rounds: { type: 'string', default: '1' },
+    batch: { type: 'string' },
+    python: { type: 'string' },
+    json: { type: 'string' },
+    child: { type: 'boolean', default: false },
+  },
+});
+function int(name: 'threads' | 'iters' | 'warmup' | 'batch' | 'parts' | 'rounds', min: number): number {
+  const v = Number(argv[name]);
+  if (!Number.isInteger(v) || v < min) throw new RangeError(`--${name} must be an integer >= ${min}, got ${argv[name]}`);
+  return v;
 }
-const BATCH: Record<string, number> = { 'cpu-tiny': 32, 'cpu-small': 16 };
-const threads = Number(arg('threads', String(Math.min(2, os.availableParallelism()))));
-const iters = Number(arg('iters', '5'));
-const warmup = Number(arg('warmup', '2'));
+const threads = int('threads', 1);
+const iters = int('iters', 1);
+const warmup = int('warmup', 0);
+const rounds = int('rounds', 1);
 
-async function child(preset: PresetName, parts: number) {
-  const B = BATCH[preset];
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/** One configuration, in this (child) process: prints one JSON line. */
+async function child(preset: PresetName, parts: number, batch: number): Promise<void> {
+  const baseRssMb = process.resourceUsage().maxRSS / 1024;  // node + tsx + the addon, before the model
   const model = await EMAE.create({ preset, parts, device: 'cpu', threads, seed: 0 });
   const c = model.config;
   const masker = ParallelMasker.fromConfig(c, 1);
   const times: number[] = [];
+  let loss = NaN;
   for (let i = 0; i < warmup + iters; i++) {
-    const images = Float32Array.from({ length: B * c.channels * c.imageSize * c.imageSize }, () => Math.random() * 2 - 1);
-    const permutation = masker.next(B);
+    const images = new Float32Array(batch * c.channels * c.imageSize * c.imageSize);
+    for (let j = 0; j < images.length; j++) images[j] = Math.random() * 2 - 1;
+    const permutation = masker.next(batch);
     const t0 = performance.now();
-    await model.trainStep({ images, permutation, batchSize: B }, { lr: (1.5e-4 * B) / 256 });
-    if (i >= warmup) times.push(performance.now() - t0);
+    const r = await model.trainStep({ images, permutation, batchSize: batch }, { lr: (1.5e-4 * batch) / 256 });
+    const dt = performance.now() - t0;
+    if (i >= warmup) times.push(dt);
+    loss = r.loss;
   }
   await model.dispose();
-  times.sort((a, b) => a - b);
-  console.log(JSON.stringify({ ms_median: times[Math.floor(times.length / 2)], ms_min: times[0],
-    peak_rss_mb: process.resourceUsage().maxRSS / 1024 }));
+  console.log(JSON.stringify({
+    impl: 'emae', preset, parts, batch, threads, ms_per_step_median: median(times), ms_per_step_min: Math.min(...times),
+    peak_rss_mb: process.resourceUsage().maxRSS / 1024, base_rss_mb: baseRssMb, last_loss: loss,
+  }));
 }
 
-if (process.argv.includes('--child')) {
-  await child(arg('preset', 'cpu-tiny') as PresetName, Number(arg('parts', '4')));
+function lastJsonLine(stdout: string): any {
+  const line = stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  if (line === undefined) throw new Error(`no JSON line in: ${stdout.slice(-500)}`);
+  return JSON.parse(line);
+}
+
+if (argv.child) {
+  await child(argv.preset as PresetName, int('parts', 1), int('batch', 1));
   process.exit(0);
 }
 
-const presetsToRun = arg('preset', 'all') === 'all' ? ['cpu-tiny', 'cpu-small'] : [arg('preset', 'cpu-tiny')];
-const partsToRun = arg('parts', 'all') === 'all' ? [4, 1] : [Number(arg('parts', '4'))];
-const python = arg('python', existsSync('.venv/bin/python') ? '.venv/bin/python' : 'python3');
-const torchOk = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' }).status === 0;
-if (!torchOk) console.log(`PyTorch is not importable with ${python}: printing our numbers only`);
-const self = fileURLToPath(import.meta.url);
-const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? os.cpus()[0]?.model;
-console.log(`${cpu}, ${os.availableParallelism()} logical CPUs; threads ${threads}, iters ${iters}, warm-up ${warmup}`);
+// ---- parent: run every configuration, ours then PyTorch, and print the table ---------------------
+const presetsToRun = argv.preset === 'all' ? [...PRESETS] : [argv.preset as (typeof PRESETS)[number]];
+for (const p of presetsToRun) {
+  if (!PRESETS.includes(p)) throw new RangeError(`--preset must be one of ${PRESETS.join(', ')} or all, got ${p}`);
+}
+const partsToRun = argv.parts === 'all' ? [4, 1] : [int('parts', 1)];
+for (const p of presetsToRun) {
+  const total = Math.round(1 / (1 - (presets[p].maskRatio ?? 0.75)));
+  for (const k of partsToRun) if (k > total) throw new RangeError(`--parts ${k}: ${p} has K_total = ${total}`);
+}
+const python = argv.python ?? (existsSync(path.join(root, '.venv/bin/python')) ? path.join(root, '.venv/bin/python') : 'python3');
+const probe = spawnSync(python, ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' });
+const torchVersion = probe.status === 0 ? probe.stdout.trim() : null;
+if (torchVersion === null) {
+  const why = probe.error ? probe.error.message : (probe.stderr.trim().split('\n').pop() ?? `exit ${probe.status}`);
+  console.log(`*** PyTorch is not importable with ${python} (${why}): printing our numbers only. ` +
+    `Install it (python3 -m venv .venv && .venv/bin/pip install torch numpy) or pass --python. ***`);
+}
+const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? os.cpus()[0]?.model ?? 'unknown CPU';
+console.log(`${cpu}, ${os.availableParallelism()} logical CPUs; threads ${threads}, ${iters} timed steps after ${warmup} warm-up` +
+  `${rounds > 1 ? `, best of ${rounds} rounds` : ''}; ` +
+  `PyTorch ${torchVersion ?? 'n/a'} (${python})`);
 
-const rows: any[] = [];
+interface Row {
+  preset: string; mode: string; parts: number; batch: number; threads: number;
+  ours_ms: number; ours_ms_min: number; pytorch_ms?: number; pytorch_ms_min?: number; ratio?: number;
+  ours_rss_mb: number; ours_base_rss_mb: number; pytorch_rss_mb?: number; pytorch_error?: string;
+  ours_round_medians: number[]; pytorch_round_medians?: number[];
+}
+const rows: Row[] = [];
+const startedAll = performance.now();
 for (const preset of presetsToRun)
   for (const parts of partsToRun) {
-    const ours = spawnSync(process.execPath, ['--import=tsx', self, '--child', '--preset', preset, '--parts', String(parts),
-      '--threads', String(threads), '--iters', String(iters), '--warmup', String(warmup)], { encoding: 'utf8' });
-    if (ours.status !== 0) throw new Error(`our benchmark failed: ${ours.stderr}`);
-    const o = JSON.parse(ours.stdout.trim().split('\n').pop()!);
-    let p: any = {};
-    if (torchOk) {
-      const r = spawnSync(python, ['bench/torch_cpu_step.py', preset, '--parts', String(parts), '--threads', String(threads),
-        '--iters', String(iters), '--warmup', String(warmup)], { encoding: 'utf8' });
-      p = r.status === 0 ? JSON.parse(r.stdout.trim().split('\n').pop()!) : { error: r.stderr.trim().split('\n').pop() };
+    const batch = argv.batch !== undefined ? int('batch', 1) : DEFAULT_BATCH[preset];
+    const common = ['--parts', String(parts), '--threads', String(threads), '--iters', String(iters), '--warmup', String(warmup)];
+    const runOurs = () => {
+      const r = spawnSync(process.execPath, ['--import=tsx', self, '--child', '--preset', preset, '--batch', String(batch), ...common],
+        { encoding: 'utf8', cwd: root });
+      if (r.status !== 0) throw new Error(`our benchmark failed (${preset}, K=${parts}): ${r.stderr || r.error}`);
+      const o = lastJsonLine(r.stdout);
+      if (!Number.isFinite(o.last_loss)) throw new Error(`our ${preset} K=${parts} step gave a non-finite loss`);
+      return o;
+    };
+    const runTorch = () => {
+      const r = spawnSync(python, [path.join(root, 'bench/torch_cpu_step.py'), preset, '--batch', String(batch), ...common],
+        { encoding: 'utf8', cwd: root });
+      return r.status === 0 ? lastJsonLine(r.stdout) : { error: r.stderr.trim().split('\n').pop() ?? `exit ${r.status}` };
+    };
+    let o: any, p: any;
+    const oursRounds: number[] = [], torchRounds: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const oo = runOurs();
+      oursRounds.push(oo.ms_per_step_median);
+      if (o === undefined || oo.ms_per_step_median < o.ms_per_step_median) o = oo;
+      if (torchVersion !== null) {
+        const pp = runTorch();
+        if (pp.error === undefined) torchRounds.push(pp.ms_per_step_median);
+        if (p === undefined || p.error !== undefined || (pp.error === undefined && pp.ms_per_step_median < p.ms_per_step_median)) p = pp;
+      }
     }
-    const row = { preset, mode: parts === 1 ? 'MAE (K=1)' : `EMAE (K=${parts})`, batch: BATCH[preset], threads,
-      ours_ms: o.ms_median, pytorch_ms: p.ms_per_step_median, ratio: p.ms_per_step_median ? o.ms_median / p.ms_per_step_median : NaN,
-      ours_rss_mb: o.peak_rss_mb, pytorch_rss_mb: p.peak_rss_mb, pytorch_error: p.error };
+    const row: Row = {
+      preset, mode: parts === 1 ? 'MAE (K=1)' : `EMAE (K=${parts})`, parts, batch, threads,
+      ours_ms: o.ms_per_step_median, ours_ms_min: o.ms_per_step_min, ours_rss_mb: o.peak_rss_mb, ours_base_rss_mb: o.base_rss_mb,
+      ours_round_medians: oursRounds,
+    };
+    if (p !== undefined && p.error === undefined) {
+      Object.assign(row, { pytorch_ms: p.ms_per_step_median, pytorch_ms_min: p.ms_per_step_min, pytorch_rss_mb: p.peak_rss_mb,
+        pytorch_round_medians: torchRounds, ratio: o.ms_per_step_median / p.ms_per_step_median });
+    } else if (p !== undefined) {
+      row.pytorch_error = p.error;
+    }
     rows.push(row);
     console.error(JSON.stringify(row));
   }
-const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
-console.log('\n| preset | mode | batch | threads | ours ms/step | PyTorch ms/step | ratio (ours/PyTorch) | ours peak RSS MB | PyTorch peak RSS MB |');
+
+const f = (x: number | undefined, d = 0) => (x !== undefined && Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+const ms = (med: number | undefined, min: number | undefined) => (med === undefined ? 'n/a' : `${f(med)} (${f(min)})`);
+console.log(`\nms/step: median (min) of the timed steps${rounds > 1 ? ' in the best round' : ''}; ` +
+  'ratio = ours / PyTorch medians, lower is better\n');
+console.log('| preset | mode | batch | threads | ours ms/step | PyTorch ms/step | ratio (ours/PyTorch) | ours peak RSS MB | PyTorch peak RSS MB |');
 console.log('|---|---|---|---|---|---|---|---|---|');
-for (const r of rows)
-  console.log(`| ${r.preset} | ${r.mode} | ${r.batch} | ${r.threads} | ${f(r.ours_ms)} | ${f(r.pytorch_ms)} | ${f(r.ratio, 2)} | ${f(r.ours_rss_mb)} | ${f(r.pytorch_rss_mb)} |`);
-const json = arg('json', '');
-if (json) writeFileSync(json, JSON.stringify(rows, null, 1));
+for (const r of rows) {
+  console.log(`| ${r.preset} | ${r.mode} | ${r.batch} | ${r.threads} | ${ms(r.ours_ms, r.ours_ms_min)} | ` +
+    `${ms(r.pytorch_ms, r.pytorch_ms_min)} | ${f(r.ratio, 2)} | ${f(r.ours_rss_mb)} | ${f(r.pytorch_rss_mb)} |`);
+}
+for (const r of rows) if (r.pytorch_error) console.log(`PyTorch failed on ${r.preset} ${r.mode}: ${r.pytorch_error}`);
+console.log(`\nour process before creating the model: ${f(rows[0]?.ours_base_rss_mb)} MB (node + tsx + addon); ` +
+  `total bench time ${((performance.now() - startedAll) / 1000).toFixed(0)} s`);
+if (argv.json) {
+  writeFileSync(argv.json, JSON.stringify({ cpu, cpus: os.availableParallelism(), threads, iters, warmup, rounds, pytorch: torchVersion,
+    date: new Date().toISOString(), rows }, null, 1));
+}

@@ -11,14 +11,10 @@
 // kKC = kNC = 256 depth/column blocks and the MR (4/6/12) × NR (8/16/32) micro-kernel edges.
 import test from 'ava';
 import { native } from '../lib/native.js';
-import { relativeL2 } from './helpers/fixtures.js';
-import { seededUniform } from './helpers/synthetic.js';
+import { randn as randnFrom, relL2, seededRng } from './helpers/numeric.js';
 
-const rand = seededUniform(7);
-const randn = (n: number, scale = 1): Float64Array => Float64Array.from({ length: n }, () => {
-  const u = Math.max(rand(), 1e-12), v = rand();
-  return scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-});
+const rng = seededRng(7);
+const randn = (n: number, scale = 1) => randnFrom(n, rng, scale);
 const TOL = 1e-5;
 
 function both(name: string, tensors: Record<string, Float64Array>, dims: Record<string, number>) {
@@ -26,7 +22,7 @@ function both(name: string, tensors: Record<string, Float64Array>, dims: Record<
 }
 function agree(t: any, label: string, r: ReturnType<typeof both>, keys: string[]) {
   for (const key of keys) {
-    const e = relativeL2(r.f32[key], r.f64[key]);
+    const e = relL2(r.f32[key], r.f64[key]);
     t.true(e <= TOL, `${label} ${key}: relative L2 ${e.toExponential(2)}`);
   }
 }

@@ -9,69 +9,39 @@
 // term or a factor 2 gives O(1e-2 .. 1).
 import test from 'ava';
 import { native } from '../lib/native.js';
-import { relativeL2 } from './helpers/fixtures.js';
-import { seededUniform } from './helpers/synthetic.js';
+import { dot, fdGradient, randn as randnFrom, randomPermutations, relL2, sampleIndices, seededRng } from './helpers/numeric.js';
 
 type Tensors = Record<string, Float64Array>;
 const op = (name: string, tensors: Tensors, dims: Record<string, number>) => native().testOp(name, tensors, dims);
 
-const rand = seededUniform(20261126);
-const randn = (n: number, scale = 1): Float64Array => Float64Array.from({ length: n }, () => {
-  const u = Math.max(rand(), 1e-12), v = rand();
-  return scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-});
-/** B rows, each a random permutation of 0..N−1 (as Float64Array, testOp's input type). */
-const permutations = (B: number, N: number): Float64Array => {
-  const out = new Float64Array(B * N);
-  for (let b = 0; b < B; b++) {
-    const row = Array.from({ length: N }, (_, i) => i);
-    for (let i = N - 1; i > 0; i--) {
-      const j = Math.floor(rand() * (i + 1));
-      [row[i], row[j]] = [row[j], row[i]];
-    }
-    out.set(row, b * N);
-  }
-  return out;
-};
+const rng = seededRng(20261126);
+const randn = (n: number, scale = 1) => randnFrom(n, rng, scale);
+const permutations = (B: number, N: number) => randomPermutations(B, N, rng);
 /** All of 0..n−1 when n ≤ count, else `count` distinct random indices. */
-const coords = (n: number, count = 40): number[] => {
-  if (n <= count) return Array.from({ length: n }, (_, i) => i);
-  const s = new Set<number>();
-  while (s.size < count) s.add(Math.floor(rand() * n));
-  return [...s];
-};
-const dot = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += a[i] * b[i];
-  return s;
-};
+const coords = (n: number, count = 40) => sampleIndices(n, count, rng);
 const close = (a: number, b: number, tol: number) => Math.abs(a - b) <= tol * Math.max(1, Math.abs(b));
 
 const H = 1e-6, TOL = 1e-6;
 
-/** Central difference of f with respect to x[i] (x modified and restored). */
-function fd(f: () => number, x: Float64Array, i: number): number {
-  const x0 = x[i];
-  x[i] = x0 + H;
-  const plus = f();
-  x[i] = x0 - H;
-  const minus = f();
-  x[i] = x0;
-  return (plus - minus) / (2 * H);
+/** Central differences of the scalar f w.r.t. x at `at` (x perturbed in place and restored). */
+const fd = (f: () => number, x: Float64Array, at: readonly number[]) => fdGradient(f, x, at, H);
+
+/** max |numeric − analytic[at]| ≤ TOL · max(1, max |numeric|). */
+function compareGradient(t: any, label: string, numeric: Float64Array, analytic: Float64Array, at: readonly number[]) {
+  let worst = 0, scale = 0, where = -1;
+  at.forEach((i, k) => {
+    const err = Math.abs(numeric[k] - analytic[i]);
+    if (err > worst) { worst = err; where = i; }
+    scale = Math.max(scale, Math.abs(numeric[k]));
+  });
+  t.true(worst <= TOL * Math.max(1, scale),
+    `${label}: max |FD − analytic| = ${worst.toExponential(2)} at [${where}] (scale ${scale.toExponential(2)}, ${at.length} coords)`);
 }
 
 /** Compares an analytic gradient of the scalar f w.r.t. x with central differences at `at`. */
 function gradcheck(t: any, label: string, f: () => number, x: Float64Array, analytic: Float64Array, at = coords(x.length)) {
   t.is(analytic.length, x.length, `${label}: gradient has the input's size`);
-  let worst = 0, scale = 0, where = -1;
-  for (const i of at) {
-    const numeric = fd(f, x, i);
-    const err = Math.abs(numeric - analytic[i]);
-    if (err > worst) { worst = err; where = i; }
-    scale = Math.max(scale, Math.abs(numeric));
-  }
-  t.true(worst <= TOL * Math.max(1, scale),
-    `${label}: max |FD − analytic| = ${worst.toExponential(2)} at [${where}] (scale ${scale.toExponential(2)}, ${at.length} coords)`);
+  compareGradient(t, label, fd(f, x, at), analytic, at);
 }
 
 /** FD check of a backward for L = Σ forward() ⊙ G, per input key → gradient key. */
@@ -186,8 +156,8 @@ for (const [S, T, Hh, dh] of [[2, 5, 2, 3], [1, 1, 2, 4], [1, 9, 1, 8]]) {
     const dims = { S, T, H: Hh, dh };
     const fwd = op('attention_forward', inputs, dims);
     const ref = attentionReference(inputs.qkv, S, T, Hh, dh);
-    t.true(relativeL2(fwd.out, ref.out) < 1e-13, `out ${relativeL2(fwd.out, ref.out)}`);
-    t.true(relativeL2(fwd.lse, ref.lse) < 1e-13, `lse ${relativeL2(fwd.lse, ref.lse)}`);
+    t.true(relL2(fwd.out, ref.out) < 1e-13, `out ${relL2(fwd.out, ref.out)}`);
+    t.true(relL2(fwd.lse, ref.lse) < 1e-13, `lse ${relL2(fwd.lse, ref.lse)}`);
     const G = randn(S * T * D);
     const g = op('attention_backward', { dout: G, qkv: inputs.qkv, out: fwd.out, lse: fwd.lse }, dims);
     checkBackward(t, 'attention', () => op('attention_forward', inputs, dims).out, G, inputs, g, { qkv: 'dqkv' }, 120);
@@ -227,7 +197,7 @@ test('patchify_target and gather_visible_patches: B=2, C=3, p=2, 8×8 vs a JS re
           expected.push(...patch.map((x) => (x - m) / Math.sqrt(varUnbiased + 1e-6)));
         } else expected.push(...patch);
       }
-    t.true(relativeL2(target, Float64Array.from(expected)) < 1e-14, `normPix ${normPix}`);
+    t.true(relL2(target, Float64Array.from(expected)) < 1e-14, `normPix ${normPix}`);
   }
   const cols = op('gather_visible_patches', { images, perm }, g).cols;
   const expected: number[] = [];
@@ -290,21 +260,28 @@ test('decoder tokens: cls first, visible tokens at their patch, mask token elsew
 // ---- loss ---------------------------------------------------------------------------------------
 
 /**
- * Plain JS reference of DESIGN.md §1: L_rec = mean over (b, k, n masked in k) of mean_p (ŷ − t)²;
- * L_con = mean over ordered pairs (b, n, i ≠ j), n masked in both, of mean_p d(ŷ_i − ŷ_j).
- * pred (B·K, 1+N, P) with the cls row first; target (B, N, P).
+ * Plain JS reference of DESIGN.md §1 on pred (B·K, 1+N, P) (row 0 of each part the cls row),
+ * target (B, N, P) and perm (B, N); part k of image b sees perm[b, k·V .. (k+1)·V).
+ *   L_rec = mean over (b, k, n masked in k) of mean_p (ŷ[b,k,n] − t[b,n])²
+ *   L_con = mean over S = {(b, n, i ≠ j) : n masked in both i and j} of mean_p d(ŷ[b,i,n] − sg(ŷ[b,j,n]))
+ * `frozen` supplies the second member of each pair (the stop-gradient): L_con as a function of
+ * `pred` with `frozen` held fixed is the "first-member-only" objective whose gradient is what the
+ * op's dpred must contain (times λ); with frozen = pred it is the value of L_con.
  */
-function lossReference(pred: Float64Array, target: Float64Array, perm: Float64Array, B: number, K: number, V: number, N: number, P: number, l1: boolean) {
+function lossReference(pred: Float64Array, target: Float64Array, perm: Float64Array, geo: { B: number; K: number; V: number; N: number; P: number },
+  l1: boolean, frozen: Float64Array = pred) {
+  const { B, K, V, N, P } = geo;
   let rec = 0, recCount = 0, con = 0, pairs = 0;
+  const row = (b: number, k: number, n: number) => ((b * K + k) * (1 + N) + 1 + n) * P;
   for (let b = 0; b < B; b++) {
-    const row = [...perm.slice(b * N, (b + 1) * N)];
+    const position = new Map<number, number>();  // patch → its index in perm row b
+    for (let i = 0; i < N; i++) position.set(perm[b * N + i], i);
     for (let n = 0; n < N; n++) {
-      const pos = row.indexOf(n);
-      const masked = Array.from({ length: K }, (_, k) => k).filter((k) => !(pos >= k * V && pos < (k + 1) * V));
-      const y = (k: number, q: number) => pred[((b * K + k) * (1 + N) + 1 + n) * P + q];
+      const visibleIn = Math.floor(position.get(n)! / V);  // the part that sees n (≥ K: none of the used ones)
+      const masked = Array.from({ length: K }, (_, k) => k).filter((k) => k !== visibleIn);
       for (const k of masked) {
         let s = 0;
-        for (let q = 0; q < P; q++) s += (y(k, q) - target[(b * N + n) * P + q]) ** 2;
+        for (let q = 0; q < P; q++) s += (pred[row(b, k, n) + q] - target[(b * N + n) * P + q]) ** 2;
         rec += s / P;
         recCount++;
       }
@@ -312,7 +289,10 @@ function lossReference(pred: Float64Array, target: Float64Array, perm: Float64Ar
         for (const j of masked) {
           if (i === j) continue;
           let s = 0;
-          for (let q = 0; q < P; q++) s += l1 ? Math.abs(y(i, q) - y(j, q)) : (y(i, q) - y(j, q)) ** 2;
+          for (let q = 0; q < P; q++) {
+            const diff = pred[row(b, i, n) + q] - frozen[row(b, j, n) + q];
+            s += l1 ? Math.abs(diff) : diff * diff;
+          }
           con += s / P;
           pairs++;
         }
@@ -324,18 +304,19 @@ function lossReference(pred: Float64Array, target: Float64Array, perm: Float64Ar
 for (const K of [1, 2, 3, 4])
   for (const l1 of [false, true])
     for (const normPix of [0, 1]) {
-      test(`loss K=${K} of 4, ${l1 ? 'l1' : 'mse'}, normPix ${normPix}: known answer; dpred vs FD (λ = 0 and λ > 0)`, (t) => {
+      test(`loss K=${K} of 4, ${l1 ? 'l1' : 'mse'}, normPix ${normPix}: vs JS reference; dpred vs FD (λ = 0 and λ > 0)`, (t) => {
         const B = 2, p = 2, C = 3, img = 8, N = 16, V = 4, P = p * p * C, S = B * K;
         const g = { batch: B, parts: K, visible: V, patch: p, channels: C, image: img };
+        const geo = { B, K, V, N, P };
         const perm = permutations(B, N);
         const target = op('patchify_target', { images: randn(B * C * img * img) }, { ...g, normPix }).target;
         const pred = randn(S * (1 + N) * P);
         const run = (lambda: number) => op('loss', { pred, target, perm }, { ...g, lambda, l1: l1 ? 1 : 0 });
-        const ref = lossReference(pred, target, perm, B, K, V, N, P, l1);
-        // pick coordinates in the patch rows (cls rows included via a few fixed ones)
-        const at = [...coords(pred.length, 36), 0, P - 1, (1 + N) * P, pred.length - 1];
+        const ref = lossReference(pred, target, perm, geo, l1);
+        // random coordinates plus a few fixed ones in the cls rows (whose gradient must be 0)
+        const at = [...coords(pred.length, 36), 0, P - 1, (1 + N) * P, (K * B - 1) * (1 + N) * P, pred.length - 1];
 
-        // (c) known answer
+        // known answer: losses against the JS reference
         const lambda = 0.7;
         const r = run(lambda);
         t.true(close(r.recon[0], ref.recon, 1e-13), `recon ${r.recon[0]} vs ${ref.recon}`);
@@ -349,22 +330,68 @@ for (const K of [1, 2, 3, 4])
         const r0 = run(0);
         t.true(close(r0.consistency[0], ref.consistency, 1e-13));
         t.true(close(r0.loss[0], ref.recon, 1e-13));
-        gradcheck(t, 'λ=0: dpred vs FD of recon', () => run(0).recon[0], pred, r0.dpred, at);
+        const fdRecon = fd(() => run(0).recon[0], pred, at);
+        compareGradient(t, 'λ=0: dpred vs FD of the op\'s recon', fdRecon, r0.dpred, at);
 
-        // (b) λ > 0: S holds (i, j) and (j, i) and only the first member is differentiated, so dpred is
-        // the true gradient of recon + (λ/2)·consistency
-        gradcheck(t, 'λ>0: dpred vs FD of recon + λ/2·consistency', () => {
+        // (b) λ > 0: dpred = ∂L_rec + λ·∂L_con|sg, the second member of each pair held constant:
+        // FD of the JS first-member-only objective with a frozen copy of pred as the second members
+        const frozen = Float64Array.from(pred);
+        const fdConSg = fd(() => lossReference(pred, target, perm, geo, l1, frozen).consistency, pred, at);
+        compareGradient(t, 'λ>0: dpred vs FD(recon) + λ·FD(first-member-only L_con, JS)',
+          fdRecon.map((v, k) => v + lambda * fdConSg[k]), r.dpred, at);
+        // cross-check: every unordered pair appears as (i, j) and (j, i) and d is symmetric, so the
+        // sg gradient is half the full one, i.e. dpred is also the true gradient of recon + (λ/2)·L_con
+        gradcheck(t, 'λ>0: dpred vs FD of the op\'s recon + λ/2·consistency', () => {
           const v = run(lambda);
           return v.recon[0] + (lambda / 2) * v.consistency[0];
         }, pred, r.dpred, at);
-        if (K >= 3 && !l1) {
+        if (K >= 2) {
           // and (discriminating the above) not the gradient of the full loss
-          let worst = 0;
-          for (const i of at) worst = Math.max(worst, Math.abs(fd(() => run(lambda).loss[0], pred, i) - r.dpred[i]));
-          t.true(worst > 1e-4, 'the stop-gradient makes dpred differ from ∂loss');
+          const fdLoss = fd(() => run(lambda).loss[0], pred, at);
+          const worst = Math.max(...at.map((i, k) => Math.abs(fdLoss[k] - r.dpred[i])));
+          t.true(worst > 1e-4, `the stop-gradient makes dpred differ from ∂loss (max diff ${worst.toExponential(2)})`);
         }
       });
     }
+
+test('loss: hand-checked values and dpred (B=1, K=2 of 4, 2×2 patches, one channel; mse and l1, sign(0) = 0)', (t) => {
+  // image 4×4, p = 2 → N = 4, P = 4, V = 1. perm [2, 0, 3, 1]: part 0 sees patch 2, part 1 patch 0;
+  // masked in part 0: {0, 1, 3}, in part 1: {1, 2, 3}, in both: {1, 3} → |S| = 2 patches × 2 ordered pairs.
+  const g = { batch: 1, parts: 2, visible: 1, patch: 2, channels: 1, image: 4 };
+  const N = 4, P = 4, perm = Float64Array.of(2, 0, 3, 1), target = new Float64Array(N * P).fill(0.5);
+  const rowOf = (k: number, n: number) => (k * (1 + N) + 1 + n) * P;
+  const make = (c0: number, c1: number) => {
+    // masked rows hold c_k; cls and visible rows hold junk the loss must ignore
+    const pred = new Float64Array(2 * (1 + N) * P);
+    for (let k = 0; k < 2; k++) {
+      pred.fill(k ? -100 : 100, k * (1 + N) * P, (k * (1 + N) + 1) * P);
+      for (let n = 0; n < N; n++) pred.fill(n === (k ? 0 : 2) ? 50 : k ? c1 : c0, rowOf(k, n), rowOf(k, n) + P);
+    }
+    return pred;
+  };
+  const lambda = 0.5;
+  const check = (label: string, c0: number, c1: number, l1: boolean, expect: { recon: number; consistency: number; rows: number[][] }) => {
+    const r = op('loss', { pred: make(c0, c1), target, perm }, { ...g, lambda, l1: l1 ? 1 : 0 });
+    t.true(close(r.recon[0], expect.recon, 1e-15), `${label}: recon ${r.recon[0]}, expected ${expect.recon}`);
+    t.true(close(r.consistency[0], expect.consistency, 1e-15), `${label}: consistency ${r.consistency[0]}, expected ${expect.consistency}`);
+    t.true(close(r.loss[0], expect.recon + lambda * expect.consistency, 1e-15), `${label}: loss ${r.loss[0]}`);
+    // expect.rows[k][n] = dpred on every element of (part k, patch n); cls rows 0
+    for (let k = 0; k < 2; k++) {
+      for (let q = 0; q < P; q++) t.is(r.dpred[k * (1 + N) * P + q], 0, `${label}: cls row of part ${k}`);
+      for (let n = 0; n < N; n++)
+        for (let q = 0; q < P; q++)
+          t.true(Math.abs(r.dpred[rowOf(k, n) + q] - expect.rows[k][n]) < 1e-16,
+            `${label}: dpred[part ${k}, patch ${n}, ${q}] = ${r.dpred[rowOf(k, n) + q]}, expected ${expect.rows[k][n]}`);
+    }
+  };
+  // c0 = 1, c1 = 3, t = 0.5: L_rec = (3·0.25 + 3·6.25) / 6 = 3.25; L_con mse = (1 − 3)² = 4, l1 = 2.
+  // ∂L_rec/∂ŷ = 2(ŷ − t) / (P·6): 1/24 (part 0), 5/24 (part 1);
+  // λ·∂L_con|sg: mse λ·2(c_i − c_j)/(P·|S|) = ∓0.125, l1 λ·sign(c_i − c_j)/(P·|S|) = ∓1/32, on patches 1 and 3 only.
+  check('mse', 1, 3, false, { recon: 3.25, consistency: 4, rows: [[1 / 24, 1 / 24 - 0.125, 0, 1 / 24 - 0.125], [0, 5 / 24 + 0.125, 5 / 24, 5 / 24 + 0.125]] });
+  check('l1', 1, 3, true, { recon: 3.25, consistency: 2, rows: [[1 / 24, 1 / 24 - 1 / 32, 0, 1 / 24 - 1 / 32], [0, 5 / 24 + 1 / 32, 5 / 24, 5 / 24 + 1 / 32]] });
+  // equal predictions: |0| has gradient sign(0) = 0 (torch.abs), so only the recon part remains
+  check('l1, equal parts', 1, 1, true, { recon: 0.25, consistency: 0, rows: [[1 / 24, 1 / 24, 0, 1 / 24], [0, 1 / 24, 1 / 24, 1 / 24]] });
+});
 
 // ---- AdamW --------------------------------------------------------------------------------------
 

@@ -249,7 +249,10 @@ export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<
     created = false;
   } catch (err) {
     if (created) await unlink(tmp).catch(() => undefined);
-    throw err;
+    // name the file the caller asked for, not our temporary one; keep code/errno for callers
+    const e = err as NodeJS.ErrnoException;
+    const why = e.code === 'ENOENT' ? `the folder ${path.dirname(file)} does not exist` : e.message;
+    throw Object.assign(new Error(`cannot write ${file}: ${why}`), { code: e.code, errno: e.errno, cause: err });
   }
   await syncDirectory(path.dirname(file));
 }

@@ -230,7 +230,8 @@ test('writeFileAtomic writes the bytes and leaves no temporary file', async (t) 
 test('writeFileAtomic into a missing directory throws and creates nothing', async (t) => {
   const dir = await tempDir(t);
   const file = path.join(dir, 'no-such-dir', 'model.safetensors');
-  await t.throwsAsync(writeFileAtomic(file, new Uint8Array([1, 2, 3])), { code: 'ENOENT' });
+  const err = await t.throwsAsync(writeFileAtomic(file, new Uint8Array([1, 2, 3])), { code: 'ENOENT' });
+  t.true(err!.message.startsWith(`cannot write ${file}: the folder`), 'names the requested file, not the temporary one');
   t.deepEqual(await readdir(dir), []);
 });
 

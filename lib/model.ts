@@ -10,9 +10,9 @@ import { readFile } from 'node:fs/promises';
 import { resolveConfig, type EMAEConfig, type ResolvedConfig } from './config.js';
 import {
   DISPOSED_MESSAGE, assertFiniteNumber, assertKnownKeys, assertNonNegativeInteger, assertObject,
-  assertPositiveInteger, assertString, describeValue, invalidTypeError, isFloat32Array, isObject, withCallerStack,
+  assertPositiveInteger, assertString, describeValue, invalidRangeError, invalidTypeError, isFloat32Array, isObject, withCallerStack,
 } from './errors.js';
-import { validatePermutation } from './masker.js';
+import { ParallelMasker, validatePermutation } from './masker.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
 import { readSafetensors, writeFileAtomic, writeSafetensors, type SafetensorsData } from './safetensors.js';
 
@@ -311,6 +311,100 @@ export class EMAE {
     const r = await this.#enqueue(context, () => this.#handle.trainStep(nativeBatch, optim));
     return { loss: r.loss, recon: r.recon, consistency: r.consistency, gradNorm: r.gradNorm, step: r.step };
   }
+  /**
+   * Encoder features of whole, unmasked images (batched, asynchronous): `pool: 'cls'` (default)
+   * takes the cls token, `'mean'` averages the patch tokens — after the encoder's final norm.
+   * @returns Float32Array [batchSize, embedDim]
+   */
+  async encode(images: Float32Array, options: { batchSize?: number; pool?: 'cls' | 'mean' } = {}): Promise<Float32Array> {
+    const context = new Error();
+    this.#assertAlive();
+    assertObject('options', options, 'object');
+    assertKnownKeys('encode option', options, ['batchSize', 'pool']);
+    const c = this.#config, per = c.channels * c.imageSize * c.imageSize;
+    if (!isFloat32Array(images)) throw invalidTypeError('images', 'Float32Array [batchSize, channels, imageSize, imageSize]', images);
+    const batchSize = options.batchSize ?? images.length / per;
+    assertPositiveInteger('batchSize', batchSize);
+    if (images.length !== batchSize * per)
+      throw new RangeError(`Expected images of length batchSize·${per} = ${batchSize * per} but received length ${images.length}`);
+    const pool = options.pool ?? 'cls';
+    if (pool !== 'cls' && pool !== 'mean') throw invalidRangeError('pool', "'cls' or 'mean'", pool);
+    const input = { images: this.#pending > 0 ? images.slice() : images, batchSize };
+    const tokens = await this.#enqueue(context, () => this.#handle.encode(input));
+    const T = 1 + c.numPatches, D = c.embedDim;
+    const out = new Float32Array(batchSize * D);
+    for (let b = 0; b < batchSize; b++) {
+      const row = out.subarray(b * D, (b + 1) * D);
+      if (pool === 'cls') {
+        row.set(tokens.subarray(b * T * D, b * T * D + D));
+      } else {
+        for (let t = 1; t < T; t++) for (let d = 0; d < D; d++) row[d] += tokens[(b * T + t) * D + d];
+        for (let d = 0; d < D; d++) row[d] /= T - 1;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Forward only: each part's predictions turned back into images. Predicted patches are
+   * un-normalized with each patch's own mean and variance when normPixLoss is on; the visible
+   * patches of a part are pasted in from the input. `assembled` puts in every patch the mean of
+   * the predictions of the parts that mask it (the input where no part masks it).
+   * @returns parts [B, K, C, H, W], assembled [B, C, H, W], visible [B, K, N] (1 = visible in part k), losses
+   */
+  async reconstruct(images: Float32Array, options: { permutation?: Int32Array; seed?: number; batchSize?: number } = {}):
+    Promise<Losses & { parts: Float32Array; assembled: Float32Array; visible: Uint8Array }> {
+    const context = new Error();
+    this.#assertAlive();
+    assertObject('options', options, 'object');
+    assertKnownKeys('reconstruct option', options, ['permutation', 'seed', 'batchSize']);
+    const c = this.#config, per = c.channels * c.imageSize * c.imageSize;
+    if (!isFloat32Array(images)) throw invalidTypeError('images', 'Float32Array [batchSize, channels, imageSize, imageSize]', images);
+    const B = options.batchSize ?? images.length / per;
+    assertPositiveInteger('batchSize', B);
+    const permutation = options.permutation ??
+      new ParallelMasker({ numPatches: c.numPatches, partsTotal: c.partsTotal, parts: c.parts, seed: options.seed ?? 0 }).next(B);
+    const nativeBatch = this.#checkBatch({ images, permutation, batchSize: B }, this.#config.consistencyWeight);
+    const r = await this.#enqueue(context, () => this.#handle.predict(nativeBatch));
+    const K = c.parts, N = c.numPatches, V = c.visiblePerPart, P = c.patchDim, p = c.patchSize, C = c.channels, S = c.imageSize;
+    const grid = S / p;
+    const parts = new Float32Array(B * K * per), assembled = new Float32Array(B * per), counts = new Float32Array(B * N);
+    const visible = new Uint8Array(B * K * N);
+    for (let b = 0; b < B; b++)
+      for (let k = 0; k < K; k++)
+        for (let v = 0; v < V; v++) visible[(b * K + k) * N + permutation[b * N + k * V + v]] = 1;
+    for (let b = 0; b < B; b++)
+      for (let n = 0; n < N; n++) {
+        const gy = Math.floor(n / grid), gx = n % grid;
+        const at = (q: number) => {  // pixel index in an image for element q = (i·p + j)·C + ch of patch n
+          const ch = q % C, j = Math.floor(q / C) % p, i = Math.floor(q / (C * p));
+          return (ch * S + gy * p + i) * S + gx * p + j;
+        };
+        // this patch's statistics in the input, for un-normalizing (unbiased variance, as the target)
+        let mean = 0, ss = 0;
+        for (let q = 0; q < P; q++) mean += images[b * per + at(q)];
+        mean /= P;
+        for (let q = 0; q < P; q++) ss += (images[b * per + at(q)] - mean) ** 2;
+        const scale = Math.sqrt(ss / (P - 1) + 1e-6);
+        for (let k = 0; k < K; k++) {
+          const dst = parts.subarray((b * K + k) * per, (b * K + k + 1) * per);
+          const isVisible = visible[(b * K + k) * N + n] === 1;
+          for (let q = 0; q < P; q++) {
+            const y = r.pred[((b * K + k) * (1 + N) + 1 + n) * P + q];
+            const value = isVisible ? images[b * per + at(q)] : c.normPixLoss ? y * scale + mean : y;
+            dst[at(q)] = value;
+            if (!isVisible) assembled[b * per + at(q)] += value;
+          }
+          if (!isVisible) counts[b * N + n] += 1;
+        }
+        for (let q = 0; q < P; q++) {
+          const i = b * per + at(q);
+          assembled[i] = counts[b * N + n] > 0 ? assembled[i] / counts[b * N + n] : images[i];
+        }
+      }
+    return { loss: r.loss, recon: r.recon, consistency: r.consistency, parts, assembled, visible };
+  }
+
   /**
    * Gradient accumulation, step 1: forward and backward of one micro-batch, adding its gradients
    * to those already accumulated (`reset: true` starts afresh). Returns the micro-batch's losses.

@@ -95,6 +95,10 @@ export interface NativeModel {
   accumulateGrads(batch: NativeBatch, options: { reset: boolean }): Promise<NativeLosses>;
   /** Scales the accumulated gradients by gradScale, clips, AdamW. */
   applyGrads(optim: NativeOptimOptions & { gradScale: number }): Promise<{ gradNorm: number; step: number }>;
+  /** Forward only: predictions (B·K, 1+N, P) (row 0 of each part is the cls row) and the losses. */
+  predict(batch: NativeBatch): Promise<NativeLosses & { pred: Float32Array }>;
+  /** Encoder on the whole, unmasked images: features (B, 1+N, D) after the final norm. */
+  encode(input: { images: Float32Array; batchSize: number }): Promise<Float32Array>;
   /** Frees native memory; every later call throws. */
   dispose(): void;
   readonly disposed: boolean;

@@ -143,7 +143,7 @@ void read_tensors(const Napi::Value& v, const ParamLayout& layout, std::vector<f
 
 // What a StepWorker runs: forward+backward returning gradients, a full training step, a
 // micro-batch of gradient accumulation (losses only), or the optimizer on accumulated gradients.
-enum class StepMode { LossAndGrads, Train, Accumulate, Apply };
+enum class StepMode { LossAndGrads, Train, Accumulate, Apply, Predict, Encode };
 
 class StepWorker : public Napi::AsyncWorker {
  public:
@@ -183,6 +183,18 @@ class StepWorker : public Napi::AsyncWorker {
         case StepMode::Apply:
           result_ = m.apply_gradients(opt_, grad_scale_);
           break;
+        case StepMode::Predict: {
+          const ModelConfig& c = m.config();
+          output_.resize((size_t)batch_.batch * c.parts * (1 + c.num_patches()) * c.patch_dim());
+          result_.losses = m.predict(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, output_.data());
+          break;
+        }
+        case StepMode::Encode: {
+          const ModelConfig& c = m.config();
+          output_.resize((size_t)batch_.batch * (1 + c.num_patches()) * c.embed_dim);
+          m.encode(batch_.images.data(), batch_.batch, output_.data());
+          break;
+        }
       }
     } catch (const NonFiniteLoss& e) {
       fail(ErrorKind::Error, e.what(), "EMAE_NONFINITE_LOSS");
@@ -202,7 +214,18 @@ class StepWorker : public Napi::AsyncWorker {
       deferred_.Reject(make_error(env, kind_, std::string(op_) + ": " + message_, code_).Value());
       return;
     }
+    if (mode_ == StepMode::Encode) {
+      auto features = Napi::Float32Array::New(env, output_.size());
+      std::copy(output_.begin(), output_.end(), features.Data());
+      deferred_.Resolve(features);
+      return;
+    }
     Napi::Object out = mode_ == StepMode::Apply ? Napi::Object::New(env) : losses_object(env, result_.losses);
+    if (mode_ == StepMode::Predict) {
+      auto pred = Napi::Float32Array::New(env, output_.size());
+      std::copy(output_.begin(), output_.end(), pred.Data());
+      out.Set("pred", pred);
+    }
     if (mode_ == StepMode::Train || mode_ == StepMode::Apply) {
       out.Set("gradNorm", result_.grad_norm);
       out.Set("step", (double)result_.step);
@@ -236,6 +259,7 @@ class StepWorker : public Napi::AsyncWorker {
   float grad_scale_;
   StepResult result_;
   std::vector<float> grads_;
+  std::vector<float> output_;  // predictions or features
   bool failed_ = false;
   ErrorKind kind_ = ErrorKind::Error;
   std::string message_;
@@ -320,6 +344,8 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::LossAndGrads>("lossAndGrads"),
                          InstanceMethod<&ModelWrap::TrainStep>("trainStep"),
                          InstanceMethod<&ModelWrap::AccumulateGrads>("accumulateGrads"),
+                         InstanceMethod<&ModelWrap::Predict>("predict"),
+                         InstanceMethod<&ModelWrap::Encode>("encode"),
                          InstanceMethod<&ModelWrap::ApplyGrads>("applyGrads"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                          InstanceAccessor<&ModelWrap::Disposed>("disposed"),
@@ -421,6 +447,32 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   OptimOptions opt = parse_optim(get_object(info[1], "optimizer options"));
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Train, opt,
                                 "trainStep");
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "predict");
+  Batch batch = parse_batch(info[0], model_->config());
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Predict, {}, "predict");
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value ModelWrap::Encode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "encode");
+  Napi::Object o = get_object(info[0], "encode input");
+  const ModelConfig& c = model_->config();
+  Batch batch;
+  batch.batch = get_int(o, "batchSize", 1);
+  auto images = get_typed_array<float>(o.Get("images"), "images",
+                                       (int64_t)batch.batch * c.channels * c.image_size * c.image_size);
+  batch.images.assign(images.Data(), images.Data() + images.ElementLength());
+  auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Encode, {}, "encode");
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;

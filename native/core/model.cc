@@ -96,7 +96,8 @@ void block_backward(Backend& be, const float* params, float* grads, const BlockO
 struct Model::Arena {
   Backend* backend = nullptr;
   void* memory = nullptr;
-  int batch = 0;
+  int batch = 0, parts = 0, visible = 0;
+  bool decoder = true;  // false: an encoder-only plan (Model::encode)
   StackDims enc{}, dec{};
   float* images = nullptr;      // (B, C, H, W)
   int32_t* perm = nullptr;      // (B, N)
@@ -146,6 +147,7 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
 
 Model::~Model() {
   arena_.reset();
+  encode_arena_.reset();
   for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
     if (p) backend_->release(p);
 }
@@ -166,11 +168,11 @@ void Model::set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, i
   step_ = step;
 }
 
-PartGeometry Model::geometry() const {
+PartGeometry Model::geometry(const Arena& a) const {
   PartGeometry g;
-  g.batch = arena_->batch;
-  g.parts = config_.parts;
-  g.visible = config_.visible();
+  g.batch = a.batch;
+  g.parts = a.parts;
+  g.visible = a.visible;
   g.num_patches = config_.num_patches();
   g.grid = config_.grid();
   g.patch = config_.patch_size;
@@ -182,12 +184,21 @@ PartGeometry Model::geometry() const {
 void Model::plan(int batch) {
   if (arena_ && arena_->batch == batch) return;
   arena_.reset();  // free the old plan before asking for the new one
+  arena_ = make_arena(batch, config_.parts, config_.visible(), true);
+}
+
+// Activations for `batch` images in `parts` sequences of `visible` patches each; with `decoder`
+// also the decoder, the losses and the backward scratch.
+std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visible, bool decoder) {
   const ModelConfig& c = config_;
-  const int K = c.parts, V = c.visible(), N = c.num_patches(), P = c.patch_dim();
+  const int K = parts, V = visible, N = c.num_patches(), P = c.patch_dim();
   const int S = batch * K;
   auto a = std::make_unique<Arena>();
   a->backend = backend_.get();
   a->batch = batch;
+  a->parts = parts;
+  a->visible = visible;
+  a->decoder = decoder;
   a->enc = {S, 1 + V, c.embed_dim, c.mlp_hidden, c.num_heads};
   a->dec = {S, 1 + N, c.decoder_embed_dim, c.decoder_mlp_hidden, c.decoder_num_heads};
   const int R = a->enc.rows(), Rd = a->dec.rows(), D = c.embed_dim, Dd = c.decoder_embed_dim;
@@ -222,22 +233,24 @@ void Model::plan(int batch) {
   a->latent = pl.take<float>((size_t)R * D);
   a->latent_mean = pl.take<float>(R);
   a->latent_rstd = pl.take<float>(R);
-  a->y = pl.take<float>((size_t)R * Dd);
-  a->z0 = pl.take<float>((size_t)Rd * Dd);
-  plan_stack(a->dec, c.decoder_depth, a->dec_blocks);
-  a->dnorm = pl.take<float>((size_t)Rd * Dd);
-  a->dnorm_mean = pl.take<float>(Rd);
-  a->dnorm_rstd = pl.take<float>(Rd);
-  a->pred = pl.take<float>((size_t)Rd * P);
-  a->target = pl.take<float>((size_t)batch * N * P);
-  a->dpred = pl.take<float>((size_t)Rd * P);
-  const size_t res = std::max((size_t)R * D, (size_t)Rd * Dd);
-  a->dres = pl.take<float>(res);
-  a->narrow = pl.take<float>(res);
-  a->wide = pl.take<float>(std::max((size_t)R * std::max(3 * D, c.mlp_hidden),
-                                    (size_t)Rd * std::max(3 * Dd, c.decoder_mlp_hidden)));
-  a->dy = pl.take<float>((size_t)R * Dd);
-  a->demb = pl.take<float>((size_t)S * V * D);
+  if (decoder) {
+    a->y = pl.take<float>((size_t)R * Dd);
+    a->z0 = pl.take<float>((size_t)Rd * Dd);
+    plan_stack(a->dec, c.decoder_depth, a->dec_blocks);
+    a->dnorm = pl.take<float>((size_t)Rd * Dd);
+    a->dnorm_mean = pl.take<float>(Rd);
+    a->dnorm_rstd = pl.take<float>(Rd);
+    a->pred = pl.take<float>((size_t)Rd * P);
+    a->target = pl.take<float>((size_t)batch * N * P);
+    a->dpred = pl.take<float>((size_t)Rd * P);
+    const size_t res = std::max((size_t)R * D, (size_t)Rd * Dd);
+    a->dres = pl.take<float>(res);
+    a->narrow = pl.take<float>(res);
+    a->wide = pl.take<float>(std::max((size_t)R * std::max(3 * D, c.mlp_hidden),
+                                      (size_t)Rd * std::max(3 * Dd, c.decoder_mlp_hidden)));
+    a->dy = pl.take<float>((size_t)R * Dd);
+    a->demb = pl.take<float>((size_t)S * V * D);
+  }
 
   a->memory = backend_->allocate(pl.bytes());
   char* base = static_cast<char*>(a->memory);
@@ -248,22 +261,23 @@ void Model::plan(int batch) {
       fix(b.ln1); fix(b.ln1_mean); fix(b.ln1_rstd); fix(b.qkv); fix(b.att); fix(b.lse); fix(b.x_mid);
       fix(b.ln2); fix(b.ln2_mean); fix(b.ln2_rstd); fix(b.fc1); fix(b.act); fix(b.x_out);
     }
-  fix(a->latent); fix(a->latent_mean); fix(a->latent_rstd); fix(a->y); fix(a->z0);
-  fix(a->dnorm); fix(a->dnorm_mean); fix(a->dnorm_rstd); fix(a->pred); fix(a->target);
-  fix(a->dpred); fix(a->dres); fix(a->narrow); fix(a->wide); fix(a->dy); fix(a->demb);
+  fix(a->latent); fix(a->latent_mean); fix(a->latent_rstd);
+  if (decoder) {
+    fix(a->y); fix(a->z0); fix(a->dnorm); fix(a->dnorm_mean); fix(a->dnorm_rstd); fix(a->pred); fix(a->target);
+    fix(a->dpred); fix(a->dres); fix(a->narrow); fix(a->wide); fix(a->dy); fix(a->demb);
+  }
   // chain the residual stream: each block reads the previous block's output
   for (size_t l = 0; l < a->blocks.size(); ++l) a->blocks[l].x_in = l == 0 ? a->x0 : a->blocks[l - 1].x_out;
   for (size_t l = 0; l < a->dec_blocks.size(); ++l)
     a->dec_blocks[l].x_in = l == 0 ? a->z0 : a->dec_blocks[l - 1].x_out;
-  arena_ = std::move(a);
+  return a;
 }
 
-void Model::forward() {
+void Model::forward_encoder(Arena& a) {
   Backend& be = *backend_;
-  Arena& a = *arena_;
   const ParamLayout& L = layout_;
-  const PartGeometry g = geometry();
-  const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
+  const PartGeometry g = geometry(a);
+  const int D = config_.embed_dim;
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
   const float eps = config_.layer_norm_eps;
   const float* w = params_;
@@ -275,6 +289,17 @@ void Model::forward() {
   for (size_t l = 0; l < a.blocks.size(); ++l) block_forward(be, w, L.blocks[l], a.blocks[l], a.enc, eps);
   const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
   be.layernorm_forward(a.latent, a.latent_mean, a.latent_rstd, x_last, w + L.norm_w, w + L.norm_b, a.enc.rows(), D, eps);
+}
+
+void Model::forward() {
+  Backend& be = *backend_;
+  Arena& a = *arena_;
+  const ParamLayout& L = layout_;
+  const PartGeometry g = geometry(a);
+  const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
+  const float eps = config_.layer_norm_eps;
+  const float* w = params_;
+  forward_encoder(a);
 
   // decoder over all patches of every part
   be.matmul_forward(a.y, a.latent, w + L.dec_embed_w, w + L.dec_embed_b, nullptr, a.enc.rows(), D, Dd);
@@ -293,7 +318,7 @@ void Model::backward(bool accumulate) {
   Backend& be = *backend_;
   Arena& a = *arena_;
   const ParamLayout& L = layout_;
-  const PartGeometry g = geometry();
+  const PartGeometry g = geometry(a);
   const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
   const float* w = params_;
@@ -335,6 +360,35 @@ LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int b
   forward();
   backward(accumulate);
   return last_losses_;
+}
+
+LossValues Model::predict(const float* images, const int32_t* perm, int batch, float lambda, float* pred) {
+  if (batch < 1) throw RangeError("batchSize must be at least 1");
+  plan(batch);
+  const ModelConfig& c = config_;
+  backend_->upload(arena_->images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload(arena_->perm, perm, (size_t)batch * c.num_patches() * sizeof(int32_t));
+  lambda_ = lambda;
+  forward();
+  backend_->download(pred, arena_->pred, (size_t)arena_->dec.rows() * c.patch_dim() * sizeof(float));
+  return last_losses_;
+}
+
+void Model::encode(const float* images, int batch, float* features) {
+  if (batch < 1) throw RangeError("batchSize must be at least 1");
+  const ModelConfig& c = config_;
+  const int N = c.num_patches();
+  if (!encode_arena_ || encode_arena_->batch != batch) {
+    encode_arena_.reset();
+    encode_arena_ = make_arena(batch, 1, N, false);  // one part that sees every patch, in order
+  }
+  Arena& a = *encode_arena_;
+  std::vector<int32_t> identity((size_t)batch * N);
+  for (size_t i = 0; i < identity.size(); ++i) identity[i] = (int32_t)(i % N);
+  backend_->upload(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload(a.perm, identity.data(), identity.size() * sizeof(int32_t));
+  forward_encoder(a);
+  backend_->download(features, a.latent, (size_t)a.enc.rows() * c.embed_dim * sizeof(float));
 }
 
 StepResult Model::train_step(const float* images, const int32_t* perm, int batch, float lambda,

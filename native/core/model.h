@@ -53,6 +53,10 @@ class Model {
   // gradients stay in backend memory (get_grads copies them out). With accumulate the new
   // gradients are added to the ones already there (gradient accumulation over micro-batches).
   LossValues loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate = false);
+  // Forward only (the losses are computed too): predictions (B·K, 1+N, P) into `pred` (host).
+  LossValues predict(const float* images, const int32_t* perm, int batch, float lambda, float* pred);
+  // Encoder on the whole, unmasked image: features (B, 1+N, D) after the final norm (cls first).
+  void encode(const float* images, int batch, float* features);
   // Gradients ready → scale by grad_scale (e.g. 1/micro-batches), global norm, optional clipping,
   // AdamW. The point where a data-parallel all-reduce will go.
   StepResult apply_gradients(const OptimOptions& opt, float grad_scale = 1.f);
@@ -62,9 +66,11 @@ class Model {
  private:
   struct Arena;  // activations and scratch for one batch size
   void plan(int batch);
+  std::unique_ptr<Arena> make_arena(int batch, int parts, int visible, bool decoder);
+  void forward_encoder(Arena& a);
   void forward();
   void backward(bool accumulate);
-  PartGeometry geometry() const;
+  PartGeometry geometry(const Arena& a) const;
 
   ModelConfig config_;
   ParamLayout layout_;
@@ -75,7 +81,8 @@ class Model {
   float* exp_avg_sq_ = nullptr;
   std::vector<ParamSegment> trainable_;
   int64_t step_ = 0;
-  std::unique_ptr<Arena> arena_;
+  std::unique_ptr<Arena> arena_;         // training and predict
+  std::unique_ptr<Arena> encode_arena_;  // encode: encoder only, every patch visible
   float lambda_ = 1.f;
   LossValues last_losses_;
 };

@@ -38,3 +38,5 @@ export type { LabelledImageSet, Normalization } from './data.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
 export { lrAt, scaledLr } from './schedule.js';
 export type { LrSchedule } from './schedule.js';
+export { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
+export type { Features, ProbeOptions } from './evaluate.js';

@@ -56,3 +56,40 @@ for (const normPixLoss of [true, false]) {
     await model.dispose();
   });
 }
+
+// two Gaussian-ish clusters per class in 8-D, linearly separable by construction
+function separable(count: number, seed: number, shuffle = false) {
+  let s = seed;
+  const rand = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const dim = 8, x = new Float32Array(count * dim), labels = new Int32Array(count);
+  for (let i = 0; i < count; i++) {
+    const c = i % 3;
+    labels[i] = c;
+    for (let d = 0; d < dim; d++) x[i * dim + d] = (d === c ? 4 : 0) + (rand() - 0.5);
+  }
+  if (shuffle) for (let i = count - 1; i > 0; i--) { const j = Math.floor(rand() * (i + 1)); [labels[i], labels[j]] = [labels[j], labels[i]]; }
+  return { x, labels, dim };
+}
+
+test('linear probe and kNN: near-perfect on a separable set, chance on shuffled labels', async (t) => {
+  const { knnAccuracy, linearProbe } = await import('../lib/index.js');
+  const train = separable(300, 1), test_ = separable(150, 2);
+  t.true(linearProbe(train, test_, { epochs: 20 }) > 0.97);
+  t.true(knnAccuracy(train, test_) > 0.97);
+  const shuffled = separable(300, 1, true), shuffledTest = separable(300, 3, true);
+  const probe = linearProbe(shuffled, shuffledTest, { epochs: 20 }), knn = knnAccuracy(shuffled, shuffledTest);
+  t.log(`shuffled labels: probe ${probe.toFixed(3)}, kNN ${knn.toFixed(3)} (chance 0.333)`);
+  t.true(Math.abs(probe - 1 / 3) < 0.12 && Math.abs(knn - 1 / 3) < 0.12);
+  t.throws(() => linearProbe({ x: new Float32Array(5), labels: [0], dim: 2 }, test_), { instanceOf: RangeError, message: /dim/ });
+});
+
+test('the consistency measure is zero for a model whose predictions do not depend on the mask', async (t) => {
+  const { consistencyMeasure } = await import('../lib/index.js');
+  const model = await EMAE.create(config);
+  const before = await consistencyMeasure(model, images, { draws: 3, seed: 1 });
+  t.true(before > 0, 'a random model does depend on the mask');
+  const state = await model.stateDict();
+  await model.loadStateDict({ ...state, 'decoder_pred.weight': new Float32Array(state['decoder_pred.weight'].length) });
+  t.is(await consistencyMeasure(model, images, { draws: 3, seed: 1 }), 0);
+  await model.dispose();
+});

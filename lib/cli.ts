@@ -2,7 +2,12 @@
 // The emae command line (commander):
 //   emae info                      version, backends built, CUDA devices, CPU threads
 //   emae pretrain [options]        EMAE pretraining on synthetic, IDX or CIFAR-10 data
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import sharp from 'sharp';
+import { CHECKPOINT_FORMAT, loadCheckpoint } from './checkpoint.js';
+import { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
+import { readSafetensors } from './safetensors.js';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
@@ -96,26 +101,7 @@ program
   .option('--resume [file]', 'resume from a checkpoint (default: the newest in --out)')
   .option('--no-progress', 'no progress bar (one line every 10 steps instead)')
   .action(async (o) => {
-    const fromFile: EMAEConfig = o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : {};
-    const base: EMAEConfig = { ...(o.preset ? { preset: o.preset } : {}), ...fromFile };
-    const channels = (fromFile.channels as number | undefined) ?? (o.data.startsWith('idx:') ? 1 : 3);
-    const presetSize = o.preset ? 224 : undefined;
-    const wantedSize = o.imageSize ?? (fromFile.imageSize as number | undefined) ?? (o.data.startsWith('synthetic') ? 32 : o.data.startsWith('folder:') ? presetSize ?? 32 : undefined);
-    const data = await loadData(o.data, o.padTo, wantedSize ?? 32, channels, o.seed);
-    const config: EMAEConfig = {
-      ...(o.preset || o.config ? {} : { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 }),
-      ...base,
-      imageSize: data.size,
-      channels: data.channels,
-      device: o.device,
-      seed: o.seed,
-      ...(o.parts !== undefined ? { parts: o.parts } : {}),
-      ...(o.maskRatio !== undefined ? { maskRatio: o.maskRatio } : {}),
-      ...(o.threads !== undefined ? { threads: o.threads } : {}),
-    };
-    if (wantedSize !== undefined && wantedSize !== data.size)
-      throw new Error(`the data has ${data.size}×${data.size} images but the config asks for ${wantedSize} (use --pad-to or --image-size)`);
-    const model = await EMAE.create(config);
+    const { model, data } = await modelAndData(o);
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
@@ -162,6 +148,158 @@ program
       console.log(`done: ${trainer.step} steps; checkpoints and log.jsonl in ${o.out}`);
     }
   });
+
+
+// Model and data from the shared flags (--preset/--config/--image-size/--pad-to/--data/…): the
+// image size and channels come from the data unless the config fixes them.
+async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model: EMAE; data: Data }> {
+  const fromFile: EMAEConfig = o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : {};
+  const base: EMAEConfig = { ...(o.preset ? { preset: o.preset } : {}), ...fromFile };
+  const channels = (fromFile.channels as number | undefined) ?? (dataSpec.startsWith('idx:') ? 1 : 3);
+  const presetSize = o.preset ? 224 : undefined;
+  const wantedSize = o.imageSize ?? (fromFile.imageSize as number | undefined) ??
+    (dataSpec.startsWith('synthetic') ? 32 : dataSpec.startsWith('folder:') ? presetSize ?? 32 : undefined);
+  const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0);
+  if (wantedSize !== undefined && wantedSize !== data.size)
+    throw new Error(`the data has ${data.size}×${data.size} images but the config asks for ${wantedSize} (use --pad-to or --image-size)`);
+  const config: EMAEConfig = {
+    ...(o.preset || o.config ? {} : { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 }),
+    ...base,
+    imageSize: data.size,
+    channels: data.channels,
+    device: o.device ?? 'auto',
+    seed: o.seed ?? 0,
+    ...(o.parts !== undefined ? { parts: o.parts } : {}),
+    ...(o.maskRatio !== undefined ? { maskRatio: o.maskRatio } : {}),
+    ...(o.threads !== undefined ? { threads: o.threads } : {}),
+  };
+  const model = await EMAE.create(config);
+  if (o.weights) {
+    try {
+      await loadAnyWeights(model, o.weights);
+    } catch (err) {
+      await model.dispose();
+      throw err;
+    }
+  }
+  return { model, data };
+}
+
+// a checkpoint (ckpt-*.safetensors) or plain weights
+async function loadAnyWeights(model: EMAE, file: string): Promise<void> {
+  const { metadata } = readSafetensors(readFileSync(file));
+  if (metadata.format === CHECKPOINT_FORMAT) await loadCheckpoint(file, model);
+  else await model.loadWeights(file);
+}
+
+const sharedModelOptions = (cmd: Command) => cmd
+  .option('--data <spec>', 'synthetic[:count] | folder:<dir> | idx:<images>[,<labels>] | cifar10:<file>[,<file>…]', 'synthetic')
+  .addOption(new Option('--preset <name>', 'model preset').choices([...presetNames]))
+  .option('--config <file>', 'model config as JSON (keys of EMAE.create)')
+  .option('--image-size <n>', 'image size (default: the data\'s)', num('image-size'))
+  .option('--pad-to <n>', 'zero-pad IDX/CIFAR images to this size', num('pad-to'))
+  .option('--weights <file>', 'weights or checkpoint (.safetensors) to load')
+  .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
+  .option('--threads <n>', 'CPU threads', num('threads'))
+  .option('--seed <n>', 'seed of the masks', num('seed'), 0);
+
+sharedModelOptions(program.command('reconstruct')
+  .description('write a PNG grid per image: original | each part\'s masked input | each part\'s reconstruction | assembled'))
+  .option('--count <n>', 'images', num('count'), 4)
+  .option('--out <dir>', 'output folder', 'runs/reconstructions')
+  .action(async (o) => {
+    const { model, data } = await modelAndData(o);
+    try {
+      const { images } = await firstImagesFrom(data, 0, Math.min(o.count, data.count));
+      const r = await model.reconstruct(images, { seed: o.seed });
+      mkdirSync(o.out, { recursive: true });
+      const c = model.config, S = c.imageSize, C = c.channels, K = c.parts, per = C * S * S, gap = 2;
+      const B = images.length / per, tiles = 2 + 2 * K, width = tiles * S + (tiles - 1) * gap;
+      for (let b = 0; b < B; b++) {
+        const orig = images.subarray(b * per, (b + 1) * per);
+        let lo = Infinity, hi = -Infinity;
+        for (const v of orig) [lo, hi] = [Math.min(lo, v), Math.max(hi, v)];
+        const rgb = Buffer.alloc(width * S * 3, 255);
+        const put = (tile: number, img: ArrayLike<number>, masked?: (x: number, y: number) => boolean) => {
+          for (let y = 0; y < S; y++)
+            for (let x = 0; x < S; x++)
+              for (let ch = 0; ch < 3; ch++) {
+                const v = img[(Math.min(ch, C - 1) * S + y) * S + x];
+                const g = masked?.(x, y) ? 128 : Math.round(255 * Math.min(1, Math.max(0, (v - lo) / (hi - lo || 1))));
+                rgb[(y * width + tile * (S + gap) + x) * 3 + ch] = g;
+              }
+        };
+        const patchOf = (x: number, y: number) => Math.floor(y / c.patchSize) * (S / c.patchSize) + Math.floor(x / c.patchSize);
+        put(0, orig);
+        for (let k = 0; k < K; k++) {
+          put(1 + k, orig, (x, y) => !r.visible[(b * K + k) * c.numPatches + patchOf(x, y)]);
+          put(1 + K + k, r.parts.subarray((b * K + k) * per, (b * K + k + 1) * per));
+        }
+        put(1 + 2 * K, r.assembled.subarray(b * per, (b + 1) * per));
+        await sharp(rgb, { raw: { width, height: S, channels: 3 } }).png().toFile(path.join(o.out, `reconstruction-${b}.png`));
+      }
+      console.log(`wrote ${B} grids (${width}×${S}) to ${o.out}: original | ${K} masked inputs | ${K} reconstructions | assembled`);
+    } finally {
+      await model.dispose();
+    }
+  });
+
+sharedModelOptions(program.command('probe')
+  .description('top-1 accuracy of a linear probe and of weighted kNN on frozen encoder features'))
+  .requiredOption('--test-data <spec>', 'labelled validation data (same forms as --data)')
+  .addOption(new Option('--pool <p>', 'feature pooling').choices(['cls', 'mean']).default('cls'))
+  .option('--limit <n>', 'use at most this many train and test images', num('limit'))
+  .option('--epochs <n>', 'linear-probe epochs', num('epochs'), 30)
+  .action(async (o) => {
+    const { model, data } = await modelAndData(o);
+    try {
+      const test = (await modelAndData({ ...o, weights: undefined, seed: (o.seed ?? 0) + 1 }, o.testData).then(async (r) => { await r.model.dispose(); return r.data; }));
+      const features = async (d: Data) => {
+        const n = Math.min(o.limit ?? d.count, d.count);
+        const out: Float32Array[] = [];
+        const labels: number[] = [];
+        for (let s = 0; s < n; s += 256) {
+          const { images, labels: l } = await firstImagesFrom(d, s, Math.min(256, n - s));
+          out.push(await model.encode(images, { pool: o.pool }));
+          labels.push(...l);
+        }
+        if (labels.some((l) => l < 0)) throw new Error('probe: the data has no labels');
+        const x = new Float32Array(out.reduce((a, f) => a + f.length, 0));
+        let at = 0;
+        for (const f of out) { x.set(f, at); at += f.length; }
+        return { x, labels, dim: model.config.embedDim };
+      };
+      const [train, val] = [await features(data), await features(test)];
+      const probe = linearProbe(train, val, { epochs: o.epochs });
+      const knn = knnAccuracy(train, val);
+      console.log(JSON.stringify({ train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn }));
+    } finally {
+      await model.dispose();
+    }
+  });
+
+sharedModelOptions(program.command('consistency')
+  .description('the consistency measure: mean distance between predictions of the same patch over mask draws'))
+  .option('--count <n>', 'images', num('count'), 64)
+  .option('--draws <n>', 'mask draws per image', num('draws'), 4)
+  .action(async (o) => {
+    const { model, data } = await modelAndData(o);
+    try {
+      const { images } = await firstImagesFrom(data, 0, Math.min(o.count, data.count));
+      console.log(JSON.stringify({ images: images.length / (data.channels * data.size * data.size), draws: o.draws,
+        consistency: await consistencyMeasure(model, images, { draws: o.draws, seed: o.seed }) }));
+    } finally {
+      await model.dispose();
+    }
+  });
+
+// images [start, start + count) and their labels (−1 where none), from memory or a source
+async function firstImagesFrom(data: Data, start: number, count: number): Promise<{ images: Float32Array; labels: number[] }> {
+  const per = data.channels * data.size * data.size;
+  const labels = Array.from({ length: count }, (_, i) => Number((data as { labels?: ArrayLike<number> }).labels?.[start + i] ?? -1));
+  if ('images' in data) return { images: data.images.slice(start * per, (start + count) * per), labels };
+  return { images: await data.load(Int32Array.from({ length: count }, (_, i) => start + i), 0), labels };
+}
 
 program.parseAsync().catch((err: Error) => {
   console.error(`emae: ${err.message}`);

@@ -83,3 +83,25 @@ test('pretrain on an image folder', async (t) => {
   t.is(r.status, 0, r.stderr);
   t.true(existsSync(path.join(out, 'ckpt-2.safetensors')));
 });
+
+test('reconstruct writes PNG grids of the expected size; probe and consistency print JSON', async (t) => {
+  const out = path.join(dir, 'eval-run');
+  const trained = cli(...common, '--steps', '3', '--out', out);
+  t.is(trained.status, 0, trained.stderr);
+  const model = ['--config', config, '--image-size', '16', '--device', 'cpu', '--threads', '1', '--weights', path.join(out, 'ckpt-3.safetensors')];
+  const rec = cli('reconstruct', ...model, '--data', 'synthetic:8', '--count', '2', '--out', path.join(out, 'rec'));
+  t.is(rec.status, 0, rec.stderr);
+  const { default: sharp } = await import('sharp');
+  const meta = await sharp(path.join(out, 'rec', 'reconstruction-1.png')).metadata();
+  t.is(meta.height, 16);
+  t.is(meta.width, 10 * 16 + 9 * 2, 'original | 4 masked | 4 reconstructions | assembled, 2-pixel gaps');
+  const probe = cli('probe', ...model, '--data', 'synthetic:64', '--test-data', 'synthetic:32', '--epochs', '3');
+  t.is(probe.status, 0, probe.stderr);
+  const p = JSON.parse(probe.stdout.trim().split('\n').pop()!);
+  t.is(p.train, 64);
+  t.is(p.test, 32);
+  t.true(p.linearProbeTop1 >= 0 && p.linearProbeTop1 <= 1 && p.knnTop1 >= 0 && p.knnTop1 <= 1);
+  const cons = cli('consistency', ...model, '--data', 'synthetic:8', '--count', '4', '--draws', '2');
+  t.is(cons.status, 0, cons.stderr);
+  t.true(JSON.parse(cons.stdout.trim().split('\n').pop()!).consistency > 0);
+});

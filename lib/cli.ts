@@ -3,10 +3,12 @@
 //   emae info                      version, backends built, CUDA devices, CPU threads
 //   emae pretrain [options]        EMAE pretraining on synthetic, IDX or CIFAR-10 data
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { CHECKPOINT_FORMAT, loadCheckpoint } from './checkpoint.js';
 import { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
+import { lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
 import { readSafetensors } from './safetensors.js';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
@@ -141,6 +143,9 @@ program
       process.off('SIGTERM', onTerm);
       await model.dispose();
     }
+    // the loss curves as a picture next to the log
+    const log = path.join(o.out, 'log.jsonl');
+    if (existsSync(log)) await writeChart(await lossCurvesSvg({ [path.basename(path.resolve(o.out))]: await readStepLog(log) }), path.join(o.out, 'curves'));
     if (signal) {
       console.log(`${signal}: stopped at step ${trainer.step}; checkpoint written to ${o.out}`);
       process.exitCode = signal === 'SIGINT' ? 130 : 143;
@@ -250,6 +255,7 @@ sharedModelOptions(program.command('probe')
   .addOption(new Option('--pool <p>', 'feature pooling').choices(['cls', 'mean']).default('cls'))
   .option('--limit <n>', 'use at most this many train and test images', num('limit'))
   .option('--epochs <n>', 'linear-probe epochs', num('epochs'), 30)
+  .option('--out <dir>', 'also write probe.json and a probe.svg/png chart here')
   .action(async (o) => {
     const { model, data } = await modelAndData(o);
     try {
@@ -272,7 +278,14 @@ sharedModelOptions(program.command('probe')
       const [train, val] = [await features(data), await features(test)];
       const probe = linearProbe(train, val, { epochs: o.epochs });
       const knn = knnAccuracy(train, val);
-      console.log(JSON.stringify({ train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn }));
+      const result = { train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn };
+      console.log(JSON.stringify(result));
+      if (o.out) {
+        mkdirSync(o.out, { recursive: true });
+        await writeFile(path.join(o.out, 'probe.json'), JSON.stringify(result, null, 2));
+        const run = o.weights ? path.basename(o.weights, '.safetensors') : 'model';
+        await writeChart(await resultsSvg([{ run, metric: 'linear probe', value: probe }, { run, metric: 'kNN', value: knn }]), path.join(o.out, 'probe'));
+      }
     } finally {
       await model.dispose();
     }

@@ -40,3 +40,5 @@ export { lrAt, scaledLr } from './schedule.js';
 export type { LrSchedule } from './schedule.js';
 export { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
 export type { Features, ProbeOptions } from './evaluate.js';
+export { lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
+export type { CurvePoint } from './charts.js';

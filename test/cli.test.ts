@@ -35,6 +35,7 @@ test('pretrain writes log and checkpoints; --resume continues', (t) => {
   t.is(first.status, 0, first.stderr);
   t.regex(first.stdout, /"imageSize": 16/, 'prints the resolved configuration');
   t.true(existsSync(path.join(out, 'ckpt-3.safetensors')) && existsSync(path.join(out, 'ckpt-6.safetensors')));
+  t.true(existsSync(path.join(out, 'curves.png')) && existsSync(path.join(out, 'curves.svg')), 'loss curves next to the log');
   t.is(readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').length, 6);
   const second = cli(...common, '--steps', '9', '--checkpoint-every', '3', '--out', out, '--resume');
   t.is(second.status, 0, second.stderr);

@@ -38,11 +38,11 @@ export const presets: Readonly<Record<PresetName, PresetConfig>> = Object.freeze
   'vit-huge': vit(14, 1280, 32, 16, 512, 8, 16),
   'cpu-tiny': Object.freeze({
     imageSize: 32, patchSize: 4, channels: 3, embedDim: 192, depth: 12, numHeads: 3,
-    decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4, mlpRatio: 4, maskRatio: 0.75, parts: 4,
+    decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4, mlpRatio: 4, maskRatio: 0.75,
   }),
   'cpu-small': Object.freeze({
     imageSize: 64, patchSize: 8, channels: 3, embedDim: 384, depth: 12, numHeads: 6,
-    decoderEmbedDim: 256, decoderDepth: 4, decoderNumHeads: 8, mlpRatio: 4, maskRatio: 0.75, parts: 4,
+    decoderEmbedDim: 256, decoderDepth: 4, decoderNumHeads: 8, mlpRatio: 4, maskRatio: 0.75,
   }),
 });
 

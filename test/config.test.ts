@@ -147,3 +147,7 @@ for (const b of bad) {
     t.is(err!.constructor, b.error);
   });
 }
+
+test('a preset with only the mask ratio changed uses all parts of the new ratio', (t) => {
+  t.like(resolveConfig({ preset: 'cpu-tiny', maskRatio: 0.5 }), { partsTotal: 2, parts: 2 });
+});

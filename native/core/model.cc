@@ -394,10 +394,13 @@ void Model::encode(const float* images, int batch, float* features) {
 StepResult Model::train_step(const float* images, const int32_t* perm, int batch, float lambda,
                              const OptimOptions& opt) {
   const LossValues losses = loss_and_grads(images, perm, batch, lambda);
-  if (!std::isfinite(losses.loss))
-    throw NonFiniteLoss("the loss is not finite (loss " + std::to_string(losses.loss) + ", recon " +
-                        std::to_string(losses.recon) + ", consistency " + std::to_string(losses.consistency) +
-                        "); parameters and optimizer state were not updated");
+  if (!std::isfinite(losses.loss)) {
+    auto text = [](double v) {  // as JavaScript prints it, not C's "-nan"
+      return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? std::string(v > 0 ? "Infinity" : "-Infinity") : std::to_string(v);
+    };
+    throw NonFiniteLoss("the loss is not finite (loss " + text(losses.loss) + ", recon " + text(losses.recon) +
+                        ", consistency " + text(losses.consistency) + "); parameters and optimizer state were not updated");
+  }
   StepResult r = apply_gradients(opt, 1.f);
   r.losses = losses;
   return r;

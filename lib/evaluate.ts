@@ -44,7 +44,12 @@ export function linearProbe(train: Features, test: Features, options: ProbeOptio
   for (let i = 0; i < n; i++) for (let d = 0; d < D; d++) mean[d] += train.x[i * D + d] / n;
   for (let i = 0; i < n; i++) for (let d = 0; d < D; d++) std[d] += (train.x[i * D + d] - mean[d]) ** 2 / n;
   for (let d = 0; d < D; d++) std[d] = Math.sqrt(std[d] + 1e-6);
-  const z = (x: Float32Array, i: number, d: number) => (x[i * D + d] - mean[d]) / std[d];
+  const standardize = (x: Float32Array) => {
+    const out = new Float64Array(x.length);
+    for (let i = 0; i < out.length; i++) out[i] = (x[i] - mean[i % D]) / std[i % D];
+    return out;
+  };
+  const ztrain = standardize(train.x), ztest = standardize(test.x);
   const W = new Float64Array(classes * D), b = new Float64Array(classes);
   const rng = xoroshiro128plus(seed);
   const order = Int32Array.from({ length: n }, (_, i) => i);
@@ -66,7 +71,7 @@ export function linearProbe(train: Features, test: Features, options: ProbeOptio
         let mx = -Infinity;
         for (let c = 0; c < classes; c++) {
           let v = b[c];
-          for (let d = 0; d < D; d++) v += W[c * D + d] * z(train.x, i, d);
+          for (let d = 0; d < D; d++) v += W[c * D + d] * ztrain[i * D + d];
           logits[c] = v;
           mx = Math.max(mx, v);
         }
@@ -75,7 +80,7 @@ export function linearProbe(train: Features, test: Features, options: ProbeOptio
         for (let c = 0; c < classes; c++) {
           const g = logits[c] / sum - (c === train.labels[i] ? 1 : 0);
           gb[c] += g;
-          for (let d = 0; d < D; d++) gW[c * D + d] += g * z(train.x, i, d);
+          for (let d = 0; d < D; d++) gW[c * D + d] += g * ztrain[i * D + d];
         }
       }
       const inv = 1 / (end - s);
@@ -88,7 +93,7 @@ export function linearProbe(train: Features, test: Features, options: ProbeOptio
     let best = 0, bestV = -Infinity;
     for (let c = 0; c < classes; c++) {
       let v = b[c];
-      for (let d = 0; d < D; d++) v += W[c * D + d] * z(test.x, i, d);
+      for (let d = 0; d < D; d++) v += W[c * D + d] * ztest[i * D + d];
       if (v > bestV) [best, bestV] = [c, v];
     }
     if (best === test.labels[i]) correct++;
@@ -113,17 +118,26 @@ export function knnAccuracy(train: Features, test: Features, options: { k?: numb
     return out;
   };
   const a = unit(train.x, n), q = unit(test.x, m);
-  const sims = new Float32Array(n), votes = new Float64Array(classes);
+  // the k best of each query kept sorted by insertion: O(n) per query for k ≪ n
+  const topSim = new Float64Array(k), topIdx = new Int32Array(k), votes = new Float64Array(classes);
   let correct = 0;
   for (let i = 0; i < m; i++) {
+    topSim.fill(-Infinity);
     for (let j = 0; j < n; j++) {
       let s = 0;
       for (let d = 0; d < D; d++) s += q[i * D + d] * a[j * D + d];
-      sims[j] = s;
+      if (s <= topSim[k - 1]) continue;
+      let at = k - 1;
+      while (at > 0 && topSim[at - 1] < s) {
+        topSim[at] = topSim[at - 1];
+        topIdx[at] = topIdx[at - 1];
+        at--;
+      }
+      topSim[at] = s;
+      topIdx[at] = j;
     }
-    const top = Array.from(sims.keys()).sort((x, y) => sims[y] - sims[x]).slice(0, k);
     votes.fill(0);
-    for (const j of top) votes[train.labels[j]] += Math.exp(sims[j] / T);
+    for (let r = 0; r < k; r++) votes[train.labels[topIdx[r]]] += Math.exp(topSim[r] / T);
     let best = 0;
     for (let c = 1; c < classes; c++) if (votes[c] > votes[best]) best = c;
     if (best === test.labels[i]) correct++;

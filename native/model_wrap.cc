@@ -320,6 +320,13 @@ class CreateWorker : public Napi::AsyncWorker {
   const char* code_ = nullptr;
 };
 
+// Queues a worker and returns its promise (the worker deletes itself when done).
+template <typename Worker> Napi::Promise queue(Worker* worker) {
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
 }  // namespace
 
 Napi::Value ModelWrap::CreateAsync(const Napi::CallbackInfo& info) {
@@ -328,9 +335,7 @@ Napi::Value ModelWrap::CreateAsync(const Napi::CallbackInfo& info) {
   ModelConfig config = parse_config(get_object(info[0], "config"), device);
   guard(env, "createModel", [&] { config.validate(); });  // cheap checks before queuing
   auto* worker = new CreateWorker(env, config, device);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Function ModelWrap::Define(Napi::Env env) {
@@ -435,9 +440,7 @@ Napi::Value ModelWrap::LossAndGrads(const Napi::CallbackInfo& info) {
   Batch batch = parse_batch(info[0], model_->config());
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::LossAndGrads, {},
                                 "lossAndGrads");
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
@@ -447,9 +450,7 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   OptimOptions opt = parse_optim(get_object(info[1], "optimizer options"));
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Train, opt,
                                 "trainStep");
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
@@ -457,9 +458,7 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
   check_usable(env, "predict");
   Batch batch = parse_batch(info[0], model_->config());
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Predict, {}, "predict");
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Value ModelWrap::Encode(const Napi::CallbackInfo& info) {
@@ -473,9 +472,7 @@ Napi::Value ModelWrap::Encode(const Napi::CallbackInfo& info) {
                                        (int64_t)batch.batch * c.channels * c.image_size * c.image_size);
   batch.images.assign(images.Data(), images.Data() + images.ElementLength());
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Encode, {}, "encode");
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Value ModelWrap::AccumulateGrads(const Napi::CallbackInfo& info) {
@@ -485,9 +482,7 @@ Napi::Value ModelWrap::AccumulateGrads(const Napi::CallbackInfo& info) {
   const bool reset = get_bool(get_object(info[1], "accumulate options"), "reset");
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, std::move(batch), StepMode::Accumulate, {},
                                 "accumulateGrads", reset);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Value ModelWrap::ApplyGrads(const Napi::CallbackInfo& info) {
@@ -499,9 +494,7 @@ Napi::Value ModelWrap::ApplyGrads(const Napi::CallbackInfo& info) {
   if (!(scale > 0)) throw Napi::RangeError::New(env, "Expected gradScale > 0");
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, Batch{}, StepMode::Apply, opt, "applyGrads",
                                 true, (float)scale);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return queue(worker);
 }
 
 Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo& info) {

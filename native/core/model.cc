@@ -350,12 +350,16 @@ void Model::backward(bool accumulate) {
                      g.batch * g.parts * g.visible, Cpp, D);
 }
 
+void Model::upload_batch(Arena& a, const float* images, const int32_t* perm) {
+  const ModelConfig& c = config_;
+  backend_->upload(a.images, images, (size_t)a.batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload(a.perm, perm, (size_t)a.batch * c.num_patches() * sizeof(int32_t));
+}
+
 LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate) {
   if (batch < 1) throw RangeError("batchSize must be at least 1");
   plan(batch);
-  const ModelConfig& c = config_;
-  backend_->upload(arena_->images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
-  backend_->upload(arena_->perm, perm, (size_t)batch * c.num_patches() * sizeof(int32_t));
+  upload_batch(*arena_, images, perm);
   lambda_ = lambda;
   forward();
   backward(accumulate);
@@ -365,12 +369,10 @@ LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int b
 LossValues Model::predict(const float* images, const int32_t* perm, int batch, float lambda, float* pred) {
   if (batch < 1) throw RangeError("batchSize must be at least 1");
   plan(batch);
-  const ModelConfig& c = config_;
-  backend_->upload(arena_->images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
-  backend_->upload(arena_->perm, perm, (size_t)batch * c.num_patches() * sizeof(int32_t));
+  upload_batch(*arena_, images, perm);
   lambda_ = lambda;
   forward();
-  backend_->download(pred, arena_->pred, (size_t)arena_->dec.rows() * c.patch_dim() * sizeof(float));
+  backend_->download(pred, arena_->pred, (size_t)arena_->dec.rows() * config_.patch_dim() * sizeof(float));
   return last_losses_;
 }
 
@@ -385,8 +387,7 @@ void Model::encode(const float* images, int batch, float* features) {
   Arena& a = *encode_arena_;
   std::vector<int32_t> identity((size_t)batch * N);
   for (size_t i = 0; i < identity.size(); ++i) identity[i] = (int32_t)(i % N);
-  backend_->upload(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
-  backend_->upload(a.perm, identity.data(), identity.size() * sizeof(int32_t));
+  upload_batch(a, images, identity.data());
   forward_encoder(a);
   backend_->download(features, a.latent, (size_t)a.enc.rows() * c.embed_dim * sizeof(float));
 }

@@ -68,6 +68,7 @@ class Model {
   void plan(int batch);
   std::unique_ptr<Arena> make_arena(int batch, int parts, int visible, bool decoder);
   void forward_encoder(Arena& a);
+  void upload_batch(Arena& a, const float* images, const int32_t* perm);  // (B, C, H, W) and (B, N)
   void forward();
   void backward(bool accumulate);
   PartGeometry geometry(const Arena& a) const;

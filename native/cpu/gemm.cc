@@ -1,7 +1,15 @@
-// Packed, cache-blocked fp32 GEMM (see gemm.h). Loop order (per output tile owned by a thread):
-//   for kc-block: pack B panel (KC × NC) and A block (MC × KC), then micro-kernels over
-//   MR × NR sub-tiles. Packed panels are zero-padded to MR/NR so the micro-kernels need no edge
-//   cases; partial edge tiles go through a small stack buffer.
+// Cache-blocked fp32 GEMM (see gemm.h).
+//
+// Per (B panel of ≤ kNC columns, depth block of ≤ kKC):
+//   1. all threads pack the panel of op(B) into NR-wide slivers (kc, NR), zero-padded — shared;
+//   2. each thread walks its own MR-row slivers of C; per sliver it keeps A (MR × kc) hot in L1
+//      and streams the packed B slivers from L2 through the micro-kernel.
+// A is read in place when it is row-major (MR row streams, no packing pass: packing it cost ~15%
+// of the GEMM at these shapes); a transposed A (the weight-gradient GEMMs) is copied per sliver,
+// MR contiguous floats per k, so the micro-kernel reads one contiguous stream.
+// Bias and residual are added in the micro-kernel's store on the last depth block, so C is
+// written once. Every C tile belongs to one thread and sums its depth blocks in a fixed order
+// (block sizes do not depend on the thread count): bitwise identical for any thread count.
 #include "cpu/gemm.h"
 
 #include <immintrin.h>
@@ -15,23 +23,25 @@
 namespace emae::cpu {
 namespace {
 
-constexpr int kMC = 96;   // rows of A per block (multiple of every MR)
-constexpr int kKC = 256;  // depth per block
-constexpr int kNC = 256;  // columns of B per panel (multiple of every NR)
-static_assert(kMC % 12 == 0 && kMC % 6 == 0 && kMC % 4 == 0, "kMC must be a multiple of each MR");
+constexpr int kKC = 256;  // max depth per block: A sliver (12 × 256 fp32 = 12 KiB) stays in L1
+constexpr int kNC = 768;  // max B panel width: 256 × 768 fp32 = 768 KiB, resident in L2
+constexpr int kMaxMR = 12, kMaxNR = 32;
 static_assert(kNC % 32 == 0 && kNC % 16 == 0 && kNC % 8 == 0, "kNC must be a multiple of each NR");
 
-// Micro-kernel: c (MR, NR) tile at ldc (= or +=) Σ_k a[k·MR + i] · b[k·NR + j].
-using MicroKernel = void (*)(int kc, const float* a, const float* b, float* c, int ldc, bool add);
-
-struct KernelInfo {
-  MicroKernel fn;
-  int mr, nr;
-  const char* name;
+// What the micro-kernel's store does with the accumulated tile (pointers already at the tile).
+struct TileStore {
+  bool add = false;                 // C += acc (a later depth block, or accumulate)
+  const float* bias = nullptr;      // (NR) added to every row
+  const float* residual = nullptr;  // (MR, NR) at ldc, added
 };
 
-__attribute__((target("avx512f"))) void micro_avx512(int kc, const float* a, const float* b, float* c,
-                                                     int ldc, bool add) {
+// Micro-kernel: c (MR, NR) at ldc = Σ_k a(i, k) · b[k·NR + j] [+ c] [+ bias] [+ residual], in that order.
+// kDirectA: a(i, k) = a[i·lda + k] (row-major A read in place); else a(i, k) = a[k·MR + i] (packed).
+using MicroKernel = void (*)(int kc, const float* a, int lda, const float* b, float* c, int ldc, const TileStore& st);
+
+template <bool kDirectA>
+__attribute__((target("avx512f"))) void micro_avx512(int kc, const float* a, int lda, const float* b, float* c,
+                                                     int ldc, const TileStore& st) {
   constexpr int MR = 12;
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -40,24 +50,30 @@ __attribute__((target("avx512f"))) void micro_avx512(int kc, const float* a, con
     const __m512 b1 = _mm512_load_ps(b + k * 32 + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[k * MR + i]);
+      const __m512 ai = _mm512_set1_ps(kDirectA ? a[(size_t)i * lda + k] : a[k * MR + i]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
   }
+  __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+  if (st.bias) bias0 = _mm512_loadu_ps(st.bias), bias1 = _mm512_loadu_ps(st.bias + 16);
   for (int i = 0; i < MR; ++i) {
     float* ci = c + (size_t)i * ldc;
-    if (add) {
-      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_loadu_ps(ci));
-      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_loadu_ps(ci + 16));
+    __m512 v0 = acc[i][0], v1 = acc[i][1];
+    if (st.add) v0 = _mm512_add_ps(v0, _mm512_loadu_ps(ci)), v1 = _mm512_add_ps(v1, _mm512_loadu_ps(ci + 16));
+    if (st.bias) v0 = _mm512_add_ps(v0, bias0), v1 = _mm512_add_ps(v1, bias1);
+    if (st.residual) {
+      const float* ri = st.residual + (size_t)i * ldc;
+      v0 = _mm512_add_ps(v0, _mm512_loadu_ps(ri)), v1 = _mm512_add_ps(v1, _mm512_loadu_ps(ri + 16));
     }
-    _mm512_storeu_ps(ci, acc[i][0]);
-    _mm512_storeu_ps(ci + 16, acc[i][1]);
+    _mm512_storeu_ps(ci, v0);
+    _mm512_storeu_ps(ci + 16, v1);
   }
 }
 
-__attribute__((target("avx2,fma"))) void micro_avx2(int kc, const float* a, const float* b, float* c,
-                                                    int ldc, bool add) {
+template <bool kDirectA>
+__attribute__((target("avx2,fma"))) void micro_avx2(int kc, const float* a, int lda, const float* b, float* c,
+                                                    int ldc, const TileStore& st) {
   constexpr int MR = 6;
   __m256 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -66,37 +82,58 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int kc, const float* a, cons
     const __m256 b1 = _mm256_load_ps(b + k * 16 + 8);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + k * MR + i);
+      const __m256 ai = _mm256_broadcast_ss(kDirectA ? a + (size_t)i * lda + k : a + k * MR + i);
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
   }
+  __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+  if (st.bias) bias0 = _mm256_loadu_ps(st.bias), bias1 = _mm256_loadu_ps(st.bias + 8);
   for (int i = 0; i < MR; ++i) {
     float* ci = c + (size_t)i * ldc;
-    if (add) {
-      acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ci));
-      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ci + 8));
+    __m256 v0 = acc[i][0], v1 = acc[i][1];
+    if (st.add) v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ci)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ci + 8));
+    if (st.bias) v0 = _mm256_add_ps(v0, bias0), v1 = _mm256_add_ps(v1, bias1);
+    if (st.residual) {
+      const float* ri = st.residual + (size_t)i * ldc;
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ri)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ri + 8));
     }
-    _mm256_storeu_ps(ci, acc[i][0]);
-    _mm256_storeu_ps(ci + 8, acc[i][1]);
+    _mm256_storeu_ps(ci, v0);
+    _mm256_storeu_ps(ci + 8, v1);
   }
 }
 
-void micro_generic(int kc, const float* a, const float* b, float* c, int ldc, bool add) {
+template <bool kDirectA>
+void micro_generic(int kc, const float* a, int lda, const float* b, float* c, int ldc, const TileStore& st) {
   constexpr int MR = 4, NR = 8;
   float acc[MR][NR] = {};
   for (int k = 0; k < kc; ++k)
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] += a[k * MR + i] * b[k * NR + j];
+    for (int i = 0; i < MR; ++i) {
+      const float ai = kDirectA ? a[(size_t)i * lda + k] : a[k * MR + i];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[k * NR + j];
+    }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) c[(size_t)i * ldc + j] = (add ? c[(size_t)i * ldc + j] : 0.f) + acc[i][j];
+    for (int j = 0; j < NR; ++j) {
+      float v = acc[i][j];
+      if (st.add) v += c[(size_t)i * ldc + j];
+      if (st.bias) v += st.bias[j];
+      if (st.residual) v += st.residual[(size_t)i * ldc + j];
+      c[(size_t)i * ldc + j] = v;
+    }
 }
+
+struct KernelInfo {
+  MicroKernel direct, packed;
+  int mr, nr;
+  const char* name;
+};
 
 KernelInfo select_kernel() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {micro_avx512, 12, 32, "avx512"};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {micro_avx2, 6, 16, "avx2"};
-  return {micro_generic, 4, 8, "generic"};
+  if (__builtin_cpu_supports("avx512f")) return {micro_avx512<true>, micro_avx512<false>, 12, 32, "avx512"};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return {micro_avx2<true>, micro_avx2<false>, 6, 16, "avx2"};
+  return {micro_generic<true>, micro_generic<false>, 4, 8, "generic"};
 }
 
 const KernelInfo& kernel() {
@@ -104,53 +141,49 @@ const KernelInfo& kernel() {
   return info;
 }
 
-// Pack op(A)[i0 .. i0+mc, k0 .. k0+kc) as mc/MR slivers of (kc, MR), zero-padded rows.
-void pack_a(const GemmParams& p, int i0, int mc, int k0, int kc, int MR, float* out) {
-  for (int is = 0; is < mc; is += MR) {
-    const int rows = std::min(MR, mc - is);
-    float* dst = out + (size_t)is * kc;
-    if (!p.trans_a) {
-      // k outer so the writes are contiguous; the MR row streams are read sequentially
-      const float* src[12];
-      for (int r = 0; r < rows; ++r) src[r] = p.A + (size_t)(i0 + is + r) * p.lda + k0;
-      if (rows == MR) {
-        for (int k = 0; k < kc; ++k)
-          for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[r][k];
+// Copy op(A)[i0 .. i0+rows, k0 .. k0+kc) as one (kc, MR) sliver, rows ≥ `rows` zero.
+void pack_a_sliver(const GemmParams& p, int i0, int rows, int k0, int kc, int MR, float* dst) {
+  if (p.trans_a) {
+    for (int k = 0; k < kc; ++k) {
+      const float* src = p.A + (size_t)(k0 + k) * p.lda + i0;
+      float* d = dst + (size_t)k * MR;
+      if (rows == kMaxMR && MR == kMaxMR) {
+        std::memcpy(d, src, sizeof(float) * kMaxMR);  // fixed size: inlined moves, not a call
       } else {
-        for (int k = 0; k < kc; ++k)
-          for (int r = 0; r < rows; ++r) dst[k * MR + r] = src[r][k];
-      }
-    } else {
-      for (int k = 0; k < kc; ++k) {
-        const float* src = p.A + (size_t)(k0 + k) * p.lda + i0 + is;
-        for (int r = 0; r < rows; ++r) dst[k * MR + r] = src[r];
+        for (int r = 0; r < rows; ++r) d[r] = src[r];
+        for (int r = rows; r < MR; ++r) d[r] = 0.f;
       }
     }
-    for (int r = rows; r < MR; ++r)
-      for (int k = 0; k < kc; ++k) dst[k * MR + r] = 0.f;
+  } else {
+    for (int k = 0; k < kc; ++k) {
+      float* d = dst + (size_t)k * MR;
+      for (int r = 0; r < rows; ++r) d[r] = p.A[(size_t)(i0 + r) * p.lda + k0 + k];
+      for (int r = rows; r < MR; ++r) d[r] = 0.f;
+    }
   }
 }
 
-// Pack op(B)[k0 .. k0+kc, j0 .. j0+nc) as nc/NR slivers of (kc, NR), zero-padded columns.
-void pack_b(const GemmParams& p, int k0, int kc, int j0, int nc, int NR, float* out) {
-  for (int js = 0; js < nc; js += NR) {
-    const int cols = std::min(NR, nc - js);
-    float* dst = out + (size_t)js * kc;
-    if (!p.trans_b) {
-      for (int k = 0; k < kc; ++k) {
-        const float* src = p.B + (size_t)(k0 + k) * p.ldb + j0 + js;
-        float* d = dst + (size_t)k * NR;
+// Copy op(B)[k0 .. k0+kc, j0 .. j0+cols) as one (kc, NR) sliver, columns ≥ `cols` zero.
+void pack_b_sliver(const GemmParams& p, int k0, int kc, int j0, int cols, int NR, float* dst) {
+  if (!p.trans_b) {
+    for (int k = 0; k < kc; ++k) {
+      float* d = dst + (size_t)k * NR;
+      const float* src = p.B + (size_t)(k0 + k) * p.ldb + j0;
+      if (cols == kMaxNR && NR == kMaxNR) {
+        std::memcpy(d, src, sizeof(float) * kMaxNR);  // fixed size: inlined moves, not a call
+      } else {
         for (int c = 0; c < cols; ++c) d[c] = src[c];
         for (int c = cols; c < NR; ++c) d[c] = 0.f;
       }
-    } else {
-      for (int c = 0; c < cols; ++c) {
-        const float* src = p.B + (size_t)(j0 + js + c) * p.ldb + k0;
-        for (int k = 0; k < kc; ++k) dst[(size_t)k * NR + c] = src[k];
-      }
-      for (int c = cols; c < NR; ++c)
-        for (int k = 0; k < kc; ++k) dst[(size_t)k * NR + c] = 0.f;
     }
+  } else {
+    // B stored (N, K): a transpose; cheap next to the M·kc·NR multiply-adds that reuse it
+    for (int c = 0; c < cols; ++c) {
+      const float* src = p.B + (size_t)(j0 + c) * p.ldb + k0;
+      for (int k = 0; k < kc; ++k) dst[(size_t)k * NR + c] = src[k];
+    }
+    for (int k = 0; k < kc; ++k)
+      for (int c = cols; c < NR; ++c) dst[(size_t)k * NR + c] = 0.f;
   }
 }
 
@@ -160,76 +193,141 @@ float* aligned_scratch(std::vector<float>& v, size_t n) {
   return reinterpret_cast<float*>((addr + 63) & ~uintptr_t(63));
 }
 
+// Even split of `n` blocks of size `target` or less: the block size depends only on n.
+int split_size(int n, int target) {
+  const int blocks = (n + target - 1) / target;
+  return (n + blocks - 1) / blocks;
+}
+
+// C = bias + residual (+ C) when there is nothing to multiply (K = 0).
+void gemm_no_depth(const GemmParams& p) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < p.M; ++i) {
+    float* c = p.C + (size_t)i * p.ldc;
+    for (int j = 0; j < p.N; ++j)
+      c[j] = (p.accumulate ? c[j] : 0.f) + (p.bias ? p.bias[j] : 0.f) +
+             (p.residual ? p.residual[(size_t)i * p.ldc + j] : 0.f);
+  }
+}
+
+// One depth block [k0, k0 + kc) of the tiles [t0, t1) of a panel: row-major over (row sliver,
+// column sliver), columns from j0, the panel's B already packed in b_pack.
+struct PanelBlock {
+  int j0, nc, col_slivers;  // panel columns [j0, j0 + nc)
+  int k0, kc;
+  bool last;                // the last depth block: add bias and residual
+  const float* b_pack;
+};
+
+void run_tiles(const GemmParams& p, const KernelInfo& kinfo, const PanelBlock& blk, long t0, long t1,
+               float* a_pack, float* edge) {
+  const int MR = kinfo.mr, NR = kinfo.nr;
+  int packed_sliver = -1;  // row sliver currently in a_pack
+  for (long t = t0; t < t1; ++t) {
+    const int is = (int)(t / blk.col_slivers), js = (int)(t % blk.col_slivers);
+    const int i0 = is * MR, rows = std::min(MR, p.M - i0);
+    const int jt = js * NR, cols = std::min(NR, blk.nc - jt);
+    const bool direct = !p.trans_a && rows == MR;
+    if (!direct && packed_sliver != is) {
+      pack_a_sliver(p, i0, rows, blk.k0, blk.kc, MR, a_pack);
+      packed_sliver = is;
+    }
+    const float* ap = direct ? p.A + (size_t)i0 * p.lda + blk.k0 : a_pack;
+    const MicroKernel fn = direct ? kinfo.direct : kinfo.packed;
+    const float* bp = blk.b_pack + (size_t)jt * blk.kc;
+    const int j = blk.j0 + jt;
+    float* c = p.C + (size_t)i0 * p.ldc + j;
+    TileStore st;
+    st.add = p.accumulate || blk.k0 > 0;
+    if (blk.last) {
+      st.bias = p.bias ? p.bias + j : nullptr;
+      st.residual = p.residual ? p.residual + (size_t)i0 * p.ldc + j : nullptr;
+    }
+    if (rows == MR && cols == NR) {
+      fn(blk.kc, ap, p.lda, bp, c, p.ldc, st);
+    } else {
+      fn(blk.kc, ap, p.lda, bp, edge, NR, TileStore{});
+      for (int i = 0; i < rows; ++i)
+        for (int jj = 0; jj < cols; ++jj) {
+          float v = edge[i * NR + jj];
+          if (st.add) v += c[(size_t)i * p.ldc + jj];
+          if (st.bias) v += st.bias[jj];
+          if (st.residual) v += st.residual[(size_t)i * p.ldc + jj];
+          c[(size_t)i * p.ldc + jj] = v;
+        }
+    }
+  }
+}
+
+void pack_b_panel(const GemmParams& p, int NR, const PanelBlock& blk, int s0, int s1, float* b_pack) {
+  for (int s = s0; s < s1; ++s)
+    pack_b_sliver(p, blk.k0, blk.kc, blk.j0 + s * NR, std::min(NR, blk.nc - s * NR), NR, b_pack + (size_t)s * NR * blk.kc);
+}
+
 }  // namespace
 
 const char* gemm_kernel_name() { return kernel().name; }
 
 void gemm(const GemmParams& p) {
   if (p.M <= 0 || p.N <= 0) return;
+  if (p.K <= 0) return gemm_no_depth(p);
   const KernelInfo& kinfo = kernel();
   const int MR = kinfo.mr, NR = kinfo.nr;
-  const int blocks_m = (p.M + kMC - 1) / kMC;
-  // B panels are packed once per (jc, kc) and shared by all threads; each thread packs its own
-  // A blocks. Every C block belongs to one thread within a (jc, kc) step and the kc steps run in
-  // order, so the summation order is fixed.
-  thread_local std::vector<float> b_buf;
-  float* b_pack = aligned_scratch(b_buf, (size_t)kKC * kNC);
+  const int kc_max = split_size(p.K, kKC);
+  const int row_slivers = (p.M + MR - 1) / MR;
+  const int all_col_slivers = (p.N + NR - 1) / NR;
+  const int team = omp_get_max_threads();
+  // Few rows (the weight-gradient GEMMs: M = out features, K = tokens): each thread owns whole
+  // columns and packs its own B, so the long depth loop needs no barrier; packing A (MR floats
+  // per k, contiguous) in every thread costs little. Many rows: the threads share each packed B
+  // panel and split the rows.
+  const bool by_columns = row_slivers < 16 * team && all_col_slivers >= team;
+
+  thread_local std::vector<float> shared_b;  // the team's panel (row split), owned by the caller
+  const int shared_nc = (split_size(p.N, kNC) + NR - 1) / NR * NR;
+  float* b_shared = by_columns ? nullptr : aligned_scratch(shared_b, (size_t)kc_max * shared_nc);
 
 #pragma omp parallel
   {
-    thread_local std::vector<float> a_buf;
-    float* a_pack = aligned_scratch(a_buf, (size_t)kMC * kKC);
-    alignas(64) float edge[12 * 32];
+    thread_local std::vector<float> a_buf, b_own;
+    float* a_pack = aligned_scratch(a_buf, (size_t)kKC * kMaxMR);
+    alignas(64) float edge[kMaxMR * kMaxNR];
+    const int nthreads = omp_get_num_threads(), tid = omp_get_thread_num();
 
-    for (int j0 = 0; j0 < p.N; j0 += kNC) {
-      const int nc = std::min(kNC, p.N - j0);
-      const int slivers = (nc + NR - 1) / NR;
-      if (p.K <= 0 && !p.accumulate) {
-#pragma omp for schedule(static)
-        for (int i = 0; i < p.M; ++i) std::memset(p.C + (size_t)i * p.ldc + j0, 0, sizeof(float) * nc);
-      }
-      for (int k0 = 0; k0 < p.K; k0 += kKC) {
-        const int kc = std::min(kKC, p.K - k0);
-        const bool add = p.accumulate || k0 > 0;
-#pragma omp for schedule(static)
-        for (int s = 0; s < slivers; ++s)
-          pack_b(p, k0, kc, j0 + s * NR, std::min(NR, nc - s * NR), NR, b_pack + (size_t)s * NR * kc);
-        // (implicit barrier: the panel is complete)
-#pragma omp for schedule(static)
-        for (int bm = 0; bm < blocks_m; ++bm) {
-          const int i0 = bm * kMC, mc = std::min(kMC, p.M - i0);
-          pack_a(p, i0, mc, k0, kc, MR, a_pack);
-          float* c_block = p.C + (size_t)i0 * p.ldc + j0;
-          for (int js = 0; js < nc; js += NR) {
-            const int cols = std::min(NR, nc - js);
-            const float* bp = b_pack + (size_t)js * kc;
-            for (int is = 0; is < mc; is += MR) {
-              const int rows = std::min(MR, mc - is);
-              float* c = c_block + (size_t)is * p.ldc + js;
-              const float* ap = a_pack + (size_t)is * kc;
-              if (rows == MR && cols == NR) {
-                kinfo.fn(kc, ap, bp, c, p.ldc, add);
-              } else {
-                kinfo.fn(kc, ap, bp, edge, NR, false);
-                for (int i = 0; i < rows; ++i)
-                  for (int j = 0; j < cols; ++j)
-                    c[(size_t)i * p.ldc + j] = (add ? c[(size_t)i * p.ldc + j] : 0.f) + edge[i * NR + j];
-              }
-            }
-          }
+    if (by_columns) {
+      const int s0 = (int)((long)all_col_slivers * tid / nthreads), s1 = (int)((long)all_col_slivers * (tid + 1) / nthreads);
+      const int own_nc_max = std::min(p.N - s0 * NR, (s1 - s0) * NR);
+      const int nc_max = (split_size(std::max(own_nc_max, 1), kNC) + NR - 1) / NR * NR;
+      float* b_pack = aligned_scratch(b_own, (size_t)kc_max * nc_max);
+      for (int j0 = s0 * NR; j0 < std::min(p.N, s1 * NR); j0 += nc_max) {
+        const int nc = std::min({nc_max, p.N - j0, s1 * NR - j0});
+        const int col_slivers = (nc + NR - 1) / NR;
+        for (int k0 = 0; k0 < p.K; k0 += kc_max) {
+          const int kc = std::min(kc_max, p.K - k0);
+          const PanelBlock blk{j0, nc, col_slivers, k0, kc, k0 + kc >= p.K, b_pack};
+          pack_b_panel(p, NR, blk, 0, col_slivers, b_pack);
+          run_tiles(p, kinfo, blk, 0, (long)row_slivers * col_slivers, a_pack, edge);
         }
-        // (implicit barrier: nobody still reads the panel when the next one is packed)
       }
-      if (p.bias || p.residual) {
-#pragma omp for schedule(static)
-        for (int i = 0; i < p.M; ++i) {
-          float* c = p.C + (size_t)i * p.ldc + j0;
-          if (p.bias)
-            for (int j = 0; j < nc; ++j) c[j] += p.bias[j0 + j];
-          if (p.residual) {
-            const float* r = p.residual + (size_t)i * p.ldc + j0;
-            for (int j = 0; j < nc; ++j) c[j] += r[j];
-          }
+    } else {
+      for (int j0 = 0; j0 < p.N; j0 += shared_nc) {
+        const int nc = std::min(shared_nc, p.N - j0);
+        const int col_slivers = (nc + NR - 1) / NR;
+        // this thread's tiles: whole row slivers when there are enough, else (row, column) tiles
+        const long tiles = (long)row_slivers * col_slivers;
+        const bool by_rows = row_slivers >= 4 * nthreads;
+        const long units = by_rows ? row_slivers : tiles;
+        const long u0 = units * tid / nthreads, u1 = units * (tid + 1) / nthreads;
+        const long t0 = by_rows ? u0 * col_slivers : u0, t1 = by_rows ? u1 * col_slivers : u1;
+        for (int k0 = 0; k0 < p.K; k0 += kc_max) {
+          const int kc = std::min(kc_max, p.K - k0);
+          const PanelBlock blk{j0, nc, col_slivers, k0, kc, k0 + kc >= p.K, b_shared};
+          pack_b_panel(p, NR, blk, col_slivers * tid / nthreads, col_slivers * (tid + 1) / nthreads, b_shared);
+#pragma omp barrier
+          // (the panel is complete)
+          run_tiles(p, kinfo, blk, t0, t1, a_pack, edge);
+#pragma omp barrier
+          // (nobody still reads the panel when the next one is packed)
         }
       }
     }

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "compute_thread.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
 #include "napi_util.h"
@@ -165,37 +166,7 @@ class StepWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      Model& m = wrap_->model();
-      omp_set_num_threads(m.config().threads);
-      switch (mode_) {
-        case StepMode::Train:
-          result_ = m.train_step(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, opt_);
-          break;
-        case StepMode::LossAndGrads:
-          result_.losses = m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda);
-          grads_.resize(m.layout().total);
-          m.get_grads(grads_.data());
-          break;
-        case StepMode::Accumulate:
-          result_.losses =
-              m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, !reset_);
-          break;
-        case StepMode::Apply:
-          result_ = m.apply_gradients(opt_, grad_scale_);
-          break;
-        case StepMode::Predict: {
-          const ModelConfig& c = m.config();
-          output_.resize((size_t)batch_.batch * c.parts * (1 + c.num_patches()) * c.patch_dim());
-          result_.losses = m.predict(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, output_.data());
-          break;
-        }
-        case StepMode::Encode: {
-          const ModelConfig& c = m.config();
-          output_.resize((size_t)batch_.batch * (1 + c.num_patches()) * c.embed_dim);
-          m.encode(batch_.images.data(), batch_.batch, output_.data());
-          break;
-        }
-      }
+      run_on_compute_thread([this] { run(); });
     } catch (const NonFiniteLoss& e) {
       fail(ErrorKind::Error, e.what(), "EMAE_NONFINITE_LOSS");
     } catch (const std::bad_alloc&) {
@@ -204,6 +175,41 @@ class StepWorker : public Napi::AsyncWorker {
       fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");
     } catch (const std::exception& e) {
       fail(classify(e), e.what(), nullptr);
+    }
+  }
+
+  // (on the compute thread)
+  void run() {
+    Model& m = wrap_->model();
+    omp_set_num_threads(m.config().threads);
+    switch (mode_) {
+      case StepMode::Train:
+        result_ = m.train_step(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, opt_);
+        break;
+      case StepMode::LossAndGrads:
+        result_.losses = m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda);
+        grads_.resize(m.layout().total);
+        m.get_grads(grads_.data());
+        break;
+      case StepMode::Accumulate:
+        result_.losses =
+            m.loss_and_grads(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, !reset_);
+        break;
+      case StepMode::Apply:
+        result_ = m.apply_gradients(opt_, grad_scale_);
+        break;
+      case StepMode::Predict: {
+        const ModelConfig& c = m.config();
+        output_.resize((size_t)batch_.batch * c.parts * (1 + c.num_patches()) * c.patch_dim());
+        result_.losses = m.predict(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, output_.data());
+        break;
+      }
+      case StepMode::Encode: {
+        const ModelConfig& c = m.config();
+        output_.resize((size_t)batch_.batch * (1 + c.num_patches()) * c.embed_dim);
+        m.encode(batch_.images.data(), batch_.batch, output_.data());
+        break;
+      }
     }
   }
 
@@ -277,8 +283,10 @@ class CreateWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      omp_set_num_threads(config_.threads);
-      model_ = std::make_unique<Model>(config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend());
+      run_on_compute_thread([this] {
+        omp_set_num_threads(config_.threads);
+        model_ = std::make_unique<Model>(config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend());
+      });
     } catch (const OutOfMemory& e) {
       fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");
     } catch (const std::bad_alloc&) {

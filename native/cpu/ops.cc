@@ -242,91 +242,148 @@ template <typename T> EMAE_CPU_CLONES void gelu_backward(T* dinp, const T* inp, 
 }
 
 // ---- attention -------------------------------------------------------------------------------
-// One (sequence, head) per task; a score row of T values is the only scratch: the T×T matrix
-// is never stored (the backward recomputes it from q, k and the saved log-sum-exp).
+// One (sequence, head) per task. The T×T scores live in per-thread scratch (T ≤ a few hundred
+// here, so they stay in L1/L2) and every product is a small register-tiled GEMM; the backward
+// recomputes the probabilities from q, k and the saved log-sum-exp.
 
-// Per (sequence, head): K and V are first copied transposed, (dh, T), so a score row is
-// T-wide vector work: s[:] = Σ_d q[d]·Kᵀ[d, :].
+// 64-byte GCC vectors: one zmm in the AVX-512 clone, two ymm / four xmm in the others. The
+// helpers are always inlined, so the ABI of passing such vectors (-Wpsabi) never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <typename T> struct Vec64;
+template <> struct Vec64<float> { typedef float type __attribute__((vector_size(64))); };
+template <> struct Vec64<double> { typedef double type __attribute__((vector_size(64))); };
+template <typename T> using vec64 = typename Vec64<T>::type;
+template <typename T> constexpr int kLanes = 64 / sizeof(T);
+template <typename T> __attribute__((always_inline)) inline vec64<T> vload(const T* p) {
+  vec64<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T> __attribute__((always_inline)) inline void vstore(T* p, vec64<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// C (m, n) = alpha · Σ_k a(i, k) · B[k·ldb + j] with a(i, k) = A[i·a_rs + k·a_ks] and B's rows
+// contiguous: 4 rows × one vector of columns per register tile.
+template <typename T>
+__attribute__((always_inline)) inline void small_gemm(int m, int n, int k, const T* A, int a_rs, int a_ks,
+                                                      const T* B, int ldb, T* C, int ldc, T alpha) {
+  constexpr int L = kLanes<T>, RB = 4;
+  int j0 = 0;
+  for (; j0 + L <= n; j0 += L) {
+    int i0 = 0;
+    for (; i0 + RB <= m; i0 += RB) {
+      vec64<T> acc[RB] = {};
+      for (int kk = 0; kk < k; ++kk) {
+        const vec64<T> b = vload(B + (size_t)kk * ldb + j0);
+        const T* a = A + (size_t)i0 * a_rs + (size_t)kk * a_ks;
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) acc[r] += a[(size_t)r * a_rs] * b;
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) vstore(C + (size_t)(i0 + r) * ldc + j0, acc[r] * alpha);
+    }
+    for (; i0 < m; ++i0) {
+      vec64<T> acc = {};
+      for (int kk = 0; kk < k; ++kk) acc += A[(size_t)i0 * a_rs + (size_t)kk * a_ks] * vload(B + (size_t)kk * ldb + j0);
+      vstore(C + (size_t)i0 * ldc + j0, acc * alpha);
+    }
+  }
+  if (j0 < n) {  // the last n mod L columns
+    for (int i = 0; i < m; ++i) {
+      T acc[L] = {};
+      for (int kk = 0; kk < k; ++kk) {
+        const T a = A[(size_t)i * a_rs + (size_t)kk * a_ks];
+        const T* b = B + (size_t)kk * ldb;
+        for (int j = j0; j < n; ++j) acc[j - j0] += a * b[j];
+      }
+      for (int j = j0; j < n; ++j) C[(size_t)i * ldc + j] = acc[j - j0] * alpha;
+    }
+  }
+}
+
+// Scratch per (sequence, head) task: Kᵀ and Vᵀ (dh, Tp) with Tp = T rounded up to the vector
+// width (zero columns past T), then two (T, Tp) score matrices.
+template <typename T> int padded_tokens(int T_) { return (T_ + kLanes<T> - 1) / kLanes<T> * kLanes<T>; }
+
+template <typename T>
+__attribute__((always_inline)) inline void load_transposed(T* dst, const T* src, int T_, int Tp, int row, int dh) {
+  for (int d = 0; d < dh; ++d) {
+    T* out = dst + (size_t)d * Tp;
+    for (int j = 0; j < T_; ++j) out[j] = src[(size_t)j * row + d];
+    for (int j = T_; j < Tp; ++j) out[j] = T(0);
+  }
+}
 
 template <typename T>
 EMAE_CPU_CLONES void attention_forward(T* out, T* lse, const T* qkv, int S, int T_, int H, int dh) {
-  const int D = H * dh, row = 3 * D;
+  const int D = H * dh, row = 3 * D, Tp = padded_tokens<T>(T_);
   const T scale = T(1) / std::sqrt(T(dh));
 #pragma omp parallel for schedule(static)
   for (int sh = 0; sh < S * H; ++sh) {
     const int s = sh / H, h = sh % H;
-    T* kt = scratch<T>((size_t)(dh + 1) * T_);  // Kᵀ (dh, T) then one score row (T)
-    T* scores = kt + (size_t)dh * T_;
-    const T* base = qkv + (size_t)s * T_ * row;
-    for (int j = 0; j < T_; ++j)
-      for (int d = 0; d < dh; ++d) kt[(size_t)d * T_ + j] = base[(size_t)j * row + D + h * dh + d];
+    T* kt = scratch<T>((size_t)dh * Tp + (size_t)T_ * Tp);
+    T* p = kt + (size_t)dh * Tp;  // (T, Tp) scores, then probabilities
+    const T* q = qkv + (size_t)s * T_ * row + h * dh;
+    const T* k = q + D;
+    const T* v = q + 2 * D;
+    load_transposed(kt, k, T_, Tp, row, dh);
+    small_gemm<T>(T_, Tp, dh, q, row, 1, kt, Tp, p, Tp, scale);  // p = scale · q kᵀ
     for (int i = 0; i < T_; ++i) {
-      const T* q = base + (size_t)i * row + h * dh;
-      std::fill(scores, scores + T_, T(0));
-      for (int d = 0; d < dh; ++d) axpy(scores, q[d] * scale, kt + (size_t)d * T_, T_);
+      T* pi = p + (size_t)i * Tp;
       T mx = -INFINITY;
-      for (int j = 0; j < T_; ++j) mx = scores[j] > mx ? scores[j] : mx;
+      for (int j = 0; j < T_; ++j) mx = pi[j] > mx ? pi[j] : mx;
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int j = 0; j < T_; ++j) {
-        scores[j] = exp_(scores[j] - mx);
-        sum += scores[j];
+        pi[j] = exp_(pi[j] - mx);
+        sum += pi[j];
       }
-      T* o = out + ((size_t)s * T_ + i) * D + h * dh;
-      std::fill(o, o + dh, T(0));
       const T inv = T(1) / sum;
-      for (int j = 0; j < T_; ++j) axpy(o, scores[j] * inv, base + (size_t)j * row + 2 * D + h * dh, dh);
+#pragma omp simd
+      for (int j = 0; j < T_; ++j) pi[j] *= inv;
       lse[((size_t)s * H + h) * T_ + i] = mx + std::log(sum);
     }
+    small_gemm<T>(T_, dh, T_, p, Tp, 1, v, row, out + (size_t)s * T_ * D + h * dh, D, T(1));  // o = p v
   }
 }
 
 template <typename T>
 EMAE_CPU_CLONES void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse, int S,
                                         int T_, int H, int dh) {
-  const int D = H * dh, row = 3 * D;
+  const int D = H * dh, row = 3 * D, Tp = padded_tokens<T>(T_);
   const T scale = T(1) / std::sqrt(T(dh));
 #pragma omp parallel for schedule(static)
   for (int sh = 0; sh < S * H; ++sh) {
     const int s = sh / H, h = sh % H;
-    T* kt = scratch<T>((size_t)(2 * dh + 2) * T_);  // Kᵀ, Vᵀ (dh, T), then p and ds rows (T)
-    T* vt = kt + (size_t)dh * T_;
-    T* p = vt + (size_t)dh * T_;
-    T* ds = p + T_;
-    const T* base = qkv + (size_t)s * T_ * row;
-    T* dbase = dqkv + (size_t)s * T_ * row;
-    for (int j = 0; j < T_; ++j)
-      for (int d = 0; d < dh; ++d) {
-        kt[(size_t)d * T_ + j] = base[(size_t)j * row + D + h * dh + d];
-        vt[(size_t)d * T_ + j] = base[(size_t)j * row + 2 * D + h * dh + d];
-      }
-    for (int i = 0; i < T_; ++i)
-      for (int part = 0; part < 3; ++part) std::fill_n(dbase + (size_t)i * row + part * D + h * dh, dh, T(0));
+    T* kt = scratch<T>((size_t)2 * dh * Tp + (size_t)2 * T_ * Tp);
+    T* vt = kt + (size_t)dh * Tp;
+    T* p = vt + (size_t)dh * Tp;    // (T, Tp) probabilities
+    T* ds = p + (size_t)T_ * Tp;    // (T, Tp) dp, then d scores
+    const size_t head = (size_t)s * T_ * row + h * dh;
+    const T *q = qkv + head, *k = q + D, *v = q + 2 * D;
+    T *dq = dqkv + head, *dk = dq + D, *dv = dq + 2 * D;
+    const T* o = out + (size_t)s * T_ * D + h * dh;
+    const T* dO = dout + (size_t)s * T_ * D + h * dh;
+    const T* l = lse + ((size_t)s * H + h) * T_;
+    load_transposed(kt, k, T_, Tp, row, dh);
+    load_transposed(vt, v, T_, Tp, row, dh);
+    small_gemm<T>(T_, Tp, dh, q, row, 1, kt, Tp, p, Tp, scale);  // scale · q kᵀ
+    small_gemm<T>(T_, Tp, dh, dO, D, 1, vt, Tp, ds, Tp, T(1));    // dp = dO vᵀ
     for (int i = 0; i < T_; ++i) {
-      const T* q = base + (size_t)i * row + h * dh;
-      const T* o = out + ((size_t)s * T_ + i) * D + h * dh;
-      const T* dO = dout + ((size_t)s * T_ + i) * D + h * dh;
-      const T Di = dot(dO, o, dh);  // = Σ_j p_ij dp_ij
-      const T l = lse[((size_t)s * H + h) * T_ + i];
-      // p = exp(q·Kᵀ·scale − lse); dp = dO·Vᵀ; ds = p ⊙ (dp − Di)
-      std::fill(p, p + T_, T(0));
-      std::fill(ds, ds + T_, T(0));
-      for (int d = 0; d < dh; ++d) {
-        axpy(p, q[d] * scale, kt + (size_t)d * T_, T_);
-        axpy(ds, dO[d], vt + (size_t)d * T_, T_);
-      }
+      // p = exp(scores − lse); ds = p ⊙ (dp − Σ_j p_ij dp_ij) · scale, Σ_j p_ij dp_ij = dO_i · o_i
+      const T Di = dot(dO + (size_t)i * D, o + (size_t)i * D, dh), li = l[i];
+      T* pi = p + (size_t)i * Tp;
+      T* dsi = ds + (size_t)i * Tp;
 #pragma omp simd
       for (int j = 0; j < T_; ++j) {
-        p[j] = exp_(p[j] - l);
-        ds[j] = p[j] * (ds[j] - Di) * scale;
-      }
-      T* dq = dbase + (size_t)i * row + h * dh;
-      for (int j = 0; j < T_; ++j) {
-        axpy(dq, ds[j], base + (size_t)j * row + D + h * dh, dh);        // dq += ds·k
-        axpy(dbase + (size_t)j * row + D + h * dh, ds[j], q, dh);        // dk += ds·q
-        axpy(dbase + (size_t)j * row + 2 * D + h * dh, p[j], dO, dh);   // dv += p·dO
+        pi[j] = exp_(pi[j] - li);
+        dsi[j] = pi[j] * (dsi[j] - Di) * scale;
       }
     }
+    small_gemm<T>(T_, dh, T_, ds, Tp, 1, k, row, dq, row, T(1));   // dq = ds k
+    small_gemm<T>(T_, dh, T_, ds, 1, Tp, q, row, dk, row, T(1));   // dk = dsᵀ q
+    small_gemm<T>(T_, dh, T_, p, 1, Tp, dO, D, dv, row, T(1));     // dv = pᵀ dO
   }
 }
 

@@ -99,6 +99,22 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
     T* dw = c.output("dweight", (size_t)N * K);
     T* db = c.output("dbias", N);
     matmul_backward(dinp, dw, db, dout, inp, w, R, K, N);
+  } else if (name == "matmul_gelu_forward") {
+    const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
+    const T* inp = c.input("inp", (size_t)R * K);
+    const T* w = c.input("weight", (size_t)N * K);
+    const T* bias = c.optional("bias", N);
+    matmul_gelu_forward(c.output("pre", (size_t)R * N), c.output("act", (size_t)R * N), inp, w, bias, R, K, N);
+  } else if (name == "matmul_backward_gelu") {
+    const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
+    const T* dout = c.input("dout", (size_t)R * N);
+    const T* inp = c.input("inp", (size_t)R * K);
+    const T* w = c.input("weight", (size_t)N * K);
+    const T* gelu_inp = c.input("geluInp", (size_t)R * K);
+    T* dinp = c.output("dinp", (size_t)R * K);
+    T* dw = c.output("dweight", (size_t)N * K);
+    T* db = c.output("dbias", N);
+    matmul_backward_gelu(dinp, dw, db, dout, inp, w, gelu_inp, R, K, N);
   } else if (name == "layernorm_forward") {
     const int R = c.dim("R"), C = c.dim("C");
     const T* inp = c.input("inp", (size_t)R * C);

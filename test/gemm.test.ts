@@ -7,8 +7,9 @@
 // product of K ≤ 300 random terms accumulates round-off ~√K·2^-24 ≈ 1e-6 relative to its size;
 // fast_exp (rel. error < 2e-7) and the A&S erf (abs. error < 1.5e-7) stay below that too. A wrong
 // tile edge, a skipped/duplicated k block or a packing bug gives errors of O(1e-2 .. 1).
-// Sizes come from {1, 7, 13, 33, 97, 255, 257, 300}: they cross the kMC = 96 row blocks, the
-// kKC = kNC = 256 depth/column blocks and the MR (4/6/12) × NR (8/16/32) micro-kernel edges.
+// Sizes come from {1, 7, 13, 33, 97, 255, 257, 300} and a few larger ones: they cross the
+// kKC = 256 depth blocks, the kNC = 768 panels, both ways of splitting the work between threads
+// (by rows with a shared B panel, by columns) and the MR (4/6/12) × NR (8/16/32) micro-kernel edges.
 import test from 'ava';
 import { native } from '../lib/native.js';
 import { randn as randnFrom, relL2, seededRng } from './helpers/numeric.js';
@@ -31,6 +32,9 @@ const sizes = [
   [1, 1, 1], [1, 7, 13], [7, 13, 1], [13, 1, 7], [1, 300, 257], [257, 1, 300], [300, 257, 1],
   [33, 97, 255], [97, 257, 33], [255, 13, 300], [300, 255, 257], [257, 300, 97], [97, 97, 97],
   [257, 257, 257], [33, 255, 7], [255, 33, 97], [13, 300, 33], [7, 33, 300],
+  // ≥ 384 rows: the threads share each packed B panel and split the rows (fewer rows: each
+  // thread owns whole columns); N = 800 crosses the kNC = 768 panel width
+  [1000, 40, 800], [777, 300, 33], [451, 513, 70], [400, 3, 5],
 ];
 
 for (const [R, K, N] of sizes) {
@@ -39,6 +43,16 @@ for (const [R, K, N] of sizes) {
     agree(t, 'forward', both('matmul_forward', { inp, weight, bias: randn(N), residual: randn(R * N) }, { R, K, N }), ['out']);
     agree(t, 'forward (no epilogue)', both('matmul_forward', { inp, weight }, { R, K, N }), ['out']);
     agree(t, 'backward', both('matmul_backward', { dout: randn(R * N), inp, weight }, { R, K, N }), ['dinp', 'dweight', 'dbias']);
+  });
+}
+
+// The MLP's fused ops: GELU applied per finished GEMM tile (fp32) against matmul then GELU (fp64).
+for (const [R, K, N] of [[1, 7, 13], [97, 33, 255], [300, 257, 97], [1000, 40, 800], [451, 513, 70]]) {
+  test(`fused GEMM + GELU fp32 vs fp64 composition, R=${R} K=${K} N=${N}: forward (pre, act), backward`, (t) => {
+    const inp = randn(R * K), weight = randn(N * K, 0.5);
+    agree(t, 'forward', both('matmul_gelu_forward', { inp, weight, bias: randn(N) }, { R, K, N }), ['pre', 'act']);
+    agree(t, 'backward', both('matmul_backward_gelu', { dout: randn(R * N), inp, weight, geluInp: randn(R * K, 2) }, { R, K, N }),
+      ['dinp', 'dweight', 'dbias']);
   });
 }
 

@@ -58,6 +58,21 @@ class Backend {
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                                const float* inp, const float* weight, int R, int K, int N) = 0;
 
+  // The MLP's GELU next to its matmuls. A backend may fuse them to save a pass over the (R, N)
+  // activation; these defaults compose the plain ops.
+  // pre (R, N) = inp (R, K) · weight (N, K)ᵀ + bias;  act (R, N) = gelu(pre)
+  virtual void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias,
+                                   int R, int K, int N) {
+    matmul_forward(pre, inp, weight, bias, nullptr, R, K, N);
+    gelu_forward(act, pre, (size_t)R * N);
+  }
+  // dinp (R, K) = (dout · weight) ⊙ gelu'(gelu_inp (R, K)); dweight, dbias as in matmul_backward
+  virtual void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                                    const float* weight, const float* gelu_inp, int R, int K, int N) {
+    matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N);
+    gelu_backward(dinp, gelu_inp, dinp, (size_t)R * K);
+  }
+
   // ---- LayerNorm ---------------------------------------------------------------------------
   // out (R, C), mean (R), rstd (R)
   virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,

@@ -68,8 +68,7 @@ void block_forward(Backend& be, const float* params, const BlockOffsets& o, cons
   be.attention_forward(a.att, a.lse, a.qkv, d.S, d.T, d.heads, D / d.heads);
   be.matmul_forward(a.x_mid, a.att, params + o.proj_w, params + o.proj_b, a.x_in, R, D, D);
   be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, params + o.norm2_w, params + o.norm2_b, R, D, eps);
-  be.matmul_forward(a.fc1, a.ln2, params + o.fc1_w, params + o.fc1_b, nullptr, R, D, H);
-  be.gelu_forward(a.act, a.fc1, (size_t)R * H);
+  be.matmul_gelu_forward(a.fc1, a.act, a.ln2, params + o.fc1_w, params + o.fc1_b, R, D, H);
   be.matmul_forward(a.x_out, a.act, params + o.fc2_w, params + o.fc2_b, a.x_mid, R, H, D);
 }
 
@@ -79,8 +78,7 @@ void block_forward(Backend& be, const float* params, const BlockOffsets& o, cons
 void block_backward(Backend& be, const float* params, float* grads, const BlockOffsets& o, const BlockActs& a,
                     const StackDims& d, float* dres, float* wide, float* narrow) {
   const int R = d.rows(), D = d.D, H = d.H;
-  be.matmul_backward(wide, grads + o.fc2_w, grads + o.fc2_b, dres, a.act, params + o.fc2_w, R, H, D);
-  be.gelu_backward(wide, a.fc1, wide, (size_t)R * H);
+  be.matmul_backward_gelu(wide, grads + o.fc2_w, grads + o.fc2_b, dres, a.act, params + o.fc2_w, a.fc1, R, H, D);
   be.matmul_backward(narrow, grads + o.fc1_w, grads + o.fc1_b, wide, a.ln2, params + o.fc1_w, R, D, H);
   be.layernorm_backward(dres, grads + o.norm2_w, grads + o.norm2_b, narrow, a.x_mid, params + o.norm2_w,
                         a.ln2_mean, a.ln2_rstd, R, D);

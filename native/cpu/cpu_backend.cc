@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "cpu/gemm.h"
 #include "cpu/ops.h"
+#include "cpu/optim.h"
 
 namespace emae::cpu {
 namespace {
@@ -35,6 +36,14 @@ class CpuBackend final : public Backend {
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int K, int N) override {
     cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N);
+  }
+  void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias, int R,
+                           int K, int N) override {
+    cpu::matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N);
+  }
+  void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, const float* gelu_inp, int R, int K, int N) override {
+    cpu::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int R, int C, float eps) override {
@@ -84,31 +93,14 @@ class CpuBackend final : public Backend {
   }
 
   double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {
-    double total = 0;  // per segment in double, segments in order: deterministic
-    for (int s = 0; s < count; ++s) {
-      const float* g = grads + segments[s].offset;
-      double acc = 0;
-#pragma omp parallel for reduction(+ : acc) schedule(static)
-      for (size_t i = 0; i < segments[s].size; ++i) acc += (double)g[i] * g[i];
-      total += acc;
-    }
-    return total;
+    return cpu::grad_norm_squared(grads, segments, count);
   }
   void scale(float* data, const ParamSegment* segments, int count, float factor) override {
-    for (int s = 0; s < count; ++s) {
-      float* d = data + segments[s].offset;
-#pragma omp parallel for simd schedule(static)
-      for (size_t i = 0; i < segments[s].size; ++i) d[i] *= factor;
-    }
+    cpu::scale(data, segments, count, factor);
   }
   void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
              int count, const AdamWScalars& s) override {
-    for (int k = 0; k < count; ++k) {
-      const ParamSegment& seg = segments[k];
-#pragma omp parallel for schedule(static)
-      for (size_t i = seg.offset; i < seg.offset + seg.size; ++i)
-        adamw_update(params[i], exp_avg[i], exp_avg_sq[i], grads[i], s, seg.decay);
-    }
+    cpu::adamw(params, grads, exp_avg, exp_avg_sq, segments, count, s);
   }
 };
 

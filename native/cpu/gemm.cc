@@ -163,8 +163,51 @@ void pack_a_sliver(const GemmParams& p, int i0, int rows, int k0, int kc, int MR
   }
 }
 
+// (GCC 12 warns that the intrinsics' internal _mm512_undefined_ps() is uninitialized: noise.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Transpose 16 rows of 16 floats (src rows at ld) into dst rows at ldd: dst[c][r] = src[r][c].
+// unpack → 2×2 blocks, shuffle_ps → 4×4 blocks per 128-bit lane, shuffle_f32x4 → lanes.
+__attribute__((target("avx512f"))) void transpose16x16(const float* src, int ld, float* dst, int ldd) {
+  __m512 r[16], t[16], u[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (size_t)i * ld);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // lane: a0 b0 a1 b1
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // lane: a2 b2 a3 b3
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i + e], lane L: element 4L + e of rows 4i .. 4i+3
+    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int e = 0; e < 4; ++e) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[e], u[4 + e], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 x1 = _mm512_shuffle_f32x4(u[e], u[4 + e], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512 y0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512 y1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], _MM_SHUFFLE(3, 1, 3, 1));
+    _mm512_storeu_ps(dst + (size_t)(0 + e) * ldd, _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(dst + (size_t)(8 + e) * ldd, _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(dst + (size_t)(4 + e) * ldd, _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(dst + (size_t)(12 + e) * ldd, _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+}
+#pragma GCC diagnostic pop
+
 // Copy op(B)[k0 .. k0+kc, j0 .. j0+cols) as one (kc, NR) sliver, columns ≥ `cols` zero.
 void pack_b_sliver(const GemmParams& p, int k0, int kc, int j0, int cols, int NR, float* dst) {
+  if (p.trans_b && NR == 32 && cols == NR) {
+    // the AVX-512 kernel's slivers: whole 16 × 16 blocks in registers (a scalar transpose cost
+    // ~10% of the forward GEMMs when M is a few hundred rows), the k remainder below
+    int k = 0;
+    for (; k + 16 <= kc; k += 16)
+      for (int cb = 0; cb < NR; cb += 16)
+        transpose16x16(p.B + (size_t)(j0 + cb) * p.ldb + k0 + k, p.ldb, dst + (size_t)k * NR + cb, NR);
+    for (; k < kc; ++k)
+      for (int c = 0; c < NR; ++c) dst[(size_t)k * NR + c] = p.B[(size_t)(j0 + c) * p.ldb + k0 + k];
+    return;
+  }
   if (!p.trans_b) {
     for (int k = 0; k < kc; ++k) {
       float* d = dst + (size_t)k * NR;
@@ -208,6 +251,7 @@ void gemm_no_depth(const GemmParams& p) {
       c[j] = (p.accumulate ? c[j] : 0.f) + (p.bias ? p.bias[j] : 0.f) +
              (p.residual ? p.residual[(size_t)i * p.ldc + j] : 0.f);
   }
+  if (p.tile_epilogue) p.tile_epilogue(p, 0, p.M, 0, p.N);
 }
 
 // One depth block [k0, k0 + kc) of the tiles [t0, t1) of a panel: row-major over (row sliver,
@@ -234,6 +278,14 @@ void run_tiles(const GemmParams& p, const KernelInfo& kinfo, const PanelBlock& b
     }
     const float* ap = direct ? p.A + (size_t)i0 * p.lda + blk.k0 : a_pack;
     const MicroKernel fn = direct ? kinfo.direct : kinfo.packed;
+    if (!p.trans_a && i0 + 2 * MR <= p.M) {
+      // The next row sliver's A rows (read in place) into L2, a share per tile of this sliver,
+      // so its first micro-kernel does not wait on memory.
+      const int lines = (blk.kc + 15) / 16, per_tile = (MR * lines + blk.col_slivers - 1) / blk.col_slivers;
+      const float* next = p.A + (size_t)(i0 + MR) * p.lda + blk.k0;
+      for (int l = js * per_tile; l < std::min(MR * lines, (js + 1) * per_tile); ++l)
+        __builtin_prefetch(next + (size_t)(l / lines) * p.lda + (l % lines) * 16, 0, 2);
+    }
     const float* bp = blk.b_pack + (size_t)jt * blk.kc;
     const int j = blk.j0 + jt;
     float* c = p.C + (size_t)i0 * p.ldc + j;
@@ -243,6 +295,16 @@ void run_tiles(const GemmParams& p, const KernelInfo& kinfo, const PanelBlock& b
       st.bias = p.bias ? p.bias + j : nullptr;
       st.residual = p.residual ? p.residual + (size_t)i0 * p.ldc + j : nullptr;
     }
+    // The tile of C and the store's other inputs are cold (written long before, or never):
+    // fetch them while the micro-kernel runs (thousands of cycles), not when the store stalls.
+    for (int i = 0; i < rows; ++i)
+      for (int jj = 0; jj < cols; jj += 16) {
+        __builtin_prefetch(c + (size_t)i * p.ldc + jj, 1);
+        if (!blk.last) continue;
+        if (st.residual) __builtin_prefetch(st.residual + (size_t)i * p.ldc + jj);
+        if (p.epilogue_in) __builtin_prefetch(p.epilogue_in + (size_t)(i0 + i) * p.ldc + j + jj);
+        if (p.epilogue_out) __builtin_prefetch(p.epilogue_out + (size_t)(i0 + i) * p.ldc + j + jj, 1);
+      }
     if (rows == MR && cols == NR) {
       fn(blk.kc, ap, p.lda, bp, c, p.ldc, st);
     } else {
@@ -256,6 +318,7 @@ void run_tiles(const GemmParams& p, const KernelInfo& kinfo, const PanelBlock& b
           c[(size_t)i * p.ldc + jj] = v;
         }
     }
+    if (blk.last && p.tile_epilogue) p.tile_epilogue(p, i0, rows, j, cols);
   }
 }
 

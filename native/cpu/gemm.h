@@ -18,6 +18,12 @@ struct GemmParams {
   bool accumulate = false;          // C += … instead of C = …
   const float* bias = nullptr;      // (N) added to every row
   const float* residual = nullptr;  // (M, N) with leading dimension ldc, added
+  // Called once per finished tile of C (rows [i0, i0 + rows), columns [j0, j0 + cols)), after
+  // bias and residual, while the tile is still in cache: elementwise work fused into the GEMM.
+  // It may read and write C's tile and the same tile of the epilogue arrays (leading dim ldc).
+  void (*tile_epilogue)(const GemmParams& p, int i0, int rows, int j0, int cols) = nullptr;
+  const float* epilogue_in = nullptr;
+  float* epilogue_out = nullptr;
 };
 
 void gemm(const GemmParams& p);

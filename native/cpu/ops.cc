@@ -117,6 +117,34 @@ template <typename T> EMAE_CPU_CLONES void column_sum_accumulate(T* dst, const T
 
 // ---- matmul ----------------------------------------------------------------------------------
 
+// GELU on one finished GEMM tile (the fused MLP ops): the same math as gelu_forward/backward.
+// forward: epilogue_out = gelu(C);  backward: C (= dact) *= gelu'(epilogue_in)
+static EMAE_CPU_CLONES void gelu_tile_forward(const GemmParams& p, int i0, int rows, int j0, int cols) {
+  for (int r = 0; r < rows; ++r) {
+    const float* x = p.C + (size_t)(i0 + r) * p.ldc + j0;
+    float* y = p.epilogue_out + (size_t)(i0 + r) * p.ldc + j0;
+#pragma omp simd
+    for (int j = 0; j < cols; ++j) {
+      float cdf, gauss;
+      normal_cdf_and_gauss(x[j], cdf, gauss);
+      y[j] = x[j] * cdf;
+    }
+  }
+}
+static EMAE_CPU_CLONES void gelu_tile_backward(const GemmParams& p, int i0, int rows, int j0, int cols) {
+  const float inv_sqrt2pi = 0.39894228040143267794f;
+  for (int r = 0; r < rows; ++r) {
+    const float* x = p.epilogue_in + (size_t)(i0 + r) * p.ldc + j0;
+    float* d = p.C + (size_t)(i0 + r) * p.ldc + j0;
+#pragma omp simd
+    for (int j = 0; j < cols; ++j) {
+      float cdf, gauss;
+      normal_cdf_and_gauss(x[j], cdf, gauss);
+      d[j] = (cdf + x[j] * inv_sqrt2pi * gauss) * d[j];
+    }
+  }
+}
+
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N) {
   if constexpr (std::is_same_v<T, float>) {
@@ -135,11 +163,29 @@ void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* re
 }
 
 template <typename T>
-void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N) {
+void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias, int R, int K, int N) {
+  if constexpr (std::is_same_v<T, float>) {
+    GemmParams p;
+    p.trans_b = true; p.M = R; p.N = N; p.K = K;
+    p.A = inp; p.lda = K; p.B = w; p.ldb = K; p.C = pre; p.ldc = N;
+    p.bias = bias;
+    p.tile_epilogue = gelu_tile_forward; p.epilogue_out = act;
+    gemm(p);
+  } else {
+    matmul_forward<T>(pre, inp, w, bias, nullptr, R, K, N);
+    gelu_forward<T>(act, pre, (size_t)R * N);
+  }
+}
+
+// dinp = dout · w [⊙ gelu'(gelu_inp)], dw += doutᵀ · inp, dbias += Σ dout
+template <typename T>
+void matmul_backward_impl(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
+                          int R, int K, int N) {
   if constexpr (std::is_same_v<T, float>) {
     if (dinp) {  // dinp (R, K) = dout (R, N) · w (N, K)
       GemmParams p;
       p.M = R; p.N = K; p.K = N; p.A = dout; p.lda = N; p.B = w; p.ldb = K; p.C = dinp; p.ldc = K;
+      if (gelu_inp) p.tile_epilogue = gelu_tile_backward, p.epilogue_in = gelu_inp;
       gemm(p);
     }
     GemmParams p;  // dw (N, K) += dout (R, N)ᵀ · inp (R, K)
@@ -148,9 +194,21 @@ void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, cons
     gemm(p);
   } else {
     if (dinp) gemm_ref<T>(false, false, R, K, N, dout, N, w, K, dinp, K, false);
+    if (dinp && gelu_inp) gelu_backward<T>(dinp, gelu_inp, dinp, (size_t)R * K);
     gemm_ref<T>(true, false, N, K, R, dout, N, inp, K, dw, K, true);
   }
   if (dbias) column_sum_accumulate(dbias, dout, R, N);
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N) {
+  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, nullptr, R, K, N);
+}
+
+template <typename T>
+void matmul_backward_gelu(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
+                          int R, int K, int N) {
+  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, gelu_inp, R, K, N);
 }
 
 // ---- LayerNorm -------------------------------------------------------------------------------
@@ -578,6 +636,8 @@ LossValues loss_forward_backward(T* dpred, const T* pred, const T* target, const
   template void column_sum_accumulate<T>(T*, const T*, int, int);                                             \
   template void matmul_forward<T>(T*, const T*, const T*, const T*, const T*, int, int, int);                 \
   template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);                  \
+  template void matmul_gelu_forward<T>(T*, T*, const T*, const T*, const T*, int, int, int);                  \
+  template void matmul_backward_gelu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int, int, int);   \
   template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, T);                  \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int); \
   template void gelu_forward<T>(T*, const T*, size_t);                                                        \

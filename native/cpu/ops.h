@@ -16,6 +16,14 @@ void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* re
 template <typename T>
 void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N);
 
+// pre (R, N) = inp · wᵀ + bias, act = gelu(pre) (the GELU fused into the GEMM's tiles for float)
+template <typename T>
+void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias, int R, int K, int N);
+// matmul_backward with dinp (R, K) = (dout · w) ⊙ gelu'(gelu_inp)
+template <typename T>
+void matmul_backward_gelu(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
+                          int R, int K, int N);
+
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int R, int C, T eps);
 template <typename T>

@@ -120,6 +120,8 @@ export interface NativeAddon {
   cudaInfo(): NativeCudaInfo;
   /** OpenMP threads available by default */
   defaultThreads(): number;
+  /** the CPU GEMM micro-kernel in use: 'avx512' | 'avx2' | 'generic' (env EMAE_GEMM_KERNEL narrows it) */
+  cpuGemmKernel(): string;
   /**
    * Runs one Backend op in float32 on the CPU or CUDA backend, for the parity tests (internal,
    * synchronous). Returns the op's outputs (Float32Array) and host values (numbers).

@@ -3,6 +3,7 @@
 #include <napi.h>
 #include <omp.h>
 
+#include "cpu/gemm.h"
 #include "cuda/device_info.h"
 #include "model_wrap.h"
 
@@ -40,6 +41,11 @@ Napi::Value DefaultThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), omp_get_max_threads());
 }
 
+// The CPU GEMM micro-kernel in use: "avx512", "avx2" or "generic" (EMAE_GEMM_KERNEL narrows it).
+Napi::Value CpuGemmKernel(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), cpu::gemm_kernel_name());
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -49,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createModel", Napi::Function::New<ModelWrap::CreateAsync>(env, "createModel"));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
   exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
+  exports.Set("cpuGemmKernel", Napi::Function::New<CpuGemmKernel>(env, "cpuGemmKernel"));
   exports.Set("testOp", Napi::Function::New<TestOp>(env, "testOp"));
   exports.Set("testBackendOp", Napi::Function::New<TestBackendOp>(env, "testBackendOp"));
   return exports;

@@ -31,6 +31,18 @@ async function run(config: EMAEConfig, steps: number, batchSize: number, lr: num
   return { recon, losses };
 }
 
+test('the thread count does not change a single bit (1, 2 and 3 threads, 8 steps)', async (t) => {
+  // Every GEMM tile, attention head and reduction chunk sums in a fixed order whichever thread
+  // runs it; with 3 threads the decoder GEMMs (544 rows) switch from the row split to the
+  // column split, which must not matter either.
+  const one = await run({ ...tiny, threads: 1 }, 8, 8, 1e-3, 2);
+  for (const threads of [2, 3]) {
+    const other = await run({ ...tiny, threads }, 8, 8, 1e-3, 2);
+    t.deepEqual(other.losses, one.losses, `${threads} threads vs 1`);
+    t.deepEqual(other.recon, one.recon, `${threads} threads vs 1`);
+  }
+});
+
 test('two runs from one seed give bitwise-equal losses over 20 steps', async (t) => {
   const a = await run(tiny, 20, 8, 1e-3, 1);
   const b = await run(tiny, 20, 8, 1e-3, 1);

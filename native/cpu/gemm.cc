@@ -17,7 +17,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace emae::cpu {
@@ -128,10 +130,15 @@ struct KernelInfo {
   const char* name;
 };
 
+// The widest kernel the CPU runs. EMAE_GEMM_KERNEL=avx2|generic picks a narrower one (never a
+// wider one), so the tests can cover every kernel on one machine.
 KernelInfo select_kernel() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return {micro_avx512<true>, micro_avx512<false>, 12, 32, "avx512"};
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+  const char* env = std::getenv("EMAE_GEMM_KERNEL");
+  const std::string cap = env ? env : "";
+  const bool allow_avx512 = cap.empty() || cap == "avx512", allow_avx2 = allow_avx512 || cap == "avx2";
+  if (allow_avx512 && __builtin_cpu_supports("avx512f")) return {micro_avx512<true>, micro_avx512<false>, 12, 32, "avx512"};
+  if (allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     return {micro_avx2<true>, micro_avx2<false>, 6, 16, "avx2"};
   return {micro_generic<true>, micro_generic<false>, 4, 8, "generic"};
 }
@@ -336,7 +343,7 @@ void gemm(const GemmParams& p) {
   if (p.K <= 0) return gemm_no_depth(p);
   const KernelInfo& kinfo = kernel();
   const int MR = kinfo.mr, NR = kinfo.nr;
-  const int kc_max = split_size(p.K, kKC);
+  const int kc_max = std::min(p.K, (split_size(p.K, kKC) + 15) / 16 * 16);  // whole 16-k blocks for the transposes
   const int row_slivers = (p.M + MR - 1) / MR;
   const int all_col_slivers = (p.N + NR - 1) / NR;
   const int team = omp_get_max_threads();

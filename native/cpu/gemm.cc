@@ -285,14 +285,6 @@ void run_tiles(const GemmParams& p, const KernelInfo& kinfo, const PanelBlock& b
     }
     const float* ap = direct ? p.A + (size_t)i0 * p.lda + blk.k0 : a_pack;
     const MicroKernel fn = direct ? kinfo.direct : kinfo.packed;
-    if (!p.trans_a && i0 + 2 * MR <= p.M) {
-      // The next row sliver's A rows (read in place) into L2, a share per tile of this sliver,
-      // so its first micro-kernel does not wait on memory.
-      const int lines = (blk.kc + 15) / 16, per_tile = (MR * lines + blk.col_slivers - 1) / blk.col_slivers;
-      const float* next = p.A + (size_t)(i0 + MR) * p.lda + blk.k0;
-      for (int l = js * per_tile; l < std::min(MR * lines, (js + 1) * per_tile); ++l)
-        __builtin_prefetch(next + (size_t)(l / lines) * p.lda + (l % lines) * 16, 0, 2);
-    }
     const float* bp = blk.b_pack + (size_t)jt * blk.kc;
     const int j = blk.j0 + jt;
     float* c = p.C + (size_t)i0 * p.ldc + j;

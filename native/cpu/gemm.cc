@@ -154,6 +154,7 @@ void pack_a_sliver(const GemmParams& p, int i0, int rows, int k0, int kc, int MR
     for (int k = 0; k < kc; ++k) {
       const float* src = p.A + (size_t)(k0 + k) * p.lda + i0;
       float* d = dst + (size_t)k * MR;
+      if (k + 8 < kc) __builtin_prefetch(src + 8 * (size_t)p.lda);  // strided rows, as in pack_b_sliver
       if (rows == kMaxMR && MR == kMaxMR) {
         std::memcpy(d, src, sizeof(float) * kMaxMR);  // fixed size: inlined moves, not a call
       } else {
@@ -219,6 +220,8 @@ void pack_b_sliver(const GemmParams& p, int k0, int kc, int j0, int cols, int NR
     for (int k = 0; k < kc; ++k) {
       float* d = dst + (size_t)k * NR;
       const float* src = p.B + (size_t)(k0 + k) * p.ldb + j0;
+      // rows of activations at a stride of a few hundred bytes, read once: ask 8 rows ahead
+      if (k + 8 < kc) __builtin_prefetch(src + 8 * (size_t)p.ldb), __builtin_prefetch(src + 8 * (size_t)p.ldb + 16);
       if (cols == kMaxNR && NR == kMaxNR) {
         std::memcpy(d, src, sizeof(float) * kMaxNR);  // fixed size: inlined moves, not a call
       } else {

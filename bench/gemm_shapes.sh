@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Our CPU GEMM (native/cpu/gemm.cc, built standalone with g++) against PyTorch's on the GEMM
+# shapes of one training step, in the same run, 2 threads each; prints both and the ratio.
+#   bash bench/gemm_shapes.sh [preset=cpu-tiny] [parts=4] [batch=32] [reps=10]
+# Needs g++ with OpenMP and a python with torch (.venv/bin/python if present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset=${1:-cpu-tiny} parts=${2:-4} batch=${3:-32} reps=${4:-10}
+py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
+tmp=$(mktemp -d /tmp/emae-gemm.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+g++ -std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -Inative bench/gemm_shapes.cc native/cpu/gemm.cc -o "$tmp/gemm_shapes"
+python3 bench/gemm_shapes.py "$preset" "$parts" "$batch" > "$tmp/shapes"
+OMP_NUM_THREADS=2 "$tmp/gemm_shapes" "$reps" < "$tmp/shapes" > "$tmp/ours"
+"$py" bench/torch_gemm_shapes.py "$reps" 2 < "$tmp/shapes" > "$tmp/torch"
+echo "$preset K=$parts batch $batch: ours | PyTorch (ms, best of $reps), ratio ours/PyTorch"
+paste "$tmp/ours" "$tmp/torch" | awk '$1 != "TOTAL" { printf "%6s %5s %5s %s %-4s %8s | %8s  %.2f\n", $1, $2, $3, $4, $5, $6, $15, $6 / $15 }'
+grep TOTAL "$tmp/ours"; grep TOTAL "$tmp/torch"

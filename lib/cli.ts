@@ -36,6 +36,7 @@ program
       cudaDevices: cuda.devices,
       cudaError: cuda.error,
       cpuThreads: native().defaultThreads(),
+      cpuGemmKernel: native().cpuGemmKernel(),
     };
     if (opts.json) {
       console.log(JSON.stringify(info, null, 2));
@@ -43,7 +44,7 @@ program
     }
     console.log(`emae ${version} (node ${process.version})`);
     console.log(`backends built: ${info.backends.join(', ')}${cuda.compiled ? ` (CUDA architectures ${cuda.architectures})` : ''}`);
-    console.log(`CPU threads (default): ${info.cpuThreads}`);
+    console.log(`CPU threads (default): ${info.cpuThreads}; GEMM micro-kernel: ${info.cpuGemmKernel}`);
     if (cuda.devices.length === 0) console.log(`CUDA devices: none${cuda.error ? ` (${cuda.error})` : ''}`);
     for (const d of cuda.devices)
       console.log(`CUDA device ${d.index}: ${d.name}, compute capability ${d.computeCapability}, ${d.multiProcessors} SMs, ` +

@@ -21,6 +21,7 @@ test('emae info prints the version, backends and devices', (t) => {
   const j = JSON.parse(cli('info', '--json').stdout);
   t.true(j.backends.includes('cpu'));
   t.is(typeof j.cpuThreads, 'number');
+  t.true(['avx512', 'avx2', 'generic'].includes(j.cpuGemmKernel), String(j.cpuGemmKernel));
 });
 
 test('an unknown command is an error', (t) => {

@@ -3,12 +3,16 @@
 // thread count, in the same run, reported as a ratio (ours / PyTorch, lower is better).
 //   node --import=tsx bench/cpu_step.ts [--preset cpu-tiny|cpu-small|all] [--parts K|all]
 //        [--threads T] [--iters N] [--warmup W] [--batch B] [--rounds R] [--wait-idle S] [--python PATH]
+//        [--matmul fp32|bf16]
 //        [--json out.json]
 // Defaults: all presets, parts 4 (EMAE) and 1 (plain MAE), threads min(2, CPUs), 5 timed steps
 // after 2 warm-up steps, the preset's batch (cpu-tiny 32, cpu-small 16), .venv/bin/python if it
 // exists else python3. Each configuration runs in its own child process (this script with
 // --child, one JSON line out) so that the peak RSS is that configuration's alone. Images and
 // permutations are drawn outside the timed region, fresh each step, on both sides.
+// --matmul bf16 runs our step with cpuMatmul 'bf16' (GEMM operands in bf16 on AMX tiles) and
+// PyTorch's under torch.autocast('cpu', dtype=torch.bfloat16) — bf16 against bf16, never against
+// PyTorch fp32. Default fp32 on both sides.
 // --rounds R (default 1) measures every configuration R times, alternating ours and PyTorch, and
 // keeps for each side the round with the lowest median: on a shared machine another process can
 // slow a whole child down (PyTorch's 2-thread step by up to ~35× in our runs), and R = 2 or 3 makes
@@ -41,6 +45,7 @@ const { values: argv } = parseArgs({
     'wait-idle': { type: 'string', default: '0' },
     batch: { type: 'string' },
     python: { type: 'string' },
+    matmul: { type: 'string', default: 'fp32' },
     json: { type: 'string' },
     child: { type: 'boolean', default: false },
   },
@@ -55,6 +60,8 @@ const iters = int('iters', 1);
 const warmup = int('warmup', 0);
 const rounds = int('rounds', 1);
 const waitIdle = int('wait-idle', 0);
+const matmul = argv.matmul as 'fp32' | 'bf16';
+if (matmul !== 'fp32' && matmul !== 'bf16') throw new RangeError(`--matmul must be fp32 or bf16, got ${argv.matmul}`);
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
@@ -64,7 +71,7 @@ const median = (xs: number[]): number => {
 /** One configuration, in this (child) process: prints one JSON line. */
 async function child(preset: PresetName, parts: number, batch: number): Promise<void> {
   const baseRssMb = process.resourceUsage().maxRSS / 1024;  // node + tsx + the addon, before the model
-  const model = await EMAE.create({ preset, parts, device: 'cpu', threads, seed: 0 });
+  const model = await EMAE.create({ preset, parts, device: 'cpu', threads, seed: 0, cpuMatmul: matmul });
   const c = model.config;
   const masker = ParallelMasker.fromConfig(c, 1);
   const times: number[] = [];
@@ -168,7 +175,7 @@ if (torchVersion === null) {
 }
 const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? os.cpus()[0]?.model ?? 'unknown CPU';
 console.log(`${cpu}, ${os.availableParallelism()} logical CPUs; threads ${threads}, ${iters} timed steps after ${warmup} warm-up` +
-  `${rounds > 1 ? `, best of ${rounds} rounds` : ''}; ` +
+  `${rounds > 1 ? `, best of ${rounds} rounds` : ''}; matmuls ${matmul === 'bf16' ? "bf16 (ours: cpuMatmul 'bf16' on AMX; PyTorch: bf16 autocast)" : 'fp32'}; ` +
   `PyTorch ${torchVersion ?? 'n/a'} (${python})`);
 
 interface Row {
@@ -186,14 +193,16 @@ for (const preset of presetsToRun)
     const batch = argv.batch !== undefined ? int('batch', 1) : DEFAULT_BATCH[preset];
     const common = ['--parts', String(parts), '--threads', String(threads), '--iters', String(iters), '--warmup', String(warmup)];
     const runOurs = () => {
-      const r = runMeasured(process.execPath, ['--import=tsx', self, '--child', '--preset', preset, '--batch', String(batch), ...common]);
+      const r = runMeasured(process.execPath, ['--import=tsx', self, '--child', '--preset', preset, '--batch', String(batch),
+        '--matmul', matmul, ...common]);
       if (r.status !== 0) throw new Error(`our benchmark failed (${preset}, K=${parts}): ${r.stderr}`);
       const o = lastJsonLine(r.stdout);
       if (!Number.isFinite(o.last_loss)) throw new Error(`our ${preset} K=${parts} step gave a non-finite loss`);
       return { ...o, others_pct: r.othersPct };
     };
     const runTorch = () => {
-      const r = runMeasured(python, [path.join(root, 'bench/torch_cpu_step.py'), preset, '--batch', String(batch), ...common]);
+      const r = runMeasured(python, [path.join(root, 'bench/torch_cpu_step.py'), preset, '--batch', String(batch),
+        ...(matmul === 'bf16' ? ['--bf16'] : []), ...common]);
       return r.status === 0 ? { ...lastJsonLine(r.stdout), others_pct: r.othersPct }
         : { error: r.stderr.trim().split('\n').pop() ?? `exit ${r.status}` };
     };

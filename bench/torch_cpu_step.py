@@ -44,6 +44,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--adamw", choices=("fused", "foreach", "default"), default="fused",
                     help="AdamW implementation (fused is the fastest on CPU; same math)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward and loss under torch.autocast('cpu', dtype=torch.bfloat16) (oneDNN bf16 "
+                         "matmuls, AMX where the CPU has it); what our cpuMatmul 'bf16' is compared with")
     args = ap.parse_args()
 
     if args.config in PRESETS:
@@ -70,8 +73,9 @@ def main():
         return images, perm
 
     def step(images, perm):
-        pred, masked = model(images, perm)
-        loss, _, _ = emae_torch.emae_loss(pred, masked, images, c)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            pred, masked = model(images, perm)
+            loss, _, _ = emae_torch.emae_loss(pred, masked, images, c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -92,7 +96,7 @@ def main():
         "impl": "pytorch", "preset": preset, "parts": c["K"], "threads": torch.get_num_threads(), "batch": B,
         "ms_per_step_median": round(statistics.median(times), 3), "ms_per_step_min": round(min(times), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
-        "adamw": args.adamw,
+        "adamw": args.adamw, "bf16": args.bf16,
     }))
 
 

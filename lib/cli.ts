@@ -86,6 +86,7 @@ program
   .option('--mask-ratio <r>', 'mask ratio', num('mask-ratio'))
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
+  .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles (opt-in)").choices(['fp32', 'bf16']))
   .option('--seed <n>', 'seed of the init, data order and masks', num('seed'), 0)
   .option('--steps <n>', 'optimizer steps (default 1000 unless --epochs)', num('steps'))
   .option('--epochs <n>', 'epochs instead of steps', num('epochs'))
@@ -178,6 +179,7 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
     ...(o.parts !== undefined ? { parts: o.parts } : {}),
     ...(o.maskRatio !== undefined ? { maskRatio: o.maskRatio } : {}),
     ...(o.threads !== undefined ? { threads: o.threads } : {}),
+    ...(o.cpuMatmul !== undefined ? { cpuMatmul: o.cpuMatmul } : {}),
   };
   const model = await EMAE.create(config);
   if (o.weights) {
@@ -207,6 +209,7 @@ const sharedModelOptions = (cmd: Command) => cmd
   .option('--weights <file>', 'weights or checkpoint (.safetensors) to load')
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
+  .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles (opt-in)").choices(['fp32', 'bf16']))
   .option('--seed <n>', 'seed of the masks', num('seed'), 0);
 
 sharedModelOptions(program.command('reconstruct')

@@ -5,6 +5,8 @@ import { z } from 'zod';
 import { describeValue, invalidRangeError, invalidTypeError, isObject, unknownKeyMessage } from './errors.js';
 import { isPresetName, presetNames, presets, type PresetName } from './presets.js';
 
+/** Precision of the CPU backend's matmuls. */
+export type CpuMatmul = 'fp32' | 'bf16';
 export type ConsistencyDistance = 'mse' | 'l1';
 export type DeviceRequest = 'auto' | 'cpu' | 'cuda';
 
@@ -47,6 +49,13 @@ export interface EMAEConfig {
   seed?: number;
   /** CPU threads (default: the addon's default, OpenMP's). */
   threads?: number;
+  /**
+   * Precision of the CPU backend's matmuls (default 'fp32'). 'bf16' (opt-in) rounds the GEMM
+   * operands to bf16 and multiplies on Intel AMX tiles with fp32 sums (Sapphire Rapids and newer;
+   * `cpuBf16Available()` says whether this machine can); weights, activations and AdamW stay fp32.
+   * The CUDA backend always multiplies in bf16 with fp32 sums.
+   */
+  cpuMatmul?: CpuMatmul;
 }
 
 /** A validated configuration with every default filled in and the derived sizes. */
@@ -70,6 +79,7 @@ export interface ResolvedConfig {
   device: DeviceRequest;
   seed: number;
   threads?: number;
+  cpuMatmul: CpuMatmul;
   /** N = (imageSize/patchSize)² */
   numPatches: number;
   /** P = patchSize²·channels */
@@ -114,6 +124,7 @@ const KEYS = {
   device: { schema: z.enum(['auto', 'cpu', 'cuda']), expected: "'auto', 'cpu' or 'cuda'", jsType: 'string', default: 'auto' },
   seed: { schema: z.int().min(0).max(0xffffffff), expected: 'integer in 0..4294967295 (uint32)', jsType: 'number', default: 0 },
   threads: positiveInt(),
+  cpuMatmul: { schema: z.enum(['fp32', 'bf16']), expected: "'fp32' or 'bf16'", jsType: 'string', default: 'fp32' },
 } satisfies Record<Exclude<keyof EMAEConfig, 'preset'>, KeySpec>;
 
 type ModelKey = keyof typeof KEYS;
@@ -240,6 +251,7 @@ export function resolveConfig(input: unknown): ResolvedConfig {
     device: c.device,
     seed: c.seed,
     ...(c.threads !== undefined ? { threads: c.threads } : {}),
+    cpuMatmul: c.cpuMatmul,
     numPatches,
     patchDim: c.patchSize * c.patchSize * c.channels,
     partsTotal,

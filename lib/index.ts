@@ -12,7 +12,7 @@ export type { ParallelMaskerOptions } from './masker.js';
 export { presets, presetNames } from './presets.js';
 export type { PresetConfig, PresetName } from './presets.js';
 export { resolveConfig, configKeys } from './config.js';
-export type { ConsistencyDistance, DeviceRequest, EMAEConfig, ResolvedConfig } from './config.js';
+export type { ConsistencyDistance, CpuMatmul, DeviceRequest, EMAEConfig, ResolvedConfig } from './config.js';
 export { readSafetensors, writeSafetensors, writeFileAtomic } from './safetensors.js';
 export type { SafetensorsDType, SafetensorsData, SafetensorsFile, SafetensorsInput, SafetensorsTensor } from './safetensors.js';
 

@@ -172,7 +172,12 @@ export class EMAE {
       seed: resolved.seed,
       threads,
       device,
+      cpuMatmul: resolved.cpuMatmul,
     };
+    if (device === 'cpu' && resolved.cpuMatmul === 'bf16') {
+      const bf16 = addon.cpuBf16Available();
+      if (!bf16.available) throw new Error(`cpuMatmul 'bf16' is not available on this machine: ${bf16.reason}; use 'fp32'`);
+    }
     let handle: NativeModel;
     try {
       handle = await addon.createModel(nativeConfig);

@@ -31,6 +31,8 @@ export interface NativeModelConfig {
   threads: number;
   /** backend: 'cuda' uses CUDA device 0 */
   device: 'cpu' | 'cuda';
+  /** the CPU backend's GEMMs in bf16 on AMX tiles ('bf16') or fp32 */
+  cpuMatmul: 'fp32' | 'bf16';
 }
 
 export interface NativeParamInfo {
@@ -122,6 +124,8 @@ export interface NativeAddon {
   defaultThreads(): number;
   /** the CPU GEMM micro-kernel in use: 'avx512' | 'avx2' | 'generic' (env EMAE_GEMM_KERNEL narrows it) */
   cpuGemmKernel(): string;
+  /** whether the opt-in bf16 CPU matmuls (AMX) can run in this process, and if not why */
+  cpuBf16Available(): { available: boolean; reason: string };
   /**
    * Runs one Backend op in float32 on the CPU or CUDA backend, for the parity tests (internal,
    * synchronous). Returns the op's outputs (Float32Array) and host values (numbers).

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include "cpu/gemm.h"
+#include "cpu/gemm_amx.h"
 #include "cuda/device_info.h"
 #include "model_wrap.h"
 
@@ -46,6 +47,15 @@ Napi::Value CpuGemmKernel(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), cpu::gemm_kernel_name());
 }
 
+Napi::Value CpuBf16Available(const Napi::CallbackInfo& info) {
+  std::string why;
+  const bool ok = cpu::amx_bf16_available(&why);
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("available", ok);
+  out.Set("reason", why);
+  return out;
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -56,6 +66,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
   exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
   exports.Set("cpuGemmKernel", Napi::Function::New<CpuGemmKernel>(env, "cpuGemmKernel"));
+  exports.Set("cpuBf16Available", Napi::Function::New<CpuBf16Available>(env, "cpuBf16Available"));
   exports.Set("testOp", Napi::Function::New<TestOp>(env, "testOp"));
   exports.Set("testBackendOp", Napi::Function::New<TestBackendOp>(env, "testBackendOp"));
   return exports;

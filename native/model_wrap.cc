@@ -41,6 +41,10 @@ ModelConfig parse_config(const Napi::Object& o, std::string& device) {
     throw Napi::RangeError::New(o.Env(), "Expected 'mse' or 'l1' for consistencyDistance but received '" + dist + "'");
   c.consistency_l1 = dist == "l1";
   c.layer_norm_eps = (float)get_number(o, "layerNormEps");
+  const std::string cpu_matmul = get_string(o, "cpuMatmul");
+  if (cpu_matmul != "fp32" && cpu_matmul != "bf16")
+    throw Napi::RangeError::New(o.Env(), "Expected 'fp32' or 'bf16' for cpuMatmul but received '" + cpu_matmul + "'");
+  c.cpu_bf16_matmul = cpu_matmul == "bf16";
   const double seed = get_number(o, "seed");
   if (seed < 0 || seed > 4294967295.0 || seed != std::floor(seed))
     throw Napi::RangeError::New(o.Env(), "Expected an unsigned 32-bit integer for seed");
@@ -285,7 +289,7 @@ class CreateWorker : public Napi::AsyncWorker {
     try {
       run_on_compute_thread([this] {
         omp_set_num_threads(config_.threads);
-        model_ = std::make_unique<Model>(config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend());
+        model_ = std::make_unique<Model>(config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
       });
     } catch (const OutOfMemory& e) {
       fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");

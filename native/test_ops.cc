@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_amx.h"
 #include "cpu/ops.h"
 #include "napi_util.h"
 
@@ -29,6 +30,14 @@ template <typename T> struct OpContext {
   Tensors<T> out;
 
   int dim(const char* key) const { return get_int(call.dims, key, 0); }
+  // dims.bf16 = 1 (with fp32 = 1): the GEMMs on the AMX bf16 path
+  bool bf16() const {
+    if (!call.dims.Has("bf16") || get_int(call.dims, "bf16", 0) == 0) return false;
+    if (!std::is_same_v<T, float>) throw Napi::RangeError::New(call.env, "testOp: bf16 needs fp32 = 1");
+    std::string why;
+    if (!emae::cpu::amx_bf16_available(&why)) throw Napi::Error::New(call.env, "testOp: bf16 unavailable: " + why);
+    return true;
+  }
   double scalar(const char* key) const { return get_number(call.dims, key); }
   bool has(const char* key) const { return call.tensors.Has(key) && !call.tensors.Get(key).IsUndefined(); }
   // input tensor of exactly n elements
@@ -89,7 +98,7 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
     const T* w = c.input("weight", (size_t)N * K);
     const T* bias = c.optional("bias", N);
     const T* residual = c.optional("residual", (size_t)R * N);
-    matmul_forward(c.output("out", (size_t)R * N), inp, w, bias, residual, R, K, N);
+    matmul_forward(c.output("out", (size_t)R * N), inp, w, bias, residual, R, K, N, c.bf16());
   } else if (name == "matmul_backward") {
     const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
     const T* dout = c.input("dout", (size_t)R * N);
@@ -98,13 +107,14 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
     T* dinp = c.output("dinp", (size_t)R * K);
     T* dw = c.output("dweight", (size_t)N * K);
     T* db = c.output("dbias", N);
-    matmul_backward(dinp, dw, db, dout, inp, w, R, K, N);
+    matmul_backward(dinp, dw, db, dout, inp, w, R, K, N, c.bf16());
   } else if (name == "matmul_gelu_forward") {
     const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
     const T* inp = c.input("inp", (size_t)R * K);
     const T* w = c.input("weight", (size_t)N * K);
     const T* bias = c.optional("bias", N);
-    matmul_gelu_forward(c.output("pre", (size_t)R * N), c.output("act", (size_t)R * N), inp, w, bias, R, K, N);
+    matmul_gelu_forward(c.output("pre", (size_t)R * N), c.output("act", (size_t)R * N), inp, w, bias, R, K, N,
+                        c.bf16());
   } else if (name == "matmul_backward_gelu") {
     const int R = c.dim("R"), K = c.dim("K"), N = c.dim("N");
     const T* dout = c.input("dout", (size_t)R * N);
@@ -114,7 +124,7 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
     T* dinp = c.output("dinp", (size_t)R * K);
     T* dw = c.output("dweight", (size_t)N * K);
     T* db = c.output("dbias", N);
-    matmul_backward_gelu(dinp, dw, db, dout, inp, w, gelu_inp, R, K, N);
+    matmul_backward_gelu(dinp, dw, db, dout, inp, w, gelu_inp, R, K, N, c.bf16());
   } else if (name == "layernorm_forward") {
     const int R = c.dim("R"), C = c.dim("C");
     const T* inp = c.input("inp", (size_t)R * C);

@@ -5,9 +5,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "core/errors.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_amx.h"
 #include "cpu/ops.h"
 #include "cpu/optim.h"
 
@@ -16,7 +19,10 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  std::string name() const override { return std::string("cpu (") + gemm_kernel_name() + ")"; }
+  explicit CpuBackend(bool bf16_matmul) : bf16_(bf16_matmul) {}
+  std::string name() const override {
+    return std::string("cpu (") + (bf16_ ? "amx-bf16" : gemm_kernel_name()) + ")";
+  }
 
   void* allocate(size_t bytes) override {
     void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t(63));
@@ -31,19 +37,19 @@ class CpuBackend final : public Backend {
 
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
                       int R, int K, int N) override {
-    cpu::matmul_forward(out, inp, weight, bias, residual, R, K, N);
+    cpu::matmul_forward(out, inp, weight, bias, residual, R, K, N, bf16_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int K, int N) override {
-    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N);
+    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, bf16_);
   }
   void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias, int R,
                            int K, int N) override {
-    cpu::matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N);
+    cpu::matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N, bf16_);
   }
   void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                             const float* weight, const float* gelu_inp, int R, int K, int N) override {
-    cpu::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N);
+    cpu::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, bf16_);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int R, int C, float eps) override {
@@ -102,10 +108,17 @@ class CpuBackend final : public Backend {
              int count, const AdamWScalars& s) override {
     cpu::adamw(params, grads, exp_avg, exp_avg_sq, segments, count, s);
   }
+
+ private:
+  bool bf16_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(bool bf16_matmul) {
+  std::string why;
+  if (bf16_matmul && !amx_bf16_available(&why)) throw std::runtime_error("cpuMatmul 'bf16' is not available: " + why);
+  return std::make_unique<CpuBackend>(bf16_matmul);
+}
 
 }  // namespace emae::cpu

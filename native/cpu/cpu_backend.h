@@ -6,6 +6,7 @@
 
 namespace emae::cpu {
 
-std::unique_ptr<Backend> make_cpu_backend();
+// bf16_matmul: the GEMMs on AMX tiles in bf16 (throws std::runtime_error where unavailable)
+std::unique_ptr<Backend> make_cpu_backend(bool bf16_matmul = false);
 
 }  // namespace emae::cpu

@@ -22,6 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gemm_amx.h"
+#include "cpu/transpose.h"
+
 namespace emae::cpu {
 namespace {
 
@@ -171,37 +174,6 @@ void pack_a_sliver(const GemmParams& p, int i0, int rows, int k0, int kc, int MR
   }
 }
 
-// (GCC 12 warns that the intrinsics' internal _mm512_undefined_ps() is uninitialized: noise.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// Transpose 16 rows of 16 floats (src rows at ld) into dst rows at ldd: dst[c][r] = src[r][c].
-// unpack → 2×2 blocks, shuffle_ps → 4×4 blocks per 128-bit lane, shuffle_f32x4 → lanes.
-__attribute__((target("avx512f"))) void transpose16x16(const float* src, int ld, float* dst, int ldd) {
-  __m512 r[16], t[16], u[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (size_t)i * ld);
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // lane: a0 b0 a1 b1
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // lane: a2 b2 a3 b3
-  }
-  for (int i = 0; i < 4; ++i) {  // u[4i + e], lane L: element 4L + e of rows 4i .. 4i+3
-    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int e = 0; e < 4; ++e) {
-    const __m512 x0 = _mm512_shuffle_f32x4(u[e], u[4 + e], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 x1 = _mm512_shuffle_f32x4(u[e], u[4 + e], _MM_SHUFFLE(3, 1, 3, 1));
-    const __m512 y0 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], _MM_SHUFFLE(2, 0, 2, 0));
-    const __m512 y1 = _mm512_shuffle_f32x4(u[8 + e], u[12 + e], _MM_SHUFFLE(3, 1, 3, 1));
-    _mm512_storeu_ps(dst + (size_t)(0 + e) * ldd, _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + (size_t)(8 + e) * ldd, _mm512_shuffle_f32x4(x0, y0, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_ps(dst + (size_t)(4 + e) * ldd, _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + (size_t)(12 + e) * ldd, _mm512_shuffle_f32x4(x1, y1, _MM_SHUFFLE(3, 1, 3, 1)));
-  }
-}
-#pragma GCC diagnostic pop
 
 // Copy op(B)[k0 .. k0+kc, j0 .. j0+cols) as one (kc, NR) sliver, columns ≥ `cols` zero.
 void pack_b_sliver(const GemmParams& p, int k0, int kc, int j0, int cols, int NR, float* dst) {
@@ -336,6 +308,7 @@ const char* gemm_kernel_name() { return kernel().name; }
 void gemm(const GemmParams& p) {
   if (p.M <= 0 || p.N <= 0) return;
   if (p.K <= 0) return gemm_no_depth(p);
+  if (p.bf16) return gemm_amx_bf16(p);
   const KernelInfo& kinfo = kernel();
   const int MR = kinfo.mr, NR = kinfo.nr;
   const int kc_max = std::min(p.K, (split_size(p.K, kKC) + 15) / 16 * 16);  // whole 16-k blocks for the transposes

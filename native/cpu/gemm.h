@@ -16,6 +16,7 @@ struct GemmParams {
   const float* B = nullptr; int ldb = 0;
   float* C = nullptr; int ldc = 0;
   bool accumulate = false;          // C += … instead of C = …
+  bool bf16 = false;                // operands rounded to bf16, on AMX tiles (gemm_amx.h); fp32 sums
   const float* bias = nullptr;      // (N) added to every row
   const float* residual = nullptr;  // (M, N) with leading dimension ldc, added
   // Called once per finished tile of C (rows [i0, i0 + rows), columns [j0, j0 + cols)), after

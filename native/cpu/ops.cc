@@ -146,9 +146,11 @@ static EMAE_CPU_CLONES void gelu_tile_backward(const GemmParams& p, int i0, int 
 }
 
 template <typename T>
-void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N) {
+void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N,
+                    bool bf16) {
   if constexpr (std::is_same_v<T, float>) {
     GemmParams p;
+    p.bf16 = bf16;
     p.trans_b = true; p.M = R; p.N = N; p.K = K;
     p.A = inp; p.lda = K; p.B = w; p.ldb = K; p.C = out; p.ldc = N;
     p.bias = bias; p.residual = residual;
@@ -163,16 +165,17 @@ void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* re
 }
 
 template <typename T>
-void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias, int R, int K, int N) {
+void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias, int R, int K, int N, bool bf16) {
   if constexpr (std::is_same_v<T, float>) {
     GemmParams p;
+    p.bf16 = bf16;
     p.trans_b = true; p.M = R; p.N = N; p.K = K;
     p.A = inp; p.lda = K; p.B = w; p.ldb = K; p.C = pre; p.ldc = N;
     p.bias = bias;
     p.tile_epilogue = gelu_tile_forward; p.epilogue_out = act;
     gemm(p);
   } else {
-    matmul_forward<T>(pre, inp, w, bias, nullptr, R, K, N);
+    matmul_forward<T>(pre, inp, w, bias, nullptr, R, K, N, false);
     gelu_forward<T>(act, pre, (size_t)R * N);
   }
 }
@@ -180,15 +183,17 @@ void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias
 // dinp = dout · w [⊙ gelu'(gelu_inp)], dw += doutᵀ · inp, dbias += Σ dout
 template <typename T>
 void matmul_backward_impl(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
-                          int R, int K, int N) {
+                          int R, int K, int N, bool bf16) {
   if constexpr (std::is_same_v<T, float>) {
     if (dinp) {  // dinp (R, K) = dout (R, N) · w (N, K)
       GemmParams p;
+      p.bf16 = bf16;
       p.M = R; p.N = K; p.K = N; p.A = dout; p.lda = N; p.B = w; p.ldb = K; p.C = dinp; p.ldc = K;
       if (gelu_inp) p.tile_epilogue = gelu_tile_backward, p.epilogue_in = gelu_inp;
       gemm(p);
     }
     GemmParams p;  // dw (N, K) += dout (R, N)ᵀ · inp (R, K)
+    p.bf16 = bf16;
     p.trans_a = true; p.M = N; p.N = K; p.K = R;
     p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dw; p.ldc = K; p.accumulate = true;
     gemm(p);
@@ -201,14 +206,15 @@ void matmul_backward_impl(T* dinp, T* dw, T* dbias, const T* dout, const T* inp,
 }
 
 template <typename T>
-void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N) {
-  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, nullptr, R, K, N);
+void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N,
+                     bool bf16) {
+  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, nullptr, R, K, N, bf16);
 }
 
 template <typename T>
 void matmul_backward_gelu(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
-                          int R, int K, int N) {
-  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, gelu_inp, R, K, N);
+                          int R, int K, int N, bool bf16) {
+  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, gelu_inp, R, K, N, bf16);
 }
 
 // ---- LayerNorm -------------------------------------------------------------------------------
@@ -634,10 +640,10 @@ LossValues loss_forward_backward(T* dpred, const T* pred, const T* target, const
 // ---- explicit instantiations -------------------------------------------------------------------
 #define EMAE_INSTANTIATE(T)                                                                                    \
   template void column_sum_accumulate<T>(T*, const T*, int, int);                                             \
-  template void matmul_forward<T>(T*, const T*, const T*, const T*, const T*, int, int, int);                 \
-  template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int);                  \
-  template void matmul_gelu_forward<T>(T*, T*, const T*, const T*, const T*, int, int, int);                  \
-  template void matmul_backward_gelu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int, int, int);   \
+  template void matmul_forward<T>(T*, const T*, const T*, const T*, const T*, int, int, int, bool);           \
+  template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int, bool);            \
+  template void matmul_gelu_forward<T>(T*, T*, const T*, const T*, const T*, int, int, int, bool);            \
+  template void matmul_backward_gelu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int, int, int, bool); \
   template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, T);                  \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int); \
   template void gelu_forward<T>(T*, const T*, size_t);                                                        \

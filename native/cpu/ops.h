@@ -10,19 +10,23 @@
 namespace emae::cpu {
 
 // out (R, N) = inp (R, K) · w (N, K)ᵀ + bias + residual
+// bf16 (float only): the GEMMs' operands rounded to bf16 on AMX tiles (gemm_amx.h)
 template <typename T>
-void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N);
+void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N,
+                    bool bf16 = false);
 // dinp (R, K) = dout · w (assigned, optional); dw (N, K) += doutᵀ · inp; dbias (N) += Σ dout (optional)
 template <typename T>
-void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N);
+void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N,
+                     bool bf16 = false);
 
 // pre (R, N) = inp · wᵀ + bias, act = gelu(pre) (the GELU fused into the GEMM's tiles for float)
 template <typename T>
-void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias, int R, int K, int N);
+void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias, int R, int K, int N,
+                         bool bf16 = false);
 // matmul_backward with dinp (R, K) = (dout · w) ⊙ gelu'(gelu_inp)
 template <typename T>
 void matmul_backward_gelu(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
-                          int R, int K, int N);
+                          int R, int K, int N, bool bf16 = false);
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int R, int C, T eps);

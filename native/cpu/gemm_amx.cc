@@ -164,6 +164,25 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b_block(const G
     }
 }
 
+
+// C tile = acc [+ C] [+ bias] [+ residual], in the fp32 path's order; 16 columns per vector,
+// masked at the right edge.
+__attribute__((target("avx512f"))) void store_tile(const GemmParams& p, const float* tile, int i0, int rows, int j0,
+                                                   int cols) {
+  for (int jj = 0; jj < cols; jj += 16) {
+    const __mmask16 m = (__mmask16)(cols - jj >= 16 ? 0xffff : (1u << (cols - jj)) - 1);
+    const __m512 bias = p.bias ? _mm512_maskz_loadu_ps(m, p.bias + j0 + jj) : _mm512_setzero_ps();
+    for (int i = 0; i < rows; ++i) {
+      float* c = p.C + (size_t)(i0 + i) * p.ldc + j0 + jj;
+      __m512 v = _mm512_load_ps(tile + i * kNB + jj);
+      if (p.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
+      if (p.bias) v = _mm512_add_ps(v, bias);
+      if (p.residual) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, p.residual + (size_t)(i0 + i) * p.ldc + j0 + jj));
+      _mm512_mask_storeu_ps(c, m, v);
+    }
+  }
+}
+
 }  // namespace
 
 bool amx_bf16_available(std::string* why) {
@@ -214,17 +233,7 @@ void gemm_amx_bf16(const GemmParams& p) {
       micro_amx(kpairs, a_pack + (size_t)ib * kMB * K_pad, a_stride, b_pack + (size_t)jb * kNB * K_pad, tile);
       const int i0 = ib * kMB, j0 = jb * kNB;
       const int rows = std::min(kMB, p.M - i0), cols = std::min(kNB, p.N - j0);
-      for (int i = 0; i < rows; ++i) {
-        float* c = p.C + (size_t)(i0 + i) * p.ldc + j0;
-        const float* r = p.residual ? p.residual + (size_t)(i0 + i) * p.ldc + j0 : nullptr;
-        for (int j = 0; j < cols; ++j) {
-          float v = tile[i * kNB + j];
-          if (p.accumulate) v += c[j];
-          if (p.bias) v += p.bias[j0 + j];
-          if (r) v += r[j];
-          c[j] = v;
-        }
-      }
+      store_tile(p, tile, i0, rows, j0, cols);
       if (p.tile_epilogue) p.tile_epilogue(p, i0, rows, j0, cols);
     }
     release_tiles();

@@ -15,7 +15,7 @@ import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
 import { ImageFolder } from './folder.js';
 import type { BatchSource } from './trainer.js';
-import { EMAE, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
+import { EMAE, cpuInfo, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
 import { native } from './native.js';
 import { Trainer } from './trainer.js';
 
@@ -37,6 +37,7 @@ program
       cudaError: cuda.error,
       cpuThreads: native().defaultThreads(),
       cpuGemmKernel: native().cpuGemmKernel(),
+      cpuBf16: cpuInfo().bf16Available ? 'available (AMX)' : `unavailable: ${cpuInfo().bf16Reason}`,
     };
     if (opts.json) {
       console.log(JSON.stringify(info, null, 2));
@@ -44,7 +45,7 @@ program
     }
     console.log(`emae ${version} (node ${process.version})`);
     console.log(`backends built: ${info.backends.join(', ')}${cuda.compiled ? ` (CUDA architectures ${cuda.architectures})` : ''}`);
-    console.log(`CPU threads (default): ${info.cpuThreads}; GEMM micro-kernel: ${info.cpuGemmKernel}`);
+    console.log(`CPU threads (default): ${info.cpuThreads}; GEMM micro-kernel: ${info.cpuGemmKernel}; cpuMatmul 'bf16': ${info.cpuBf16}`);
     if (cuda.devices.length === 0) console.log(`CUDA devices: none${cuda.error ? ` (${cuda.error})` : ''}`);
     for (const d of cuda.devices)
       console.log(`CUDA device ${d.index}: ${d.name}, compute capability ${d.computeCapability}, ${d.multiProcessors} SMs, ` +

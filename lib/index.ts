@@ -27,6 +27,24 @@ export function cudaInfo(): CudaInfo {
   return { ...info, devices: info.devices.map((d) => ({ ...d })) };
 }
 
+export interface CpuInfo {
+  /** CPU threads a model uses when its config sets none (OpenMP's default, OMP_NUM_THREADS) */
+  defaultThreads: number;
+  /** the fp32 GEMM micro-kernel picked for this CPU: 'avx512' | 'avx2' | 'generic' */
+  gemmKernel: string;
+  /** whether cpuMatmul 'bf16' (AMX tiles) can run in this process */
+  bf16Available: boolean;
+  /** why not, when bf16Available is false ('' otherwise) */
+  bf16Reason: string;
+}
+
+/** What the native addon knows about the CPU backend on this machine. Loads the addon. */
+export function cpuInfo(): CpuInfo {
+  const addon = native();
+  const bf16 = addon.cpuBf16Available();
+  return { defaultThreads: addon.defaultThreads(), gemmKernel: addon.cpuGemmKernel(), bf16Available: bf16.available, bf16Reason: bf16.reason };
+}
+
 /** The package version (package.json; lib/ and dist/ both sit one level below it). */
 export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 export { Trainer } from './trainer.js';

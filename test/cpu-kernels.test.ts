@@ -46,3 +46,14 @@ test('EMAE_GEMM_KERNEL never widens: an unknown value gives the portable kernel'
   });
   t.is(JSON.parse(out.trim().split('\n').pop()!).kernel, 'generic');
 });
+
+test('cpuInfo() reports threads, the GEMM kernel and whether bf16 matmuls can run', async (t) => {
+  const { cpuInfo } = await import('../lib/index.js');
+  const info = cpuInfo();
+  t.true(Number.isInteger(info.defaultThreads) && info.defaultThreads >= 1);
+  t.is(info.gemmKernel, native().cpuGemmKernel());
+  t.is(typeof info.bf16Available, 'boolean');
+  if (info.bf16Available) t.is(info.bf16Reason, '');
+  else t.true(info.bf16Reason.length > 0, 'says why not');
+  t.is(info.bf16Available, cpuHas('amx_bf16') && info.bf16Available, 'never available without the CPU flag');
+});

@@ -48,8 +48,8 @@ alignas(64) const TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 6
 __attribute__((target("amx-tile"))) void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 __attribute__((target("amx-tile"))) void release_tiles() { _tile_release(); }
 
-// c (32, 32) at ldc_bytes = Σ over k2 in [0, kpairs) (kpairs a multiple of 16) of the packed
-// operands: a = 32 bf16 rows at a_stride bytes, b = [kpairs][32][2] bf16.
+// c (32 × 32 fp32, contiguous) = Σ over the k-pairs [0, kpairs) (a multiple of 16) of the packed
+// operands: a = 32 bf16 rows at a_stride bytes, b = [kpairs][32][2] bf16 (VNNI pairs).
 __attribute__((target("amx-tile,amx-bf16"))) void micro_amx(int kpairs, const uint16_t* a, int a_stride,
                                                              const uint16_t* b, float* c) {
   _tile_zero(0);

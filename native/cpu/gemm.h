@@ -1,8 +1,9 @@
-// CPU GEMM: C (M, N) = [C +] op(A) (M, K) · op(B) (K, N), row-major, fp32.
-// Cache-blocked with packed panels and a register-blocked micro-kernel chosen at run time
-// (AVX-512 12×32, AVX2+FMA 6×16, portable 4×8). Threads split the output into tiles, each tile
-// owned by one thread and summed over K in a fixed order: results are bitwise identical for any
-// thread count.
+// CPU GEMM: C (M, N) = [C +] op(A) (M, K) · op(B) (K, N) [+ bias] [+ residual], row-major, fp32.
+// Cache-blocked with packed B panels and a register-blocked micro-kernel chosen at run time
+// (AVX-512 12×32, AVX2+FMA 6×16, portable 4×8; EMAE_GEMM_KERNEL=avx2|generic narrows the choice).
+// With bf16 set, the operands are rounded to bf16 and multiplied on AMX tiles (gemm_amx.h).
+// Threads split the output into tiles, each tile owned by one thread and summed over K in a fixed
+// order: results are bitwise identical for any thread count.
 #pragma once
 #include <cstddef>
 

@@ -113,8 +113,10 @@ class CudaBackend final : public Backend {
     cuda::matmul_forward(out, inp, weight, bias, residual, R, K, N, stream_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int K, int N) override {
+                       const float* weight, int R, int K, int N, bool assign_dweight) override {
     bind();
+    // the weight-gradient kernels accumulate (split-K): assigning = zeroing first
+    if (assign_dweight) EMAE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, (size_t)N * K * sizeof(float), stream_));
     float* scratch = scratch_.get_as<float>(matmul_backward_scratch_floats(R, K, N));
     cuda::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_);
   }

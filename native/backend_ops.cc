@@ -118,8 +118,9 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const float* dout = r.in("dout", (size_t)R * N);
     const float* inp = r.in("inp", (size_t)R * K);
     const float* w = r.in("weight", (size_t)N * K);
+    const bool assign = r.has_dim("assign") && r.dim("assign") != 0;  // dweight = … (its input ignored)
     be.matmul_backward(r.out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp, w, R,
-                       K, N);
+                       K, N, assign);
   } else if (name == "layernorm_forward") {
     const int R = r.dim("R"), C = r.dim("C");
     const float* inp = r.in("inp", (size_t)R * C);

@@ -46,6 +46,8 @@ gpuTest(`per-op parity with the CPU backend (seed ${seed})`, (t) => {
   for (const [R, K, N] of [[1, 7, 5], [33, 100, 129], [257, 64, 192], [1000, 192, 576], [3200, 768, 2304]]) {
     compare(t, 'matmul_forward', { inp: randn(R * K), weight: randn(N * K, 0.1), bias: randn(N), residual: randn(R * N) }, { R, K, N }, 1e-2);
     compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N }, 1e-2);
+    // assign: dweight's input (random here) is overwritten, not added to
+    compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N, assign: 1 }, 1e-2);
   }
   for (const [R, C] of [[5, 12], [300, 192], [2000, 768]]) {
     const inp = randn(R * C, 2), weight = randn(C), bias = randn(C);

@@ -83,3 +83,15 @@ test('gelu fp32 (A&S erf, fast exp) vs fp64: forward and backward', (t) => {
     agree(t, `scale ${scale} backward`, both('gelu_backward', { inp, dout: randn(n) }, { n }), ['dinp']);
   }
 });
+
+test('matmul_backward with assign overwrites dweight (the first write of a fresh step), dbias still adds', (t) => {
+  const R = 97, K = 33, N = 40;
+  const f32 = (n: number, scale = 1) => Float32Array.from(randn(n, scale));
+  const dout = f32(R * N), inp = f32(R * K), weight = f32(N * K), stale = f32(N * K), dbias = f32(N);
+  const assigned = native().testBackendOp('cpu', 'matmul_backward', { dout, inp, weight, dweight: stale, dbias }, { R, K, N, assign: 1 });
+  const fromZero = native().testBackendOp('cpu', 'matmul_backward', { dout, inp, weight, dbias }, { R, K, N });
+  const added = native().testBackendOp('cpu', 'matmul_backward', { dout, inp, weight, dweight: stale, dbias }, { R, K, N });
+  t.deepEqual(assigned.dweight, fromZero.dweight, 'the stale input is ignored');
+  t.deepEqual(assigned.dbias, added.dbias, 'dbias accumulates either way');
+  t.true(relL2(added.dweight, fromZero.dweight) > 1e-3, 'without assign the stale values are added');
+});

@@ -63,3 +63,20 @@ test('200 steps on synthetic gratings drive the reconstruction loss well below i
   t.true(Number.isFinite(last));
   t.true(last < 0.5 * first, `recon fell from ${first.toFixed(4)} to ${last.toFixed(4)} (expected below half)`);
 });
+
+test('a fresh backward ignores what the gradient buffer held (assigned weight gradients, zeroed rest)', async (t) => {
+  // The linear weights' gradients are assigned, not added, in a step that does not accumulate;
+  // stale values from an earlier step or from accumulated micro-batches must not leak in.
+  const model = await EMAE.create(tiny);
+  const c = model.config, B = 4;
+  const images = gratings(B, c.channels, c.imageSize, 5), other = gratings(B, c.channels, c.imageSize, 6);
+  const masker = ParallelMasker.fromConfig(c, 8);
+  const permutation = masker.next(B), otherPerm = masker.next(B);
+  const first = await model.lossAndGrads({ images, permutation, batchSize: B });
+  await model.accumulateGradients({ images: other, permutation: otherPerm, batchSize: B }, { reset: true });
+  await model.accumulateGradients({ images: other, permutation: otherPerm, batchSize: B }, { reset: false });
+  const again = await model.lossAndGrads({ images, permutation, batchSize: B });
+  await model.dispose();
+  t.is(again.loss, first.loss);
+  for (const [name, g] of Object.entries(first.grads)) t.deepEqual(again.grads[name], g, name);
+});

@@ -54,9 +54,11 @@ class Backend {
   virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
                               const float* residual, int R, int K, int N) = 0;
   // dinp (R, K) = dout · weight (assigned; skipped when dinp is null)
-  // dweight (N, K) += doutᵀ · inp;  dbias (N) += Σ_rows dout (skipped when dbias is null)
+  // dweight (N, K) += doutᵀ · inp, or = when assign_dweight (the weight's only contribution in a
+  // step that does not accumulate micro-batches: the gradients need no zeroing first);
+  // dbias (N) += Σ_rows dout (skipped when dbias is null)
   virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                               const float* inp, const float* weight, int R, int K, int N) = 0;
+                               const float* inp, const float* weight, int R, int K, int N, bool assign_dweight) = 0;
 
   // The MLP's GELU next to its matmuls. A backend may fuse them to save a pass over the (R, N)
   // activation; these defaults compose the plain ops.
@@ -68,8 +70,9 @@ class Backend {
   }
   // dinp (R, K) = (dout · weight) ⊙ gelu'(gelu_inp (R, K)); dweight, dbias as in matmul_backward
   virtual void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                                    const float* weight, const float* gelu_inp, int R, int K, int N) {
-    matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N);
+                                    const float* weight, const float* gelu_inp, int R, int K, int N,
+                                    bool assign_dweight) {
+    matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, assign_dweight);
     gelu_backward(dinp, gelu_inp, dinp, (size_t)R * K);
   }
 

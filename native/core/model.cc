@@ -76,15 +76,15 @@ void block_forward(Backend& be, const float* params, const BlockOffsets& o, cons
 // both skip connections and the branches accumulate into it). wide (R, max(3D, H)) and narrow
 // (R, D) are scratch.
 void block_backward(Backend& be, const float* params, float* grads, const BlockOffsets& o, const BlockActs& a,
-                    const StackDims& d, float* dres, float* wide, float* narrow) {
+                    const StackDims& d, float* dres, float* wide, float* narrow, bool assign) {
   const int R = d.rows(), D = d.D, H = d.H;
-  be.matmul_backward_gelu(wide, grads + o.fc2_w, grads + o.fc2_b, dres, a.act, params + o.fc2_w, a.fc1, R, H, D);
-  be.matmul_backward(narrow, grads + o.fc1_w, grads + o.fc1_b, wide, a.ln2, params + o.fc1_w, R, D, H);
+  be.matmul_backward_gelu(wide, grads + o.fc2_w, grads + o.fc2_b, dres, a.act, params + o.fc2_w, a.fc1, R, H, D, assign);
+  be.matmul_backward(narrow, grads + o.fc1_w, grads + o.fc1_b, wide, a.ln2, params + o.fc1_w, R, D, H, assign);
   be.layernorm_backward(dres, grads + o.norm2_w, grads + o.norm2_b, narrow, a.x_mid, params + o.norm2_w,
                         a.ln2_mean, a.ln2_rstd, R, D);
-  be.matmul_backward(narrow, grads + o.proj_w, grads + o.proj_b, dres, a.att, params + o.proj_w, R, D, D);
+  be.matmul_backward(narrow, grads + o.proj_w, grads + o.proj_b, dres, a.att, params + o.proj_w, R, D, D, assign);
   be.attention_backward(wide, narrow, a.qkv, a.att, a.lse, d.S, d.T, d.heads, D / d.heads);
-  be.matmul_backward(narrow, grads + o.qkv_w, grads + o.qkv_b, wide, a.ln1, params + o.qkv_w, R, D, 3 * D);
+  be.matmul_backward(narrow, grads + o.qkv_w, grads + o.qkv_b, wide, a.ln1, params + o.qkv_w, R, D, 3 * D, assign);
   be.layernorm_backward(dres, grads + o.norm1_w, grads + o.norm1_b, narrow, a.x_in, params + o.norm1_w,
                         a.ln1_mean, a.ln1_rstd, R, D);
 }
@@ -141,6 +141,19 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
   backend_->zero(exp_avg_sq_, bytes);
   for (const auto& s : layout_.specs)
     if (s.trainable) trainable_.push_back({s.offset, s.size, s.decay});
+  std::vector<size_t> assigned = {layout_.patch_w, layout_.dec_embed_w, layout_.dec_pred_w};
+  for (const auto* stack : {&layout_.blocks, &layout_.dec_blocks})
+    for (const BlockOffsets& b : *stack) assigned.insert(assigned.end(), {b.qkv_w, b.proj_w, b.fc1_w, b.fc2_w});
+  std::vector<ParamSegment> rest;
+  for (const auto& s : trainable_)
+    if (std::find(assigned.begin(), assigned.end(), s.offset) == assigned.end()) rest.push_back(s);
+  std::sort(rest.begin(), rest.end(), [](const ParamSegment& x, const ParamSegment& y) { return x.offset < y.offset; });
+  for (const auto& s : rest) {
+    if (!accumulated_grads_.empty() && accumulated_grads_.back().first + accumulated_grads_.back().second == s.offset)
+      accumulated_grads_.back().second += s.size;  // adjacent: one zeroing call
+    else
+      accumulated_grads_.push_back({s.offset, s.size});
+  }
 }
 
 Model::~Model() {
@@ -321,31 +334,35 @@ void Model::backward(bool accumulate) {
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
   const float* w = params_;
   float* dw = grads_;
-  if (!accumulate) be.zero(grads_, layout_.total * sizeof(float));  // every parameter gradient below is +=
+  // A fresh step assigns the linear weights' gradients (their only contribution) and zeroes the
+  // rest, which is added into below; accumulating micro-batches adds into everything.
+  const bool assign = !accumulate;
+  if (assign)
+    for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
 
   // decoder head
   be.matmul_backward(a.narrow, dw + L.dec_pred_w, dw + L.dec_pred_b, a.dpred, a.dnorm, w + L.dec_pred_w,
-                     a.dec.rows(), Dd, P);
+                     a.dec.rows(), Dd, P, assign);
   be.zero(a.dres, (size_t)a.dec.rows() * Dd * sizeof(float));
   const float* z_last = a.dec_blocks.empty() ? a.z0 : a.dec_blocks.back().x_out;
   be.layernorm_backward(a.dres, dw + L.dec_norm_w, dw + L.dec_norm_b, a.narrow, z_last, w + L.dec_norm_w,
                         a.dnorm_mean, a.dnorm_rstd, a.dec.rows(), Dd);
   for (size_t l = a.dec_blocks.size(); l-- > 0;)
-    block_backward(be, w, dw, L.dec_blocks[l], a.dec_blocks[l], a.dec, a.dres, a.wide, a.narrow);
+    block_backward(be, w, dw, L.dec_blocks[l], a.dec_blocks[l], a.dec, a.dres, a.wide, a.narrow, assign);
   be.decoder_tokens_backward(a.dy, dw + L.mask_token, a.dres, a.perm, g, Dd);
 
   // encoder
   be.matmul_backward(a.narrow, dw + L.dec_embed_w, dw + L.dec_embed_b, a.dy, a.latent, w + L.dec_embed_w,
-                     a.enc.rows(), D, Dd);
+                     a.enc.rows(), D, Dd, assign);
   be.zero(a.dres, (size_t)a.enc.rows() * D * sizeof(float));
   const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
   be.layernorm_backward(a.dres, dw + L.norm_w, dw + L.norm_b, a.narrow, x_last, w + L.norm_w, a.latent_mean,
                         a.latent_rstd, a.enc.rows(), D);
   for (size_t l = a.blocks.size(); l-- > 0;)
-    block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow);
+    block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow, assign);
   be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
   be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w,
-                     g.batch * g.parts * g.visible, Cpp, D);
+                     g.batch * g.parts * g.visible, Cpp, D, assign);
 }
 
 void Model::upload_batch(Arena& a, const float* images, const int32_t* perm) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -81,6 +82,9 @@ class Model {
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;
   std::vector<ParamSegment> trainable_;
+  // (offset, size) ranges of the gradients a non-accumulating backward adds into, which it zeroes
+  // first: every trainable tensor but the linear weights, whose gradients matmul_backward assigns
+  std::vector<std::pair<size_t, size_t>> accumulated_grads_;
   int64_t step_ = 0;
   std::unique_ptr<Arena> arena_;         // training and predict
   std::unique_ptr<Arena> encode_arena_;  // encode: encoder only, every patch visible

@@ -40,16 +40,17 @@ class CpuBackend final : public Backend {
     cpu::matmul_forward(out, inp, weight, bias, residual, R, K, N, bf16_);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int K, int N) override {
-    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, bf16_);
+                       const float* weight, int R, int K, int N, bool assign_dweight) override {
+    cpu::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, bf16_, assign_dweight);
   }
   void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias, int R,
                            int K, int N) override {
     cpu::matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N, bf16_);
   }
   void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* weight, const float* gelu_inp, int R, int K, int N) override {
-    cpu::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, bf16_);
+                            const float* weight, const float* gelu_inp, int R, int K, int N,
+                            bool assign_dweight) override {
+    cpu::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, bf16_, assign_dweight);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int R, int C, float eps) override {

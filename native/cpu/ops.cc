@@ -183,7 +183,7 @@ void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias
 // dinp = dout · w [⊙ gelu'(gelu_inp)], dw += doutᵀ · inp, dbias += Σ dout
 template <typename T>
 void matmul_backward_impl(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
-                          int R, int K, int N, bool bf16) {
+                          int R, int K, int N, bool bf16, bool assign_dw) {
   if constexpr (std::is_same_v<T, float>) {
     if (dinp) {  // dinp (R, K) = dout (R, N) · w (N, K)
       GemmParams p;
@@ -195,26 +195,26 @@ void matmul_backward_impl(T* dinp, T* dw, T* dbias, const T* dout, const T* inp,
     GemmParams p;  // dw (N, K) += dout (R, N)ᵀ · inp (R, K)
     p.bf16 = bf16;
     p.trans_a = true; p.M = N; p.N = K; p.K = R;
-    p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dw; p.ldc = K; p.accumulate = true;
+    p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dw; p.ldc = K; p.accumulate = !assign_dw;
     gemm(p);
   } else {
     if (dinp) gemm_ref<T>(false, false, R, K, N, dout, N, w, K, dinp, K, false);
     if (dinp && gelu_inp) gelu_backward<T>(dinp, gelu_inp, dinp, (size_t)R * K);
-    gemm_ref<T>(true, false, N, K, R, dout, N, inp, K, dw, K, true);
+    gemm_ref<T>(true, false, N, K, R, dout, N, inp, K, dw, K, !assign_dw);
   }
   if (dbias) column_sum_accumulate(dbias, dout, R, N);
 }
 
 template <typename T>
 void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N,
-                     bool bf16) {
-  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, nullptr, R, K, N, bf16);
+                     bool bf16, bool assign_dw) {
+  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, nullptr, R, K, N, bf16, assign_dw);
 }
 
 template <typename T>
 void matmul_backward_gelu(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
-                          int R, int K, int N, bool bf16) {
-  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, gelu_inp, R, K, N, bf16);
+                          int R, int K, int N, bool bf16, bool assign_dw) {
+  matmul_backward_impl<T>(dinp, dw, dbias, dout, inp, w, gelu_inp, R, K, N, bf16, assign_dw);
 }
 
 // ---- LayerNorm -------------------------------------------------------------------------------
@@ -641,9 +641,9 @@ LossValues loss_forward_backward(T* dpred, const T* pred, const T* target, const
 #define EMAE_INSTANTIATE(T)                                                                                    \
   template void column_sum_accumulate<T>(T*, const T*, int, int);                                             \
   template void matmul_forward<T>(T*, const T*, const T*, const T*, const T*, int, int, int, bool);           \
-  template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int, bool);            \
+  template void matmul_backward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, int, bool, bool);      \
   template void matmul_gelu_forward<T>(T*, T*, const T*, const T*, const T*, int, int, int, bool);            \
-  template void matmul_backward_gelu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int, int, int, bool); \
+  template void matmul_backward_gelu<T>(T*, T*, T*, const T*, const T*, const T*, const T*, int, int, int, bool, bool); \
   template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, T);                  \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int); \
   template void gelu_forward<T>(T*, const T*, size_t);                                                        \

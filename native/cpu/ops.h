@@ -16,8 +16,9 @@ void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* re
                     bool bf16 = false);
 // dinp (R, K) = dout · w (assigned, optional); dw (N, K) += doutᵀ · inp; dbias (N) += Σ dout (optional)
 template <typename T>
+// assign_dw: dw = doutᵀ · inp instead of +=
 void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, int R, int K, int N,
-                     bool bf16 = false);
+                     bool bf16 = false, bool assign_dw = false);
 
 // pre (R, N) = inp · wᵀ + bias, act = gelu(pre) (the GELU fused into the GEMM's tiles for float)
 template <typename T>
@@ -26,7 +27,7 @@ void matmul_gelu_forward(T* pre, T* act, const T* inp, const T* w, const T* bias
 // matmul_backward with dinp (R, K) = (dout · w) ⊙ gelu'(gelu_inp)
 template <typename T>
 void matmul_backward_gelu(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, const T* w, const T* gelu_inp,
-                          int R, int K, int N, bool bf16 = false);
+                          int R, int K, int N, bool bf16 = false, bool assign_dw = false);
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int R, int C, T eps);

@@ -13,20 +13,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/clones.h"
 #include "cpu/gemm.h"
 
 namespace emae::cpu {
 namespace {
 
 constexpr int kRowChunk = 64;  // rows per partial sum in column reductions
-
-// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by CPU
-// feature (not by CPU model, which "arch=" clones would test).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EMAE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EMAE_CPU_CLONES
-#endif
 
 // exp for float in a form the compiler vectorizes (libm's expf is a scalar call):
 // 2^k · p(r), r = x − k·ln2 in [−ln2/2, ln2/2], degree-6 Taylor polynomial; relative error

@@ -6,15 +6,10 @@
 #include <vector>
 
 #include "core/elementwise.h"
+#include "cpu/clones.h"
 
 namespace emae::cpu {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EMAE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define EMAE_CPU_CLONES
-#endif
 
 constexpr size_t kPiece = 16384;  // floats per unit of work (64 KiB of each array)
 

@@ -6,6 +6,17 @@
 //     tile_epilogue): every output element sums K in one fixed order, whatever the thread count.
 #include "cpu/gemm_amx.h"
 
+// AMX and AVX512-BF16 intrinsics need GCC >= 11 or Clang >= 12, and the tile permission is a
+// Linux call; elsewhere the stubs at the bottom are built (bf16 then reports itself unavailable).
+#if defined(__linux__) && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define EMAE_HAVE_AMX 1
+#else
+#define EMAE_HAVE_AMX 0
+#endif
+
+#if EMAE_HAVE_AMX
+
 #include <immintrin.h>
 #include <omp.h>
 #include <sys/syscall.h>
@@ -241,3 +252,22 @@ void gemm_amx_bf16(const GemmParams& p) {
 }
 
 }  // namespace emae::cpu
+
+#else  // !EMAE_HAVE_AMX
+
+#include <stdexcept>
+
+namespace emae::cpu {
+
+bool amx_bf16_available(std::string* why) {
+  if (why) *why = "this build has no AMX support (it needs Linux on x86-64 and GCC >= 11 or Clang >= 12)";
+  return false;
+}
+
+void gemm_amx_bf16(const GemmParams&) {
+  throw std::runtime_error("bf16 GEMM: this build has no AMX support");
+}
+
+}  // namespace emae::cpu
+
+#endif  // EMAE_HAVE_AMX

@@ -194,6 +194,15 @@ void pack_b_sliver(const GemmParams& p, int k0, int kc, int j0, int cols, int NR
       for (int c = 0; c < NR; ++c) dst[(size_t)k * NR + c] = p.B[(size_t)(j0 + c) * p.ldb + k0 + k];
     return;
   }
+  if (p.trans_b && NR == 16 && cols == NR) {  // the AVX2 kernel's slivers: 8 × 8 blocks
+    int k = 0;
+    for (; k + 8 <= kc; k += 8)
+      for (int cb = 0; cb < NR; cb += 8)
+        transpose8x8(p.B + (size_t)(j0 + cb) * p.ldb + k0 + k, p.ldb, dst + (size_t)k * NR + cb, NR);
+    for (; k < kc; ++k)
+      for (int c = 0; c < NR; ++c) dst[(size_t)k * NR + c] = p.B[(size_t)(j0 + c) * p.ldb + k0 + k];
+    return;
+  }
   if (!p.trans_b) {
     for (int k = 0; k < kc; ++k) {
       float* d = dst + (size_t)k * NR;

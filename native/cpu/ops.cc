@@ -365,11 +365,13 @@ template <typename T> int padded_tokens(int T_) { return (T_ + kLanes<T> - 1) / 
 
 template <typename T>
 __attribute__((always_inline)) inline void load_transposed(T* dst, const T* src, int T_, int Tp, int row, int dh) {
-  for (int d = 0; d < dh; ++d) {
-    T* out = dst + (size_t)d * Tp;
-    for (int j = 0; j < T_; ++j) out[j] = src[(size_t)j * row + d];
-    for (int j = T_; j < Tp; ++j) out[j] = T(0);
+  // token-major: each token's dh values are read contiguously (the strided writes land in L1)
+  for (int j = 0; j < T_; ++j) {
+    const T* in = src + (size_t)j * row;
+    for (int d = 0; d < dh; ++d) dst[(size_t)d * Tp + j] = in[d];
   }
+  for (int d = 0; d < dh; ++d)
+    for (int j = T_; j < Tp; ++j) dst[(size_t)d * Tp + j] = T(0);
 }
 
 template <typename T>

@@ -241,9 +241,18 @@ void gemm_amx_bf16(const GemmParams& p) {
     const int nthreads = omp_get_num_threads(), tid = omp_get_thread_num();
     for (long t = tiles * tid / nthreads; t < tiles * (tid + 1) / nthreads; ++t) {
       const int ib = (int)(t / col_blocks), jb = (int)(t % col_blocks);
-      micro_amx(kpairs, a_pack + (size_t)ib * kMB * K_pad, a_stride, b_pack + (size_t)jb * kNB * K_pad, tile);
       const int i0 = ib * kMB, j0 = jb * kNB;
       const int rows = std::min(kMB, p.M - i0), cols = std::min(kNB, p.N - j0);
+      // the store's cold operands, fetched while the tiles multiply (as in the fp32 path)
+      for (int i = 0; i < rows; ++i)
+        for (int jj = 0; jj < cols; jj += 16) {
+          const size_t at = (size_t)(i0 + i) * p.ldc + j0 + jj;
+          __builtin_prefetch(p.C + at, 1);
+          if (p.residual) __builtin_prefetch(p.residual + at);
+          if (p.epilogue_in) __builtin_prefetch(p.epilogue_in + at);
+          if (p.epilogue_out) __builtin_prefetch(p.epilogue_out + at, 1);
+        }
+      micro_amx(kpairs, a_pack + (size_t)ib * kMB * K_pad, a_stride, b_pack + (size_t)jb * kNB * K_pad, tile);
       store_tile(p, tile, i0, rows, j0, cols);
       if (p.tile_epilogue) p.tile_epilogue(p, i0, rows, j0, cols);
     }

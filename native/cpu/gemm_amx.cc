@@ -163,7 +163,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b_block(const G
     }
     done[h] = true;
   }
-  for (int k2 = 0; k2 < K_pad / 2; ++k2)  // the rest, element by element
+  // the rest, element by element: from the first pair past the vector part when both halves had one
+  for (int k2 = done[0] && done[1] ? kfull / 2 : 0; k2 < K_pad / 2; ++k2)
     for (int jj = 0; jj < kNB; ++jj) {
       if (done[jj / 16] && 2 * k2 < kfull) continue;
       for (int e = 0; e < 2; ++e) {

@@ -16,7 +16,6 @@ import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './
 import { ImageFolder } from './folder.js';
 import type { BatchSource } from './trainer.js';
 import { EMAE, cpuInfo, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
-import { native } from './native.js';
 import { Trainer } from './trainer.js';
 
 const program = new Command();
@@ -27,7 +26,7 @@ program
   .description('show the version, the backends built, the CUDA devices found and the CPU threads')
   .option('--json', 'print JSON')
   .action((opts: { json?: boolean }) => {
-    const cuda = cudaInfo();
+    const cuda = cudaInfo(), cpu = cpuInfo();
     const info = {
       version,
       node: process.version,
@@ -35,9 +34,9 @@ program
       cudaArchitectures: cuda.architectures,
       cudaDevices: cuda.devices,
       cudaError: cuda.error,
-      cpuThreads: native().defaultThreads(),
-      cpuGemmKernel: native().cpuGemmKernel(),
-      cpuBf16: cpuInfo().bf16Available ? 'available (AMX)' : `unavailable: ${cpuInfo().bf16Reason}`,
+      cpuThreads: cpu.defaultThreads,
+      cpuGemmKernel: cpu.gemmKernel,
+      cpuBf16: cpu.bf16Available ? 'available (AMX)' : `unavailable: ${cpu.bf16Reason}`,
     };
     if (opts.json) {
       console.log(JSON.stringify(info, null, 2));

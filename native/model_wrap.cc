@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -146,6 +147,31 @@ void read_tensors(const Napi::Value& v, const ParamLayout& layout, std::vector<f
 
 // ---- async workers -------------------------------------------------------------------------
 
+// What a worker's native job failed with; OnOK rejects the promise with it.
+struct JobFailure {
+  bool failed = false;
+  ErrorKind kind = ErrorKind::Error;
+  std::string message;
+  const char* code = nullptr;
+};
+
+// Runs a worker's job on the compute thread (compute_thread.h); a C++ exception becomes a
+// JobFailure with the error code JS sees, and never reaches Node.
+JobFailure run_job(const std::function<void()>& job) {
+  try {
+    run_on_compute_thread(job);
+    return {};
+  } catch (const NonFiniteLoss& e) {
+    return {true, ErrorKind::Error, e.what(), "EMAE_NONFINITE_LOSS"};
+  } catch (const std::bad_alloc&) {
+    return {true, ErrorKind::Error, "out of memory", "EMAE_OUT_OF_MEMORY"};
+  } catch (const OutOfMemory& e) {
+    return {true, ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY"};
+  } catch (const std::exception& e) {
+    return {true, classify(e), e.what(), nullptr};
+  }
+}
+
 // What a StepWorker runs: forward+backward returning gradients, a full training step, a
 // micro-batch of gradient accumulation (losses only), or the optimizer on accumulated gradients.
 enum class StepMode { LossAndGrads, Train, Accumulate, Apply, Predict, Encode };
@@ -168,19 +194,7 @@ class StepWorker : public Napi::AsyncWorker {
   }
   Napi::Promise promise() { return deferred_.Promise(); }
 
-  void Execute() override {
-    try {
-      run_on_compute_thread([this] { run(); });
-    } catch (const NonFiniteLoss& e) {
-      fail(ErrorKind::Error, e.what(), "EMAE_NONFINITE_LOSS");
-    } catch (const std::bad_alloc&) {
-      fail(ErrorKind::Error, "out of memory", "EMAE_OUT_OF_MEMORY");
-    } catch (const OutOfMemory& e) {
-      fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");
-    } catch (const std::exception& e) {
-      fail(classify(e), e.what(), nullptr);
-    }
-  }
+  void Execute() override { failure_ = run_job([this] { run(); }); }
 
   // (on the compute thread)
   void run() {
@@ -220,8 +234,8 @@ class StepWorker : public Napi::AsyncWorker {
   void OnOK() override {
     Napi::Env env = Env();
     wrap_->set_busy(false);
-    if (failed_) {
-      deferred_.Reject(make_error(env, kind_, std::string(op_) + ": " + message_, code_).Value());
+    if (failure_.failed) {
+      deferred_.Reject(make_error(env, failure_.kind, std::string(op_) + ": " + failure_.message, failure_.code).Value());
       return;
     }
     if (mode_ == StepMode::Encode) {
@@ -251,13 +265,6 @@ class StepWorker : public Napi::AsyncWorker {
   }
 
  private:
-  void fail(ErrorKind kind, const std::string& message, const char* code) {
-    failed_ = true;
-    kind_ = kind;
-    message_ = message;
-    code_ = code;
-  }
-
   Napi::Promise::Deferred deferred_;
   Napi::ObjectReference self_;
   ModelWrap* wrap_;
@@ -270,10 +277,7 @@ class StepWorker : public Napi::AsyncWorker {
   StepResult result_;
   std::vector<float> grads_;
   std::vector<float> output_;  // predictions or features
-  bool failed_ = false;
-  ErrorKind kind_ = ErrorKind::Error;
-  std::string message_;
-  const char* code_ = nullptr;
+  JobFailure failure_;
 };
 
 class CreateWorker : public Napi::AsyncWorker {
@@ -286,23 +290,16 @@ class CreateWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
-    try {
-      run_on_compute_thread([this] {
-        omp_set_num_threads(config_.threads);
-        model_ = std::make_unique<Model>(config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
-      });
-    } catch (const OutOfMemory& e) {
-      fail(ErrorKind::Error, e.what(), "EMAE_OUT_OF_MEMORY");
-    } catch (const std::bad_alloc&) {
-      fail(ErrorKind::Error, "out of memory", "EMAE_OUT_OF_MEMORY");
-    } catch (const std::exception& e) {
-      fail(classify(e), e.what(), nullptr);
-    }
+    failure_ = run_job([this] {
+      omp_set_num_threads(config_.threads);
+      model_ = std::make_unique<Model>(
+          config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
+    });
   }
   void OnOK() override {
     Napi::Env env = Env();
-    if (failed_) {
-      deferred_.Reject(make_error(env, kind_, "createModel: " + message_, code_).Value());
+    if (failure_.failed) {
+      deferred_.Reject(make_error(env, failure_.kind, "createModel: " + failure_.message, failure_.code).Value());
       return;
     }
     Napi::FunctionReference* ctor = env.GetInstanceData<Napi::FunctionReference>();
@@ -316,20 +313,11 @@ class CreateWorker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
-  void fail(ErrorKind kind, const std::string& message, const char* code) {
-    failed_ = true;
-    kind_ = kind;
-    message_ = message;
-    code_ = code;
-  }
   Napi::Promise::Deferred deferred_;
   ModelConfig config_;
   std::string device_;
   std::unique_ptr<Model> model_;
-  bool failed_ = false;
-  ErrorKind kind_ = ErrorKind::Error;
-  std::string message_;
-  const char* code_ = nullptr;
+  JobFailure failure_;
 };
 
 // Queues a worker and returns its promise (the worker deletes itself when done).

@@ -55,5 +55,5 @@ test('cpuInfo() reports threads, the GEMM kernel and whether bf16 matmuls can ru
   t.is(typeof info.bf16Available, 'boolean');
   if (info.bf16Available) t.is(info.bf16Reason, '');
   else t.true(info.bf16Reason.length > 0, 'says why not');
-  t.is(info.bf16Available, cpuHas('amx_bf16') && info.bf16Available, 'never available without the CPU flag');
+  if (info.bf16Available) t.true(cpuHas('amx_bf16'), 'never available without the CPU flag');
 });

@@ -42,7 +42,7 @@ class Backend {
   virtual std::string name() const = 0;
 
   // ---- memory (bytes) --------------------------------------------------------------------
-  virtual void* allocate(size_t bytes) = 0;  // throws std::bad_alloc-derived emae::OutOfMemory
+  virtual void* allocate(size_t bytes) = 0;  // throws emae::OutOfMemory (a std::runtime_error)
   virtual void release(void* ptr) = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;

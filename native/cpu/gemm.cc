@@ -114,6 +114,19 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int kc, const float* a, int 
   }
 }
 
+// The store of a (rows, cols) block of sums acc (at ld_acc), one element at a time: the
+// portable kernel's store and the edge tiles' (the vector kernels store the same way).
+void store_scalar(const float* acc, int ld_acc, int rows, int cols, float* c, int ldc, const TileStore& st) {
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) {
+      float v = acc[i * ld_acc + j];
+      if (st.add) v += c[(size_t)i * ldc + j];
+      if (st.bias) v += st.bias[j];
+      if (st.residual) v += st.residual[(size_t)i * ldc + j];
+      c[(size_t)i * ldc + j] = v;
+    }
+}
+
 template <bool kDirectA>
 void micro_generic(int kc, const float* a, int lda, const float* b, float* c, int ldc, const TileStore& st) {
   constexpr int MR = 4, NR = 8;
@@ -123,14 +136,7 @@ void micro_generic(int kc, const float* a, int lda, const float* b, float* c, in
       const float ai = kDirectA ? a[(size_t)i * lda + k] : a[k * MR + i];
       for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[k * NR + j];
     }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      float v = acc[i][j];
-      if (st.add) v += c[(size_t)i * ldc + j];
-      if (st.bias) v += st.bias[j];
-      if (st.residual) v += st.residual[(size_t)i * ldc + j];
-      c[(size_t)i * ldc + j] = v;
-    }
+  store_scalar(&acc[0][0], NR, MR, NR, c, ldc, st);
 }
 
 struct KernelInfo {
@@ -298,14 +304,7 @@ void run_tiles(const GemmParams& p, const KernelInfo& kinfo, const PanelBlock& b
       fn(blk.kc, ap, p.lda, bp, c, p.ldc, st);
     } else {
       fn(blk.kc, ap, p.lda, bp, edge, NR, TileStore{});
-      for (int i = 0; i < rows; ++i)
-        for (int jj = 0; jj < cols; ++jj) {
-          float v = edge[i * NR + jj];
-          if (st.add) v += c[(size_t)i * p.ldc + jj];
-          if (st.bias) v += st.bias[jj];
-          if (st.residual) v += st.residual[(size_t)i * p.ldc + jj];
-          c[(size_t)i * p.ldc + jj] = v;
-        }
+      store_scalar(edge, NR, rows, cols, c, p.ldc, st);
     }
     if (blk.last && p.tile_epilogue) p.tile_epilogue(p, i0, rows, j, cols);
   }

@@ -209,6 +209,8 @@ class CudaBackend final : public Backend {
     cuda::adamw(params, grads, exp_avg, exp_avg_sq, segments_.get(segments, count, stream_), count, s, stream_);
   }
 
+  CudaPlacement placement() const { return {device_, stream_}; }
+
  private:
   // Node may call in from different libuv threads: the current device is per host thread.
   void bind() { EMAE_CUDA_CHECK(cudaSetDevice(device_)); }
@@ -230,5 +232,10 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+CudaPlacement placement_of(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda ? cuda->placement() : CudaPlacement{};
+}
 
 }  // namespace emae::cuda

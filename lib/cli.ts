@@ -17,6 +17,7 @@ import { ImageFolder } from './folder.js';
 import type { BatchSource } from './trainer.js';
 import { EMAE, cpuInfo, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
 import { Trainer } from './trainer.js';
+import { currentDistributed, initDistributed, isCollectiveError, type Collectives } from './distributed.js';
 
 const program = new Command();
 program.name('emae').description('EMAE (masked autoencoder) pretraining of Vision Transformers').version(version);
@@ -104,20 +105,28 @@ program
   .option('--keep <n>', 'checkpoints to keep', num('keep'), 3)
   .option('--resume [file]', 'resume from a checkpoint (default: the newest in --out)')
   .option('--no-progress', 'no progress bar (one line every 10 steps instead)')
+  .addOption(new Option('--collectives <c>', 'under mpirun/srun: gradient all-reduce of CUDA models over NCCL or host-staged MPI').choices(['auto', 'mpi', 'nccl']).default('auto'))
   .action(async (o) => {
+    // under mpirun/srun: join the job first (CUDA models go to this rank's device); rank 0 prints
+    const dist = await initDistributed({ collectives: o.collectives as Collectives });
+    const say = dist.isMain ? console.log : () => {};
     const { model, data } = await modelAndData(o);
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
       outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep,
     };
-    console.log(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels }, trainer: trainerOptions }, null, 2));
-    const bar = o.progress && process.stdout.isTTY
+    const distributed = dist.worldSize > 1 ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
+      mpi: dist.mpiLibrary, effectiveBatch: o.batch * o.accumulate * dist.worldSize } : undefined;
+    say(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels }, trainer: trainerOptions, ...(distributed ? { distributed } : {}) }, null, 2));
+    const bar = dist.isMain && o.progress && process.stdout.isTTY
       ? new cliProgress.SingleBar({ format: 'step {value}/{total} |{bar}| loss {loss} recon {recon} cons {cons} lr {lr} {ips} img/s ETA {eta_formatted}' }, cliProgress.Presets.shades_classic)
       : undefined;
     const trainer = new Trainer(model, data, {
       ...trainerOptions,
+      ...(dist.worldSize > 1 ? { distributed: dist } : {}),
       onStep: (s) => {
+        if (!dist.isMain) return;
         const payload = { loss: s.loss.toFixed(4), recon: s.recon.toFixed(4), cons: s.consistency.toFixed(4), lr: s.lr.toExponential(2), ips: s.imagesPerSecond.toFixed(0) };
         if (bar) bar.update(s.step, payload);
         else if (s.step % 10 === 0 || s.step === trainer.totalSteps)
@@ -126,7 +135,7 @@ program
     });
     if (o.resume) {
       await trainer.resume(typeof o.resume === 'string' ? o.resume : undefined);
-      console.log(`resumed at step ${trainer.step}`);
+      say(`resumed at step ${trainer.step}`);
     }
     let signal: string | undefined;
     const onSignal = (name: string) => () => {
@@ -147,12 +156,13 @@ program
     }
     // the loss curves as a picture next to the log
     const log = path.join(o.out, 'log.jsonl');
-    if (existsSync(log)) await writeChart(await lossCurvesSvg({ [path.basename(path.resolve(o.out))]: await readStepLog(log) }), path.join(o.out, 'curves'));
+    await dist.finalize();
+    if (dist.isMain && existsSync(log)) await writeChart(await lossCurvesSvg({ [path.basename(path.resolve(o.out))]: await readStepLog(log) }), path.join(o.out, 'curves'));
     if (signal) {
-      console.log(`${signal}: stopped at step ${trainer.step}; checkpoint written to ${o.out}`);
+      say(`${signal}: stopped at step ${trainer.step}; checkpoint written to ${o.out}`);
       process.exitCode = signal === 'SIGINT' ? 130 : 143;
     } else {
-      console.log(`done: ${trainer.step} steps; checkpoints and log.jsonl in ${o.out}`);
+      say(`${trainer.step < trainer.totalSteps ? 'stopped (another rank was signalled)' : 'done'}: ${trainer.step} steps; checkpoints and log.jsonl in ${o.out}`);
     }
   });
 
@@ -318,7 +328,16 @@ async function firstImagesFrom(data: Data, start: number, count: number): Promis
   return { images: await data.load(Int32Array.from({ length: count }, (_, i) => start + i), 0), labels };
 }
 
-program.parseAsync().catch((err: Error) => {
+program.parseAsync().catch(async (err: Error) => {
+  const dist = currentDistributed();
+  if (dist && dist.worldSize > 1) {
+    // a failure of this rank alone ends the whole job (MPI_Abort), naming the rank; one that
+    // every rank met together (a non-finite all-reduced loss) ends it cleanly, told by rank 0
+    if (!isCollectiveError(err)) dist.abort(err.message);
+    if (dist.isMain) console.error(`emae: ${err.message}`);
+    await dist.finalize().catch(() => undefined);
+    process.exit(1);
+  }
   console.error(`emae: ${err.message}`);
   process.exit(1);
 });

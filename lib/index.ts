@@ -48,6 +48,8 @@ export function cpuInfo(): CpuInfo {
 /** The package version (package.json; lib/ and dist/ both sit one level below it). */
 export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
 export { Trainer } from './trainer.js';
+export { Distributed, currentDistributed, initDistributed, isCollectiveError, launcherEnvironment } from './distributed.js';
+export type { Collectives, DistributedOptions, LauncherEnvironment, ReduceOp } from './distributed.js';
 export type { BatchSource, ImageSet, StepInfo, TrainerOptions } from './trainer.js';
 export { ImageFolder, randomResizedCropBox } from './folder.js';
 export type { ImageFolderOptions } from './folder.js';

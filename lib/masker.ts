@@ -38,6 +38,7 @@ export class ParallelMasker {
   /** V = N / K_total */
   readonly visiblePerPart: number;
   #rng: Rng;
+  #seed: number;
 
   /**
    * @throws {TypeError} an option of the wrong type
@@ -79,6 +80,7 @@ export class ParallelMasker {
     this.parts = k;
     this.visiblePerPart = numPatches / kTotal;
     this.#rng = xoroshiro128plus(seed | 0);
+    this.#seed = seed;
   }
 
   /** A masker for a resolved model config (seed defaults to the config's). */
@@ -96,6 +98,32 @@ export class ParallelMasker {
       const row = out.subarray(b * n, (b + 1) * n);
       for (let i = 0; i < n; i++) row[i] = i;
       // Fisher–Yates: position i takes a uniform pick among the n-i not yet placed
+      for (let i = n - 1; i > 0; i--) {
+        const j = uniformInt(rng, 0, i);
+        const t = row[i]; row[i] = row[j]; row[j] = t;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Permutations for the samples with global indices start .. start+batchSize−1: Int32Array
+   * [batchSize, N]. Each row comes from its own generator seeded by (seed, index), so it depends
+   * only on the sample's index — not on the calls before, the batch split or the rank — which is
+   * what makes N ranks with batch B/N draw the masks of one rank with batch B (the Trainer
+   * numbers samples by their place in the global stream). Independent of next()'s stream.
+   * @throws {RangeError} start not a non-negative safe integer, batchSize not positive
+   */
+  forSamples(start: number, batchSize: number): Int32Array {
+    assertNonNegativeInteger('start', start);
+    if (!Number.isSafeInteger(start + batchSize)) throw invalidRangeError('start', 'safe integer index', start);
+    assertPositiveInteger('batchSize', batchSize);
+    const n = this.numPatches;
+    const out = new Int32Array(batchSize * n);
+    for (let b = 0; b < batchSize; b++) {
+      const rng = xoroshiro128plusFromState(sampleState(this.#seed, start + b));
+      const row = out.subarray(b * n, (b + 1) * n);
+      for (let i = 0; i < n; i++) row[i] = i;
       for (let i = n - 1; i > 0; i--) {
         const j = uniformInt(rng, 0, i);
         const t = row[i]; row[i] = row[j]; row[j] = t;
@@ -214,6 +242,26 @@ export function validatePermutation(perm: unknown, batchSize: number, numPatches
       seen[n] = b + 1;
     }
   }
+}
+
+// murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit
+function fmix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h | 0;
+}
+
+// A xoroshiro128+ state (4 int32, never all zero) for sample `index` of the stream `seed`.
+function sampleState(seed: number, index: number): number[] {
+  const lo = index >>> 0, hi = Math.floor(index / 2 ** 32) >>> 0;
+  const a = fmix32(seed ^ 0x9e3779b9);
+  const b = fmix32(lo ^ fmix32(a + 0x7f4a7c15));
+  const c = fmix32(hi ^ fmix32(b + 0x6a09e667));
+  const d = fmix32(a ^ b ^ c ^ 0x3c6ef372);
+  return a === 0 && b === 0 && c === 0 && d === 0 ? [0, 0, 0, 1] : [a, b, c, d];
 }
 
 function checkLayout(perm: Int32Array, numPatches: number, visiblePerPart: number): void {

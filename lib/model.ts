@@ -115,7 +115,20 @@ function checkOptim(op: string, options: TrainStepOptions, keys: readonly string
 const shapeText = (shape: readonly number[]): string => `[${shape.join(',')}]`;
 const product = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
+/**
+ * Internal (lib/distributed.ts): runs `fn` with the model's native handle in the model's call
+ * queue, so a gradient all-reduce is ordered with the model's other calls. Not exported publicly.
+ */
+export let withNativeHandle: <T>(model: EMAE, fn: (handle: NativeModel) => Promise<T>) => Promise<T>;
+
 export class EMAE {
+  static {
+    withNativeHandle = (model, fn) => {
+      const context = new Error();
+      model.#assertAlive();
+      return model.#enqueue(context, () => fn(model.#handle));
+    };
+  }
   #handle: NativeModel;
   #config: Readonly<ResolvedConfig>;
   #device: Device;

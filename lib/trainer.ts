@@ -9,6 +9,7 @@ import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint } from './checkpoint.js';
 import { invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
+import { Distributed, isCollectiveError } from './distributed.js';
 import type { EMAE } from './model.js';
 import { lrAt, scaledLr } from './schedule.js';
 
@@ -58,6 +59,12 @@ export interface TrainerOptions {
   onStep?: (info: StepInfo) => void | Promise<void>;
   /** called when an epoch is complete (its number, 0-based) */
   onEpoch?: (epoch: number) => void | Promise<void>;
+  /**
+   * A data-parallel job from initDistributed(): batchSize is per rank (effective batch =
+   * batchSize · accumulate · worldSize, and the lr scales with it); each rank takes its slice of
+   * every global batch, gradients are averaged once per step; rank 0 writes log and checkpoints.
+   */
+  distributed?: Distributed;
 }
 
 export interface StepInfo {
@@ -74,20 +81,28 @@ export interface StepInfo {
 interface TrainerState {
   step: number;
   epoch: number;
+  /** next position in the epoch's order, counted in samples of the global batch */
   position: number;
-  maskerState: number[];
   seed: number;
+  /** batchSize · worldSize: the masks and data order depend on it, the world size alone does not */
+  globalBatch?: number;
+  accumulate?: number;
+  worldSize?: number;
 }
 
 export class Trainer {
   readonly #model: EMAE;
   readonly #data: ImageSet | BatchSource;
-  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch' | 'consistencyWeight' | 'epochs'>> &
+  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch' | 'consistencyWeight' | 'epochs' | 'distributed'>> &
     Pick<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch'> & { consistencyWeight: number };
+  readonly #dist: Distributed | undefined;
+  /** ranks in the job (1 without `distributed`) */
+  readonly #world: number;
   readonly #masker: ParallelMasker;
   #state: TrainerState;
   #orders = new Map<number, Int32Array>();  // epoch → shuffled indices (current and next epoch)
   #stopRequested = false;
+  #stopAgreed = false;
 
   constructor(model: EMAE, data: ImageSet | BatchSource, options: TrainerOptions) {
     const c = model.config;
@@ -105,12 +120,16 @@ export class Trainer {
       return v as number;
     };
     const batchSize = positiveInt('batchSize', options.batchSize);
-    if (batchSize > data.count) throw invalidRangeError('batchSize', `at most the dataset size ${data.count}`, batchSize);
+    if (options.distributed !== undefined && !(options.distributed instanceof Distributed))
+      throw invalidTypeError('distributed', 'a Distributed from initDistributed()', options.distributed);
+    const world = options.distributed?.worldSize ?? 1;
+    if (batchSize * world > data.count)
+      throw invalidRangeError('batchSize', `at most the dataset size ${data.count}` + (world > 1 ? ` divided by the world size ${world}` : ''), batchSize);
     const accumulate = positiveInt('accumulate', options.accumulate ?? 1);
     if ((options.steps === undefined) === (options.epochs === undefined))
       throw invalidRangeError('steps/epochs', 'exactly one of steps and epochs', { steps: options.steps, epochs: options.epochs });
     const steps = options.steps !== undefined ? positiveInt('steps', options.steps)
-      : positiveInt('epochs', options.epochs) * Math.max(1, Math.floor(data.count / (batchSize * accumulate)));
+      : positiveInt('epochs', options.epochs) * Math.max(1, Math.floor(data.count / (batchSize * accumulate * world)));
     this.#opts = {
       batchSize, steps, accumulate,
       blr: options.blr ?? 1.5e-4,
@@ -129,8 +148,10 @@ export class Trainer {
     };
     this.#model = model;
     this.#data = data;
+    this.#dist = options.distributed;
+    this.#world = world;
     this.#masker = ParallelMasker.fromConfig(c, this.#opts.seed);
-    this.#state = { step: 0, epoch: 0, position: 0, maskerState: this.#masker.getState(), seed: this.#opts.seed };
+    this.#state = { step: 0, epoch: 0, position: 0, seed: this.#opts.seed, ...this.#shape() };
   }
 
   /** Asks run() to stop after the step in progress, writing a checkpoint when there is an outDir. */
@@ -154,16 +175,27 @@ export class Trainer {
     if (!target) throw new Error('resume: no checkpoint to resume from');
     const saved = (await loadCheckpoint(target, this.#model)) as unknown as TrainerState;
     if (saved.seed !== this.#opts.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this trainer has ${this.#opts.seed}`);
-    this.#state = { ...saved };
-    this.#masker.setState(saved.maskerState);
+    // Data order and masks depend on the global batch and accumulation, not on the world size,
+    // so a checkpoint resumes on any number of ranks that keeps batchSize · worldSize.
+    const now = this.#shape();
+    if (saved.globalBatch !== undefined && (saved.globalBatch !== now.globalBatch || (saved.accumulate ?? 1) !== now.accumulate)) {
+      const describe = (g: number, w: number, a: number) => `a global batch of ${g} (batch ${g / w} × ${w} rank${w > 1 ? 's' : ''}, accumulate ${a})`;
+      throw new Error(`resume: the checkpoint was made with ${describe(saved.globalBatch, saved.worldSize ?? 1, saved.accumulate ?? 1)}; ` +
+        `this run has ${describe(now.globalBatch, now.worldSize, now.accumulate)}. Resume with the same batch · world size ` +
+        `(e.g. batch ${saved.globalBatch / now.worldSize} on ${now.worldSize} rank${now.worldSize > 1 ? 's' : ''}) and accumulate ${saved.accumulate ?? 1}`);
+    }
+    this.#state = { step: saved.step, epoch: saved.epoch, position: saved.position, seed: saved.seed, ...now };
   }
 
   /** Trains until `steps`; resolves with the last step's info. Stops with an error on a non-finite loss. */
   async run(): Promise<StepInfo | undefined> {
     const o = this.#opts, c = this.#model.config;
     const per = c.channels * c.imageSize * c.imageSize;
-    const baseLr = scaledLr(o.blr, o.batchSize * o.accumulate);  // MAE: the effective batch
-    if (o.outDir) await mkdir(o.outDir, { recursive: true });
+    const W = this.#world, rank = this.#dist?.rank ?? 0, main = rank === 0;
+    const baseLr = scaledLr(o.blr, o.batchSize * o.accumulate * W);  // MAE: the effective batch
+    const outDir = main ? o.outDir : undefined;  // rank 0 writes the log and the checkpoints
+    if (outDir) await mkdir(outDir, { recursive: true });
+    if (W > 1) await this.#checkRanksAgree();
     let last: StepInfo | undefined;
     // the next batch is loaded while the current one is computed
     let pending = this.#startBatch(this.#state.epoch, this.#state.position, per);
@@ -183,8 +215,18 @@ export class Trainer {
           this.#state.position = batch.next;
           const lastMicro = micro + 1 === o.accumulate;
           if (!lastMicro || this.#state.step + 1 < o.steps) pending = this.#startBatch(batch.epoch, batch.next, per);
-          const permutation = this.#masker.next(o.batchSize);
+          // masks keyed by the sample's place in the global stream: rank-invariant, resumable
+          const sample = (this.#state.step * o.accumulate + micro) * o.batchSize * W + rank * o.batchSize;
+          const permutation = this.#masker.forSamples(sample, o.batchSize);
           const input = { images, permutation, batchSize: o.batchSize };
+          if (W > 1) {
+            const m = await this.#model.accumulateGradients(input, { consistencyWeight, reset: micro === 0 });
+            sums.loss += m.loss / o.accumulate;
+            sums.recon += m.recon / o.accumulate;
+            sums.consistency += m.consistency / o.accumulate;
+            if (lastMicro) r = await this.#reduceAndApply(sums, optim);
+            continue;
+          }
           if (o.accumulate === 1) {
             const t = await this.#model.trainStep(input, { ...optim, consistencyWeight });
             Object.assign(sums, { loss: t.loss, recon: t.recon, consistency: t.consistency });
@@ -203,32 +245,34 @@ export class Trainer {
         if ((err as { code?: string }).code === 'EMAE_NONFINITE_LOSS') {
           const kept = o.outDir ? (await listCheckpoints(o.outDir)).pop() : undefined;
           throw Object.assign(new Error(`training stopped at step ${this.#state.step + 1}: ${(err as Error).message}` +
-            (kept ? `; the last good checkpoint is ${kept}` : '')), { code: 'EMAE_NONFINITE_LOSS' });
+            (kept ? `; the last good checkpoint is ${kept}` : '')),
+          { code: 'EMAE_NONFINITE_LOSS', ...(isCollectiveError(err) ? { collective: true } : {}) });
         }
         throw err;
       }
       this.#state.step += 1;
-      this.#state.maskerState = this.#masker.getState();
       last = {
         step: this.#state.step, epoch: this.#state.epoch, loss: r!.loss, recon: r!.recon, consistency: r!.consistency,
-        lr, gradNorm: r!.gradNorm, imagesPerSecond: (o.batchSize * o.accumulate) / ((performance.now() - started) / 1000),
+        lr, gradNorm: r!.gradNorm, imagesPerSecond: (o.batchSize * o.accumulate * W) / ((performance.now() - started) / 1000),
       };
-      if (o.outDir) await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify(last) + '\n');
+      if (outDir) await appendFile(path.join(outDir, 'log.jsonl'), JSON.stringify(last) + '\n');
       const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
-      if (o.outDir && (due || this.#state.step === o.steps)) await this.checkpoint();
+      if (outDir && (due || this.#state.step === o.steps)) await this.checkpoint();
       await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
-      if (this.#stopRequested && this.#state.step < o.steps) {
-        if (o.outDir && !(due || this.#state.step === o.steps)) await this.checkpoint();
+      // more than one rank: the stop agreed in the step's all-reduce, so every rank stops together
+      if ((W > 1 ? this.#stopAgreed : this.#stopRequested) && this.#state.step < o.steps) {
+        if (outDir && !(due || this.#state.step === o.steps)) await this.checkpoint();
         break;
       }
     }
     return last;
   }
 
-  /** Writes `ckpt-<step>.safetensors` to outDir and keeps the newest keepLast. */
+  /** Writes `ckpt-<step>.safetensors` to outDir and keeps the newest keepLast (rank 0 only: other ranks write nothing). */
   async checkpoint(): Promise<string> {
     if (!this.#opts.outDir) throw new Error('checkpoint: the trainer has no outDir');
     const file = path.join(this.#opts.outDir, `ckpt-${this.#state.step}.safetensors`);
+    if ((this.#dist?.rank ?? 0) !== 0) return file;
     await saveCheckpoint(file, this.#model, { ...this.#state });
     await pruneCheckpoints(this.#opts.outDir, this.#opts.keepLast);
     return file;
@@ -237,15 +281,18 @@ export class Trainer {
   // The batch starting at (epoch, position): each epoch a seeded shuffle of the dataset; a partial
   // batch at the end of an epoch is dropped (MAE's drop_last), so every batch is full.
   // A BatchSource starts loading at once (prefetch); in-memory images are copied when taken.
+  // With more than one rank the batch is global (batchSize · worldSize samples of the order) and
+  // this rank takes its slice [rank·B, (rank+1)·B); positions count global samples.
   #startBatch(epoch: number, position: number, per: number): { images: () => Promise<Float32Array>; epoch: number; next: number } {
-    const B = this.#opts.batchSize;
-    if (position + B > this.#data.count) {
+    const B = this.#opts.batchSize, global = B * this.#world, first = position + (this.#dist?.rank ?? 0) * B;
+    if (position + global > this.#data.count) {
       epoch += 1;
       position = 0;
+      return this.#startBatch(epoch, position, per);
     }
     for (const e of this.#orders.keys()) if (e < epoch) this.#orders.delete(e);
     if (!this.#orders.has(epoch)) this.#orders.set(epoch, this.#epochOrder(epoch));
-    const indices = this.#orders.get(epoch)!.slice(position, position + B);
+    const indices = this.#orders.get(epoch)!.slice(first, first + B);
     const data = this.#data;
     let images: () => Promise<Float32Array>;
     if (isBatchSource(data)) {
@@ -259,7 +306,51 @@ export class Trainer {
         return out;
       };
     }
-    return { images, epoch, next: position + B };
+    return { images, epoch, next: position + global };
+  }
+
+  /** What the data order and masks depend on, recorded in checkpoints. */
+  #shape(): { globalBatch: number; accumulate: number; worldSize: number } {
+    return { globalBatch: this.#opts.batchSize * this.#world, accumulate: this.#opts.accumulate, worldSize: this.#world };
+  }
+
+  // More than one rank: the step's losses (and the stop flag) are all-reduced first — a
+  // non-finite loss on any rank is then non-finite on all, which all refuse together — then the
+  // gradients (summed in native memory), then every rank takes the same AdamW step with the
+  // gradients scaled by 1 / (accumulate · worldSize), i.e. averaged over the global batch.
+  async #reduceAndApply(sums: { loss: number; recon: number; consistency: number },
+    optim: { lr: number; weightDecay: number; clipGrad: number }): Promise<{ loss: number; recon: number; consistency: number; gradNorm: number }> {
+    const dist = this.#dist!, W = this.#world;
+    const reduced = await dist.allReduce(Float64Array.of(sums.loss, sums.recon, sums.consistency, this.#stopRequested ? 1 : 0), 'sum');
+    const losses = { loss: reduced[0] / W, recon: reduced[1] / W, consistency: reduced[2] / W };
+    if (reduced[3] > 0) this.#stopAgreed = true;
+    if (!Number.isFinite(losses.loss))
+      throw Object.assign(new Error(`the loss is not finite on at least one rank (mean loss ${losses.loss}); parameters and optimizer state were not updated`),
+        { code: 'EMAE_NONFINITE_LOSS', collective: true });
+    await dist.allReduceGradients(this.#model, { average: false });
+    const { gradNorm } = await this.#model.applyGradients({ ...optim, gradScale: 1 / (this.#opts.accumulate * W) });
+    return { ...losses, gradNorm };
+  }
+
+  // Every rank must run the same recipe from the same state; a mismatch (another seed, batch,
+  // checkpoint or weights on one rank) would silently train garbage, so it is refused up front.
+  async #checkRanksAgree(): Promise<void> {
+    const o = this.#opts, st = this.#state;
+    const params = await this.#model.stateDict();
+    let fingerprint = 0;
+    for (const name of Object.keys(params).sort()) {
+      const t = params[name];
+      for (let i = 0; i < t.length; i += 97) fingerprint += t[i] * ((i % 7) + 1);
+    }
+    const mine = [o.batchSize, o.accumulate, o.steps, o.seed, st.step, st.epoch, st.position, this.#data.count, fingerprint];
+    const names = ['batchSize', 'accumulate', 'steps', 'seed', 'step', 'epoch', 'position', 'data.count', 'parameters'];
+    const dist = this.#dist!;
+    const lo = await dist.allReduce(Float64Array.from(mine), 'min');
+    const hi = await dist.allReduce(Float64Array.from(mine), 'max');
+    const differ = names.filter((_, i) => lo[i] !== hi[i]);
+    if (differ.length > 0)
+      throw new Error(`the ranks of the job disagree on ${differ.join(', ')} (rank ${dist.rank} has ` +
+        differ.map((n) => `${n} ${mine[names.indexOf(n)]}`).join(', ') + '); every rank must start from the same state with the same options');
   }
 
   #epochOrder(epoch: number): Int32Array {

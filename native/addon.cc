@@ -12,6 +12,7 @@ namespace emae::napi {
 
 Napi::Value TestOp(const Napi::CallbackInfo& info);         // test_ops.cc
 Napi::Value TestBackendOp(const Napi::CallbackInfo& info);  // backend_ops.cc
+void InitDistributed(Napi::Env env, Napi::Object exports);  // dist/dist_wrap.cc
 
 namespace {
 
@@ -69,6 +70,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuBf16Available", Napi::Function::New<CpuBf16Available>(env, "cpuBf16Available"));
   exports.Set("testOp", Napi::Function::New<TestOp>(env, "testOp"));
   exports.Set("testBackendOp", Napi::Function::New<TestBackendOp>(env, "testBackendOp"));
+  InitDistributed(env, exports);
   return exports;
 }
 

@@ -9,6 +9,7 @@
 #include "compute_thread.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
+#include "distributed/dist.h"
 #include "napi_util.h"
 
 namespace emae::napi {
@@ -147,16 +148,8 @@ void read_tensors(const Napi::Value& v, const ParamLayout& layout, std::vector<f
 
 // ---- async workers -------------------------------------------------------------------------
 
-// What a worker's native job failed with; OnOK rejects the promise with it.
-struct JobFailure {
-  bool failed = false;
-  ErrorKind kind = ErrorKind::Error;
-  std::string message;
-  const char* code = nullptr;
-};
+}  // namespace
 
-// Runs a worker's job on the compute thread (compute_thread.h); a C++ exception becomes a
-// JobFailure with the error code JS sees, and never reaches Node.
 JobFailure run_job(const std::function<void()>& job) {
   try {
     run_on_compute_thread(job);
@@ -171,6 +164,8 @@ JobFailure run_job(const std::function<void()>& job) {
     return {true, classify(e), e.what(), nullptr};
   }
 }
+
+namespace {
 
 // What a StepWorker runs: forward+backward returning gradients, a full training step, a
 // micro-batch of gradient accumulation (losses only), or the optimizer on accumulated gradients.
@@ -293,7 +288,7 @@ class CreateWorker : public Napi::AsyncWorker {
     failure_ = run_job([this] {
       omp_set_num_threads(config_.threads);
       model_ = std::make_unique<Model>(
-          config_, device_ == "cuda" ? cuda::make_cuda_backend(0) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
+          config_, device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
     });
   }
   void OnOK() override {

@@ -4,11 +4,26 @@
 #pragma once
 #include <napi.h>
 
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "core/model.h"
+#include "napi_util.h"
 
 namespace emae::napi {
+
+// What a worker's native job failed with; OnOK rejects the promise with it.
+struct JobFailure {
+  bool failed = false;
+  ErrorKind kind = ErrorKind::Error;
+  std::string message;
+  const char* code = nullptr;
+};
+
+// Runs a worker's job on the compute thread (compute_thread.h); a C++ exception becomes a
+// JobFailure with the error code JS sees, and never reaches Node. (model_wrap.cc)
+JobFailure run_job(const std::function<void()>& job);
 
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
@@ -21,6 +36,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   Model& model() { return *model_; }
   void set_busy(bool busy) { busy_ = busy; }
+  // throws unless the model is alive and idle
+  void check_usable(Napi::Env env, const char* op) const;
 
  private:
   Napi::Value ParamInfo(const Napi::CallbackInfo& info);
@@ -37,9 +54,6 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);
-
-  // throws unless the model is alive and idle
-  void check_usable(Napi::Env env, const char* op) const;
 
   std::unique_ptr<Model> model_;
   bool busy_ = false;

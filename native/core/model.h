@@ -46,6 +46,9 @@ class Model {
   void get_params(float* host) const;
   void set_params(const float* host);
   void get_grads(float* host) const;
+  // The gradient buffer itself (backend memory, layout().total floats), for the data-parallel
+  // all-reduce between the backward and apply_gradients (native/distributed).
+  float* grad_buffer() { return grads_; }
   int64_t step() const { return step_; }
   void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const;
   void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step);

@@ -1,0 +1,212 @@
+// See dist.h. The MPI plugin is found next to the addon (dladdr of a function of ours gives the
+// addon's path) unless EMAE_MPI_PLUGIN names it.
+#include "distributed/dist.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <vector>
+
+#include "core/errors.h"
+#include "core/model.h"
+#include "cuda/cuda_backend.h"
+#include "distributed/mpi_plugin.h"
+#if EMAE_WITH_CUDA
+#include "distributed/nccl.h"
+#endif
+
+namespace emae::dist {
+namespace {
+
+const EmaeMpiApi* g_mpi = nullptr;
+Status g_status;
+bool g_finalized = false;
+
+constexpr const char* kInstallMpi =
+    "install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev; RHEL: dnf install openmpi-devel; "
+    "a cluster: module load openmpi) and rebuild emae (npm rebuild emae) so that its build finds MPI";
+
+std::string plugin_path() {
+  if (const char* env = std::getenv("EMAE_MPI_PLUGIN"); env && *env) return env;
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&plugin_path), &info) && info.dli_fname) {
+    std::string self = info.dli_fname;
+    const size_t slash = self.find_last_of('/');
+    return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/emae_mpi.so";
+  }
+  return "emae_mpi.so";
+}
+
+const EmaeMpiApi& load_plugin() {
+  if (g_mpi) return *g_mpi;
+  const std::string file = plugin_path();
+#if !EMAE_WITH_MPI
+  if (!std::getenv("EMAE_MPI_PLUGIN"))
+    throw std::runtime_error("this build of emae has no MPI support (CMake's FindMPI found no MPI when it was built); " +
+                             std::string(kInstallMpi));
+#endif
+  void* lib = dlopen(file.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    const char* why = dlerror();
+    throw std::runtime_error("could not load emae's MPI plugin " + file + " (" + (why ? why : "unknown error") + "); " +
+                             kInstallMpi);
+  }
+  auto fn = reinterpret_cast<EmaeMpiApiFn>(dlsym(lib, "emae_mpi_api"));
+  const EmaeMpiApi* api = fn ? fn() : nullptr;
+  if (!api || api->abi_version != EMAE_MPI_ABI_VERSION)
+    throw std::runtime_error(file + " is not an emae MPI plugin of this version (rebuild emae: npm rebuild emae)");
+  g_mpi = api;
+  return *g_mpi;
+}
+
+void check(int rc, const char* err) {
+  if (rc != 0) throw std::runtime_error(err);
+}
+
+const EmaeMpiApi& mpi() {
+  if (!g_status.initialized || !g_mpi) throw std::runtime_error("no distributed job: call initDistributed() first");
+  if (g_finalized) throw std::runtime_error("the distributed job has been finalized");
+  return *g_mpi;
+}
+
+}  // namespace
+
+BuildInfo build_info() {
+  BuildInfo b;
+  b.mpi_built = EMAE_WITH_MPI != 0;
+  b.mpi_plugin = plugin_path();
+  b.nccl_loader = EMAE_WITH_CUDA != 0;
+  return b;
+}
+
+const Status& status() { return g_status; }
+int cuda_device() { return g_status.cuda_device; }
+
+const Status& init(const std::string& collectives) {
+  if (collectives != "auto" && collectives != "mpi" && collectives != "nccl")
+    throw RangeError("Expected 'auto', 'mpi' or 'nccl' for collectives but received '" + collectives + "'");
+  if (g_finalized) throw std::runtime_error("initDistributed: MPI was finalized in this process and cannot start again");
+  if (g_status.initialized) return g_status;
+  const EmaeMpiApi& api = load_plugin();
+  char err[512] = {0};
+  EmaeMpiInit info{};
+  check(api.init(&info, err, sizeof err), err);
+  Status s;
+  s.initialized = true;
+  s.rank = info.rank;
+  s.size = info.size;
+  s.local_rank = info.local_rank;
+  s.local_size = info.local_size;
+  s.thread_level = info.thread_level;
+  s.mpi_library = info.library;
+  s.collectives = "mpi";
+  // The CUDA device: the local rank, wrapping around when ranks outnumber this node's GPUs
+  // (ranks then share a GPU, which only the host-staged MPI path allows).
+  int devices = 0;
+#if EMAE_WITH_CUDA
+  devices = nccl::device_count();
+#endif
+  s.cuda_device = devices > 0 ? s.local_rank % devices : 0;
+  if (collectives != "mpi") {
+    std::string why;
+#if EMAE_WITH_CUDA
+    if (devices == 0) {
+      why = "no CUDA device on rank " + std::to_string(s.rank);
+    } else if (s.local_size > devices) {
+      why = std::to_string(s.local_size) + " ranks share " + std::to_string(devices) + " GPU(s) on the node of rank " +
+            std::to_string(s.rank) + " (NCCL refuses two ranks on one GPU before 2.30; use one rank per GPU)";
+    } else {
+      why = nccl::load(&s.nccl_version);
+      if (!why.empty()) why = "rank " + std::to_string(s.rank) + ": " + why;
+    }
+#else
+    why = "this build of emae has no CUDA backend (built without a CUDA compiler)";
+#endif
+    // Every rank must take the same path: NCCL only if it works everywhere.
+    double ok = why.empty() ? 1.0 : 0.0;
+    check(api.allreduce(&ok, 1, EMAE_MPI_FLOAT64, EMAE_MPI_MIN, err, sizeof err), err);
+    if (ok == 1.0) {
+      s.collectives = "nccl";
+    } else {
+      s.nccl_unavailable = why.empty() ? "another rank cannot use NCCL" : why;
+      if (collectives == "nccl")
+        throw std::runtime_error("collectives 'nccl' was asked for but NCCL is not usable: " + s.nccl_unavailable +
+                                 " (collectives 'auto' falls back to host-staged MPI)");
+    }
+  }
+  g_status = s;
+  return g_status;
+}
+
+void allreduce(void* data, size_t count, ReduceType type, ReduceOp op) {
+  const EmaeMpiApi& api = mpi();
+  char err[512] = {0};
+  const int t = type == ReduceType::Float32 ? EMAE_MPI_FLOAT32 : EMAE_MPI_FLOAT64;
+  const int o = op == ReduceOp::Sum ? EMAE_MPI_SUM : op == ReduceOp::Max ? EMAE_MPI_MAX : EMAE_MPI_MIN;
+  check(api.allreduce(data, count, t, o, err, sizeof err), err);
+}
+
+void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
+  const EmaeMpiApi& api = mpi();
+  char err[512] = {0};
+  float* grads = model.grad_buffer();
+  const size_t total = model.layout().total;
+  Backend& be = model.backend();
+  const cuda::CudaPlacement where = cuda::placement_of(be);
+  if (where.device < 0) {
+    // CPU model: the gradients are host memory; MPI reduces them in place
+    check(api.allreduce(grads, total, EMAE_MPI_FLOAT32, EMAE_MPI_SUM, err, sizeof err), err);
+  } else if (g_status.collectives == "nccl") {
+#if EMAE_WITH_CUDA
+    if (!nccl::ready()) {
+      if (where.device != g_status.cuda_device)
+        throw std::runtime_error("NCCL all-reduce: the model is on CUDA device " + std::to_string(where.device) +
+                                 " but this rank's device is " + std::to_string(g_status.cuda_device) +
+                                 " (create models after initDistributed())");
+      nccl::init(g_status.rank, g_status.size, where.device, [&](void* buf, size_t bytes) {
+        check(api.broadcast(buf, bytes, 0, err, sizeof err), err);
+      });
+    }
+    nccl::allreduce_sum(grads, total, where.stream);  // one bucket: the whole contiguous buffer
+#endif
+  } else {
+    // host-staged: bucket by bucket, device → host, MPI, host → device
+    const size_t bucket = std::max<size_t>(1, std::min(bucket_floats, total));
+    std::vector<float> host(bucket);
+    for (size_t at = 0; at < total; at += bucket) {
+      const size_t n = std::min(bucket, total - at);
+      be.download(host.data(), grads + at, n * sizeof(float));
+      check(api.allreduce(host.data(), n, EMAE_MPI_FLOAT32, EMAE_MPI_SUM, err, sizeof err), err);
+      be.upload(grads + at, host.data(), n * sizeof(float));
+    }
+  }
+  if (average && g_status.size > 1) {
+    const ParamSegment all{0, total, false};
+    be.scale(grads, &all, 1, 1.f / (float)g_status.size);
+  }
+}
+
+void barrier() {
+  const EmaeMpiApi& api = mpi();
+  char err[512] = {0};
+  check(api.barrier(err, sizeof err), err);
+}
+
+void finalize() {
+  if (!g_status.initialized || g_finalized) return;
+#if EMAE_WITH_CUDA
+  nccl::destroy();
+#endif
+  char err[512] = {0};
+  g_finalized = true;
+  check(g_mpi->finalize(err, sizeof err), err);
+}
+
+void abort(int code) {
+  if (g_mpi && g_status.initialized && !g_finalized) g_mpi->abort(code);  // does not return
+  std::_Exit(code);
+}
+
+}  // namespace emae::dist

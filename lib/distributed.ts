@@ -238,15 +238,8 @@ export async function initDistributed(options: DistributedOptions = {}): Promise
   const bucketMiB = options.bucketMiB ?? 64;
   if (typeof bucketMiB !== 'number') throw invalidTypeError('bucketMiB', 'number of MiB in 1..2048', bucketMiB);
   if (!(bucketMiB >= 1 && bucketMiB <= 2048)) throw invalidRangeError('bucketMiB', 'number of MiB in 1..2048', bucketMiB);
-  if (current) {
-    if (current.collectives !== collectives)
-      throw new Error(`initDistributed: this process already joined its job with collectives '${current.collectives}'`);
-    if (options.worldSize !== undefined && options.worldSize !== current.dist.worldSize)
-      throw new Error(`initDistributed: the job has ${current.dist.worldSize} rank(s), not ${options.worldSize}`);
-    return current.dist;
-  }
   const launched = launcherEnvironment();
-  const worldSize = launched?.worldSize ?? 1;
+  const worldSize = current?.dist.worldSize ?? launched?.worldSize ?? 1;
   if (options.worldSize !== undefined && options.worldSize !== worldSize) {
     throw new Error(launched
       ? `initDistributed: worldSize ${options.worldSize} was asked for, but the launcher (${launched.launcher}) started ${worldSize} rank(s)`
@@ -254,6 +247,11 @@ export async function initDistributed(options: DistributedOptions = {}): Promise
         `(no OMPI_COMM_WORLD_SIZE, PMI_SIZE or SLURM_STEP_NUM_TASKS in its environment): start it with ` +
         `\`mpirun -np ${options.worldSize} …\` or \`srun -n ${options.worldSize} …\`` +
         (addon().distBuildInfo().mpi ? '' : `; this build of emae also has no MPI support: ${INSTALL_MPI}`));
+  }
+  if (current) {
+    if (current.collectives !== collectives)
+      throw new Error(`initDistributed: this process already joined its job with collectives '${current.collectives}'`);
+    return current.dist;
   }
   const bucketFloats = Math.floor((bucketMiB * 2 ** 20) / 4);
   let status: NativeDistStatus;

@@ -1,0 +1,307 @@
+// Data parallelism (lib/distributed.ts, native/distributed/): N ranks with batch B/N compute the
+// step of one rank with batch B — losses, parameters and AdamW moments — and the ranks stay
+// bitwise identical; resume after a stop on one rank; a failing or killed rank ends the job
+// quickly and names itself; bad options are clear errors. The multi-process tests start
+// `mpirun -np 2` on the CPU (1 thread per rank) and are skipped, saying why, where mpirun or the
+// addon's MPI plugin is missing.
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Distributed, EMAE, Trainer, initDistributed, launcherEnvironment, readSafetensors } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { gratings } from './helpers/synthetic.js';
+
+const root = path.resolve(import.meta.dirname, '..');
+const helper = path.join(root, 'test', 'helpers', 'dp-train.ts');
+const cli = path.join(root, 'lib', 'cli.ts');
+const tmp = () => mkdtempSync(path.join(tmpdir(), 'emae-dist-'));
+
+const build = (native() as unknown as { distBuildInfo(): { mpi: boolean; mpiPlugin: string } }).distBuildInfo();
+const mpirun = spawnSync('sh', ['-c', 'command -v mpirun'], { encoding: 'utf8' }).stdout.trim();
+const skipWhy = !mpirun ? 'mpirun is not on PATH (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)'
+  : !build.mpi ? 'the addon was built without MPI (CMake found none; install libopenmpi-dev and rebuild)' : undefined;
+if (skipWhy) console.log(`distributed.test: multi-process tests skipped: ${skipWhy}`);
+const mp = skipWhy ? test.skip : test.serial;
+
+// Open MPI refuses root unless told; CI and these test machines run as root. No launcher
+// variables leak in from an outer job.
+const mpiEnv = () => {
+  const env: NodeJS.ProcessEnv = { ...process.env, OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' };
+  for (const k of Object.keys(env)) if (/^(OMPI_COMM_WORLD|PMI_|PMIX_|SLURM_)/.test(k)) delete env[k];
+  return env;
+};
+const mpiArgs = ['-np', '2', '--oversubscribe', '--bind-to', 'none'];
+
+interface Run { code: number | null; signal: NodeJS.Signals | null; output: string; seconds: number }
+function run(cmd: string, args: string[], options: { onStart?: (pid: number) => void; timeoutMs?: number } = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const child = spawn(cmd, args, { cwd: root, env: mpiEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d) => { output += d; });
+    child.stderr.on('data', (d) => { output += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, output, seconds: (performance.now() - started) / 1000 });
+    });
+    options.onStart?.(child.pid!);
+  });
+}
+const trainOnce = (opts: object) => run(process.execPath, ['--import=tsx', helper, JSON.stringify(opts)]);
+const trainOnTwo = (opts: object) => run(mpirun, [...mpiArgs, process.execPath, '--import=tsx', helper, JSON.stringify(opts)]);
+
+interface RankResult { rank: number; worldSize: number; step: number; losses: number[]; hashes: string[]; error?: string; final: string }
+const result = (dir: string, rank: number): RankResult => JSON.parse(readFileSync(path.join(dir, `rank-${rank}.json`), 'utf8'));
+
+function l2(x: Float32Array): number {
+  let s = 0;
+  for (const v of x) s += v * v;
+  return Math.sqrt(s);
+}
+function relL2(a: Float32Array, b: Float32Array): number {
+  const d = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) d[i] = a[i] - b[i];
+  const n = l2(b);
+  return n === 0 ? l2(d) : l2(d) / n;
+}
+
+// The attention key bias (the middle third of each qkv.bias) has an exactly zero true gradient
+// (softmax ignores a per-query constant), so it moves only by rounding noise that AdamW
+// normalizes to lr-sized steps; it is left out of the comparison, as the issue allows.
+function withoutKeyBias(name: string, data: Float32Array): Float32Array {
+  if (!/attn\.qkv\.bias$/.test(name)) return data;
+  const d = data.length / 3;
+  const out = Float32Array.from(data);
+  out.fill(0, d, 2 * d);
+  return out;
+}
+
+/** Largest relative L2 error over the checkpoint's tensors (param., exp_avg., exp_avg_sq.), key bias left out. */
+function compareCheckpoints(a: string, b: string): { worst: number; name: string; count: number } {
+  const ta = readSafetensors(readFileSync(a)).tensors, tb = readSafetensors(readFileSync(b)).tensors;
+  let worst = 0, worstName = '', count = 0;
+  for (const name of Object.keys(tb)) {
+    const x = withoutKeyBias(name, ta[name].data as Float32Array), y = withoutKeyBias(name, tb[name].data as Float32Array);
+    const e = relL2(x, y);
+    count++;
+    if (e > worst) [worst, worstName] = [e, name];
+  }
+  return { worst, name: worstName, count };
+}
+
+function assertEquivalent(t: import('ava').ExecutionContext, one: string, two: string, steps: number) {
+  const ref = result(one, 0), r0 = result(two, 0), r1 = result(two, 1);
+  t.is(r0.worldSize, 2);
+  t.is(ref.losses.length, steps);
+  t.is(r0.losses.length, steps);
+  t.deepEqual(r0.hashes, r1.hashes, 'the two ranks hold bitwise identical parameters after every step');
+  t.is(r0.final, r1.final, 'and identical AdamW moments at the end');
+  const lossErr = Math.max(...ref.losses.map((l, i) => Math.abs(r0.losses[i] - l) / Math.abs(l)));
+  t.true(lossErr < 1e-5, `losses within 1e-5 relative (worst ${lossErr.toExponential(2)})`);
+  const logged = readFileSync(path.join(two, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss);
+  t.deepEqual(logged, r0.losses, 'rank 0 logs the global mean loss');
+  const cmp = compareCheckpoints(path.join(two, `ckpt-${steps}.safetensors`), path.join(one, `ckpt-${steps}.safetensors`));
+  t.true(cmp.worst < 1e-5, `every parameter and AdamW moment within 1e-5 relative L2 (worst ${cmp.worst.toExponential(2)} in ${cmp.name})`);
+  t.log(`loss rel err ${lossErr.toExponential(2)}; worst tensor rel L2 ${cmp.worst.toExponential(2)} (${cmp.name}) over ${cmp.count} tensors`);
+}
+
+mp('2 ranks × batch 8 for 20 steps = 1 process × batch 16 (EMAE K=4)', async (t) => {
+  const one = tmp(), two = tmp();
+  const a = await trainOnce({ batch: 16, steps: 20, out: one });
+  t.is(a.code, 0, a.output);
+  const b = await trainOnTwo({ batch: 8, steps: 20, out: two });
+  t.is(b.code, 0, b.output);
+  assertEquivalent(t, one, two, 20);
+});
+
+mp('the same with gradient accumulation: 2 ranks × 4 × 2 micro-batches = 1 × 8 × 2', async (t) => {
+  const one = tmp(), two = tmp();
+  t.is((await trainOnce({ batch: 8, accumulate: 2, steps: 20, out: one })).code, 0);
+  const b = await trainOnTwo({ batch: 4, accumulate: 2, steps: 20, out: two });
+  t.is(b.code, 0, b.output);
+  assertEquivalent(t, one, two, 20);
+});
+
+mp('the same for plain MAE (K=1)', async (t) => {
+  const one = tmp(), two = tmp();
+  t.is((await trainOnce({ batch: 16, steps: 20, parts: 1, out: one })).code, 0);
+  const b = await trainOnTwo({ batch: 8, steps: 20, parts: 1, out: two });
+  t.is(b.code, 0, b.output);
+  assertEquivalent(t, one, two, 20);
+});
+
+mp('a stop on one rank stops both at the same step; resumed, the run equals an uninterrupted one; and resumes on 1 rank', async (t) => {
+  const whole = tmp(), cut = tmp(), single = tmp();
+  t.is((await trainOnTwo({ batch: 8, steps: 12, out: whole })).code, 0);
+  // stop() on rank 1 after step 5 (as a signal would): the ranks agree on it in the next step's
+  // all-reduce, so both stop after step 6
+  const first = await trainOnTwo({ batch: 8, steps: 12, out: cut, stopAt: 5, stopRank: 1 });
+  t.is(first.code, 0, first.output);
+  const at = result(cut, 0).step;
+  t.is(at, 6, 'rank 0 stopped with rank 1, one step after the request');
+  t.is(result(cut, 1).step, at);
+  t.true(existsSync(path.join(cut, `ckpt-${at}.safetensors`)));
+  // a copy of the stopped run, to resume on one process with batch 16 (same global batch)
+  writeFileSync(path.join(single, `ckpt-${at}.safetensors`), readFileSync(path.join(cut, `ckpt-${at}.safetensors`)));
+  const second = await trainOnTwo({ batch: 8, steps: 12, out: cut, resume: true });
+  t.is(second.code, 0, second.output);
+  const w = result(whole, 0), c = result(cut, 0);
+  t.deepEqual(c.losses, w.losses.slice(at), 'the resumed steps have the losses of the uninterrupted run, bitwise');
+  t.is(c.final, w.final, 'and end with bitwise the same parameters and moments');
+  const wrong = await trainOnce({ batch: 8, steps: 12, out: single, resume: true });
+  t.not(wrong.code, 0);
+  t.regex(wrong.output, /global batch of 16 \(batch 8 × 2 ranks, accumulate 1\); this run has a global batch of 8/);
+  const solo = await trainOnce({ batch: 16, steps: 12, out: single, resume: true });
+  t.is(solo.code, 0, solo.output);
+  const lossErr = Math.max(...result(single, 0).losses.map((l, i) => Math.abs(l - w.losses[at + i]) / Math.abs(w.losses[at + i])));
+  t.true(lossErr < 1e-5, `a 2-rank checkpoint resumed on 1 rank with batch 16 continues the run (worst ${lossErr.toExponential(2)})`);
+});
+
+mp('SIGINT to the ranks of a CLI run: both stop together, rank 0 checkpoints, and --resume finishes the run', async (t) => {
+  const out = tmp();
+  const args = [...mpiArgs, process.execPath, '--import=tsx', cli, 'pretrain', '--data', 'synthetic:64', '--image-size', '16',
+    '--config', path.join(root, 'test', 'fixtures', 'dist-tiny.json'), '--device', 'cpu', '--threads', '1', '--batch', '8',
+    '--steps', '400', '--checkpoint-every', '0', '--no-progress', '--out', out];
+  let mpirunPid = 0;
+  const stopped = run(mpirun, args, { onStart: (pid) => { mpirunPid = pid; } });
+  const log = path.join(out, 'log.jsonl');
+  for (let i = 0; i < 600 && !(existsSync(log) && readFileSync(log, 'utf8').split('\n').length > 4); i++) await new Promise((r) => setTimeout(r, 100));
+  const ranks = spawnSync('pgrep', ['-P', String(mpirunPid)], { encoding: 'utf8' }).stdout.trim().split('\n').map(Number);
+  t.is(ranks.length, 2, 'mpirun has two rank processes');
+  for (const pid of ranks) process.kill(pid, 'SIGINT');
+  const first = await stopped;
+  t.regex(first.output, /SIGINT: stopped at step (\d+)/);
+  const at = Number(/stopped at step (\d+)/.exec(first.output)![1]);
+  t.true(at < 400);
+  t.true(existsSync(path.join(out, `ckpt-${at}.safetensors`)), `rank 0 wrote ckpt-${at}`);
+  t.is(first.output.match(/"distributed"/g)?.length, 1, 'one resolved configuration is printed (rank 0)');
+  const second = await run(mpirun, [...args, '--resume']);
+  t.is(second.code, 0, second.output);
+  t.regex(second.output, new RegExp(`resumed at step ${at}`));
+  t.regex(second.output, /done: 400 steps/);
+});
+
+mp('a rank killed with SIGKILL ends the job with a message naming it, in under 30 s', async (t) => {
+  const out = tmp();
+  let mpirunPid = 0;
+  const running = run(mpirun, [...mpiArgs, process.execPath, '--import=tsx', helper, JSON.stringify({ batch: 8, steps: 100000, out })],
+    { onStart: (pid) => { mpirunPid = pid; } });
+  await new Promise((r) => setTimeout(r, 4000));
+  const ranks = spawnSync('pgrep', ['-P', String(mpirunPid)], { encoding: 'utf8' }).stdout.trim().split('\n').map(Number);
+  t.is(ranks.length, 2);
+  const killedAt = performance.now();
+  process.kill(ranks[1], 'SIGKILL');
+  const r = await running;
+  const seconds = (performance.now() - killedAt) / 1000;
+  t.not(r.code, 0);
+  t.regex(r.output, /rank 1 with PID \d+ on node \S+ exited on signal 9/);
+  t.true(seconds < 30, `the job ended ${seconds.toFixed(1)} s after the kill`);
+  t.log(`job ended ${seconds.toFixed(2)} s after SIGKILL of rank 1`);
+});
+
+mp('a corrupted input on one rank aborts the job with an error naming the rank and the shard', async (t) => {
+  const out = tmp();
+  const r = await trainOnTwo({ batch: 8, steps: 20, out, failRank: 1, failAt: 4 });
+  t.not(r.code, 0);
+  t.regex(r.output, /emae: rank 1 of 2: shard-1\.bin: record \d+ is corrupted \(bad checksum\)/);
+  // (Open MPI's own MPI_ABORT banner follows, though mpirun sometimes fails to print it)
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+});
+
+mp('a corrupted data file on one rank of a CLI run is reported with the rank named', async (t) => {
+  const dir = tmp();
+  const good = path.join(dir, 'good.idx'), bad = path.join(dir, 'bad.idx');
+  const header = Buffer.from([0, 0, 8, 3, 0, 0, 0, 40, 0, 0, 0, 16, 0, 0, 0, 16]);
+  writeFileSync(good, Buffer.concat([header, Buffer.alloc(40 * 256, 7)]));
+  writeFileSync(bad, Buffer.concat([header, Buffer.alloc(1000, 7)]));  // truncated copy on rank 1's disk
+  const script = `if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then D=${bad}; else D=${good}; fi; exec "${process.execPath}" --import=tsx ${cli} ` +
+    `pretrain --data idx:$D --config ${path.join(root, 'test', 'fixtures', 'dist-tiny.json')} --device cpu --threads 1 --batch 4 --steps 5 --out ${path.join(dir, 'run')}`;
+  const r = await run(mpirun, [...mpiArgs, 'sh', '-c', script]);
+  t.not(r.code, 0);
+  t.regex(r.output, /emae: rank 1 of 2: .*bad\.idx/);
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+});
+
+mp('a non-finite loss on one rank stops every rank at the same step, cleanly', async (t) => {
+  const out = tmp();
+  const r = await trainOnTwo({ batch: 8, steps: 20, out, nanRank: 1 });
+  t.not(r.code, 0);
+  const r0 = result(out, 0), r1 = result(out, 1);
+  t.is(r0.step, r1.step, 'both stopped after the same step');
+  t.is(r0.step, 2);
+  t.regex(r0.error ?? '', /training stopped at step 3: the loss is not finite on at least one rank/);
+  t.is(r0.error, r1.error);
+});
+
+// ---- one process -----------------------------------------------------------------------------
+
+test('without a launcher, initDistributed() is a one-rank job that needs no MPI', async (t) => {
+  if (launcherEnvironment()) return t.pass('this test process was itself started by a launcher');
+  const dist = await initDistributed();
+  t.true(dist instanceof Distributed);
+  t.is(dist.worldSize, 1);
+  t.is(dist.rank, 0);
+  t.is(dist.collectives, 'none');
+  t.is(await initDistributed(), dist, 'a second call returns the same job');
+  const x = Float64Array.of(1, 2, 3);
+  t.deepEqual(await dist.allReduce(x, 'mean'), x);
+  const model = await EMAE.create({ imageSize: 8, patchSize: 2, embedDim: 8, depth: 1, numHeads: 2, decoderEmbedDim: 8,
+    decoderDepth: 1, decoderNumHeads: 2, device: 'cpu', threads: 1 });
+  await dist.allReduceGradients(model);
+  await dist.barrier();
+  await model.dispose();
+});
+
+test('bad distributed options are clear errors', async (t) => {
+  await t.throwsAsync(initDistributed({ collectives: 'gloo' as never }), { instanceOf: RangeError, message: /collectives/ });
+  await t.throwsAsync(initDistributed({ collectives: 3 as never }), { instanceOf: TypeError, message: /collectives/ });
+  await t.throwsAsync(initDistributed({ worldSize: 0 }), { instanceOf: RangeError, message: /worldSize/ });
+  await t.throwsAsync(initDistributed({ bucketMiB: 0 }), { instanceOf: RangeError, message: /bucketMiB/ });
+  await t.throwsAsync(initDistributed({ world: 2 } as never), { message: /world/ });
+  if (!launcherEnvironment()) {
+    await t.throwsAsync(initDistributed({ worldSize: 2 }), { message: /worldSize 2 was asked for, but no MPI launcher started this process.*mpirun -np 2/ });
+  }
+  const dist = await initDistributed();
+  await t.throwsAsync(dist.allReduce([1, 2] as never), { instanceOf: TypeError, message: /data/ });
+  await t.throwsAsync(dist.allReduce(new Float32Array(2), 'avg' as never), { instanceOf: RangeError, message: /op/ });
+  await t.throwsAsync(dist.allReduceGradients({} as never), { instanceOf: TypeError, message: /model/ });
+  const model = await EMAE.create({ imageSize: 8, patchSize: 2, embedDim: 8, depth: 1, numHeads: 2, decoderEmbedDim: 8,
+    decoderDepth: 1, decoderNumHeads: 2, device: 'cpu', threads: 1 });
+  t.throws(() => new Trainer(model, { images: new Float32Array(4 * 192), count: 4 }, { batchSize: 2, steps: 1, distributed: {} as never }),
+    { instanceOf: TypeError, message: /distributed/ });
+  t.throws(() => new (Distributed as never as new (...a: unknown[]) => unknown)(Symbol('x'), {}, 1), { instanceOf: TypeError, message: /initDistributed/ });
+  await model.dispose();
+});
+
+test('launcherEnvironment reads Open MPI, Hydra and Slurm variables', (t) => {
+  t.deepEqual(launcherEnvironment({ OMPI_COMM_WORLD_SIZE: '4', OMPI_COMM_WORLD_RANK: '2', OMPI_COMM_WORLD_LOCAL_RANK: '0' }),
+    { launcher: 'open-mpi', worldSize: 4, rank: 2, localRank: 0 });
+  t.deepEqual(launcherEnvironment({ PMI_SIZE: '2', PMI_RANK: '1', MPI_LOCALRANKID: '1' }), { launcher: 'mpich', worldSize: 2, rank: 1, localRank: 1 });
+  t.deepEqual(launcherEnvironment({ SLURM_STEP_NUM_TASKS: '8', SLURM_PROCID: '5', SLURM_LOCALID: '1' }), { launcher: 'slurm', worldSize: 8, rank: 5, localRank: 1 });
+  t.is(launcherEnvironment({ SLURM_NTASKS: '8' }), undefined, 'an allocation alone (sbatch, no srun step) is not a launch');
+  t.is(launcherEnvironment({}), undefined);
+});
+
+test('more than one rank in a build without MPI says what to install', (t) => {
+  // a child process that looks like rank 0 of 2 but whose MPI plugin is missing
+  const r = spawnSync(process.execPath, ['--import=tsx', '--input-type=module', '-e',
+    `import { initDistributed } from './lib/index.js'; try { await initDistributed(); } catch (e) { console.log(e.message); }`],
+  { cwd: root, encoding: 'utf8', env: { ...mpiEnv(), OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_RANK: '0', EMAE_MPI_PLUGIN: '/nonexistent/emae_mpi.so' } });
+  t.regex(r.stdout, /rank 0 of 2: .*could not load emae's MPI plugin \/nonexistent\/emae_mpi\.so.*install Open MPI \(Debian\/Ubuntu: apt-get install openmpi-bin libopenmpi-dev/s);
+});
+
+test('the Trainer refuses a checkpoint of another global batch, naming both', async (t) => {
+  const dir = tmp();
+  const config = { imageSize: 8, patchSize: 2, channels: 3, embedDim: 8, depth: 1, numHeads: 2, decoderEmbedDim: 8, decoderDepth: 1,
+    decoderNumHeads: 2, device: 'cpu' as const, threads: 1 };
+  const data = { images: gratings(16, 3, 8, 1), count: 16 };
+  const model = await EMAE.create(config);
+  await new Trainer(model, data, { batchSize: 8, steps: 1, outDir: dir }).run();
+  const other = new Trainer(model, data, { batchSize: 4, steps: 2, outDir: dir });
+  await t.throwsAsync(other.resume(), { message: /global batch of 8 \(batch 8 × 1 rank, accumulate 1\); this run has a global batch of 4/ });
+  await model.dispose();
+});

@@ -103,13 +103,15 @@ program
   .option('--checkpoint-every <n>', 'checkpoint every N steps (and at the end)', num('checkpoint-every'), 500)
   .option('--keep <n>', 'checkpoints to keep', num('keep'), 3)
   .option('--resume [file]', 'resume from a checkpoint (default: the newest in --out)')
+  .option('--force', 'start over in a non-empty --out: deletes its checkpoints, log.jsonl and curves')
   .option('--no-progress', 'no progress bar (one line every 10 steps instead)')
   .action(async (o) => {
+    if (o.force && o.resume) throw new Error('--force starts a new run and --resume continues one: give one of them');
     const { model, data } = await modelAndData(o);
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
-      outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep,
+      outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep, overwrite: o.force === true,
     };
     console.log(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels }, trainer: trainerOptions }, null, 2));
     const bar = o.progress && process.stdout.isTTY
@@ -124,25 +126,45 @@ program
           console.log(`step ${s.step}/${trainer.totalSteps} loss ${payload.loss} recon ${payload.recon} consistency ${payload.cons} lr ${payload.lr} ${payload.ips} img/s`);
       },
     });
-    if (o.resume) {
-      await trainer.resume(typeof o.resume === 'string' ? o.resume : undefined);
-      console.log(`resumed at step ${trainer.step}`);
-    }
     let signal: string | undefined;
-    const onSignal = (name: string) => () => {
-      signal = name;
-      trainer.stop();
+    // A signal asks for a checkpoint and a clean stop. More signals while that happens (a double
+    // Ctrl-C, npx forwarding the group's SIGTERM) must not cut the checkpoint short; only a third
+    // quits at once — the previous checkpoint is intact, since checkpoints are renamed into place.
+    let signals = 0, finished = false;
+    const onSignal = (name: string) => {
+      signals += 1;
+      signal ??= name;
+      const say = (line: string) => { bar?.stop(); console.error(line); };
+      if (signals === 1) {
+        trainer.stop();
+        say(`${name}: stopping after step ${trainer.step + 1} and writing a checkpoint${o.out ? ` to ${o.out}` : ''}`);
+      } else if (signals === 2) {
+        say(finished ? `${name}: the checkpoint is written; finishing up, please wait`
+          : `${name}: ${trainer.writingCheckpoint ? 'writing checkpoint' : `finishing step ${trainer.step + 1} and writing its checkpoint`}, ` +
+            'please wait (a third signal quits without it)');
+      } else if (!finished) {
+        say(`${name}: quitting without a new checkpoint at step ${trainer.step}; the checkpoints in ${o.out} are intact`);
+        process.exit(name === 'SIGINT' ? 130 : 143);
+      }
     };
-    const onInt = onSignal('SIGINT'), onTerm = onSignal('SIGTERM');
-    process.once('SIGINT', onInt);
-    process.once('SIGTERM', onTerm);
-    bar?.start(trainer.totalSteps, trainer.step, { loss: '-', recon: '-', cons: '-', lr: '-', ips: '-' });
+    const onInt = () => onSignal('SIGINT'), onTerm = () => onSignal('SIGTERM');
+    process.on('SIGINT', onInt);
+    process.on('SIGTERM', onTerm);
     try {
+      if (o.resume) {
+        await trainer.resume(typeof o.resume === 'string' ? o.resume : undefined);
+        console.log(`resumed at step ${trainer.step}`);
+      }
+      const prepared = await trainer.prepareOutDir();
+      if (prepared.removed.length > 0) console.log(`${o.resume ? 'removed interrupted writes' : '--force: deleted'} in ${o.out}: ${prepared.removed.join(', ')}`);
+      if (prepared.logLinesDropped > 0)
+        console.log(`log.jsonl cut back to step ${trainer.step} (${prepared.logLinesDropped} later line${prepared.logLinesDropped === 1 ? '' : 's'} dropped)`);
+      bar?.start(trainer.totalSteps, trainer.step, { loss: '-', recon: '-', cons: '-', lr: '-', ips: '-' });
       await trainer.run();
+      finished = true;
     } finally {
       bar?.stop();
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
+      // the handlers stay: a late signal must not kill the process while it draws the curves
       await model.dispose();
     }
     // the loss curves as a picture next to the log

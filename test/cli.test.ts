@@ -2,7 +2,7 @@
 // checkpoints, `--resume` continues from them, SIGINT writes a checkpoint and exits 130.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -68,6 +68,73 @@ test('SIGINT writes a checkpoint and exits 130', async (t) => {
   t.regex(stdout, /SIGINT: stopped at step \d+; checkpoint written/);
   const step = Number(/stopped at step (\d+)/.exec(stdout)![1]);
   t.true(existsSync(path.join(out, `ckpt-${step}.safetensors`)));
+});
+
+// Spawns a pretrain run and sends `signals` (in one burst) once it has logged step 10.
+async function interrupt(out: string, signals: NodeJS.Signals[], extra: string[] = []) {
+  const child = spawn(process.execPath, ['--import=tsx', 'lib/cli.ts', ...common, '--steps', '100000', '--out', out, '--no-progress', ...extra]);
+  let stdout = '', stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  child.stdout.on('data', (d) => {
+    stdout += d;
+    if (/step 10\//.test(stdout) && !child.killed) {
+      // spaced out: signals of one kind sent while one is pending would merge into one
+      signals.forEach((s, i) => setTimeout(() => { if (child.exitCode === null) child.kill(s); }, 5 * i));
+    }
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return { code, stdout, stderr };
+}
+
+test('a second SIGINT or SIGTERM does not cut the checkpoint short', async (t) => {
+  for (const [signal, exit] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    const out = path.join(dir, `twice-${signal}`);
+    const r = await interrupt(out, [signal, signal], ['--checkpoint-every', '100000']);
+    t.log(r.stderr.trim());
+    t.is(r.code, exit, r.stderr);
+    t.regex(r.stderr, new RegExp(`${signal}: .*please wait`));
+    const step = Number(/stopped at step (\d+)/.exec(r.stdout)![1]);
+    const { EMAE, loadCheckpoint } = await import('../lib/index.js');
+    const model = await EMAE.create({ ...JSON.parse(readFileSync(config, 'utf8')), imageSize: 16, device: 'cpu', threads: 1 });
+    t.is((await loadCheckpoint(path.join(out, `ckpt-${step}.safetensors`), model)).step, step);
+    await model.dispose();
+  }
+});
+
+test('a third signal quits at once; the previous checkpoint still loads and --resume continues', async (t) => {
+  const out = path.join(dir, 'thrice');
+  // a model large enough that the step and the checkpoint outlast the three signals
+  const mid = path.join(dir, 'mid.json');
+  writeFileSync(mid, JSON.stringify({ patchSize: 4, embedDim: 192, depth: 4, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 2, decoderNumHeads: 4 }));
+  const r = await interrupt(out, ['SIGINT', 'SIGINT', 'SIGINT'], ['--checkpoint-every', '5', '--config', mid]);
+  t.log(r.stderr.trim());
+  t.is(r.code, 130, r.stderr);
+  t.regex(r.stderr, /quitting without a new checkpoint/);
+  const done = Number(/quitting without a new checkpoint at step (\d+)/.exec(r.stderr)![1]);
+  const resumed = cli(...common, '--config', mid, '--steps', String(done + 3), '--checkpoint-every', '5', '--out', out, '--resume');
+  t.is(resumed.status, 0, resumed.stderr);
+  const from = Number(/resumed at step (\d+)/.exec(resumed.stdout)![1]);
+  t.true(from % 5 === 0 && from <= done && from >= done - 5, `resumed from the newest checkpoint (${from}) of a run that did ${done} steps`);
+  const steps = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step);
+  t.deepEqual(steps, Array.from({ length: done + 3 }, (_, i) => i + 1), 'the log holds each step once');
+  t.false(readdirSync(out).some((f) => f.includes('.tmp-')), 'no temporary file left');
+});
+
+test('pretrain refuses a non-empty --out; --force says what it deletes', (t) => {
+  const out = path.join(dir, 'twice-run');
+  t.is(cli(...common, '--steps', '4', '--checkpoint-every', '2', '--out', out).status, 0);
+  const before = readdirSync(out).sort();
+  const again = cli(...common, '--steps', '2', '--checkpoint-every', '2', '--out', out);
+  t.is(again.status, 1);
+  t.regex(again.stderr, /the output folder .*twice-run is not empty .*--resume.*--force/);
+  t.deepEqual(readdirSync(out).sort(), before, 'nothing deleted or added');
+  const forced = cli(...common, '--steps', '2', '--checkpoint-every', '2', '--out', out, '--force');
+  t.is(forced.status, 0, forced.stderr);
+  t.regex(forced.stdout, /--force: deleted in .*twice-run: ckpt-2\.safetensors, ckpt-4\.safetensors, curves\.png, curves\.svg, log\.jsonl/);
+  t.deepEqual(readdirSync(out).filter((f) => f.startsWith('ckpt-')), ['ckpt-2.safetensors']);
+  t.regex(cli(...common, '--steps', '2', '--out', out, '--force', '--resume').stderr, /--force starts a new run and --resume continues one/);
+  writeFileSync(path.join(dir, 'a-file'), '');
+  t.regex(cli(...common, '--steps', '2', '--out', path.join(dir, 'a-file')).stderr, /cannot use .*a-file as the output folder: a file of that name exists/);
 });
 
 test('pretrain on an image folder', async (t) => {

@@ -103,7 +103,8 @@ function checkOptim(op: string, options: TrainStepOptions, keys: readonly string
   assertObject('options', options, 'object with lr');
   assertKnownKeys(`${op} option`, options, keys);
   const { lr, weightDecay = 0.05, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clipGrad = 0 } = options;
-  assertFiniteNumber('lr', lr, { min: 0 });
+  // AdamW moves each weight by about lr per step: beyond 1 a run can only diverge (MAE's peak is ~2.4e-3)
+  assertFiniteNumber('lr', lr, { min: 0, max: 1 }, 'learning rate in [0, 1] (AdamW moves each weight by about lr per step)');
   assertFiniteNumber('weightDecay', weightDecay, { min: 0 });
   assertFiniteNumber('beta1', beta1, { min: 0, below: 1 });
   assertFiniteNumber('beta2', beta2, { min: 0, below: 1 });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { invalidRangeError, invalidTypeError } from './errors.js';
+import { assertFiniteNumber, invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
 import type { EMAE } from './model.js';
 import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
@@ -132,9 +132,13 @@ export class Trainer {
       throw invalidRangeError('steps/epochs', 'exactly one of steps and epochs', { steps: options.steps, epochs: options.epochs });
     const steps = options.steps !== undefined ? positiveInt('steps', options.steps)
       : positiveInt('epochs', options.epochs) * Math.max(1, Math.floor(data.count / (batchSize * accumulate)));
+    const blr = options.blr ?? 1.5e-4;
+    assertFiniteNumber('blr', blr, { above: 0 });
+    if (scaledLr(blr, batchSize * accumulate) > 1)
+      throw invalidRangeError('blr', `a base learning rate whose lr = blr·${batchSize * accumulate}/256 is at most 1`, blr);
     this.#opts = {
       batchSize, steps, accumulate,
-      blr: options.blr ?? 1.5e-4,
+      blr,
       minLr: options.minLr ?? 0,
       warmupSteps: options.warmupSteps ?? Math.floor(steps / 20),
       weightDecay: options.weightDecay ?? 0.05,

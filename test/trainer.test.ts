@@ -259,3 +259,18 @@ test('a failed checkpoint write names the last good checkpoint; resume cuts the 
   t.deepEqual(losses, straight.slice(2));
   for (const m of [m1, m2, m3]) await m.dispose();
 });
+
+test('absurd learning rates are RangeErrors and change nothing', async (t) => {
+  const model = await EMAE.create(config);
+  const before = await model.stateDict();
+  const per = 3 * 16 * 16;
+  const { ParallelMasker } = await import('../lib/index.js');
+  const batch = { images: data.images.slice(0, 2 * per), permutation: ParallelMasker.fromConfig(model.config, 0).next(2), batchSize: 2 };
+  await t.throwsAsync(model.trainStep(batch, { lr: 1e30 }), { instanceOf: RangeError, message: /learning rate in \[0, 1\].* for lr but received 1e\+30/ });
+  await t.throwsAsync(model.applyGradients({ lr: 2 }), { instanceOf: RangeError, message: /lr/ });
+  t.deepEqual(await model.stateDict(), before);
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: 1e30 }), { instanceOf: RangeError, message: /blr/ });
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: NaN }), { instanceOf: RangeError, message: /blr/ });
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: '1e-3' as any }), { instanceOf: TypeError, message: /blr/ });
+  await model.dispose();
+});

@@ -4,6 +4,7 @@
 //   emae pretrain [options]        EMAE pretraining on synthetic, IDX or CIFAR-10 data
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { outDirError } from './run-folder.js';
 import path from 'node:path';
 import sharp from 'sharp';
 import { CHECKPOINT_FORMAT, loadCheckpoint } from './checkpoint.js';
@@ -237,15 +238,19 @@ const sharedModelOptions = (cmd: Command) => cmd
 sharedModelOptions(program.command('reconstruct')
   .description('write a PNG grid per image: original | each part\'s masked input | each part\'s reconstruction | assembled'))
   .option('--count <n>', 'images', num('count'), 4)
+  .option('--scale <n>', 'enlarge each pixel to n×n (default: images at least 128 px high)', num('scale'))
   .option('--out <dir>', 'output folder', 'runs/reconstructions')
   .action(async (o) => {
+    if (o.scale !== undefined && !(Number.isInteger(o.scale) && o.scale >= 1 && o.scale <= 64))
+      throw new Error(`--scale expects an integer from 1 to 64, got ${o.scale}`);
     const { model, data } = await modelAndData(o);
     try {
       const { images } = await firstImagesFrom(data, 0, Math.min(o.count, data.count));
       const r = await model.reconstruct(images, { seed: o.seed });
-      mkdirSync(o.out, { recursive: true });
+      makeOutDir(o.out);
       const c = model.config, S = c.imageSize, C = c.channels, K = c.parts, per = C * S * S, gap = 2;
       const B = images.length / per, tiles = 2 + 2 * K, width = tiles * S + (tiles - 1) * gap;
+      const scale: number = o.scale ?? Math.min(16, Math.max(1, Math.ceil(128 / S)));
       for (let b = 0; b < B; b++) {
         const orig = images.subarray(b * per, (b + 1) * per);
         let lo = Infinity, hi = -Infinity;
@@ -267,9 +272,11 @@ sharedModelOptions(program.command('reconstruct')
           put(1 + K + k, r.parts.subarray((b * K + k) * per, (b * K + k + 1) * per));
         }
         put(1 + 2 * K, r.assembled.subarray(b * per, (b + 1) * per));
-        await sharp(rgb, { raw: { width, height: S, channels: 3 } }).png().toFile(path.join(o.out, `reconstruction-${b}.png`));
+        await sharp(rgb, { raw: { width, height: S, channels: 3 } }).resize(width * scale, S * scale, { kernel: 'nearest' })
+          .png().toFile(path.join(o.out, `reconstruction-${b}.png`));
       }
-      console.log(`wrote ${B} grids (${width}×${S}) to ${o.out}: original | ${K} masked inputs | ${K} reconstructions | assembled`);
+      console.log(`wrote ${B} grids (${width * scale}×${S * scale}, ${scale}× enlarged) to ${o.out}: ` +
+        `original | ${K} masked inputs | ${K} reconstructions | assembled`);
     } finally {
       await model.dispose();
     }
@@ -286,14 +293,16 @@ sharedModelOptions(program.command('probe')
     const { model, data } = await modelAndData(o);
     try {
       const test = (await modelAndData({ ...o, weights: undefined, seed: (o.seed ?? 0) + 1 }, o.testData).then(async (r) => { await r.model.dispose(); return r.data; }));
-      const features = async (d: Data) => {
+      const features = async (d: Data, which: string) => {
         const n = Math.min(o.limit ?? d.count, d.count);
         const out: Float32Array[] = [];
         const labels: number[] = [];
+        const progress = progressOnStderr(`probe: encoding the ${which} images`, n);
         for (let s = 0; s < n; s += 256) {
           const { images, labels: l } = await firstImagesFrom(d, s, Math.min(256, n - s));
           out.push(await model.encode(images, { pool: o.pool }));
           labels.push(...l);
+          progress(s + l.length);
         }
         if (labels.some((l) => l < 0)) throw new Error('probe: the data has no labels');
         const x = new Float32Array(out.reduce((a, f) => a + f.length, 0));
@@ -301,8 +310,9 @@ sharedModelOptions(program.command('probe')
         for (const f of out) { x.set(f, at); at += f.length; }
         return { x, labels, dim: model.config.embedDim };
       };
-      const [train, val] = [await features(data), await features(test)];
-      const probe = linearProbe(train, val, { epochs: o.epochs });
+      const [train, val] = [await features(data, 'train'), await features(test, 'test')];
+      const probe = linearProbe(train, val, { epochs: o.epochs, onEpoch: progressOnStderr('probe: training the linear classifier (epochs)', o.epochs) });
+      console.error('probe: weighted kNN (k 20) over the train features');
       const knn = knnAccuracy(train, val);
       const result = { train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn };
       console.log(JSON.stringify(result));
@@ -325,12 +335,42 @@ sharedModelOptions(program.command('consistency')
     const { model, data } = await modelAndData(o);
     try {
       const { images } = await firstImagesFrom(data, 0, Math.min(o.count, data.count));
-      console.log(JSON.stringify({ images: images.length / (data.channels * data.size * data.size), draws: o.draws,
-        consistency: await consistencyMeasure(model, images, { draws: o.draws, seed: o.seed }) }));
+      const count = images.length / (data.channels * data.size * data.size);
+      const consistency = await consistencyMeasure(model, images, { draws: o.draws, seed: o.seed });
+      console.log(`consistency ${consistency.toPrecision(4)}: over ${count} images and ${o.draws} mask draws each, the mean squared ` +
+        'difference per pixel value (in the units of the normalized input) between two reconstructions of the same masked patch ' +
+        'made from different visible patches. 0 means a prediction does not depend on which patches were visible; lower is more ' +
+        'self-consistent (the paper\'s measure; compare checkpoints on the same data with the same --count and --draws).');
+      console.log(JSON.stringify({ images: count, draws: o.draws, consistency }));
     } finally {
       await model.dispose();
     }
   });
+
+// Creates an output folder, or says in a sentence why it cannot (a file in the way, no permission).
+function makeOutDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    throw outDirError(dir, err as NodeJS.ErrnoException);
+  }
+}
+
+// Progress of a long phase on stderr (stdout stays for results): a bar on a terminal, else a line
+// at every tenth. Returns the update function (done so far).
+function progressOnStderr(what: string, total: number): (done: number) => void {
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar({ format: `${what} |{bar}| {value}/{total}`, stream: process.stderr, clearOnComplete: true },
+      cliProgress.Presets.shades_classic);
+    bar.start(total, 0);
+    return (done) => { bar.update(done); if (done >= total) bar.stop(); };
+  }
+  let shown = -1;
+  return (done) => {
+    const tenth = Math.floor((10 * done) / Math.max(1, total));
+    if (tenth > shown) { shown = tenth; console.error(`${what}: ${done}/${total}`); }
+  };
+}
 
 // images [start, start + count) and their labels (−1 where none), from memory or a source
 async function firstImagesFrom(data: Data, start: number, count: number): Promise<{ images: Float32Array; labels: number[] }> {

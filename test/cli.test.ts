@@ -162,15 +162,29 @@ test('reconstruct writes PNG grids of the expected size; probe and consistency p
   t.is(rec.status, 0, rec.stderr);
   const { default: sharp } = await import('sharp');
   const meta = await sharp(path.join(out, 'rec', 'reconstruction-1.png')).metadata();
-  t.is(meta.height, 16);
-  t.is(meta.width, 10 * 16 + 9 * 2, 'original | 4 masked | 4 reconstructions | assembled, 2-pixel gaps');
+  t.is(meta.height, 8 * 16, 'enlarged 8× by default, so a 16-pixel image is 128 pixels high');
+  t.is(meta.width, 8 * (10 * 16 + 9 * 2), 'original | 4 masked | 4 reconstructions | assembled, 2-pixel gaps');
+  const small = cli('reconstruct', ...model, '--data', 'synthetic:8', '--count', '1', '--scale', '1', '--out', path.join(out, 'rec1'));
+  t.is(small.status, 0, small.stderr);
+  t.regex(small.stdout, /wrote 1 grids \(178×16, 1× enlarged\)/);
+  const px1 = await sharp(path.join(out, 'rec1', 'reconstruction-0.png')).raw().toBuffer();
+  const px8 = await sharp(path.join(out, 'rec', 'reconstruction-0.png')).raw().toBuffer();
+  t.deepEqual([...px8.subarray((8 * 3 * 8 * 178 + 8 * 5) * 3, (8 * 3 * 8 * 178 + 8 * 5) * 3 + 3)], [...px1.subarray((3 * 178 + 5) * 3, (3 * 178 + 5) * 3 + 3)],
+    'nearest-neighbour enlargement: pixel (5, 3) becomes an 8×8 block');
+  t.regex(cli('reconstruct', ...model, '--scale', '0').stderr, /--scale expects an integer from 1 to 64, got 0/);
+  writeFileSync(path.join(out, 'not-a-dir'), '');
+  t.regex(cli('reconstruct', ...model, '--data', 'synthetic:8', '--count', '1', '--out', path.join(out, 'not-a-dir')).stderr,
+    /cannot use .*not-a-dir as the output folder: a file of that name exists and is not a folder/);
   const probe = cli('probe', ...model, '--data', 'synthetic:64', '--test-data', 'synthetic:32', '--epochs', '3');
   t.is(probe.status, 0, probe.stderr);
   const p = JSON.parse(probe.stdout.trim().split('\n').pop()!);
+  t.regex(probe.stderr, /probe: encoding the train images: 64\/64/, 'progress on stderr');
+  t.regex(probe.stderr, /probe: training the linear classifier \(epochs\): 3\/3/);
   t.is(p.train, 64);
   t.is(p.test, 32);
   t.true(p.linearProbeTop1 >= 0 && p.linearProbeTop1 <= 1 && p.knnTop1 >= 0 && p.knnTop1 <= 1);
   const cons = cli('consistency', ...model, '--data', 'synthetic:8', '--count', '4', '--draws', '2');
   t.is(cons.status, 0, cons.stderr);
   t.true(JSON.parse(cons.stdout.trim().split('\n').pop()!).consistency > 0);
+  t.regex(cons.stdout, /^consistency [\d.e+-]+: over 4 images and 2 mask draws each, the mean squared difference/m, 'a sentence says what it means');
 });

@@ -7,10 +7,10 @@ import { writeFile } from 'node:fs/promises';
 import { outDirError } from './run-folder.js';
 import path from 'node:path';
 import sharp from 'sharp';
-import { CHECKPOINT_FORMAT, loadCheckpoint } from './checkpoint.js';
+import { resolveConfig } from './config.js';
 import { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
 import { lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
-import { readSafetensors } from './safetensors.js';
+import { architectureDifference, readWeightsInfo } from './weights-file.js';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
@@ -180,20 +180,41 @@ program
   });
 
 
-// Model and data from the shared flags (--preset/--config/--image-size/--pad-to/--data/…): the
-// image size and channels come from the data unless the config fixes them.
+// Model and data from the shared flags (--preset/--config/--image-size/--pad-to/--data/--weights/…).
+// An emae weights file or checkpoint records its model config: without --config/--preset the model
+// is built from it (the data must fit it), with them they must agree with it on the architecture.
+// Otherwise the image size and channels come from the data unless the config fixes them.
 async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model: EMAE; data: Data }> {
+  if (o.weights) o.savedConfig = { file: o.weights, config: (await readWeightsInfo(o.weights)).config };
+  // kept on `o`: probe builds its test data with `{ ...o, weights: undefined }` and must fit the same model
+  const saved: EMAEConfig | undefined = o.savedConfig?.config;
+  const savedFile: string | undefined = o.savedConfig?.file;
+  const explicit = Boolean(o.preset || o.config);
   const fromFile: EMAEConfig = o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : {};
-  const base: EMAEConfig = { ...(o.preset ? { preset: o.preset } : {}), ...fromFile };
-  const channels = (fromFile.channels as number | undefined) ?? (dataSpec.startsWith('idx:') ? 1 : 3);
+  let base: EMAEConfig = explicit ? { ...(o.preset ? { preset: o.preset } : {}), ...fromFile } : saved ? { ...saved } :
+    { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 };
+  // a new mask ratio has its own number of parts unless --parts says otherwise
+  if (!explicit && saved && o.maskRatio !== undefined && o.parts === undefined) base = { ...base, parts: undefined };
+  const savedResolved = saved ? resolveConfig(saved) : undefined;
+  if (savedResolved && o.imageSize !== undefined && o.imageSize !== savedResolved.imageSize)
+    throw new Error(`--image-size ${o.imageSize} disagrees with ${savedFile}, saved for image size ${savedResolved.imageSize}`);
+  // a --config without image size or channels takes them from the weights, as the data does
+  const channels = (base.channels as number | undefined) ?? savedResolved?.channels ?? (dataSpec.startsWith('idx:') ? 1 : 3);
   const presetSize = o.preset ? 224 : undefined;
-  const wantedSize = o.imageSize ?? (fromFile.imageSize as number | undefined) ??
+  const wantedSize = o.imageSize ?? (base.imageSize as number | undefined) ?? savedResolved?.imageSize ??
     (dataSpec.startsWith('synthetic') ? 32 : dataSpec.startsWith('folder:') ? presetSize ?? 32 : undefined);
   const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0);
+  if (savedResolved) {
+    const plural = (n: number) => `${n} channel${n === 1 ? '' : 's'}`;
+    if (data.channels !== savedResolved.channels)
+      throw new Error(`the data's images have ${plural(data.channels)} but ${savedFile} was saved for ${plural(savedResolved.channels)}`);
+    if (data.size !== savedResolved.imageSize)
+      throw new Error(`the data has ${data.size}×${data.size} images but ${savedFile} was saved for image size ${savedResolved.imageSize}` +
+        ` (use --pad-to ${savedResolved.imageSize} for IDX/CIFAR data)`);
+  }
   if (wantedSize !== undefined && wantedSize !== data.size)
     throw new Error(`the data has ${data.size}×${data.size} images but the config asks for ${wantedSize} (use --pad-to or --image-size)`);
   const config: EMAEConfig = {
-    ...(o.preset || o.config ? {} : { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 }),
     ...base,
     imageSize: data.size,
     channels: data.channels,
@@ -204,10 +225,15 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
     ...(o.threads !== undefined ? { threads: o.threads } : {}),
     ...(o.cpuMatmul !== undefined ? { cpuMatmul: o.cpuMatmul } : {}),
   };
+  if (explicit && savedResolved) {
+    const given = o.config ? `--config ${o.config}` : `--preset ${o.preset}`;
+    const diff = architectureDifference(savedResolved, 'the file', resolveConfig(config), o.config ? '--config' : '--preset');
+    if (diff) throw new Error(`${savedFile} was saved for another model than ${given} describes: ${diff} (leave out ${given.split(' ')[0]} to use the file's)`);
+  }
   const model = await EMAE.create(config);
   if (o.weights) {
     try {
-      await loadAnyWeights(model, o.weights);
+      await loadAnyWeights(model, o.weights, saved === undefined && !explicit);
     } catch (err) {
       await model.dispose();
       throw err;
@@ -216,20 +242,27 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
   return { model, data };
 }
 
-// a checkpoint (ckpt-*.safetensors) or plain weights
-async function loadAnyWeights(model: EMAE, file: string): Promise<void> {
-  const { metadata } = readSafetensors(readFileSync(file));
-  if (metadata.format === CHECKPOINT_FORMAT) await loadCheckpoint(file, model);
-  else await model.loadWeights(file);
+// An emae checkpoint (its parameters: the optimizer state is for resuming), emae weights, or
+// weights from elsewhere; those record no config, so a mismatch most likely means a missing one.
+async function loadAnyWeights(model: EMAE, file: string, guessedConfig: boolean): Promise<void> {
+  try {
+    await model.loadWeights(file);
+  } catch (err) {
+    if (guessedConfig && err instanceof Error)
+      err.message += `. ${file} records no model config (it was not saved by emae): give the model's --config or --preset`;
+    throw err;
+  }
 }
 
 const sharedModelOptions = (cmd: Command) => cmd
   .option('--data <spec>', 'synthetic[:count] | folder:<dir> | idx:<images>[,<labels>] | cifar10:<file>[,<file>…]', 'synthetic')
   .addOption(new Option('--preset <name>', 'model preset').choices([...presetNames]))
-  .option('--config <file>', 'model config as JSON (keys of EMAE.create)')
-  .option('--image-size <n>', 'image size (default: the data\'s)', num('image-size'))
+  .option('--config <file>', 'model config as JSON (keys of EMAE.create; default: the one saved in --weights)')
+  .option('--image-size <n>', 'image size (default: the weights\' or the data\'s)', num('image-size'))
   .option('--pad-to <n>', 'zero-pad IDX/CIFAR images to this size', num('pad-to'))
-  .option('--weights <file>', 'weights or checkpoint (.safetensors) to load')
+  .option('--weights <file>', 'emae weights or checkpoint (.safetensors; they record their config), or PyTorch weights with --config/--preset')
+  .option('--parts <k>', 'parts K per image (default: the saved or config\'s)', num('parts'))
+  .option('--mask-ratio <r>', 'mask ratio (default: the saved or config\'s)', num('mask-ratio'))
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
   .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles (opt-in)").choices(['fp32', 'bf16']))

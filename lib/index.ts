@@ -54,6 +54,8 @@ export type { ImageFolderOptions } from './folder.js';
 export { loadCifar10, loadIdx, parseIdx, syntheticShapes } from './data.js';
 export type { LabelledImageSet, Normalization } from './data.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
+export { readWeightsInfo } from './weights-file.js';
+export type { WeightsFileInfo } from './weights-file.js';
 export { lrAt, scaledLr } from './schedule.js';
 export type { LrSchedule } from './schedule.js';
 export { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';

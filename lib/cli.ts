@@ -63,7 +63,12 @@ type Data = LabelledImageSet | (BatchSource & { size: number; channels: number }
 async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number): Promise<Data> {
   const [kind, rest = ''] = spec.split(/:(.*)/s);
   if (kind === 'folder') {
-    const folder = await ImageFolder.open(rest, { size: imageSize });
+    const onProgress = (checked: number, total: number) => {
+      if (checked === 0 && total >= 10_000) console.error(`emae: reading the headers of ${total} images in ${rest}…`);
+    };
+    const folder = await ImageFolder.open(rest, { size: imageSize, onProgress });
+    const bad = folder.unreadable.length;
+    if (bad > 0) console.error(`emae: ${rest}: ${folder.count} images, ${bad} unreadable file${bad === 1 ? '' : 's'} left out`);
     return Object.assign(folder, { size: imageSize, channels: 3 });
   }
   if (kind === 'synthetic') return syntheticShapes(rest ? Number(rest) : 512, channels, imageSize, seed);

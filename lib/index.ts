@@ -50,7 +50,7 @@ export const version: string = (createRequire(import.meta.url)('../package.json'
 export { Trainer } from './trainer.js';
 export type { BatchSource, ImageSet, StepInfo, TrainerOptions } from './trainer.js';
 export { ImageFolder, randomResizedCropBox } from './folder.js';
-export type { ImageFolderOptions } from './folder.js';
+export type { ImageFolderOptions, UnreadableImage } from './folder.js';
 export { loadCifar10, loadIdx, parseIdx, syntheticShapes } from './data.js';
 export type { LabelledImageSet, Normalization } from './data.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';

@@ -142,7 +142,7 @@ test('trainStep options: each bad value names its option', async (t) => {
   const cases: Array<[Record<string, unknown>, typeof TypeError | typeof RangeError, RegExp]> = [
     [{}, TypeError, /lr/],
     [{ lr: '1e-3' }, TypeError, /lr/],
-    [{ lr: -1 }, RangeError, /Expected finite number >= 0 for lr but received -1/],
+    [{ lr: -1 }, RangeError, /Expected learning rate in \[0, 1\].* for lr but received -1/],
     [{ lr: Number.NaN }, RangeError, /lr/],
     [{ lr: Infinity }, RangeError, /lr/],
     [{ lr: 1e-3, weightDecay: -0.1 }, RangeError, /weightDecay/],

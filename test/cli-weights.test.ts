@@ -44,7 +44,7 @@ const lastJson = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!
 
 test('reconstruct, consistency and probe take --weights <checkpoint> with no --config', async (t) => {
   const out = path.join(dir, 'rec');
-  const rec = cli('reconstruct', '--weights', ckpt, ...cpu, '--data', 'synthetic:8', '--count', '2', '--out', out);
+  const rec = cli('reconstruct', '--weights', ckpt, ...cpu, '--data', 'synthetic:8', '--count', '2', '--scale', '1', '--out', out);
   t.is(rec.status, 0, rec.stderr);
   const meta = await sharp(path.join(out, 'reconstruction-1.png')).metadata();
   t.is(meta.height, 16, 'the image size saved in the checkpoint');
@@ -59,7 +59,7 @@ test('reconstruct, consistency and probe take --weights <checkpoint> with no --c
 
 test('flags still override the training keys of the saved config', async (t) => {
   const out = path.join(dir, 'rec-k4');
-  const rec = cli('reconstruct', '--weights', ckpt, ...cpu, '--parts', '4', '--data', 'synthetic:4', '--count', '1', '--out', out);
+  const rec = cli('reconstruct', '--weights', ckpt, ...cpu, '--parts', '4', '--data', 'synthetic:4', '--count', '1', '--scale', '1', '--out', out);
   t.is(rec.status, 0, rec.stderr);
   t.is((await sharp(path.join(out, 'reconstruction-0.png')).metadata()).width, 10 * 16 + 9 * 2);
 });

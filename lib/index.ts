@@ -1,6 +1,8 @@
 // emae: EMAE (Efficient Masked Autoencoders with Self-Consistency) pretraining from Node.
 import { createRequire } from 'node:module';
 import { native, type NativeCudaInfo } from './native.js';
+export { nativeBinding } from './native.js';
+export type { NativeBinding } from './native.js';
 
 export { EMAE } from './model.js';
 export type {

@@ -16,7 +16,7 @@ import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
 import { ImageFolder } from './folder.js';
 import type { BatchSource } from './trainer.js';
-import { EMAE, cpuInfo, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
+import { EMAE, cpuInfo, cudaInfo, nativeBinding, presetNames, version, type EMAEConfig } from './index.js';
 import { Trainer } from './trainer.js';
 
 const program = new Command();
@@ -27,10 +27,11 @@ program
   .description('show the version, the backends built, the CUDA devices found and the CPU threads')
   .option('--json', 'print JSON')
   .action((opts: { json?: boolean }) => {
-    const cuda = cudaInfo(), cpu = cpuInfo();
+    const cuda = cudaInfo(), cpu = cpuInfo(), addon = nativeBinding();
     const info = {
       version,
       node: process.version,
+      nativeAddon: addon,
       backends: cuda.compiled ? ['cpu', 'cuda'] : ['cpu'],
       cudaArchitectures: cuda.architectures,
       cudaDevices: cuda.devices,
@@ -44,6 +45,7 @@ program
       return;
     }
     console.log(`emae ${version} (node ${process.version})`);
+    console.log(`native addon: ${addon.path} (${addon.prebuilt ? 'prebuilt' : 'built from source'}${addon.fromEnv ? ', from EMAE_NATIVE_PATH' : ''})`);
     console.log(`backends built: ${info.backends.join(', ')}${cuda.compiled ? ` (CUDA architectures ${cuda.architectures})` : ''}`);
     console.log(`CPU threads (default): ${info.cpuThreads}; GEMM micro-kernel: ${info.cpuGemmKernel}; cpuMatmul 'bf16': ${info.cpuBf16}`);
     if (cuda.devices.length === 0) console.log(`CUDA devices: none${cuda.error ? ` (${cuda.error})` : ''}`);

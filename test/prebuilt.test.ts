@@ -161,3 +161,22 @@ test('install builds from source when forced, when the prebuilt binary fails, or
   t.true(none.built, 'no prebuilt binary');
   t.true(existing.built, 'an existing source build is kept current');
 });
+
+const cli = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) => node(['--import=tsx', 'lib/cli.ts', ...args], root, { ...process.env, ...extraEnv });
+
+test('emae info names the addon file and whether it is prebuilt', async (t) => {
+  const b = nativeBinding();
+  const r = await cli(['info']);
+  t.is(r.status, 0, r.stderr);
+  const kind = `${b.prebuilt ? 'prebuilt' : 'built from source'}${b.fromEnv ? ', from EMAE_NATIVE_PATH' : ''}`;
+  t.true(r.stdout.includes(`native addon: ${b.path} (${kind})\n`), r.stdout);
+  t.deepEqual(JSON.parse((await cli(['info', '--json'])).stdout).nativeAddon, b);
+});
+
+test('emae info on a binary in a prebuilds/ folder says prebuilt', async (t) => {
+  const dir = layout({ [prebuiltName]: addon });
+  const file = path.join(dir, prebuiltName);
+  const r = await cli(['info'], { EMAE_NATIVE_PATH: file });
+  t.is(r.status, 0, r.stderr);
+  t.true(r.stdout.includes(`native addon: ${file} (prebuilt, from EMAE_NATIVE_PATH)\n`), r.stdout);
+});

@@ -48,13 +48,22 @@ function sharpReason(err: unknown): string {
   return [...new Set(lines)].join('; ') || 'unknown error';
 }
 
+/**
+ * sharp's message when libvips' error text was lost: libvips keeps it in one buffer shared by all
+ * threads, so a concurrent decode can clear it. A second try usually gets the decoder's words.
+ */
+const WORDS_LOST = /^Unknown error$|:$/;
+
 /** undefined when `file`'s header reads, else why not. */
-async function probe(file: string): Promise<string | undefined> {
+async function probe(file: string, again = true): Promise<string | undefined> {
   try {
     const meta = await sharp(file, { failOn: 'error' }).metadata();
     return meta.width && meta.height ? undefined : 'no image dimensions in the header';
   } catch (err) {
-    return sharpReason(err);
+    const reason = sharpReason(err);
+    if (!again || !WORDS_LOST.test(reason)) return reason;
+    const second = await probe(file, false);
+    return second === undefined || second.length > reason.length ? second : reason;
   }
 }
 
@@ -180,19 +189,33 @@ export class ImageFolder implements BatchSource {
           out.set(await this.#decode(i, seed), b * per);
           return;
         } catch (err) {
-          const reason = sharpReason(err);
-          last = `${file}: ${reason}`;
           // loads run concurrently: the first to fail on a file reports it
-          if (!this.#failed.has(i)) {
-            this.#failed.add(i);
-            this.#unreadable.set(file, reason);
-            this.#o.onError(file, reason);
+          if (this.#failed.has(i)) {
+            last = `${file}: ${this.#unreadable.get(file) ?? sharpReason(err)}`;
+            continue;
           }
+          this.#failed.add(i);
+          const reason = await this.#reasonFor(i, seed, sharpReason(err));
+          last = `${file}: ${reason}`;
+          this.#unreadable.set(file, reason);
+          this.#o.onError(file, reason);
         }
       }
       throw new Error(`no readable image among the ${Math.min(this.files.length, 16)} files from index ${index} (last: ${last})`);
     }));
     return out;
+  }
+
+  /** The reason, with a second decode for the words when libvips' were lost (WORDS_LOST). */
+  async #reasonFor(index: number, seed: number, reason: string): Promise<string> {
+    if (!WORDS_LOST.test(reason)) return reason;
+    try {
+      await this.#decode(index, seed);
+    } catch (err) {
+      const again = sharpReason(err);
+      if (again.length > reason.length) return again;
+    }
+    return reason;
   }
 
   async #decode(index: number, seed: number): Promise<Float32Array> {

@@ -298,7 +298,9 @@ export class Trainer {
     const file = path.join(this.#opts.outDir, `ckpt-${this.#state.step}.safetensors`);
     this.#writingCheckpoint = true;
     try {
-      await saveCheckpoint(file, this.#model, { ...this.#state });
+      // the options too, so the file says how it was trained (readWeightsInfo(file).metadata.trainer_options)
+      const { onStep: _s, onEpoch: _e, outDir: _o, ...options } = this.#opts;
+      await saveCheckpoint(file, this.#model, { ...this.#state }, { trainer_options: JSON.stringify(options) });
     } finally {
       this.#writingCheckpoint = false;
     }

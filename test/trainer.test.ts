@@ -274,3 +274,15 @@ test('absurd learning rates are RangeErrors and change nothing', async (t) => {
   t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: '1e-3' as any }), { instanceOf: TypeError, message: /blr/ });
   await model.dispose();
 });
+
+test('a checkpoint records the model config and the trainer options', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  await new Trainer(model, data, { batchSize: 8, steps: 1, outDir: dir, blr: 1e-2, clipGrad: 0.5, accumulate: 1 }).run();
+  const { readWeightsInfo } = await import('../lib/index.js');
+  const info = await readWeightsInfo(path.join(dir, 'ckpt-1.safetensors'));
+  t.is(info.kind, 'checkpoint');
+  t.like(info.config, { imageSize: 16, depth: 2, embedDim: 32 });
+  t.like(JSON.parse(info.metadata.trainer_options), { batchSize: 8, steps: 1, blr: 1e-2, clipGrad: 0.5, accumulate: 1, seed: 0 });
+  await model.dispose();
+});

@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 fail() { echo "pack-check: $*" >&2; exit 1; }
 start=$SECONDS
 
-npm pack --pack-destination "$work" >/dev/null
+npm pack --pack-destination "$work"  # shows the prebuild and the file list
 tarball=$(echo "$work"/emae-*.tgz)
 echo "== $(basename "$tarball"): $(stat -c %s "$tarball") bytes packed, $(tar -xOzf "$tarball" | wc -c) unpacked"
 tar -tzf "$tarball" > "$work/files"

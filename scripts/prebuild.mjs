@@ -35,7 +35,7 @@ const build = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-nat
 });
 if (build.status !== 0) process.exit(build.status ?? 1);
 
-const built = path.join(root, buildDir, 'Release', 'emae.node');
+const built = path.resolve(root, buildDir, 'Release', 'emae.node');
 // The libgomp the addon was linked against, as the dynamic linker resolves it here.
 const ldd = (file) => execFileSync('ldd', [file], { encoding: 'utf8' });
 const gomp = /libgomp\.so\.1 => (\S+)/.exec(ldd(built))?.[1];

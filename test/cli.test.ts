@@ -70,20 +70,26 @@ test('SIGINT writes a checkpoint and exits 130', async (t) => {
   t.true(existsSync(path.join(out, `ckpt-${step}.safetensors`)));
 });
 
-// Spawns a pretrain run and sends `signals` (in one burst) once it has logged step 10.
+// Spawns a pretrain run of a model whose checkpoint (~150 MB) takes a while to write; once it has
+// logged step 10, sends the first of `signals`, and each next one as soon as the run has answered
+// the previous (so none merge with a pending one, and all land before the checkpoint is done).
 async function interrupt(out: string, signals: NodeJS.Signals[], extra: string[] = []) {
-  const child = spawn(process.execPath, ['--import=tsx', 'lib/cli.ts', ...common, '--steps', '100000', '--out', out, '--no-progress', ...extra]);
-  let stdout = '', stderr = '';
-  child.stderr.on('data', (d) => { stderr += d; });
+  const big = path.join(dir, 'big.json');
+  writeFileSync(big, JSON.stringify({ patchSize: 4, embedDim: 384, depth: 6, numHeads: 6, decoderEmbedDim: 256, decoderDepth: 2, decoderNumHeads: 8 }));
+  const child = spawn(process.execPath, ['--import=tsx', 'lib/cli.ts', ...common, '--config', big, '--steps', '100000', '--out', out,
+    '--no-progress', ...extra]);
+  let stdout = '', stderr = '', sent = 0;
+  const send = () => { if (sent < signals.length && child.exitCode === null) child.kill(signals[sent++]); };
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if ((stderr.match(/^SIG(INT|TERM): /gm) ?? []).length === sent) send();
+  });
   child.stdout.on('data', (d) => {
     stdout += d;
-    if (/step 10\//.test(stdout) && !child.killed) {
-      // spaced out: signals of one kind sent while one is pending would merge into one
-      signals.forEach((s, i) => setTimeout(() => { if (child.exitCode === null) child.kill(s); }, 5 * i));
-    }
+    if (sent === 0 && /step 10\//.test(stdout)) send();
   });
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
-  return { code, stdout, stderr };
+  return { code, stdout, stderr, config: big };
 }
 
 test('a second SIGINT or SIGTERM does not cut the checkpoint short', async (t) => {
@@ -95,7 +101,7 @@ test('a second SIGINT or SIGTERM does not cut the checkpoint short', async (t) =
     t.regex(r.stderr, new RegExp(`${signal}: .*please wait`));
     const step = Number(/stopped at step (\d+)/.exec(r.stdout)![1]);
     const { EMAE, loadCheckpoint } = await import('../lib/index.js');
-    const model = await EMAE.create({ ...JSON.parse(readFileSync(config, 'utf8')), imageSize: 16, device: 'cpu', threads: 1 });
+    const model = await EMAE.create({ ...JSON.parse(readFileSync(r.config, 'utf8')), imageSize: 16, device: 'cpu', threads: 1 });
     t.is((await loadCheckpoint(path.join(out, `ckpt-${step}.safetensors`), model)).step, step);
     await model.dispose();
   }
@@ -103,15 +109,12 @@ test('a second SIGINT or SIGTERM does not cut the checkpoint short', async (t) =
 
 test('a third signal quits at once; the previous checkpoint still loads and --resume continues', async (t) => {
   const out = path.join(dir, 'thrice');
-  // a model large enough that the step and the checkpoint outlast the three signals
-  const mid = path.join(dir, 'mid.json');
-  writeFileSync(mid, JSON.stringify({ patchSize: 4, embedDim: 192, depth: 4, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 2, decoderNumHeads: 4 }));
-  const r = await interrupt(out, ['SIGINT', 'SIGINT', 'SIGINT'], ['--checkpoint-every', '5', '--config', mid]);
+  const r = await interrupt(out, ['SIGINT', 'SIGINT', 'SIGINT'], ['--checkpoint-every', '5']);
   t.log(r.stderr.trim());
   t.is(r.code, 130, r.stderr);
   t.regex(r.stderr, /quitting without a new checkpoint/);
   const done = Number(/quitting without a new checkpoint at step (\d+)/.exec(r.stderr)![1]);
-  const resumed = cli(...common, '--config', mid, '--steps', String(done + 3), '--checkpoint-every', '5', '--out', out, '--resume');
+  const resumed = cli(...common, '--config', r.config, '--steps', String(done + 3), '--checkpoint-every', '5', '--out', out, '--resume');
   t.is(resumed.status, 0, resumed.stderr);
   const from = Number(/resumed at step (\d+)/.exec(resumed.stdout)![1]);
   t.true(from % 5 === 0 && from <= done && from >= done - 5, `resumed from the newest checkpoint (${from}) of a run that did ${done} steps`);

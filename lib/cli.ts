@@ -357,7 +357,7 @@ sharedModelOptions(program.command('probe')
       const result = { train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn };
       console.log(JSON.stringify(result));
       if (o.out) {
-        mkdirSync(o.out, { recursive: true });
+        makeOutDir(o.out);
         await writeFile(path.join(o.out, 'probe.json'), JSON.stringify(result, null, 2));
         const run = o.weights ? path.basename(o.weights, '.safetensors') : 'model';
         await writeChart(await resultsSvg([{ run, metric: 'linear probe', value: probe }, { run, metric: 'kNN', value: knn }]), path.join(o.out, 'probe'));

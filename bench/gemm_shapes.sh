@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Our CPU GEMM (native/cpu/gemm.cc, built standalone with g++) against PyTorch's on the GEMM
-# shapes of one training step, in the same run, 2 threads each; prints both and the ratio.
+# Our CPU GEMM (native/cpu/gemm.cc + gemm_amx.cc, built standalone with g++) against PyTorch's on
+# the GEMM shapes of one training step, in the same run, 2 threads each; prints both and the ratio.
 #   bash bench/gemm_shapes.sh [preset=cpu-tiny] [parts=4] [batch=32] [reps=10]
+#   bash bench/gemm_shapes.sh --build-only   # CI: build ours and run it on a few shapes (no Python)
 # Needs g++ with OpenMP and a python with torch (.venv/bin/python if present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-preset=${1:-cpu-tiny} parts=${2:-4} batch=${3:-32} reps=${4:-10}
-py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
 tmp=$(mktemp -d /tmp/emae-gemm.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-g++ -std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -Inative bench/gemm_shapes.cc native/cpu/gemm.cc -o "$tmp/gemm_shapes"
+g++ -std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -Inative \
+  bench/gemm_shapes.cc native/cpu/gemm.cc native/cpu/gemm_amx.cc -o "$tmp/gemm_shapes"
+
+if [ "${1:-}" = "--build-only" ]; then
+  # qkv of cpu-tiny at 2 images × 4 parts × 17 tokens (forward NT, dinp NN, weight gradient TN)
+  # and decoder_pred's narrow N over 8 × 65 tokens.
+  printf '%s\n' '136 576 192 0 1 1' '136 192 576 0 0 1' '576 192 136 1 0 1' '520 48 128 0 1 1' > "$tmp/shapes"
+  OMP_NUM_THREADS=2 "$tmp/gemm_shapes" 2 < "$tmp/shapes" | tee "$tmp/ours"
+  [ "$(grep -c 'GFLOP/s' "$tmp/ours")" = 5 ] || { echo "gemm_shapes: expected 4 shapes and a TOTAL line" >&2; exit 1; }
+  exit 0
+fi
+
+preset=${1:-cpu-tiny} parts=${2:-4} batch=${3:-32} reps=${4:-10}
+py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python
 python3 bench/gemm_shapes.py "$preset" "$parts" "$batch" > "$tmp/shapes"
 OMP_NUM_THREADS=2 "$tmp/gemm_shapes" "$reps" < "$tmp/shapes" > "$tmp/ours"
 "$py" bench/torch_gemm_shapes.py "$reps" 2 < "$tmp/shapes" > "$tmp/torch"

@@ -7,7 +7,7 @@
 // (In your project: import { … } from 'emae'.)
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { EMAE, Trainer, loadIdx } from '../lib/index.js';
+import { EMAE, Trainer, loadIdx, lossCurvesSvg, readStepLog, writeChart } from '../lib/index.js';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -31,12 +31,17 @@ const steps = Number(arg('steps', '300')), out = arg('out', path.join('runs', 'f
 const trainer = new Trainer(model, data, {
   batchSize: Number(arg('batch', '64')), steps, blr: 1.5e-3, warmupSteps: Math.ceil(steps / 10), outDir: out,
   checkpointEvery: 100,
+  overwrite: true,  // an example starts over each time; your own runs keep the default (refuse a non-empty folder)
   onStep: (s) => {
     if (s.step % 10 === 0 || s.step === steps)
       console.log(`step ${s.step}/${steps} epoch ${s.epoch} loss ${s.loss.toFixed(4)} recon ${s.recon.toFixed(4)} ` +
         `consistency ${s.consistency.toFixed(4)} lr ${s.lr.toExponential(2)} ${s.imagesPerSecond.toFixed(0)} img/s`);
   },
 });
+const { removed } = await trainer.prepareOutDir();
+if (removed.length > 0) console.log(`starting over in ${out}: deleted ${removed.join(', ')}`);
 await trainer.run();
-console.log(`done on ${model.device}: log and checkpoints in ${out}`);
+// the loss curves next to the log, as the CLI draws them
+await writeChart(await lossCurvesSvg({ 'fashion-mnist': await readStepLog(path.join(out, 'log.jsonl')) }), path.join(out, 'curves'));
+console.log(`done on ${model.device}: log.jsonl, curves.svg/png and checkpoints in ${out}`);
 await model.dispose();

@@ -37,12 +37,16 @@ const model = await EMAE.create({
   decoderEmbedDim: 96, decoderDepth: 2, decoderNumHeads: 4, maskRatio: 0.75, device: 'auto', seed: 0,
 });
 const steps = Number(arg('steps', '100')), out = arg('out', path.join('runs', 'folder'));
-await new Trainer(model, folder, {
+const trainer = new Trainer(model, folder, {
   batchSize: Number(arg('batch', '16')), steps, blr: 5e-3, warmupSteps: Math.ceil(steps / 10), outDir: out,
+  overwrite: true,  // an example starts over each time; your own runs keep the default (refuse a non-empty folder)
   onStep: (s) => {
     if (s.step % 10 === 0 || s.step === steps)
       console.log(`step ${s.step}/${steps} loss ${s.loss.toFixed(4)} recon ${s.recon.toFixed(4)} consistency ${s.consistency.toFixed(4)} ${s.imagesPerSecond.toFixed(0)} img/s`);
   },
-}).run();
+});
+const { removed } = await trainer.prepareOutDir();
+if (removed.length > 0) console.log(`starting over in ${out}: deleted ${removed.join(', ')}`);
+await trainer.run();
 console.log(`done on ${model.device}: log and checkpoints in ${out}`);
 await model.dispose();

@@ -50,6 +50,7 @@ for (const run of runs) {
   let lastRecon = NaN;
   const trainer = new Trainer(m, train, {
     batchSize: batch, epochs: run.epochs, blr: 1.5e-3, warmupSteps: 20, seed: 0, outDir: runDir,
+    overwrite: true,  // a rerun of the study replaces its runs
     onStep: (s) => {
       lastRecon = s.recon;
       if (s.step % 50 === 0) console.log(`  ${run.name}: step ${s.step} loss ${s.loss.toFixed(4)} recon ${s.recon.toFixed(4)} ${s.imagesPerSecond.toFixed(0)} img/s`);

@@ -1,27 +1,36 @@
 // Training checkpoints: weights (MAE names), AdamW moments and step, and the trainer's state, in
-// one safetensors file written atomically (temporary file, then rename) with a SHA-256 of every
-// tensor in the metadata. Loading verifies the format and the checksum before anything is
-// written into the model, so a truncated or corrupted file is refused, never half-loaded.
-import { createHash } from 'node:crypto';
+// one safetensors file written atomically (temporary file, then rename) with the model config and
+// a SHA-256 of every tensor in the metadata (lib/weights-file.ts). Loading verifies the format and
+// the checksum before anything is written into the model, so a truncated or corrupted file is
+// refused, never half-loaded.
 import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { resolveConfig } from './config.js';
+import { assertObject, invalidTypeError } from './errors.js';
 import type { EMAE } from './model.js';
-import { readSafetensors, writeFileAtomic, writeSafetensors, type SafetensorsInput } from './safetensors.js';
+import { writeFileAtomic, writeSafetensors, type SafetensorsInput } from './safetensors.js';
+import { CHECKPOINT_FORMAT, CHECKSUM_KEY, CONFIG_KEY, architectureDifference, configMetadata, parseWeightsFile } from './weights-file.js';
 
-export const CHECKPOINT_FORMAT = 'emae-checkpoint/1';
+export { CHECKPOINT_FORMAT };
 
-function checksum(tensors: Record<string, { data: Float32Array }>): string {
-  const hash = createHash('sha256');
-  for (const name of Object.keys(tensors).sort()) {
-    const d = tensors[name].data;
-    hash.update(name);
-    hash.update(new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
+/** Metadata keys saveCheckpoint writes itself. */
+const RESERVED_KEYS = ['format', 'optimizer_step', 'trainer', CONFIG_KEY, CHECKSUM_KEY];
+
+/**
+ * Writes model weights, optimizer state, the model config and `trainer` (JSON-serializable) to
+ * `file`, atomically. `metadata` adds string entries to the file's metadata (e.g. the trainer's
+ * options as JSON under `trainer_options`); readWeightsInfo(file).metadata returns them.
+ * @throws {TypeError} metadata that is not an object of strings
+ * @throws {RangeError} a metadata key saveCheckpoint writes itself (format, optimizer_step,
+ *   trainer, emae_config, sha256)
+ */
+export async function saveCheckpoint(file: string, model: EMAE, trainer: Record<string, unknown>,
+  metadata: Record<string, string> = {}): Promise<void> {
+  assertObject('metadata', metadata, 'object of strings');
+  for (const [k, v] of Object.entries(metadata)) {
+    if (RESERVED_KEYS.includes(k)) throw new RangeError(`metadata key ${k} is written by saveCheckpoint itself; use another name`);
+    if (typeof v !== 'string') throw invalidTypeError(`metadata.${k}`, 'string', v);
   }
-  return hash.digest('hex');
-}
-
-/** Writes model weights, optimizer state and `trainer` (JSON-serializable) to `file`, atomically. */
-export async function saveCheckpoint(file: string, model: EMAE, trainer: Record<string, unknown>): Promise<void> {
   const params = await model.stateDict();
   const optimizer = await model.getOptimizerState();
   const tensors: Record<string, { data: Float32Array; shape: readonly number[] }> = {};
@@ -32,37 +41,34 @@ export async function saveCheckpoint(file: string, model: EMAE, trainer: Record<
       tensors[`exp_avg_sq.${p.name}`] = { data: optimizer.expAvgSq[p.name], shape: p.shape };
     }
   }
-  const metadata = {
+  const all = {
+    ...metadata,
     format: CHECKPOINT_FORMAT,
     optimizer_step: String(optimizer.step),
     trainer: JSON.stringify(trainer),
-    sha256: checksum(tensors),
+    ...configMetadata(model.config, tensors),
   };
-  await writeFileAtomic(file, writeSafetensors(tensors as Record<string, SafetensorsInput>, metadata));
+  await writeFileAtomic(file, writeSafetensors(tensors as Record<string, SafetensorsInput>, all));
 }
 
 /**
  * Verifies `file` and loads it into `model` (weights and optimizer state); returns the trainer
  * state saved with it. Throws before touching the model when the file is not an emae checkpoint,
- * is truncated, or fails its checksum.
+ * is truncated, fails its checksum, or was saved for another architecture (the keys are named).
  */
 export async function loadCheckpoint(file: string, model: EMAE): Promise<Record<string, unknown>> {
-  const bytes = await readFile(file);
-  let parsed;
-  try {
-    parsed = readSafetensors(bytes);
-  } catch (err) {
-    throw new Error(`${file}: not a readable checkpoint (${(err as Error).message})`);
-  }
-  const { tensors, metadata } = parsed;
-  if (metadata.format !== CHECKPOINT_FORMAT)
+  const { kind, config, metadata, data: tensors } = parseWeightsFile(await readFile(file), file, 'checkpoint');
+  if (kind !== 'checkpoint')
     throw new Error(`${file}: not an emae checkpoint (format '${metadata.format}', expected '${CHECKPOINT_FORMAT}')`);
+  if (config !== undefined) {
+    const diff = architectureDifference(resolveConfig(config), 'the file', model.config, 'this model');
+    if (diff) throw new RangeError(`${file}: the checkpoint was saved for another model: ${diff}`);
+  }
   const f32: Record<string, { data: Float32Array }> = {};
   for (const [name, t] of Object.entries(tensors)) {
     if (t.dtype !== 'F32') throw new Error(`${file}: tensor ${name} is ${t.dtype}, expected F32`);
     f32[name] = { data: t.data as Float32Array };
   }
-  if (checksum(f32) !== metadata.sha256) throw new Error(`${file}: checksum mismatch, the checkpoint is corrupted`);
   const step = Number(metadata.optimizer_step);
   let trainer: Record<string, unknown>;
   try {

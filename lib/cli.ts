@@ -4,18 +4,19 @@
 //   emae pretrain [options]        EMAE pretraining on synthetic, IDX or CIFAR-10 data
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { outDirError } from './run-folder.js';
 import path from 'node:path';
 import sharp from 'sharp';
-import { CHECKPOINT_FORMAT, loadCheckpoint } from './checkpoint.js';
+import { resolveConfig } from './config.js';
 import { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
 import { lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
-import { readSafetensors } from './safetensors.js';
+import { architectureDifference, readWeightsInfo } from './weights-file.js';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
 import { ImageFolder } from './folder.js';
 import type { BatchSource } from './trainer.js';
-import { EMAE, cpuInfo, cudaInfo, presetNames, version, type EMAEConfig } from './index.js';
+import { EMAE, cpuInfo, cudaInfo, nativeBinding, presetNames, version, type EMAEConfig } from './index.js';
 import { Trainer } from './trainer.js';
 import { currentDistributed, initDistributed, isCollectiveError, type Collectives } from './distributed.js';
 
@@ -27,10 +28,11 @@ program
   .description('show the version, the backends built, the CUDA devices found and the CPU threads')
   .option('--json', 'print JSON')
   .action((opts: { json?: boolean }) => {
-    const cuda = cudaInfo(), cpu = cpuInfo();
+    const cuda = cudaInfo(), cpu = cpuInfo(), addon = nativeBinding();
     const info = {
       version,
       node: process.version,
+      nativeAddon: addon,
       backends: cuda.compiled ? ['cpu', 'cuda'] : ['cpu'],
       cudaArchitectures: cuda.architectures,
       cudaDevices: cuda.devices,
@@ -44,6 +46,7 @@ program
       return;
     }
     console.log(`emae ${version} (node ${process.version})`);
+    console.log(`native addon: ${addon.path} (${addon.prebuilt ? 'prebuilt' : 'built from source'}${addon.fromEnv ? ', from EMAE_NATIVE_PATH' : ''})`);
     console.log(`backends built: ${info.backends.join(', ')}${cuda.compiled ? ` (CUDA architectures ${cuda.architectures})` : ''}`);
     console.log(`CPU threads (default): ${info.cpuThreads}; GEMM micro-kernel: ${info.cpuGemmKernel}; cpuMatmul 'bf16': ${info.cpuBf16}`);
     if (cuda.devices.length === 0) console.log(`CUDA devices: none${cuda.error ? ` (${cuda.error})` : ''}`);
@@ -63,7 +66,12 @@ type Data = LabelledImageSet | (BatchSource & { size: number; channels: number }
 async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number): Promise<Data> {
   const [kind, rest = ''] = spec.split(/:(.*)/s);
   if (kind === 'folder') {
-    const folder = await ImageFolder.open(rest, { size: imageSize });
+    const onProgress = (checked: number, total: number) => {
+      if (checked === 0 && total >= 10_000) console.error(`emae: reading the headers of ${total} images in ${rest}…`);
+    };
+    const folder = await ImageFolder.open(rest, { size: imageSize, onProgress });
+    const bad = folder.unreadable.length;
+    if (bad > 0) console.error(`emae: ${rest}: ${folder.count} images, ${bad} unreadable file${bad === 1 ? '' : 's'} left out`);
     return Object.assign(folder, { size: imageSize, channels: 3 });
   }
   if (kind === 'synthetic') return syntheticShapes(rest ? Number(rest) : 512, channels, imageSize, seed);
@@ -104,9 +112,11 @@ program
   .option('--checkpoint-every <n>', 'checkpoint every N steps (and at the end)', num('checkpoint-every'), 500)
   .option('--keep <n>', 'checkpoints to keep', num('keep'), 3)
   .option('--resume [file]', 'resume from a checkpoint (default: the newest in --out)')
+  .option('--force', 'start over in a non-empty --out: deletes its checkpoints, log.jsonl and curves')
   .option('--no-progress', 'no progress bar (one line every 10 steps instead)')
   .addOption(new Option('--collectives <c>', 'under mpirun/srun: gradient all-reduce of CUDA models over NCCL or host-staged MPI').choices(['auto', 'mpi', 'nccl']).default('auto'))
   .action(async (o) => {
+    if (o.force && o.resume) throw new Error('--force starts a new run and --resume continues one: give one of them');
     // under mpirun/srun: join the job first (CUDA models go to this rank's device); rank 0 prints
     const dist = await initDistributed({ collectives: o.collectives as Collectives });
     const say = dist.isMain ? console.log : () => {};
@@ -114,7 +124,7 @@ program
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
-      outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep,
+      outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep, overwrite: o.force === true,
     };
     const distributed = dist.worldSize > 1 ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
       mpi: dist.mpiLibrary, effectiveBatch: o.batch * o.accumulate * dist.worldSize } : undefined;
@@ -133,25 +143,45 @@ program
           console.log(`step ${s.step}/${trainer.totalSteps} loss ${payload.loss} recon ${payload.recon} consistency ${payload.cons} lr ${payload.lr} ${payload.ips} img/s`);
       },
     });
-    if (o.resume) {
-      await trainer.resume(typeof o.resume === 'string' ? o.resume : undefined);
-      say(`resumed at step ${trainer.step}`);
-    }
     let signal: string | undefined;
-    const onSignal = (name: string) => () => {
-      signal = name;
-      trainer.stop();
+    // A signal asks for a checkpoint and a clean stop. More signals while that happens (a double
+    // Ctrl-C, npx forwarding the group's SIGTERM) must not cut the checkpoint short; only a third
+    // quits at once — the previous checkpoint is intact, since checkpoints are renamed into place.
+    let signals = 0, finished = false;
+    const onSignal = (name: string) => {
+      signals += 1;
+      signal ??= name;
+      const tell = (line: string) => { bar?.stop(); if (dist.isMain) console.error(line); };
+      if (signals === 1) {
+        trainer.stop();
+        tell(`${name}: stopping after step ${trainer.step + 1} and writing a checkpoint${o.out ? ` to ${o.out}` : ''}`);
+      } else if (signals === 2) {
+        tell(finished ? `${name}: the checkpoint is written; finishing up, please wait`
+          : `${name}: ${trainer.writingCheckpoint ? 'writing checkpoint' : `finishing step ${trainer.step + 1} and writing its checkpoint`}, ` +
+            'please wait (a third signal quits without it)');
+      } else if (!finished) {
+        tell(`${name}: quitting without a new checkpoint at step ${trainer.step}; the checkpoints in ${o.out} are intact`);
+        process.exit(name === 'SIGINT' ? 130 : 143);
+      }
     };
-    const onInt = onSignal('SIGINT'), onTerm = onSignal('SIGTERM');
-    process.once('SIGINT', onInt);
-    process.once('SIGTERM', onTerm);
-    bar?.start(trainer.totalSteps, trainer.step, { loss: '-', recon: '-', cons: '-', lr: '-', ips: '-' });
+    const onInt = () => onSignal('SIGINT'), onTerm = () => onSignal('SIGTERM');
+    process.on('SIGINT', onInt);
+    process.on('SIGTERM', onTerm);
     try {
+      if (o.resume) {
+        await trainer.resume(typeof o.resume === 'string' ? o.resume : undefined);
+        say(`resumed at step ${trainer.step}`);
+      }
+      const prepared = await trainer.prepareOutDir();
+      if (prepared.removed.length > 0) say(`${o.resume ? 'removed interrupted writes' : '--force: deleted'} in ${o.out}: ${prepared.removed.join(', ')}`);
+      if (prepared.logLinesDropped > 0)
+        say(`log.jsonl cut back to step ${trainer.step} (${prepared.logLinesDropped} later line${prepared.logLinesDropped === 1 ? '' : 's'} dropped)`);
+      bar?.start(trainer.totalSteps, trainer.step, { loss: '-', recon: '-', cons: '-', lr: '-', ips: '-' });
       await trainer.run();
+      finished = true;
     } finally {
       bar?.stop();
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
+      // the handlers stay: a late signal must not kill the process while it draws the curves
       await model.dispose();
     }
     // the loss curves as a picture next to the log
@@ -167,20 +197,41 @@ program
   });
 
 
-// Model and data from the shared flags (--preset/--config/--image-size/--pad-to/--data/…): the
-// image size and channels come from the data unless the config fixes them.
+// Model and data from the shared flags (--preset/--config/--image-size/--pad-to/--data/--weights/…).
+// An emae weights file or checkpoint records its model config: without --config/--preset the model
+// is built from it (the data must fit it), with them they must agree with it on the architecture.
+// Otherwise the image size and channels come from the data unless the config fixes them.
 async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model: EMAE; data: Data }> {
+  if (o.weights) o.savedConfig = { file: o.weights, config: (await readWeightsInfo(o.weights)).config };
+  // kept on `o`: probe builds its test data with `{ ...o, weights: undefined }` and must fit the same model
+  const saved: EMAEConfig | undefined = o.savedConfig?.config;
+  const savedFile: string | undefined = o.savedConfig?.file;
+  const explicit = Boolean(o.preset || o.config);
   const fromFile: EMAEConfig = o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : {};
-  const base: EMAEConfig = { ...(o.preset ? { preset: o.preset } : {}), ...fromFile };
-  const channels = (fromFile.channels as number | undefined) ?? (dataSpec.startsWith('idx:') ? 1 : 3);
+  let base: EMAEConfig = explicit ? { ...(o.preset ? { preset: o.preset } : {}), ...fromFile } : saved ? { ...saved } :
+    { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 };
+  // a new mask ratio has its own number of parts unless --parts says otherwise
+  if (!explicit && saved && o.maskRatio !== undefined && o.parts === undefined) base = { ...base, parts: undefined };
+  const savedResolved = saved ? resolveConfig(saved) : undefined;
+  if (savedResolved && o.imageSize !== undefined && o.imageSize !== savedResolved.imageSize)
+    throw new Error(`--image-size ${o.imageSize} disagrees with ${savedFile}, saved for image size ${savedResolved.imageSize}`);
+  // a --config without image size or channels takes them from the weights, as the data does
+  const channels = (base.channels as number | undefined) ?? savedResolved?.channels ?? (dataSpec.startsWith('idx:') ? 1 : 3);
   const presetSize = o.preset ? 224 : undefined;
-  const wantedSize = o.imageSize ?? (fromFile.imageSize as number | undefined) ??
+  const wantedSize = o.imageSize ?? (base.imageSize as number | undefined) ?? savedResolved?.imageSize ??
     (dataSpec.startsWith('synthetic') ? 32 : dataSpec.startsWith('folder:') ? presetSize ?? 32 : undefined);
   const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0);
+  if (savedResolved) {
+    const plural = (n: number) => `${n} channel${n === 1 ? '' : 's'}`;
+    if (data.channels !== savedResolved.channels)
+      throw new Error(`the data's images have ${plural(data.channels)} but ${savedFile} was saved for ${plural(savedResolved.channels)}`);
+    if (data.size !== savedResolved.imageSize)
+      throw new Error(`the data has ${data.size}×${data.size} images but ${savedFile} was saved for image size ${savedResolved.imageSize}` +
+        ` (use --pad-to ${savedResolved.imageSize} for IDX/CIFAR data)`);
+  }
   if (wantedSize !== undefined && wantedSize !== data.size)
     throw new Error(`the data has ${data.size}×${data.size} images but the config asks for ${wantedSize} (use --pad-to or --image-size)`);
   const config: EMAEConfig = {
-    ...(o.preset || o.config ? {} : { patchSize: 4, embedDim: 192, depth: 12, numHeads: 3, decoderEmbedDim: 128, decoderDepth: 4, decoderNumHeads: 4 }),
     ...base,
     imageSize: data.size,
     channels: data.channels,
@@ -191,10 +242,15 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
     ...(o.threads !== undefined ? { threads: o.threads } : {}),
     ...(o.cpuMatmul !== undefined ? { cpuMatmul: o.cpuMatmul } : {}),
   };
+  if (explicit && savedResolved) {
+    const given = o.config ? `--config ${o.config}` : `--preset ${o.preset}`;
+    const diff = architectureDifference(savedResolved, 'the file', resolveConfig(config), o.config ? '--config' : '--preset');
+    if (diff) throw new Error(`${savedFile} was saved for another model than ${given} describes: ${diff} (leave out ${given.split(' ')[0]} to use the file's)`);
+  }
   const model = await EMAE.create(config);
   if (o.weights) {
     try {
-      await loadAnyWeights(model, o.weights);
+      await loadAnyWeights(model, o.weights, saved === undefined && !explicit);
     } catch (err) {
       await model.dispose();
       throw err;
@@ -203,20 +259,27 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
   return { model, data };
 }
 
-// a checkpoint (ckpt-*.safetensors) or plain weights
-async function loadAnyWeights(model: EMAE, file: string): Promise<void> {
-  const { metadata } = readSafetensors(readFileSync(file));
-  if (metadata.format === CHECKPOINT_FORMAT) await loadCheckpoint(file, model);
-  else await model.loadWeights(file);
+// An emae checkpoint (its parameters: the optimizer state is for resuming), emae weights, or
+// weights from elsewhere; those record no config, so a mismatch most likely means a missing one.
+async function loadAnyWeights(model: EMAE, file: string, guessedConfig: boolean): Promise<void> {
+  try {
+    await model.loadWeights(file);
+  } catch (err) {
+    if (guessedConfig && err instanceof Error)
+      err.message += `. ${file} records no model config (it was not saved by emae): give the model's --config or --preset`;
+    throw err;
+  }
 }
 
 const sharedModelOptions = (cmd: Command) => cmd
   .option('--data <spec>', 'synthetic[:count] | folder:<dir> | idx:<images>[,<labels>] | cifar10:<file>[,<file>…]', 'synthetic')
   .addOption(new Option('--preset <name>', 'model preset').choices([...presetNames]))
-  .option('--config <file>', 'model config as JSON (keys of EMAE.create)')
-  .option('--image-size <n>', 'image size (default: the data\'s)', num('image-size'))
+  .option('--config <file>', 'model config as JSON (keys of EMAE.create; default: the one saved in --weights)')
+  .option('--image-size <n>', 'image size (default: the weights\' or the data\'s)', num('image-size'))
   .option('--pad-to <n>', 'zero-pad IDX/CIFAR images to this size', num('pad-to'))
-  .option('--weights <file>', 'weights or checkpoint (.safetensors) to load')
+  .option('--weights <file>', 'emae weights or checkpoint (.safetensors; they record their config), or PyTorch weights with --config/--preset')
+  .option('--parts <k>', 'parts K per image (default: the saved or config\'s)', num('parts'))
+  .option('--mask-ratio <r>', 'mask ratio (default: the saved or config\'s)', num('mask-ratio'))
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
   .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles (opt-in)").choices(['fp32', 'bf16']))
@@ -225,15 +288,19 @@ const sharedModelOptions = (cmd: Command) => cmd
 sharedModelOptions(program.command('reconstruct')
   .description('write a PNG grid per image: original | each part\'s masked input | each part\'s reconstruction | assembled'))
   .option('--count <n>', 'images', num('count'), 4)
+  .option('--scale <n>', 'enlarge each pixel to n×n (default: images at least 128 px high)', num('scale'))
   .option('--out <dir>', 'output folder', 'runs/reconstructions')
   .action(async (o) => {
+    if (o.scale !== undefined && !(Number.isInteger(o.scale) && o.scale >= 1 && o.scale <= 64))
+      throw new Error(`--scale expects an integer from 1 to 64, got ${o.scale}`);
     const { model, data } = await modelAndData(o);
     try {
       const { images } = await firstImagesFrom(data, 0, Math.min(o.count, data.count));
       const r = await model.reconstruct(images, { seed: o.seed });
-      mkdirSync(o.out, { recursive: true });
+      makeOutDir(o.out);
       const c = model.config, S = c.imageSize, C = c.channels, K = c.parts, per = C * S * S, gap = 2;
       const B = images.length / per, tiles = 2 + 2 * K, width = tiles * S + (tiles - 1) * gap;
+      const scale: number = o.scale ?? Math.min(16, Math.max(1, Math.ceil(128 / S)));
       for (let b = 0; b < B; b++) {
         const orig = images.subarray(b * per, (b + 1) * per);
         let lo = Infinity, hi = -Infinity;
@@ -255,9 +322,11 @@ sharedModelOptions(program.command('reconstruct')
           put(1 + K + k, r.parts.subarray((b * K + k) * per, (b * K + k + 1) * per));
         }
         put(1 + 2 * K, r.assembled.subarray(b * per, (b + 1) * per));
-        await sharp(rgb, { raw: { width, height: S, channels: 3 } }).png().toFile(path.join(o.out, `reconstruction-${b}.png`));
+        await sharp(rgb, { raw: { width, height: S, channels: 3 } }).resize(width * scale, S * scale, { kernel: 'nearest' })
+          .png().toFile(path.join(o.out, `reconstruction-${b}.png`));
       }
-      console.log(`wrote ${B} grids (${width}×${S}) to ${o.out}: original | ${K} masked inputs | ${K} reconstructions | assembled`);
+      console.log(`wrote ${B} grids (${width * scale}×${S * scale}, ${scale}× enlarged) to ${o.out}: ` +
+        `original | ${K} masked inputs | ${K} reconstructions | assembled`);
     } finally {
       await model.dispose();
     }
@@ -274,14 +343,16 @@ sharedModelOptions(program.command('probe')
     const { model, data } = await modelAndData(o);
     try {
       const test = (await modelAndData({ ...o, weights: undefined, seed: (o.seed ?? 0) + 1 }, o.testData).then(async (r) => { await r.model.dispose(); return r.data; }));
-      const features = async (d: Data) => {
+      const features = async (d: Data, which: string) => {
         const n = Math.min(o.limit ?? d.count, d.count);
         const out: Float32Array[] = [];
         const labels: number[] = [];
+        const progress = progressOnStderr(`probe: encoding the ${which} images`, n);
         for (let s = 0; s < n; s += 256) {
           const { images, labels: l } = await firstImagesFrom(d, s, Math.min(256, n - s));
           out.push(await model.encode(images, { pool: o.pool }));
           labels.push(...l);
+          progress(s + l.length);
         }
         if (labels.some((l) => l < 0)) throw new Error('probe: the data has no labels');
         const x = new Float32Array(out.reduce((a, f) => a + f.length, 0));
@@ -289,13 +360,14 @@ sharedModelOptions(program.command('probe')
         for (const f of out) { x.set(f, at); at += f.length; }
         return { x, labels, dim: model.config.embedDim };
       };
-      const [train, val] = [await features(data), await features(test)];
-      const probe = linearProbe(train, val, { epochs: o.epochs });
+      const [train, val] = [await features(data, 'train'), await features(test, 'test')];
+      const probe = linearProbe(train, val, { epochs: o.epochs, onEpoch: progressOnStderr('probe: training the linear classifier (epochs)', o.epochs) });
+      console.error('probe: weighted kNN (k 20) over the train features');
       const knn = knnAccuracy(train, val);
       const result = { train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn };
       console.log(JSON.stringify(result));
       if (o.out) {
-        mkdirSync(o.out, { recursive: true });
+        makeOutDir(o.out);
         await writeFile(path.join(o.out, 'probe.json'), JSON.stringify(result, null, 2));
         const run = o.weights ? path.basename(o.weights, '.safetensors') : 'model';
         await writeChart(await resultsSvg([{ run, metric: 'linear probe', value: probe }, { run, metric: 'kNN', value: knn }]), path.join(o.out, 'probe'));
@@ -313,12 +385,42 @@ sharedModelOptions(program.command('consistency')
     const { model, data } = await modelAndData(o);
     try {
       const { images } = await firstImagesFrom(data, 0, Math.min(o.count, data.count));
-      console.log(JSON.stringify({ images: images.length / (data.channels * data.size * data.size), draws: o.draws,
-        consistency: await consistencyMeasure(model, images, { draws: o.draws, seed: o.seed }) }));
+      const count = images.length / (data.channels * data.size * data.size);
+      const consistency = await consistencyMeasure(model, images, { draws: o.draws, seed: o.seed });
+      console.log(`consistency ${consistency.toPrecision(4)}: over ${count} images and ${o.draws} mask draws each, the mean squared ` +
+        'difference per pixel value (in the units of the normalized input) between two reconstructions of the same masked patch ' +
+        'made from different visible patches. 0 means a prediction does not depend on which patches were visible; lower is more ' +
+        'self-consistent (the paper\'s measure; compare checkpoints on the same data with the same --count and --draws).');
+      console.log(JSON.stringify({ images: count, draws: o.draws, consistency }));
     } finally {
       await model.dispose();
     }
   });
+
+// Creates an output folder, or says in a sentence why it cannot (a file in the way, no permission).
+function makeOutDir(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    throw outDirError(dir, err as NodeJS.ErrnoException);
+  }
+}
+
+// Progress of a long phase on stderr (stdout stays for results): a bar on a terminal, else a line
+// at every tenth. Returns the update function (done so far).
+function progressOnStderr(what: string, total: number): (done: number) => void {
+  if (process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar({ format: `${what} |{bar}| {value}/{total}`, stream: process.stderr, clearOnComplete: true },
+      cliProgress.Presets.shades_classic);
+    bar.start(total, 0);
+    return (done) => { bar.update(done); if (done >= total) bar.stop(); };
+  }
+  let shown = -1;
+  return (done) => {
+    const tenth = Math.floor((10 * done) / Math.max(1, total));
+    if (tenth > shown) { shown = tenth; console.error(`${what}: ${done}/${total}`); }
+  };
+}
 
 // images [start, start + count) and their labels (−1 where none), from memory or a source
 async function firstImagesFrom(data: Data, start: number, count: number): Promise<{ images: Float32Array; labels: number[] }> {

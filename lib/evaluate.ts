@@ -30,6 +30,8 @@ export interface ProbeOptions {
   batchSize?: number; // default 256
   weightDecay?: number; // default 0
   seed?: number;
+  /** called after each epoch with the number of epochs done (progress) */
+  onEpoch?: (done: number) => void;
 }
 
 /** Top-1 accuracy of a linear softmax classifier trained on standardized train features. */
@@ -38,7 +40,7 @@ export function linearProbe(train: Features, test: Features, options: ProbeOptio
   if (test.dim !== train.dim) throw invalidRangeError('test.dim', `the train dim ${train.dim}`, test.dim);
   const D = train.dim;
   const classes = Math.max(...Array.from(train.labels), ...Array.from(test.labels)) + 1;
-  const { epochs = 30, lr = 0.1, batchSize = 256, weightDecay = 0, seed = 0 } = options;
+  const { epochs = 30, lr = 0.1, batchSize = 256, weightDecay = 0, seed = 0, onEpoch } = options;
   // standardize with the train statistics (BatchNorm without affine, as MAE's probe head)
   const mean = new Float64Array(D), std = new Float64Array(D);
   for (let i = 0; i < n; i++) for (let d = 0; d < D; d++) mean[d] += train.x[i * D + d] / n;
@@ -87,6 +89,7 @@ export function linearProbe(train: Features, test: Features, options: ProbeOptio
       for (let k = 0; k < W.length; k++) W[k] -= rate * (gW[k] * inv + weightDecay * W[k]);
       for (let c = 0; c < classes; c++) b[c] -= rate * gb[c] * inv;
     }
+    onEpoch?.(e + 1);
   }
   let correct = 0;
   for (let i = 0; i < m; i++) {

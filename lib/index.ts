@@ -1,6 +1,8 @@
 // emae: EMAE (Efficient Masked Autoencoders with Self-Consistency) pretraining from Node.
 import { createRequire } from 'node:module';
 import { native, type NativeCudaInfo } from './native.js';
+export { nativeBinding } from './native.js';
+export type { NativeBinding } from './native.js';
 
 export { EMAE } from './model.js';
 export type {
@@ -52,10 +54,12 @@ export { Distributed, currentDistributed, initDistributed, isCollectiveError, la
 export type { Collectives, DistributedOptions, LauncherEnvironment, ReduceOp } from './distributed.js';
 export type { BatchSource, ImageSet, StepInfo, TrainerOptions } from './trainer.js';
 export { ImageFolder, randomResizedCropBox } from './folder.js';
-export type { ImageFolderOptions } from './folder.js';
+export type { ImageFolderOptions, UnreadableImage } from './folder.js';
 export { loadCifar10, loadIdx, parseIdx, syntheticShapes } from './data.js';
 export type { LabelledImageSet, Normalization } from './data.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
+export { readWeightsInfo } from './weights-file.js';
+export type { WeightsFileInfo } from './weights-file.js';
 export { lrAt, scaledLr } from './schedule.js';
 export type { LrSchedule } from './schedule.js';
 export { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';

@@ -15,6 +15,9 @@ import type { ResolvedConfig } from './config.js';
 
 type Rng = ReturnType<typeof xoroshiro128plus>;
 
+/** The most indices one next() returns: 2^28 int32 (1 GiB), far beyond any batch a model can take. */
+const MAX_INDICES = 2 ** 28;
+
 export interface ParallelMaskerOptions {
   /** N, patches per image */
   numPatches: number;
@@ -92,6 +95,10 @@ export class ParallelMasker {
   next(batchSize: number): Int32Array {
     assertPositiveInteger('batchSize', batchSize);
     const n = this.numPatches;
+    if (batchSize * n > MAX_INDICES) {
+      throw invalidRangeError('batchSize', `at most ${Math.floor(MAX_INDICES / n)} (${n} patches each, ${MAX_INDICES} indices of 4 bytes in all)`,
+        batchSize);
+    }
     const out = new Int32Array(batchSize * n);
     const rng = this.#rng;
     for (let b = 0; b < batchSize; b++) {

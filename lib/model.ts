@@ -14,7 +14,8 @@ import {
 } from './errors.js';
 import { ParallelMasker, validatePermutation } from './masker.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
-import { readSafetensors, writeFileAtomic, writeSafetensors, type SafetensorsData } from './safetensors.js';
+import { writeFileAtomic, writeSafetensors, type SafetensorsData } from './safetensors.js';
+import { architectureDifference, configMetadata, parseWeightsFile } from './weights-file.js';
 
 export type Device = 'cpu' | 'cuda';
 
@@ -103,7 +104,8 @@ function checkOptim(op: string, options: TrainStepOptions, keys: readonly string
   assertObject('options', options, 'object with lr');
   assertKnownKeys(`${op} option`, options, keys);
   const { lr, weightDecay = 0.05, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clipGrad = 0 } = options;
-  assertFiniteNumber('lr', lr, { min: 0 });
+  // AdamW moves each weight by about lr per step: beyond 1 a run can only diverge (MAE's peak is ~2.4e-3)
+  assertFiniteNumber('lr', lr, { min: 0, max: 1 }, 'learning rate in [0, 1] (AdamW moves each weight by about lr per step)');
   assertFiniteNumber('weightDecay', weightDecay, { min: 0 });
   assertFiniteNumber('beta1', beta1, { min: 0, below: 1 });
   assertFiniteNumber('beta2', beta2, { min: 0, below: 1 });
@@ -249,9 +251,15 @@ export class EMAE {
   }
 
   /**
-   * Loads safetensors weights with MAE state-dict names (F32), as saveWeights() or PyTorch's
-   * safetensors.torch.save_file write them.
-   * @throws {RangeError} a corrupt file; a missing, unexpected or mis-shaped tensor (named)
+   * Loads safetensors weights with MAE state-dict names (F32): a file saveWeights() or PyTorch's
+   * safetensors.torch.save_file wrote, or an emae checkpoint (saveCheckpoint), whose parameters
+   * are loaded and whose optimizer state is not (loadCheckpoint or Trainer.resume restore both).
+   * A file with a checksum is verified first; a file with a saved config must match this model's
+   * architecture (ARCHITECTURE_KEYS; with `strict: false` it is not compared). On error the model
+   * is unchanged.
+   * @throws {RangeError} a corrupted or truncated file (the message says 'corrupt'); a file saved
+   *   for another architecture (the differing keys are named); a missing, unexpected or
+   *   mis-shaped tensor (named)
    * @throws {TypeError} a tensor of another dtype than F32
    */
   async loadWeights(file: string, options: LoadOptions = {}): Promise<void> {
@@ -259,21 +267,21 @@ export class EMAE {
     this.#assertAlive();
     assertString('file', file, 'path string');
     const strict = checkLoadOptions(options);
-    let bytes: Uint8Array;
-    try {
-      bytes = await readFile(file);
-    } catch (err) {
-      throw withCallerStack(err, context);
-    }
-    let tensors;
-    try {
-      tensors = readSafetensors(bytes).tensors;
-    } catch (err) {
-      if (err instanceof Error) err.message = `${file}: ${err.message}`;
-      throw withCallerStack(err, context);
-    }
     let checked: Record<string, Float32Array>;
     try {
+      const { kind, config, data } = parseWeightsFile(await readFile(file), file);
+      if (strict && config !== undefined) {
+        const diff = architectureDifference(resolveConfig(config), 'the file', this.#config, 'this model');
+        if (diff) {
+          throw new RangeError(`cannot load ${file}: it was saved for another model: ${diff} ` +
+            '(readWeightsInfo(file).config is the config it was saved with)');
+        }
+      }
+      let tensors = data;
+      if (kind === 'checkpoint') {
+        // a checkpoint holds the parameters as param.<name> beside the AdamW moments
+        tensors = Object.fromEntries(Object.entries(data).filter(([n]) => n.startsWith('param.')).map(([n, t]) => [n.slice(6), t]));
+      }
       checked = this.#checkTensors(tensors, strict, file);
     } catch (err) {
       throw withCallerStack(err, context);
@@ -282,8 +290,10 @@ export class EMAE {
   }
 
   /**
-   * Writes every parameter as safetensors (F32, MAE names and shapes, metadata { format: 'pt' }
-   * so safetensors.torch.load_file reads it), atomically: a temporary file, then a rename.
+   * Writes every parameter as safetensors (F32, MAE names and shapes), atomically: a temporary
+   * file, then a rename. The metadata holds format 'pt' (safetensors.torch.load_file requires
+   * it), emae_config (this model's config as JSON, see SAVED_CONFIG_KEYS) and sha256 (the
+   * checksum loadWeights verifies), all strings as the format requires.
    */
   async saveWeights(file: string): Promise<void> {
     const context = new Error();
@@ -293,7 +303,7 @@ export class EMAE {
     const tensors: Record<string, { data: Float32Array; shape: readonly number[] }> = {};
     for (const p of this.#params) tensors[p.name] = { data: params[p.name], shape: p.shape };
     try {
-      await writeFileAtomic(file, writeSafetensors(tensors, { format: 'pt' }));
+      await writeFileAtomic(file, writeSafetensors(tensors, { format: 'pt', ...configMetadata(this.#config, tensors) }));
     } catch (err) {
       throw withCallerStack(err, context);
     }

@@ -1,6 +1,9 @@
-// The typed surface of the raw native addon (build/Release/emae.node). Everything here is
-// internal: the public API (lib/model.ts) validates arguments before calling in, and the C++ side
-// re-checks cheaply. One options object per call, copied into a plain C++ struct.
+// The typed surface of the raw native addon and its loader. Everything here is internal: the
+// public API (lib/model.ts) validates arguments before calling in, and the C++ side re-checks
+// cheaply. One options object per call, copied into a plain C++ struct.
+// The addon file is found as node-gyp-build finds it: a source build (build/Release, build/Debug)
+// first, so that `--build-from-source` takes effect, then the prebuilt binary the package ships
+// (prebuilds/linux-x64/emae.napi.glibc.node); EMAE_NATIVE_PATH overrides both.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -138,34 +141,64 @@ export interface NativeAddon {
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
+/** the package folder: lib/ (sources) and dist/ (built) both sit one level below it */
+const root = path.resolve(here, '..');
 
-function loadAddon(): NativeAddon {
-  const root = path.resolve(here, '..');
-  const candidates = [
-    process.env.EMAE_NATIVE_PATH,
-    path.join(root, 'build', 'Release', 'emae.node'),
-    path.join(root, 'build', 'Debug', 'emae.node'),
-  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
-  const errors: string[] = [];
-  for (const file of candidates) {
-    if (!existsSync(file)) { errors.push(`${file}: not found`); continue; }
-    try {
-      return require(file) as NativeAddon;
-    } catch (err) {
-      errors.push(`${file}: ${(err as Error).message}`);
-    }
-  }
-  throw new Error(
-    'emae: could not load the native addon.\n  ' + errors.join('\n  ') +
-    '\nPossible solutions:\n' +
-    '- Build it: `npm run build:native` in the emae package folder (needs CMake and a C++17 compiler with OpenMP).\n' +
-    '- If emae was installed as a dependency with npm 11, approve its build script: `npm install-scripts approve emae`, then `npm rebuild emae`.\n' +
+/** Which addon file this process loaded. */
+export interface NativeBinding {
+  /** absolute path of the .node file */
+  path: string;
+  /** the binary shipped in the package's prebuilds/ folder (else one built from source) */
+  prebuilt: boolean;
+  /** chosen by EMAE_NATIVE_PATH rather than found in the package */
+  fromEnv: boolean;
+}
+
+function loadError(problem: string): Error {
+  return new Error(
+    `emae: could not load the native addon.\n  ${problem.replace(/\n+$/, '').replace(/\n/g, '\n  ')}\n` +
+    'Possible solutions:\n' +
+    '- On linux-x64 (glibc) the package ships a prebuilt binary in prebuilds/: reinstall emae if that folder is missing.\n' +
+    '- Build it from source: `EMAE_BUILD_FROM_SOURCE=1 npm rebuild emae` (npm 11 first wants `npm install-scripts approve emae`),\n' +
+    '  or `npm run build:native` in the emae package folder; this needs CMake >= 3.18 and a C++17 compiler with OpenMP,\n' +
+    '  and nvcc for the CUDA backend.\n' +
     '- Set EMAE_NATIVE_PATH to a built emae.node.');
 }
 
-let cached: NativeAddon | undefined;
+function loadAddon(): { addon: NativeAddon; binding: NativeBinding } {
+  const override = process.env.EMAE_NATIVE_PATH;
+  let file: string;
+  if (override) {
+    // No fallback when the user names a file: loading another one would hide the mistake.
+    file = path.resolve(override);
+    if (!existsSync(file)) throw loadError(`EMAE_NATIVE_PATH=${override}: not found`);
+  } else {
+    const nodeGypBuild = require('node-gyp-build') as { resolve(dir: string): string };
+    try {
+      file = nodeGypBuild.resolve(root);
+    } catch (err) {
+      throw loadError(`no emae.node in ${root}: neither a source build (build/Release, build/Debug) nor a prebuilt ` +
+        `binary for this platform (prebuilds/): ${(err as Error).message.trim().replace(/\s*\n\s*/g, '; ')}`);
+    }
+  }
+  let addon: NativeAddon;
+  try {
+    addon = require(file) as NativeAddon;
+  } catch (err) {
+    throw loadError(`${file}: ${(err as Error).message}`);
+  }
+  return { addon, binding: { path: file, prebuilt: path.basename(path.dirname(path.dirname(file))) === 'prebuilds', fromEnv: !!override } };
+}
+
+let cached: { addon: NativeAddon; binding: NativeBinding } | undefined;
 /** The native addon, loaded on first use. */
 export function native(): NativeAddon {
   cached ??= loadAddon();
-  return cached;
+  return cached.addon;
+}
+
+/** Which addon file is in use (loads it): the prebuilt binary or a source build, and where. */
+export function nativeBinding(): NativeBinding {
+  cached ??= loadAddon();
+  return { ...cached.binding };
 }

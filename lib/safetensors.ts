@@ -266,3 +266,30 @@ async function syncDirectory(dir: string): Promise<void> {
     // not supported here (Windows); the rename itself has happened
   }
 }
+
+/**
+ * Reads only the `__metadata__` map of a safetensors file (the header, not the data), e.g. to tell
+ * checkpoints apart without loading them. Throws the reader's RangeError on a bad header.
+ */
+export async function readSafetensorsMetadata(file: string): Promise<Record<string, string>> {
+  const handle = await open(file, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    const head = Buffer.alloc(8);
+    if (size < 8 || (await handle.read(head, 0, 8, 0)).bytesRead < 8) throw corrupt(`truncated: ${size} bytes`);
+    const n = head.readBigUInt64LE(0);
+    if (n > BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) throw corrupt(`header length ${n} exceeds the file (${size} bytes)`);
+    const text = Buffer.alloc(Number(n));
+    await handle.read(text, 0, text.length, 8);
+    let header: unknown;
+    try {
+      header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(text));
+    } catch (err) {
+      throw corrupt(`the header is not valid JSON (${(err as Error).message})`);
+    }
+    if (!isObject(header)) throw corrupt(`the header must be a JSON object, not ${describeValue(header)}`);
+    return parseMetadata(header.__metadata__ ?? null);
+  } finally {
+    await handle.close();
+  }
+}

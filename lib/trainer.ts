@@ -2,15 +2,17 @@
 // AdamW with weight decay 0.05), the consistency weight from a given step, optional clipping,
 // seeded epoch shuffling and parallel masks, a JSON-lines log, periodic atomic checkpoints and an
 // exact resume: on the CPU the losses after a resume are bitwise those of an uninterrupted run.
+import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
-import { listCheckpoints, loadCheckpoint, pruneCheckpoints, saveCheckpoint } from './checkpoint.js';
-import { invalidRangeError, invalidTypeError } from './errors.js';
+import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { assertFiniteNumber, invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
 import { Distributed, isCollectiveError } from './distributed.js';
 import type { EMAE } from './model.js';
+import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
 import { lrAt, scaledLr } from './schedule.js';
 
 /** Images held in memory: (count, C, H, W) with the model's C, H, W. */
@@ -49,11 +51,16 @@ export interface TrainerOptions {
   consistencyStart?: number;
   /** seed of the data order and the masks (default 0) */
   seed?: number;
-  /** folder for log.jsonl and checkpoints; none: no files */
+  /**
+   * folder for log.jsonl and checkpoints; none: no files. A new run needs it missing or empty
+   * (or `overwrite`); a resumed run continues in the folder of its checkpoint.
+   */
   outDir?: string;
+  /** start over in a non-empty outDir: its checkpoints, log.jsonl and curves are deleted (default false) */
+  overwrite?: boolean;
   /** write a checkpoint every N steps (and at the end); 0: only at the end (default 0) */
   checkpointEvery?: number;
-  /** checkpoints to keep (default 3) */
+  /** checkpoints of this run to keep (default 3); other runs' files are never touched */
   keepLast?: number;
   /** called after each step */
   onStep?: (info: StepInfo) => void | Promise<void>;
@@ -88,12 +95,22 @@ interface TrainerState {
   globalBatch?: number;
   accumulate?: number;
   worldSize?: number;
+  /** random id of the run, kept across resumes; pruning touches only checkpoints that carry it */
+  runId: string;
+}
+
+/** What preparing the output folder did (Trainer.prepareOutDir). */
+export interface OutDirReport {
+  /** run files deleted because `overwrite` was set */
+  removed: string[];
+  /** log.jsonl lines after the resumed step, dropped so that no step is logged twice */
+  logLinesDropped: number;
 }
 
 export class Trainer {
   readonly #model: EMAE;
   readonly #data: ImageSet | BatchSource;
-  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch' | 'consistencyWeight' | 'epochs' | 'distributed'>> &
+  readonly #opts: Required<Omit<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch' | 'consistencyWeight' | 'epochs' | 'distributed' | 'overwrite'>> &
     Pick<TrainerOptions, 'outDir' | 'onStep' | 'onEpoch'> & { consistencyWeight: number };
   readonly #dist: Distributed | undefined;
   /** ranks in the job (1 without `distributed`) */
@@ -103,6 +120,10 @@ export class Trainer {
   #orders = new Map<number, Int32Array>();  // epoch → shuffled indices (current and next epoch)
   #stopRequested = false;
   #stopAgreed = false;
+  #resumedFrom: string | undefined;
+  #outDirReport: OutDirReport | undefined;
+  #writingCheckpoint = false;
+  readonly #overwrite: boolean;
 
   constructor(model: EMAE, data: ImageSet | BatchSource, options: TrainerOptions) {
     const c = model.config;
@@ -130,9 +151,13 @@ export class Trainer {
       throw invalidRangeError('steps/epochs', 'exactly one of steps and epochs', { steps: options.steps, epochs: options.epochs });
     const steps = options.steps !== undefined ? positiveInt('steps', options.steps)
       : positiveInt('epochs', options.epochs) * Math.max(1, Math.floor(data.count / (batchSize * accumulate * world)));
+    const blr = options.blr ?? 1.5e-4;
+    assertFiniteNumber('blr', blr, { above: 0 });
+    if (scaledLr(blr, batchSize * accumulate * world) > 1)
+      throw invalidRangeError('blr', `a base learning rate whose lr = blr·${batchSize * accumulate * world}/256 is at most 1`, blr);
     this.#opts = {
       batchSize, steps, accumulate,
-      blr: options.blr ?? 1.5e-4,
+      blr,
       minLr: options.minLr ?? 0,
       warmupSteps: options.warmupSteps ?? Math.floor(steps / 20),
       weightDecay: options.weightDecay ?? 0.05,
@@ -146,12 +171,14 @@ export class Trainer {
       onStep: options.onStep,
       onEpoch: options.onEpoch,
     };
+    if (options.overwrite !== undefined && typeof options.overwrite !== 'boolean') throw invalidTypeError('overwrite', 'boolean', options.overwrite);
+    this.#overwrite = options.overwrite ?? false;
     this.#model = model;
     this.#data = data;
     this.#dist = options.distributed;
     this.#world = world;
     this.#masker = ParallelMasker.fromConfig(c, this.#opts.seed);
-    this.#state = { step: 0, epoch: 0, position: 0, seed: this.#opts.seed, ...this.#shape() };
+    this.#state = { step: 0, epoch: 0, position: 0, seed: this.#opts.seed, runId: newRunId(), ...this.#shape() };
   }
 
   /** Asks run() to stop after the step in progress, writing a checkpoint when there is an outDir. */
@@ -169,10 +196,16 @@ export class Trainer {
     return this.#state.step;
   }
 
+  /** True while a checkpoint is being written (a signal handler should let it finish). */
+  get writingCheckpoint(): boolean {
+    return this.#writingCheckpoint;
+  }
+
   /** Restores model, optimizer and trainer state from a checkpoint (the newest in outDir if no file). */
   async resume(file?: string): Promise<void> {
     const target = file ?? (this.#opts.outDir ? (await listCheckpoints(this.#opts.outDir)).pop() : undefined);
     if (!target) throw new Error('resume: no checkpoint to resume from');
+    if (this.#outDirReport) throw new Error('resume: this trainer has already started its run');
     const saved = (await loadCheckpoint(target, this.#model)) as unknown as TrainerState;
     if (saved.seed !== this.#opts.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this trainer has ${this.#opts.seed}`);
     // Data order and masks depend on the global batch and accumulation, not on the world size,
@@ -184,7 +217,40 @@ export class Trainer {
         `this run has ${describe(now.globalBatch, now.worldSize, now.accumulate)}. Resume with the same batch · world size ` +
         `(e.g. batch ${saved.globalBatch / now.worldSize} on ${now.worldSize} rank${now.worldSize > 1 ? 's' : ''}) and accumulate ${saved.accumulate ?? 1}`);
     }
-    this.#state = { step: saved.step, epoch: saved.epoch, position: saved.position, seed: saved.seed, ...now };
+    // checkpoints of older versions carry no run id: continue under a new one
+    const runId = typeof saved.runId === 'string' ? saved.runId : newRunId();
+    this.#state = { step: saved.step, epoch: saved.epoch, position: saved.position, seed: saved.seed, runId, ...now };
+    this.#resumedFrom = target;
+  }
+
+  /**
+   * Makes outDir ready for this run (run() calls it first; call it yourself to report what it did).
+   * A new run, or a run resumed from a checkpoint in another folder, needs outDir missing or
+   * empty, or `overwrite` (then the run files there are deleted); otherwise it throws (code
+   * EMAE_OUT_NOT_EMPTY) before anything is written. A run resumed from a checkpoint in outDir
+   * continues there: log.jsonl is cut back to the resumed step and interrupted writes are removed.
+   * With `distributed`, only rank 0 touches the folder (the others return an empty report).
+   */
+  async prepareOutDir(): Promise<OutDirReport> {
+    if (this.#outDirReport) return this.#outDirReport;
+    const dir = this.#opts.outDir;
+    const report: OutDirReport = { removed: [], logLinesDropped: 0 };
+    if (dir && (this.#dist?.rank ?? 0) === 0) {
+      const continuing = this.#resumedFrom !== undefined && path.resolve(path.dirname(this.#resumedFrom)) === path.resolve(dir);
+      if (continuing) {
+        report.removed = await removeStaleTemporaries(dir);
+        report.logLinesDropped = await truncateLog(path.join(dir, 'log.jsonl'), this.#state.step);
+      } else {
+        report.removed = await claimOutDir(dir, this.#overwrite);
+      }
+      try {
+        await mkdir(dir, { recursive: true });
+      } catch (err) {
+        throw outDirError(dir, err as NodeJS.ErrnoException);
+      }
+    }
+    this.#outDirReport = report;
+    return report;
   }
 
   /** Trains until `steps`; resolves with the last step's info. Stops with an error on a non-finite loss. */
@@ -194,7 +260,7 @@ export class Trainer {
     const W = this.#world, rank = this.#dist?.rank ?? 0, main = rank === 0;
     const baseLr = scaledLr(o.blr, o.batchSize * o.accumulate * W);  // MAE: the effective batch
     const outDir = main ? o.outDir : undefined;  // rank 0 writes the log and the checkpoints
-    if (outDir) await mkdir(outDir, { recursive: true });
+    await this.prepareOutDir();
     if (W > 1) await this.#checkRanksAgree();
     let last: StepInfo | undefined;
     // the next batch is loaded while the current one is computed
@@ -243,7 +309,7 @@ export class Trainer {
         }
       } catch (err) {
         if ((err as { code?: string }).code === 'EMAE_NONFINITE_LOSS') {
-          const kept = o.outDir ? (await listCheckpoints(o.outDir)).pop() : undefined;
+          const kept = await this.#lastGoodCheckpoint();
           throw Object.assign(new Error(`training stopped at step ${this.#state.step + 1}: ${(err as Error).message}` +
             (kept ? `; the last good checkpoint is ${kept}` : '')),
           { code: 'EMAE_NONFINITE_LOSS', ...(isCollectiveError(err) ? { collective: true } : {}) });
@@ -255,27 +321,61 @@ export class Trainer {
         step: this.#state.step, epoch: this.#state.epoch, loss: r!.loss, recon: r!.recon, consistency: r!.consistency,
         lr, gradNorm: r!.gradNorm, imagesPerSecond: (o.batchSize * o.accumulate * W) / ((performance.now() - started) / 1000),
       };
-      if (outDir) await appendFile(path.join(outDir, 'log.jsonl'), JSON.stringify(last) + '\n');
       const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
-      if (outDir && (due || this.#state.step === o.steps)) await this.checkpoint();
+      if (outDir) {
+        await this.#writing(`append step ${this.#state.step} to log.jsonl`, () => appendFile(path.join(outDir, 'log.jsonl'), JSON.stringify(last) + '\n'));
+        if (due || this.#state.step === o.steps) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
+      }
       await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
       // more than one rank: the stop agreed in the step's all-reduce, so every rank stops together
       if ((W > 1 ? this.#stopAgreed : this.#stopRequested) && this.#state.step < o.steps) {
-        if (outDir && !(due || this.#state.step === o.steps)) await this.checkpoint();
+        if (outDir && !(due || this.#state.step === o.steps)) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
         break;
       }
     }
     return last;
   }
 
-  /** Writes `ckpt-<step>.safetensors` to outDir and keeps the newest keepLast (rank 0 only: other ranks write nothing). */
+  /**
+   * Writes `ckpt-<step>.safetensors` to outDir and keeps the newest keepLast of this run's
+   * checkpoints (rank 0 only: other ranks write nothing).
+   */
   async checkpoint(): Promise<string> {
     if (!this.#opts.outDir) throw new Error('checkpoint: the trainer has no outDir');
+    await this.prepareOutDir();
     const file = path.join(this.#opts.outDir, `ckpt-${this.#state.step}.safetensors`);
     if ((this.#dist?.rank ?? 0) !== 0) return file;
-    await saveCheckpoint(file, this.#model, { ...this.#state });
-    await pruneCheckpoints(this.#opts.outDir, this.#opts.keepLast);
+    this.#writingCheckpoint = true;
+    try {
+      // the options too, so the file says how it was trained (readWeightsInfo(file).metadata.trainer_options)
+      const { onStep: _s, onEpoch: _e, outDir: _o, ...options } = this.#opts;
+      await saveCheckpoint(file, this.#model, { ...this.#state }, { trainer_options: JSON.stringify(options) });
+    } finally {
+      this.#writingCheckpoint = false;
+    }
+    await pruneRunCheckpoints(this.#opts.outDir, this.#opts.keepLast, this.#state.runId);
     return file;
+  }
+
+  // The newest checkpoint of this run in outDir (the one a --resume would take).
+  async #lastGoodCheckpoint(): Promise<string | undefined> {
+    if (!this.#opts.outDir) return undefined;
+    const all = await listCheckpoints(this.#opts.outDir);
+    for (let i = all.length - 1; i >= 0; i--) if ((await checkpointRunId(all[i])) === this.#state.runId) return all[i];
+    return undefined;
+  }
+
+  // A write to outDir; a failure (a full disk, a folder removed) stops the run with an error that
+  // names the last good checkpoint, since the step's own checkpoint may be missing.
+  async #writing<T>(what: string, write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      const kept = await this.#lastGoodCheckpoint().catch(() => undefined);
+      const e = err as NodeJS.ErrnoException;
+      throw Object.assign(new Error(`training stopped at step ${this.#state.step}: could not ${what} (${e.message})` +
+        (kept ? `; the last good checkpoint is ${kept}` : '; no checkpoint of this run was written')), { code: e.code, cause: err });
+    }
   }
 
   // The batch starting at (epoch, position): each epoch a seeded shuffle of the dataset; a partial
@@ -364,3 +464,5 @@ export class Trainer {
     return order;
   }
 }
+
+const newRunId = () => randomBytes(8).toString('hex');

@@ -2,7 +2,7 @@
 // checkpoints, `--resume` continues from them, SIGINT writes a checkpoint and exits 130.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -70,6 +70,76 @@ test('SIGINT writes a checkpoint and exits 130', async (t) => {
   t.true(existsSync(path.join(out, `ckpt-${step}.safetensors`)));
 });
 
+// Spawns a pretrain run of a model whose checkpoint (~150 MB) takes a while to write; once it has
+// logged step 10, sends the first of `signals`, and each next one as soon as the run has answered
+// the previous (so none merge with a pending one, and all land before the checkpoint is done).
+async function interrupt(out: string, signals: NodeJS.Signals[], extra: string[] = []) {
+  const big = path.join(dir, 'big.json');
+  writeFileSync(big, JSON.stringify({ patchSize: 4, embedDim: 384, depth: 6, numHeads: 6, decoderEmbedDim: 256, decoderDepth: 2, decoderNumHeads: 8 }));
+  const child = spawn(process.execPath, ['--import=tsx', 'lib/cli.ts', ...common, '--config', big, '--steps', '100000', '--out', out,
+    '--no-progress', ...extra]);
+  let stdout = '', stderr = '', sent = 0;
+  const send = () => { if (sent < signals.length && child.exitCode === null) child.kill(signals[sent++]); };
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if ((stderr.match(/^SIG(INT|TERM): /gm) ?? []).length === sent) send();
+  });
+  child.stdout.on('data', (d) => {
+    stdout += d;
+    if (sent === 0 && /step 10\//.test(stdout)) send();
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return { code, stdout, stderr, config: big };
+}
+
+test('a second SIGINT or SIGTERM does not cut the checkpoint short', async (t) => {
+  for (const [signal, exit] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    const out = path.join(dir, `twice-${signal}`);
+    const r = await interrupt(out, [signal, signal], ['--checkpoint-every', '100000']);
+    t.log(r.stderr.trim());
+    t.is(r.code, exit, r.stderr);
+    t.regex(r.stderr, new RegExp(`${signal}: .*please wait`));
+    const step = Number(/stopped at step (\d+)/.exec(r.stdout)![1]);
+    const { EMAE, loadCheckpoint } = await import('../lib/index.js');
+    const model = await EMAE.create({ ...JSON.parse(readFileSync(r.config, 'utf8')), imageSize: 16, device: 'cpu', threads: 1 });
+    t.is((await loadCheckpoint(path.join(out, `ckpt-${step}.safetensors`), model)).step, step);
+    await model.dispose();
+  }
+});
+
+test('a third signal quits at once; the previous checkpoint still loads and --resume continues', async (t) => {
+  const out = path.join(dir, 'thrice');
+  const r = await interrupt(out, ['SIGINT', 'SIGINT', 'SIGINT'], ['--checkpoint-every', '5']);
+  t.log(r.stderr.trim());
+  t.is(r.code, 130, r.stderr);
+  t.regex(r.stderr, /quitting without a new checkpoint/);
+  const done = Number(/quitting without a new checkpoint at step (\d+)/.exec(r.stderr)![1]);
+  const resumed = cli(...common, '--config', r.config, '--steps', String(done + 3), '--checkpoint-every', '5', '--out', out, '--resume');
+  t.is(resumed.status, 0, resumed.stderr);
+  const from = Number(/resumed at step (\d+)/.exec(resumed.stdout)![1]);
+  t.true(from % 5 === 0 && from <= done && from >= done - 5, `resumed from the newest checkpoint (${from}) of a run that did ${done} steps`);
+  const steps = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step);
+  t.deepEqual(steps, Array.from({ length: done + 3 }, (_, i) => i + 1), 'the log holds each step once');
+  t.false(readdirSync(out).some((f) => f.includes('.tmp-')), 'no temporary file left');
+});
+
+test('pretrain refuses a non-empty --out; --force says what it deletes', (t) => {
+  const out = path.join(dir, 'twice-run');
+  t.is(cli(...common, '--steps', '4', '--checkpoint-every', '2', '--out', out).status, 0);
+  const before = readdirSync(out).sort();
+  const again = cli(...common, '--steps', '2', '--checkpoint-every', '2', '--out', out);
+  t.is(again.status, 1);
+  t.regex(again.stderr, /the output folder .*twice-run is not empty .*--resume.*--force/);
+  t.deepEqual(readdirSync(out).sort(), before, 'nothing deleted or added');
+  const forced = cli(...common, '--steps', '2', '--checkpoint-every', '2', '--out', out, '--force');
+  t.is(forced.status, 0, forced.stderr);
+  t.regex(forced.stdout, /--force: deleted in .*twice-run: ckpt-2\.safetensors, ckpt-4\.safetensors, curves\.png, curves\.svg, log\.jsonl/);
+  t.deepEqual(readdirSync(out).filter((f) => f.startsWith('ckpt-')), ['ckpt-2.safetensors']);
+  t.regex(cli(...common, '--steps', '2', '--out', out, '--force', '--resume').stderr, /--force starts a new run and --resume continues one/);
+  writeFileSync(path.join(dir, 'a-file'), '');
+  t.regex(cli(...common, '--steps', '2', '--out', path.join(dir, 'a-file')).stderr, /cannot use .*a-file as the output folder: a file of that name exists/);
+});
+
 test('pretrain on an image folder', async (t) => {
   const { default: sharp } = await import('sharp');
   const images = path.join(dir, 'images');
@@ -95,15 +165,29 @@ test('reconstruct writes PNG grids of the expected size; probe and consistency p
   t.is(rec.status, 0, rec.stderr);
   const { default: sharp } = await import('sharp');
   const meta = await sharp(path.join(out, 'rec', 'reconstruction-1.png')).metadata();
-  t.is(meta.height, 16);
-  t.is(meta.width, 10 * 16 + 9 * 2, 'original | 4 masked | 4 reconstructions | assembled, 2-pixel gaps');
+  t.is(meta.height, 8 * 16, 'enlarged 8× by default, so a 16-pixel image is 128 pixels high');
+  t.is(meta.width, 8 * (10 * 16 + 9 * 2), 'original | 4 masked | 4 reconstructions | assembled, 2-pixel gaps');
+  const small = cli('reconstruct', ...model, '--data', 'synthetic:8', '--count', '1', '--scale', '1', '--out', path.join(out, 'rec1'));
+  t.is(small.status, 0, small.stderr);
+  t.regex(small.stdout, /wrote 1 grids \(178×16, 1× enlarged\)/);
+  const px1 = await sharp(path.join(out, 'rec1', 'reconstruction-0.png')).raw().toBuffer();
+  const px8 = await sharp(path.join(out, 'rec', 'reconstruction-0.png')).raw().toBuffer();
+  t.deepEqual([...px8.subarray((8 * 3 * 8 * 178 + 8 * 5) * 3, (8 * 3 * 8 * 178 + 8 * 5) * 3 + 3)], [...px1.subarray((3 * 178 + 5) * 3, (3 * 178 + 5) * 3 + 3)],
+    'nearest-neighbour enlargement: pixel (5, 3) becomes an 8×8 block');
+  t.regex(cli('reconstruct', ...model, '--scale', '0').stderr, /--scale expects an integer from 1 to 64, got 0/);
+  writeFileSync(path.join(out, 'not-a-dir'), '');
+  t.regex(cli('reconstruct', ...model, '--data', 'synthetic:8', '--count', '1', '--out', path.join(out, 'not-a-dir')).stderr,
+    /cannot use .*not-a-dir as the output folder: a file of that name exists and is not a folder/);
   const probe = cli('probe', ...model, '--data', 'synthetic:64', '--test-data', 'synthetic:32', '--epochs', '3');
   t.is(probe.status, 0, probe.stderr);
   const p = JSON.parse(probe.stdout.trim().split('\n').pop()!);
+  t.regex(probe.stderr, /probe: encoding the train images: 64\/64/, 'progress on stderr');
+  t.regex(probe.stderr, /probe: training the linear classifier \(epochs\): 3\/3/);
   t.is(p.train, 64);
   t.is(p.test, 32);
   t.true(p.linearProbeTop1 >= 0 && p.linearProbeTop1 <= 1 && p.knnTop1 >= 0 && p.knnTop1 <= 1);
   const cons = cli('consistency', ...model, '--data', 'synthetic:8', '--count', '4', '--draws', '2');
   t.is(cons.status, 0, cons.stderr);
   t.true(JSON.parse(cons.stdout.trim().split('\n').pop()!).consistency > 0);
+  t.regex(cons.stdout, /^consistency [\d.e+-]+: over 4 images and 2 mask draws each, the mean squared difference/m, 'a sentence says what it means');
 });

@@ -247,3 +247,9 @@ test('bad next/setState/helper arguments', (t) => {
   t.throws(() => m.setState([0]));
   t.deepEqual(m.getState(), s);
 });
+
+test('a batch too large to hold is a RangeError naming the size, not an allocation failure', (t) => {
+  const m = new ParallelMasker({ numPatches: 16, maskRatio: 0.75 });
+  t.throws(() => m.next(1e9), { instanceOf: RangeError, message: /at most 16777216 \(16 patches each, 268435456 indices.*received 1000000000/ });
+  t.is(m.next(2).length, 32, 'the masker still works');
+});

@@ -1,7 +1,7 @@
 // The training loop: MAE's schedule, checkpoints (round trip, corruption refused, atomic), exact
 // resume, and the stop on a non-finite loss.
 import test from 'ava';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { EMAE, Trainer, loadCheckpoint, lrAt, saveCheckpoint, scaledLr, type EMAEConfig } from '../lib/index.js';
@@ -173,4 +173,116 @@ test('the trainer accumulates micro-batches, counts epochs, and resumes bitwise 
   t.deepEqual(resumed, straight);
   t.throws(() => new Trainer(m3, data, { batchSize: 4, steps: 2, epochs: 1 }), { instanceOf: RangeError, message: /steps\/epochs/ });
   for (const m of [m1, m2, m3]) await m.dispose();
+});
+
+// ---- the run folder: one run per folder, nothing of another run touched (issue 15) ----
+
+const files = (dir: string) => readdirSync(dir).sort();
+
+test('a new run refuses a non-empty outDir and changes nothing; overwrite starts over', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  await new Trainer(model, data, { batchSize: 8, steps: 6, outDir: dir, checkpointEvery: 2, blr: 1e-2 }).run();
+  const before = files(dir);
+  t.deepEqual(before.filter((f) => f.startsWith('ckpt-')), ['ckpt-2.safetensors', 'ckpt-4.safetensors', 'ckpt-6.safetensors']);
+  const log = readFileSync(path.join(dir, 'log.jsonl'));
+  const second = new Trainer(model, data, { batchSize: 8, steps: 3, outDir: dir, checkpointEvery: 1, blr: 1e-2 });
+  const err = await t.throwsAsync(second.run(), { message: /is not empty .*ckpt-2\.safetensors.*resume.*--force/s });
+  t.is((err as any).code, 'EMAE_OUT_NOT_EMPTY');
+  t.is(second.step, 0, 'no step was taken');
+  t.deepEqual(files(dir), before);
+  t.deepEqual(readFileSync(path.join(dir, 'log.jsonl')), log);
+  // an unrelated file also makes the folder non-empty, and overwrite leaves it alone
+  writeFileSync(path.join(dir, 'notes.txt'), 'mine');
+  const fresh = new Trainer(model, data, { batchSize: 8, steps: 3, outDir: dir, checkpointEvery: 1, keepLast: 5, blr: 1e-2, overwrite: true });
+  t.deepEqual((await fresh.prepareOutDir()).removed, ['ckpt-2.safetensors', 'ckpt-4.safetensors', 'ckpt-6.safetensors', 'log.jsonl']);
+  await fresh.run();
+  t.deepEqual(files(dir), ['ckpt-1.safetensors', 'ckpt-2.safetensors', 'ckpt-3.safetensors', 'log.jsonl', 'notes.txt']);
+  t.deepEqual(readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step), [1, 2, 3]);
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, overwrite: 'yes' as any }), { instanceOf: TypeError, message: /overwrite/ });
+  await model.dispose();
+});
+
+test('an outDir that is a file is refused with a sentence', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  writeFileSync(path.join(dir, 'taken'), 'x');
+  await t.throwsAsync(new Trainer(model, data, { batchSize: 8, steps: 1, outDir: path.join(dir, 'taken') }).run(),
+    { message: /cannot use .*taken as the output folder: a file of that name exists and is not a folder/ });
+  await t.throwsAsync(new Trainer(model, data, { batchSize: 8, steps: 1, outDir: path.join(dir, 'taken', 'sub') }).run(),
+    { message: /cannot use .*sub as the output folder: a file of that name \(or above it\) is not a folder/ });
+  await model.dispose();
+});
+
+test('pruning removes only the current run\'s checkpoints', async (t) => {
+  const other = tmp(), dir = tmp();
+  const model = await EMAE.create(config);
+  await new Trainer(model, data, { batchSize: 8, steps: 1, outDir: other, blr: 1e-2 }).run();
+  const a = await EMAE.create(config);
+  await new Trainer(a, data, { batchSize: 8, steps: 4, outDir: dir, checkpointEvery: 2, blr: 1e-2 }).run();
+  // another run's checkpoint with a higher step lands in the folder
+  writeFileSync(path.join(dir, 'ckpt-100.safetensors'), readFileSync(path.join(other, 'ckpt-1.safetensors')));
+  const resumed = new Trainer(a, data, { batchSize: 8, steps: 8, outDir: dir, checkpointEvery: 2, keepLast: 2, blr: 1e-2 });
+  await resumed.resume(path.join(dir, 'ckpt-4.safetensors'));
+  await resumed.run();
+  t.deepEqual(files(dir).filter((f) => f.startsWith('ckpt-')), ['ckpt-100.safetensors', 'ckpt-6.safetensors', 'ckpt-8.safetensors']);
+  await model.dispose();
+  await a.dispose();
+});
+
+test('a failed checkpoint write names the last good checkpoint; resume cuts the log back to it', async (t) => {
+  const dir = tmp();
+  const options = { batchSize: 8, steps: 6, blr: 1e-2, seed: 2, checkpointEvery: 2 };
+  const straight: number[] = [];
+  const m1 = await EMAE.create(config);
+  await new Trainer(m1, data, { ...options, onStep: (s) => { straight.push(s.loss); } }).run();
+  const m2 = await EMAE.create(config);
+  const blocker = path.join(dir, 'ckpt-4.safetensors');
+  const first = new Trainer(m2, data, { ...options, outDir: dir, onStep: (s) => {
+    // a non-empty folder where the step-4 checkpoint goes: its rename fails like a full disk would
+    if (s.step === 2) { mkdirSync(blocker); writeFileSync(path.join(blocker, 'x'), 'x'); }
+  } });
+  const err = await t.throwsAsync(first.run(), { message: /training stopped at step 4: could not write the checkpoint of step 4 .*the last good checkpoint is .*ckpt-2\.safetensors/ });
+  t.truthy(err);
+  t.deepEqual(readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step), [1, 2, 3, 4]);
+  rmSync(blocker, { recursive: true });
+  const m3 = await EMAE.create(config);
+  const losses: number[] = [];
+  const second = new Trainer(m3, data, { ...options, outDir: dir, onStep: (s) => { losses.push(s.loss); } });
+  await second.resume();
+  t.is(second.step, 2);
+  t.deepEqual(await second.prepareOutDir(), { removed: [], logLinesDropped: 2 });
+  await second.run();
+  const log = readFileSync(path.join(dir, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  t.deepEqual(log.map((l) => l.step), [1, 2, 3, 4, 5, 6], 'no step logged twice');
+  t.deepEqual(log.map((l) => l.loss), straight, 'the log holds the losses of one uninterrupted run');
+  t.deepEqual(losses, straight.slice(2));
+  for (const m of [m1, m2, m3]) await m.dispose();
+});
+
+test('absurd learning rates are RangeErrors and change nothing', async (t) => {
+  const model = await EMAE.create(config);
+  const before = await model.stateDict();
+  const per = 3 * 16 * 16;
+  const { ParallelMasker } = await import('../lib/index.js');
+  const batch = { images: data.images.slice(0, 2 * per), permutation: ParallelMasker.fromConfig(model.config, 0).next(2), batchSize: 2 };
+  await t.throwsAsync(model.trainStep(batch, { lr: 1e30 }), { instanceOf: RangeError, message: /learning rate in \[0, 1\].* for lr but received 1e\+30/ });
+  await t.throwsAsync(model.applyGradients({ lr: 2 }), { instanceOf: RangeError, message: /lr/ });
+  t.deepEqual(await model.stateDict(), before);
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: 1e30 }), { instanceOf: RangeError, message: /blr/ });
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: NaN }), { instanceOf: RangeError, message: /blr/ });
+  t.throws(() => new Trainer(model, data, { batchSize: 8, steps: 1, blr: '1e-3' as any }), { instanceOf: TypeError, message: /blr/ });
+  await model.dispose();
+});
+
+test('a checkpoint records the model config and the trainer options', async (t) => {
+  const dir = tmp();
+  const model = await EMAE.create(config);
+  await new Trainer(model, data, { batchSize: 8, steps: 1, outDir: dir, blr: 1e-2, clipGrad: 0.5, accumulate: 1 }).run();
+  const { readWeightsInfo } = await import('../lib/index.js');
+  const info = await readWeightsInfo(path.join(dir, 'ckpt-1.safetensors'));
+  t.is(info.kind, 'checkpoint');
+  t.like(info.config, { imageSize: 16, depth: 2, embedDim: 32 });
+  t.like(JSON.parse(info.metadata.trainer_options), { batchSize: 8, steps: 1, blr: 1e-2, clipGrad: 0.5, accumulate: 1, seed: 0 });
+  await model.dispose();
 });

@@ -63,7 +63,7 @@ test('SIGINT writes a checkpoint and exits 130', async (t) => {
     stdout += d;
     if (/step 10\//.test(stdout) && !child.killed) child.kill('SIGINT');
   });
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));  // 'close': stdout fully read
   t.is(code, 130, stdout);
   t.regex(stdout, /SIGINT: stopped at step \d+; checkpoint written/);
   const step = Number(/stopped at step (\d+)/.exec(stdout)![1]);
@@ -88,7 +88,7 @@ async function interrupt(out: string, signals: NodeJS.Signals[], extra: string[]
     stdout += d;
     if (sent === 0 && /step 10\//.test(stdout)) send();
   });
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));  // 'close': stdout fully read
   return { code, stdout, stderr, config: big };
 }
 

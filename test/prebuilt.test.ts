@@ -5,7 +5,7 @@
 // with a copy of the addon this checkout uses standing in for the prebuilt one.
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,9 +21,14 @@ const env = () => {
   return e;
 };
 
+// each layout holds copies of the addon (megabytes): removed when the file's tests are done
+const layouts: string[] = [];
+test.after.always(() => { for (const dir of layouts) rmSync(dir, { recursive: true, force: true }); });
+
 /** A package folder with lib/native.ts, the given .node files and a probe printing what loaded. */
 function layout(files: Record<string, string | Buffer>): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'emae-prebuilt-'));
+  layouts.push(dir);
   writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'emae', type: 'module' }));
   mkdirSync(path.join(dir, 'lib'));
   copyFileSync(path.join(root, 'lib', 'native.ts'), path.join(dir, 'lib', 'native.ts'));

@@ -9,7 +9,7 @@
 // "80;90;90a"), EMAE_PREBUILD_DIR=build-prebuild (the cmake-js build folder, kept for
 // incremental rebuilds).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, realpathSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, realpathSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -44,6 +44,11 @@ mkdirSync(outDir, { recursive: true });
 const addon = path.join(outDir, 'emae.napi.glibc.node');
 copyFileSync(built, addon);
 copyFileSync(realpathSync(gomp), path.join(outDir, 'libgomp.so.1'));
+// The MPI plugin (built when CMake found MPI), which the addon loads from its own folder under
+// mpirun/srun; it links the MPI library of the machine it was built on (Open MPI 4: libmpi.so.40).
+const mpiPlugin = path.resolve(root, buildDir, 'Release', 'emae_mpi.so');
+rmSync(path.join(outDir, 'emae_mpi.so'), { force: true });
+if (existsSync(mpiPlugin)) copyFileSync(mpiPlugin, path.join(outDir, 'emae_mpi.so'));
 
 // The copy must load from its new place and find its libgomp there, not the system's.
 const deps = ldd(addon);
@@ -60,4 +65,4 @@ const mib = (f) => (statSync(f).size / 2 ** 20).toFixed(1);
 console.log(`emae: prebuilt ${path.relative(root, addon)} (${mib(addon)} MiB, ` +
   `${info.compiled ? `CPU + CUDA ${info.architectures}` : 'CPU only'}; needs glibc ${newest(/GLIBC_([\d.]+)/g)} and ` +
   `libstdc++ GLIBCXX_${newest(/GLIBCXX_([\d.]+)/g)}) ` +
-  `+ libgomp.so.1 (${mib(path.join(outDir, 'libgomp.so.1'))} MiB) in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  `+ libgomp.so.1 (${mib(path.join(outDir, 'libgomp.so.1'))} MiB)${existsSync(mpiPlugin) ? ' + emae_mpi.so' : ''} in ${((Date.now() - started) / 1000).toFixed(0)} s`);

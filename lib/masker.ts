@@ -15,8 +15,24 @@ import type { ResolvedConfig } from './config.js';
 
 type Rng = ReturnType<typeof xoroshiro128plus>;
 
-/** The most indices one next() returns: 2^28 int32 (1 GiB), far beyond any batch a model can take. */
+/** The most indices one call returns: 2^28 int32 (1 GiB), far beyond any batch a model can take. */
 const MAX_INDICES = 2 ** 28;
+
+function checkSize(batchSize: number, n: number): void {
+  if (batchSize * n > MAX_INDICES) {
+    throw invalidRangeError('batchSize', `at most ${Math.floor(MAX_INDICES / n)} (${n} patches each, ${MAX_INDICES} indices of 4 bytes in all)`,
+      batchSize);
+  }
+}
+
+/** Fills `row` with 0..n−1 shuffled by Fisher–Yates: position i takes a uniform pick among the n−i not yet placed. */
+function shuffledRange(row: Int32Array, rng: Rng): void {
+  for (let i = 0; i < row.length; i++) row[i] = i;
+  for (let i = row.length - 1; i > 0; i--) {
+    const j = uniformInt(rng, 0, i);
+    const t = row[i]; row[i] = row[j]; row[j] = t;
+  }
+}
 
 export interface ParallelMaskerOptions {
   /** N, patches per image */
@@ -95,21 +111,9 @@ export class ParallelMasker {
   next(batchSize: number): Int32Array {
     assertPositiveInteger('batchSize', batchSize);
     const n = this.numPatches;
-    if (batchSize * n > MAX_INDICES) {
-      throw invalidRangeError('batchSize', `at most ${Math.floor(MAX_INDICES / n)} (${n} patches each, ${MAX_INDICES} indices of 4 bytes in all)`,
-        batchSize);
-    }
+    checkSize(batchSize, n);
     const out = new Int32Array(batchSize * n);
-    const rng = this.#rng;
-    for (let b = 0; b < batchSize; b++) {
-      const row = out.subarray(b * n, (b + 1) * n);
-      for (let i = 0; i < n; i++) row[i] = i;
-      // Fisher–Yates: position i takes a uniform pick among the n-i not yet placed
-      for (let i = n - 1; i > 0; i--) {
-        const j = uniformInt(rng, 0, i);
-        const t = row[i]; row[i] = row[j]; row[j] = t;
-      }
-    }
+    for (let b = 0; b < batchSize; b++) shuffledRange(out.subarray(b * n, (b + 1) * n), this.#rng);
     return out;
   }
 
@@ -126,16 +130,10 @@ export class ParallelMasker {
     if (!Number.isSafeInteger(start + batchSize)) throw invalidRangeError('start', 'safe integer index', start);
     assertPositiveInteger('batchSize', batchSize);
     const n = this.numPatches;
+    checkSize(batchSize, n);
     const out = new Int32Array(batchSize * n);
-    for (let b = 0; b < batchSize; b++) {
-      const rng = xoroshiro128plusFromState(sampleState(this.#seed, start + b));
-      const row = out.subarray(b * n, (b + 1) * n);
-      for (let i = 0; i < n; i++) row[i] = i;
-      for (let i = n - 1; i > 0; i--) {
-        const j = uniformInt(rng, 0, i);
-        const t = row[i]; row[i] = row[j]; row[j] = t;
-      }
-    }
+    for (let b = 0; b < batchSize; b++)
+      shuffledRange(out.subarray(b * n, (b + 1) * n), xoroshiro128plusFromState(sampleState(this.#seed, start + b)));
     return out;
   }
 

@@ -3,10 +3,10 @@
 // is lost: after a refused call the parameters and optimizer state are as before.
 // Needs the built addon (`npm run build:native`).
 import test from 'ava';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { EMAE, ParallelMasker, cudaInfo, readSafetensors, writeSafetensors, type EMAEConfig } from '../lib/index.js';
+import { tempDir, unchanged } from './helpers/refusals.js';
 
 const tiny: EMAEConfig = {
   imageSize: 8, patchSize: 2, channels: 3, embedDim: 16, depth: 1, numHeads: 2,
@@ -28,25 +28,10 @@ function makeBatch(batchSize: number, seed = 1): { images: Float32Array; permuta
   return { images, permutation, batchSize };
 }
 
-async function tempDir(t: { teardown: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'emae-api-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 async function create(t: { teardown: (fn: () => void) => void }, extra: EMAEConfig = {}): Promise<EMAE> {
   const model = await EMAE.create({ ...tiny, ...extra });
   t.teardown(() => { void model.dispose(); });
   return model;
-}
-
-/** Runs `body`, then checks that the parameters and the optimizer state did not change. */
-async function unchanged(t: import('ava').ExecutionContext, model: EMAE, body: () => Promise<void>): Promise<void> {
-  const params = await model.stateDict();
-  const optim = await model.getOptimizerState();
-  await body();
-  t.deepEqual(await model.stateDict(), params, 'parameters changed by a refused call');
-  t.deepEqual(await model.getOptimizerState(), optim, 'optimizer state changed by a refused call');
 }
 
 // ---- bad calls: create ------------------------------------------------------------------------
@@ -176,7 +161,7 @@ test('lossAndGrads options', async (t) => {
 
 test('weights file with a missing tensor: error names it, model unchanged', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-api-');
   const file = path.join(dir, 'missing.safetensors');
   await model.saveWeights(file);
   const { tensors } = readSafetensors(await readFile(file));
@@ -192,7 +177,7 @@ test('weights file with a missing tensor: error names it, model unchanged', asyn
 
 test('weights file with a mis-shaped tensor: error names it with both shapes, model unchanged', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-api-');
   const file = path.join(dir, 'misshaped.safetensors');
   const state = await model.stateDict();
   const info = model.paramInfo();
@@ -215,7 +200,7 @@ test('weights file with a mis-shaped tensor: error names it with both shapes, mo
 
 test('weights file with a non-F32 tensor, an unexpected tensor, or corrupt bytes', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-api-');
   const file = path.join(dir, 'w.safetensors');
   const state = await model.stateDict();
   const shapes = Object.fromEntries(model.paramInfo().map((p) => [p.name, p.shape]));
@@ -364,7 +349,7 @@ test('config, device and paramInfo', async (t) => {
 test('saveWeights/loadWeights round trip, readable as safetensors with metadata format pt (and the config, a checksum)', async (t) => {
   const model = await create(t);
   await model.trainStep(makeBatch(2), { lr: 1e-2 });
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-api-');
   const file = path.join(dir, 'model.safetensors');
   await model.saveWeights(file);
   t.deepEqual(await readdir(dir), ['model.safetensors']);

@@ -253,3 +253,9 @@ test('a batch too large to hold is a RangeError naming the size, not an allocati
   t.throws(() => m.next(1e9), { instanceOf: RangeError, message: /at most 16777216 \(16 patches each, 268435456 indices.*received 1000000000/ });
   t.is(m.next(2).length, 32, 'the masker still works');
 });
+
+test('forSamples refuses a batch too large to hold, like next', (t) => {
+  const m = new ParallelMasker({ numPatches: 16, maskRatio: 0.75 });
+  t.throws(() => m.forSamples(0, 1e9), { instanceOf: RangeError, message: /at most 16777216/ });
+  t.deepEqual(m.forSamples(5, 2).subarray(16), m.forSamples(6, 1), 'a sample\'s row depends only on its index');
+});

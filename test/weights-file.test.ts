@@ -3,12 +3,12 @@
 // corrupted, truncated or other-architecture file is refused as such, with the model unchanged;
 // a file without emae metadata (as PyTorch writes one) still loads.
 import test from 'ava';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   EMAE, loadCheckpoint, readSafetensors, readWeightsInfo, saveCheckpoint, writeSafetensors, type EMAEConfig,
 } from '../lib/index.js';
+import { tempDir, unchanged } from './helpers/refusals.js';
 
 const tiny: EMAEConfig = {
   imageSize: 8, patchSize: 2, channels: 3, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 8,
@@ -21,25 +21,10 @@ const recorded = {
   consistencyDistance: 'mse', layerNormEps: 1e-6,
 };
 
-async function tempDir(t: { teardown: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'emae-weights-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 async function create(t: { teardown: (fn: () => void) => void }, extra: EMAEConfig = {}): Promise<EMAE> {
   const model = await EMAE.create({ ...tiny, ...extra });
   t.teardown(() => { void model.dispose(); });
   return model;
-}
-
-/** Runs `body`, then checks that the parameters and the optimizer state did not change. */
-async function unchanged(t: import('ava').ExecutionContext, model: EMAE, body: () => Promise<void>): Promise<void> {
-  const params = await model.stateDict();
-  const optim = await model.getOptimizerState();
-  await body();
-  t.deepEqual(await model.stateDict(), params, 'parameters changed by a refused call');
-  t.deepEqual(await model.getOptimizerState(), optim, 'optimizer state changed by a refused call');
 }
 
 /** A copy of `bytes` with one bit flipped in the last tensor's data. */
@@ -53,7 +38,7 @@ function flipped(bytes: Uint8Array): Uint8Array {
 
 test('saveWeights records the config and a checksum as string metadata, format still pt', async (t) => {
   const model = await create(t, { seed: 4, consistencyDistance: 'l1', parts: 2 });
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const file = path.join(dir, 'w.safetensors');
   await model.saveWeights(file);
   const { metadata } = readSafetensors(await readFile(file));
@@ -77,7 +62,7 @@ test('saveWeights records the config and a checksum as string metadata, format s
 
 test('a checkpoint records the config, the trainer state and extra metadata', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const file = path.join(dir, 'ckpt.safetensors');
   await saveCheckpoint(file, model, { step: 7 }, { trainer_options: JSON.stringify({ blr: 1e-3 }) });
   const info = await readWeightsInfo(file);
@@ -91,7 +76,7 @@ test('a checkpoint records the config, the trainer state and extra metadata', as
 
 test('saveCheckpoint: extra metadata must be strings and may not replace the reserved keys', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const file = path.join(dir, 'ckpt.safetensors');
   await t.throwsAsync(saveCheckpoint(file, model, {}, { sha256: 'x' }), { instanceOf: RangeError, message: /sha256/ });
   await t.throwsAsync(saveCheckpoint(file, model, {}, { emae_config: '{}' }), { instanceOf: RangeError, message: /emae_config/ });
@@ -104,7 +89,7 @@ test('saveCheckpoint: extra metadata must be strings and may not replace the res
 
 test('loadWeights accepts a checkpoint: its parameters, not its optimizer state', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const file = path.join(dir, 'ckpt.safetensors');
   await saveCheckpoint(file, model, { step: 0 });
   const other = await create(t, { seed: 5 });
@@ -118,7 +103,7 @@ test('loadWeights accepts a checkpoint: its parameters, not its optimizer state'
 
 test('a weights file or checkpoint with a flipped bit is reported as corrupt, model unchanged', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const weights = path.join(dir, 'w.safetensors'), ckpt = path.join(dir, 'ckpt.safetensors');
   await model.saveWeights(weights);
   await saveCheckpoint(ckpt, model, { step: 0 });
@@ -145,7 +130,7 @@ test('a weights file or checkpoint with a flipped bit is reported as corrupt, mo
 
 test('a truncated weights file or checkpoint is reported as corrupt, never as missing tensors', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const weights = path.join(dir, 'w.safetensors'), ckpt = path.join(dir, 'ckpt.safetensors');
   await model.saveWeights(weights);
   await saveCheckpoint(ckpt, model, { step: 0 });
@@ -169,7 +154,7 @@ test('a truncated weights file or checkpoint is reported as corrupt, never as mi
 
 test('a file saved for another architecture is refused naming the config difference', async (t) => {
   const deeper = await create(t, { depth: 2, numHeads: 4 });
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const weights = path.join(dir, 'deep.safetensors'), ckpt = path.join(dir, 'deep-ckpt.safetensors');
   await deeper.saveWeights(weights);
   await saveCheckpoint(ckpt, deeper, { step: 0 });
@@ -196,7 +181,7 @@ test('a file saved for another architecture is refused naming the config differe
 
 test('weights without emae metadata (as PyTorch saves a state dict) still load', async (t) => {
   const model = await create(t);
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   const file = path.join(dir, 'torch.safetensors');
   const state = await model.stateDict();
   await writeFile(file, writeSafetensors(Object.fromEntries(model.paramInfo().map((p) => [p.name, { data: state[p.name], shape: p.shape }])), { format: 'pt' }));
@@ -210,7 +195,7 @@ test('weights without emae metadata (as PyTorch saves a state dict) still load',
 });
 
 test('readWeightsInfo: bad arguments and files', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tempDir(t, 'emae-weights-');
   await t.throwsAsync(readWeightsInfo(42 as unknown as string), { instanceOf: TypeError, message: /file/ });
   await t.throwsAsync(readWeightsInfo(path.join(dir, 'nope.safetensors')), { code: 'ENOENT' });
   const notJson = path.join(dir, 'bad-config.safetensors');

@@ -305,3 +305,30 @@ test('the Trainer refuses a checkpoint of another global batch, naming both', as
   await t.throwsAsync(other.resume(), { message: /global batch of 8 \(batch 8 × 1 rank, accumulate 1\); this run has a global batch of 4/ });
   await model.dispose();
 });
+
+mp('allReduce across 2 ranks: sum, mean, max and min of Float32Array and Float64Array', async (t) => {
+  const dir = tmp();
+  const script = path.join(dir, 'reduce.mts');  // an ES module (top-level await) outside the package
+  writeFileSync(script, `
+    import { writeFileSync } from 'node:fs';
+    import { initDistributed } from ${JSON.stringify(path.join(root, 'lib', 'index.js'))};
+    const dist = await initDistributed();
+    const r = dist.rank;
+    const out = {
+      sum32: [...await dist.allReduce(Float32Array.of(r + 1, 0.5), 'sum')],
+      mean64: [...await dist.allReduce(Float64Array.of(2 * r, 1e300), 'mean')],
+      max32: [...await dist.allReduce(Float32Array.of(r, -r), 'max')],
+      min64: [...await dist.allReduce(Float64Array.of(r, -r), 'min')],
+      type32: (await dist.allReduce(new Float32Array(1), 'sum')).constructor.name,
+      type64: (await dist.allReduce(new Float64Array(1), 'sum')).constructor.name,
+    };
+    writeFileSync(${JSON.stringify(dir)} + '/reduce-' + r + '.json', JSON.stringify(out));
+    await dist.finalize();
+  `);
+  const r = await run(mpirun, [...mpiArgs, process.execPath, '--import=tsx', script]);
+  t.is(r.code, 0, r.output);
+  for (const rank of [0, 1]) {
+    const out = JSON.parse(readFileSync(path.join(dir, `reduce-${rank}.json`), 'utf8'));
+    t.deepEqual(out, { sum32: [3, 1], mean64: [1, 1e300], max32: [1, 0], min64: [0, -1], type32: 'Float32Array', type64: 'Float64Array' }, `rank ${rank}`);
+  }
+});

@@ -5,6 +5,7 @@
 #include <napi.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -106,6 +107,20 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
                               [](Napi::Env e) { return status_object(e, dist::status()); }));
 }
 
+// The all-reduce of a copy of a typed array, resolved as a new typed array of the same type.
+template <typename T, typename ArrayT>
+Napi::Value reduce_copy(Napi::Value value, dist::ReduceOp op, dist::ReduceType type) {
+  auto in = value.As<ArrayT>();
+  auto data = std::make_shared<std::vector<T>>(in.Data(), in.Data() + in.ElementLength());
+  return queue(new DistWorker(
+      value.Env(), "allReduce", [data, op, type] { dist::allreduce(data->data(), data->size(), type, op); },
+      [data](Napi::Env e) -> Napi::Value {
+        auto out = ArrayT::New(e, data->size());
+        std::copy(data->begin(), data->end(), out.Data());
+        return out;
+      }));
+}
+
 // distAllReduce(Float32Array | Float64Array, 'sum' | 'max' | 'min') → Promise<a reduced copy>
 Napi::Value AllReduce(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -113,28 +128,8 @@ Napi::Value AllReduce(const Napi::CallbackInfo& info) {
   if (!info[1].IsString()) throw Napi::TypeError::New(env, "Expected a string for op");
   const dist::ReduceOp op = parse_op(env, info[1].As<Napi::String>().Utf8Value());
   const auto type = info[0].As<Napi::TypedArray>().TypedArrayType();
-  if (type == napi_float32_array) {
-    auto in = info[0].As<Napi::Float32Array>();
-    auto data = std::make_shared<std::vector<float>>(in.Data(), in.Data() + in.ElementLength());
-    return queue(new DistWorker(
-        env, "allReduce", [data, op] { dist::allreduce(data->data(), data->size(), dist::ReduceType::Float32, op); },
-        [data](Napi::Env e) -> Napi::Value {
-          auto out = Napi::Float32Array::New(e, data->size());
-          std::copy(data->begin(), data->end(), out.Data());
-          return out;
-        }));
-  }
-  if (type == napi_float64_array) {
-    auto in = info[0].As<Napi::Float64Array>();
-    auto data = std::make_shared<std::vector<double>>(in.Data(), in.Data() + in.ElementLength());
-    return queue(new DistWorker(
-        env, "allReduce", [data, op] { dist::allreduce(data->data(), data->size(), dist::ReduceType::Float64, op); },
-        [data](Napi::Env e) -> Napi::Value {
-          auto out = Napi::Float64Array::New(e, data->size());
-          std::copy(data->begin(), data->end(), out.Data());
-          return out;
-        }));
-  }
+  if (type == napi_float32_array) return reduce_copy<float, Napi::Float32Array>(info[0], op, dist::ReduceType::Float32);
+  if (type == napi_float64_array) return reduce_copy<double, Napi::Float64Array>(info[0], op, dist::ReduceType::Float64);
   throw Napi::TypeError::New(env, "Expected a Float32Array or Float64Array for data");
 }
 

@@ -126,7 +126,7 @@ program
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
       outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep, overwrite: o.force === true,
     };
-    const distributed = dist.worldSize > 1 ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
+    const distributed = dist.worldSize > 1 || dist.collectives === 'nccl' ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
       mpi: dist.mpiLibrary, effectiveBatch: o.batch * o.accumulate * dist.worldSize } : undefined;
     say(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels }, trainer: trainerOptions, ...(distributed ? { distributed } : {}) }, null, 2));
     const bar = dist.isMain && o.progress && process.stdout.isTTY
@@ -134,7 +134,7 @@ program
       : undefined;
     const trainer = new Trainer(model, data, {
       ...trainerOptions,
-      ...(dist.worldSize > 1 ? { distributed: dist } : {}),
+      ...(dist.worldSize > 1 || dist.collectives === 'nccl' ? { distributed: dist } : {}),
       onStep: (s) => {
         if (!dist.isMain) return;
         const payload = { loss: s.loss.toFixed(4), recon: s.recon.toFixed(4), cons: s.consistency.toFixed(4), lr: s.lr.toExponential(2), ips: s.imagesPerSecond.toFixed(0) };

@@ -51,7 +51,7 @@ interface NativeDistStatus {
 interface DistAddon extends NativeAddon {
   distBuildInfo(): { mpi: boolean; mpiPlugin: string; ncclLoader: boolean };
   distStatus(): NativeDistStatus;
-  distInit(options: { collectives: Collectives }): Promise<NativeDistStatus>;
+  distInit(options: { collectives: Collectives; single?: boolean }): Promise<NativeDistStatus>;
   distAllReduce<T extends Float32Array | Float64Array>(data: T, op: 'sum' | 'max' | 'min'): Promise<T>;
   distAllReduceGrads(model: NativeModel, options: { average: boolean; bucketFloats: number }): Promise<void>;
   distBarrier(): Promise<void>;
@@ -171,7 +171,7 @@ export class Distributed {
     const average = options.average ?? true;
     if (typeof average !== 'boolean') throw invalidTypeError('average', 'boolean', average);
     this.#assertActive();
-    if (this.worldSize === 1) return;
+    if (this.worldSize === 1 && this.collectives !== 'nccl') return;
     await this.#serial(() => withNativeHandle(model, (handle) => addon().distAllReduceGrads(handle, { average, bucketFloats: this.#bucketFloats })));
   }
 
@@ -185,7 +185,7 @@ export class Distributed {
   async finalize(): Promise<void> {
     if (this.#finalized) return;
     this.#finalized = true;
-    if (this.worldSize > 1) await this.#serial(() => addon().distFinalize());
+    if (this.worldSize > 1 || this.collectives === 'nccl') await this.#serial(() => addon().distFinalize());
   }
 
   /**
@@ -255,7 +255,11 @@ export async function initDistributed(options: DistributedOptions = {}): Promise
   }
   const bucketFloats = Math.floor((bucketMiB * 2 ** 20) / 4);
   let status: NativeDistStatus;
-  if (worldSize === 1) {
+  if (worldSize === 1 && collectives === 'nccl') {
+    // one process asking for NCCL: a one-rank communicator, no MPI (checks NCCL on one GPU through
+    // the whole data-parallel step); an error says why where NCCL or a GPU is missing
+    status = await addon().distInit({ collectives, single: true });  // its errors name initDistributed
+  } else if (worldSize === 1) {
     // one rank: no MPI at all
     status = { initialized: false, rank: 0, size: 1, localRank: 0, localSize: 1, cudaDevice: 0, collectives: 'none',
       mpiLibrary: '', ncclVersion: '', ncclUnavailable: '', threadLevel: 0 };

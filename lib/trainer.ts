@@ -258,6 +258,8 @@ export class Trainer {
     const o = this.#opts, c = this.#model.config;
     const per = c.channels * c.imageSize * c.imageSize;
     const W = this.#world, rank = this.#dist?.rank ?? 0, main = rank === 0;
+    // the data-parallel step (accumulate, all-reduce, apply): more than one rank, or one rank over NCCL
+    const collective = W > 1 || this.#dist?.collectives === 'nccl';
     const baseLr = scaledLr(o.blr, o.batchSize * o.accumulate * W);  // MAE: the effective batch
     const outDir = main ? o.outDir : undefined;  // rank 0 writes the log and the checkpoints
     await this.prepareOutDir();
@@ -285,7 +287,7 @@ export class Trainer {
           const sample = (this.#state.step * o.accumulate + micro) * o.batchSize * W + rank * o.batchSize;
           const permutation = this.#masker.forSamples(sample, o.batchSize);
           const input = { images, permutation, batchSize: o.batchSize };
-          if (W > 1) {
+          if (collective) {
             const m = await this.#model.accumulateGradients(input, { consistencyWeight, reset: micro === 0 });
             sums.loss += m.loss / o.accumulate;
             sums.recon += m.recon / o.accumulate;

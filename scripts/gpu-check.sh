@@ -4,7 +4,7 @@
 # racecheck) on a small step. Logs and a summary go to $OUT.
 # Prepare here: npm run build (nvcc present → CUDA for 80;90), scripts/device-pack.sh; then
 #   device run: bash scripts/gpu-check.sh   with carry [.device, dist]
-# Environment: SKIP_BENCH=1, SKIP_SANITIZER=1, BENCH_BATCHES=64,128
+# Environment: SKIP_BENCH=1, SKIP_SANITIZER=1, SKIP_DIST=1, BENCH_BATCHES=64,128
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
@@ -29,6 +29,12 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...
 
 phase smoke 60 node scripts/gpu-smoke.mjs 3
 phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+# data parallelism on one GPU: one process over a one-rank NCCL communicator (PyTorch's NCCL wheel)
+if [ "${SKIP_DIST:-0}" != 1 ]; then
+  nccl_dir=$(python3 -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null)
+  export EMAE_NCCL_LIBRARY=${EMAE_NCCL_LIBRARY:-$nccl_dir/lib/libnccl.so.2}
+  phase dist_nccl 120 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=2m test/distributed.test.ts --match 'one process*'
+fi
 # kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90) when present
 [ -x .device/attention_check ] && phase attention_check 90 .device/attention_check
 if [ "${SKIP_BENCH:-0}" != 1 ]; then

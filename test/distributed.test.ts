@@ -332,3 +332,61 @@ mp('allReduce across 2 ranks: sum, mean, max and min of Float32Array and Float64
     t.deepEqual(out, { sum32: [3, 1], mean64: [1, 1e300], max32: [1, 0], min64: [0, -1], type32: 'Float32Array', type64: 'Float64Array' }, `rank ${rank}`);
   }
 });
+
+// One process asking for NCCL: a one-rank communicator through the whole data-parallel step
+// (accumulate, NCCL all-reduce, apply), which must train as the plain step does. Runs in a child
+// process (a process joins one job at most); needs a CUDA device and libnccl.so.2 (on the GPU
+// machine: EMAE_NCCL_LIBRARY=<site-packages>/nvidia/nccl/lib/libnccl.so.2).
+const singleNccl = async (device: 'cpu' | 'cuda') => {
+  const dir = tmp();
+  const script = path.join(dir, 'single-nccl.mts');
+  writeFileSync(script, `
+    import { writeFileSync } from 'node:fs';
+    import { EMAE, Trainer, initDistributed } from ${JSON.stringify(path.join(root, 'lib', 'index.js'))};
+    const out = { error: '', plain: [] as number[], nccl: [] as number[], collectives: '' };
+    try {
+      const dist = await initDistributed({ collectives: 'nccl' });
+      out.collectives = dist.collectives;
+      const config = { imageSize: 16, patchSize: 4, channels: 3, embedDim: 32, depth: 1, numHeads: 2, decoderEmbedDim: 32,
+        decoderDepth: 1, decoderNumHeads: 2, mlpRatio: 2, device: '${device}' as const, seed: 3 };
+      const images = new Float32Array(32 * 3 * 16 * 16).map((_, i) => Math.sin(i * 0.37));
+      for (const [name, extra] of [['plain', {}], ['nccl', { distributed: dist }]] as const) {
+        const model = await EMAE.create(config);
+        await new Trainer(model, { images, count: 32 }, { batchSize: 8, steps: 5, blr: 1e-2, seed: 1, ...extra,
+          onStep: (s) => { out[name].push(s.loss); } }).run();
+        await model.dispose();
+      }
+      await dist.finalize();
+    } catch (err) {
+      out.error = (err as Error).message;
+    }
+    writeFileSync(${JSON.stringify(path.join(dir, 'out.json'))}, JSON.stringify(out));
+  `);
+  const r = await run(process.execPath, ['--import=tsx', script]);
+  return { code: r.code, output: r.output, ...JSON.parse(readFileSync(path.join(dir, 'out.json'), 'utf8')) };
+};
+
+{
+  const { cudaInfo } = await import('../lib/index.js');
+  const info = cudaInfo();
+  // where a GPU is usable the test below runs the step instead
+  (info.compiled && info.devices.length > 0 ? test.skip : test)('one process with collectives nccl: a clear error without a GPU or NCCL', async (t) => {
+    const r = await singleNccl('cpu');
+    t.is(r.code, 0, r.output);
+    t.regex(r.error, /^initDistributed: collectives 'nccl' was asked for but NCCL is not usable: (no CUDA device|this build of emae has no CUDA backend)/);
+  });
+}
+
+{
+  const { cudaInfo } = await import('../lib/index.js');
+  const info = cudaInfo();
+  const why = !info.compiled ? 'the addon has no CUDA backend' : info.devices.length === 0 ? `no CUDA device (${info.error})` : undefined;
+  if (why) console.log(`distributed.test: the one-process NCCL step is skipped: ${why}`);
+  (why ? test.skip : test.serial)('one process over NCCL trains as the plain step does (GPU)', async (t) => {
+    const r = await singleNccl('cuda');
+    t.is(r.error, '', r.output);
+    t.is(r.collectives, 'nccl');
+    t.is(r.nccl.length, 5);
+    for (let i = 0; i < 5; i++) t.true(Math.abs(r.nccl[i] - r.plain[i]) <= 1e-5 * Math.abs(r.plain[i]), `step ${i + 1}: ${r.nccl[i]} vs ${r.plain[i]}`);
+  });
+}

@@ -84,11 +84,37 @@ BuildInfo build_info() {
 const Status& status() { return g_status; }
 int cuda_device() { return g_status.cuda_device; }
 
-const Status& init(const std::string& collectives) {
+// One process, NCCL alone (no MPI): a one-rank communicator on device 0.
+const Status& init_single_nccl() {
+  std::string why;
+#if EMAE_WITH_CUDA
+  Status s;
+  if (nccl::device_count() == 0) {
+    why = "no CUDA device";
+  } else {
+    why = nccl::load(&s.nccl_version);
+  }
+  if (why.empty()) {
+    s.initialized = true;
+    s.collectives = "nccl";
+    g_status = s;
+    return g_status;
+  }
+#else
+  why = "this build of emae has no CUDA backend (built without a CUDA compiler)";
+#endif
+  throw std::runtime_error("collectives 'nccl' was asked for but NCCL is not usable: " + why);
+}
+
+const Status& init(const std::string& collectives, bool single) {
   if (collectives != "auto" && collectives != "mpi" && collectives != "nccl")
     throw RangeError("Expected 'auto', 'mpi' or 'nccl' for collectives but received '" + collectives + "'");
   if (g_finalized) throw std::runtime_error("initDistributed: MPI was finalized in this process and cannot start again");
   if (g_status.initialized) return g_status;
+  if (single) {
+    if (collectives != "nccl") throw RangeError("a single process joins no job except with collectives 'nccl'");
+    return init_single_nccl();
+  }
   const EmaeMpiApi& api = load_plugin();
   char err[512] = {0};
   EmaeMpiInit info{};
@@ -149,15 +175,15 @@ void allreduce(void* data, size_t count, ReduceType type, ReduceOp op) {
 }
 
 void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
-  const EmaeMpiApi& api = mpi();
+  if (!g_status.initialized) throw std::runtime_error("no distributed job: call initDistributed() first");
   char err[512] = {0};
   float* grads = model.grad_buffer();
   const size_t total = model.layout().total;
   Backend& be = model.backend();
   const cuda::CudaPlacement where = cuda::placement_of(be);
   if (where.device < 0) {
-    // CPU model: the gradients are host memory; MPI reduces them in place
-    check(api.allreduce(grads, total, EMAE_MPI_FLOAT32, EMAE_MPI_SUM, err, sizeof err), err);
+    // CPU model: the gradients are host memory; MPI reduces them in place (one rank: nothing to do)
+    if (g_status.size > 1) check(mpi().allreduce(grads, total, EMAE_MPI_FLOAT32, EMAE_MPI_SUM, err, sizeof err), err);
   } else if (g_status.collectives == "nccl") {
 #if EMAE_WITH_CUDA
     if (!nccl::ready()) {
@@ -166,13 +192,14 @@ void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
                                  " but this rank's device is " + std::to_string(g_status.cuda_device) +
                                  " (create models after initDistributed())");
       nccl::init(g_status.rank, g_status.size, where.device, [&](void* buf, size_t bytes) {
-        check(api.broadcast(buf, bytes, 0, err, sizeof err), err);
+        if (g_status.size > 1) check(mpi().broadcast(buf, bytes, 0, err, sizeof err), err);  // rank 0's id to all
       });
     }
     nccl::allreduce_sum(grads, total, where.stream);  // one bucket: the whole contiguous buffer
 #endif
   } else {
     // host-staged: bucket by bucket, device → host, MPI, host → device
+    const EmaeMpiApi& api = mpi();
     const size_t bucket = std::max<size_t>(1, std::min(bucket_floats, total));
     std::vector<float> host(bucket);
     for (size_t at = 0; at < total; at += bucket) {
@@ -201,7 +228,7 @@ void finalize() {
 #endif
   char err[512] = {0};
   g_finalized = true;
-  check(g_mpi->finalize(err, sizeof err), err);
+  if (g_mpi) check(g_mpi->finalize(err, sizeof err), err);  // none for a single NCCL process
 }
 
 void abort(int code) {

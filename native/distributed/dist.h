@@ -42,7 +42,9 @@ BuildInfo build_info();
 // device (local rank, modulo the devices this node has) and the collectives: 'auto' takes NCCL
 // when every rank can load it and has a GPU of its own, else MPI; 'nccl' requires it; 'mpi'
 // never uses it. Collective over every rank. Throws with what to install when MPI is missing.
-const Status& init(const std::string& collectives);
+// `single`: a process no launcher started, asking for NCCL alone (collectives 'nccl', world size
+// 1, no MPI): the whole data-parallel step over a one-rank communicator, to check NCCL on one GPU.
+const Status& init(const std::string& collectives, bool single = false);
 const Status& status();
 // The CUDA device new CUDA models use (0 outside a job).
 int cuda_device();

@@ -100,10 +100,12 @@ Napi::Value Status(const Napi::CallbackInfo& info) { return status_object(info.E
 // distInit({ collectives }) → Promise<status>
 Napi::Value Init(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const std::string collectives = get_string(get_object(info[0], "distributed options"), "collectives");
+  const Napi::Object o = get_object(info[0], "distributed options");
+  const std::string collectives = get_string(o, "collectives");
+  const bool single = o.Has("single") && get_bool(o, "single");
   if (collectives != "auto" && collectives != "mpi" && collectives != "nccl")
     throw Napi::RangeError::New(env, "Expected 'auto', 'mpi' or 'nccl' for collectives but received '" + collectives + "'");
-  return queue(new DistWorker(env, "initDistributed", [collectives] { dist::init(collectives); },
+  return queue(new DistWorker(env, "initDistributed", [collectives, single] { dist::init(collectives, single); },
                               [](Napi::Env e) { return status_object(e, dist::status()); }));
 }
 

@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Distributed, EMAE, Trainer, initDistributed, launcherEnvironment, readSafetensors } from '../lib/index.js';
+import { Distributed, EMAE, Trainer, cudaInfo, initDistributed, launcherEnvironment, readSafetensors } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { gratings } from './helpers/synthetic.js';
 
@@ -367,7 +367,6 @@ const singleNccl = async (device: 'cpu' | 'cuda') => {
 };
 
 {
-  const { cudaInfo } = await import('../lib/index.js');
   const info = cudaInfo();
   // where a GPU is usable the test below runs the step instead
   (info.compiled && info.devices.length > 0 ? test.skip : test)('one process with collectives nccl: a clear error without a GPU or NCCL', async (t) => {
@@ -378,7 +377,6 @@ const singleNccl = async (device: 'cpu' | 'cuda') => {
 }
 
 {
-  const { cudaInfo } = await import('../lib/index.js');
   const info = cudaInfo();
   const why = !info.compiled ? 'the addon has no CUDA backend' : info.devices.length === 0 ? `no CUDA device (${info.error})` : undefined;
   if (why) console.log(`distributed.test: the one-process NCCL step is skipped: ${why}`);

@@ -4,13 +4,13 @@
 //   emae pretrain [options]        EMAE pretraining on synthetic, IDX or CIFAR-10 data
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { outDirError } from './run-folder.js';
 import path from 'node:path';
 import sharp from 'sharp';
 import { resolveConfig } from './config.js';
 import { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
 import { lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
-import { architectureDifference, readWeightsInfo } from './weights-file.js';
+import { architectureDifference, readSavedConfig } from './weights-file.js';
+import { outDirError } from './run-folder.js';
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { loadCifar10, loadIdx, syntheticShapes, type LabelledImageSet } from './data.js';
@@ -126,7 +126,8 @@ program
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
       outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep, overwrite: o.force === true,
     };
-    const distributed = dist.worldSize > 1 || dist.collectives === 'nccl' ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
+    const parallel = dist.worldSize > 1 || dist.collectives === 'nccl';  // the Trainer's data-parallel step
+    const distributed = parallel ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
       mpi: dist.mpiLibrary, effectiveBatch: o.batch * o.accumulate * dist.worldSize } : undefined;
     say(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels }, trainer: trainerOptions, ...(distributed ? { distributed } : {}) }, null, 2));
     const bar = dist.isMain && o.progress && process.stdout.isTTY
@@ -134,7 +135,7 @@ program
       : undefined;
     const trainer = new Trainer(model, data, {
       ...trainerOptions,
-      ...(dist.worldSize > 1 || dist.collectives === 'nccl' ? { distributed: dist } : {}),
+      ...(parallel ? { distributed: dist } : {}),
       onStep: (s) => {
         if (!dist.isMain) return;
         const payload = { loss: s.loss.toFixed(4), recon: s.recon.toFixed(4), cons: s.consistency.toFixed(4), lr: s.lr.toExponential(2), ips: s.imagesPerSecond.toFixed(0) };
@@ -202,7 +203,8 @@ program
 // is built from it (the data must fit it), with them they must agree with it on the architecture.
 // Otherwise the image size and channels come from the data unless the config fixes them.
 async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model: EMAE; data: Data }> {
-  if (o.weights) o.savedConfig = { file: o.weights, config: (await readWeightsInfo(o.weights)).config };
+  // the header alone: loadWeights reads and verifies the whole file once the model exists
+  if (o.weights) o.savedConfig = { file: o.weights, config: await readSavedConfig(o.weights) };
   // kept on `o`: probe builds its test data with `{ ...o, weights: undefined }` and must fit the same model
   const saved: EMAEConfig | undefined = o.savedConfig?.config;
   const savedFile: string | undefined = o.savedConfig?.file;

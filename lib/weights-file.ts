@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { resolveConfig, type EMAEConfig, type ResolvedConfig } from './config.js';
 import { assertString } from './errors.js';
-import { readSafetensors, type SafetensorsDType, type SafetensorsTensor } from './safetensors.js';
+import { readSafetensors, readSafetensorsMetadata, type SafetensorsDType, type SafetensorsTensor } from './safetensors.js';
 
 export const CHECKPOINT_FORMAT = 'emae-checkpoint/1';
 export const CONFIG_KEY = 'emae_config';
@@ -103,17 +103,37 @@ export function parseWeightsFile(bytes: Uint8Array, file: string, noun = 'safete
       throw new RangeError(`${file}: checksum mismatch, the ${noun} is corrupted (its tensors or saved config changed after it was written)`);
     }
   }
-  let config: EMAEConfig | undefined;
-  if (savedConfig !== undefined) {
-    try {
-      config = JSON.parse(savedConfig);
-      resolveConfig(config);
-    } catch (err) {
-      throw new RangeError(`${file}: the model config saved in it (metadata ${CONFIG_KEY}) is not valid: ${(err as Error).message}`);
-    }
-  }
+  const config = parseSavedConfig(savedConfig, file);
   const shapes = Object.fromEntries(Object.entries(tensors).map(([name, t]) => [name, { dtype: t.dtype, shape: t.shape }]));
   return { kind, ...(config !== undefined ? { config } : {}), verified: sum !== undefined, metadata, tensors: shapes, data: tensors };
+}
+
+function parseSavedConfig(saved: string | undefined, file: string): EMAEConfig | undefined {
+  if (saved === undefined) return undefined;
+  try {
+    const config = JSON.parse(saved) as EMAEConfig;
+    resolveConfig(config);
+    return config;
+  } catch (err) {
+    throw new RangeError(`${file}: the model config saved in it (metadata ${CONFIG_KEY}) is not valid: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The model config a file was saved with (undefined for files from elsewhere), from its header
+ * alone: nothing is verified here, so follow with loadWeights or loadCheckpoint, which check the
+ * checksum (it covers the config too) before anything is loaded.
+ * @throws {RangeError} a header that does not parse (corrupt or truncated), an invalid saved config
+ */
+export async function readSavedConfig(file: string): Promise<EMAEConfig | undefined> {
+  let metadata: Record<string, string>;
+  try {
+    metadata = await readSafetensorsMetadata(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== undefined) throw err;  // ENOENT and the like, as they are
+    throw new RangeError(`${file}: not a readable safetensors file, the file is corrupt or truncated (${(err as Error).message})`);
+  }
+  return parseSavedConfig(metadata[CONFIG_KEY], file);
 }
 
 /**

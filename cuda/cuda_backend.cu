@@ -8,6 +8,7 @@
 
 #include "core/errors.h"
 #include "cuda/attention.cuh"
+#include "cuda/classifier.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_backend.h"
 #include "cuda/gemm.cuh"
@@ -186,6 +187,36 @@ class CudaBackend final : public Backend {
     const int32_t* position_of = positions(perm, g);
     double* scratch = scratch_.get_as<double>(loss_scratch_doubles(g));
     return cuda::loss_forward_backward(dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
+  }
+
+  // ---- fine-tuning (cuda/classifier.cuh) -------------------------------------------------------
+  void column_sum_accumulate(float* dst, const float* src, int R, int C) override {
+    bind();
+    float* scratch = scratch_.get_as<float>(column_sum_chunked_scratch_floats(R, C));
+    cuda::column_sum_accumulate_chunked(dst, src, R, C, scratch, stream_);
+  }
+  void pool_tokens_forward(float* pooled, const float* x, int S, int T, int D, bool mean) override {
+    bind();
+    cuda::pool_tokens_forward(pooled, x, S, T, D, mean, stream_);
+  }
+  void pool_tokens_backward(float* dx, const float* dpooled, int S, int T, int D, bool mean) override {
+    bind();
+    cuda::pool_tokens_backward(dx, dpooled, S, T, D, mean, stream_);
+  }
+  void residual_scaled_forward(float* out, const float* res, const float* branch, const float* keep, int S,
+                               size_t n) override {
+    bind();
+    cuda::residual_scaled_forward(out, res, branch, keep, S, n, stream_);
+  }
+  void scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) override {
+    bind();
+    cuda::scale_rows(out, inp, keep, S, n, stream_);
+  }
+  double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B,
+                                        int C) override {
+    bind();
+    double* scratch = scratch_.get_as<double>(cross_entropy_scratch_doubles(B));
+    return cuda::cross_entropy_forward_backward(dlogits, logits, targets, B, C, scratch, stream_);
   }
 
   double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {

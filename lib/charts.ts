@@ -71,3 +71,46 @@ export async function readStepLog(file: string): Promise<CurvePoint[]> {
     return { step, loss, recon, consistency };
   });
 }
+
+export interface BudgetPoint {
+  /** the method (one line each), e.g. 'MAE' / 'EMAE' */
+  method: string;
+  /** pretraining time, minutes */
+  minutes: number;
+  /** e.g. 'fine-tune', 'linear probe', 'kNN' */
+  metric: string;
+  value: number;
+}
+
+/**
+ * Accuracy against pretraining time: one panel per metric, one line per method; `baselines`
+ * (e.g. training from scratch) as dashed horizontal rules in their metric's panel.
+ */
+export async function accuracyVsTimeSvg(points: readonly BudgetPoint[], baselines: readonly { metric: string; label: string; value: number }[] = []): Promise<string> {
+  const metrics = [...new Set(points.map((p) => p.metric))];
+  return render({
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    data: { values: [...points.map((p) => ({ ...p, kind: 'run' })), ...baselines.map((b) => ({ metric: b.metric, method: b.label, value: b.value, kind: 'baseline' }))] },
+    facet: { column: { field: 'metric', type: 'nominal', sort: metrics, title: null } },
+    spec: {
+      width: 240, height: 200,
+      layer: [
+        {
+          transform: [{ filter: "datum.kind === 'run'" }],
+          mark: { type: 'line', point: true, strokeWidth: 1.5 },
+          encoding: {
+            x: { field: 'minutes', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'pretraining minutes (one CPU thread)' },
+            y: { field: 'value', type: 'quantitative', scale: { zero: false }, title: 'test top-1' },
+            color: { field: 'method', type: 'nominal' },
+          },
+        },
+        {
+          transform: [{ filter: "datum.kind === 'baseline'" }],
+          mark: { type: 'rule', strokeDash: [4, 4] },
+          encoding: { y: { field: 'value', type: 'quantitative' }, color: { field: 'method', type: 'nominal' } },
+        },
+      ],
+    },
+    resolve: { scale: { y: 'independent' } },
+  } as vegaLite.TopLevelSpec);
+}

@@ -2,6 +2,7 @@
 // The emae command line (commander):
 //   emae info                      version, backends built, CUDA devices, CPU threads
 //   emae pretrain [options]        EMAE pretraining on synthetic, IDX or CIFAR-10 data
+//   emae finetune / evaluate       fine-tuning a pretrained encoder as a classifier (lib/cli-finetune.ts)
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -19,9 +20,10 @@ import type { BatchSource } from './trainer.js';
 import { EMAE, cpuInfo, cudaInfo, nativeBinding, presetNames, version, type EMAEConfig } from './index.js';
 import { Trainer } from './trainer.js';
 import { currentDistributed, initDistributed, isCollectiveError, type Collectives } from './distributed.js';
+import { registerFinetuneCommands } from './cli-finetune.js';
 
 const program = new Command();
-program.name('emae').description('EMAE (masked autoencoder) pretraining of Vision Transformers').version(version);
+program.name('emae').description('EMAE (masked autoencoder) pretraining and fine-tuning of Vision Transformers').version(version);
 
 program
   .command('info')
@@ -431,6 +433,8 @@ async function firstImagesFrom(data: Data, start: number, count: number): Promis
   if ('images' in data) return { images: data.images.slice(start * per, (start + count) * per), labels };
   return { images: await data.load(Int32Array.from({ length: count }, (_, i) => start + i), 0), labels };
 }
+
+registerFinetuneCommands(program, { num, loadData });
 
 program.parseAsync().catch(async (err: Error) => {
   const dist = currentDistributed();

@@ -49,6 +49,8 @@ export function cpuInfo(): CpuInfo {
 
 /** The package version (package.json; lib/ and dist/ both sit one level below it). */
 export const version: string = (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export { Classifier, resolveClassifierConfig } from './classifier.js';
+export type { ClassifierBatch, ClassifierConfig, ClassifierParamInfo, FinetuneStepOptions, ResolvedClassifierConfig } from './classifier.js';
 export { Trainer } from './trainer.js';
 export { Distributed, currentDistributed, initDistributed, isCollectiveError, launcherEnvironment } from './distributed.js';
 export type { Collectives, DistributedOptions, LauncherEnvironment, ReduceOp } from './distributed.js';
@@ -57,6 +59,8 @@ export { ImageFolder, randomResizedCropBox } from './folder.js';
 export type { ImageFolderOptions, UnreadableImage } from './folder.js';
 export { loadCifar10, loadIdx, parseIdx, syntheticShapes } from './data.js';
 export type { LabelledImageSet, Normalization } from './data.js';
+export { Mixup, augmentBatch, smoothOneHot } from './finetune-data.js';
+export type { AugmentOptions, MixBox, MixupOptions, MixupResult } from './finetune-data.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
 export { readWeightsInfo } from './weights-file.js';
 export type { WeightsFileInfo } from './weights-file.js';
@@ -64,5 +68,7 @@ export { lrAt, scaledLr } from './schedule.js';
 export type { LrSchedule } from './schedule.js';
 export { consistencyMeasure, knnAccuracy, linearProbe } from './evaluate.js';
 export type { Features, ProbeOptions } from './evaluate.js';
-export { lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
-export type { CurvePoint } from './charts.js';
+export { accuracyVsTimeSvg, lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
+export type { BudgetPoint, CurvePoint } from './charts.js';
+export { FineTuner, top1Accuracy, saveClassifierCheckpoint, loadClassifierCheckpoint } from './finetune.js';
+export type { FinetuneEpochInfo, FinetuneOptions, FinetuneStepInfo } from './finetune.js';

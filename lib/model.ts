@@ -15,6 +15,7 @@ import {
 import { ParallelMasker, validatePermutation } from './masker.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
 import { writeFileAtomic, writeSafetensors, type SafetensorsData } from './safetensors.js';
+import { CallQueue, checkTensors, product, shapeText } from './call-queue.js';
 import { architectureDifference, configMetadata, parseWeightsFile } from './weights-file.js';
 
 export type Device = 'cpu' | 'cuda';
@@ -95,7 +96,6 @@ export interface LoadOptions {
 const TRAIN_OPTION_KEYS = ['lr', 'weightDecay', 'beta1', 'beta2', 'eps', 'clipGrad', 'consistencyWeight'] as const;
 const LOSS_OPTION_KEYS = ['consistencyWeight'] as const;
 const LOAD_OPTION_KEYS = ['strict'] as const;
-const MAX_LISTED_PROBLEMS = 8;
 
 const constructToken = Symbol('EMAE.create');
 
@@ -114,8 +114,6 @@ function checkOptim(op: string, options: TrainStepOptions, keys: readonly string
   return { lr, weightDecay, beta1, beta2, eps, clipGrad };
 }
 
-const shapeText = (shape: readonly number[]): string => `[${shape.join(',')}]`;
-const product = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
 /**
  * Internal (lib/distributed.ts): runs `fn` with the model's native handle in the model's call
@@ -136,10 +134,8 @@ export class EMAE {
   #device: Device;
   #params: readonly ParamInfo[];
   #disposed = false;
-  /** settles when every call so far has finished */
-  #tail: Promise<unknown> = Promise.resolve();
-  /** calls started or waiting */
-  #pending = 0;
+  /** the model's calls, one at a time in call order */
+  readonly #queue = new CallQueue(() => this.#assertAlive());
 
   /** Use {@link EMAE.create}. */
   private constructor(token: symbol, handle: NativeModel, config: ResolvedConfig, device: Device) {
@@ -246,7 +242,7 @@ export class EMAE {
         ? { data: value.data, shape: value.shape as readonly number[] }
         : { data: value };
     }
-    const checked = this.#checkTensors(tensors, strict, 'state dict');
+    const checked = checkTensors(this.#params, tensors, strict, 'state dict');
     await this.#enqueue(context, () => this.#setParams(checked));
   }
 
@@ -282,7 +278,7 @@ export class EMAE {
         // a checkpoint holds the parameters as param.<name> beside the AdamW moments
         tensors = Object.fromEntries(Object.entries(data).filter(([n]) => n.startsWith('param.')).map(([n, t]) => [n.slice(6), t]));
       }
-      checked = this.#checkTensors(tensors, strict, file);
+      checked = checkTensors(this.#params, tensors, strict, file);
     } catch (err) {
       throw withCallerStack(err, context);
     }
@@ -357,7 +353,7 @@ export class EMAE {
       throw new RangeError(`Expected images of length batchSize·${per} = ${batchSize * per} but received length ${images.length}`);
     const pool = options.pool ?? 'cls';
     if (pool !== 'cls' && pool !== 'mean') throw invalidRangeError('pool', "'cls' or 'mean'", pool);
-    const input = { images: this.#pending > 0 ? images.slice() : images, batchSize };
+    const input = { images: this.#queue.pending > 0 ? images.slice() : images, batchSize };
     const tokens = await this.#enqueue(context, () => this.#handle.encode(input));
     const T = 1 + c.numPatches, D = c.embedDim;
     const out = new Float32Array(batchSize * D);
@@ -512,12 +508,10 @@ export class EMAE {
    * with "EMAE model has been disposed". Calling it again does nothing.
    */
   dispose(): Promise<void> {
-    if (this.#disposed) return this.#tail.then(() => undefined);
+    if (this.#disposed) return this.#queue.settled();
     this.#disposed = true;
     const handle = this.#handle;
-    const done = this.#tail.then(() => { if (!handle.disposed) handle.dispose(); });
-    this.#tail = done.catch(() => undefined);
-    return done;
+    return this.#queue.last(() => { if (!handle.disposed) handle.dispose(); });
   }
 
   // ---- internals ----------------------------------------------------------------------------
@@ -526,29 +520,9 @@ export class EMAE {
     if (this.#disposed) throw new Error(DISPOSED_MESSAGE);
   }
 
-  /**
-   * Runs `fn` after every earlier call on this model has settled, immediately (synchronously)
-   * when none is pending. Native rejections get the caller's stack.
-   */
+  /** Runs `fn` after every earlier call on this model has settled (CallQueue.run). */
   #enqueue<T>(context: Error, fn: () => T | Promise<T>): Promise<T> {
-    const start = (): T | Promise<T> => {
-      this.#assertAlive();
-      return fn();
-    };
-    let run: Promise<T>;
-    if (this.#pending === 0) {
-      try {
-        run = Promise.resolve(start());
-      } catch (err) {
-        run = Promise.reject(err);
-      }
-    } else {
-      run = this.#tail.then(start);
-    }
-    this.#pending++;
-    const settled = run.finally(() => { this.#pending--; });
-    this.#tail = settled.catch(() => undefined);
-    return settled.catch((err: unknown) => { throw withCallerStack(err, context); });
+    return this.#queue.run(context, fn);
   }
 
   #consistencyWeight(options: LossOptions): number {
@@ -572,72 +546,13 @@ export class EMAE {
         `${batchSize}·${c.channels}·${c.imageSize}·${c.imageSize} = ${want} but received length ${images.length}`);
     }
     validatePermutation(permutation, batchSize, c.numPatches);
-    const wait = this.#pending > 0;
+    const wait = this.#queue.pending > 0;
     return {
       images: wait ? images.slice() : images,
       permutation: wait ? permutation.slice() : permutation,
       batchSize,
       consistencyWeight,
     };
-  }
-
-  /**
-   * Checks tensors against paramInfo(): kind (F32), shape, missing and unexpected names. Returns
-   * the Float32Array per parameter (missing ones, when not strict, absent). All problems are
-   * listed; the error's class is that of the first.
-   */
-  #checkTensors(
-    tensors: Record<string, { data: unknown; shape?: readonly number[]; dtype?: string }>,
-    strict: boolean,
-    source: string,
-  ): Record<string, Float32Array> {
-    const problems: Array<TypeError | RangeError> = [];
-    const out: Record<string, Float32Array> = {};
-    const known = new Set(this.#params.map((p) => p.name));
-    for (const p of this.#params) {
-      const t = Object.hasOwn(tensors, p.name) ? tensors[p.name] : undefined;
-      if (t === undefined || t.data === undefined) {
-        if (strict) problems.push(new RangeError(`${p.name}: missing from the ${describeSource(source)} (expected shape ${shapeText(p.shape)})`));
-        continue;
-      }
-      if (t.dtype !== undefined && t.dtype !== 'F32') {
-        problems.push(new TypeError(`${p.name}: expected dtype F32 but the file has ${t.dtype}`));
-        continue;
-      }
-      if (!isFloat32Array(t.data)) {
-        problems.push(invalidTypeError(p.name, 'Float32Array', t.data));
-        continue;
-      }
-      if (t.shape !== undefined) {
-        if (!Array.isArray(t.shape) || t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
-          const has = Array.isArray(t.shape) ? shapeText(t.shape) : describeValue(t.shape);
-          problems.push(new RangeError(`${p.name}: expected shape ${shapeText(p.shape)} but the ${describeSource(source)} has ${has}`));
-          continue;
-        }
-        if (t.data.length !== product(p.shape)) {
-          problems.push(new RangeError(`${p.name}: shape ${shapeText(p.shape)} needs ${product(p.shape)} elements but the data has ${t.data.length}`));
-          continue;
-        }
-      } else if (t.data.length !== product(p.shape)) {
-        problems.push(new RangeError(`${p.name}: expected ${product(p.shape)} elements (shape ${shapeText(p.shape)}) ` +
-          `but received Float32Array(${t.data.length})`));
-        continue;
-      }
-      out[p.name] = t.data;
-    }
-    if (strict) {
-      for (const name of Object.keys(tensors)) {
-        if (!known.has(name)) problems.push(new RangeError(`${name}: unexpected tensor in the ${describeSource(source)} (not a parameter of this model; pass { strict: false } to ignore it)`));
-      }
-    }
-    if (problems.length > 0) {
-      const first = problems[0];
-      const listed = problems.slice(0, MAX_LISTED_PROBLEMS).map((e) => e.message);
-      const more = problems.length > MAX_LISTED_PROBLEMS ? `; and ${problems.length - MAX_LISTED_PROBLEMS} more` : '';
-      const ErrorClass = first instanceof TypeError ? TypeError : RangeError;
-      throw new ErrorClass(`cannot load ${source === 'state dict' ? 'the state dict' : source}: ${listed.join('; ')}${more}`);
-    }
-    return out;
   }
 
   /** Fills parameters not given (non-strict loads) with their current values, then one native write. */
@@ -647,10 +562,6 @@ export class EMAE {
     for (const p of this.#params) dict[p.name] = full[p.name];
     this.#handle.setParams(dict);
   }
-}
-
-function describeSource(source: string): string {
-  return source === 'state dict' ? 'state dict' : 'file';
 }
 
 function checkLoadOptions(options: unknown): boolean {
@@ -666,7 +577,7 @@ function checkLoadOptions(options: unknown): boolean {
  * compute capability 8.0 or newer, else the CPU. 'cuda' without such a device is refused with
  * what the addon reported, so the user sees why.
  */
-function pickDevice(requested: ResolvedConfig['device'], cudaInfo: () => NativeCudaInfo): Device {
+export function pickDevice(requested: ResolvedConfig['device'], cudaInfo: () => NativeCudaInfo): Device {
   if (requested === 'cpu') return 'cpu';
   const info = cudaInfo();
   const usable = info.compiled && info.devices.length > 0 && Number(info.devices[0].computeCapability) >= 8;

@@ -109,6 +109,38 @@ export interface NativeModel {
   readonly disposed: boolean;
 }
 
+export interface NativeClassifierConfig {
+  imageSize: number; patchSize: number; channels: number; embedDim: number; depth: number; numHeads: number;
+  mlpRatio: number; numClasses: number; globalPool: boolean; dropPath: number; layerNormEps: number;
+  seed: number; threads: number; device: 'cpu' | 'cuda'; cpuMatmul: 'fp32' | 'bf16';
+}
+
+export interface NativeClassifierBatch {
+  /** (B, C, H, W) */
+  images: Float32Array;
+  /** (B, numClasses) soft targets; not for predict */
+  targets?: Float32Array;
+  /** (depth, 2, B) drop-path factors of each block's attention and MLP branch; absent: no drop path */
+  keep?: Float32Array;
+  batchSize: number;
+}
+
+/** The native fine-tuning model (native/classifier_wrap.cc). */
+export interface NativeClassifier {
+  paramInfo(): Array<NativeParamInfo & { layer: number }>;
+  getParams(): Record<string, Float32Array>;
+  setParams(params: Record<string, Float32Array>): void;
+  getOptimizerState(): NativeOptimizerState;
+  setOptimizerState(state: NativeOptimizerState): void;
+  lossAndGrads(batch: NativeClassifierBatch): Promise<{ loss: number; grads: Record<string, Float32Array> }>;
+  trainStep(batch: NativeClassifierBatch, optim: NativeOptimOptions & { layerDecay: number }): Promise<{ loss: number; gradNorm: number; step: number }>;
+  /** logits (B, numClasses) */
+  predict(batch: NativeClassifierBatch): Promise<Float32Array>;
+  dispose(): void;
+  readonly disposed: boolean;
+  readonly backend: string;
+}
+
 export interface NativeCudaInfo {
   /** the addon was built with the CUDA backend */
   compiled: boolean;
@@ -122,6 +154,8 @@ export interface NativeCudaInfo {
 export interface NativeAddon {
   /** Builds a model (allocation, MAE initialization, upload to the device) off the JS thread. */
   createModel(config: NativeModelConfig): Promise<NativeModel>;
+  /** Builds a fine-tuning classifier (MAE's models_vit) off the JS thread. */
+  createClassifier(config: NativeClassifierConfig): Promise<NativeClassifier>;
   cudaInfo(): NativeCudaInfo;
   /** OpenMP threads available by default */
   defaultThreads(): number;

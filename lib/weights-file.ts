@@ -16,6 +16,8 @@ import { readSafetensors, readSafetensorsMetadata, type SafetensorsDType, type S
 export const CHECKPOINT_FORMAT = 'emae-checkpoint/1';
 export const CONFIG_KEY = 'emae_config';
 export const CHECKSUM_KEY = 'sha256';
+/** a fine-tuning classifier's config (lib/classifier.ts), covered by the checksum like emae_config */
+export const CLASSIFIER_CONFIG_KEY = 'emae_classifier_config';
 
 /**
  * The config keys a file records: the network and its training objective. Not device, threads,
@@ -99,7 +101,7 @@ export function parseWeightsFile(bytes: Uint8Array, file: string, noun = 'safete
   const savedConfig = metadata[CONFIG_KEY];
   const sum = metadata[CHECKSUM_KEY];
   if (sum !== undefined || kind === 'checkpoint') {
-    if (weightsChecksum(tensors, savedConfig) !== sum) {
+    if (weightsChecksum(tensors, savedConfig ?? metadata[CLASSIFIER_CONFIG_KEY]) !== sum) {
       throw new RangeError(`${file}: checksum mismatch, the ${noun} is corrupted (its tensors or saved config changed after it was written)`);
     }
   }

@@ -6,6 +6,7 @@
 #include "cpu/gemm.h"
 #include "cpu/gemm_amx.h"
 #include "cuda/device_info.h"
+#include "classifier_wrap.h"
 #include "model_wrap.h"
 
 namespace emae::napi {
@@ -61,9 +62,13 @@ Napi::Value CpuBf16Available(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Function model_class = ModelWrap::Define(env);
-  env.SetInstanceData(new Napi::FunctionReference(Napi::Persistent(model_class)));  // for createModel
+  Napi::Function classifier_class = ClassifierWrap::Define(env);
+  auto* data = new AddonData{Napi::Persistent(model_class), Napi::Persistent(classifier_class)};
+  env.SetInstanceData(data);  // for createModel / createClassifier
   exports.Set("Model", model_class);
   exports.Set("createModel", Napi::Function::New<ModelWrap::CreateAsync>(env, "createModel"));
+  exports.Set("Classifier", classifier_class);
+  exports.Set("createClassifier", Napi::Function::New<ClassifierWrap::CreateAsync>(env, "createClassifier"));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
   exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
   exports.Set("cpuGemmKernel", Napi::Function::New<CpuGemmKernel>(env, "cpuGemmKernel"));

@@ -53,6 +53,12 @@ class Runner {
     std::vector<float> init(n, 0.f);
     return track(key, static_cast<float*>(place(init.data(), n * sizeof(float))), n);
   }
+  // an input the op overwrites in place (the aliasing the contract allows): placed from
+  // tensors[in_key] and returned under out_key
+  float* in_place(const char* in_key, const char* out_key, size_t n) {
+    auto arr = get_typed_array<float>(tensors_.Get(in_key), in_key, (int64_t)n);
+    return track(out_key, static_cast<float*>(place(arr.Data(), n * sizeof(float))), n);
+  }
   void host_value(const char* key, double v) { host_values_[key] = v; }
   bool has_dim(const std::string& key) const { return dims_.Has(key); }
   Napi::Env env() const { return env_; }
@@ -208,6 +214,48 @@ void run(const std::string& name, Backend& be, Runner& r) {
     r.host_value("loss", l.loss);
     r.host_value("recon", l.recon);
     r.host_value("consistency", l.consistency);
+  } else if (name == "column_sum_accumulate") {
+    const int R = r.dim("R"), C = r.dim("C");
+    const float* src = r.in("src", (size_t)R * C);
+    be.column_sum_accumulate(r.acc("dst", C), src, R, C);
+  } else if (name == "pool_tokens_forward" || name == "pool_tokens_backward") {
+    const int S = r.dim("S"), T = r.dim("T"), D = r.dim("D");
+    const bool mean = r.dim("mean") != 0;
+    // the backends' precondition, checked here so both refuse alike (the CPU would divide by 0)
+    if (S < 1 || D < 1 || T < (mean ? 2 : 1))
+      throw Napi::RangeError::New(r.env(), "testBackendOp: pool needs S >= 1, D >= 1 and T >= 2 (mean) or 1 (cls)");
+    if (name == "pool_tokens_forward") {
+      const float* x = r.in("x", (size_t)S * T * D);
+      be.pool_tokens_forward(r.out("pooled", (size_t)S * D), x, S, T, D, mean);
+    } else {
+      const float* dpooled = r.in("dpooled", (size_t)S * D);
+      be.pool_tokens_backward(r.out("dx", (size_t)S * T * D), dpooled, S, T, D, mean);
+    }
+  } else if (name == "residual_scaled_forward" || name == "scale_rows") {
+    // dims.alias: 0 out separate; residual_scaled_forward 1 out = res, 2 out = branch (as in
+    // core/blocks.cc); scale_rows 1 out = inp. The result is "out" in every case.
+    const int S = r.dim("S"), n = r.dim("n");
+    const int alias = r.has_dim("alias") ? r.dim("alias") : 0;
+    const size_t count = (size_t)S * n;
+    const float* keep = r.in("keep", S);
+    if (name == "scale_rows") {
+      if (alias > 1) throw Napi::RangeError::New(r.env(), "testBackendOp: scale_rows alias must be 0 or 1");
+      float* out = alias == 1 ? r.in_place("inp", "out", count) : nullptr;
+      const float* inp = out ? out : r.in("inp", count);
+      be.scale_rows(out ? out : r.out("out", count), inp, keep, S, n);
+    } else {
+      if (alias > 2) throw Napi::RangeError::New(r.env(), "testBackendOp: residual_scaled_forward alias must be 0, 1 or 2");
+      float* out = nullptr;
+      const float* res = alias == 1 ? (out = r.in_place("res", "out", count)) : r.in("res", count);
+      const float* branch = alias == 2 ? (out = r.in_place("branch", "out", count)) : r.in("branch", count);
+      be.residual_scaled_forward(out ? out : r.out("out", count), res, branch, keep, S, n);
+    }
+  } else if (name == "cross_entropy") {
+    const int B = r.dim("B"), C = r.dim("C");
+    if (B < 1 || C < 1) throw Napi::RangeError::New(r.env(), "testBackendOp: cross_entropy needs B >= 1, C >= 1");
+    const float* logits = r.in("logits", (size_t)B * C);
+    const float* targets = r.in("targets", (size_t)B * C);
+    r.host_value("loss", be.cross_entropy_forward_backward(r.out("dlogits", (size_t)B * C), logits, targets, B, C));
   } else if (name == "adamw" || name == "grad_norm") {
     // segments given as dims size0/decay0, size1/decay1, … laid out back to back
     std::vector<ParamSegment> segments;

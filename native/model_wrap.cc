@@ -11,6 +11,7 @@
 #include "cuda/cuda_backend.h"
 #include "distributed/dist.h"
 #include "napi_util.h"
+#include "wrap_common.h"
 
 namespace emae::napi {
 namespace {
@@ -53,20 +54,6 @@ ModelConfig parse_config(const Napi::Object& o, std::string& device) {
   c.seed = (uint32_t)seed;
   c.threads = get_int(o, "threads", 1);
   return c;
-}
-
-OptimOptions parse_optim(const Napi::Object& o) {
-  OptimOptions opt;
-  opt.lr = (float)get_number(o, "lr");
-  opt.weight_decay = (float)get_number(o, "weightDecay");
-  opt.beta1 = (float)get_number(o, "beta1");
-  opt.beta2 = (float)get_number(o, "beta2");
-  opt.eps = (float)get_number(o, "eps");
-  opt.clip_grad = (float)get_number(o, "clipGrad");
-  if (opt.lr < 0 || opt.weight_decay < 0 || opt.eps <= 0 || opt.clip_grad < 0 || opt.beta1 < 0 || opt.beta1 >= 1 ||
-      opt.beta2 < 0 || opt.beta2 >= 1)
-    throw Napi::RangeError::New(o.Env(), "optimizer options out of range (lr, weightDecay, clipGrad >= 0; eps > 0; betas in [0, 1))");
-  return opt;
 }
 
 // A batch copied out of JS memory.
@@ -113,42 +100,23 @@ Napi::Object losses_object(Napi::Env env, const LossValues& l) {
   return o;
 }
 
-// name → Float32Array views over one copy of a flat host buffer, for the specs selected.
-template <typename Pred>
-Napi::Object tensors_object(Napi::Env env, const ParamLayout& layout, const std::vector<float>& flat, Pred select) {
-  size_t total = 0;
-  for (const auto& s : layout.specs)
-    if (select(s)) total += s.size;
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, total * sizeof(float));
-  float* dst = static_cast<float*>(buffer.Data());
-  Napi::Object out = Napi::Object::New(env);
-  size_t at = 0;
-  for (const auto& s : layout.specs) {
-    if (!select(s)) continue;
-    std::copy(flat.begin() + s.offset, flat.begin() + s.offset + s.size, dst + at);
-    out.Set(s.name, Napi::Float32Array::New(env, s.size, buffer, at * sizeof(float)));
-    at += s.size;
-  }
-  return out;
-}
-
-// Reads name → Float32Array for the selected specs into a flat buffer; every entry is checked
-// before the caller writes anything.
-template <typename Pred>
-void read_tensors(const Napi::Value& v, const ParamLayout& layout, std::vector<float>& flat, const char* what,
-                  Pred select) {
-  Napi::Object o = get_object(v, what);
-  for (const auto& s : layout.specs) {
-    if (!select(s)) continue;
-    if (!o.Has(s.name)) throw Napi::RangeError::New(v.Env(), std::string(what) + ": missing tensor " + s.name);
-    auto arr = get_typed_array<float>(o.Get(s.name), std::string(what) + "." + s.name, (int64_t)s.size);
-    std::copy(arr.Data(), arr.Data() + s.size, flat.begin() + s.offset);
-  }
-}
-
 // ---- async workers -------------------------------------------------------------------------
 
 }  // namespace
+
+OptimOptions parse_optim(const Napi::Object& o) {
+  OptimOptions opt;
+  opt.lr = (float)get_number(o, "lr");
+  opt.weight_decay = (float)get_number(o, "weightDecay");
+  opt.beta1 = (float)get_number(o, "beta1");
+  opt.beta2 = (float)get_number(o, "beta2");
+  opt.eps = (float)get_number(o, "eps");
+  opt.clip_grad = (float)get_number(o, "clipGrad");
+  if (opt.lr < 0 || opt.weight_decay < 0 || opt.eps <= 0 || opt.clip_grad < 0 || opt.beta1 < 0 || opt.beta1 >= 1 ||
+      opt.beta2 < 0 || opt.beta2 >= 1)
+    throw Napi::RangeError::New(o.Env(), "optimizer options out of range (lr, weightDecay, clipGrad >= 0; eps > 0; betas in [0, 1))");
+  return opt;
+}
 
 JobFailure run_job(const std::function<void()>& job) {
   try {
@@ -297,10 +265,9 @@ class CreateWorker : public Napi::AsyncWorker {
       deferred_.Reject(make_error(env, failure_.kind, "createModel: " + failure_.message, failure_.code).Value());
       return;
     }
-    Napi::FunctionReference* ctor = env.GetInstanceData<Napi::FunctionReference>();
     Model* raw = model_.release();
     try {
-      deferred_.Resolve(ctor->New({Napi::External<Model>::New(env, raw)}));
+      deferred_.Resolve(env.GetInstanceData<AddonData>()->model.New({Napi::External<Model>::New(env, raw)}));
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
     }

@@ -13,6 +13,11 @@
 
 namespace emae::napi {
 
+// Per-environment data of the addon: the constructors createModel / createClassifier resolve with.
+struct AddonData {
+  Napi::FunctionReference model, classifier;
+};
+
 // What a worker's native job failed with; OnOK rejects the promise with it.
 struct JobFailure {
   bool failed = false;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/classifier_ops.h"
 #include "cpu/gemm_amx.h"
 #include "cpu/ops.h"
 #include "napi_util.h"
@@ -212,6 +213,38 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
     *c.output("loss", 1) = (T)l.loss;
     *c.output("recon", 1) = (T)l.recon;
     *c.output("consistency", 1) = (T)l.consistency;
+  } else if (name == "pool_tokens_forward" || name == "pool_tokens_backward") {
+    const int S = c.dim("S"), Tn = c.dim("T"), D = c.dim("D");
+    const bool mean = c.dim("mean") != 0;
+    if (S < 1 || Tn < 2 || D < 1) throw Napi::RangeError::New(c.call.env, "testOp: pool needs S >= 1, T >= 2, D >= 1");
+    if (name == "pool_tokens_forward")
+      pool_tokens_forward(c.output("pooled", (size_t)S * D), c.input("x", (size_t)S * Tn * D), S, Tn, D, mean);
+    else
+      pool_tokens_backward(c.output("dx", (size_t)S * Tn * D), c.input("dpooled", (size_t)S * D), S, Tn, D, mean);
+  } else if (name == "residual_scaled_forward" || name == "scale_rows") {
+    const int S = c.dim("S"), n = c.dim("n");
+    const T* keep = c.input("keep", S);
+    const T* inp = c.input(name == "scale_rows" ? "inp" : "branch", (size_t)S * n);
+    if (name == "scale_rows") {
+      scale_rows(c.output("out", (size_t)S * n), inp, keep, S, n);
+    } else {
+      const T* res = c.input("res", (size_t)S * n);
+      residual_scaled_forward(c.output("out", (size_t)S * n), res, inp, keep, S, n);
+    }
+  } else if (name == "cross_entropy") {
+    const int B = c.dim("B"), C = c.dim("C");
+    if (B < 1 || C < 1) throw Napi::RangeError::New(c.call.env, "testOp: cross_entropy needs B >= 1, C >= 1");
+    const T* logits = c.input("logits", (size_t)B * C);
+    const T* targets = c.input("targets", (size_t)B * C);
+    T* dlogits = c.output("dlogits", (size_t)B * C);
+    *c.output("loss", 1) = (T)cross_entropy_forward_backward(dlogits, logits, targets, B, C);
+  } else if (name == "column_sum_accumulate") {
+    const int R = c.dim("R"), C = c.dim("C");
+    const T* src = c.input("src", (size_t)R * C);
+    const T* dst0 = c.input("dst", C);
+    T* dst = c.output("dst", C);
+    std::copy(dst0, dst0 + C, dst);
+    column_sum_accumulate(dst, src, R, C);
   } else if (name == "adamw") {
     const int n = c.dim("n");
     AdamWScalars s;

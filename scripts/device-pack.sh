@@ -11,7 +11,7 @@ tar --exclude=node_modules/typescript --exclude=node_modules/@types -cJf .device
 cp "$(g++ -print-file-name=libgomp.so.1)" .device/
 cp build/Release/emae.node .device/emae.node
 # the standalone kernel checks (Hopper build; rebuild on the device for another architecture)
-for check in gemm_check attention_check; do
+for check in gemm_check attention_check classifier_check; do
   if [ -f "cuda/dev/$check.cu" ]; then
     nvcc -std=c++17 -O3 -arch=sm_90 -I. -Inative "cuda/dev/$check.cu" -o ".device/$check"
   fi

@@ -37,6 +37,7 @@ if [ "${SKIP_DIST:-0}" != 1 ]; then
 fi
 # kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90) when present
 [ -x .device/attention_check ] && phase attention_check 90 .device/attention_check
+[ -x .device/classifier_check ] && phase classifier_check 60 .device/classifier_check
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   phase bench 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench.json"
   grep -E '^\|' "$OUT/bench.log" >> "$SUMMARY"

@@ -51,6 +51,12 @@ const plans: Record<string, Plan> = {
     replace: [['--steps 1000', '--steps 2 --batch 16'], ['ckpt-1000', 'ckpt-2'], ['ckpt-300', 'ckpt-3'],
       ['--pad-to 32 --out runs/fm', '--pad-to 32 --limit 512 --epochs 2 --out runs/fm']],
   },
+  'README.md#Fine-tuning': {
+    needs: 'fashion-mnist',
+    why: 'fine-tuning the 2-step checkpoint of the block above takes one epoch on 128 images (batch 16); evaluate takes 128 test images',
+    replace: [['ckpt-1000', 'ckpt-2'], ['--epochs 5 --out runs/fm-ft', '--epochs 1 --limit 128 --batch 16 --out runs/fm-ft'],
+      ['npx emae evaluate ', 'npx emae evaluate --limit 128 ']],
+  },
   'README.md#Many GPUs and machines': {
     needs: 'mpirun',
     why: 'no GPUs, second machine or Slurm here: the CPU ranks run, 2 of their 20 steps',

@@ -126,6 +126,27 @@ class Backend {
                                            const int32_t* perm, const PartGeometry& g, float lambda,
                                            bool l1) = 0;
 
+  // ---- fine-tuning (core/classifier.cc, DESIGN.md §3b) ---------------------------------------
+  // dst (C) += Σ_rows src (R, C), summed in a fixed order (the trainable pos_embed's gradient:
+  // R sequences of C = T·D values)
+  virtual void column_sum_accumulate(float* dst, const float* src, int R, int C) = 0;
+  // pooled (S, D) from x (S, T, D): mean over tokens 1..T−1 when mean (global pool; the cls
+  // token at row 0 excluded), else token 0 (the cls token)
+  virtual void pool_tokens_forward(float* pooled, const float* x, int S, int T, int D, bool mean) = 0;
+  // dx (S, T, D) assigned: dpooled / (T − 1) on tokens 1..T−1 and 0 on token 0 when mean,
+  // else dpooled on token 0 and 0 elsewhere
+  virtual void pool_tokens_backward(float* dx, const float* dpooled, int S, int T, int D, bool mean) = 0;
+  // Drop path on a residual branch: out (S, n) = res + keep[s] · branch, keep (S) ∈ {0, 1/(1−p)}.
+  // out may alias branch or res.
+  virtual void residual_scaled_forward(float* out, const float* res, const float* branch, const float* keep,
+                                       int S, size_t n) = 0;
+  // out (S, n) = keep[s] · inp (S, n) (the branch's gradient under drop path); out may alias inp
+  virtual void scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) = 0;
+  // Softmax cross-entropy of logits (B, C) against soft targets (B, C) (rows summing to 1),
+  // mean over the batch: returns the loss, writes dlogits = (softmax − targets) / B. A host sync.
+  virtual double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets,
+                                                int B, int C) = 0;
+
   // ---- optimizer ---------------------------------------------------------------------------
   // Σ g² over the segments (trainable parameters), in double.
   virtual double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) = 0;

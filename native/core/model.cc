@@ -11,85 +11,10 @@
 #include <cstring>
 #include <string>
 
+#include "core/blocks.h"
 #include "core/errors.h"
 
 namespace emae {
-
-namespace {
-
-// One transformer block's activations (saved for the backward).
-struct BlockActs {
-  const float* x_in;   // (R, D) residual stream in
-  float* ln1;          // (R, D)
-  float* ln1_mean;     // (R)
-  float* ln1_rstd;     // (R)
-  float* qkv;          // (R, 3D)
-  float* att;          // (R, D) attention output before proj
-  float* lse;          // (S, heads, T)
-  float* x_mid;        // (R, D) residual after attention
-  float* ln2;          // (R, D)
-  float* ln2_mean;     // (R)
-  float* ln2_rstd;     // (R)
-  float* fc1;          // (R, H) before GELU
-  float* act;          // (R, H) after GELU
-  float* x_out;        // (R, D) residual stream out
-};
-
-// Dimensions of a stack of blocks (encoder or decoder).
-struct StackDims {
-  int S, T, D, H, heads;
-  int rows() const { return S * T; }
-};
-
-// Bump allocator: take() hands out byte offsets (64-byte aligned) disguised as pointers; once
-// the total is known and allocated, rebase() turns each into a real pointer.
-class ArenaPlanner {
- public:
-  template <typename T> T* take(size_t count) {
-    const size_t offset = bytes_;
-    bytes_ += (count * sizeof(T) + 63) & ~size_t(63);
-    return reinterpret_cast<T*>(offset);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  size_t bytes_ = 0;
-};
-
-template <typename T> T* rebase(T* offset_ptr, char* base) {
-  return reinterpret_cast<T*>(base + reinterpret_cast<uintptr_t>(offset_ptr));
-}
-
-void block_forward(Backend& be, const float* params, const BlockOffsets& o, const BlockActs& a,
-                   const StackDims& d, float eps) {
-  const int R = d.rows(), D = d.D, H = d.H;
-  be.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.x_in, params + o.norm1_w, params + o.norm1_b, R, D, eps);
-  be.matmul_forward(a.qkv, a.ln1, params + o.qkv_w, params + o.qkv_b, nullptr, R, D, 3 * D);
-  be.attention_forward(a.att, a.lse, a.qkv, d.S, d.T, d.heads, D / d.heads);
-  be.matmul_forward(a.x_mid, a.att, params + o.proj_w, params + o.proj_b, a.x_in, R, D, D);
-  be.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.x_mid, params + o.norm2_w, params + o.norm2_b, R, D, eps);
-  be.matmul_gelu_forward(a.fc1, a.act, a.ln2, params + o.fc1_w, params + o.fc1_b, R, D, H);
-  be.matmul_forward(a.x_out, a.act, params + o.fc2_w, params + o.fc2_b, a.x_mid, R, H, D);
-}
-
-// dres (R, D): on entry d x_out, on exit d x_in (the residual stream gradient flows through
-// both skip connections and the branches accumulate into it). wide (R, max(3D, H)) and narrow
-// (R, D) are scratch.
-void block_backward(Backend& be, const float* params, float* grads, const BlockOffsets& o, const BlockActs& a,
-                    const StackDims& d, float* dres, float* wide, float* narrow, bool assign) {
-  const int R = d.rows(), D = d.D, H = d.H;
-  be.matmul_backward_gelu(wide, grads + o.fc2_w, grads + o.fc2_b, dres, a.act, params + o.fc2_w, a.fc1, R, H, D, assign);
-  be.matmul_backward(narrow, grads + o.fc1_w, grads + o.fc1_b, wide, a.ln2, params + o.fc1_w, R, D, H, assign);
-  be.layernorm_backward(dres, grads + o.norm2_w, grads + o.norm2_b, narrow, a.x_mid, params + o.norm2_w,
-                        a.ln2_mean, a.ln2_rstd, R, D);
-  be.matmul_backward(narrow, grads + o.proj_w, grads + o.proj_b, dres, a.att, params + o.proj_w, R, D, D, assign);
-  be.attention_backward(wide, narrow, a.qkv, a.att, a.lse, d.S, d.T, d.heads, D / d.heads);
-  be.matmul_backward(narrow, grads + o.qkv_w, grads + o.qkv_b, wide, a.ln1, params + o.qkv_w, R, D, 3 * D, assign);
-  be.layernorm_backward(dres, grads + o.norm1_w, grads + o.norm1_b, narrow, a.x_in, params + o.norm1_w,
-                        a.ln1_mean, a.ln1_rstd, R, D);
-}
-
-}  // namespace
 
 struct Model::Arena {
   Backend* backend = nullptr;
@@ -220,34 +145,14 @@ std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visibl
   a->cols = pl.take<float>((size_t)S * V * c.channels * c.patch_size * c.patch_size);
   a->emb = pl.take<float>((size_t)S * V * D);
   a->x0 = pl.take<float>((size_t)R * D);
-  auto plan_stack = [&](const StackDims& d, int depth, std::vector<BlockActs>& out) {
-    const size_t rows = d.rows();
-    for (int l = 0; l < depth; ++l) {
-      BlockActs b{};
-      b.ln1 = pl.take<float>(rows * d.D);
-      b.ln1_mean = pl.take<float>(rows);
-      b.ln1_rstd = pl.take<float>(rows);
-      b.qkv = pl.take<float>(rows * 3 * d.D);
-      b.att = pl.take<float>(rows * d.D);
-      b.lse = pl.take<float>((size_t)d.S * d.heads * d.T);
-      b.x_mid = pl.take<float>(rows * d.D);
-      b.ln2 = pl.take<float>(rows * d.D);
-      b.ln2_mean = pl.take<float>(rows);
-      b.ln2_rstd = pl.take<float>(rows);
-      b.fc1 = pl.take<float>(rows * d.H);
-      b.act = pl.take<float>(rows * d.H);
-      b.x_out = pl.take<float>(rows * d.D);
-      out.push_back(b);
-    }
-  };
-  plan_stack(a->enc, c.depth, a->blocks);
+  plan_blocks(pl, a->enc, c.depth, a->blocks);
   a->latent = pl.take<float>((size_t)R * D);
   a->latent_mean = pl.take<float>(R);
   a->latent_rstd = pl.take<float>(R);
   if (decoder) {
     a->y = pl.take<float>((size_t)R * Dd);
     a->z0 = pl.take<float>((size_t)Rd * Dd);
-    plan_stack(a->dec, c.decoder_depth, a->dec_blocks);
+    plan_blocks(pl, a->dec, c.decoder_depth, a->dec_blocks);
     a->dnorm = pl.take<float>((size_t)Rd * Dd);
     a->dnorm_mean = pl.take<float>(Rd);
     a->dnorm_rstd = pl.take<float>(Rd);
@@ -267,20 +172,13 @@ std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visibl
   char* base = static_cast<char*>(a->memory);
   auto fix = [&](auto*& p) { p = rebase(p, base); };
   fix(a->images); fix(a->perm); fix(a->cols); fix(a->emb); fix(a->x0);
-  for (auto* stack : {&a->blocks, &a->dec_blocks})
-    for (auto& b : *stack) {
-      fix(b.ln1); fix(b.ln1_mean); fix(b.ln1_rstd); fix(b.qkv); fix(b.att); fix(b.lse); fix(b.x_mid);
-      fix(b.ln2); fix(b.ln2_mean); fix(b.ln2_rstd); fix(b.fc1); fix(b.act); fix(b.x_out);
-    }
   fix(a->latent); fix(a->latent_mean); fix(a->latent_rstd);
   if (decoder) {
     fix(a->y); fix(a->z0); fix(a->dnorm); fix(a->dnorm_mean); fix(a->dnorm_rstd); fix(a->pred); fix(a->target);
     fix(a->dpred); fix(a->dres); fix(a->narrow); fix(a->wide); fix(a->dy); fix(a->demb);
   }
-  // chain the residual stream: each block reads the previous block's output
-  for (size_t l = 0; l < a->blocks.size(); ++l) a->blocks[l].x_in = l == 0 ? a->x0 : a->blocks[l - 1].x_out;
-  for (size_t l = 0; l < a->dec_blocks.size(); ++l)
-    a->dec_blocks[l].x_in = l == 0 ? a->z0 : a->dec_blocks[l - 1].x_out;
+  rebase_blocks(a->blocks, base, a->x0);  // and chains the residual streams
+  if (decoder) rebase_blocks(a->dec_blocks, base, a->z0);
   return a;
 }
 

@@ -17,6 +17,7 @@ struct ParamSpec {
   size_t size = 0;
   bool trainable = true;  // false: the fixed sin-cos positional embeddings
   bool decay = true;      // AdamW weight decay: ndim >= 2 and not a bias (timm add_weight_decay)
+  int layer = 0;          // fine-tuning's layer id for the layer-wise lr decay (classifier.h)
 };
 
 // Offsets of one transformer block's tensors.

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/errors.h"
+#include "cpu/classifier_ops.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_amx.h"
 #include "cpu/ops.h"
@@ -97,6 +98,27 @@ class CpuBackend final : public Backend {
   LossValues loss_forward_backward(float* dpred, const float* pred, const float* target, const int32_t* perm,
                                    const PartGeometry& g, float lambda, bool l1) override {
     return cpu::loss_forward_backward(dpred, pred, target, perm, g, lambda, l1);
+  }
+
+  void column_sum_accumulate(float* dst, const float* src, int R, int C) override {
+    cpu::column_sum_accumulate(dst, src, R, C);
+  }
+  void pool_tokens_forward(float* pooled, const float* x, int S, int T, int D, bool mean) override {
+    cpu::pool_tokens_forward(pooled, x, S, T, D, mean);
+  }
+  void pool_tokens_backward(float* dx, const float* dpooled, int S, int T, int D, bool mean) override {
+    cpu::pool_tokens_backward(dx, dpooled, S, T, D, mean);
+  }
+  void residual_scaled_forward(float* out, const float* res, const float* branch, const float* keep, int S,
+                               size_t n) override {
+    cpu::residual_scaled_forward(out, res, branch, keep, S, n);
+  }
+  void scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) override {
+    cpu::scale_rows(out, inp, keep, S, n);
+  }
+  double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B,
+                                        int C) override {
+    return cpu::cross_entropy_forward_backward(dlogits, logits, targets, B, C);
   }
 
   double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {

@@ -1,0 +1,348 @@
+#include "classifier_wrap.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "compute_thread.h"
+#include "cpu/cpu_backend.h"
+#include "cuda/cuda_backend.h"
+#include "distributed/dist.h"
+#include "model_wrap.h"
+#include "napi_util.h"
+#include "wrap_common.h"
+
+namespace emae::napi {
+namespace {
+
+ClassifierConfig parse_config(const Napi::Object& o, std::string& device) {
+  device = get_string(o, "device");
+  if (device != "cpu" && device != "cuda")
+    throw Napi::RangeError::New(o.Env(), "Expected 'cpu' or 'cuda' for device but received '" + device + "'");
+  ClassifierConfig c;
+  c.image_size = get_int(o, "imageSize", 1);
+  c.patch_size = get_int(o, "patchSize", 1);
+  c.channels = get_int(o, "channels", 1);
+  c.embed_dim = get_int(o, "embedDim", 1);
+  c.depth = get_int(o, "depth", 1);
+  c.num_heads = get_int(o, "numHeads", 1);
+  const double hidden = get_number(o, "mlpRatio") * c.embed_dim;
+  if (!(hidden > 0) || hidden != std::floor(hidden))
+    throw Napi::RangeError::New(o.Env(), "mlpRatio must be positive and give a whole MLP width");
+  c.mlp_hidden = (int)hidden;
+  c.num_classes = get_int(o, "numClasses", 2);
+  c.global_pool = get_bool(o, "globalPool");
+  c.drop_path = (float)get_number(o, "dropPath");
+  c.layer_norm_eps = (float)get_number(o, "layerNormEps");
+  const std::string cpu_matmul = get_string(o, "cpuMatmul");
+  if (cpu_matmul != "fp32" && cpu_matmul != "bf16")
+    throw Napi::RangeError::New(o.Env(), "Expected 'fp32' or 'bf16' for cpuMatmul but received '" + cpu_matmul + "'");
+  c.cpu_bf16_matmul = cpu_matmul == "bf16";
+  const double seed = get_number(o, "seed");
+  if (seed < 0 || seed > 4294967295.0 || seed != std::floor(seed))
+    throw Napi::RangeError::New(o.Env(), "Expected an unsigned 32-bit integer for seed");
+  c.seed = (uint32_t)seed;
+  c.threads = get_int(o, "threads", 1);
+  return c;
+}
+
+// A batch copied out of JS memory: images, soft targets, optional drop-path factors.
+struct ClassifierBatch {
+  std::vector<float> images, targets, keep;
+  int batch = 0;
+};
+
+ClassifierBatch parse_batch(const Napi::Value& v, const ClassifierConfig& c, bool with_targets) {
+  Napi::Object o = get_object(v, "batch");
+  ClassifierBatch b;
+  b.batch = get_int(o, "batchSize", 1);
+  auto images = get_typed_array<float>(o.Get("images"), "images",
+                                       (int64_t)b.batch * c.channels * c.image_size * c.image_size);
+  b.images.assign(images.Data(), images.Data() + images.ElementLength());
+  if (!with_targets) return b;
+  auto targets = get_typed_array<float>(o.Get("targets"), "targets", (int64_t)b.batch * c.num_classes);
+  b.targets.assign(targets.Data(), targets.Data() + targets.ElementLength());
+  for (float t : b.targets)  // cheap re-check of what TypeScript validated
+    if (!(t >= 0 && t <= 1)) throw Napi::RangeError::New(v.Env(), "targets must be in [0, 1]");
+  if (o.Has("keep") && !o.Get("keep").IsUndefined() && !o.Get("keep").IsNull()) {
+    auto keep = get_typed_array<float>(o.Get("keep"), "keep", (int64_t)c.depth * 2 * b.batch);
+    b.keep.assign(keep.Data(), keep.Data() + keep.ElementLength());
+    for (float k : b.keep)
+      if (!(k >= 0 && std::isfinite(k))) throw Napi::RangeError::New(v.Env(), "keep factors must be finite and >= 0");
+  }
+  return b;
+}
+
+enum class Mode { LossAndGrads, Train, Predict };
+
+class Worker : public Napi::AsyncWorker {
+ public:
+  Worker(Napi::Env env, Napi::Object self_ref, ClassifierWrap* wrap, ClassifierBatch batch, Mode mode,
+         FinetuneOptim opt, const char* op)
+      : Napi::AsyncWorker(env, op),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        wrap_(wrap),
+        batch_(std::move(batch)),
+        mode_(mode),
+        opt_(opt),
+        op_(op) {
+    self_ = Napi::Persistent(self_ref);
+    wrap_->set_busy(true);
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override { failure_ = run_job([this] { run(); }); }
+
+  void run() {
+    Classifier& m = wrap_->model();
+    omp_set_num_threads(m.config().threads);
+    const float* keep = batch_.keep.empty() ? nullptr : batch_.keep.data();
+    switch (mode_) {
+      case Mode::Train:
+        result_ = m.train_step(batch_.images.data(), batch_.targets.data(), keep, batch_.batch, opt_);
+        break;
+      case Mode::LossAndGrads:
+        result_.losses.loss = m.loss_and_grads(batch_.images.data(), batch_.targets.data(), keep, batch_.batch);
+        grads_.resize(m.layout().total);
+        m.get_grads(grads_.data());
+        break;
+      case Mode::Predict:
+        output_.resize((size_t)batch_.batch * m.config().num_classes);
+        m.predict(batch_.images.data(), batch_.batch, output_.data());
+        break;
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    wrap_->set_busy(false);
+    if (failure_.failed) {
+      deferred_.Reject(make_error(env, failure_.kind, std::string(op_) + ": " + failure_.message, failure_.code).Value());
+      return;
+    }
+    if (mode_ == Mode::Predict) {
+      auto logits = Napi::Float32Array::New(env, output_.size());
+      std::copy(output_.begin(), output_.end(), logits.Data());
+      deferred_.Resolve(logits);
+      return;
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("loss", result_.losses.loss);
+    if (mode_ == Mode::Train) {
+      out.Set("gradNorm", result_.grad_norm);
+      out.Set("step", (double)result_.step);
+    } else {
+      out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_, [](const ParamSpec&) { return true; }));
+    }
+    deferred_.Resolve(out);
+  }
+  void OnError(const Napi::Error& e) override {
+    wrap_->set_busy(false);
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference self_;
+  ClassifierWrap* wrap_;
+  ClassifierBatch batch_;
+  Mode mode_;
+  FinetuneOptim opt_;
+  const char* op_;
+  StepResult result_;
+  std::vector<float> grads_, output_;
+  JobFailure failure_;
+};
+
+class CreateWorker : public Napi::AsyncWorker {
+ public:
+  CreateWorker(Napi::Env env, ClassifierConfig config, std::string device)
+      : Napi::AsyncWorker(env, "createClassifier"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        config_(config),
+        device_(std::move(device)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    failure_ = run_job([this] {
+      omp_set_num_threads(config_.threads);
+      model_ = std::make_unique<Classifier>(
+          config_, device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
+    });
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (failure_.failed) {
+      deferred_.Reject(make_error(env, failure_.kind, "createClassifier: " + failure_.message, failure_.code).Value());
+      return;
+    }
+    Classifier* raw = model_.release();
+    try {
+      deferred_.Resolve(env.GetInstanceData<AddonData>()->classifier.New({Napi::External<Classifier>::New(env, raw)}));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ClassifierConfig config_;
+  std::string device_;
+  std::unique_ptr<Classifier> model_;
+  JobFailure failure_;
+};
+
+template <typename W> Napi::Promise queue(W* worker) {
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+}  // namespace
+
+Napi::Value ClassifierWrap::CreateAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string device;
+  ClassifierConfig config = parse_config(get_object(info[0], "config"), device);
+  guard(env, "createClassifier", [&] { config.validate(); });
+  return queue(new CreateWorker(env, config, device));
+}
+
+Napi::Function ClassifierWrap::Define(Napi::Env env) {
+  return DefineClass(env, "Classifier",
+                     {
+                         InstanceMethod<&ClassifierWrap::ParamInfo>("paramInfo"),
+                         InstanceMethod<&ClassifierWrap::GetParams>("getParams"),
+                         InstanceMethod<&ClassifierWrap::SetParams>("setParams"),
+                         InstanceMethod<&ClassifierWrap::GetOptimizerState>("getOptimizerState"),
+                         InstanceMethod<&ClassifierWrap::SetOptimizerState>("setOptimizerState"),
+                         InstanceMethod<&ClassifierWrap::LossAndGrads>("lossAndGrads"),
+                         InstanceMethod<&ClassifierWrap::TrainStep>("trainStep"),
+                         InstanceMethod<&ClassifierWrap::Predict>("predict"),
+                         InstanceMethod<&ClassifierWrap::Dispose>("dispose"),
+                         InstanceAccessor<&ClassifierWrap::Disposed>("disposed"),
+                         InstanceAccessor<&ClassifierWrap::BackendName>("backend"),
+                     });
+}
+
+ClassifierWrap::ClassifierWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ClassifierWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "Classifier is created with createClassifier(config), not with new");
+  model_.reset(info[0].As<Napi::External<Classifier>>().Data());
+}
+
+void ClassifierWrap::check_usable(Napi::Env env, const char* op) const {
+  if (!model_) throw Napi::Error::New(env, std::string(op) + ": the classifier has been disposed");
+  if (busy_) throw Napi::Error::New(env, std::string(op) + ": another call is still running on this classifier");
+}
+
+Napi::Value ClassifierWrap::ParamInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "paramInfo");
+  const auto& specs = model_->layout().specs;
+  Napi::Array out = Napi::Array::New(env, specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", specs[i].name);
+    Napi::Array shape = Napi::Array::New(env, specs[i].shape.size());
+    for (size_t d = 0; d < specs[i].shape.size(); ++d) shape.Set((uint32_t)d, specs[i].shape[d]);
+    o.Set("shape", shape);
+    o.Set("trainable", true);
+    o.Set("decay", specs[i].decay);
+    o.Set("layer", specs[i].layer);
+    out.Set((uint32_t)i, o);
+  }
+  return out;
+}
+
+Napi::Value ClassifierWrap::GetParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "getParams");
+  std::vector<float> flat(model_->layout().total);
+  model_->get_params(flat.data());
+  return tensors_object(env, model_->layout(), flat, [](const ParamSpec&) { return true; });
+}
+
+Napi::Value ClassifierWrap::SetParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "setParams");
+  std::vector<float> flat(model_->layout().total);
+  read_tensors(info[0], model_->layout(), flat, "params", [](const ParamSpec&) { return true; });
+  model_->set_params(flat.data());
+  return env.Undefined();
+}
+
+Napi::Value ClassifierWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "getOptimizerState");
+  const size_t total = model_->layout().total;
+  std::vector<float> m(total), v(total);
+  model_->get_optimizer_state(m.data(), v.data());
+  auto all = [](const ParamSpec&) { return true; };
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("step", (double)model_->step());
+  out.Set("expAvg", tensors_object(env, model_->layout(), m, all));
+  out.Set("expAvgSq", tensors_object(env, model_->layout(), v, all));
+  return out;
+}
+
+Napi::Value ClassifierWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "setOptimizerState");
+  Napi::Object o = get_object(info[0], "optimizer state");
+  const int step = get_int(o, "step", 0);
+  const size_t total = model_->layout().total;
+  std::vector<float> m(total, 0.f), v(total, 0.f);
+  auto all = [](const ParamSpec&) { return true; };
+  read_tensors(o.Get("expAvg"), model_->layout(), m, "expAvg", all);
+  read_tensors(o.Get("expAvgSq"), model_->layout(), v, "expAvgSq", all);
+  for (float x : v)
+    if (!(x >= 0)) throw Napi::RangeError::New(env, "expAvgSq must be finite and non-negative");
+  guard(env, "setOptimizerState", [&] { model_->set_optimizer_state(m.data(), v.data(), step); });
+  return env.Undefined();
+}
+
+Napi::Value ClassifierWrap::LossAndGrads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "lossAndGrads");
+  ClassifierBatch batch = parse_batch(info[0], model_->config(), true);
+  return queue(new Worker(env, info.This().As<Napi::Object>(), this, std::move(batch), Mode::LossAndGrads, {},
+                          "lossAndGrads"));
+}
+
+Napi::Value ClassifierWrap::TrainStep(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "trainStep");
+  ClassifierBatch batch = parse_batch(info[0], model_->config(), true);
+  Napi::Object o = get_object(info[1], "optimizer options");
+  FinetuneOptim opt;
+  opt.adamw = parse_optim(o);
+  opt.layer_decay = (float)get_number(o, "layerDecay");
+  if (!(opt.layer_decay > 0 && opt.layer_decay <= 1)) throw Napi::RangeError::New(env, "Expected layerDecay in (0, 1]");
+  return queue(new Worker(env, info.This().As<Napi::Object>(), this, std::move(batch), Mode::Train, opt, "trainStep"));
+}
+
+Napi::Value ClassifierWrap::Predict(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_usable(env, "predict");
+  ClassifierBatch batch = parse_batch(info[0], model_->config(), false);
+  return queue(new Worker(env, info.This().As<Napi::Object>(), this, std::move(batch), Mode::Predict, {}, "predict"));
+}
+
+Napi::Value ClassifierWrap::Dispose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (busy_) throw Napi::Error::New(env, "dispose: a call is still running on this classifier; await it first");
+  model_.reset();
+  return env.Undefined();
+}
+
+Napi::Value ClassifierWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !model_); }
+
+Napi::Value ClassifierWrap::BackendName(const Napi::CallbackInfo& info) {
+  check_usable(info.Env(), "backend");
+  return Napi::String::New(info.Env(), model_->backend().name());
+}
+
+}  // namespace emae::napi

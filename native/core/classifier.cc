@@ -1,0 +1,280 @@
+// Fine-tuning forward and backward (classifier.h). Shapes, with
+//   B batch, N patches, T = 1 + N tokens, R = B·T rows, D width, H MLP width, Q classes,
+//   P = C·p·p values per patch.
+// Every image is one sequence of all its patches: the pretraining encoder's path with one part
+// that sees everything (identity permutation), so the gather and token ops are shared with it.
+#include "core/classifier.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/blocks.h"
+#include "core/errors.h"
+
+namespace emae {
+
+struct Classifier::Arena {
+  Backend* backend = nullptr;
+  void* memory = nullptr;
+  int batch = 0;
+  bool backward = false;
+  StackDims enc{};
+  float* images = nullptr;     // (B, C, H, W)
+  int32_t* perm = nullptr;     // (B, N) identity: every patch, in order
+  float* cols = nullptr;       // (B·N, P)
+  float* emb = nullptr;        // (B·N, D)
+  float* x0 = nullptr;         // (R, D)
+  std::vector<BlockActs> blocks;
+  float* pooled = nullptr;     // (B, D) mean of the patch tokens, or the cls token
+  float* feat = nullptr;       // (B, D) after fc_norm / norm
+  float* feat_mean = nullptr;  // (B)
+  float* feat_rstd = nullptr;  // (B)
+  float* logits = nullptr;     // (B, Q)
+  float* targets = nullptr;    // (B, Q)
+  float* keep = nullptr;       // (depth, 2, B) drop-path factors
+  // backward
+  float* dlogits = nullptr;    // (B, Q)
+  float* dfeat = nullptr;      // (B, D)
+  float* dpooled = nullptr;    // (B, D)
+  float* dres = nullptr;       // (R, D)
+  float* wide = nullptr;       // (R, max(3D, H))
+  float* narrow = nullptr;     // (R, D)
+  float* dbranch = nullptr;    // (R, D)
+  float* demb = nullptr;       // (B·N, D)
+  ~Arena() {
+    if (memory) backend->release(memory);
+  }
+};
+
+Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> backend)
+    : config_(config), layout_((config.validate(), config)), backend_(std::move(backend)) {
+  const size_t bytes = layout_.total * sizeof(float);
+  params_ = static_cast<float*>(backend_->allocate(bytes));
+  grads_ = static_cast<float*>(backend_->allocate(bytes));
+  exp_avg_ = static_cast<float*>(backend_->allocate(bytes));
+  exp_avg_sq_ = static_cast<float*>(backend_->allocate(bytes));
+  std::vector<float> host(layout_.total);
+  initialize_classifier(config_, layout_, host.data());
+  backend_->upload(params_, host.data(), bytes);
+  backend_->zero(grads_, bytes);
+  backend_->zero(exp_avg_, bytes);
+  backend_->zero(exp_avg_sq_, bytes);
+  layer_groups_.resize(config_.depth + 2);
+  for (const auto& s : layout_.specs) {
+    trainable_.push_back({s.offset, s.size, s.decay});
+    layer_groups_[s.layer].push_back({s.offset, s.size, s.decay});
+  }
+}
+
+Classifier::~Classifier() {
+  train_arena_.reset();
+  predict_arena_.reset();
+  for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
+    if (p) backend_->release(p);
+}
+
+void Classifier::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
+void Classifier::set_params(const float* host) { backend_->upload(params_, host, layout_.total * sizeof(float)); }
+void Classifier::get_grads(float* host) const { backend_->download(host, grads_, layout_.total * sizeof(float)); }
+
+void Classifier::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
+  backend_->download(exp_avg, exp_avg_, layout_.total * sizeof(float));
+  backend_->download(exp_avg_sq, exp_avg_sq_, layout_.total * sizeof(float));
+}
+
+void Classifier::set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step) {
+  if (step < 0) throw RangeError("optimizer step must be >= 0");
+  backend_->upload(exp_avg_, exp_avg, layout_.total * sizeof(float));
+  backend_->upload(exp_avg_sq_, exp_avg_sq, layout_.total * sizeof(float));
+  step_ = step;
+}
+
+std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backward) {
+  const ClassifierConfig& c = config_;
+  const int B = batch, N = c.num_patches(), T = c.tokens(), D = c.embed_dim, Q = c.num_classes, P = c.patch_dim();
+  auto a = std::make_unique<Arena>();
+  a->backend = backend_.get();
+  a->batch = batch;
+  a->backward = backward;
+  a->enc = {B, T, D, c.mlp_hidden, c.num_heads};
+  const size_t R = a->enc.rows();
+
+  ArenaPlanner pl;
+  a->images = pl.take<float>((size_t)B * c.channels * c.image_size * c.image_size);
+  a->perm = pl.take<int32_t>((size_t)B * N);
+  a->cols = pl.take<float>((size_t)B * N * P);
+  a->emb = pl.take<float>((size_t)B * N * D);
+  a->x0 = pl.take<float>(R * D);
+  plan_blocks(pl, a->enc, c.depth, a->blocks);
+  a->pooled = pl.take<float>((size_t)B * D);
+  a->feat = pl.take<float>((size_t)B * D);
+  a->feat_mean = pl.take<float>(B);
+  a->feat_rstd = pl.take<float>(B);
+  a->logits = pl.take<float>((size_t)B * Q);
+  if (backward) {
+    a->targets = pl.take<float>((size_t)B * Q);
+    a->keep = pl.take<float>((size_t)c.depth * 2 * B);
+    a->dlogits = pl.take<float>((size_t)B * Q);
+    a->dfeat = pl.take<float>((size_t)B * D);
+    a->dpooled = pl.take<float>((size_t)B * D);
+    a->dres = pl.take<float>(R * D);
+    a->wide = pl.take<float>(R * std::max(3 * D, c.mlp_hidden));
+    a->narrow = pl.take<float>(R * D);
+    a->dbranch = pl.take<float>(R * D);
+    a->demb = pl.take<float>((size_t)B * N * D);
+  }
+  a->memory = backend_->allocate(pl.bytes());
+  char* base = static_cast<char*>(a->memory);
+  auto fix = [&](auto*& p) { p = rebase(p, base); };
+  fix(a->images); fix(a->perm); fix(a->cols); fix(a->emb); fix(a->x0);
+  fix(a->pooled); fix(a->feat); fix(a->feat_mean); fix(a->feat_rstd); fix(a->logits);
+  if (backward) {
+    fix(a->targets); fix(a->keep); fix(a->dlogits); fix(a->dfeat); fix(a->dpooled);
+    fix(a->dres); fix(a->wide); fix(a->narrow); fix(a->dbranch); fix(a->demb);
+  }
+  rebase_blocks(a->blocks, base, a->x0);
+  std::vector<int32_t> identity((size_t)B * N);
+  for (size_t i = 0; i < identity.size(); ++i) identity[i] = (int32_t)(i % N);
+  backend_->upload(a->perm, identity.data(), identity.size() * sizeof(int32_t));
+  return a;
+}
+
+Classifier::Arena& Classifier::arena_for(int batch, bool backward) {
+  if (batch < 1) throw RangeError("batchSize must be at least 1");
+  auto& slot = backward ? train_arena_ : predict_arena_;
+  if (!slot || slot->batch != batch) {
+    slot.reset();  // free the old plan before asking for the new one
+    slot = make_arena(batch, backward);
+  }
+  return *slot;
+}
+
+namespace {
+PartGeometry all_patches(const ClassifierConfig& c, int batch) {
+  PartGeometry g;
+  g.batch = batch;
+  g.parts = 1;
+  g.visible = c.num_patches();
+  g.num_patches = c.num_patches();
+  g.grid = c.grid();
+  g.patch = c.patch_size;
+  g.channels = c.channels;
+  g.image = c.image_size;
+  return g;
+}
+}  // namespace
+
+void Classifier::forward(Arena& a, bool drop_path) {
+  Backend& be = *backend_;
+  const ClassifierConfig& c = config_;
+  const ClassifierLayout& L = layout_;
+  const PartGeometry g = all_patches(c, a.batch);
+  const int B = a.batch, D = c.embed_dim, N = c.num_patches(), T = c.tokens();
+  const float* w = params_;
+
+  be.gather_visible_patches(a.cols, a.images, a.perm, g);
+  be.matmul_forward(a.emb, a.cols, w + L.patch_w, w + L.patch_b, nullptr, B * N, c.patch_dim(), D);
+  be.encoder_tokens_forward(a.x0, a.emb, w + L.cls_token, w + L.pos_embed, a.perm, g, D);
+  for (int l = 0; l < c.depth; ++l) {
+    DropPath drop;
+    if (drop_path && c.block_drop_rate(l) > 0) drop = {a.keep + (size_t)(2 * l) * B, a.keep + (size_t)(2 * l + 1) * B};
+    block_forward(be, w, L.blocks[l], a.blocks[l], a.enc, c.layer_norm_eps, drop);
+  }
+  const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
+  // pool, then normalize: norm(x)[cls] = norm(x[cls]) row-wise, so the cls path needs B rows, not B·T
+  be.pool_tokens_forward(a.pooled, x_last, B, T, D, c.global_pool);
+  be.layernorm_forward(a.feat, a.feat_mean, a.feat_rstd, a.pooled, w + L.head_norm_w, w + L.head_norm_b, B, D,
+                       c.layer_norm_eps);
+  be.matmul_forward(a.logits, a.feat, w + L.head_w, w + L.head_b, nullptr, B, D, c.num_classes);
+}
+
+double Classifier::backward(Arena& a, bool drop_path) {
+  Backend& be = *backend_;
+  const ClassifierConfig& c = config_;
+  const ClassifierLayout& L = layout_;
+  const PartGeometry g = all_patches(c, a.batch);
+  const int B = a.batch, D = c.embed_dim, N = c.num_patches(), T = c.tokens(), Q = c.num_classes;
+  const float* w = params_;
+  float* dw = grads_;
+
+  const double loss = be.cross_entropy_forward_backward(a.dlogits, a.logits, a.targets, B, Q);
+  if (!std::isfinite(loss)) return loss;  // the caller refuses the step; nothing was touched
+  be.zero(grads_, layout_.total * sizeof(float));  // every gradient below accumulates
+  be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w + L.head_w, B, D, Q, false);
+  be.zero(a.dpooled, (size_t)B * D * sizeof(float));
+  be.layernorm_backward(a.dpooled, dw + L.head_norm_w, dw + L.head_norm_b, a.dfeat, a.pooled, w + L.head_norm_w,
+                        a.feat_mean, a.feat_rstd, B, D);
+  be.pool_tokens_backward(a.dres, a.dpooled, B, T, D, c.global_pool);
+  for (int l = c.depth; l-- > 0;) {
+    DropPath drop;
+    if (drop_path && c.block_drop_rate(l) > 0) drop = {a.keep + (size_t)(2 * l) * B, a.keep + (size_t)(2 * l + 1) * B};
+    block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow, false, drop, a.dbranch);
+  }
+  // x0 = tokens + pos_embed: pos_embed's gradient sums dx0 over the batch; the cls token gets row 0's
+  be.column_sum_accumulate(dw + L.pos_embed, a.dres, B, T * D);
+  be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
+  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w, B * N, c.patch_dim(), D,
+                     false);
+  return loss;
+}
+
+double Classifier::loss_and_grads(const float* images, const float* targets, const float* keep, int batch) {
+  Arena& a = arena_for(batch, true);
+  const ClassifierConfig& c = config_;
+  backend_->upload(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload(a.targets, targets, (size_t)batch * c.num_classes * sizeof(float));
+  const bool drop = keep != nullptr && c.drop_path > 0;
+  if (drop) backend_->upload(a.keep, keep, (size_t)c.depth * 2 * batch * sizeof(float));
+  forward(a, drop);
+  return backward(a, drop);
+}
+
+void Classifier::predict(const float* images, int batch, float* logits) {
+  Arena& a = arena_for(batch, false);
+  const ClassifierConfig& c = config_;
+  backend_->upload(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  forward(a, false);
+  backend_->download(logits, a.logits, (size_t)batch * c.num_classes * sizeof(float));
+}
+
+StepResult Classifier::train_step(const float* images, const float* targets, const float* keep, int batch,
+                                  const FinetuneOptim& opt) {
+  const double loss = loss_and_grads(images, targets, keep, batch);
+  if (!std::isfinite(loss))
+    throw NonFiniteLoss(std::string("the loss is not finite (") + (std::isnan(loss) ? "NaN" : "Infinity") +
+                        "); parameters and optimizer state were not updated");
+  StepResult r = apply_gradients(opt);
+  r.losses.loss = loss;
+  return r;
+}
+
+StepResult Classifier::apply_gradients(const FinetuneOptim& opt) {
+  StepResult r;
+  const OptimOptions& o = opt.adamw;
+  r.grad_norm = std::sqrt(backend_->grad_norm_squared(grads_, trainable_.data(), (int)trainable_.size()));
+  if (!std::isfinite(r.grad_norm))
+    throw NonFiniteLoss("the gradients are not finite; parameters and optimizer state were not updated");
+  if (o.clip_grad > 0 && r.grad_norm > o.clip_grad)
+    backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), (float)(o.clip_grad / (r.grad_norm + 1e-6)));
+  const int64_t t = step_ + 1;
+  AdamWScalars s;
+  s.beta1 = o.beta1;
+  s.beta2 = o.beta2;
+  s.eps = o.eps;
+  s.weight_decay = o.weight_decay;
+  s.bias_correction1 = (float)(1.0 - std::pow((double)o.beta1, (double)t));
+  s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)o.beta2, (double)t));
+  const int top = config_.depth + 1;
+  for (int layer = 0; layer <= top; ++layer) {  // MAE's param_groups_lrd: one lr per layer id
+    const auto& group = layer_groups_[layer];
+    if (group.empty()) continue;
+    s.lr = (float)((double)o.lr * std::pow((double)opt.layer_decay, (double)(top - layer)));
+    backend_->adamw(params_, grads_, exp_avg_, exp_avg_sq_, group.data(), (int)group.size(), s);
+  }
+  step_ = t;
+  r.step = step_;
+  return r;
+}
+
+}  // namespace emae

@@ -1,0 +1,72 @@
+// The fine-tuning model core (DESIGN.md §3b, MAE's models_vit + main_finetune): the encoder over
+// every patch, global pooling (or the cls token), a LayerNorm and a linear head; soft-target
+// cross-entropy; drop path; AdamW with MAE's layer-wise lr decay. Written against the Backend
+// interface like model.cc, whose transformer block it shares (blocks.h).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/classifier_params.h"
+#include "core/model.h"  // OptimOptions, StepResult, NonFiniteLoss
+
+namespace emae {
+
+struct FinetuneOptim {
+  OptimOptions adamw;       // lr is the top layer's (the head's); betas (0.9, 0.999) as MAE's fine-tuning
+  float layer_decay = 1.f;  // layer id l gets lr · layer_decay^(depth + 1 − l)
+};
+
+class Classifier {
+ public:
+  Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> backend);
+  ~Classifier();
+  Classifier(const Classifier&) = delete;
+  Classifier& operator=(const Classifier&) = delete;
+
+  const ClassifierConfig& config() const { return config_; }
+  const ClassifierLayout& layout() const { return layout_; }
+  Backend& backend() { return *backend_; }
+
+  void get_params(float* host) const;
+  void set_params(const float* host);
+  void get_grads(float* host) const;
+  int64_t step() const { return step_; }
+  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const;
+  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step);
+
+  // images (B, C, H, W), targets (B, numClasses) soft (rows summing to 1), keep (depth, 2, B):
+  // the drop-path factors of each block's attention and MLP branch (0 or 1/(1 − p)), or null for
+  // none. Forward and backward; returns the mean cross-entropy, the gradients stay in backend memory.
+  double loss_and_grads(const float* images, const float* targets, const float* keep, int batch);
+  // logits (B, numClasses) on the host; no drop path
+  void predict(const float* images, int batch, float* logits);
+  // the gradients → global norm, optional clipping, AdamW per layer group
+  StepResult apply_gradients(const FinetuneOptim& opt);
+  // loss_and_grads then apply_gradients; throws NonFiniteLoss before touching anything
+  StepResult train_step(const float* images, const float* targets, const float* keep, int batch,
+                        const FinetuneOptim& opt);
+
+ private:
+  struct Arena;
+  std::unique_ptr<Arena> make_arena(int batch, bool backward);
+  Arena& arena_for(int batch, bool backward);
+  void forward(Arena& a, bool drop_path);
+  double backward(Arena& a, bool drop_path);
+
+  ClassifierConfig config_;
+  ClassifierLayout layout_;
+  std::unique_ptr<Backend> backend_;
+  float* params_ = nullptr;
+  float* grads_ = nullptr;
+  float* exp_avg_ = nullptr;
+  float* exp_avg_sq_ = nullptr;
+  std::vector<ParamSegment> trainable_;
+  std::vector<std::vector<ParamSegment>> layer_groups_;  // [layer id] → its segments
+  int64_t step_ = 0;
+  std::unique_ptr<Arena> train_arena_;    // with the backward's buffers
+  std::unique_ptr<Arena> predict_arena_;  // forward only
+};
+
+}  // namespace emae

@@ -8,7 +8,7 @@
 // same thread, and steps = budget / (seconds per step). The wall time and the process's CPU time
 // of every run are recorded next to its budget, so a run slowed by a busy machine shows.
 //   node --import=tsx examples/study-pretrain-budgets.ts [--budgets 5,10,20] [--out runs/ft-study]
-//        [--dir /usr/share/datasets/fashion-mnist] [--batch 64]
+//        [--dir /usr/share/datasets/fashion-mnist] [--batch 64] [--train-count 60000] [--calibrate-steps 30]
 // examples/study-finetune.ts then fine-tunes, probes and tabulates what this writes.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -22,6 +22,7 @@ const dir = arg('dir', '/usr/share/datasets/fashion-mnist');
 const out = arg('out', path.join('runs', 'ft-study'));
 const budgets = arg('budgets', '5,10,20').split(',').map(Number);  // minutes per arm
 const batch = Number(arg('batch', '64'));
+const trainCount = Number(arg('train-count', '60000')), calibrateSteps = Number(arg('calibrate-steps', '30'));
 if (!existsSync(path.join(dir, 'train-images-idx3-ubyte.gz'))) {
   console.error(`Fashion-MNIST not found at ${dir}: sudo apt-get install dataset-fashion-mnist, or pass --dir`);
   process.exit(2);
@@ -33,20 +34,21 @@ export const studyModel = {
   decoderEmbedDim: 64, decoderDepth: 2, decoderNumHeads: 4, maskRatio: 0.75, seed: 0, device: 'cpu' as const, threads: 1,
 };
 const norm = { mean: [0.286], std: [0.353] };
-const train = await loadIdx(path.join(dir, 'train-images-idx3-ubyte.gz'), { padTo: 32, normalization: norm });
+const all = await loadIdx(path.join(dir, 'train-images-idx3-ubyte.gz'), { padTo: 32, normalization: norm });
+const train = { ...all, count: Math.min(trainCount, all.count), images: all.images.subarray(0, Math.min(trainCount, all.count) * 32 * 32) };
 const blr = 1.5e-3;
 
-// seconds per step of each arm: 5 steps to warm up, then 30 timed, one thread
+// seconds per step of each arm: 5 steps to warm up, then calibrateSteps timed, one thread
 async function secondsPerStep(parts: number): Promise<number> {
   const m = await EMAE.create({ ...studyModel, parts });
   let t0 = 0;
   const trainer = new Trainer(m, train, {
-    batchSize: batch, steps: 35, blr, seed: 1,
+    batchSize: batch, steps: 5 + calibrateSteps, blr, seed: 1,
     onStep: (s) => { if (s.step === 5) t0 = performance.now(); },
   });
   await trainer.run();
   await m.dispose();
-  return (performance.now() - t0) / 1000 / 30;
+  return (performance.now() - t0) / 1000 / calibrateSteps;
 }
 
 mkdirSync(out, { recursive: true });

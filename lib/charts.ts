@@ -99,7 +99,7 @@ export async function accuracyVsTimeSvg(points: readonly BudgetPoint[], baseline
           transform: [{ filter: "datum.kind === 'run'" }],
           mark: { type: 'line', point: true, strokeWidth: 1.5 },
           encoding: {
-            x: { field: 'minutes', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'pretraining minutes (one CPU thread)' },
+            x: { field: 'minutes', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'pretraining minutes (wall, one CPU thread)' },
             y: { field: 'value', type: 'quantitative', scale: { zero: false }, title: 'test top-1' },
             color: { field: 'method', type: 'nominal' },
           },

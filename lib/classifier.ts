@@ -246,7 +246,7 @@ export class Classifier {
       const { kind, config, data } = parseWeightsFile(await readFile(file), file);
       if (config !== undefined) {
         const saved = resolveConfig(config);
-        const diffs = ENCODER_KEYS.filter((k) => saved[k] !== this.#config[k]).map((k) => `${k} ${saved[k]} in the file, ${this.#config[k]} in this classifier`);
+        const diffs = [...ENCODER_KEYS, 'layerNormEps' as const].filter((k) => saved[k] !== this.#config[k]).map((k) => `${k} ${saved[k]} in the file, ${this.#config[k]} in this classifier`);
         if (diffs.length > 0) throw new RangeError(`cannot load ${file}: its encoder differs from this classifier's: ${diffs.join('; ')}`);
       }
       let tensors = data;
@@ -280,8 +280,13 @@ export class Classifier {
       const { data, metadata } = parseWeightsFile(bytes, file, 'classifier weights file');
       const saved = metadata[CLASSIFIER_CONFIG_KEY];
       if (saved !== undefined && strict) {
-        const cfg = JSON.parse(saved) as Record<string, unknown>;
-        const diffs = ENCODER_KEYS.concat(['numClasses', 'globalPool'] as never[])
+        let cfg: Record<string, unknown>;
+        try {
+          cfg = JSON.parse(saved) as Record<string, unknown>;
+        } catch {
+          throw new RangeError(`${file}: the classifier config saved in it (metadata ${CLASSIFIER_CONFIG_KEY}) is not valid JSON`);
+        }
+        const diffs = ENCODER_KEYS.concat(['layerNormEps', 'numClasses', 'globalPool'] as never[])
           .filter((k) => cfg[k] !== undefined && cfg[k] !== (this.#config as unknown as Record<string, unknown>)[k])
           .map((k) => `${k} ${String(cfg[k])} in the file, ${String((this.#config as unknown as Record<string, unknown>)[k])} in this classifier`);
         if (diffs.length > 0) throw new RangeError(`cannot load ${file}: it was saved for another classifier: ${diffs.join('; ')}`);
@@ -479,7 +484,7 @@ export class Classifier {
 
   /**
    * Drop-path factors (depth, 2, B): block i drops each sample's branch with probability
-   * p_i = dropPath·i/(depth − 1) and scales kept ones by 1/(1 − p_i) (timm's drop_path), drawn
+   * p_i = dropPath·i/(depth − 1) (0 for one block) and scales kept ones by 1/(1 − p_i) (timm's drop_path), drawn
    * from the seed and the optimizer step, so a resumed run draws the same.
    */
   #dropPathKeep(batchSize: number, step: number): Float32Array {
@@ -487,7 +492,7 @@ export class Classifier {
     const rng = seededRng(seed ^ 0x2d7f1c3b, step);  // one stream per step, apart from the data's
     const keep = new Float32Array(depth * 2 * batchSize);
     for (let i = 0; i < depth; i++) {
-      const p = depth > 1 ? (dropPath * i) / (depth - 1) : dropPath;
+      const p = depth > 1 ? (dropPath * i) / (depth - 1) : 0;  // timm's linspace(0, dropPath, depth)
       for (let j = 0; j < 2 * batchSize; j++) keep[i * 2 * batchSize + j] = p > 0 && uniformFloat64(rng) < p ? 0 : 1 / (1 - p);
     }
     return keep;

@@ -10,10 +10,13 @@
 // hidden by the others and the failure names it). Parameters are moved off the initialization
 // first (head.weight ~ N(0, 0.5²) instead of 2e-5, norms and biases away from 1 and 0), else the
 // encoder's gradients are ~1e-5 and the check sees only the head. The loss is fp32, so h = 1e-2
-// keeps the round-off (~1e-7·F/h) well below the 1e-2 tolerance; the denominator is floored at
-// 1e-3 for directions along which F barely changes (the attention key bias has a zero gradient).
-// Measured on CPU: ≤ 5e-4 along the whole-model directions, ≤ 3e-3 per tensor.
-import test, { type ExecutionContext } from 'ava';
+// keeps the round-off (~1e-7·F/h, ~2e-5 absolute) below the 1e-2 tolerance while the truncation
+// error stays small (h = 3e-2 already fails for cls_token); the denominator is floored at 1e-3
+// for directions along which F barely changes (the attention key bias has a zero gradient).
+// Measured on CPU (AVX-512 GEMM): ≤ 2.2e-3 along whole-model directions, ≤ 3.4e-3 per tensor;
+// the mean-pool backward dividing by T instead of N (a 6% error) gives 4e-2 to 5e-2, a dropped
+// pos_embed gradient 9e-2 to 2.6e-1, drop path missing from the backward 0.48.
+import test, { type ExecutionContext, type ThrowsExpectation } from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
@@ -335,6 +338,36 @@ for (const layerDecay of [undefined, 0.5]) {
   });
 }
 
+test('a fresh classifier is initialized as MAE\'s models_vit', async (t) => {
+  const pretrain = await EMAE.create(pretrainConfig);
+  t.teardown(() => pretrain.dispose());
+  const posEmbed = (await pretrain.stateDict())['pos_embed'];
+  for (const globalPool of [true, false]) {
+    const clf = await create(t, { globalPool, numClasses: 10 });
+    const s = await clf.stateDict();
+    const norm = globalPool ? 'fc_norm' : 'norm';
+    // nn.LayerNorm: weight 1, bias 0 — the blocks' and the head's (fc_norm or norm)
+    for (const n of ['blocks.0.norm1', 'blocks.1.norm2', norm]) {
+      t.true(s[`${n}.weight`].every((v) => v === 1), `${n}.weight is 1`);
+      t.true(s[`${n}.bias`].every((v) => v === 0), `${n}.bias is 0`);
+    }
+    // the fixed 2-D sin-cos table of pretraining (MAE fine-tunes from it)
+    t.true(sameBits(s['pos_embed'], posEmbed), 'pos_embed is the sincos table');
+    // head: trunc_normal(std 2e-5) weight, zero bias
+    const std = Math.sqrt(s['head.weight'].reduce((a, v) => a + v * v, 0) / s['head.weight'].length);
+    t.true(std > 1.4e-5 && std < 2.6e-5, `head.weight std ${std}`);
+    t.true(s['head.bias'].every((v) => v === 0));
+    // xavier_uniform Linear weights
+    const w = s['blocks.0.attn.qkv.weight'], bound = Math.sqrt(6 / (16 + 48));
+    const max = w.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+    t.true(max <= bound && max > 0.9 * bound, `qkv.weight max |w| ${max} within xavier bound ${bound}`);
+  }
+  // the seed decides the initialization
+  const a = await (await create(t, { seed: 1 })).stateDict();
+  t.deepEqual(differingTensors(a, await (await create(t, { seed: 1 })).stateDict()), []);
+  t.true(differingTensors(a, await (await create(t, { seed: 2 })).stateDict()).includes('head.weight'));
+});
+
 // ---- 3. loadPretrained ----------------------------------------------------------------------
 
 /** An EMAE model after two optimizer steps, so its encoder differs from any initialization. */
@@ -406,8 +439,8 @@ test('loadPretrained refuses another architecture, a corrupt or truncated file, 
   await stepOnce(clf);
   const file = (name: string) => path.join(dir, name);
 
-  const deeper = await pretrained(t, { ...pretrainConfig, depth: 1 });
-  await deeper.saveWeights(file('depth1.safetensors'));
+  const shallower = await pretrained(t, { ...pretrainConfig, depth: 1 });
+  await shallower.saveWeights(file('depth1.safetensors'));
   const wider = await EMAE.create({ ...pretrainConfig, embedDim: 32, decoderEmbedDim: 16 });
   t.teardown(() => wider.dispose());
   await saveCheckpoint(file('wide-ckpt.safetensors'), wider, { step: 0 });
@@ -427,7 +460,7 @@ test('loadPretrained refuses another architecture, a corrupt or truncated file, 
   await writeFile(file('transposed.safetensors'), writeSafetensors(tensors('', 'blocks.1.mlp.fc1.weight')));
   await writeFile(file('missing.safetensors'), writeSafetensors(tensors('blocks.1.norm2.bias')));
 
-  const refusals: Array<[string, Parameters<typeof t.throwsAsync>[1]]> = [
+  const refusals: Array<[string, ThrowsExpectation<Error>]> = [
     [file('depth1.safetensors'), { instanceOf: RangeError, message: /depth 1 in the file, 2 in this classifier/ }],
     [file('wide-ckpt.safetensors'), { instanceOf: RangeError, message: /embedDim 32 in the file, 16 in this classifier/ }],
     [file('flipped.safetensors'), { instanceOf: RangeError, message: /checksum mismatch.*corrupted/ }],

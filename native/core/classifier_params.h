@@ -26,8 +26,9 @@ struct ClassifierConfig {
   int num_patches() const { return grid() * grid(); }
   int tokens() const { return 1 + num_patches(); }
   int patch_dim() const { return patch_size * patch_size * channels; }
-  // drop-path rate of block i: drop_path · i / (depth − 1) (timm's linspace(0, rate, depth))
-  float block_drop_rate(int i) const { return depth > 1 ? drop_path * (float)i / (float)(depth - 1) : drop_path; }
+  // drop-path rate of block i: drop_path · i / (depth − 1) (timm's linspace(0, rate, depth), which
+  // is [0] for one block)
+  float block_drop_rate(int i) const { return depth > 1 ? drop_path * (float)i / (float)(depth - 1) : 0.f; }
 
   void validate() const;  // throws RangeError naming the first violated invariant
 };

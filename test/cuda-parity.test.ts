@@ -160,6 +160,47 @@ gpuTest('whole-model loss and gradients match the CPU backend', async (t) => {
   }
 });
 
+gpuTest('classifier: loss, gradients, one layer-decay step and logits match the CPU backend', async (t) => {
+  const { Classifier } = await import('../lib/index.js');
+  const config = { imageSize: 32, patchSize: 4, channels: 3, embedDim: 64, depth: 2, numHeads: 2, mlpRatio: 4, numClasses: 10, dropPath: 0.1, seed: 9 };
+  for (const globalPool of [true, false]) {
+    const cpu = await Classifier.create({ ...config, globalPool, device: 'cpu' });
+    const gpu = await Classifier.create({ ...config, globalPool, device: 'cuda' });
+    try {
+      t.is(gpu.device, 'cuda');
+      const start = await cpu.stateDict();
+      // a trained-looking head, so the encoder's gradients are not ~1e-5 of the head's
+      for (const name of Object.keys(start)) if (name.startsWith('head.')) start[name] = randn(start[name].length, 0.2);
+      await cpu.loadStateDict(start);
+      await gpu.loadStateDict(start);
+      const B = 8;
+      const batch = { images: gratings(B, 3, 32, seed), labels: Int32Array.from({ length: B }, (_, i) => i % 10), batchSize: B };
+      const a = await cpu.lossAndGrads(batch), b = await gpu.lossAndGrads(batch);  // drop path: the same mask (seed, step 0)
+      t.log(`globalPool ${globalPool}: loss cpu ${a.loss} cuda ${b.loss}`);
+      t.true(Math.abs(a.loss - b.loss) <= 1e-2 * Math.abs(a.loss));
+      for (const name of Object.keys(a.grads)) {
+        const err = relativeL2(b.grads[name], a.grads[name]);
+        t.true(err <= 3e-2, `globalPool ${globalPool}: grad ${name}: relative L2 ${err.toExponential(2)}`);
+      }
+      const opts = { lr: 1e-3, weightDecay: 0.05, layerDecay: 0.75 };
+      await cpu.trainStep(batch, opts);
+      await gpu.trainStep(batch, opts);
+      const [pa, pb] = [await cpu.stateDict(), await gpu.stateDict()];
+      // the weight matrices (biases start at 0, where Adam's ±lr steps for tiny gradients differ in sign)
+      for (const p of cpu.paramInfo().filter((q) => q.shape.length >= 2 && q.name !== 'cls_token')) {
+        const err = relativeL2(pb[p.name], pa[p.name]);
+        t.true(err <= 1e-2, `globalPool ${globalPool}: ${p.name} after one step: relative L2 ${err.toExponential(2)}`);
+      }
+      const images = gratings(16, 3, 32, seed + 1);
+      const la = await cpu.predict(images), lb = await gpu.predict(images);
+      t.true(relativeL2(lb, la) <= 3e-2, `logits: relative L2 ${relativeL2(lb, la).toExponential(2)}`);
+    } finally {
+      await cpu.dispose();
+      await gpu.dispose();
+    }
+  }
+});
+
 gpuTest('300 training steps on the GPU track the CPU loss curve', async (t) => {
   const curves: number[][] = [];
   for (const device of ['cpu', 'cuda'] as const) {

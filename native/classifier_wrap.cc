@@ -6,10 +6,6 @@
 #include <string>
 #include <vector>
 
-#include "compute_thread.h"
-#include "cpu/cpu_backend.h"
-#include "cuda/cuda_backend.h"
-#include "distributed/dist.h"
 #include "model_wrap.h"
 #include "napi_util.h"
 #include "wrap_common.h"
@@ -134,7 +130,7 @@ class Worker : public Napi::AsyncWorker {
       out.Set("gradNorm", result_.grad_norm);
       out.Set("step", (double)result_.step);
     } else {
-      out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_, [](const ParamSpec&) { return true; }));
+      out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_, has_optimizer_state));
     }
     deferred_.Resolve(out);
   }
@@ -156,49 +152,6 @@ class Worker : public Napi::AsyncWorker {
   JobFailure failure_;
 };
 
-class CreateWorker : public Napi::AsyncWorker {
- public:
-  CreateWorker(Napi::Env env, ClassifierConfig config, std::string device)
-      : Napi::AsyncWorker(env, "createClassifier"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        config_(config),
-        device_(std::move(device)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override {
-    failure_ = run_job([this] {
-      omp_set_num_threads(config_.threads);
-      model_ = std::make_unique<Classifier>(
-          config_, device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
-    });
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (failure_.failed) {
-      deferred_.Reject(make_error(env, failure_.kind, "createClassifier: " + failure_.message, failure_.code).Value());
-      return;
-    }
-    Classifier* raw = model_.release();
-    try {
-      deferred_.Resolve(env.GetInstanceData<AddonData>()->classifier.New({Napi::External<Classifier>::New(env, raw)}));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  ClassifierConfig config_;
-  std::string device_;
-  std::unique_ptr<Classifier> model_;
-  JobFailure failure_;
-};
-
-template <typename W> Napi::Promise queue(W* worker) {
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
-}
 
 }  // namespace
 
@@ -207,7 +160,7 @@ Napi::Value ClassifierWrap::CreateAsync(const Napi::CallbackInfo& info) {
   std::string device;
   ClassifierConfig config = parse_config(get_object(info[0], "config"), device);
   guard(env, "createClassifier", [&] { config.validate(); });
-  return queue(new CreateWorker(env, config, device));
+  return queue(new CreateWorker<Classifier, ClassifierConfig>(env, "createClassifier", config, device, &AddonData::classifier));
 }
 
 Napi::Function ClassifierWrap::Define(Napi::Env env) {
@@ -239,69 +192,30 @@ void ClassifierWrap::check_usable(Napi::Env env, const char* op) const {
 }
 
 Napi::Value ClassifierWrap::ParamInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "paramInfo");
-  const auto& specs = model_->layout().specs;
-  Napi::Array out = Napi::Array::New(env, specs.size());
-  for (size_t i = 0; i < specs.size(); ++i) {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("name", specs[i].name);
-    Napi::Array shape = Napi::Array::New(env, specs[i].shape.size());
-    for (size_t d = 0; d < specs[i].shape.size(); ++d) shape.Set((uint32_t)d, specs[i].shape[d]);
-    o.Set("shape", shape);
-    o.Set("trainable", true);
-    o.Set("decay", specs[i].decay);
-    o.Set("layer", specs[i].layer);
-    out.Set((uint32_t)i, o);
-  }
-  return out;
+  check_usable(info.Env(), "paramInfo");
+  return param_info_array(info.Env(), *model_);
 }
 
 Napi::Value ClassifierWrap::GetParams(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "getParams");
-  std::vector<float> flat(model_->layout().total);
-  model_->get_params(flat.data());
-  return tensors_object(env, model_->layout(), flat, [](const ParamSpec&) { return true; });
+  check_usable(info.Env(), "getParams");
+  return params_object(info.Env(), *model_);
 }
 
 Napi::Value ClassifierWrap::SetParams(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "setParams");
-  std::vector<float> flat(model_->layout().total);
-  read_tensors(info[0], model_->layout(), flat, "params", [](const ParamSpec&) { return true; });
-  model_->set_params(flat.data());
-  return env.Undefined();
+  check_usable(info.Env(), "setParams");
+  set_params_from(info[0], *model_);
+  return info.Env().Undefined();
 }
 
 Napi::Value ClassifierWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "getOptimizerState");
-  const size_t total = model_->layout().total;
-  std::vector<float> m(total), v(total);
-  model_->get_optimizer_state(m.data(), v.data());
-  auto all = [](const ParamSpec&) { return true; };
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("step", (double)model_->step());
-  out.Set("expAvg", tensors_object(env, model_->layout(), m, all));
-  out.Set("expAvgSq", tensors_object(env, model_->layout(), v, all));
-  return out;
+  check_usable(info.Env(), "getOptimizerState");
+  return optimizer_state_object(info.Env(), *model_);
 }
 
 Napi::Value ClassifierWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "setOptimizerState");
-  Napi::Object o = get_object(info[0], "optimizer state");
-  const int step = get_int(o, "step", 0);
-  const size_t total = model_->layout().total;
-  std::vector<float> m(total, 0.f), v(total, 0.f);
-  auto all = [](const ParamSpec&) { return true; };
-  read_tensors(o.Get("expAvg"), model_->layout(), m, "expAvg", all);
-  read_tensors(o.Get("expAvgSq"), model_->layout(), v, "expAvgSq", all);
-  for (float x : v)
-    if (!(x >= 0)) throw Napi::RangeError::New(env, "expAvgSq must be finite and non-negative");
-  guard(env, "setOptimizerState", [&] { model_->set_optimizer_state(m.data(), v.data(), step); });
-  return env.Undefined();
+  check_usable(info.Env(), "setOptimizerState");
+  set_optimizer_state_from(info.Env(), info[0], *model_);
+  return info.Env().Undefined();
 }
 
 Napi::Value ClassifierWrap::LossAndGrads(const Napi::CallbackInfo& info) {

@@ -243,51 +243,6 @@ class StepWorker : public Napi::AsyncWorker {
   JobFailure failure_;
 };
 
-class CreateWorker : public Napi::AsyncWorker {
- public:
-  CreateWorker(Napi::Env env, ModelConfig config, std::string device)
-      : Napi::AsyncWorker(env, "createModel"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        config_(config),
-        device_(std::move(device)) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-
-  void Execute() override {
-    failure_ = run_job([this] {
-      omp_set_num_threads(config_.threads);
-      model_ = std::make_unique<Model>(
-          config_, device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
-    });
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (failure_.failed) {
-      deferred_.Reject(make_error(env, failure_.kind, "createModel: " + failure_.message, failure_.code).Value());
-      return;
-    }
-    Model* raw = model_.release();
-    try {
-      deferred_.Resolve(env.GetInstanceData<AddonData>()->model.New({Napi::External<Model>::New(env, raw)}));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  ModelConfig config_;
-  std::string device_;
-  std::unique_ptr<Model> model_;
-  JobFailure failure_;
-};
-
-// Queues a worker and returns its promise (the worker deletes itself when done).
-template <typename Worker> Napi::Promise queue(Worker* worker) {
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
-}
 
 }  // namespace
 
@@ -296,7 +251,7 @@ Napi::Value ModelWrap::CreateAsync(const Napi::CallbackInfo& info) {
   std::string device;
   ModelConfig config = parse_config(get_object(info[0], "config"), device);
   guard(env, "createModel", [&] { config.validate(); });  // cheap checks before queuing
-  auto* worker = new CreateWorker(env, config, device);
+  auto* worker = new CreateWorker<Model, ModelConfig>(env, "createModel", config, device, &AddonData::model);
   return queue(worker);
 }
 
@@ -332,68 +287,30 @@ void ModelWrap::check_usable(Napi::Env env, const char* op) const {
 }
 
 Napi::Value ModelWrap::ParamInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "paramInfo");
-  const auto& specs = model_->layout().specs;
-  Napi::Array out = Napi::Array::New(env, specs.size());
-  for (size_t i = 0; i < specs.size(); ++i) {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("name", specs[i].name);
-    Napi::Array shape = Napi::Array::New(env, specs[i].shape.size());
-    for (size_t d = 0; d < specs[i].shape.size(); ++d) shape.Set((uint32_t)d, specs[i].shape[d]);
-    o.Set("shape", shape);
-    o.Set("trainable", specs[i].trainable);
-    o.Set("decay", specs[i].decay);
-    out.Set((uint32_t)i, o);
-  }
-  return out;
+  check_usable(info.Env(), "paramInfo");
+  return param_info_array(info.Env(), *model_);
 }
 
 Napi::Value ModelWrap::GetParams(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "getParams");
-  std::vector<float> flat(model_->layout().total);
-  model_->get_params(flat.data());
-  return tensors_object(env, model_->layout(), flat, [](const ParamSpec&) { return true; });
+  check_usable(info.Env(), "getParams");
+  return params_object(info.Env(), *model_);
 }
 
 Napi::Value ModelWrap::SetParams(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "setParams");
-  std::vector<float> flat(model_->layout().total);
-  read_tensors(info[0], model_->layout(), flat, "params", [](const ParamSpec&) { return true; });
-  model_->set_params(flat.data());
-  return env.Undefined();
+  check_usable(info.Env(), "setParams");
+  set_params_from(info[0], *model_);
+  return info.Env().Undefined();
 }
 
 Napi::Value ModelWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "getOptimizerState");
-  const size_t total = model_->layout().total;
-  std::vector<float> m(total), v(total);
-  model_->get_optimizer_state(m.data(), v.data());
-  auto trainable = [](const ParamSpec& s) { return s.trainable; };
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("step", (double)model_->step());
-  out.Set("expAvg", tensors_object(env, model_->layout(), m, trainable));
-  out.Set("expAvgSq", tensors_object(env, model_->layout(), v, trainable));
-  return out;
+  check_usable(info.Env(), "getOptimizerState");
+  return optimizer_state_object(info.Env(), *model_);
 }
 
 Napi::Value ModelWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  check_usable(env, "setOptimizerState");
-  Napi::Object o = get_object(info[0], "optimizer state");
-  const int step = get_int(o, "step", 0);
-  const size_t total = model_->layout().total;
-  std::vector<float> m(total, 0.f), v(total, 0.f);
-  auto trainable = [](const ParamSpec& s) { return s.trainable; };
-  read_tensors(o.Get("expAvg"), model_->layout(), m, "expAvg", trainable);
-  read_tensors(o.Get("expAvgSq"), model_->layout(), v, "expAvgSq", trainable);
-  for (float x : v)
-    if (!(x >= 0)) throw Napi::RangeError::New(env, "expAvgSq must be finite and non-negative");
-  guard(env, "setOptimizerState", [&] { model_->set_optimizer_state(m.data(), v.data(), step); });
-  return env.Undefined();
+  check_usable(info.Env(), "setOptimizerState");
+  set_optimizer_state_from(info.Env(), info[0], *model_);
+  return info.Env().Undefined();
 }
 
 Napi::Value ModelWrap::LossAndGrads(const Napi::CallbackInfo& info) {

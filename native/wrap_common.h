@@ -2,12 +2,18 @@
 // classifier (classifier_wrap.cc): parameter tensors in and out of a flat buffer, optimizer options.
 #pragma once
 #include <napi.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/model.h"
+#include "cpu/cpu_backend.h"
+#include "cuda/cuda_backend.h"
+#include "distributed/dist.h"
+#include "model_wrap.h"  // AddonData, JobFailure, run_job
 #include "napi_util.h"
 
 namespace emae::napi {
@@ -47,5 +53,118 @@ void read_tensors(const Napi::Value& v, const Layout& layout, std::vector<float>
     std::copy(arr.Data(), arr.Data() + s.size, flat.begin() + s.offset);
   }
 }
+
+// The parameter and optimizer-state methods both handles share (M: emae::Model or
+// emae::Classifier, whose layouts mark every tensor with an optimizer state `trainable`).
+inline bool has_optimizer_state(const ParamSpec& s) { return s.trainable; }
+
+// paramInfo(): [{ name, shape, trainable, decay, layer }] in state-dict order
+template <typename M> Napi::Array param_info_array(Napi::Env env, const M& m) {
+  const auto& specs = m.layout().specs;
+  Napi::Array out = Napi::Array::New(env, specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", specs[i].name);
+    Napi::Array shape = Napi::Array::New(env, specs[i].shape.size());
+    for (size_t d = 0; d < specs[i].shape.size(); ++d) shape.Set((uint32_t)d, specs[i].shape[d]);
+    o.Set("shape", shape);
+    o.Set("trainable", specs[i].trainable);
+    o.Set("decay", specs[i].decay);
+    o.Set("layer", specs[i].layer);
+    out.Set((uint32_t)i, o);
+  }
+  return out;
+}
+
+// getParams(): every tensor, copied
+template <typename M> Napi::Object params_object(Napi::Env env, const M& m) {
+  std::vector<float> flat(m.layout().total);
+  m.get_params(flat.data());
+  return tensors_object(env, m.layout(), flat, [](const ParamSpec&) { return true; });
+}
+
+// setParams(dict): every tensor checked before anything is written
+template <typename M> void set_params_from(const Napi::Value& v, M& m) {
+  std::vector<float> flat(m.layout().total);
+  read_tensors(v, m.layout(), flat, "params", [](const ParamSpec&) { return true; });
+  m.set_params(flat.data());
+}
+
+// getOptimizerState(): { step, expAvg, expAvgSq }
+template <typename M> Napi::Object optimizer_state_object(Napi::Env env, const M& m) {
+  const size_t total = m.layout().total;
+  std::vector<float> avg(total), avg_sq(total);
+  m.get_optimizer_state(avg.data(), avg_sq.data());
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("step", (double)m.step());
+  out.Set("expAvg", tensors_object(env, m.layout(), avg, has_optimizer_state));
+  out.Set("expAvgSq", tensors_object(env, m.layout(), avg_sq, has_optimizer_state));
+  return out;
+}
+
+// setOptimizerState(state): checked in full (names, sizes, finite non-negative second moments) first
+template <typename M> void set_optimizer_state_from(Napi::Env env, const Napi::Value& v, M& m) {
+  Napi::Object o = get_object(v, "optimizer state");
+  const int step = get_int(o, "step", 0);
+  const size_t total = m.layout().total;
+  std::vector<float> avg(total, 0.f), avg_sq(total, 0.f);
+  read_tensors(o.Get("expAvg"), m.layout(), avg, "expAvg", has_optimizer_state);
+  read_tensors(o.Get("expAvgSq"), m.layout(), avg_sq, "expAvgSq", has_optimizer_state);
+  for (float x : avg_sq)
+    if (!(x >= 0)) throw Napi::RangeError::New(env, "expAvgSq must be finite and non-negative");
+  guard(env, "setOptimizerState", [&] { m.set_optimizer_state(avg.data(), avg_sq.data(), step); });
+}
+
+// Queues a worker and returns its promise (the worker deletes itself when done).
+template <typename Worker> Napi::Promise queue(Worker* worker) {
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+// createModel / createClassifier: builds an M (allocation, initialization, upload) on the compute
+// thread, then resolves with the JS handle made by the constructor `handle` of AddonData.
+template <typename M, typename Config> class CreateWorker : public Napi::AsyncWorker {
+ public:
+  CreateWorker(Napi::Env env, const char* op, Config config, std::string device, Napi::FunctionReference AddonData::*handle)
+      : Napi::AsyncWorker(env, op),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        op_(op),
+        config_(config),
+        device_(std::move(device)),
+        handle_(handle) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    failure_ = run_job([this] {
+      omp_set_num_threads(config_.threads);
+      model_ = std::make_unique<M>(
+          config_, device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
+    });
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (failure_.failed) {
+      deferred_.Reject(make_error(env, failure_.kind, std::string(op_) + ": " + failure_.message, failure_.code).Value());
+      return;
+    }
+    M* raw = model_.release();
+    try {
+      deferred_.Resolve((env.GetInstanceData<AddonData>()->*handle_).New({Napi::External<M>::New(env, raw)}));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  const char* op_;
+  Config config_;
+  std::string device_;
+  Napi::FunctionReference AddonData::*handle_;
+  std::unique_ptr<M> model_;
+  JobFailure failure_;
+};
 
 }  // namespace emae::napi

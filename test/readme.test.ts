@@ -74,6 +74,12 @@ const plans: Record<string, Plan> = {
     replace: [['tsx examples/fashion-mnist.ts', 'tsx examples/fashion-mnist.ts --steps 5 --out runs/fashion-mnist'],
       ['--train-count 10000 --test-count 2000', '--train-count 256 --test-count 64 --out runs/study']],
   },
+  'examples/README.md#Fine-tuning: MAE vs EMAE at equal pretraining time': {
+    needs: 'fashion-mnist',
+    why: 'budgets of 0.6 and 1.2 s on 512 images; fine-tuning 1 epoch of 128 images, scored on 64',
+    replace: [['--budgets 5,10,20 --out runs/ft-study', '--budgets 0.01,0.02 --train-count 512 --calibrate-steps 2 --out runs/ft-study'],
+      ['study-finetune.ts --out runs/ft-study', 'study-finetune.ts --train-count 128 --test-count 64 --epochs 1 --out runs/ft-study']],
+  },
 };
 
 const blocks = [...shellBlocks('README.md'), ...shellBlocks('examples/README.md')];

@@ -302,8 +302,8 @@ export class Classifier {
   }
 
   /**
-   * Writes every parameter as safetensors (F32, models_vit names and shapes, so
-   * `timm`/PyTorch load it), atomically, with the config and a checksum in the metadata.
+   * Writes every parameter as safetensors (F32, the names and shapes of MAE's PyTorch models_vit
+   * state dict), atomically, with the config and a checksum in the metadata.
    */
   async saveWeights(file: string): Promise<void> {
     const context = new Error();

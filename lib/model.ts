@@ -10,11 +10,11 @@ import { readFile } from 'node:fs/promises';
 import { resolveConfig, type EMAEConfig, type ResolvedConfig } from './config.js';
 import {
   DISPOSED_MESSAGE, assertFiniteNumber, assertKnownKeys, assertNonNegativeInteger, assertObject,
-  assertPositiveInteger, assertString, describeValue, invalidRangeError, invalidTypeError, isFloat32Array, isObject, withCallerStack,
+  assertPositiveInteger, assertString, invalidRangeError, invalidTypeError, isFloat32Array, isObject, withCallerStack,
 } from './errors.js';
 import { ParallelMasker, validatePermutation } from './masker.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
-import { writeFileAtomic, writeSafetensors, type SafetensorsData } from './safetensors.js';
+import { writeFileAtomic, writeSafetensors } from './safetensors.js';
 import { CallQueue, checkTensors, product, shapeText } from './call-queue.js';
 import { architectureDifference, configMetadata, parseWeightsFile } from './weights-file.js';
 

@@ -1,7 +1,10 @@
 // Shared by the native-model handles (EMAE, Classifier): the per-model call queue that keeps
 // native calls one at a time in call order, and the check of a state dict against a model's
 // parameter list before anything is written.
-import { describeValue, invalidTypeError, isFloat32Array, withCallerStack } from './errors.js';
+import {
+  assertKnownKeys, assertNonNegativeInteger, assertObject, describeValue, invalidTypeError, isFloat32Array, withCallerStack,
+} from './errors.js';
+import type { OptimizerState } from './model.js';
 
 export const shapeText = (shape: readonly number[]): string => `[${shape.join(',')}]`;
 export const product = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
@@ -64,6 +67,23 @@ export class CallQueue {
   /** Settles when every call so far has. */
   settled(): Promise<void> {
     return this.#tail.then(() => undefined);
+  }
+
+  #closed = false;
+
+  /** True once close() was called (the model is disposed). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Disposal: runs `free` once every call made so far has settled; later calls are refused by
+   * the alive check. Calling it again only waits.
+   */
+  close(free: () => void): Promise<void> {
+    if (this.#closed) return this.settled();
+    this.#closed = true;
+    return this.last(free);
   }
 }
 
@@ -135,4 +155,31 @@ export function checkTensors(
     throw new ErrorClass(`cannot load ${source === 'state dict' ? 'the state dict' : source}: ${listed.join('; ')}${more}`);
   }
   return out;
+}
+
+/**
+ * Checks AdamW state against the parameters that have moments: step, both moment maps, every
+ * name present with its size, no unknown name. Returns a copy of the maps (the caller's arrays).
+ */
+export function checkOptimizerState(params: readonly ParamShape[], state: OptimizerState): OptimizerState {
+  assertObject('optimizer state', state, 'object with step, expAvg, expAvgSq');
+  assertKnownKeys('optimizer state key', state, ['step', 'expAvg', 'expAvgSq']);
+  assertNonNegativeInteger('step', state.step);
+  const copy: OptimizerState = { step: state.step, expAvg: {}, expAvgSq: {} };
+  const names = new Set(params.map((p) => p.name));
+  for (const key of ['expAvg', 'expAvgSq'] as const) {
+    const moments = state[key];
+    assertObject(key, moments, 'object mapping trainable parameter names to Float32Array');
+    for (const p of params) {
+      const m = moments[p.name];
+      if (m === undefined) throw new RangeError(`${key}.${p.name}: missing from the optimizer state`);
+      if (!isFloat32Array(m)) throw invalidTypeError(`${key}.${p.name}`, 'Float32Array', m);
+      const want = product(p.shape);
+      if (m.length !== want) throw new RangeError(`${key}.${p.name}: expected ${want} elements (shape ${shapeText(p.shape)}) but received ${m.length}`);
+      copy[key][p.name] = m;
+    }
+    const extra = Object.keys(moments).find((n) => !names.has(n));
+    if (extra !== undefined) throw new RangeError(`${key}.${extra}: not a trainable parameter of this model`);
+  }
+  return copy;
 }

@@ -3,10 +3,10 @@
 // and the error says what was wrong; a rejected call changes nothing; calls run one at a time.
 import { readFile } from 'node:fs/promises';
 import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
-import { CallQueue, checkTensors, product, shapeText } from './call-queue.js';
+import { CallQueue, checkOptimizerState, checkTensors, product } from './call-queue.js';
 import { resolveConfig, type CpuMatmul, type DeviceRequest, type EMAEConfig } from './config.js';
 import {
-  assertFiniteNumber, assertKnownKeys, assertNonNegativeInteger, assertObject, assertPositiveInteger, assertString,
+  assertFiniteNumber, assertKnownKeys, assertObject, assertPositiveInteger, assertString,
   invalidRangeError, invalidTypeError, isFloat32Array, isInt32Array, isObject, withCallerStack,
 } from './errors.js';
 import { pickDevice, type Device, type OptimizerState, type StateDictTensor } from './model.js';
@@ -130,7 +130,6 @@ export class Classifier {
   #params: readonly ClassifierParamInfo[];
   /** the fresh head (head.*, fc_norm.*) loadPretrained puts back */
   #freshHead: Record<string, Float32Array>;
-  #disposed = false;
   /** optimizer steps taken (mirrors the native count; drop path is drawn from it) */
   #step = 0;
   readonly #queue = new CallQueue(() => this.#assertAlive());
@@ -186,7 +185,7 @@ export class Classifier {
   }
 
   get disposed(): boolean {
-    return this.#disposed;
+    return this.#queue.closed;
   }
 
   /** Name, shape, weight decay and layer id of every parameter, in state-dict order (copies). */
@@ -401,37 +400,23 @@ export class Classifier {
   async setOptimizerState(state: OptimizerState): Promise<void> {
     const context = new Error();
     this.#assertAlive();
-    assertObject('optimizer state', state, 'object with step, expAvg, expAvgSq');
-    assertKnownKeys('optimizer state key', state, ['step', 'expAvg', 'expAvgSq']);
-    assertNonNegativeInteger('step', state.step);
-    for (const key of ['expAvg', 'expAvgSq'] as const) {
-      assertObject(key, state[key], 'object mapping parameter names to Float32Array');
-      for (const p of this.#params) {
-        const m = state[key][p.name];
-        if (m === undefined) throw new RangeError(`${key}.${p.name}: missing from the optimizer state`);
-        if (!isFloat32Array(m)) throw invalidTypeError(`${key}.${p.name}`, 'Float32Array', m);
-        if (m.length !== product(p.shape))
-          throw new RangeError(`${key}.${p.name}: expected ${product(p.shape)} elements (shape ${shapeText(p.shape)}) but received ${m.length}`);
-      }
-    }
+    const copy = checkOptimizerState(this.#params, state);
     await this.#queue.run(context, () => {
-      this.#handle.setOptimizerState(state);
-      this.#step = state.step;
+      this.#handle.setOptimizerState(copy);
+      this.#step = copy.step;
     });
   }
 
   /** Frees the native memory once the calls already made have finished. */
   dispose(): Promise<void> {
-    if (this.#disposed) return this.#queue.settled();
-    this.#disposed = true;
     const handle = this.#handle;
-    return this.#queue.last(() => { if (!handle.disposed) handle.dispose(); });
+    return this.#queue.close(() => { if (!handle.disposed) handle.dispose(); });
   }
 
   // ---- internals ----------------------------------------------------------------------------
 
   #assertAlive(): void {
-    if (this.#disposed) throw new Error(DISPOSED);
+    if (this.#queue.closed) throw new Error(DISPOSED);
   }
 
   #setParams(given: Record<string, Float32Array>): void {
@@ -477,7 +462,7 @@ export class Classifier {
         }
         if (Math.abs(sum - 1) > 1e-3) throw new RangeError(`targets row ${b} sums to ${sum}, not 1`);
       }
-      soft = targets.slice();
+      soft = this.#queue.pending > 0 ? targets.slice() : targets;  // copied only if the call must wait
     }
     return { images: this.#queue.pending > 0 ? images.slice() : images, targets: soft, batchSize };
   }

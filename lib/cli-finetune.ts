@@ -111,9 +111,10 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
           : undefined;
         // as pretrain: the first signal stops after the step with a checkpoint; a second while that
         // happens (a double Ctrl-C, npx forwarding the group's SIGTERM) waits; a third quits at once
-        let signals = 0, finished = false;
+        let signals = 0, finished = false, firstSignal = '';
         const onSignal = (name: string) => {
           signals += 1;
+          firstSignal ||= name;
           bar?.stop();
           if (signals === 1) {
             tuner.stop();
@@ -132,17 +133,18 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
           console.log(`resumed at step ${tuner.step}`);
         }
         bar?.start(tuner.totalSteps, tuner.step, { loss: '-', lr: '-', ips: '-' });
-        await tuner.run();
+        const last = await tuner.run();
         finished = true;
         bar?.stop();
         if (signals > 0) {
           console.log(`stopped at step ${tuner.step}; checkpoint in ${o.out} (continue with --resume)`);
-          process.exitCode = 130;
+          process.exitCode = firstSignal === 'SIGINT' ? 130 : 143;
           return;
         }
         const file = path.join(o.out, 'classifier.safetensors');
         await model.saveWeights(file);
-        const final = test ? await top1Accuracy(model, test) : undefined;
+        // the last epoch scored these weights already (a run resumed at its end did no epoch)
+        const final = test ? last?.testTop1 ?? await top1Accuracy(model, test) : undefined;
         console.log(JSON.stringify({ steps: tuner.step, weights: file, ...(final !== undefined ? { testTop1: final } : {}) }));
       } finally {
         await model.dispose();

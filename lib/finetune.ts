@@ -123,6 +123,8 @@ export class FineTuner {
   #resumedFrom: string | undefined;
   #prepared = false;
   #epochLoss = { sum: 0, count: 0 };
+  /** the current epoch's shuffled order (made once per epoch) */
+  #order: { epoch: number; indices: Int32Array } | undefined;
 
   constructor(model: Classifier, data: LabelledImageSet, options: FinetuneOptions) {
     const c = model.config;
@@ -222,7 +224,8 @@ export class FineTuner {
     let epochStarted = performance.now();
     while (this.#state.step < total) {
       const { epoch, position } = this.#state;
-      const order = this.#epochOrder(epoch);
+      if (this.#order?.epoch !== epoch) this.#order = { epoch, indices: this.#epochOrder(epoch) };
+      const order = this.#order.indices;
       const B = o.batchSize;
       let images: Float32Array = new Float32Array(B * per);
       const labels = new Int32Array(B);
@@ -262,6 +265,7 @@ export class FineTuner {
       if (o.outDir) await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify(info) + '\n');
       await o.onStep?.(info);
       const epochDone = this.#state.position + B > this.#data.count;
+      let saved = false;
       if (epochDone) {
         this.#state.epoch += 1;
         this.#state.position = 0;
@@ -272,12 +276,15 @@ export class FineTuner {
         epochStarted = performance.now();
         if (o.outDir) {
           await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify({ ...last, kind: 'epoch' }) + '\n');
-          if ((epoch + 1) % o.checkpointEvery === 0 || this.#state.step === total) await this.checkpoint();
+          if ((epoch + 1) % o.checkpointEvery === 0 || this.#state.step === total) {
+            await this.checkpoint();
+            saved = true;
+          }
         }
         await o.onEpoch?.(last);
       }
       if (this.#stopRequested && this.#state.step < total) {
-        if (o.outDir && !epochDone) await this.checkpoint();
+        if (o.outDir && !saved) await this.checkpoint();
         break;
       }
     }
@@ -344,7 +351,7 @@ function checkLabelled(name: string, d: LabelledImageSet, c: Classifier['config'
     throw new RangeError(`${name}: images of ${d.channels} channel(s), ${d.size}×${d.size} do not fit the classifier's ${c.channels}, ${c.imageSize}×${c.imageSize}`);
   if (!d.labels || d.labels.length < d.count) throw new RangeError(`${name}: fine-tuning needs a label for every image`);
   for (let i = 0; i < d.count; i++)
-    if (d.labels[i] >= c.numClasses) throw new RangeError(`${name}.labels[${i}] = ${d.labels[i]} is not a class index in 0..${c.numClasses - 1}`);
+    if (d.labels[i] < 0 || d.labels[i] >= c.numClasses) throw new RangeError(`${name}.labels[${i}] = ${d.labels[i]} is not a class index in 0..${c.numClasses - 1}`);
 }
 
 /**

@@ -7,6 +7,7 @@
 // fixes the whole mask stream, and getState()/setState() let a checkpoint resume it.
 import { xoroshiro128plus, xoroshiro128plusFromState } from 'pure-rand/generator/xoroshiro128plus';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
+import { fmix32 } from './rng.js';
 import {
   assertFiniteNumber, assertNonNegativeInteger, assertObject, assertPositiveInteger,
   invalidRangeError, invalidTypeError, isInt32Array,
@@ -249,15 +250,6 @@ export function validatePermutation(perm: unknown, batchSize: number, numPatches
   }
 }
 
-// murmur3's 32-bit finalizer: a bijection that mixes every input bit into every output bit
-function fmix32(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h | 0;
-}
 
 // A xoroshiro128+ state (4 int32, never all zero) for sample `index` of the stream `seed`.
 function sampleState(seed: number, index: number): number[] {

@@ -9,13 +9,13 @@
 import { readFile } from 'node:fs/promises';
 import { resolveConfig, type EMAEConfig, type ResolvedConfig } from './config.js';
 import {
-  DISPOSED_MESSAGE, assertFiniteNumber, assertKnownKeys, assertNonNegativeInteger, assertObject,
+  DISPOSED_MESSAGE, assertFiniteNumber, assertKnownKeys, assertObject,
   assertPositiveInteger, assertString, invalidRangeError, invalidTypeError, isFloat32Array, isObject, withCallerStack,
 } from './errors.js';
 import { ParallelMasker, validatePermutation } from './masker.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
 import { writeFileAtomic, writeSafetensors } from './safetensors.js';
-import { CallQueue, checkTensors, product, shapeText } from './call-queue.js';
+import { CallQueue, checkOptimizerState, checkTensors } from './call-queue.js';
 import { architectureDifference, configMetadata, parseWeightsFile } from './weights-file.js';
 
 export type Device = 'cpu' | 'cuda';
@@ -133,7 +133,6 @@ export class EMAE {
   #config: Readonly<ResolvedConfig>;
   #device: Device;
   #params: readonly ParamInfo[];
-  #disposed = false;
   /** the model's calls, one at a time in call order */
   readonly #queue = new CallQueue(() => this.#assertAlive());
 
@@ -209,7 +208,7 @@ export class EMAE {
   }
 
   get disposed(): boolean {
-    return this.#disposed;
+    return this.#queue.closed;
   }
 
   /** Name, shape, trainable and decay of every parameter, in state-dict order (copies). */
@@ -478,28 +477,7 @@ export class EMAE {
   async setOptimizerState(state: OptimizerState): Promise<void> {
     const context = new Error();
     this.#assertAlive();
-    assertObject('optimizer state', state, 'object with step, expAvg, expAvgSq');
-    assertKnownKeys('optimizer state key', state, ['step', 'expAvg', 'expAvgSq']);
-    assertNonNegativeInteger('step', state.step);
-    const trainable = this.#params.filter((p) => p.trainable);
-    const copy: OptimizerState = { step: state.step, expAvg: {}, expAvgSq: {} };
-    for (const key of ['expAvg', 'expAvgSq'] as const) {
-      const moments = state[key];
-      assertObject(key, moments, 'object mapping trainable parameter names to Float32Array');
-      for (const p of trainable) {
-        const m = moments[p.name];
-        if (m === undefined) throw new RangeError(`${key}.${p.name}: missing from the optimizer state`);
-        if (!isFloat32Array(m)) throw invalidTypeError(`${key}.${p.name}`, 'Float32Array', m);
-        const want = product(p.shape);
-        if (m.length !== want) {
-          throw new RangeError(`${key}.${p.name}: expected ${want} elements (shape ${shapeText(p.shape)}) but received ${m.length}`);
-        }
-        copy[key][p.name] = m;
-      }
-      const names = new Set(trainable.map((p) => p.name));
-      const extra = Object.keys(moments).find((n) => !names.has(n));
-      if (extra !== undefined) throw new RangeError(`${key}.${extra}: not a trainable parameter of this model`);
-    }
+    const copy = checkOptimizerState(this.#params.filter((p) => p.trainable), state);
     await this.#enqueue(context, () => this.#handle.setOptimizerState(copy));
   }
 
@@ -508,16 +486,14 @@ export class EMAE {
    * with "EMAE model has been disposed". Calling it again does nothing.
    */
   dispose(): Promise<void> {
-    if (this.#disposed) return this.#queue.settled();
-    this.#disposed = true;
     const handle = this.#handle;
-    return this.#queue.last(() => { if (!handle.disposed) handle.dispose(); });
+    return this.#queue.close(() => { if (!handle.disposed) handle.dispose(); });
   }
 
   // ---- internals ----------------------------------------------------------------------------
 
   #assertAlive(): void {
-    if (this.#disposed) throw new Error(DISPOSED_MESSAGE);
+    if (this.#queue.closed) throw new Error(DISPOSED_MESSAGE);
   }
 
   /** Runs `fn` after every earlier call on this model has settled (CallQueue.run). */

@@ -217,8 +217,7 @@ class StepWorker : public Napi::AsyncWorker {
       out.Set("gradNorm", result_.grad_norm);
       out.Set("step", (double)result_.step);
     } else if (mode_ == StepMode::LossAndGrads) {
-      out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_,
-                                      [](const ParamSpec& s) { return s.trainable; }));
+      out.Set("grads", tensors_object(env, wrap_->model().layout(), grads_, has_optimizer_state));
     }
     deferred_.Resolve(out);
   }

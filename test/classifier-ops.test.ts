@@ -272,10 +272,7 @@ test('testOp: bad input to the fine-tuning ops is a RangeError or TypeError nami
 });
 
 // An empty row would read past the logits (the max of no elements); run in a child process so
-// a crash fails this test instead of killing the test worker. Known failure: native/test_ops.cc's
-// "cross_entropy" entry does not check B >= 1 and C >= 1 yet (C = 0 segfaults, B = 0 returns a NaN
-// loss); once it throws a RangeError there, ava reports this test as passing unexpectedly: make it
-// a plain test().
+// a crash fails this test instead of killing the test worker.
 test('testOp: cross_entropy with C = 0 or B = 0 is a RangeError (not a crash, not NaN)', (t) => {
   const script = `
     import { native } from './lib/native.ts';

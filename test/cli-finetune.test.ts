@@ -44,15 +44,11 @@ test.serial('finetune prints the test top-1 per epoch, writes log, checkpoints a
   t.regex(more.stdout, /epoch 3\/3/);
   const steps = readFileSync(path.join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.kind !== 'epoch').map((l) => l.step);
   t.deepEqual(steps, Array.from({ length: 24 }, (_, i) => i + 1), 'each step logged once');
-  const resumedFinal = JSON.parse(more.stdout.trim().split('\n').pop()!) as { testTop1: number };
 
   const e = cli('evaluate', '--weights', path.join(out, 'classifier.safetensors'), '--data', 'synthetic:32', '--device', 'cpu', '--threads', '1');
   t.is(e.status, 0, e.stderr);
   const scored = JSON.parse(e.stdout.trim()) as { top1: number; count: number };
   t.is(scored.count, 32);
-  // --test-data synthetic:32 is generated with the seed + 1; evaluate's data with the seed
-  t.true(scored.top1 >= 0 && scored.top1 <= 1);
-  t.true(resumedFinal.testTop1 >= 0 && resumedFinal.testTop1 <= 1);
   const fromCkpt = cli('evaluate', '--weights', path.join(out, 'ckpt-24.safetensors'), '--data', 'synthetic:32', '--device', 'cpu', '--threads', '1');
   t.is(fromCkpt.status, 0, fromCkpt.stderr);
   t.is(JSON.parse(fromCkpt.stdout.trim()).top1, scored.top1, 'the last checkpoint holds the same classifier');

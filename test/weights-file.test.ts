@@ -91,8 +91,13 @@ test('loadWeights accepts a checkpoint: its parameters, not its optimizer state'
   const model = await create(t);
   const dir = await tempDir(t, 'emae-weights-');
   const file = path.join(dir, 'ckpt.safetensors');
-  await saveCheckpoint(file, model, { step: 0 });
+  // non-zero moments in the file, so loading them by mistake would show
+  const moments = await model.getOptimizerState();
+  const fill = (m: Record<string, Float32Array>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, v.map(() => 0.5)]));
+  await model.setOptimizerState({ step: 3, expAvg: fill(moments.expAvg), expAvgSq: fill(moments.expAvgSq) });
+  await saveCheckpoint(file, model, { step: 3 });
   const other = await create(t, { seed: 5 });
+  t.notDeepEqual(await other.stateDict(), await model.stateDict(), 'another seed: other weights before the load');
   const optim = await other.getOptimizerState();
   await other.loadWeights(file);
   t.deepEqual(await other.stateDict(), await model.stateDict());
@@ -171,8 +176,9 @@ test('a file saved for another architecture is refused naming the config differe
     await t.throwsAsync(loadCheckpoint(ckpt, model), { instanceOf: RangeError, message: /depth 2 in the file, 1 in this model/ });
   });
   // the training-objective keys may differ: an MAE-trained (K = 1) file loads into an EMAE model
-  const mae = await create(t, { parts: 1, consistencyWeight: 0 });
+  const mae = await create(t, { parts: 1, consistencyWeight: 0, seed: 7 });
   await mae.saveWeights(weights);
+  t.notDeepEqual(await model.stateDict(), await mae.stateDict(), 'another seed: other weights before the load');
   await model.loadWeights(weights);
   t.deepEqual(await model.stateDict(), await mae.stateDict());
 });

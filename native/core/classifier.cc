@@ -40,7 +40,7 @@ struct Classifier::Arena {
   float* dres = nullptr;       // (R, D)
   float* wide = nullptr;       // (R, max(3D, H))
   float* narrow = nullptr;     // (R, D)
-  float* dbranch = nullptr;    // (R, D)
+  float* dbranch = nullptr;    // (R, D), only with drop path
   float* demb = nullptr;       // (B·N, D)
   ~Arena() {
     if (memory) backend->release(memory);
@@ -65,6 +65,9 @@ Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> 
     trainable_.push_back({s.offset, s.size, s.decay});
     layer_groups_[s.layer].push_back({s.offset, s.size, s.decay});
   }
+  std::vector<size_t> assigned = {layout_.patch_w, layout_.head_w};
+  for (const BlockOffsets& b : layout_.blocks) assigned.insert(assigned.end(), {b.qkv_w, b.proj_w, b.fc1_w, b.fc2_w});
+  accumulated_grads_ = accumulated_ranges(layout_.specs, assigned);
 }
 
 Classifier::~Classifier() {
@@ -121,7 +124,7 @@ std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backwa
     a->dres = pl.take<float>(R * D);
     a->wide = pl.take<float>(R * std::max(3 * D, c.mlp_hidden));
     a->narrow = pl.take<float>(R * D);
-    a->dbranch = pl.take<float>(R * D);
+    if (c.drop_path > 0) a->dbranch = pl.take<float>(R * D);  // drop path's scaled branch gradients
     a->demb = pl.take<float>((size_t)B * N * D);
   }
   a->memory = backend_->allocate(pl.bytes());
@@ -131,7 +134,8 @@ std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backwa
   fix(a->pooled); fix(a->feat); fix(a->feat_mean); fix(a->feat_rstd); fix(a->logits);
   if (backward) {
     fix(a->targets); fix(a->keep); fix(a->dlogits); fix(a->dfeat); fix(a->dpooled);
-    fix(a->dres); fix(a->wide); fix(a->narrow); fix(a->dbranch); fix(a->demb);
+    fix(a->dres); fix(a->wide); fix(a->narrow); fix(a->demb);
+    if (c.drop_path > 0) fix(a->dbranch);
   }
   rebase_blocks(a->blocks, base, a->x0);
   std::vector<int32_t> identity((size_t)B * N);
@@ -200,8 +204,9 @@ double Classifier::backward(Arena& a, bool drop_path) {
 
   const double loss = be.cross_entropy_forward_backward(a.dlogits, a.logits, a.targets, B, Q);
   if (!std::isfinite(loss)) return loss;  // the caller refuses the step; nothing was touched
-  be.zero(grads_, layout_.total * sizeof(float));  // every gradient below accumulates
-  be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w + L.head_w, B, D, Q, false);
+  // the linear weights' gradients are assigned (their only contribution); the rest are added into
+  for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
+  be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w + L.head_w, B, D, Q, true);
   be.zero(a.dpooled, (size_t)B * D * sizeof(float));
   be.layernorm_backward(a.dpooled, dw + L.head_norm_w, dw + L.head_norm_b, a.dfeat, a.pooled, w + L.head_norm_w,
                         a.feat_mean, a.feat_rstd, B, D);
@@ -209,13 +214,13 @@ double Classifier::backward(Arena& a, bool drop_path) {
   for (int l = c.depth; l-- > 0;) {
     DropPath drop;
     if (drop_path && c.block_drop_rate(l) > 0) drop = {a.keep + (size_t)(2 * l) * B, a.keep + (size_t)(2 * l + 1) * B};
-    block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow, false, drop, a.dbranch);
+    block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow, true, drop, a.dbranch);
   }
   // x0 = tokens + pos_embed: pos_embed's gradient sums dx0 over the batch; the cls token gets row 0's
   be.column_sum_accumulate(dw + L.pos_embed, a.dres, B, T * D);
   be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
   be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w, B * N, c.patch_dim(), D,
-                     false);
+                     true);
   return loss;
 }
 

@@ -64,6 +64,8 @@ class Classifier {
   float* exp_avg_sq_ = nullptr;
   std::vector<ParamSegment> trainable_;
   std::vector<std::vector<ParamSegment>> layer_groups_;  // [layer id] → its segments
+  // what backward zeroes first: every tensor but the linear weights, whose gradients it assigns
+  std::vector<std::pair<size_t, size_t>> accumulated_grads_;
   int64_t step_ = 0;
   std::unique_ptr<Arena> train_arena_;    // with the backward's buffers
   std::unique_ptr<Arena> predict_arena_;  // forward only

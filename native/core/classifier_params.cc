@@ -86,9 +86,9 @@ void initialize_classifier(const ClassifierConfig& c, const ClassifierLayout& la
     } else if (s.name == "head.weight") {
       for (size_t i = 0; i < s.size; ++i) w[i] = (float)(2e-5 * rng.normal());
     } else if (s.shape.size() == 1) {
-      const bool ln_weight = s.name.size() >= 11 && s.name.compare(s.name.size() - 11, 11, "norm.weight") == 0;
-      const bool ln1_2 = s.name.find(".norm1.weight") != std::string::npos || s.name.find(".norm2.weight") != std::string::npos;
-      for (size_t i = 0; i < s.size; ++i) w[i] = ln_weight || ln1_2 ? 1.f : 0.f;
+      // the 1-D weights are the LayerNorms' (1); every bias 0
+      const bool ln_weight = s.name.size() >= 7 && s.name.compare(s.name.size() - 7, 7, ".weight") == 0;
+      for (size_t i = 0; i < s.size; ++i) w[i] = ln_weight ? 1.f : 0.f;
     } else {
       const double fan_out = s.shape[0], fan_in = (double)s.size / s.shape[0];
       const double bound = std::sqrt(6.0 / (fan_in + fan_out));

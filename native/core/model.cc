@@ -69,16 +69,7 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
   std::vector<size_t> assigned = {layout_.patch_w, layout_.dec_embed_w, layout_.dec_pred_w};
   for (const auto* stack : {&layout_.blocks, &layout_.dec_blocks})
     for (const BlockOffsets& b : *stack) assigned.insert(assigned.end(), {b.qkv_w, b.proj_w, b.fc1_w, b.fc2_w});
-  std::vector<ParamSegment> rest;
-  for (const auto& s : trainable_)
-    if (std::find(assigned.begin(), assigned.end(), s.offset) == assigned.end()) rest.push_back(s);
-  std::sort(rest.begin(), rest.end(), [](const ParamSegment& x, const ParamSegment& y) { return x.offset < y.offset; });
-  for (const auto& s : rest) {
-    if (!accumulated_grads_.empty() && accumulated_grads_.back().first + accumulated_grads_.back().second == s.offset)
-      accumulated_grads_.back().second += s.size;  // adjacent: one zeroing call
-    else
-      accumulated_grads_.push_back({s.offset, s.size});
-  }
+  accumulated_grads_ = accumulated_ranges(layout_.specs, assigned);
 }
 
 Model::~Model() {

@@ -1,6 +1,7 @@
 // Parameter registry, MAE initialization and config validation.
 #include "core/params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -98,6 +99,22 @@ const ParamSpec* ParamLayout::find(const std::string& name) const {
   for (const auto& s : specs)
     if (s.name == name) return &s;
   return nullptr;
+}
+
+std::vector<std::pair<size_t, size_t>> accumulated_ranges(const std::vector<ParamSpec>& specs,
+                                                          const std::vector<size_t>& assigned) {
+  std::vector<const ParamSpec*> rest;
+  for (const auto& s : specs)
+    if (s.trainable && std::find(assigned.begin(), assigned.end(), s.offset) == assigned.end()) rest.push_back(&s);
+  std::sort(rest.begin(), rest.end(), [](const ParamSpec* x, const ParamSpec* y) { return x->offset < y->offset; });
+  std::vector<std::pair<size_t, size_t>> ranges;
+  for (const ParamSpec* s : rest) {
+    if (!ranges.empty() && ranges.back().first + ranges.back().second == s->offset)
+      ranges.back().second += s->size;  // adjacent: one zeroing call
+    else
+      ranges.push_back({s->offset, s->size});
+  }
+  return ranges;
 }
 
 void sincos_pos_embed_2d(int dim, int grid, float* out) {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
@@ -37,6 +38,12 @@ struct ParamLayout {
   explicit ParamLayout(const ModelConfig& c);
   const ParamSpec* find(const std::string& name) const;
 };
+
+// The (offset, size) ranges of the trainable tensors other than `assigned` (the linear weights
+// whose gradients matmul_backward assigns in a fresh step), merged where adjacent: what a
+// non-accumulating backward zeroes first, since every other gradient is added into.
+std::vector<std::pair<size_t, size_t>> accumulated_ranges(const std::vector<ParamSpec>& specs,
+                                                          const std::vector<size_t>& assigned);
 
 // MAE initialization into a host buffer of layout.total floats: xavier-uniform linears (the
 // patch embedding viewed as a linear map), zero biases, LayerNorm (1, 0), cls/mask tokens

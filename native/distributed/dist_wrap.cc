@@ -12,6 +12,7 @@
 #include "distributed/dist.h"
 #include "model_wrap.h"
 #include "napi_util.h"
+#include "wrap_common.h"
 
 namespace emae::napi {
 namespace {
@@ -56,12 +57,6 @@ class DistWorker : public Napi::AsyncWorker {
   Napi::ObjectReference self_;
   JobFailure failure_;
 };
-
-Napi::Promise queue(DistWorker* w) {
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
-}
 
 Napi::Object status_object(Napi::Env env, const dist::Status& s) {
   Napi::Object o = Napi::Object::New(env);
@@ -138,7 +133,7 @@ Napi::Value AllReduce(const Napi::CallbackInfo& info) {
 // distAllReduceGrads(model, { average, bucketFloats }) → Promise<void>
 Napi::Value AllReduceGrads(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto* ctor = env.GetInstanceData<Napi::FunctionReference>();
+  auto* ctor = &env.GetInstanceData<AddonData>()->model;
   if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(ctor->Value()))
     throw Napi::TypeError::New(env, "Expected a native Model for model");
   ModelWrap* wrap = ModelWrap::Unwrap(info[0].As<Napi::Object>());

@@ -2,7 +2,7 @@
 // checkpoints, `--resume` continues from them, SIGINT writes a checkpoint and exits 130.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -22,6 +22,16 @@ test('emae info prints the version, backends and devices', (t) => {
   t.true(j.backends.includes('cpu'));
   t.is(typeof j.cpuThreads, 'number');
   t.true(['avx512', 'avx2', 'generic'].includes(j.cpuGemmKernel), String(j.cpuGemmKernel));
+});
+
+test("the package's bin is an executable script (npx emae runs dist/cli.js itself)", (t) => {
+  const { bin } = JSON.parse(readFileSync('package.json', 'utf8')) as { bin: Record<string, string> };
+  t.deepEqual(Object.keys(bin), ['emae']);
+  t.true((statSync(bin.emae).mode & 0o111) === 0o111, `${bin.emae} is not executable: npm test builds it with scripts/build-ts.mjs`);
+  t.true(readFileSync(bin.emae, 'utf8').startsWith('#!/usr/bin/env node\n'));
+  const r = spawnSync(bin.emae, ['--version'], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, /^\d+\.\d+\.\d+/);
 });
 
 test('an unknown command is an error', (t) => {

@@ -11,7 +11,9 @@
 #include "cuda/classifier.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_backend.h"
+#include "cuda/device_info.h"
 #include "cuda/gemm.cuh"
+#include "cuda/gemm_dispatch.cuh"
 #include "cuda/layernorm.cuh"
 #include "cuda/loss.cuh"
 #include "cuda/optim.cuh"
@@ -63,6 +65,8 @@ class CudaBackend final : public Backend {
       throw RangeError(std::string("CUDA device ") + prop.name + " has compute capability " +
                        std::to_string(prop.major) + "." + std::to_string(prop.minor) + "; emae needs 8.0 or newer");
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+    sms_ = prop.multiProcessorCount;
+    gemm_path_ = select_gemm_path();  // EMAE_CUDA_GEMM; a path this device cannot run throws here
     EMAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~CudaBackend() override {
@@ -111,7 +115,7 @@ class CudaBackend final : public Backend {
   void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
                       int R, int K, int N) override {
     bind();
-    cuda::matmul_forward(out, inp, weight, bias, residual, R, K, N, stream_);
+    cuda::matmul_forward_with(gemm_runner(), out, inp, weight, bias, residual, R, K, N);
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int K, int N, bool assign_dweight) override {
@@ -119,7 +123,7 @@ class CudaBackend final : public Backend {
     // the weight-gradient kernels accumulate (split-K): assigning = zeroing first
     if (assign_dweight) EMAE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, (size_t)N * K * sizeof(float), stream_));
     float* scratch = scratch_.get_as<float>(matmul_backward_scratch_floats(R, K, N));
-    cuda::matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_);
+    cuda::matmul_backward_with(gemm_runner(), dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int R, int C, float eps) override {
@@ -253,8 +257,14 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  // the GEMM path (gemm_dispatch.cuh) and the bf16 operand copies its bf16 kernels read
+  GemmRunner<Scratch> gemm_runner() { return {gemm_path_, sms_, gemm_operands_, stream_}; }
+
   int device_;
   std::string name_;
+  int sms_ = 0;
+  GemmPath gemm_path_ = GemmPath::kMma;
+  Scratch gemm_operands_;
   cudaStream_t stream_ = nullptr;
   Scratch scratch_, positions_;
   SegmentTable segments_;
@@ -263,6 +273,15 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+std::string gemm_path_of_device(int device) {
+  try {
+    EMAE_CUDA_CHECK(cudaSetDevice(device));
+    return gemm_path_name(select_gemm_path());
+  } catch (const std::exception& e) {
+    return std::string("refused: ") + e.what();
+  }
+}
 
 CudaPlacement placement_of(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);

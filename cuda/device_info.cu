@@ -38,6 +38,7 @@ DeviceReport query_devices() {
     } else {
       cudaGetLastError();
     }
+    d.gemm_path = gemm_path_of_device(i);
     r.devices.push_back(d);
   }
   if (count == 0) r.error = "no CUDA device found";

@@ -14,6 +14,7 @@ struct DeviceInfo {
   int multi_processors = 0;
   size_t total_memory = 0;
   size_t free_memory = 0;  // at the time of the query
+  std::string gemm_path;   // the GEMM kernels a model on this device runs (EMAE_CUDA_GEMM), or why not
 };
 
 struct DeviceReport {
@@ -25,6 +26,8 @@ struct DeviceReport {
 
 #if EMAE_WITH_CUDA
 DeviceReport query_devices();
+// "mma", "sm80" or "sm90" (cuda/gemm_dispatch.cuh) for device, or "refused: <why>"; sets the device.
+std::string gemm_path_of_device(int device);
 #else
 inline DeviceReport query_devices() {
   DeviceReport r;

@@ -351,12 +351,13 @@ inline void launch(const GemmParams& p, cudaStream_t stream) {
 
 }  // namespace gemm_detail
 
-inline void gemm(const GemmParams& p, cudaStream_t stream) {
+// Throws std::invalid_argument naming the first bad field; shared by every GEMM path.
+inline void check_gemm_params(const GemmParams& p) {
   auto bad = [](const std::string& what) { throw std::invalid_argument("gemm: " + what); };
   if (p.M < 0) bad("M must be >= 0, got " + std::to_string(p.M));
   if (p.N < 0) bad("N must be >= 0, got " + std::to_string(p.N));
   if (p.K < 0) bad("K must be >= 0, got " + std::to_string(p.K));
-  if (p.M == 0 || p.N == 0) return;  // nothing to write
+  if (p.M == 0 || p.N == 0) return;  // nothing to write, nothing read
   if (!p.C) bad("C is null");
   if (p.ldc < p.N) bad("ldc must be >= N (" + std::to_string(p.N) + "), got " + std::to_string(p.ldc));
   if (p.K > 0) {  // K == 0: A and B are never read
@@ -367,6 +368,11 @@ inline void gemm(const GemmParams& p, cudaStream_t stream) {
     if (p.ldb < b_row) bad("ldb must be >= " + std::to_string(b_row) + ", got " + std::to_string(p.ldb));
   }
   if (p.workspace_floats > 0 && !p.workspace) bad("workspace is null but workspace_floats > 0");
+}
+
+inline void gemm(const GemmParams& p, cudaStream_t stream) {
+  check_gemm_params(p);
+  if (p.M == 0 || p.N == 0) return;
   // A K-contiguous unless trans_a; B K-contiguous when trans_b
   const bool a_k = !p.trans_a, b_k = p.trans_b;
   if (a_k && b_k) gemm_detail::launch<true, true>(p, stream);
@@ -375,15 +381,22 @@ inline void gemm(const GemmParams& p, cudaStream_t stream) {
   else gemm_detail::launch<false, false>(p, stream);
 }
 
-// out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias + residual
-inline void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
-                           int R, int K, int N, cudaStream_t stream) {
+// out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias + residual; run(GemmParams) does the product
+// (gemm() below, or another kernel path: gemm_dispatch.cuh)
+template <class Run>
+inline void matmul_forward_with(Run&& run, float* out, const float* inp, const float* weight, const float* bias,
+                                const float* residual, int R, int K, int N) {
   GemmParams p;
   p.trans_b = true;
   p.M = R; p.N = N; p.K = K;
   p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = out; p.ldc = N;
   p.bias = bias; p.residual = residual;
-  gemm(p, stream);
+  run(p);
+}
+
+inline void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
+                           int R, int K, int N, cudaStream_t stream) {
+  matmul_forward_with([&](const GemmParams& p) { gemm(p, stream); }, out, inp, weight, bias, residual, R, K, N);
 }
 
 // dbias (N) += column sums of dout (R, N), deterministic, no scratch
@@ -409,13 +422,15 @@ inline size_t matmul_backward_scratch_floats(int R, int K, int N) {
 // dweight (N, K) += doutᵀ · inp (split over the rows when N·K has few tiles);
 // dbias (N) += Σ_rows dout (skipped when null). scratch: matmul_backward_scratch_floats(R, K, N)
 // floats, used by one kernel at a time (stream order), or null (no split-K, dbias without scratch).
-inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* weight, int R, int K, int N, float* scratch, cudaStream_t stream) {
+template <class Run>
+inline void matmul_backward_with(Run&& run, float* dinp, float* dweight, float* dbias, const float* dout,
+                                 const float* inp, const float* weight, int R, int K, int N, float* scratch,
+                                 cudaStream_t stream) {
   if (dinp) {
     GemmParams p;
     p.M = R; p.N = K; p.K = N;
     p.A = dout; p.lda = N; p.B = weight; p.ldb = K; p.C = dinp; p.ldc = K;
-    gemm(p, stream);
+    run(p);
   }
   GemmParams p;
   p.trans_a = true;
@@ -423,11 +438,17 @@ inline void matmul_backward(float* dinp, float* dweight, float* dbias, const flo
   p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dweight; p.ldc = K; p.accumulate = true;
   p.workspace = scratch;
   p.workspace_floats = scratch ? matmul_backward_scratch_floats(R, K, N) : 0;
-  gemm(p, stream);
+  run(p);
   if (dbias) {
     if (scratch) column_sum_accumulate(dbias, dout, R, N, N, scratch, stream);
     else column_sum_accumulate_noscratch(dbias, dout, R, N, stream);
   }
+}
+
+inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, int R, int K, int N, float* scratch, cudaStream_t stream) {
+  matmul_backward_with([&](const GemmParams& p) { gemm(p, stream); }, dinp, dweight, dbias, dout, inp, weight, R, K, N,
+                       scratch, stream);
 }
 
 // The same without scratch: no split-K for dweight, dbias by column_sum_accumulate_noscratch.

@@ -148,7 +148,11 @@ export interface NativeCudaInfo {
   architectures: string;
   /** why no device is usable, when none is */
   error?: string;
-  devices: Array<{ index: number; name: string; computeCapability: string; multiProcessors: number; totalMemory: number; freeMemory: number }>;
+  devices: Array<{
+    index: number; name: string; computeCapability: string; multiProcessors: number; totalMemory: number; freeMemory: number;
+    /** the GEMM kernels a model on this device runs: 'mma' | 'sm80' | 'sm90' (env EMAE_CUDA_GEMM), or 'refused: …' */
+    gemmPath: string;
+  }>;
 }
 
 export interface NativeAddon {

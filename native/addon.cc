@@ -34,6 +34,7 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("multiProcessors", d.multi_processors);
     o.Set("totalMemory", (double)d.total_memory);
     o.Set("freeMemory", (double)d.free_memory);
+    o.Set("gemmPath", d.gemm_path);
     devices.Set((uint32_t)i, o);
   }
   out.Set("devices", devices);

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Builds the native addon with cmake-js. Environment:
 //   EMAE_CUDA=AUTO|ON|OFF           build the CUDA backend (default AUTO: when nvcc is found)
-//   EMAE_CUDA_ARCHITECTURES="80;90"  CUDA architectures
+//   EMAE_CUDA_ARCHITECTURES="80;90;90a"  CUDA architectures
 //   EMAE_BUILD_DIR=build             build folder (the loader looks in build/Release by default)
 //   EMAE_BUILD_TYPE=Release|Debug
 //   EMAE_PREBUILT=ON                 the binary the npm package ships (scripts/prebuild.mjs)

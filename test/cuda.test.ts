@@ -41,5 +41,59 @@ test('cudaInfo reports the build and the devices in a stable shape', (t) => {
     t.true(Number(d.computeCapability) >= 8, `${d.name}: compute capability ${d.computeCapability}`);
     t.true(d.multiProcessors > 0);
     t.true(d.totalMemory > 0);
+    t.regex(d.gemmPath, /^(mma|sm80|sm90|refused: .+)$/, `${d.name}: GEMM path ${d.gemmPath}`);
   }
+});
+
+// EMAE_CUDA_GEMM is read when a CUDA backend is created (and by cudaInfo): the default is the
+// verified mma kernel; a path the device cannot run, or an unknown name, is a sentence.
+const tinyCuda = { imageSize: 8, patchSize: 2, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 16,
+  decoderDepth: 1, decoderNumHeads: 2, device: 'cuda' as const };
+const withGemmEnv = async <T>(value: string | undefined, fn: () => Promise<T>): Promise<T> => {
+  const before = process.env.EMAE_CUDA_GEMM;
+  if (value === undefined) delete process.env.EMAE_CUDA_GEMM;
+  else process.env.EMAE_CUDA_GEMM = value;
+  try {
+    return await fn();
+  } finally {
+    if (before === undefined) delete process.env.EMAE_CUDA_GEMM;
+    else process.env.EMAE_CUDA_GEMM = before;
+  }
+};
+
+(usable ? test.serial : test.skip)('EMAE_CUDA_GEMM: mma by default, unknown names and unrunnable paths refused', async (t) => {
+  await withGemmEnv(undefined, async () => t.is(cudaInfo().devices[0].gemmPath, 'mma'));
+  await withGemmEnv('sm80', async () => t.is(cudaInfo().devices[0].gemmPath, 'sm80'));
+  await withGemmEnv('bogus', async () => {
+    t.regex(cudaInfo().devices[0].gemmPath, /^refused: EMAE_CUDA_GEMM must be auto, mma, sm80 or sm90, got 'bogus'/);
+    const err = await t.throwsAsync(EMAE.create(tinyCuda));
+    t.regex(err!.message, /EMAE_CUDA_GEMM must be auto, mma, sm80 or sm90/);
+  });
+  const hopper = info.devices[0].computeCapability === '9.0' && /90a/.test(info.architectures);
+  await withGemmEnv('sm90', async () => {
+    if (hopper) {
+      t.is(cudaInfo().devices[0].gemmPath, 'sm90');
+    } else {
+      const err = await t.throwsAsync(EMAE.create(tinyCuda));
+      t.regex(err!.message, /needs a compute capability 9\.0 GPU and an addon built for 90a/);
+    }
+  });
+});
+
+(usable ? test.serial : test.skip)('every GEMM path gives the same loss to bf16 precision on one batch', async (t) => {
+  const images = new Float32Array(2 * 3 * 64).map((_, i) => Math.sin(i * 0.37));
+  const lossOf = (path: string) => withGemmEnv(path, async () => {
+    const m = await EMAE.create({ ...tinyCuda, seed: 3 });
+    try {
+      const perm = new Int32Array(2 * 16).map((_, i) => (i * 7) % 16);
+      return (await m.lossAndGrads({ images, permutation: perm, batchSize: 2 })).loss;
+    } finally {
+      await m.dispose();
+    }
+  });
+  const paths = ['mma', 'sm80', ...(cudaInfo().devices[0].computeCapability === '9.0' && /90a/.test(info.architectures) ? ['sm90'] : [])];
+  const losses = [];
+  for (const p of paths) losses.push(await lossOf(p));
+  for (let i = 1; i < paths.length; ++i)
+    t.true(Math.abs(losses[i] - losses[0]) <= 2e-2 * Math.abs(losses[0]), `${paths[i]} ${losses[i]} vs mma ${losses[0]}`);
 });

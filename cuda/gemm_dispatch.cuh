@@ -1,0 +1,103 @@
+// Which kernel runs a GemmParams (fp32 operands in any of the step's layouts), and running it.
+//   mma   gemm.cuh's kernel: fp32 operands converted while loading, mma.sync; verified on an H100;
+//         the default until a device run verifies the others
+//   sm80  gemm_via_bf16 + gemm_sm80.cuh (cp.async multistage, mma.sync; compute capability ≥ 8.0)
+//   sm90  gemm_via_bf16 + gemm_sm90.cuh (TMA + wgmma; compute capability 9.0 with the sm_90a build)
+// EMAE_CUDA_GEMM=mma|sm80|sm90|auto chooses; auto (or unset) is mma. A path the device cannot run
+// is refused with a sentence when the backend is created, never silently replaced.
+#pragma once
+#include <cstdlib>
+#include <string>
+
+#include "cuda/gemm.cuh"
+#include "cuda/gemm_bf16.cuh"
+#include "cuda/gemm_sm80.cuh"
+#include "cuda/gemm_sm90.cuh"
+
+namespace emae::cuda {
+
+// bf16 elements gemm_via_bf16 needs for the K-contiguous copies of A (M × ld) and B (N × ld).
+inline size_t gemm_operand_elems(const GemmParams& p) { return (size_t)(p.M + p.N) * bf16_ld(p.K); }
+
+// The bf16 problem of p: its epilogue, and A and B converted (and transposed where stored M- or
+// N-contiguous) into `operands` (gemm_operand_elems(p) bf16, 16-byte aligned). p.K > 0.
+inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cudaStream_t stream) {
+  if (!operands || reinterpret_cast<uintptr_t>(operands) % 16) throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
+  GemmBf16Params q;
+  q.M = p.M; q.N = p.N; q.K = p.K;
+  q.C = p.C; q.ldc = p.ldc; q.accumulate = p.accumulate; q.bias = p.bias; q.residual = p.residual;
+  const int ld = bf16_ld(p.K);
+  bf16* a = operands;
+  bf16* b = operands + (size_t)p.M * ld;  // M·ld·2 bytes is a multiple of 16
+  convert_to_bf16(a, p.A, p.M, p.K, p.lda, p.trans_a, stream);   // A stored (K, M) when trans_a
+  convert_to_bf16(b, p.B, p.N, p.K, p.ldb, !p.trans_b, stream);  // B stored (K, N) unless trans_b
+  q.A = a; q.lda = ld; q.B = b; q.ldb = ld;
+  return q;
+}
+
+// q (splits not yet chosen) on the sm80 or sm90 kernel, split-K partials in `workspace`.
+inline void run_bf16(GemmBf16Params q, GemmPath path, int sms, float* workspace, size_t workspace_floats,
+                     cudaStream_t stream) {
+  q.partial = workspace;
+  if (!workspace) workspace_floats = 0;
+  if (path == GemmPath::kSm90) {
+    using T = sm90::Traits<128>;
+    choose_splits(q, T::kBM, T::kBN, T::kBK, sms, workspace_floats);
+    check_bf16_params(q);
+    sm90::launch<128>(q, sms, stream);
+  } else if (path == GemmPath::kSm80) {
+    using T = sm80::Traits;
+    choose_splits(q, T::kBM, T::kBN, T::kBK, sms, workspace_floats);
+    check_bf16_params(q);
+    sm80::launch(q, sms, stream);
+  } else {
+    throw std::invalid_argument("run_bf16: path must be sm80 or sm90");
+  }
+  if (q.splits > 1) gemm_bf16_reduce(q, stream);
+}
+
+// p on a bf16 kernel (convert_operands, then run_bf16).
+inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, int sms, cudaStream_t stream) {
+  check_gemm_params(p);
+  if (p.M == 0 || p.N == 0) return;
+  if (p.K == 0) {  // C = [C +] bias + residual: the reduction over no partials
+    GemmBf16Params q;
+    q.M = p.M; q.N = p.N; q.C = p.C; q.ldc = p.ldc;
+    q.accumulate = p.accumulate; q.bias = p.bias; q.residual = p.residual;
+    q.splits = 0;
+    gemm_bf16_reduce(q, stream);
+    return;
+  }
+  run_bf16(convert_operands(p, operands, stream), path, sms, p.workspace, p.workspace_floats, stream);
+}
+
+// The path EMAE_CUDA_GEMM asks for on the current device; throws a sentence when it cannot run here.
+inline GemmPath select_gemm_path() {
+  const char* env = std::getenv("EMAE_CUDA_GEMM");
+  const std::string want = env && *env ? env : "auto";
+  if (want == "auto" || want == "mma") return GemmPath::kMma;
+  if (want == "sm80") return GemmPath::kSm80;  // every device emae accepts (≥ 8.0)
+  if (want == "sm90") {
+    if (!sm90::sm90a_kernels_loaded())
+      throw std::invalid_argument(
+          "EMAE_CUDA_GEMM=sm90 needs a compute capability 9.0 GPU and an addon built for 90a "
+          "(EMAE_CUDA_ARCHITECTURES containing 90a); this device or build cannot run it");
+    return GemmPath::kSm90;
+  }
+  throw std::invalid_argument("EMAE_CUDA_GEMM must be auto, mma, sm80 or sm90, got '" + want + "'");
+}
+
+// A GEMM runner for the matmul_*_with wrappers: the chosen path, its bf16 operand scratch.
+template <class OperandScratch>
+struct GemmRunner {
+  GemmPath path;
+  int sms;
+  OperandScratch& operands;  // get_as<bf16>(count) → device pointer, grows as needed
+  cudaStream_t stream;
+  void operator()(const GemmParams& p) const {
+    if (path == GemmPath::kMma) return gemm(p, stream);
+    gemm_via_bf16(p, path, operands.template get_as<bf16>(gemm_operand_elems(p)), sms, stream);
+  }
+};
+
+}  // namespace emae::cuda

@@ -1,0 +1,284 @@
+// Hopper GEMM (sm_90a) for the bf16 path of gemm_bf16.cuh: wgmma fed by the tensor memory
+// accelerator (TMA), persistent, warp-specialized.
+//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual]   (A, B bf16 K-major; fp32 C)
+// Shape of the kernel (Traits below):
+//   - a CTA owns a BM × BN output tile at a time and loops over tiles (and split-K pieces) with a
+//     stride of gridDim.x: the grid is at most one CTA per multiprocessor (persistent);
+//   - warpgroup 0 is the producer: one thread issues TMA copies of the A (BM × 64) and B (BN × 64)
+//     K-tiles into a ring of kStages shared-memory stages, each completing on that stage's `full`
+//     mbarrier (expect_tx of the stage's bytes);
+//   - warpgroups 1..kConsumers are consumers: each owns 64 rows of the tile, waits on `full`, issues
+//     four wgmma m64nBNk16 (one per 16-wide K slice) with both operands read from shared memory by
+//     descriptor, and releases the stage of the previous K-tile on its `empty` mbarrier once at most
+//     one wgmma group is in flight (so TMA refills overlap the tensor cores);
+//   - the epilogue goes from the accumulator registers straight to global memory through
+//     store_epilogue (bias, residual, accumulate, or the split-K partial), while the producer
+//     already loads the next tile's stages.
+// Invariants:
+//   - shared tiles are K-major rows of 64 bf16 (128 bytes) in TMA's 128-byte swizzle: row r at
+//     r·128 bytes, its 16-byte chunks permuted by chunk ^ (r % 8); eight rows form a 1024-byte atom,
+//     so every tile (and each consumer's 64-row slice of A) starts 1024-byte aligned, and the wgmma
+//     descriptor has stride-byte-offset 1024 and layout "128B swizzle"; the k-th 16-wide slice is
+//     the same descriptor with its start moved by 32·k bytes (the swizzle is applied to the
+//     address bits, as TMA wrote them);
+//   - TMA zero-fills whatever lies outside the (M or N) × K tensor, so edge tiles and the last
+//     K-tile need no masking; split pieces are whole K-tiles (k_split is a multiple of kBK);
+//   - the accumulator of thread t of a consumer (warp w = t/32, lane l) holds, for n8-block i,
+//     d[4i], d[4i+1] at (row 16w + l/4, cols 8i + 2(l%4) + {0,1}) and d[4i+2], d[4i+3] at row + 8
+//     (PTX ISA, wgmma D fragment for .f32 accumulators);
+//   - compiled only for sm_90a (wgmma); other targets get an empty kernel, and the host checks with
+//     sm90a_kernels_loaded() which cubin the runtime chose before selecting this path.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/gemm_bf16.cuh"
+
+namespace emae::cuda::sm90 {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define EMAE_SM90A_DEVICE 1
+#else
+#define EMAE_SM90A_DEVICE 0
+#endif
+
+template <int BN_>
+struct Traits {
+  static constexpr int kBM = 128, kBN = BN_, kBK = 64, kStages = BN_ == 256 ? 3 : 4;
+  static constexpr int kConsumers = kBM / 64;                // warpgroups, 64 rows (wgmma M) each
+  static constexpr int kThreads = 128 * (1 + kConsumers);    // + the producer warpgroup
+  static constexpr int kAccum = kBN / 2;                     // fp32 accumulators per consumer thread
+  static constexpr int kABytes = kBM * kBK * 2, kBBytes = kBN * kBK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;     // TMA bytes per stage (full boxes, OOB included)
+  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8;  // align slack, tiles, barriers
+  static constexpr int kEmptyArrivals = 4 * kConsumers;     // one per consumer warp
+  static_assert(kBK * 2 == 128, "a K-tile row is one 128-byte swizzle span");
+  static_assert(kBM % 64 == 0 && kConsumers >= 1, "consumers own 64 rows each");
+  static_assert(kBN % 16 == 0 && kBN >= 16 && kBN <= 256, "wgmma N and the TMA box (≤ 256 rows)");
+  static_assert(kABytes % 1024 == 0 && kBBytes % 1024 == 0, "tiles start on 1024-byte swizzle atoms");
+  static_assert(kSmemBytes <= 227 * 1024, "fits a Hopper multiprocessor's shared memory");
+};
+
+template <int N> struct Wgmma;
+#if EMAE_SM90A_DEVICE
+#include "cuda/gemm_sm90_wgmma.inc"
+#endif
+
+#if EMAE_SM90A_DEVICE
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the phase with this parity has completed (a fresh barrier counts parity 1 as done).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// 2-D TMA load of the box at (c0 = K element, c1 = row) into dst, completing on bar.
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart.
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4)  // start address
+         | (uint64_t)1 << 16                // leading byte offset (unused by swizzled K-major)
+         | (uint64_t)(1024 >> 4) << 32      // stride byte offset: next 8-row atom
+         | (uint64_t)1 << 62;               // layout: 128-byte swizzle
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int InFlight>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(InFlight) : "memory");
+}
+#endif
+
+// One work item: a tile and a split-K piece, in the same order for the producer and consumers.
+struct WorkItem {
+  int m0, n0, split, k_begin, k_tiles;
+};
+template <int BN>
+__device__ __forceinline__ WorkItem work_item(const GemmBf16Params& p, int item, int tiles_n) {
+  using T = Traits<BN>;
+  WorkItem w;
+  w.split = item % p.splits;
+  const int tile = item / p.splits;
+  w.m0 = (tile / tiles_n) * T::kBM;
+  w.n0 = (tile % tiles_n) * T::kBN;
+  w.k_begin = w.split * p.k_split;
+  const int k_end = min(p.K, w.k_begin + p.k_split);
+  w.k_tiles = (k_end - w.k_begin + T::kBK - 1) / T::kBK;
+  return w;
+}
+
+template <int BN>
+__global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
+    gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                     const GemmBf16Params p, int items, int tiles_n) {
+#if EMAE_SM90A_DEVICE
+  using T = Traits<BN>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // 1024-byte aligned
+  uint8_t* a_tiles = smem;                                                   // [kStages][kBM][64] bf16
+  uint8_t* b_tiles = smem + T::kStages * T::kABytes;                         // [kStages][kBN][64] bf16
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kStages * T::kStageBytes);
+  uint64_t* empty = full + T::kStages;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], T::kEmptyArrivals);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128, t = threadIdx.x % 128;
+  if (warpgroup == 0) {  // producer
+    if constexpr (BN == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    if (t != 0) return;
+    int stage = 0, phase = 0;
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+      const WorkItem w = work_item<BN>(p, item, tiles_n);
+      for (int kt = 0; kt < w.k_tiles; ++kt) {
+        mbar_wait(&empty[stage], phase ^ 1);  // the consumers released this stage (fresh: passes)
+        mbar_expect_tx(&full[stage], T::kStageBytes);
+        const int k = w.k_begin + kt * T::kBK;
+        tma_load(a_tiles + stage * T::kABytes, &map_a, k, w.m0, &full[stage]);
+        tma_load(b_tiles + stage * T::kBBytes, &map_b, k, w.n0, &full[stage]);
+        if (++stage == T::kStages) stage = 0, phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  // consumers
+  if constexpr (BN == 256) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
+  const uint32_t a_base = smem_addr(a_tiles) + consumer * 64 * 128;  // this consumer's 64 rows
+  const uint32_t b_base = smem_addr(b_tiles);
+  int stage = 0, phase = 0;
+  float acc[T::kAccum];
+  for (int item = blockIdx.x; item < items; item += gridDim.x) {
+    const WorkItem w = work_item<BN>(p, item, tiles_n);
+#pragma unroll
+    for (int i = 0; i < T::kAccum; ++i) acc[i] = 0.f;
+    int prev_stage = -1;
+    for (int kt = 0; kt < w.k_tiles; ++kt) {
+      mbar_wait(&full[stage], phase);
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < T::kBK / 16; ++k)
+        Wgmma<BN>::mma(acc, smem_desc(a_base + stage * T::kABytes + 32 * k), smem_desc(b_base + stage * T::kBBytes + 32 * k));
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous K-tile's group is done reading its stage
+      if (prev_stage >= 0 && lane == 0) mbar_arrive(&empty[prev_stage]);
+      prev_stage = stage;
+      if (++stage == T::kStages) stage = 0, phase ^= 1;
+    }
+    wgmma_wait<0>();
+    if (prev_stage >= 0 && lane == 0) mbar_arrive(&empty[prev_stage]);
+
+    const int row = w.m0 + consumer * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int i = 0; i < T::kBN / 8; ++i) {
+      const int col = w.n0 + i * 8 + 2 * (lane % 4);
+      store_epilogue(p, w.split, row, col, acc[4 * i], acc[4 * i + 1]);
+      store_epilogue(p, w.split, row + 8, col, acc[4 * i + 2], acc[4 * i + 3]);
+    }
+  }
+#endif
+}
+
+// Writes 1 when the runtime loaded this translation unit's sm_90a code on the current device.
+static __global__ void sm90a_probe_kernel(int* out) { *out = EMAE_SM90A_DEVICE; }
+
+// Whether the current device runs this build's sm_90a kernels (compute capability 9.0 and an
+// sm_90a cubin in the binary that the runtime chose over the plain sm_90 one).
+inline bool sm90a_kernels_loaded() {
+  int device = 0, major = 0, minor = 0;
+  EMAE_CUDA_CHECK(cudaGetDevice(&device));
+  EMAE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  EMAE_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  if (major != 9 || minor != 0) return false;
+  int* flag = nullptr;
+  EMAE_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+  int loaded = 0;
+  sm90a_probe_kernel<<<1, 1>>>(flag);
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) err = cudaMemcpy(&loaded, flag, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(flag);
+  EMAE_CUDA_CHECK(err);
+  return loaded == 1;
+}
+
+namespace detail {
+
+// cuTensorMapEncodeTiled from the driver, found through the runtime (no link against libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    EMAE_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !ptr) throw CudaError("cuTensorMapEncodeTiled is not available from the driver");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// rows × K bf16, K-major with row stride ld elements; boxes of box_rows × 64, 128-byte swizzle, zero fill.
+inline CUtensorMap tensor_map(const bf16* base, int rows, int K, int ld, int box_rows) {
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows};
+  const cuuint64_t strides[1] = {(cuuint64_t)ld * sizeof(bf16)};
+  const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims, strides,
+                                    box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw CudaError("cuTensorMapEncodeTiled failed (" + std::to_string((int)r) + ") for a " + std::to_string(rows) +
+                    " × " + std::to_string(K) + " bf16 operand, ld " + std::to_string(ld));
+  return map;
+}
+
+}  // namespace detail
+
+// Runs p with its splits already chosen (k_split a multiple of kBK, or ≥ K); the caller reduces
+// split partials. M, N, K > 0.
+template <int BN = 128>
+inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
+  using T = Traits<BN>;
+  static std::atomic<unsigned long long> smem_opt_in{0};
+  allow_dynamic_smem(gemm_sm90_kernel<BN>, T::kSmemBytes, smem_opt_in);
+  const CUtensorMap map_a = detail::tensor_map(p.A, p.M, p.K, p.lda, T::kBM);
+  const CUtensorMap map_b = detail::tensor_map(p.B, p.N, p.K, p.ldb, T::kBN);
+  const int tiles_n = ceil_div(p.N, T::kBN);
+  const long long items = (long long)ceil_div(p.M, T::kBM) * tiles_n * p.splits;
+  if (items > INT32_MAX) throw std::invalid_argument("gemm_sm90: too many tiles");
+  const int grid = (int)std::min<long long>(items, std::max(sms, 1));
+  gemm_sm90_kernel<BN><<<grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, p, (int)items, tiles_n);
+  EMAE_CHECK_LAUNCH("gemm_sm90_kernel");
+}
+
+}  // namespace emae::cuda::sm90

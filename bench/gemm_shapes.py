@@ -1,5 +1,5 @@
 """The GEMM shapes of one EMAE training step: "M N K trans_a trans_b count" per line.
-   python3 bench/gemm_shapes.py cpu-tiny|cpu-small PARTS BATCH
+   python3 bench/gemm_shapes.py cpu-tiny|cpu-small|vit-base PARTS BATCH
 Per linear layer (in → out features over `rows` tokens): forward out = inp·Wᵀ (NT), dinp = dout·W
 (NN; not for the patch embedding), dW += doutᵀ·inp (TN, K = rows)."""
 import sys
@@ -7,6 +7,7 @@ import sys
 PRESETS = {  # image, patch, D, depth, heads, Dd, decoder depth, decoder heads (lib/presets.ts)
     "cpu-tiny": (32, 4, 192, 12, 3, 128, 4, 4),
     "cpu-small": (64, 8, 384, 12, 6, 256, 4, 8),
+    "vit-base": (224, 16, 768, 12, 12, 512, 8, 16),
 }
 
 def shapes(image, patch, D, depth, heads, Dd, dec_depth, dec_heads, parts, batch, channels=3, mask_ratio=0.75):

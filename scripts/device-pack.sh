@@ -10,10 +10,15 @@ grep -qxF '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/
 tar --exclude=node_modules/typescript --exclude=node_modules/@types -cJf .device/node_modules.tar.xz node_modules
 cp "$(g++ -print-file-name=libgomp.so.1)" .device/
 cp build/Release/emae.node .device/emae.node
-# the standalone kernel checks (Hopper build; rebuild on the device for another architecture)
+# the standalone kernel checks (Hopper build, sm_90 and sm_90a for the wgmma GEMM; rebuild on the
+# device for another architecture)
 for check in gemm_check attention_check classifier_check; do
   if [ -f "cuda/dev/$check.cu" ]; then
-    nvcc -std=c++17 -O3 -arch=sm_90 -I. -Inative "cuda/dev/$check.cu" -o ".device/$check"
+    nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90,code=sm_90 \
+      -gencode=arch=compute_90a,code=sm_90a -lineinfo -I. -Inative "cuda/dev/$check.cu" -o ".device/$check"
   fi
 done
+# the addon must carry the Hopper GEMM for EMAE_CUDA_GEMM=sm90
+grep -q 'EMAE_CUDA_ARCHITECTURES:STRING=.*90a' build/CMakeCache.txt ||
+  echo "device-pack: build/ was configured without 90a: EMAE_CUDA_ARCHITECTURES='80;90;90a' npm run build:native" >&2
 du -sh .device/*

@@ -4,7 +4,13 @@
 # racecheck) on a small step. Logs and a summary go to $OUT.
 # Prepare here: npm run build (nvcc present → CUDA for 80;90), scripts/device-pack.sh; then
 #   device run: bash scripts/gpu-check.sh   with carry [.device, dist]
-# Environment: SKIP_BENCH=1, SKIP_SANITIZER=1, SKIP_DIST=1, BENCH_BATCHES=64,128
+# Environment: PHASES (a comma list; default all, in this order:
+#   smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,sanitizer,gemm_sanitizer),
+#   SKIP_BENCH=1, SKIP_SANITIZER=1, SKIP_DIST=1, BENCH_BATCHES=64,128, PROFILE=1.
+# The GEMM phases (issue 11): gemm = cuda/dev/gemm_check on every path the device runs (mma, sm80,
+# sm90); gemm_shapes = each GEMM of the vit-base K=4 batch-64 step against cuBLAS
+# (bench/gpu_gemm_vs_cublas.py → $OUT/gpu-gemm-*.json); parity_bf16 / bench_bf16 = the parity tests
+# and the step benchmark with EMAE_CUDA_GEMM=sm90 (or sm80 off Hopper).
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
@@ -27,27 +33,60 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...
   status "$name" "rc=$rc in $((SECONDS - t0)) s: $(grep -E 'passed|failed|ERROR SUMMARY|Error|error' "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-200)"
 }
 
-phase smoke 60 node scripts/gpu-smoke.mjs 3
-phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+PHASES=,${PHASES:-smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,sanitizer,gemm_sanitizer},
+want() { [[ $PHASES == *,$1,* ]]; }
+# the bf16 GEMM path this card runs best: sm90 (wgmma) where the addon's sm_90a code loads
+BF16_PATH=$(EMAE_CUDA_GEMM=sm90 node -e "import('./dist/index.js').then(m => console.log(m.cudaInfo().devices[0]?.gemmPath ?? 'none'))")
+[ "$BF16_PATH" = sm90 ] || BF16_PATH=sm80
+SM90=$([ "$BF16_PATH" = sm90 ] && echo ,sm90)  # appended to path lists
+status "bf16 GEMM path" "$BF16_PATH"
+
+want smoke && phase smoke 60 node scripts/gpu-smoke.mjs 3
+want parity && phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+if want gemm && [ -x .device/gemm_check ]; then
+  phase gemm 240 .device/gemm_check
+  grep -E '^path |^PASS|^FAIL' "$OUT/gemm.log" | tail -8 >> "$SUMMARY"
+fi
+if want gemm_shapes && [ -x .device/gemm_check ]; then
+  python3 bench/gemm_shapes.py vit-base 4 64 > "$OUT/shapes.txt"
+  phase gemm_shapes_ours 150 .device/gemm_check --shapes "$OUT/shapes.txt" --path "mma,sm80$SM90" --reps 20
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' | tr A-Z a-z)
+  phase gemm_shapes 120 python3 bench/gpu_gemm_vs_cublas.py "$OUT/shapes.txt" "$OUT/gemm_shapes_ours.log" "$OUT/gpu-gemm-$card-$(date -u +%F).json"
+  tail -2 "$OUT/gemm_shapes.log" >> "$SUMMARY"
+fi
+if want parity_bf16; then
+  EMAE_CUDA_GEMM=$BF16_PATH phase parity_bf16 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+fi
 # data parallelism on one GPU: one process over a one-rank NCCL communicator (PyTorch's NCCL wheel)
-if [ "${SKIP_DIST:-0}" != 1 ]; then
+if want dist && [ "${SKIP_DIST:-0}" != 1 ]; then
   nccl_dir=$(python3 -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null)
   export EMAE_NCCL_LIBRARY=${EMAE_NCCL_LIBRARY:-$nccl_dir/lib/libnccl.so.2}
   phase dist_nccl 120 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=2m test/distributed.test.ts --match 'one process*'
 fi
 # kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90) when present
-[ -x .device/attention_check ] && phase attention_check 90 .device/attention_check
-[ -x .device/classifier_check ] && phase classifier_check 60 .device/classifier_check
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
+if want kernels; then
+  [ -x .device/attention_check ] && phase attention_check 90 .device/attention_check
+  [ -x .device/classifier_check ] && phase classifier_check 60 .device/classifier_check
+fi
+if want bench && [ "${SKIP_BENCH:-0}" != 1 ]; then
   phase bench 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench.json"
   grep -E '^\|' "$OUT/bench.log" >> "$SUMMARY"
 fi
-if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+if want bench_bf16 && [ "${SKIP_BENCH:-0}" != 1 ]; then
+  EMAE_CUDA_GEMM=$BF16_PATH phase bench_bf16 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench_bf16.json"
+  grep -E '^\|' "$OUT/bench_bf16.log" >> "$SUMMARY"
+fi
+if want sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   phase memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
   phase racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
 fi
+if want gemm_sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ] && [ -x .device/gemm_check ]; then
+  phase gemm_memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 .device/gemm_check --quick --path "sm80$SM90"
+  phase gemm_racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 .device/gemm_check --quick --path sm80
+  command -v cuobjdump >/dev/null && cuobjdump --dump-sass .device/gemm_check > "$OUT/gemm_check.sass" 2>&1 &&
+    status "SASS" "HGMMA in gemm_check: $(grep -c HGMMA "$OUT/gemm_check.sass") instructions"
+fi
 cat "$SUMMARY"
-[ -x .device/gemm_check ] && phase gemm_check 150 .device/gemm_check
 if [ "${PROFILE:-0}" = 1 ]; then  # kernel-time breakdown of two vit-base steps at batch 32
   phase profile 150 ncu --metrics gpu__time_duration.sum --print-summary per-kernel node scripts/gpu-profile.mjs vit-base 32 2
 fi

@@ -388,3 +388,40 @@ const singleNccl = async (device: 'cpu' | 'cuda') => {
     for (let i = 0; i < 5; i++) t.true(Math.abs(r.nccl[i] - r.plain[i]) <= 1e-5 * Math.abs(r.plain[i]), `step ${i + 1}: ${r.nccl[i]} vs ${r.plain[i]}`);
   });
 }
+
+// MPI_Init_thread granting less than MPI_THREAD_FUNNELED (an MPI built without thread support):
+// a PMPI shim, compiled here with mpicc and preloaded, grants MPI_THREAD_SINGLE. The plugin must
+// finalize MPI and say why, and a second initDistributed in the process must be a clear error,
+// not a call of MPI_Init_thread after MPI_Finalize (which aborts) nor a job on a refused MPI.
+const mpicc = spawnSync('sh', ['-c', 'command -v mpicc'], { encoding: 'utf8' }).stdout.trim();
+(skipWhy || !mpicc ? test.skip : test.serial)('an MPI without thread support: MPI is finalized, and both attempts to join say why', async (t) => {
+  const dir = tmp();
+  writeFileSync(path.join(dir, 'single.c'), `#include <mpi.h>
+int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
+  const int rc = PMPI_Init_thread(argc, argv, MPI_THREAD_SINGLE, provided);
+  *provided = MPI_THREAD_SINGLE;
+  return rc;
+}
+`);
+  const shim = path.join(dir, 'single.so');
+  const cc = spawnSync(mpicc, ['-shared', '-fPIC', '-o', shim, path.join(dir, 'single.c')], { encoding: 'utf8' });
+  t.is(cc.status, 0, cc.stderr);
+  const script = path.join(dir, 'thread-level.mts');
+  writeFileSync(script, `
+    import { writeFileSync } from 'node:fs';
+    import { initDistributed } from ${JSON.stringify(path.join(root, 'lib', 'index.js'))};
+    const errors: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      try { await initDistributed({ collectives: 'mpi' }); errors.push(''); } catch (err) { errors.push((err as Error).message); }
+    }
+    writeFileSync(${JSON.stringify(dir)} + '/out-' + process.env.OMPI_COMM_WORLD_RANK + '.json', JSON.stringify(errors));
+  `);
+  const r = await run(mpirun, [...mpiArgs, '-x', `LD_PRELOAD=${shim}`, process.execPath, '--import=tsx', script], { timeoutMs: 60_000 });
+  t.is(r.code, 0, r.output);
+  t.notRegex(r.output, /exited without calling|MPI_Finalize|MPI_Init_thread|ERROR/, 'Open MPI reports nothing: MPI was finalized, and not started twice');
+  for (const rank of [0, 1]) {
+    const [first, second] = JSON.parse(readFileSync(path.join(dir, `out-${rank}.json`), 'utf8'));
+    t.regex(first, new RegExp(`^rank ${rank} of 2: initDistributed: the MPI library \\(.*\\) provides only MPI_THREAD_SINGLE; emae needs MPI_THREAD_FUNNELED or more.*; MPI was finalized, and cannot be initialized again in this process$`));
+    t.regex(second, new RegExp(`^rank ${rank} of 2: initDistributed: an earlier initialization failed \\(the MPI library .* provides only MPI_THREAD_SINGLE.*\\) and finalized MPI; MPI cannot be initialized again after MPI_Finalize: start a new process$`));
+  }
+});

@@ -226,13 +226,23 @@ void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
   } else if (g_status.collectives == "nccl") {
 #if EMAE_WITH_CUDA
     if (!nccl::ready()) {
-      if (where.device != g_status.cuda_device)
-        throw std::runtime_error("NCCL all-reduce: the model is on CUDA device " + std::to_string(where.device) +
-                                 " but this rank's device is " + std::to_string(g_status.cuda_device) +
-                                 " (create models after initDistributed())");
-      nccl::init(g_status.rank, g_status.size, where.device, [&](void* buf, size_t bytes) {
-        if (g_status.size > 1) mpi_broadcast(mpi(), buf, bytes, 0);  // rank 0's id to all
-      });
+      // refused on this rank alone: still taken through nccl::init's collectives (see nccl.h)
+      const std::string refused =
+          where.device == g_status.cuda_device
+              ? std::string()
+              : "the model is on CUDA device " + std::to_string(where.device) + " but this rank's device is " +
+                    std::to_string(g_status.cuda_device) + " (create models after initDistributed())";
+      const bool many = g_status.size > 1;  // false only for the one-process check (no MPI)
+      nccl::init(
+          g_status.rank, g_status.size, where.device, refused,
+          [&](int value) {  // the least value over the ranks
+            double v = value;
+            if (many) mpi_allreduce(mpi(), &v, 1, EMAE_MPI_FLOAT64, EMAE_MPI_MIN);
+            return (int)v;
+          },
+          [&](void* buf, size_t bytes, int root) {
+            if (many) mpi_broadcast(mpi(), buf, bytes, root);
+          });
     }
     ++g_collective_calls;
     nccl::allreduce_sum(grads, total, where.stream);  // one bucket: the whole contiguous buffer

@@ -45,6 +45,8 @@ interface NativeDistStatus {
   ncclVersion: string;
   ncclUnavailable: string;
   threadLevel: number;
+  /** MPI and NCCL collective calls this process has made (none in a job of one rank) */
+  collectiveCalls: number;
 }
 
 /** The addon's distributed entry points (native/distributed/dist_wrap.cc). */
@@ -262,7 +264,7 @@ export async function initDistributed(options: DistributedOptions = {}): Promise
   } else if (worldSize === 1) {
     // one rank: no MPI at all
     status = { initialized: false, rank: 0, size: 1, localRank: 0, localSize: 1, cudaDevice: 0, collectives: 'none',
-      mpiLibrary: '', ncclVersion: '', ncclUnavailable: '', threadLevel: 0 };
+      mpiLibrary: '', ncclVersion: '', ncclUnavailable: '', threadLevel: 0, collectiveCalls: 0 };
   } else {
     const a = addon();
     const build = a.distBuildInfo();

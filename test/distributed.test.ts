@@ -388,3 +388,85 @@ const singleNccl = async (device: 'cpu' | 'cuda') => {
     for (let i = 0; i < 5; i++) t.true(Math.abs(r.nccl[i] - r.plain[i]) <= 1e-5 * Math.abs(r.plain[i]), `step ${i + 1}: ${r.nccl[i]} vs ${r.plain[i]}`);
   });
 }
+
+// An MPI world of one rank (`mpirun -np 1`, or a launcher whose MPI sees a single process):
+// initDistributed() makes no MPI job of it, so this joins through the addon directly. Every
+// collective is then the identity and reaches neither MPI nor NCCL: the gradient all-reduce
+// neither copies nor calls (for a CUDA model it used to stage the gradients through the host and
+// call MPI_Allreduce), and the step equals the plain one bitwise.
+mp('an MPI world of one rank makes no collective call; its all-reduced step equals the plain one bitwise', async (t) => {
+  const dir = tmp();
+  const script = path.join(dir, 'one-rank.mts');
+  writeFileSync(script, `
+    import { writeFileSync } from 'node:fs';
+    import { EMAE } from ${JSON.stringify(path.join(root, 'lib', 'index.js'))};
+    import { withNativeHandle } from ${JSON.stringify(path.join(root, 'lib', 'model.js'))};
+    import { native } from ${JSON.stringify(path.join(root, 'lib', 'native.js'))};
+    const a = native() as any;
+    const init = await a.distInit({ collectives: 'auto' });
+    const reduced = [...await a.distAllReduce(Float64Array.of(1.5, -2, 3e300), 'sum')];
+    const config = { imageSize: 8, patchSize: 2, embedDim: 8, depth: 1, numHeads: 2, decoderEmbedDim: 8, decoderDepth: 1,
+      decoderNumHeads: 2, device: 'cpu' as const, threads: 1, seed: 3 };
+    const B = 4, N = 16;
+    const images = new Float32Array(B * 3 * 8 * 8).map((_, i) => Math.sin(i * 0.37));
+    const permutation = Int32Array.from({ length: B * N }, (_, i) => (i * 7 + Math.floor(i / N)) % N);
+    const step = async (allReduce: boolean) => {
+      const model = await EMAE.create(config);
+      await model.accumulateGradients({ images, permutation, batchSize: B }, { reset: true });
+      if (allReduce) await withNativeHandle(model, (h) => a.distAllReduceGrads(h, { average: true, bucketFloats: 100 }));
+      await model.applyGradients({ lr: 1e-2 });
+      const params = await model.stateDict();
+      await model.dispose();
+      return Object.keys(params).sort().map((k) => Buffer.from(params[k].buffer, params[k].byteOffset, params[k].byteLength).toString('base64')).join();
+    };
+    const plain = await step(false), allReduced = await step(true);
+    await a.distBarrier();
+    const calls = a.distStatus().collectiveCalls;
+    await a.distFinalize();
+    writeFileSync(${JSON.stringify(path.join(dir, 'out.json'))}, JSON.stringify({ size: init.size, reduced, same: plain === allReduced, calls }));
+  `);
+  const r = await run(mpirun, ['-np', '1', '--bind-to', 'none', process.execPath, '--import=tsx', script]);
+  t.is(r.code, 0, r.output);
+  const out = JSON.parse(readFileSync(path.join(dir, 'out.json'), 'utf8'));
+  t.is(out.size, 1);
+  t.deepEqual(out.reduced, [1.5, -2, 3e300]);
+  t.true(out.same, 'parameters after an all-reduced step equal those after the plain step, bitwise');
+  t.is(out.calls, 0, 'no MPI or NCCL collective was called');
+});
+
+// MPI_Init_thread granting less than MPI_THREAD_FUNNELED (an MPI built without thread support):
+// a PMPI shim, compiled here with mpicc and preloaded, grants MPI_THREAD_SINGLE. The plugin must
+// finalize MPI and say why, and a second initDistributed in the process must be a clear error,
+// not a call of MPI_Init_thread after MPI_Finalize (which aborts) nor a job on a refused MPI.
+const mpicc = spawnSync('sh', ['-c', 'command -v mpicc'], { encoding: 'utf8' }).stdout.trim();
+(skipWhy || !mpicc ? test.skip : test.serial)('an MPI without thread support: MPI is finalized, and both attempts to join say why', async (t) => {
+  const dir = tmp();
+  writeFileSync(path.join(dir, 'single.c'), `#include <mpi.h>
+int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
+  const int rc = PMPI_Init_thread(argc, argv, MPI_THREAD_SINGLE, provided);
+  *provided = MPI_THREAD_SINGLE;
+  return rc;
+}
+`);
+  const shim = path.join(dir, 'single.so');
+  const cc = spawnSync(mpicc, ['-shared', '-fPIC', '-o', shim, path.join(dir, 'single.c')], { encoding: 'utf8' });
+  t.is(cc.status, 0, cc.stderr);
+  const script = path.join(dir, 'thread-level.mts');
+  writeFileSync(script, `
+    import { writeFileSync } from 'node:fs';
+    import { initDistributed } from ${JSON.stringify(path.join(root, 'lib', 'index.js'))};
+    const errors: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      try { await initDistributed({ collectives: 'mpi' }); errors.push(''); } catch (err) { errors.push((err as Error).message); }
+    }
+    writeFileSync(${JSON.stringify(dir)} + '/out-' + process.env.OMPI_COMM_WORLD_RANK + '.json', JSON.stringify(errors));
+  `);
+  const r = await run(mpirun, [...mpiArgs, '-x', `LD_PRELOAD=${shim}`, process.execPath, '--import=tsx', script], { timeoutMs: 60_000 });
+  t.is(r.code, 0, r.output);
+  t.notRegex(r.output, /exited without calling|MPI_Finalize|MPI_Init_thread|ERROR/, 'Open MPI reports nothing: MPI was finalized, and not started twice');
+  for (const rank of [0, 1]) {
+    const [first, second] = JSON.parse(readFileSync(path.join(dir, `out-${rank}.json`), 'utf8'));
+    t.regex(first, new RegExp(`^rank ${rank} of 2: initDistributed: the MPI library \\(.*\\) provides only MPI_THREAD_SINGLE; emae needs MPI_THREAD_FUNNELED or more.*; MPI was finalized, and cannot be initialized again in this process$`));
+    t.regex(second, new RegExp(`^rank ${rank} of 2: initDistributed: an earlier initialization failed \\(the MPI library .* provides only MPI_THREAD_SINGLE.*\\) and finalized MPI; MPI cannot be initialized again after MPI_Finalize: start a new process$`));
+  }
+});

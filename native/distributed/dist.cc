@@ -5,7 +5,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -20,9 +22,20 @@
 namespace emae::dist {
 namespace {
 
-const EmaeMpiApi* g_mpi = nullptr;
+// The plugin's table: set on the compute thread, read by abort() from any thread.
+std::atomic<const EmaeMpiApi*> g_mpi{nullptr};
+// Written only on the compute thread, under g_status_mutex; the compute thread reads it without
+// the lock (it is the only writer), other threads through status(), which copies under it.
+std::mutex g_status_mutex;
 Status g_status;
-bool g_finalized = false;
+std::atomic<bool> g_finalized{false};
+std::atomic<uint64_t> g_collective_calls{0};
+bool g_single = false;  // the one-process NCCL check (init with `single`); compute thread only
+
+void set_status(const Status& s) {
+  std::lock_guard<std::mutex> lock(g_status_mutex);
+  g_status = s;
+}
 
 constexpr const char* kInstallMpi =
     "install Open MPI (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi-dev; RHEL: dnf install openmpi-devel; "
@@ -40,7 +53,7 @@ std::string plugin_path() {
 }
 
 const EmaeMpiApi& load_plugin() {
-  if (g_mpi) return *g_mpi;
+  if (const EmaeMpiApi* loaded = g_mpi.load()) return *loaded;
   const std::string file = plugin_path();
 #if !EMAE_WITH_MPI
   if (!std::getenv("EMAE_MPI_PLUGIN"))
@@ -58,7 +71,7 @@ const EmaeMpiApi& load_plugin() {
   if (!api || api->abi_version != EMAE_MPI_ABI_VERSION)
     throw std::runtime_error(file + " is not an emae MPI plugin of this version (rebuild emae: npm rebuild emae)");
   g_mpi = api;
-  return *g_mpi;
+  return *api;
 }
 
 void check(int rc, const char* err) {
@@ -66,9 +79,22 @@ void check(int rc, const char* err) {
 }
 
 const EmaeMpiApi& mpi() {
-  if (!g_status.initialized || !g_mpi) throw std::runtime_error("no distributed job: call initDistributed() first");
+  const EmaeMpiApi* api = g_mpi.load();
+  if (!g_status.initialized || !api) throw std::runtime_error("no distributed job: call initDistributed() first");
   if (g_finalized) throw std::runtime_error("the distributed job has been finalized");
-  return *g_mpi;
+  return *api;
+}
+
+// The MPI collectives, counted (Status::collective_calls).
+void mpi_allreduce(const EmaeMpiApi& api, void* data, size_t count, int type, int op) {
+  char err[512] = {0};
+  ++g_collective_calls;
+  check(api.allreduce(data, count, type, op, err, sizeof err), err);
+}
+[[maybe_unused]] void mpi_broadcast(const EmaeMpiApi& api, void* data, size_t bytes, int root) {
+  char err[512] = {0};
+  ++g_collective_calls;
+  check(api.broadcast(data, bytes, root, err, sizeof err), err);
 }
 
 }  // namespace
@@ -81,11 +107,19 @@ BuildInfo build_info() {
   return b;
 }
 
-const Status& status() { return g_status; }
-int cuda_device() { return g_status.cuda_device; }
+Status status() {
+  std::lock_guard<std::mutex> lock(g_status_mutex);
+  Status s = g_status;
+  s.collective_calls = g_collective_calls.load();
+  return s;
+}
+int cuda_device() {
+  std::lock_guard<std::mutex> lock(g_status_mutex);
+  return g_status.cuda_device;
+}
 
 // One process, NCCL alone (no MPI): a one-rank communicator on device 0.
-const Status& init_single_nccl() {
+Status init_single_nccl() {
   std::string why;
 #if EMAE_WITH_CUDA
   Status s;
@@ -97,8 +131,9 @@ const Status& init_single_nccl() {
   if (why.empty()) {
     s.initialized = true;
     s.collectives = "nccl";
-    g_status = s;
-    return g_status;
+    g_single = true;
+    set_status(s);
+    return s;
   }
 #else
   why = "this build of emae has no CUDA backend (built without a CUDA compiler)";
@@ -106,7 +141,7 @@ const Status& init_single_nccl() {
   throw std::runtime_error("collectives 'nccl' was asked for but NCCL is not usable: " + why);
 }
 
-const Status& init(const std::string& collectives, bool single) {
+Status init(const std::string& collectives, bool single) {
   if (collectives != "auto" && collectives != "mpi" && collectives != "nccl")
     throw RangeError("Expected 'auto', 'mpi' or 'nccl' for collectives but received '" + collectives + "'");
   if (g_finalized) throw std::runtime_error("initDistributed: MPI was finalized in this process and cannot start again");
@@ -152,7 +187,7 @@ const Status& init(const std::string& collectives, bool single) {
 #endif
     // Every rank must take the same path: NCCL only if it works everywhere.
     double ok = why.empty() ? 1.0 : 0.0;
-    check(api.allreduce(&ok, 1, EMAE_MPI_FLOAT64, EMAE_MPI_MIN, err, sizeof err), err);
+    if (s.size > 1) mpi_allreduce(api, &ok, 1, EMAE_MPI_FLOAT64, EMAE_MPI_MIN);
     if (ok == 1.0) {
       s.collectives = "nccl";
     } else {
@@ -162,39 +197,54 @@ const Status& init(const std::string& collectives, bool single) {
                                  " (collectives 'auto' falls back to host-staged MPI)");
     }
   }
-  g_status = s;
-  return g_status;
+  set_status(s);
+  return s;
 }
 
 void allreduce(void* data, size_t count, ReduceType type, ReduceOp op) {
   const EmaeMpiApi& api = mpi();
-  char err[512] = {0};
+  if (g_status.size == 1) return;  // sum, max and min over one rank: the data as it is
   const int t = type == ReduceType::Float32 ? EMAE_MPI_FLOAT32 : EMAE_MPI_FLOAT64;
   const int o = op == ReduceOp::Sum ? EMAE_MPI_SUM : op == ReduceOp::Max ? EMAE_MPI_MAX : EMAE_MPI_MIN;
-  check(api.allreduce(data, count, t, o, err, sizeof err), err);
+  mpi_allreduce(api, data, count, t, o);
 }
 
 void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
   if (!g_status.initialized) throw std::runtime_error("no distributed job: call initDistributed() first");
-  char err[512] = {0};
+  if (g_finalized) throw std::runtime_error("the distributed job has been finalized");
+  // One rank: the sum over the ranks is this rank's gradients and the mean divides by 1, so
+  // there is nothing to copy, reduce or scale, whatever the backend and collectives. The
+  // one-process NCCL check alone goes on: all-reducing over its one-rank communicator is its point.
+  if (g_status.size == 1 && !g_single) return;
   float* grads = model.grad_buffer();
   const size_t total = model.layout().total;
   Backend& be = model.backend();
   const cuda::CudaPlacement where = cuda::placement_of(be);
   if (where.device < 0) {
-    // CPU model: the gradients are host memory; MPI reduces them in place (one rank: nothing to do)
-    if (g_status.size > 1) check(mpi().allreduce(grads, total, EMAE_MPI_FLOAT32, EMAE_MPI_SUM, err, sizeof err), err);
+    // CPU model: the gradients are host memory; MPI reduces them in place
+    mpi_allreduce(mpi(), grads, total, EMAE_MPI_FLOAT32, EMAE_MPI_SUM);
   } else if (g_status.collectives == "nccl") {
 #if EMAE_WITH_CUDA
     if (!nccl::ready()) {
-      if (where.device != g_status.cuda_device)
-        throw std::runtime_error("NCCL all-reduce: the model is on CUDA device " + std::to_string(where.device) +
-                                 " but this rank's device is " + std::to_string(g_status.cuda_device) +
-                                 " (create models after initDistributed())");
-      nccl::init(g_status.rank, g_status.size, where.device, [&](void* buf, size_t bytes) {
-        if (g_status.size > 1) check(mpi().broadcast(buf, bytes, 0, err, sizeof err), err);  // rank 0's id to all
-      });
+      // refused on this rank alone: still taken through nccl::init's collectives (see nccl.h)
+      const std::string refused =
+          where.device == g_status.cuda_device
+              ? std::string()
+              : "the model is on CUDA device " + std::to_string(where.device) + " but this rank's device is " +
+                    std::to_string(g_status.cuda_device) + " (create models after initDistributed())";
+      const bool many = g_status.size > 1;  // false only for the one-process check (no MPI)
+      nccl::init(
+          g_status.rank, g_status.size, where.device, refused,
+          [&](int value) {  // the least value over the ranks
+            double v = value;
+            if (many) mpi_allreduce(mpi(), &v, 1, EMAE_MPI_FLOAT64, EMAE_MPI_MIN);
+            return (int)v;
+          },
+          [&](void* buf, size_t bytes, int root) {
+            if (many) mpi_broadcast(mpi(), buf, bytes, root);
+          });
     }
+    ++g_collective_calls;
     nccl::allreduce_sum(grads, total, where.stream);  // one bucket: the whole contiguous buffer
 #endif
   } else {
@@ -205,7 +255,7 @@ void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
     for (size_t at = 0; at < total; at += bucket) {
       const size_t n = std::min(bucket, total - at);
       be.download(host.data(), grads + at, n * sizeof(float));
-      check(api.allreduce(host.data(), n, EMAE_MPI_FLOAT32, EMAE_MPI_SUM, err, sizeof err), err);
+      mpi_allreduce(api, host.data(), n, EMAE_MPI_FLOAT32, EMAE_MPI_SUM);
       be.upload(grads + at, host.data(), n * sizeof(float));
     }
   }
@@ -217,7 +267,9 @@ void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
 
 void barrier() {
   const EmaeMpiApi& api = mpi();
+  if (g_status.size == 1) return;
   char err[512] = {0};
+  ++g_collective_calls;
   check(api.barrier(err, sizeof err), err);
 }
 
@@ -228,11 +280,13 @@ void finalize() {
 #endif
   char err[512] = {0};
   g_finalized = true;
-  if (g_mpi) check(g_mpi->finalize(err, sizeof err), err);  // none for a single NCCL process
+  if (const EmaeMpiApi* api = g_mpi.load()) check(api->finalize(err, sizeof err), err);  // none for a single NCCL process
 }
 
 void abort(int code) {
-  if (g_mpi && g_status.initialized && !g_finalized) g_mpi->abort(code);  // does not return
+  // any thread: g_status.initialized is not read here (the compute thread may be writing it);
+  // the plugin's abort() itself checks that MPI is running
+  if (const EmaeMpiApi* api = g_mpi.load(); api && !g_finalized) api->abort(code);  // does not return
   std::_Exit(code);
 }
 

@@ -5,9 +5,12 @@
 // (nccl.h); both are loaded only when a job of more than one rank asks for them.
 //
 // Thread rule: every function here but abort() and the getters runs on the compute thread
-// (compute_thread.h), the one thread that makes MPI and NCCL calls.
+// (compute_thread.h), the one thread that makes MPI and NCCL calls. The getters may be called
+// from any thread (distStatus runs on the JS thread while initDistributed runs on the compute
+// thread): the state they read is written under a mutex, and status() returns a copy.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace emae {
@@ -28,6 +31,9 @@ struct Status {
   std::string nccl_version;       // when collectives is 'nccl'
   std::string nccl_unavailable;   // why NCCL is not used, when it is not
   int thread_level = 0;
+  // MPI and NCCL collective calls this process has made (all-reduces, broadcasts, barriers);
+  // a job of one rank makes none
+  uint64_t collective_calls = 0;
 };
 
 // What the build has: the plugin's expected path, whether it was built, whether NCCL can be tried.
@@ -44,17 +50,20 @@ BuildInfo build_info();
 // never uses it. Collective over every rank. Throws with what to install when MPI is missing.
 // `single`: a process no launcher started, asking for NCCL alone (collectives 'nccl', world size
 // 1, no MPI): the whole data-parallel step over a one-rank communicator, to check NCCL on one GPU.
-const Status& init(const std::string& collectives, bool single = false);
-const Status& status();
+Status init(const std::string& collectives, bool single = false);
+// A copy of the current status (any thread).
+Status status();
 // The CUDA device new CUDA models use (0 outside a job).
 int cuda_device();
 
-// In place over host memory, every rank.
+// In place over host memory, every rank. One rank: nothing to do, no MPI call.
 void allreduce(void* data, size_t count, ReduceType type, ReduceOp op);
 // Sums the model's whole gradient buffer over the ranks (in buckets of bucket_floats on the
-// host-staged path), then scales by 1/world size when average. Collective.
+// host-staged path), then scales by 1/world size when average. Collective. A job of one rank
+// (an MPI world of size 1) returns at once: no copy, no MPI or NCCL call, whatever the backend;
+// only the one-process NCCL check (init with `single`) all-reduces over its one-rank communicator.
 void allreduce_gradients(Model& model, bool average, size_t bucket_floats);
-void barrier();
+void barrier();  // one rank: no MPI call
 // Ends MPI (and NCCL). Collective; later collectives throw.
 void finalize();
 // MPI_Abort: the launcher ends every rank. Any thread; never returns.

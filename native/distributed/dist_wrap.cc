@@ -71,6 +71,7 @@ Napi::Object status_object(Napi::Env env, const dist::Status& s) {
   o.Set("ncclVersion", s.nccl_version);
   o.Set("ncclUnavailable", s.nccl_unavailable);
   o.Set("threadLevel", s.thread_level);
+  o.Set("collectiveCalls", (double)s.collective_calls);
   return o;
 }
 

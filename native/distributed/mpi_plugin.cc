@@ -26,6 +26,9 @@
 namespace {
 
 MPI_Comm g_local = MPI_COMM_NULL;
+// Why init() finalized MPI, when it did: MPI cannot start again in this process, and a later
+// init() says so with this reason instead of calling MPI_Init_thread after MPI_Finalize.
+std::string g_init_failure;
 
 void set_error(char* err, size_t errlen, const std::string& text) {
   if (!err || errlen == 0) return;
@@ -52,8 +55,24 @@ int check_initialized(char* err, size_t errlen) {
   return 0;
 }
 
+std::string library_version() {
+  char version[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
+  int len = 0;
+  MPI_Get_library_version(version, &len);
+  const std::string text(version, std::strlen(version));
+  return text.substr(0, text.find_first_of("\n,"));
+}
+
 int plugin_init(EmaeMpiInit* out, char* err, size_t errlen) {
-  int done = 0;
+  int done = 0, finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) {
+    set_error(err, errlen,
+              (g_init_failure.empty() ? std::string("MPI was finalized in this process")
+                                      : "an earlier initialization failed (" + g_init_failure + ") and finalized MPI") +
+                  "; MPI cannot be initialized again after MPI_Finalize: start a new process");
+    return 1;
+  }
   MPI_Initialized(&done);
   if (!done) {
     Dl_info info{};
@@ -66,7 +85,16 @@ int plugin_init(EmaeMpiInit* out, char* err, size_t errlen) {
     out->thread_level = provided == MPI_THREAD_SINGLE ? 0 : provided == MPI_THREAD_FUNNELED ? 1
                       : provided == MPI_THREAD_SERIALIZED ? 2 : 3;
     if (provided < MPI_THREAD_FUNNELED) {
-      set_error(err, errlen, "the MPI library provides only MPI_THREAD_SINGLE; emae needs MPI_THREAD_FUNNELED or more");
+      // Not left half started: every rank gets the same level from the same library, so every
+      // rank finalizes here (MPI_Finalize is collective) and reports the same error.
+      g_init_failure = "the MPI library (" + library_version() +
+                       ") provides only MPI_THREAD_SINGLE; emae needs MPI_THREAD_FUNNELED or more (use an MPI built "
+                       "with thread support)";
+      const int frc = MPI_Finalize();
+      set_error(err, errlen,
+                g_init_failure + (frc == MPI_SUCCESS ? std::string("; MPI was finalized")
+                                                     : "; MPI_Finalize then failed too") +
+                    ", and cannot be initialized again in this process");
       return 1;
     }
   }
@@ -80,12 +108,7 @@ int plugin_init(EmaeMpiInit* out, char* err, size_t errlen) {
   }
   MPI_Comm_rank(g_local, &out->local_rank);
   MPI_Comm_size(g_local, &out->local_size);
-  char version[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
-  int len = 0;
-  MPI_Get_library_version(version, &len);
-  std::string first(version, std::min<size_t>(std::strlen(version), sizeof out->library - 1));
-  first = first.substr(0, first.find_first_of("\n,"));
-  std::snprintf(out->library, sizeof out->library, "%s", first.c_str());
+  std::snprintf(out->library, sizeof out->library, "%s", library_version().c_str());  // cut to fit
   return 0;
 }
 

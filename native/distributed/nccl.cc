@@ -8,9 +8,11 @@
 #include <dlfcn.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #if __has_include(<nccl.h>)
@@ -111,14 +113,35 @@ std::string load(std::string* version) {
   return g_loaded ? std::string() : g_load_error;
 }
 
-void init(int rank, int size, int device, const std::function<void(void*, size_t)>& broadcast) {
+void init(int rank, int size, int device, const std::string& refused, const std::function<int(int)>& least,
+          const std::function<void(void*, size_t, int)>& broadcast) {
   if (!g_loaded) throw std::runtime_error("NCCL is not loaded: " + g_load_error);
   if (g_comm) return;
-  check_cuda(cudaSetDevice(device), "cudaSetDevice");
-  ncclUniqueId id;
-  std::memset(&id, 0, sizeof id);
-  if (rank == 0) check(g_api.get_unique_id(&id), "ncclGetUniqueId");
-  broadcast(&id, sizeof id);
+  // What rank 0 sends every rank: the unique id, or (from the first rank that failed) its error.
+  struct Message {
+    char error[512];
+    ncclUniqueId id;
+  };
+  Message msg;
+  std::memset(&msg, 0, sizeof msg);
+  std::string failure = refused;
+  if (failure.empty()) {
+    if (const cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
+      failure = "cudaSetDevice(" + std::to_string(device) + ") failed: " + cudaGetErrorString(e);
+    } else if (rank == 0) {
+      if (const ncclResult_t r = g_api.get_unique_id(&msg.id); r != ncclSuccess) failure = "ncclGetUniqueId failed: " + text_of(r);
+    }
+  }
+  // Every rank makes both collectives whatever happened here, so none is left waiting.
+  const int failed = least(failure.empty() ? size : rank);
+  if (failed == rank) std::snprintf(msg.error, sizeof msg.error, "%s", failure.c_str());
+  broadcast(&msg, sizeof msg, failed < size ? failed : 0);
+  if (failed < size) {
+    msg.error[sizeof msg.error - 1] = 0;
+    throw std::runtime_error("NCCL setup failed on rank " + std::to_string(failed) + " of " + std::to_string(size) + ": " +
+                             msg.error);
+  }
+  const ncclUniqueId id = msg.id;
   ncclComm_t comm = nullptr;
   const ncclResult_t r = g_api.comm_init_rank(&comm, size, id, rank);
   if (r != ncclSuccess) throw std::runtime_error("ncclCommInitRank failed: " + text_of(r));

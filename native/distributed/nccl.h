@@ -20,9 +20,15 @@ int device_count();
 // Loads libnccl once; returns '' when usable (version set, e.g. "2.21.5"), else why not.
 std::string load(std::string* version);
 
-// Collective over every rank: rank 0 draws the unique id, `broadcast` (MPI) hands it to the
-// others (bytes in place, root 0), then ncclCommInitRank on `device`. Throws on failure.
-void init(int rank, int size, int device, const std::function<void(void*, size_t)>& broadcast);
+// Collective over every rank: each rank selects `device` (unless `refused` says why this rank
+// cannot take part) and rank 0 draws the unique id; then `least` (an MPI all-reduce, minimum)
+// finds the first rank where that failed, if any, and `broadcast` (MPI, bytes in place from
+// `root`) hands every rank either rank 0's id or that rank's error, so that a failure on one rank
+// (ncclGetUniqueId on rank 0, cudaSetDevice or `refused` anywhere) throws on every rank, naming
+// it, instead of leaving the others waiting in a collective. Then ncclCommInitRank on `device`.
+// Throws on failure.
+void init(int rank, int size, int device, const std::string& refused, const std::function<int(int)>& least,
+          const std::function<void(void*, size_t, int)>& broadcast);
 bool ready();
 
 // Sum of `count` floats in place on the device, enqueued on `stream` (a cudaStream_t) and waited

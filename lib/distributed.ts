@@ -130,7 +130,8 @@ export class Distributed {
     this.localRank = status.localRank;
     this.localSize = status.localSize;
     this.cudaDevice = status.cudaDevice;
-    this.collectives = status.size > 1 ? status.collectives : 'none';
+    // one rank: 'none', except the one-process NCCL check (initDistributed({ collectives: 'nccl' }))
+    this.collectives = status.size > 1 || status.collectives === 'nccl' ? status.collectives : 'none';
     this.mpiLibrary = status.mpiLibrary;
     if (status.ncclVersion) this.ncclVersion = status.ncclVersion;
     if (status.size > 1 && status.ncclUnavailable) this.ncclUnavailable = status.ncclUnavailable;

@@ -279,6 +279,14 @@ export async function initDistributed(options: DistributedOptions = {}): Promise
       if (err instanceof Error) err.message = `rank ${launched!.rank} of ${worldSize}: ${err.message}`;
       throw err;
     }
+    if (status.size !== worldSize || status.rank !== launched!.rank) {
+      // each process would otherwise train alone as rank 0 of 1, all writing to one --out folder
+      await a.distFinalize();
+      throw new Error(`initDistributed: the launcher (${launched!.launcher}) started this process as rank ${launched!.rank} ` +
+        `of ${worldSize}, but MPI (${status.mpiLibrary || 'the library emae loaded'}) sees rank ${status.rank} of ${status.size}: ` +
+        `the launcher belongs to another MPI installation than the one emae was built with, or srun gave MPI no PMI ` +
+        `(try \`srun --mpi=pmix\`); start it with that MPI's own mpirun`);
+    }
   }
   const dist = new Distributed(constructToken, status, bucketFloats);
   current = { dist, collectives };

@@ -470,3 +470,22 @@ int MPI_Init_thread(int* argc, char*** argv, int required, int* provided) {
     t.regex(second, new RegExp(`^rank ${rank} of 2: initDistributed: an earlier initialization failed \\(the MPI library .* provides only MPI_THREAD_SINGLE.*\\) and finalized MPI; MPI cannot be initialized again after MPI_Finalize: start a new process$`));
   }
 });
+
+// A launcher whose MPI is not the one emae was built with (another installation's mpirun, srun
+// without PMI) starts processes that MPI sees as separate one-rank worlds: each would train alone
+// as rank 0, all writing to one folder. Launcher variables without a launcher reproduce that view.
+(build.mpi ? test.serial : test.skip)('a launcher that MPI does not see is refused, naming both views', async (t) => {
+  const dir = tmp();
+  const script = path.join(dir, 'mismatch.mts');
+  writeFileSync(script, `
+    import { initDistributed } from ${JSON.stringify(path.join(root, 'lib', 'index.js'))};
+    try { await initDistributed(); console.log('JOINED'); } catch (e) { console.log('ERROR ' + (e as Error).message); }
+  `);
+  for (const vars of [{ OMPI_COMM_WORLD_SIZE: '2', OMPI_COMM_WORLD_RANK: '1' }, { SLURM_STEP_NUM_TASKS: '3', SLURM_PROCID: '0' }]) {
+    const r = spawnSync(process.execPath, ['--import=tsx', script], { cwd: root, env: { ...mpiEnv(), ...vars }, encoding: 'utf8', timeout: 60_000 });
+    t.is(r.status, 0, r.stderr);
+    const [size, rank] = Object.values(vars);
+    t.regex(r.stdout, new RegExp(`^ERROR initDistributed: the launcher \\((open-mpi|slurm)\\) started this process as rank ${rank} of ${size}, ` +
+      'but MPI \\(.+\\) sees rank 0 of 1: .*another MPI installation'), r.stdout + r.stderr);
+  }
+});

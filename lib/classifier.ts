@@ -54,6 +54,26 @@ export interface ResolvedClassifierConfig {
 
 /** The encoder keys a pretrained checkpoint must agree on with the classifier. */
 export const ENCODER_KEYS = ['imageSize', 'patchSize', 'channels', 'embedDim', 'depth', 'numHeads', 'mlpRatio'] as const;
+/**
+ * The architecture keys on which a saved classifier config (the JSON of metadata
+ * emae_classifier_config) differs from `config`, as "numHeads 4 in the file, 2 in this classifier;
+ * …", or undefined when they agree. Keys missing from the saved config are not compared.
+ * @throws {RangeError} the saved config is not valid JSON
+ */
+export function classifierConfigDifference(saved: string, config: Readonly<ResolvedClassifierConfig>, file: string): string | undefined {
+  let cfg: Record<string, unknown>;
+  try {
+    cfg = JSON.parse(saved) as Record<string, unknown>;
+  } catch {
+    throw new RangeError(`${file}: the classifier config saved in it (metadata ${CLASSIFIER_CONFIG_KEY}) is not valid JSON`);
+  }
+  const ours = config as unknown as Record<string, unknown>;
+  const diffs = [...ENCODER_KEYS, 'layerNormEps', 'numClasses', 'globalPool']
+    .filter((k) => cfg[k] !== undefined && cfg[k] !== ours[k])
+    .map((k) => `${k} ${String(cfg[k])} in the file, ${String(ours[k])} in this classifier`);
+  return diffs.length > 0 ? diffs.join('; ') : undefined;
+}
+
 const CLASSIFIER_KEYS = ['preset', ...ENCODER_KEYS, 'layerNormEps', 'device', 'seed', 'threads', 'cpuMatmul',
   'numClasses', 'globalPool', 'dropPath', 'labelSmoothing'] as const;
 /** what saveWeights records (and loadWeights compares) */
@@ -279,16 +299,8 @@ export class Classifier {
       const { data, metadata } = parseWeightsFile(bytes, file, 'classifier weights file');
       const saved = metadata[CLASSIFIER_CONFIG_KEY];
       if (saved !== undefined && strict) {
-        let cfg: Record<string, unknown>;
-        try {
-          cfg = JSON.parse(saved) as Record<string, unknown>;
-        } catch {
-          throw new RangeError(`${file}: the classifier config saved in it (metadata ${CLASSIFIER_CONFIG_KEY}) is not valid JSON`);
-        }
-        const diffs = ENCODER_KEYS.concat(['layerNormEps', 'numClasses', 'globalPool'] as never[])
-          .filter((k) => cfg[k] !== undefined && cfg[k] !== (this.#config as unknown as Record<string, unknown>)[k])
-          .map((k) => `${k} ${String(cfg[k])} in the file, ${String((this.#config as unknown as Record<string, unknown>)[k])} in this classifier`);
-        if (diffs.length > 0) throw new RangeError(`cannot load ${file}: it was saved for another classifier: ${diffs.join('; ')}`);
+        const diff = classifierConfigDifference(saved, this.#config, file);
+        if (diff) throw new RangeError(`cannot load ${file}: it was saved for another classifier: ${diff}`);
       }
       // a fine-tuning checkpoint holds the parameters as param.<name> beside the AdamW moments
       const tensors = metadata.format === 'emae-classifier-checkpoint/1'

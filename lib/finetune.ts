@@ -9,7 +9,7 @@ import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints } from './checkpoint.js';
-import { CLASSIFIER_CONFIG_KEY, type Classifier } from './classifier.js';
+import { CLASSIFIER_CONFIG_KEY, classifierConfigDifference, type Classifier } from './classifier.js';
 import type { LabelledImageSet } from './data.js';
 import { assertFiniteNumber, assertKnownKeys, assertObject, invalidRangeError, invalidTypeError } from './errors.js';
 import { Mixup, augmentBatch } from './finetune-data.js';
@@ -380,6 +380,10 @@ export async function loadClassifierCheckpoint(file: string, model: Classifier):
   const { metadata, data } = parseWeightsFile(await readFile(file), file, 'checkpoint');
   if (metadata.format !== CLASSIFIER_CHECKPOINT_FORMAT)
     throw new Error(`${file}: not an emae fine-tuning checkpoint (format '${metadata.format}', expected '${CLASSIFIER_CHECKPOINT_FORMAT}')`);
+  // same-shaped tensors (another numHeads, pooling or eps) would load without complaint
+  const saved = metadata[CLASSIFIER_CONFIG_KEY];
+  const diff = saved === undefined ? undefined : classifierConfigDifference(saved, model.config, file);
+  if (diff) throw new RangeError(`cannot resume from ${file}: it was saved for another classifier: ${diff}`);
   let state: Record<string, unknown>;
   try {
     state = JSON.parse(metadata.trainer ?? '');

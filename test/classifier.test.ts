@@ -20,7 +20,7 @@ import test, { type ExecutionContext, type ThrowsExpectation } from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  Classifier, EMAE, ParallelMasker, Trainer, saveCheckpoint, writeSafetensors,
+  Classifier, EMAE, ParallelMasker, Trainer, loadClassifierCheckpoint, saveCheckpoint, saveClassifierCheckpoint, writeSafetensors,
   type ClassifierBatch, type ClassifierConfig, type EMAEConfig, type OptimizerState,
 } from '../lib/index.js';
 import { tempDir } from './helpers/refusals.js';
@@ -615,6 +615,28 @@ test('saveWeights → loadWeights round-trips bitwise; a file for another numCla
     await same('edited config');
     await t.throwsAsync(b.loadWeights(path.join(dir, 'short.safetensors')), { instanceOf: RangeError, message: /corrupt or truncated/ });
   });
+});
+
+test('a fine-tuning checkpoint round-trips; one saved for another classifier of the same shapes is refused', async (t) => {
+  const dir = await tempDir(t, 'emae-clf-ckpt-');
+  const a = await create(t);
+  await stepOnce(a);
+  const file = path.join(dir, 'ckpt-1.safetensors');
+  await saveClassifierCheckpoint(file, a, { epoch: 1 });
+  const b = await create(t, { seed: 99 });
+  t.deepEqual(await loadClassifierCheckpoint(file, b), { epoch: 1 });
+  t.deepEqual(differingTensors(await b.stateDict(), await a.stateDict()), []);
+  t.deepEqual(optimizerDiff(await b.getOptimizerState(), await a.getOptimizerState()), []);
+  // numHeads 4 or another layerNormEps: every tensor has the same shape, only the config tells
+  for (const [other, message] of [[{ numHeads: 4 }, /numHeads 2 in the file, 4 in this classifier/],
+    [{ layerNormEps: 1e-5 }, /layerNormEps 0.000001 in the file, 0.00001 in this classifier/]] as const) {
+    const c = await create(t, other);
+    await stepOnce(c);
+    await unchanged(t, c, async (same) => {
+      await t.throwsAsync(loadClassifierCheckpoint(file, c), { instanceOf: RangeError, message });
+      await same(JSON.stringify(other));
+    });
+  }
 });
 
 test('predict: [count, numClasses] logits, chunked as unchunked, deterministic', async (t) => {

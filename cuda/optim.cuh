@@ -1,7 +1,7 @@
 // GELU and the optimizer-side kernels: AdamW over all trainable segments in one launch, the
 // global gradient norm (deterministic two-stage reduction) and gradient scaling.
-// Segments (offset, size, decay) live in device memory (SegmentTable below); blockIdx.y picks
-// the segment and the x blocks stride over it.
+// Segments (offset, size, decay, lr multiplier) live in device memory (SegmentTable below);
+// blockIdx.y picks the segment and the x blocks stride over it.
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -30,15 +30,18 @@ static __global__ void gelu_backward_kernel(float* dinp, const float* __restrict
 struct DeviceSegment {
   unsigned long long offset, size;
   int decay;
+  double lr_scale;  // the segment's lr is segment_lr(s.lr, lr_scale), as on the CPU
 };
 
 static __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, const DeviceSegment* __restrict__ segments, AdamWScalars s) {
   const DeviceSegment seg = segments[blockIdx.y];
+  AdamWScalars sk = s;
+  sk.lr = segment_lr(s.lr, seg.lr_scale);
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const unsigned long long k = seg.offset + i;
-    adamw_update(params[k], m[k], v[k], grads[k], s, seg.decay != 0);
+    adamw_update(params[k], m[k], v[k], grads[k], sk, seg.decay != 0);
   }
 }
 
@@ -98,7 +101,9 @@ inline void gelu_backward(float* dinp, const float* inp, const float* dout, size
   EMAE_CHECK_LAUNCH("gelu_backward_kernel");
 }
 
-// A device copy of the optimizer's segment table, refreshed only when the host table changes.
+// A device copy of the optimizer's segment table, refreshed only when the host table changes
+// (a cudaMalloc, a copy and a stream synchronize). The lr multiplier is part of the table, so a
+// caller's one list per step (layer-wise lr decay included) is uploaded once.
 class SegmentTable {
  public:
   ~SegmentTable() {
@@ -107,10 +112,12 @@ class SegmentTable {
   const DeviceSegment* get(const ParamSegment* segments, int count, cudaStream_t stream) {
     std::vector<DeviceSegment> table(count);
     for (int i = 0; i < count; ++i)
-      table[i] = {(unsigned long long)segments[i].offset, (unsigned long long)segments[i].size, segments[i].decay ? 1 : 0};
+      table[i] = {(unsigned long long)segments[i].offset, (unsigned long long)segments[i].size, segments[i].decay ? 1 : 0,
+                  segments[i].lr_scale};
     bool same = count == count_ && host_.size() == table.size();
     for (int i = 0; same && i < count; ++i)
-      same = host_[i].offset == table[i].offset && host_[i].size == table[i].size && host_[i].decay == table[i].decay;
+      same = host_[i].offset == table[i].offset && host_[i].size == table[i].size && host_[i].decay == table[i].decay &&
+             host_[i].lr_scale == table[i].lr_scale;
     if (same) return device_;
     if (device_) EMAE_CUDA_CHECK(cudaFree(device_));
     device_ = nullptr;

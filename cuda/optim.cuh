@@ -1,7 +1,7 @@
 // GELU and the optimizer-side kernels: AdamW over all trainable segments in one launch, the
 // global gradient norm (deterministic two-stage reduction) and gradient scaling.
-// Segments (offset, size, decay) live in device memory (SegmentTable below); blockIdx.y picks
-// the segment and the x blocks stride over it.
+// Segments (offset, size, decay, lr multiplier) live in device memory (SegmentTable below);
+// blockIdx.y picks the segment and the x blocks stride over it.
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -30,15 +30,18 @@ static __global__ void gelu_backward_kernel(float* dinp, const float* __restrict
 struct DeviceSegment {
   unsigned long long offset, size;
   int decay;
+  double lr_scale;  // the segment's lr is segment_lr(s.lr, lr_scale), as on the CPU
 };
 
 static __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, const DeviceSegment* __restrict__ segments, AdamWScalars s) {
   const DeviceSegment seg = segments[blockIdx.y];
+  AdamWScalars sk = s;
+  sk.lr = segment_lr(s.lr, seg.lr_scale);
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const unsigned long long k = seg.offset + i;
-    adamw_update(params[k], m[k], v[k], grads[k], s, seg.decay != 0);
+    adamw_update(params[k], m[k], v[k], grads[k], sk, seg.decay != 0);
   }
 }
 
@@ -98,34 +101,67 @@ inline void gelu_backward(float* dinp, const float* inp, const float* dout, size
   EMAE_CHECK_LAUNCH("gelu_backward_kernel");
 }
 
-// A device copy of the optimizer's segment table, refreshed only when the host table changes.
+// Device copies of the optimizer's segment lists. A list is uploaded (cudaMalloc, copy, stream
+// synchronize) the first time it is passed and found again by content afterwards, so a steady
+// step uploads nothing: each model passes one list to the norm, the clipping and AdamW (the
+// fine-tuning classifier included: its layer-wise lr decay is the segments' lr_scale, not one
+// AdamW call per layer group), and the data-parallel average scales the whole buffer as a
+// second list. Up to kSlots lists are kept; a further one replaces the least recently used.
 class SegmentTable {
  public:
+  static constexpr int kSlots = 4;
   ~SegmentTable() {
-    if (device_) cudaFree(device_);
+    for (Slot& slot : slots_)
+      if (slot.device) cudaFree(slot.device);
   }
   const DeviceSegment* get(const ParamSegment* segments, int count, cudaStream_t stream) {
+    ++clock_;
+    for (Slot& slot : slots_)
+      if (slot.device && slot.same(segments, count)) {
+        slot.used = clock_;
+        return slot.device;
+      }
+    Slot* victim = nullptr;  // an empty slot, else the least recently used
+    for (Slot& slot : slots_)
+      if (!slot.device) {
+        victim = &slot;
+        break;
+      } else if (!victim || slot.used < victim->used) {
+        victim = &slot;
+      }
+    if (victim->device) {
+      EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));  // no kernel still reads the list it held
+      EMAE_CUDA_CHECK(cudaFree(victim->device));
+      victim->device = nullptr;
+    }
+    victim->host.assign(segments, segments + count);
     std::vector<DeviceSegment> table(count);
     for (int i = 0; i < count; ++i)
-      table[i] = {(unsigned long long)segments[i].offset, (unsigned long long)segments[i].size, segments[i].decay ? 1 : 0};
-    bool same = count == count_ && host_.size() == table.size();
-    for (int i = 0; same && i < count; ++i)
-      same = host_[i].offset == table[i].offset && host_[i].size == table[i].size && host_[i].decay == table[i].decay;
-    if (same) return device_;
-    if (device_) EMAE_CUDA_CHECK(cudaFree(device_));
-    device_ = nullptr;
-    EMAE_CUDA_CHECK(cudaMalloc(&device_, sizeof(DeviceSegment) * std::max(count, 1)));
-    EMAE_CUDA_CHECK(cudaMemcpyAsync(device_, table.data(), sizeof(DeviceSegment) * count, cudaMemcpyHostToDevice, stream));
-    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));
-    host_ = std::move(table);
-    count_ = count;
-    return device_;
+      table[i] = {(unsigned long long)segments[i].offset, (unsigned long long)segments[i].size, segments[i].decay ? 1 : 0,
+                  segments[i].lr_scale};
+    EMAE_CUDA_CHECK(cudaMalloc(&victim->device, sizeof(DeviceSegment) * std::max(count, 1)));
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(victim->device, table.data(), sizeof(DeviceSegment) * count, cudaMemcpyHostToDevice, stream));
+    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host table is freed on return
+    victim->used = clock_;
+    return victim->device;
   }
 
  private:
-  DeviceSegment* device_ = nullptr;
-  std::vector<DeviceSegment> host_;
-  int count_ = -1;
+  struct Slot {
+    DeviceSegment* device = nullptr;
+    std::vector<ParamSegment> host;
+    unsigned long long used = 0;
+    bool same(const ParamSegment* segments, int count) const {
+      if ((size_t)count != host.size()) return false;
+      for (int i = 0; i < count; ++i)
+        if (host[i].offset != segments[i].offset || host[i].size != segments[i].size ||
+            host[i].decay != segments[i].decay || host[i].lr_scale != segments[i].lr_scale)
+          return false;
+      return true;
+    }
+  };
+  Slot slots_[kSlots];
+  unsigned long long clock_ = 0;
 };
 
 inline void adamw(float* params, const float* grads, float* m, float* v, const DeviceSegment* segments, int count,

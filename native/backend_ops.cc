@@ -257,14 +257,17 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const float* targets = r.in("targets", (size_t)B * C);
     r.host_value("loss", be.cross_entropy_forward_backward(r.out("dlogits", (size_t)B * C), logits, targets, B, C));
   } else if (name == "adamw" || name == "grad_norm") {
-    // segments given as dims size0/decay0, size1/decay1, … laid out back to back
+    // segments given as dims size0/decay0[/lrScale0], size1/decay1[/lrScale1], … laid out back to
+    // back; lrScaleI (AdamW's lr multiplier of segment I) defaults to 1
     std::vector<ParamSegment> segments;
     size_t total = 0;
     for (int i = 0;; ++i) {
-      const std::string size_key = "size" + std::to_string(i), decay_key = "decay" + std::to_string(i);
+      const std::string size_key = "size" + std::to_string(i), decay_key = "decay" + std::to_string(i),
+                        scale_key = "lrScale" + std::to_string(i);
       if (!r.has_dim(size_key)) break;
       const size_t n = (size_t)r.dim(size_key.c_str());
-      segments.push_back({total, n, r.dim(decay_key.c_str()) != 0});
+      const double lr_scale = r.has_dim(scale_key) ? r.scalar(scale_key.c_str()) : 1.0;
+      segments.push_back({total, n, r.dim(decay_key.c_str()) != 0, lr_scale});
       total += n;
     }
     const float* grad = r.in("grad", total);

@@ -246,9 +246,10 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
     std::copy(dst0, dst0 + C, dst);
     column_sum_accumulate(dst, src, R, C);
   } else if (name == "adamw") {
+    // dims.lrScale (default 1): a segment's lr multiplier, applied as the backends do (segment_lr)
     const int n = c.dim("n");
     AdamWScalars s;
-    s.lr = (float)c.scalar("lr");
+    s.lr = segment_lr((float)c.scalar("lr"), c.call.dims.Has("lrScale") ? c.scalar("lrScale") : 1.0);
     s.beta1 = (float)c.scalar("beta1");
     s.beta2 = (float)c.scalar("beta2");
     s.eps = (float)c.scalar("eps");

@@ -85,6 +85,25 @@ gpuTest(`per-op parity with the CPU backend (seed ${seed})`, (t) => {
   compare(t, 'grad_norm', { grad: randn(total) }, sizes, 1e-6);
   const v = randn(total).map((x) => x * x);
   compare(t, 'adamw', { param: randn(total), grad: randn(total), expAvg: randn(total, 0.1), expAvgSq: v }, { ...sizes, lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05, step: 3 }, 1e-5);
+  // per-segment lr multipliers (fine-tuning's layer-wise lr decay in one call): parity with the
+  // CPU, and on the GPU itself each segment moves bitwise as its own call at lr·s (segment_lr)
+  const scales = { lrScale0: 0.65 ** 3, lrScale1: 0.5, lrScale2: 1 };
+  const hyper = { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.05, step: 5 };
+  const state = { param: randn(total), grad: randn(total), expAvg: randn(total, 0.1), expAvgSq: v };
+  compare(t, 'adamw', state, { ...sizes, ...scales, ...hyper }, 1e-5);
+  const all = native().testBackendOp('cuda', 'adamw', state, { ...sizes, ...scales, ...hyper });
+  let offset = 0;
+  for (const [i, n] of [1000, 7, 70_000].entries()) {
+    const part = (x: Float32Array) => x.slice(offset, offset + n);
+    const s = [scales.lrScale0, scales.lrScale1, scales.lrScale2][i];
+    const own = native().testBackendOp('cuda', 'adamw', { param: part(state.param), grad: part(state.grad), expAvg: part(state.expAvg), expAvgSq: part(state.expAvgSq) },
+      { size0: n, decay0: (sizes as Record<string, number>)[`decay${i}`], ...hyper, lr: Math.fround(Math.fround(hyper.lr) * s) });
+    for (const key of ['param', 'expAvg', 'expAvgSq']) {
+      const a = (all[key] as Float32Array).subarray(offset, offset + n), b = own[key] as Float32Array;
+      t.true(a.every((x, k) => Object.is(x, b[k])), `cuda adamw segment ${i} (lrScale ${s}) ${key}: bitwise as its own call at lr·s`);
+    }
+    offset += n;
+  }
 });
 
 // The fine-tuning ops (cuda/classifier.cuh against native/cpu/classifier_ops.cc and the CPU

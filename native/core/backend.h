@@ -27,9 +27,11 @@ struct PartGeometry {
 
 // One flat segment of the parameter buffer for the optimizer (a parameter tensor).
 struct ParamSegment {
-  size_t offset;   // in floats
-  size_t size;     // in floats
-  bool decay;      // weight decay applies
+  size_t offset;          // in floats
+  size_t size;            // in floats
+  bool decay;             // weight decay applies
+  double lr_scale = 1.0;  // AdamW's lr multiplier: the segment steps at segment_lr(s.lr, lr_scale)
+                          // (elementwise.h); fine-tuning's layer-wise lr decay, 1 in pretraining
 };
 
 struct LossValues {
@@ -148,9 +150,16 @@ class Backend {
                                                 int B, int C) = 0;
 
   // ---- optimizer ---------------------------------------------------------------------------
+  // The norm and scale read the segments' offset and size, AdamW also decay and lr_scale. A
+  // device backend keeps a copy of the lists it was given (uploading one is a host sync), so a
+  // model passes the same list to all three every step.
   // Σ g² over the segments (trainable parameters), in double.
   virtual double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) = 0;
   virtual void scale(float* data, const ParamSegment* segments, int count, float factor) = 0;
+  // One AdamW step (adamw_update) of every element of every segment, at the segment's own
+  // learning rate segment_lr(s.lr, segment.lr_scale) and with weight decay where segment.decay;
+  // s.lr itself is the rate of a segment with lr_scale 1. Elements are independent: the segments'
+  // order does not matter.
   virtual void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq,
                      const ParamSegment* segments, int count, const AdamWScalars& s) = 0;
 };

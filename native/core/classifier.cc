@@ -60,10 +60,9 @@ Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> 
   backend_->zero(grads_, bytes);
   backend_->zero(exp_avg_, bytes);
   backend_->zero(exp_avg_sq_, bytes);
-  layer_groups_.resize(config_.depth + 2);
   for (const auto& s : layout_.specs) {
-    trainable_.push_back({s.offset, s.size, s.decay});
-    layer_groups_[s.layer].push_back({s.offset, s.size, s.decay});
+    trainable_.push_back({s.offset, s.size, s.decay, 1.0});  // layer decay 1 until apply_gradients says otherwise
+    segment_layers_.push_back(s.layer);
   }
   std::vector<size_t> assigned = {layout_.patch_w, layout_.head_w};
   for (const BlockOffsets& b : layout_.blocks) assigned.insert(assigned.end(), {b.qkv_w, b.proj_w, b.fc1_w, b.fc2_w});
@@ -254,32 +253,17 @@ StepResult Classifier::train_step(const float* images, const float* targets, con
   return r;
 }
 
-StepResult Classifier::apply_gradients(const FinetuneOptim& opt) {
-  StepResult r;
-  const OptimOptions& o = opt.adamw;
-  r.grad_norm = std::sqrt(backend_->grad_norm_squared(grads_, trainable_.data(), (int)trainable_.size()));
-  if (!std::isfinite(r.grad_norm))
-    throw NonFiniteLoss("the gradients are not finite; parameters and optimizer state were not updated");
-  if (o.clip_grad > 0 && r.grad_norm > o.clip_grad)
-    backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), (float)(o.clip_grad / (r.grad_norm + 1e-6)));
-  const int64_t t = step_ + 1;
-  AdamWScalars s;
-  s.beta1 = o.beta1;
-  s.beta2 = o.beta2;
-  s.eps = o.eps;
-  s.weight_decay = o.weight_decay;
-  s.bias_correction1 = (float)(1.0 - std::pow((double)o.beta1, (double)t));
-  s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)o.beta2, (double)t));
+void Classifier::set_layer_decay(float layer_decay) {
+  if (layer_decay == layer_decay_) return;  // the segment list stays the same (a device backend keeps it)
   const int top = config_.depth + 1;
-  for (int layer = 0; layer <= top; ++layer) {  // MAE's param_groups_lrd: one lr per layer id
-    const auto& group = layer_groups_[layer];
-    if (group.empty()) continue;
-    s.lr = (float)((double)o.lr * std::pow((double)opt.layer_decay, (double)(top - layer)));
-    backend_->adamw(params_, grads_, exp_avg_, exp_avg_sq_, group.data(), (int)group.size(), s);
-  }
-  step_ = t;
-  r.step = step_;
-  return r;
+  for (size_t i = 0; i < trainable_.size(); ++i)  // MAE's param_groups_lrd: one lr per layer id
+    trainable_[i].lr_scale = std::pow((double)layer_decay, (double)(top - segment_layers_[i]));
+  layer_decay_ = layer_decay;
+}
+
+StepResult Classifier::apply_gradients(const FinetuneOptim& opt) {
+  set_layer_decay(opt.layer_decay);
+  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_}, trainable_, opt.adamw, step_);
 }
 
 }  // namespace emae

@@ -9,7 +9,7 @@
 
 #include "core/backend.h"
 #include "core/classifier_params.h"
-#include "core/model.h"  // OptimOptions, StepResult, NonFiniteLoss
+#include "core/optimizer_step.h"  // OptimOptions, StepResult, NonFiniteLoss
 
 namespace emae {
 
@@ -42,7 +42,8 @@ class Classifier {
   double loss_and_grads(const float* images, const float* targets, const float* keep, int batch);
   // logits (B, numClasses) on the host; no drop path
   void predict(const float* images, int batch, float* logits);
-  // the gradients → global norm, optional clipping, AdamW per layer group
+  // the gradients → adamw_step (optimizer_step.h): global norm, optional clipping, one AdamW call
+  // over every tensor, each at lr · layer_decay^(depth + 1 − layer id)
   StepResult apply_gradients(const FinetuneOptim& opt);
   // loss_and_grads then apply_gradients; throws NonFiniteLoss before touching anything
   StepResult train_step(const float* images, const float* targets, const float* keep, int batch,
@@ -53,6 +54,7 @@ class Classifier {
   std::unique_ptr<Arena> make_arena(int batch, bool backward);
   Arena& arena_for(int batch, bool backward);
   void forward(Arena& a, bool drop_path);
+  void set_layer_decay(float layer_decay);  // the segments' lr_scale
   double backward(Arena& a, bool drop_path);
 
   ClassifierConfig config_;
@@ -62,8 +64,10 @@ class Classifier {
   float* grads_ = nullptr;
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;
+  // every tensor, in layout order, with lr_scale = layer_decay_^(depth + 1 − its layer id)
   std::vector<ParamSegment> trainable_;
-  std::vector<std::vector<ParamSegment>> layer_groups_;  // [layer id] → its segments
+  std::vector<int> segment_layers_;  // the layer id of each of trainable_
+  float layer_decay_ = 1.f;
   // what backward zeroes first: every tensor but the linear weights, whose gradients it assigns
   std::vector<std::pair<size_t, size_t>> accumulated_grads_;
   int64_t step_ = 0;

@@ -56,4 +56,9 @@ template <typename T> EMAE_HD void adamw_update(T& p, T& m, T& v, T g, const Ada
   p -= (T(s.lr) / T(s.bias_correction1)) * m / denom;
 }
 
+// The learning rate of a parameter segment whose lr multiplier is lr_scale (backend.h
+// ParamSegment): the product in double, rounded once to float. A segment at lr_scale d^k thus
+// steps exactly as a call of its own with lr = (float)((double)lr · d^k), and lr_scale 1 gives lr.
+EMAE_HD float segment_lr(float lr, double lr_scale) { return (float)((double)lr * lr_scale); }
+
 }  // namespace emae

@@ -65,7 +65,7 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
   backend_->zero(exp_avg_, bytes);
   backend_->zero(exp_avg_sq_, bytes);
   for (const auto& s : layout_.specs)
-    if (s.trainable) trainable_.push_back({s.offset, s.size, s.decay});
+    if (s.trainable) trainable_.push_back({s.offset, s.size, s.decay, 1.0});  // pretraining: one lr for all
   std::vector<size_t> assigned = {layout_.patch_w, layout_.dec_embed_w, layout_.dec_pred_w};
   for (const auto* stack : {&layout_.blocks, &layout_.dec_blocks})
     for (const BlockOffsets& b : *stack) assigned.insert(assigned.end(), {b.qkv_w, b.proj_w, b.fc1_w, b.fc2_w});
@@ -312,26 +312,8 @@ StepResult Model::train_step(const float* images, const int32_t* perm, int batch
 }
 
 StepResult Model::apply_gradients(const OptimOptions& opt, float grad_scale) {
-  StepResult r;
   if (grad_scale != 1.f) backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), grad_scale);
-  r.grad_norm = std::sqrt(backend_->grad_norm_squared(grads_, trainable_.data(), (int)trainable_.size()));
-  if (!std::isfinite(r.grad_norm))
-    throw NonFiniteLoss("the gradients are not finite; parameters and optimizer state were not updated");
-  if (opt.clip_grad > 0 && r.grad_norm > opt.clip_grad)
-    backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), (float)(opt.clip_grad / (r.grad_norm + 1e-6)));
-  const int64_t t = step_ + 1;
-  AdamWScalars s;
-  s.lr = opt.lr;
-  s.beta1 = opt.beta1;
-  s.beta2 = opt.beta2;
-  s.eps = opt.eps;
-  s.weight_decay = opt.weight_decay;
-  s.bias_correction1 = (float)(1.0 - std::pow((double)opt.beta1, (double)t));
-  s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)opt.beta2, (double)t));
-  backend_->adamw(params_, grads_, exp_avg_, exp_avg_sq_, trainable_.data(), (int)trainable_.size(), s);
-  step_ = t;
-  r.step = step_;
-  return r;
+  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_}, trainable_, opt, step_);
 }
 
 }  // namespace emae

@@ -11,25 +11,10 @@
 
 #include "core/backend.h"
 #include "core/config.h"
+#include "core/optimizer_step.h"  // OptimOptions, StepResult, NonFiniteLoss
 #include "core/params.h"
 
 namespace emae {
-
-struct OptimOptions {
-  float lr = 1e-4f, weight_decay = 0.05f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
-  float clip_grad = 0.f;  // 0: no clipping
-};
-
-struct StepResult {
-  LossValues losses;
-  double grad_norm = 0;  // before clipping
-  int64_t step = 0;      // optimizer steps taken, after this one
-};
-
-// Thrown when a step's loss is NaN or infinite; nothing was updated.
-struct NonFiniteLoss : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 class Model {
  public:
@@ -61,8 +46,8 @@ class Model {
   LossValues predict(const float* images, const int32_t* perm, int batch, float lambda, float* pred);
   // Encoder on the whole, unmasked image: features (B, 1+N, D) after the final norm (cls first).
   void encode(const float* images, int batch, float* features);
-  // Gradients ready → scale by grad_scale (e.g. 1/micro-batches), global norm, optional clipping,
-  // AdamW. The point where a data-parallel all-reduce will go.
+  // Gradients ready → scale by grad_scale (e.g. 1/micro-batches), then adamw_step
+  // (optimizer_step.h): global norm, optional clipping, AdamW at lr for every trainable tensor.
   StepResult apply_gradients(const OptimOptions& opt, float grad_scale = 1.f);
   // loss_and_grads then apply_gradients. Throws NonFiniteLoss before touching anything.
   StepResult train_step(const float* images, const int32_t* perm, int batch, float lambda, const OptimOptions& opt);
@@ -84,7 +69,7 @@ class Model {
   float* grads_ = nullptr;
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;
-  std::vector<ParamSegment> trainable_;
+  std::vector<ParamSegment> trainable_;  // lr_scale 1 each
   // (offset, size) ranges of the gradients a non-accumulating backward adds into, which it zeroes
   // first: every trainable tensor but the linear weights, whose gradients matmul_backward assigns
   std::vector<std::pair<size_t, size_t>> accumulated_grads_;

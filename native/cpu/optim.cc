@@ -16,6 +16,7 @@ constexpr size_t kPiece = 16384;  // floats per unit of work (64 KiB of each arr
 struct Piece {
   size_t offset, size;
   bool decay;
+  double lr_scale;
 };
 
 // The segments cut into pieces of at most kPiece floats, in segment order, in the calling
@@ -25,7 +26,8 @@ const std::vector<Piece>& pieces_of(const ParamSegment* segments, int count) {
   pieces.clear();
   for (int s = 0; s < count; ++s)
     for (size_t o = 0; o < segments[s].size; o += kPiece)
-      pieces.push_back({segments[s].offset + o, std::min(kPiece, segments[s].size - o), segments[s].decay});
+      pieces.push_back({segments[s].offset + o, std::min(kPiece, segments[s].size - o), segments[s].decay,
+                        segments[s].lr_scale});
   return pieces;
 }
 
@@ -42,8 +44,9 @@ EMAE_CPU_CLONES void scale_piece(float* x, size_t n, float factor) {
 }
 
 EMAE_CPU_CLONES void adamw_piece(float* __restrict p, const float* __restrict g, float* __restrict m,
-                                 float* __restrict v, size_t n, const AdamWScalars& s, bool decay) {
-  const AdamWScalars k = s;  // a local copy: loads hoisted out of the vector loop
+                                 float* __restrict v, size_t n, const AdamWScalars& s, bool decay, double lr_scale) {
+  AdamWScalars k = s;  // a local copy: loads hoisted out of the vector loop
+  k.lr = segment_lr(s.lr, lr_scale);
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) adamw_update(p[i], m[i], v[i], g[i], k, decay);
 }
@@ -74,7 +77,8 @@ void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq,
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < pieces.size(); ++i) {
     const size_t o = pieces[i].offset;
-    adamw_piece(params + o, grads + o, exp_avg + o, exp_avg_sq + o, pieces[i].size, s, pieces[i].decay);
+    adamw_piece(params + o, grads + o, exp_avg + o, exp_avg_sq + o, pieces[i].size, s, pieces[i].decay,
+                pieces[i].lr_scale);
   }
 }
 

@@ -1,5 +1,5 @@
 // CPU optimizer passes over the trainable parameter segments (backend.h): squared gradient norm,
-// scaling, AdamW. Each pass is one parallel region over fixed-size pieces of the segments (not a
+// scaling, AdamW (each segment at its own lr, segment_lr(s.lr, lr_scale)). Each pass is one parallel region over fixed-size pieces of the segments (not a
 // region per tensor: ~200 tensors, many of them a few hundred floats), with the loops
 // vectorized per CPU feature. The norm sums the same pieces in the same order for any thread
 // count, so it is bitwise reproducible.

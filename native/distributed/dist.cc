@@ -260,7 +260,7 @@ void allreduce_gradients(Model& model, bool average, size_t bucket_floats) {
     }
   }
   if (average && g_status.size > 1) {
-    const ParamSegment all{0, total, false};
+    const ParamSegment all{0, total, false, 1.0};
     be.scale(grads, &all, 1, 1.f / (float)g_status.size);
   }
 }

@@ -107,7 +107,7 @@ static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_ker
     bf16* __restrict__ dst, int ld_dst, const float* __restrict__ src, long long ld_src, int rows, int cols,
     bool transposed) {
   __shared__ float tile[kConvTile][kConvTile + 1];
-  const int r0 = blockIdx.y * kConvTile, c0 = blockIdx.x * kConvTile;
+  const int r0 = blockIdx.x * kConvTile, c0 = blockIdx.y * kConvTile;  // rows on x: up to 2^31 − 1 tiles
   const int tx = threadIdx.x, ty = threadIdx.y;
   if (!transposed) {
 #pragma unroll
@@ -142,7 +142,8 @@ inline void convert_to_bf16(bf16* dst, const float* src, int rows, int cols, lon
   if (rows <= 0 || cols <= 0) return;
   using namespace bf16_detail;
   const int ld_dst = bf16_ld(cols);
-  const dim3 grid(ceil_div(ld_dst, kConvTile), ceil_div(rows, kConvTile));
+  if (ceil_div(ld_dst, kConvTile) > 65535) throw std::invalid_argument("convert_to_bf16: more than 2^21 columns");
+  const dim3 grid(ceil_div(rows, kConvTile), ceil_div(ld_dst, kConvTile));
   convert_bf16_kernel<<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols, transposed);
   EMAE_CHECK_LAUNCH("convert_bf16_kernel");
 }

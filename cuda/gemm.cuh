@@ -259,9 +259,10 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const Gem
       }
 }
 
-// C = [C +] Σ_z partial[z] + bias + residual, summed in split order (deterministic).
-// static: a non-template kernel defined in a header must not clash between translation units.
-static __global__ void gemm_reduce_kernel(const GemmParams p, int splits, const float* __restrict__ partial) {
+// C = [C +] Σ_z partial[z] + bias + residual, summed in split order (deterministic). Params: any
+// struct with M, N, C, ldc, accumulate, bias, residual (GemmParams, GemmBf16Params).
+template <class Params>
+__global__ void gemm_reduce_kernel(const Params p, int splits, const float* __restrict__ partial) {
   const size_t total = (size_t)p.M * p.N;
   for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
     const int row = (int)(idx / p.N), col = (int)(idx % p.N);

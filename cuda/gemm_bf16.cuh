@@ -11,7 +11,7 @@
 //     need), ld ≥ K; elements past K in a row are never read as data (kernels zero-fill past K);
 //   - any M, N, K ≥ 0; out-of-range rows and columns are never stored;
 //   - split-K: the K range is cut into `splits` pieces of k_split (a multiple of every kernel's BK);
-//     each piece writes its raw sums to partial[split][M][N], and gemm_bf16_reduce_kernel adds them
+//     each piece writes its raw sums to partial[split][M][N], and gemm_bf16_reduce (gemm.cuh's reduce) adds them
 //     in split order and applies the epilogue, so the result repeats bit for bit;
 //   - with splits == 1 the kernel applies the epilogue itself (store_epilogue below), once per element.
 #pragma once
@@ -81,21 +81,6 @@ __device__ __forceinline__ void store_epilogue(const GemmBf16Params& p, int spli
 }
 
 namespace bf16_detail {
-
-// C = [C +] Σ_s partial[s] + bias + residual, in split order.
-static __global__ void gemm_bf16_reduce_kernel(const GemmBf16Params p) {
-  const size_t MN = (size_t)p.M * p.N;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < MN; i += (size_t)gridDim.x * blockDim.x) {
-    const int row = (int)(i / p.N), col = (int)(i % p.N);
-    float v = 0.f;
-    for (int s = 0; s < p.splits; ++s) v += p.partial[s * MN + i];
-    const size_t at = (size_t)row * p.ldc + col;
-    if (p.accumulate) v = p.C[at] + v;
-    if (p.bias) v += p.bias[col];
-    if (p.residual) v += p.residual[at];
-    p.C[at] = v;
-  }
-}
 
 // dst (rows, ld_dst) bf16 ← src viewed as (rows, cols): src[r·ld_src + c] (row-contiguous) or,
 // transposed, src[c·ld_src + r]. Columns cols..ld_dst−1 are written as 0 so a padded row never
@@ -169,8 +154,8 @@ inline void choose_splits(GemmBf16Params& p, int bm, int bn, int bk, int sms, si
 
 inline void gemm_bf16_reduce(const GemmBf16Params& p, cudaStream_t stream) {
   const int blocks = (int)std::min<size_t>(((size_t)p.M * p.N + 255) / 256, 132 * 16);
-  bf16_detail::gemm_bf16_reduce_kernel<<<blocks, 256, 0, stream>>>(p);
-  EMAE_CHECK_LAUNCH("gemm_bf16_reduce_kernel");
+  gemm_detail::gemm_reduce_kernel<<<blocks, 256, 0, stream>>>(p, p.splits, p.partial);  // splits 0: C = [C +] bias + residual
+  EMAE_CHECK_LAUNCH("gemm_reduce_kernel");
 }
 
 // Dynamic shared memory above 48 KB needs an opt-in per kernel and device: done once per device,

@@ -8,6 +8,7 @@
 
 #include "core/errors.h"
 #include "cuda/attention.cuh"
+#include "cuda/attention_tc.cuh"
 #include "cuda/classifier.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_backend.h"
@@ -67,6 +68,7 @@ class CudaBackend final : public Backend {
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
     sms_ = prop.multiProcessorCount;
     gemm_path_ = select_gemm_path();  // EMAE_CUDA_GEMM; a path this device cannot run throws here
+    attention_path_ = select_attention_path();  // EMAE_CUDA_ATTENTION; an unknown value throws here
     EMAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~CudaBackend() override {
@@ -146,13 +148,13 @@ class CudaBackend final : public Backend {
   }
   void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) override {
     bind();
-    cuda::attention_forward(out, lse, qkv, S, T, H, dh, stream_);
+    cuda::attention_forward_on(attention_path_, out, lse, qkv, S, T, H, dh, stream_);
   }
   void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int S,
                           int T, int H, int dh) override {
     bind();
     float* scratch = scratch_.get_as<float>(attention_backward_scratch_floats(S, T, H));
-    cuda::attention_backward(dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream_);
+    cuda::attention_backward_on(attention_path_, dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream_);
   }
   void gather_visible_patches(float* cols, const float* images, const int32_t* perm, const PartGeometry& g) override {
     bind();
@@ -264,6 +266,7 @@ class CudaBackend final : public Backend {
   std::string name_;
   int sms_ = 0;
   GemmPath gemm_path_ = GemmPath::kMma;
+  AttentionPath attention_path_ = AttentionPath::kSimt;  // attention_tc.cuh
   Scratch gemm_operands_;
   cudaStream_t stream_ = nullptr;
   Scratch scratch_, positions_;
@@ -273,6 +276,14 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+std::string attention_path_setting() {
+  try {
+    return attention_path_name(select_attention_path());
+  } catch (const std::exception& e) {
+    return std::string("refused: ") + e.what();
+  }
+}
 
 std::string gemm_path_of_device(int device) {
   try {

@@ -1,15 +1,31 @@
-// Standalone check and benchmark of cuda/attention.cuh (needs a GPU; not part of the addon build).
-//   nvcc -std=c++17 -O3 -arch=sm_90 -I. -Inative cuda/dev/attention_check.cu -o /tmp/attention_check && /tmp/attention_check
-// Every case fills qkv and dout with seeded random values (uniform in [-amp, amp) and [-1, 1)),
-// poisons the outputs with NaN and follows each with a guard of sentinels that must stay untouched,
-// runs emae::cuda::attention_forward / attention_backward and compares with a straightforward
-// double-precision CPU reference (full T×T probabilities per (sequence, head)). The backward is
-// fed the reference out and lse (rounded to fp32), so it is checked on its own.
-// Tolerance: relative L2 ≤ 1e-5 for out, lse, dq, dk, dv. The kernels are fp32 throughout, so the
-// only differences are fp32 rounding in sums of ≤ T·dh terms (expected ~1e-7 .. 1e-6).
-// Also: bad arguments throw std::invalid_argument naming the argument; the backward is bitwise
-// deterministic; then the vit-base decoder and encoder attention shapes are timed (cudaEvents,
-// warm-up, median of 10). Exit status non-zero on any FAIL. Flag: --no-bench skips the timings.
+// Standalone check and benchmark of the attention paths (needs a GPU; not part of the addon build):
+//   simt  cuda/attention.cuh, fp32 on CUDA cores (the default path, verified on an H100)
+//   tc    cuda/attention_tc.cuh, bf16 mma.sync with fp32 accumulation (EMAE_CUDA_ATTENTION=tc);
+//         head dims other than 32, 64, 128 run the simt kernels
+//   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 -I. -Inative cuda/dev/attention_check.cu \
+//     -o /tmp/attention_check && /tmp/attention_check [--path simt,tc] [--no-bench]
+// Every case fills qkv and dout with fresh seeded random values (uniform in [-amp, amp) and
+// [-1, 1)), poisons the outputs with NaN and follows each with a guard of sentinels that must stay
+// untouched, runs each path's attention_forward / attention_backward and compares with a
+// straightforward double-precision CPU reference (full T×T probabilities per (sequence, head)).
+// The backward is fed the reference out and lse (rounded to fp32), so it is checked on its own.
+// Tolerances, relative L2 of out, lse, dq, dk, dv (σ: the RMS of the case's scores q·k·scale, its
+// logit scale; σ ≈ 0.33 for amp = 1, 3 for amp = 3, 12 for amp = 6):
+//   simt  1e-5·max(1, σ/3). fp32 throughout: only fp32 rounding in sums of ≤ T·dh terms (seen
+//         ~1e-7 .. 1.2e-6 on an H100), growing with the logit scale through exp.
+//   tc    out, lse u·(1 + σ); dq, dk, dv 2u·(1 + σ), u = 2^-8 (bf16's unit roundoff). q, k, v and
+//         dout are rounded to bf16 once (relative 2^-9 each), so a score is off by ~u·|s| and the
+//         probabilities by that relative amount: the error grows with σ. The gradients also round
+//         P and dS to bf16 for their second products, hence 2u. At σ ≈ 0.33: 5e-3 and 1e-2 (the
+//         brief's ~1e-2); the CPU emulation (attention_tc_emulate.cu) of the same bodies gives
+//         ~2.2e-3 (out) and ~3.2e-3 (gradients) there, 8e-3 and 3.3e-2 at σ = 12: margins ≈ 3×.
+//   T = 1: dq = dk = 0 exactly (one key, no softmax gradient); their error is taken relative to
+//   |dv| instead (both paths leave rounding noise: dout·v and D are summed differently).
+// Also: bad arguments throw std::invalid_argument naming the argument; forward and backward are
+// bitwise deterministic (each run twice on fresh poison); then the MAE shapes (vit-base, batch 64
+// × 4 parts: encoder S=256, T=50, H=12, dh=64; decoder S=256, T=197, H=16, dh=32) are timed on
+// each path (cudaEvents, warm-up, median of 10) and printed as a table. Exit status non-zero on
+// any FAIL. Flags: --path simt,tc (default both), --no-bench skips the timings.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -22,11 +38,14 @@
 #include <vector>
 
 #include "cuda/attention.cuh"
+#include "cuda/attention_tc.cuh"
 #include "cuda/common.cuh"
 
 namespace {
 
-constexpr double kTol = 1e-5;
+using emae::cuda::AttentionPath;
+
+constexpr double kBf16Unit = 1.0 / 256;
 constexpr size_t kGuard = 67;  // sentinel floats after every output
 constexpr float kSentinel = 12345.5f;
 
@@ -78,6 +97,7 @@ struct Shape {
 // double-precision reference: out (S, T, D), lse (S, H, T), dqkv (S, T, 3D)
 struct Reference {
   std::vector<double> out, lse, dqkv;
+  double score_rms = 0;  // σ = √(mean s_ij²), s = q·k·scale
 };
 
 Reference reference(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& sh) {
@@ -102,6 +122,7 @@ Reference reference(const std::vector<float>& qkv, const std::vector<float>& dou
           for (int d = 0; d < dh; ++d) acc += q(i, d) * k(j, d);
           p[(size_t)i * T + j] = acc * scale;
           mx = std::max(mx, acc * scale);
+          ref.score_rms += acc * scale * acc * scale;
         }
         double sum = 0.0;
         for (int j = 0; j < T; ++j) sum += std::exp(p[(size_t)i * T + j] - mx);
@@ -136,6 +157,7 @@ Reference reference(const std::vector<float>& qkv, const std::vector<float>& dou
         }
       }
     }
+  ref.score_rms = std::sqrt(ref.score_rms / ((double)S * H * T * T));
   return ref;
 }
 
@@ -150,6 +172,28 @@ double rel_l2(const std::vector<float>& got, const std::vector<double>& ref, Tak
     r2 += ref[i] * ref[i];
   }
   return std::sqrt(d2 / std::max(r2, 1e-300));
+}
+
+template <typename Take>
+double norm(const std::vector<double>& v, Take take) {
+  double r2 = 0.0;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (take(i)) r2 += v[i] * v[i];
+  return std::sqrt(std::max(r2, 1e-300));
+}
+
+struct Tolerance {
+  double forward, backward;
+};
+
+// see the header comment
+Tolerance tolerance(AttentionPath path, int dh, double sigma) {
+  if (path == AttentionPath::kSimt || !emae::cuda::attention_tc_supports(dh)) {
+    const double t = 1e-5 * std::max(1.0, sigma / 3);
+    return {t, t};
+  }
+  const double t = kBf16Unit * (1 + sigma);
+  return {t, 2 * t};
 }
 
 // device copy of n floats followed by kGuard sentinels, at `offset` floats past a 256-byte
@@ -183,96 +227,120 @@ struct Case {
   const char* note;
 };
 
-bool pass(double e) { return e <= kTol; }  // NaN (an unwritten output) fails
+void forward(AttentionPath path, float* out, float* lse, const float* qkv, const Shape& sh) {
+  emae::cuda::attention_forward_on(path, out, lse, qkv, sh.S, sh.T, sh.H, sh.dh, 0);
+}
+void backward(AttentionPath path, float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+              const Shape& sh, float* scratch) {
+  emae::cuda::attention_backward_on(path, dqkv, dout, qkv, out, lse, sh.S, sh.T, sh.H, sh.dh, scratch, 0);
+}
 
-int run_case(const Case& c, uint64_t seed) {
+// one case on every path, against one reference
+int run_case(const Case& c, uint64_t seed, const std::vector<AttentionPath>& paths) {
   const Shape& sh = c.shape;
   const int S = sh.S, T = sh.T, H = sh.H, dh = sh.dh, D = H * dh;
   const size_t n_qkv = (size_t)S * T * 3 * D, n_out = (size_t)S * T * D, n_lse = (size_t)S * H * T;
   const std::vector<float> qkv = random_vector(n_qkv, seed, c.amp), dout = random_vector(n_out, seed + 1, 1.f);
   const Reference ref = reference(qkv, dout, sh);
-
-  GuardedBuffer d_qkv(n_qkv, c.offset), d_dout(n_out, c.offset), d_out(n_out, c.offset), d_lse(n_lse, c.offset),
-      d_dqkv(n_qkv, c.offset), d_scratch(emae::cuda::attention_backward_scratch_floats(S, T, H), c.offset);
-  d_qkv.upload(qkv);
-  d_dout.upload(dout);
-
-  // forward
-  d_out.poison();
-  d_lse.poison();
-  emae::cuda::attention_forward(d_out.data(), d_lse.data(), d_qkv.data(), S, T, H, dh, 0);
-  EMAE_CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<float> out, lse;
-  const bool guard_out = d_out.download(out), guard_lse = d_lse.download(lse);
-  const bool guard_fwd = guard_out && guard_lse;
+  const std::vector<float> out_ref(ref.out.begin(), ref.out.end()), lse_ref(ref.lse.begin(), ref.lse.end());
   const auto all = [](size_t) { return true; };
-  const double e_out = rel_l2(out, ref.out, all), e_lse = rel_l2(lse, ref.lse, all);
-
-  // backward, fed the reference out and lse
-  std::vector<float> out_ref(ref.out.begin(), ref.out.end()), lse_ref(ref.lse.begin(), ref.lse.end());
-  d_out.upload(out_ref);
-  d_lse.upload(lse_ref);
-  d_dqkv.poison();
-  d_scratch.poison();
-  emae::cuda::attention_backward(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(), S, T, H, dh,
-                                 d_scratch.data(), 0);
-  EMAE_CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<float> dqkv, scratch_unused;
-  const bool guard_dqkv = d_dqkv.download(dqkv), guard_scratch = d_scratch.download(scratch_unused);
-  const bool guard_bwd = guard_dqkv && guard_scratch;
   const auto part = [D](int k) { return [D, k](size_t i) { return (int)(i % (3 * (size_t)D)) / D == k; }; };
-  const double e_dq = rel_l2(dqkv, ref.dqkv, part(0)), e_dk = rel_l2(dqkv, ref.dqkv, part(1)),
-               e_dv = rel_l2(dqkv, ref.dqkv, part(2));
+  int failures = 0;
+  for (AttentionPath path : paths) {
+    GuardedBuffer d_qkv(n_qkv, c.offset), d_dout(n_out, c.offset), d_out(n_out, c.offset), d_lse(n_lse, c.offset),
+        d_dqkv(n_qkv, c.offset), d_scratch(emae::cuda::attention_backward_scratch_floats(S, T, H), c.offset);
+    d_qkv.upload(qkv);
+    d_dout.upload(dout);
 
-  // determinism: a second backward on a fresh poison is bitwise identical
-  d_dqkv.poison();
-  emae::cuda::attention_backward(d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(), S, T, H, dh,
-                                 d_scratch.data(), 0);
-  EMAE_CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<float> dqkv2;
-  d_dqkv.download(dqkv2);
-  const bool deterministic = std::memcmp(dqkv.data(), dqkv2.data(), n_qkv * sizeof(float)) == 0;
+    // forward, twice on fresh poison: bitwise identical
+    std::vector<float> out, lse, out2, lse2;
+    bool guard_fwd = true;
+    for (int rep = 0; rep < 2; ++rep) {
+      d_out.poison();
+      d_lse.poison();
+      forward(path, d_out.data(), d_lse.data(), d_qkv.data(), sh);
+      EMAE_CUDA_CHECK(cudaDeviceSynchronize());
+      guard_fwd = d_out.download(rep ? out2 : out) && guard_fwd;
+      guard_fwd = d_lse.download(rep ? lse2 : lse) && guard_fwd;
+    }
+    const bool det_fwd = std::memcmp(out.data(), out2.data(), n_out * sizeof(float)) == 0 &&
+                         std::memcmp(lse.data(), lse2.data(), n_lse * sizeof(float)) == 0;
+    const double e_out = rel_l2(out, ref.out, all), e_lse = rel_l2(lse, ref.lse, all);
 
-  const bool ok = pass(e_out) && pass(e_lse) && pass(e_dq) && pass(e_dk) && pass(e_dv) && guard_fwd && guard_bwd &&
-                  deterministic;
-  std::printf("%s S=%d T=%d H=%d dh=%d amp=%g offset=%zu%s%s  out %.2e  lse %.2e  dq %.2e  dk %.2e  dv %.2e%s%s\n",
-              ok ? "PASS" : "FAIL", S, T, H, dh, c.amp, c.offset, c.note[0] ? "  " : "", c.note, e_out, e_lse, e_dq,
-              e_dk, e_dv, guard_fwd && guard_bwd ? "" : "  GUARD OVERWRITTEN", deterministic ? "" : "  NONDETERMINISTIC");
-  return ok ? 0 : 1;
+    // backward on the reference out and lse, twice on fresh poison: bitwise identical
+    d_out.upload(out_ref);
+    d_lse.upload(lse_ref);
+    std::vector<float> dqkv, dqkv2, scratch_unused;
+    bool guard_bwd = true;
+    for (int rep = 0; rep < 2; ++rep) {
+      d_dqkv.poison();
+      d_scratch.poison();
+      backward(path, d_dqkv.data(), d_dout.data(), d_qkv.data(), d_out.data(), d_lse.data(), sh, d_scratch.data());
+      EMAE_CUDA_CHECK(cudaDeviceSynchronize());
+      guard_bwd = d_dqkv.download(rep ? dqkv2 : dqkv) && guard_bwd;
+      guard_bwd = d_scratch.download(scratch_unused) && guard_bwd;
+    }
+    const bool det_bwd = std::memcmp(dqkv.data(), dqkv2.data(), n_qkv * sizeof(float)) == 0;
+    double e_dq = rel_l2(dqkv, ref.dqkv, part(0)), e_dk = rel_l2(dqkv, ref.dqkv, part(1)),
+           e_dv = rel_l2(dqkv, ref.dqkv, part(2));
+    if (T == 1) {  // dq = dk = 0 exactly: their error relative to |dv|
+      e_dq *= norm(ref.dqkv, part(0)) / norm(ref.dqkv, part(2));
+      e_dk *= norm(ref.dqkv, part(1)) / norm(ref.dqkv, part(2));
+    }
+
+    const Tolerance tol = tolerance(path, dh, ref.score_rms);
+    const auto pf = [&](double e) { return e <= tol.forward; };  // NaN (an unwritten output) fails
+    const auto pb = [&](double e) { return e <= tol.backward; };
+    const bool ok = pf(e_out) && pf(e_lse) && pb(e_dq) && pb(e_dk) && pb(e_dv) && guard_fwd && guard_bwd && det_fwd &&
+                    det_bwd;
+    std::printf("%s [%-4s] S=%d T=%d H=%d dh=%d amp=%g offset=%zu%s%s  sigma %.2f  out %.2e  lse %.2e (tol %.1e)  dq %.2e  "
+                "dk %.2e  dv %.2e (tol %.1e)%s%s%s\n",
+                ok ? "PASS" : "FAIL", emae::cuda::attention_path_name(path), S, T, H, dh, c.amp, c.offset,
+                c.note[0] ? "  " : "", c.note, ref.score_rms, e_out, e_lse, tol.forward, e_dq, e_dk, e_dv, tol.backward,
+                guard_fwd && guard_bwd ? "" : "  GUARD OVERWRITTEN", det_fwd ? "" : "  FORWARD NONDETERMINISTIC",
+                det_bwd ? "" : "  BACKWARD NONDETERMINISTIC");
+    failures += !ok;
+  }
+  return failures;
 }
 
 // each call must throw std::invalid_argument whose message names `name`
-int bad_arguments() {
-  DeviceBuffer<float> buf(3 * 4 * 2 * 8 + 64);
+int bad_arguments(AttentionPath path) {
+  DeviceBuffer<float> buf(3 * 4 * 2 * 32 + 64);
   float* p = buf.ptr;
   struct Bad {
     const char* name;
-    void (*call)(float*);
+    void (*call)(AttentionPath, float*);
   };
+  using emae::cuda::attention_backward_on;
+  using emae::cuda::attention_forward_on;
   const Bad cases[] = {
-      {"S", [](float* b) { emae::cuda::attention_forward(b, b, b, 0, 4, 2, 8, 0); }},
-      {"T", [](float* b) { emae::cuda::attention_forward(b, b, b, 1, 0, 2, 8, 0); }},
-      {"H", [](float* b) { emae::cuda::attention_forward(b, b, b, 1, 4, 0, 8, 0); }},
-      {"dh", [](float* b) { emae::cuda::attention_forward(b, b, b, 1, 4, 2, 0, 0); }},
-      {"dh", [](float* b) { emae::cuda::attention_forward(b, b, b, 1, 4, 2, 129, 0); }},
-      {"out", [](float* b) { emae::cuda::attention_forward(nullptr, b, b, 1, 4, 2, 8, 0); }},
-      {"qkv", [](float* b) { emae::cuda::attention_backward(b, b, nullptr, b, b, 1, 4, 2, 8, b, 0); }},
-      {"scratch", [](float* b) { emae::cuda::attention_backward(b, b, b, b, b, 1, 4, 2, 8, nullptr, 0); }},
-      {"dh", [](float* b) { emae::cuda::attention_backward(b, b, b, b, b, 1, 4, 2, 200, b, 0); }},
+      {"S", [](AttentionPath a, float* b) { attention_forward_on(a, b, b, b, 0, 4, 2, 32, 0); }},
+      {"T", [](AttentionPath a, float* b) { attention_forward_on(a, b, b, b, 1, 0, 2, 32, 0); }},
+      {"H", [](AttentionPath a, float* b) { attention_forward_on(a, b, b, b, 1, 4, 0, 32, 0); }},
+      {"dh", [](AttentionPath a, float* b) { attention_forward_on(a, b, b, b, 1, 4, 2, 0, 0); }},
+      {"dh", [](AttentionPath a, float* b) { attention_forward_on(a, b, b, b, 1, 4, 2, 129, 0); }},
+      {"out", [](AttentionPath a, float* b) { attention_forward_on(a, nullptr, b, b, 1, 4, 2, 32, 0); }},
+      {"lse", [](AttentionPath a, float* b) { attention_forward_on(a, b, nullptr, b, 1, 4, 2, 32, 0); }},
+      {"qkv", [](AttentionPath a, float* b) { attention_backward_on(a, b, b, nullptr, b, b, 1, 4, 2, 32, b, 0); }},
+      {"dout", [](AttentionPath a, float* b) { attention_backward_on(a, b, nullptr, b, b, b, 1, 4, 2, 32, b, 0); }},
+      {"scratch", [](AttentionPath a, float* b) { attention_backward_on(a, b, b, b, b, b, 1, 4, 2, 32, nullptr, 0); }},
+      {"dh", [](AttentionPath a, float* b) { attention_backward_on(a, b, b, b, b, b, 1, 4, 2, 200, b, 0); }},
   };
   int failures = 0;
   for (const Bad& c : cases) {
     std::string msg = "(no exception)";
     bool ok = false;
     try {
-      c.call(p);
+      c.call(path, p);
     } catch (const std::invalid_argument& e) {
       msg = e.what();
       ok = msg.find(std::string(": ") + c.name + " ") != std::string::npos;
     } catch (const std::exception& e) {
       msg = std::string("wrong exception type: ") + e.what();
     }
-    std::printf("%s bad argument %-8s -> \"%s\"\n", ok ? "PASS" : "FAIL", c.name, msg.c_str());
+    std::printf("%s [%-4s] bad argument %-8s -> \"%s\"\n", ok ? "PASS" : "FAIL", emae::cuda::attention_path_name(path),
+                c.name, msg.c_str());
     failures += !ok;
   }
   return failures;
@@ -299,7 +367,11 @@ float median_ms(F&& f) {
   return 0.5f * (ms[4] + ms[5]);
 }
 
-void bench(const char* name, const Shape& sh) {
+struct Timing {
+  float forward, backward;  // ms
+};
+
+Timing bench(AttentionPath path, const Shape& sh) {
   const int S = sh.S, T = sh.T, H = sh.H, dh = sh.dh, D = H * dh;
   const size_t n_qkv = (size_t)S * T * 3 * D, n_out = (size_t)S * T * D;
   DeviceBuffer<float> qkv(n_qkv), dout(n_out), out(n_out), lse((size_t)S * H * T), dqkv(n_qkv),
@@ -308,29 +380,75 @@ void bench(const char* name, const Shape& sh) {
   EMAE_CHECK_LAUNCH("fill_random_kernel");
   fill_random_kernel<<<1024, 256>>>(dout.ptr, n_out, 8, 1.f);
   EMAE_CHECK_LAUNCH("fill_random_kernel");
-  const float fwd = median_ms([&] { emae::cuda::attention_forward(out.ptr, lse.ptr, qkv.ptr, S, T, H, dh, 0); });
-  const float bwd = median_ms([&] {
-    emae::cuda::attention_backward(dqkv.ptr, dout.ptr, qkv.ptr, out.ptr, lse.ptr, S, T, H, dh, scratch.ptr, 0);
-  });
-  // conventional attention FLOP counts: forward 2 matmuls (4·T²·dh per head), backward 5 (10·T²·dh)
-  const double per = (double)S * H * T * T * dh;
-  std::printf("BENCH %-12s S=%d T=%d H=%d dh=%d  forward %.3f ms (%.1f TFLOP/s)  backward %.3f ms (%.1f TFLOP/s)\n",
-              name, S, T, H, dh, fwd, 4 * per / (fwd * 1e9), bwd, 10 * per / (bwd * 1e9));
+  Timing t;
+  t.forward = median_ms([&] { forward(path, out.ptr, lse.ptr, qkv.ptr, sh); });
+  t.backward = median_ms([&] { backward(path, dqkv.ptr, dout.ptr, qkv.ptr, out.ptr, lse.ptr, sh, scratch.ptr); });
+  return t;
+}
+
+// the MAE shapes on every path, one markdown table; speed-ups against simt when it ran
+void bench_table(const std::vector<AttentionPath>& paths) {
+  struct Named {
+    const char* name;
+    Shape shape;
+  };
+  const Named shapes[] = {
+      {"encoder", {256, 50, 12, 64}},   // vit-base encoder: batch 64 × 4 parts, 1 + 49 visible tokens
+      {"decoder", {256, 197, 16, 32}},  // vit-base decoder: 1 + 196 tokens
+  };
+  std::printf("\n| shape | S×H | T | dh | path | forward ms | backward ms | forward TFLOP/s | backward TFLOP/s | "
+              "forward vs simt | backward vs simt |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Named& n : shapes) {
+    const Shape& sh = n.shape;
+    // conventional attention FLOP counts: forward 2 matmuls (4·T²·dh per head), backward 5 (10·T²·dh)
+    const double per = (double)sh.S * sh.H * sh.T * sh.T * sh.dh;
+    Timing simt{0.f, 0.f};
+    for (AttentionPath path : paths) {
+      const Timing t = bench(path, sh);
+      if (path == AttentionPath::kSimt) simt = t;
+      char vs_f[32] = "-", vs_b[32] = "-";
+      if (simt.forward > 0 && path != AttentionPath::kSimt) {
+        std::snprintf(vs_f, sizeof vs_f, "%.2f×", simt.forward / t.forward);
+        std::snprintf(vs_b, sizeof vs_b, "%.2f×", simt.backward / t.backward);
+      }
+      std::printf("| %s | %d×%d | %d | %d | %s | %.3f | %.3f | %.1f | %.1f | %s | %s |\n", n.name, sh.S, sh.H, sh.T,
+                  sh.dh, emae::cuda::attention_path_name(path), t.forward, t.backward, 4 * per / (t.forward * 1e9),
+                  10 * per / (t.backward * 1e9), vs_f, vs_b);
+    }
+  }
+}
+
+std::vector<AttentionPath> parse_paths(const std::string& list) {
+  std::vector<AttentionPath> paths;
+  size_t at = 0;
+  while (at <= list.size()) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    const std::string name = list.substr(at, comma - at);
+    if (name == "simt") paths.push_back(AttentionPath::kSimt);
+    else if (name == "tc") paths.push_back(AttentionPath::kTc);
+    else throw std::invalid_argument("--path: unknown path '" + name + "' (simt, tc)");
+    at = comma + 1;
+  }
+  return paths;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   bool do_bench = true;
+  std::string path_list = "simt,tc";
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-bench") == 0) {
       do_bench = false;
+    } else if (std::strcmp(argv[i], "--path") == 0 && i + 1 < argc) {
+      path_list = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--no-bench]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--path simt,tc] [--no-bench]\n", argv[0]);
       return 2;
     }
   }
   try {
+    const std::vector<AttentionPath> paths = parse_paths(path_list);
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
       std::printf("FAIL no CUDA device\n");
@@ -338,31 +456,42 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop;
     EMAE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    std::printf("device: %s (sm_%d%d), paths: %s\n", prop.name, prop.major, prop.minor, path_list.c_str());
 
     const Case cases[] = {
-        {{2, 17, 3, 4}, 1.f, 0, ""},
-        {{3, 65, 4, 8}, 1.f, 0, ""},
+        {{2, 17, 3, 4}, 1.f, 0, "(tc: simt fallback)"},
+        {{3, 65, 4, 8}, 1.f, 0, "(tc: simt fallback)"},
         {{2, 197, 12, 64}, 1.f, 0, ""},
-        {{1, 257, 16, 80}, 1.f, 0, ""},
+        {{1, 257, 16, 80}, 1.f, 0, "(tc: simt fallback)"},
         {{1, 50, 2, 128}, 1.f, 0, ""},
         // extra: scalar staging (odd dh, misaligned pointers), T = 2, dh = 1, exact chunk sizes,
-        // peaky softmax (scores of std ≈ 4: the online rescaling matters)
+        // peaky softmax (scores of std ≈ 3: the online rescaling matters)
         {{2, 2, 1, 1}, 1.f, 0, "(extra: T=2, dh=1)"},
         {{2, 33, 3, 5}, 1.f, 0, "(extra: odd dh)"},
         {{1, 100, 2, 37}, 1.f, 0, "(extra: odd dh, 2 dims per lane)"},
         {{3, 65, 4, 8}, 1.f, 1, "(extra: misaligned, scalar loads)"},
         {{2, 64, 2, 32}, 1.f, 0, "(extra: T a multiple of 32)"},
         {{2, 197, 4, 64}, 3.f, 0, "(extra: peaky softmax)"},
+        // the tensor-core head dims at odd T (1, 7, 50, 197, 200), odd head counts, misaligned
+        // pointers, large logits, and T past one staged chunk (256 rows; 128 at dh = 128)
+        {{3, 1, 3, 32}, 1.f, 0, "(T = 1)"},
+        {{2, 7, 5, 64}, 1.f, 0, "(T = 7, odd heads)"},
+        {{5, 50, 3, 64}, 1.f, 0, "(encoder T, odd heads)"},
+        {{3, 50, 12, 64}, 1.f, 1, "(encoder, misaligned)"},
+        {{2, 197, 7, 32}, 1.f, 0, "(decoder T, odd heads)"},
+        {{2, 197, 16, 32}, 1.f, 3, "(decoder, misaligned)"},
+        {{2, 197, 4, 32}, 6.f, 0, "(decoder, large logits)"},
+        {{3, 50, 4, 64}, 6.f, 0, "(encoder, large logits)"},
+        {{2, 200, 3, 64}, 1.f, 0, "(T = 200)"},
+        {{1, 7, 3, 128}, 1.f, 0, "(dh = 128, T = 7)"},
+        {{1, 300, 3, 32}, 1.f, 0, "(T = 300: two staged chunks)"},
+        {{1, 197, 2, 128}, 3.f, 1, "(dh = 128, two chunks, peaky, misaligned)"},
     };
     int failures = 0;
     uint64_t seed = 1234;
-    for (const Case& c : cases) failures += run_case(c, seed += 10);
-    failures += bad_arguments();
-    if (do_bench) {
-      bench("decoder", {256, 197, 16, 32});  // vit-base decoder: batch 64 × 4 parts, 1 + 196 tokens
-      bench("encoder", {256, 50, 12, 64});   // vit-base encoder: 1 + 49 visible tokens
-    }
+    for (const Case& c : cases) failures += run_case(c, seed += 10, paths);
+    for (AttentionPath path : paths) failures += bad_arguments(path);
+    if (do_bench) bench_table(paths);
     std::printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
     return failures ? 1 : 0;
   } catch (const std::exception& e) {

@@ -1,0 +1,577 @@
+// CPU emulation of cuda/attention_tc.cuh (no GPU needed): runs the header's own kernel bodies
+// (forward_body, backward_q_body, backward_kv_body) on the host, one block at a time, with the
+// 128 threads of a block as cooperative fibers (ucontext) and the warp-collective operations
+// emulated from the PTX ISA's definitions — not from the header's index functions:
+//   ldmatrix.x4[.trans] (lanes 8j..8j+7 address the rows of matrix j; register j of lane l holds
+//   row l/4, elements 2(l%4), 2(l%4)+1 of matrix j, or of its transpose), mma.m16n8k16.row.col
+//   bf16 → fp32 (A, B, C fragment layouts of the ISA; products summed in double), shfl.xor,
+//   bar.sync. The launch geometry comes from the header's attention_tc_plan / attention_tc_params.
+// Checked per case against a double-precision reference (as attention_check.cu): out, lse, dq, dk,
+// dv within a bf16 tolerance; every output written (NaN-poisoned before), guard cells after every
+// buffer untouched; shared memory is NaN-poisoned per block so reading an unstaged row shows up;
+// ldmatrix addresses must be 16-byte aligned and inside the block's dynamic shared memory; every
+// collective must be reached by all 32 lanes of a warp with the same operation, and every barrier
+// by all 128 threads (else: divergence or deadlock is reported). The scheduler runs one warp as far
+// as it goes before the next (warp order shuffled per barrier phase), so a missing barrier lets a
+// warp read rows other warps have not staged yet, or overwrite rows they still read.
+//   nvcc -std=c++17 -O2 --expt-relaxed-constexpr -arch=sm_80 -I. -Inative cuda/dev/attention_tc_emulate.cu \
+//     -o /tmp/attention_tc_emulate   (the device code is compiled but never run)
+//   /tmp/attention_tc_emulate [--quick]
+// Mutation check (issue 12): 22 deliberate one-line faults in the header (no rescale of the running
+// output or sum, rescale without log2e·scale, mask off by one, ldmatrix matrix order, C→A register
+// order, missing barriers, pad rows not zero-filled, chunks staged once, dk without scale, D without
+// its quad sum, wrong quad lanes, rounds on the wrong rows, A-fragment rows swapped, a warp skipping
+// a barrier): the 20 real faults each make this program fail; the 2 equivalent ones pass, as they
+// should (dropping the query kernel's key mask: the zero k rows add nothing; D = 1 on padded
+// queries: their p is 0).
+// Exit status non-zero on any FAIL.
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda/attention_tc.cuh"
+
+namespace {
+
+using emae::cuda::AttentionTcParams;
+using emae::cuda::AttentionTcPlan;
+using bf16_t = __nv_bfloat16;
+
+float bf16_bits_to_float(uint16_t b) {
+  const uint32_t u = (uint32_t)b << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+float lo_half(uint32_t r) { return bf16_bits_to_float((uint16_t)(r & 0xffffu)); }
+float hi_half(uint32_t r) { return bf16_bits_to_float((uint16_t)(r >> 16)); }
+
+struct EmulationError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class Op { kRun, kSync, kShfl, kLdsm, kLdsmT, kMma, kDone };
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kRun: return "run";
+    case Op::kSync: return "bar.sync";
+    case Op::kShfl: return "shfl.xor";
+    case Op::kLdsm: return "ldmatrix";
+    case Op::kLdsmT: return "ldmatrix.trans";
+    case Op::kMma: return "mma";
+    case Op::kDone: return "exit";
+  }
+  return "?";
+}
+
+constexpr int kThreads = 128;
+constexpr size_t kStack = 256 * 1024;
+constexpr size_t kSmemGuard = 256;
+
+struct Thread {
+  ucontext_t ctx;
+  Op op = Op::kRun;
+  float f = 0.f, f_out = 0.f;
+  int mask = 0;
+  const unsigned char* addr = nullptr;
+  uint32_t a[4] = {}, b[2] = {}, r[4] = {};
+  float c[4] = {}, d[4] = {};
+};
+
+class BlockEmulator;
+BlockEmulator* g_emulator = nullptr;
+
+class BlockEmulator {
+ public:
+  BlockEmulator() : stacks_(kThreads, std::vector<char>(kStack)) {}
+
+  int bx = 0, by = 0;
+  std::vector<unsigned char> smem;  // dynamic shared memory + guard
+  size_t smem_bytes = 0;
+  Thread t[kThreads];
+  std::mt19937_64 rng{12345};
+  long long collectives = 0;
+
+  // runs body(tid) for every thread of block (bx, by) with `bytes` of dynamic shared memory
+  void run(int bx_, int by_, size_t bytes, std::function<void(int)> body) {
+    bx = bx_;
+    by = by_;
+    smem_bytes = bytes;
+    smem.assign(bytes + kSmemGuard, 0xff);  // bf16 and fp32 NaN everywhere: unstaged reads poison results
+    body_ = std::move(body);
+    g_emulator = this;
+    for (int tid = 0; tid < kThreads; ++tid) {
+      Thread& th = t[tid];
+      th = Thread{};
+      getcontext(&th.ctx);
+      th.ctx.uc_stack.ss_sp = stacks_[tid].data();
+      th.ctx.uc_stack.ss_size = kStack;
+      th.ctx.uc_link = &sched_;
+      makecontext(&th.ctx, reinterpret_cast<void (*)()>(&BlockEmulator::entry), 1, tid);
+    }
+    int order[4] = {0, 1, 2, 3};
+    for (;;) {
+      std::shuffle(order, order + 4, rng);
+      for (int w : order) run_warp(w);
+      int done = 0, at_sync = 0;
+      for (const Thread& th : t) {
+        done += th.op == Op::kDone;
+        at_sync += th.op == Op::kSync;
+      }
+      if (done == kThreads) break;
+      if (at_sync + done != kThreads) throw EmulationError("scheduler: a thread is neither at a barrier nor done");
+      if (done > 0)
+        throw EmulationError("block (" + std::to_string(bx) + ", " + std::to_string(by) + "): " +
+                             std::to_string(at_sync) + " threads wait at a barrier that " + std::to_string(done) +
+                             " exited threads never reach");
+      for (Thread& th : t) th.op = Op::kRun;  // the barrier opens
+    }
+    for (size_t i = bytes; i < smem.size(); ++i)
+      if (smem[i] != 0xff) throw EmulationError("shared memory written past the dynamic allocation");
+  }
+
+  // from a fiber: park at a collective until the scheduler completes it
+  void wait(int tid, Op op) {
+    t[tid].op = op;
+    swapcontext(&t[tid].ctx, &sched_);
+  }
+
+ private:
+  static void entry(int tid) {
+    g_emulator->body_(tid);
+    g_emulator->t[tid].op = Op::kDone;
+  }
+
+  // run warp w's lanes until each waits at a barrier or exited, completing its collectives
+  void run_warp(int w) {
+    for (;;) {
+      for (int lane = 0; lane < 32; ++lane) {
+        Thread& th = t[32 * w + lane];
+        if (th.op == Op::kRun) swapcontext(&sched_, &th.ctx);
+      }
+      const Op op = t[32 * w].op;
+      for (int lane = 1; lane < 32; ++lane)
+        if (t[32 * w + lane].op != op)
+          throw EmulationError("warp " + std::to_string(w) + ": lane 0 at " + op_name(op) + ", lane " +
+                               std::to_string(lane) + " at " + op_name(t[32 * w + lane].op) + " (divergence)");
+      if (op == Op::kSync || op == Op::kDone) return;
+      complete(w, op);
+      ++collectives;
+      for (int lane = 0; lane < 32; ++lane) t[32 * w + lane].op = Op::kRun;
+    }
+  }
+
+  void check_row_address(const unsigned char* p, int lane) const {
+    const unsigned char* base = smem.data();
+    if (p < base || p + 16 > base + smem_bytes)
+      throw EmulationError("ldmatrix: lane " + std::to_string(lane) + " row address outside the dynamic shared memory");
+    if ((p - base) % 16) throw EmulationError("ldmatrix: row address not 16-byte aligned");
+  }
+
+  uint16_t row_element(int lane_of_row, int e) const {  // element e of the 8-element row a lane addresses
+    uint16_t v;
+    std::memcpy(&v, thread_at(lane_of_row).addr + 2 * e, 2);
+    return v;
+  }
+  const Thread& thread_at(int lane) const { return t[32 * warp_ + lane]; }
+
+  void complete(int w, Op op) {
+    warp_ = w;
+    Thread* lanes = &t[32 * w];
+    switch (op) {
+      case Op::kShfl:
+        for (int l = 0; l < 32; ++l) {
+          if (lanes[l].mask != lanes[0].mask) throw EmulationError("shfl.xor: lanes disagree on the mask");
+          lanes[l].f_out = lanes[l ^ lanes[l].mask].f;
+        }
+        break;
+      case Op::kLdsm:
+      case Op::kLdsmT:
+        for (int l = 0; l < 32; ++l) check_row_address(lanes[l].addr, l);
+        for (int l = 0; l < 32; ++l)
+          for (int j = 0; j < 4; ++j) {
+            uint16_t lo, hi;
+            if (op == Op::kLdsm) {  // row l/4 of matrix j, elements 2(l%4), 2(l%4)+1
+              lo = row_element(8 * j + l / 4, 2 * (l % 4));
+              hi = row_element(8 * j + l / 4, 2 * (l % 4) + 1);
+            } else {  // transposed: rows 2(l%4), 2(l%4)+1 of matrix j, element l/4
+              lo = row_element(8 * j + 2 * (l % 4), l / 4);
+              hi = row_element(8 * j + 2 * (l % 4) + 1, l / 4);
+            }
+            lanes[l].r[j] = (uint32_t)lo | (uint32_t)hi << 16;
+          }
+        break;
+      case Op::kMma: {
+        float A[16][16], B[16][8], C[16][8];
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, tq = l % 4;
+          for (int ra = 0; ra < 4; ++ra) {  // a0..a7: (g, 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)
+            const int row = g + 8 * (ra % 2), col = 2 * tq + 8 * (ra / 2);
+            A[row][col] = lo_half(lanes[l].a[ra]);
+            A[row][col + 1] = hi_half(lanes[l].a[ra]);
+          }
+          for (int rb = 0; rb < 2; ++rb) {  // b0..b3: (k 2t.., n g), (k 2t+8.., n g)
+            const int k = 2 * tq + 8 * rb;
+            B[k][g] = lo_half(lanes[l].b[rb]);
+            B[k + 1][g] = hi_half(lanes[l].b[rb]);
+          }
+          for (int r = 0; r < 4; ++r) C[g + 8 * (r / 2)][2 * tq + r % 2] = lanes[l].c[r];
+        }
+        for (int l = 0; l < 32; ++l) {
+          const int g = l / 4, tq = l % 4;
+          for (int r = 0; r < 4; ++r) {
+            const int row = g + 8 * (r / 2), col = 2 * tq + r % 2;
+            double acc = C[row][col];
+            for (int k = 0; k < 16; ++k) acc += (double)A[row][k] * (double)B[k][col];
+            lanes[l].d[r] = (float)acc;
+          }
+        }
+        break;
+      }
+      default: throw EmulationError(std::string("unexpected collective ") + op_name(op));
+    }
+  }
+
+  std::vector<std::vector<char>> stacks_;
+  ucontext_t sched_;
+  std::function<void(int)> body_;
+  int warp_ = 0;
+};
+
+// The Ops policy of the kernel bodies, on the emulator.
+struct HostOps {
+  BlockEmulator* emu;
+  int tid;
+  int thread() const { return tid; }
+  int block_x() const { return emu->bx; }
+  int block_y() const { return emu->by; }
+  unsigned char* smem() const { return emu->smem.data(); }
+  void sync() const { emu->wait(tid, Op::kSync); }
+  float shfl_xor(float v, int mask) const {
+    Thread& th = emu->t[tid];
+    th.f = v;
+    th.mask = mask;
+    emu->wait(tid, Op::kShfl);
+    return th.f_out;
+  }
+  void ldsm(uint32_t (&r)[4], const bf16_t* p) const { load(r, p, Op::kLdsm); }
+  void ldsm_t(uint32_t (&r)[4], const bf16_t* p) const { load(r, p, Op::kLdsmT); }
+  void load(uint32_t (&r)[4], const bf16_t* p, Op op) const {
+    Thread& th = emu->t[tid];
+    th.addr = reinterpret_cast<const unsigned char*>(p);
+    emu->wait(tid, op);
+    for (int j = 0; j < 4; ++j) r[j] = th.r[j];
+  }
+  void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) const {
+    Thread& th = emu->t[tid];
+    for (int j = 0; j < 4; ++j) th.a[j] = a[j], th.c[j] = d[j];
+    th.b[0] = b0;
+    th.b[1] = b1;
+    emu->wait(tid, Op::kMma);
+    for (int j = 0; j < 4; ++j) d[j] = th.d[j];
+  }
+};
+
+// ---- inputs, reference -----------------------------------------------------------------------
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+std::vector<float> random_vector(size_t n, uint64_t seed, float amp) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t h = splitmix64(seed * 0x100000001B3ull ^ splitmix64(i));
+    v[i] = amp * (float)((double)(h >> 40) * (1.0 / 8388608.0) - 1.0);
+  }
+  return v;
+}
+
+struct Shape {
+  int S, T, H, dh;
+};
+
+struct Reference {
+  std::vector<double> out, lse, dqkv;
+  double score_rms = 0;  // √(mean s_ij²), s = q·k·scale: the logit scale of the case
+};
+
+Reference reference(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& sh) {
+  const int S = sh.S, T = sh.T, H = sh.H, dh = sh.dh, D = H * dh;
+  const size_t row = 3 * (size_t)D;
+  const double scale = 1.0 / std::sqrt((double)dh);
+  Reference ref;
+  ref.out.assign((size_t)S * T * D, 0.0);
+  ref.lse.assign((size_t)S * H * T, 0.0);
+  ref.dqkv.assign((size_t)S * T * row, 0.0);
+  std::vector<double> p((size_t)T * T), ds((size_t)T * T);
+  for (int s = 0; s < S; ++s)
+    for (int h = 0; h < H; ++h) {
+      const auto q = [&](int i, int d) { return (double)qkv[((size_t)s * T + i) * row + (size_t)h * dh + d]; };
+      const auto k = [&](int j, int d) { return (double)qkv[((size_t)s * T + j) * row + D + (size_t)h * dh + d]; };
+      const auto v = [&](int j, int d) { return (double)qkv[((size_t)s * T + j) * row + 2 * D + (size_t)h * dh + d]; };
+      const auto go = [&](int i, int d) { return (double)dout[((size_t)s * T + i) * D + (size_t)h * dh + d]; };
+      for (int i = 0; i < T; ++i) {
+        double mx = -INFINITY;
+        for (int j = 0; j < T; ++j) {
+          double acc = 0.0;
+          for (int d = 0; d < dh; ++d) acc += q(i, d) * k(j, d);
+          p[(size_t)i * T + j] = acc * scale;
+          mx = std::max(mx, acc * scale);
+          ref.score_rms += acc * scale * acc * scale;
+        }
+        double sum = 0.0;
+        for (int j = 0; j < T; ++j) sum += std::exp(p[(size_t)i * T + j] - mx);
+        const double l = mx + std::log(sum);
+        ref.lse[((size_t)s * H + h) * T + i] = l;
+        for (int j = 0; j < T; ++j) p[(size_t)i * T + j] = std::exp(p[(size_t)i * T + j] - l);
+        double* o = &ref.out[((size_t)s * T + i) * D + (size_t)h * dh];
+        for (int j = 0; j < T; ++j)
+          for (int d = 0; d < dh; ++d) o[d] += p[(size_t)i * T + j] * v(j, d);
+      }
+      for (int i = 0; i < T; ++i) {
+        const double* o = &ref.out[((size_t)s * T + i) * D + (size_t)h * dh];
+        double Di = 0.0;
+        for (int d = 0; d < dh; ++d) Di += go(i, d) * o[d];
+        for (int j = 0; j < T; ++j) {
+          double dp = 0.0;
+          for (int d = 0; d < dh; ++d) dp += go(i, d) * v(j, d);
+          ds[(size_t)i * T + j] = p[(size_t)i * T + j] * (dp - Di);
+        }
+      }
+      for (int i = 0; i < T; ++i) {
+        double* dq = &ref.dqkv[((size_t)s * T + i) * row + (size_t)h * dh];
+        for (int j = 0; j < T; ++j) {
+          double* dk = &ref.dqkv[((size_t)s * T + j) * row + D + (size_t)h * dh];
+          double* dv = &ref.dqkv[((size_t)s * T + j) * row + 2 * D + (size_t)h * dh];
+          const double pij = p[(size_t)i * T + j], dsij = ds[(size_t)i * T + j];
+          for (int d = 0; d < dh; ++d) {
+            dq[d] += scale * dsij * k(j, d);
+            dk[d] += scale * dsij * q(i, d);
+            dv[d] += pij * go(i, d);
+          }
+        }
+      }
+    }
+  ref.score_rms = std::sqrt(ref.score_rms / ((double)S * H * T * T));
+  return ref;
+}
+
+template <typename Take>
+double rel_l2(const std::vector<float>& got, const std::vector<double>& ref, Take take) {
+  double d2 = 0.0, r2 = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!take(i)) continue;
+    const double d = (double)got[i] - ref[i];
+    d2 += d * d;
+    r2 += ref[i] * ref[i];
+  }
+  return std::sqrt(d2 / std::max(r2, 1e-300));
+}
+
+template <typename Take>
+double norm(const std::vector<double>& v, Take take) {
+  double r2 = 0.0;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (take(i)) r2 += v[i] * v[i];
+  return std::sqrt(std::max(r2, 1e-300));
+}
+
+// n floats at `offset` floats past a 64-byte aligned allocation, followed by guard sentinels
+constexpr size_t kGuard = 37;
+constexpr float kSentinel = 12345.5f;
+struct HostBuffer {
+  std::vector<float> storage;
+  size_t n, offset;
+  HostBuffer(size_t n_, size_t offset_) : storage(n_ + kGuard + offset_ + 16), n(n_) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(storage.data());
+    offset = (size_t)((64 - base % 64) % 64) / sizeof(float) + offset_;
+    fill(std::vector<float>(n, std::nanf("")));
+  }
+  float* data() { return storage.data() + offset; }
+  void fill(const std::vector<float>& v) {
+    std::copy(v.begin(), v.end(), storage.begin() + offset);
+    std::fill(storage.begin() + offset + n, storage.begin() + offset + n + kGuard, kSentinel);
+  }
+  std::vector<float> values() const { return {storage.begin() + offset, storage.begin() + offset + n}; }
+  bool guard_ok() const {
+    for (size_t i = 0; i < kGuard; ++i)
+      if (std::memcmp(&storage[offset + n + i], &kSentinel, sizeof(float)) != 0) return false;
+    return true;
+  }
+};
+
+// ---- one case ----------------------------------------------------------------------------------
+
+// Tolerances (as attention_check.cu): u = 2^-8, bf16's unit roundoff. Rounding q and k perturbs a
+// score by ~u·|s|, so the probabilities carry a relative error growing with the logit scale σ (the
+// RMS score); P and dS are rounded once more for the second products. out, lse: u·(1 + σ);
+// dq, dk, dv: 2u·(1 + σ) (unit-scale inputs, σ ≈ 0.33: 5e-3 and 1e-2, about 3× the errors seen).
+constexpr double kBf16Unit = 1.0 / 256;
+
+struct Case {
+  Shape shape;
+  float amp;
+  size_t offset;
+  const char* note;
+};
+
+template <int kD>
+void run_grid(const AttentionTcParams& p, int which, BlockEmulator& emu) {
+  const AttentionTcPlan plan = emae::cuda::attention_tc_plan<kD>(p.T);
+  const size_t bytes = which == 0 ? plan.smem_fwd : which == 1 ? plan.smem_q : plan.smem_kv;
+  for (int by = 0; by < plan.grid_y; ++by)
+    for (int bx = 0; bx < p.S * p.H; ++bx)
+      emu.run(bx, by, bytes, [&](int tid) {
+        HostOps ops{&emu, tid};
+        namespace d = emae::cuda::attention_tc_detail;
+        if (which == 0) d::forward_body<kD>(p, ops);
+        else if (which == 1) d::backward_q_body<kD>(p, ops);
+        else d::backward_kv_body<kD>(p, ops);
+      });
+}
+
+bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+template <int kD>
+int run_case(const Case& c, uint64_t seed, BlockEmulator& emu) {
+  const Shape& sh = c.shape;
+  const int S = sh.S, T = sh.T, H = sh.H, D = H * kD;
+  const size_t n_qkv = (size_t)S * T * 3 * D, n_out = (size_t)S * T * D, n_lse = (size_t)S * H * T;
+  const std::vector<float> qkv = random_vector(n_qkv, seed, c.amp), dout = random_vector(n_out, seed + 1, 1.f);
+  const Reference ref = reference(qkv, dout, sh);
+  HostBuffer b_qkv(n_qkv, c.offset), b_dout(n_out, c.offset), b_out(n_out, c.offset), b_lse(n_lse, c.offset),
+      b_dqkv(n_qkv, c.offset), b_delta(n_lse, c.offset);
+  b_qkv.fill(qkv);
+  b_dout.fill(dout);
+
+  AttentionTcParams p = emae::cuda::attention_tc_params(S, T, H, kD);
+  p.qkv = b_qkv.data();
+  p.out = b_out.data();
+  p.lse = b_lse.data();
+  p.vec = aligned16(p.qkv) && aligned16(p.out);  // as attention_tc_forward
+  const long long before = emu.collectives;
+  std::string error;
+  double e_out = NAN, e_lse = NAN, e_dq = NAN, e_dk = NAN, e_dv = NAN;
+  bool guards = true;
+  try {
+    run_grid<kD>(p, 0, emu);
+    const auto all = [](size_t) { return true; };
+    e_out = rel_l2(b_out.values(), ref.out, all);
+    e_lse = rel_l2(b_lse.values(), ref.lse, all);
+    // backward on the reference out and lse (rounded to fp32), as attention_check.cu
+    b_out.fill(std::vector<float>(ref.out.begin(), ref.out.end()));
+    b_lse.fill(std::vector<float>(ref.lse.begin(), ref.lse.end()));
+    AttentionTcParams q = emae::cuda::attention_tc_params(S, T, H, kD);
+    q.qkv = b_qkv.data();
+    q.dout = b_dout.data();
+    q.out_fwd = b_out.data();
+    q.lse_fwd = b_lse.data();
+    q.dqkv = b_dqkv.data();
+    q.delta = b_delta.data();
+    q.vec = aligned16(q.qkv) && aligned16(q.dout) && aligned16(q.out_fwd) && aligned16(q.dqkv);
+    run_grid<kD>(q, 1, emu);
+    run_grid<kD>(q, 2, emu);
+    const std::vector<float> dqkv = b_dqkv.values();
+    const auto part = [D](int k) { return [D, k](size_t i) { return (int)(i % (3 * (size_t)D)) / D == k; }; };
+    e_dq = rel_l2(dqkv, ref.dqkv, part(0));
+    e_dk = rel_l2(dqkv, ref.dqkv, part(1));
+    e_dv = rel_l2(dqkv, ref.dqkv, part(2));
+    if (T == 1) {  // dq = dk = 0 exactly (one key: no softmax gradient); measured against |dv| instead
+      e_dq *= norm(ref.dqkv, part(0)) / norm(ref.dqkv, part(2));
+      e_dk *= norm(ref.dqkv, part(1)) / norm(ref.dqkv, part(2));
+    }
+    guards = b_qkv.guard_ok() && b_dout.guard_ok() && b_out.guard_ok() && b_lse.guard_ok() && b_dqkv.guard_ok() &&
+             b_delta.guard_ok();
+  } catch (const EmulationError& e) {
+    error = e.what();
+  }
+  const double tol_fwd = kBf16Unit * (1 + ref.score_rms), tol_bwd = 2 * tol_fwd;
+  const auto fwd_ok = [&](double e) { return e <= tol_fwd; };  // NaN (an unwritten output) fails
+  const auto bwd_ok = [&](double e) { return e <= tol_bwd; };
+  const bool ok = error.empty() && fwd_ok(e_out) && fwd_ok(e_lse) && bwd_ok(e_dq) && bwd_ok(e_dk) && bwd_ok(e_dv) &&
+                  guards;
+  const AttentionTcPlan plan = emae::cuda::attention_tc_plan<kD>(T);
+  std::printf("%s S=%d T=%d H=%d dh=%d amp=%g offset=%zu (rounds %d, grid.y %d, chunks %d, vec %d)%s%s  σ %.2f  out %.2e "
+              " lse %.2e (tol %.1e)  dq %.2e  dk %.2e  dv %.2e (tol %.1e)  [%lld collectives]%s%s%s\n",
+              ok ? "PASS" : "FAIL", S, T, H, kD, c.amp, c.offset, plan.rounds, plan.grid_y, plan.chunks, (int)p.vec,
+              c.note[0] ? "  " : "", c.note, ref.score_rms, e_out, e_lse, tol_fwd, e_dq, e_dk, e_dv, tol_bwd,
+              emu.collectives - before,
+              guards ? "" : "  GUARD OVERWRITTEN", error.empty() ? "" : "  ERROR: ", error.c_str());
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+int run_any(const Case& c, uint64_t seed, BlockEmulator& emu) {
+  switch (c.shape.dh) {
+    case 32: return run_case<32>(c, seed, emu);
+    case 64: return run_case<64>(c, seed, emu);
+    case 128: return run_case<128>(c, seed, emu);
+  }
+  std::printf("FAIL dh=%d has no tensor-core kernel\n", c.shape.dh);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  // the index functions against the PTX ISA's fragment layouts (what the emulated mma decodes)
+  namespace d = emae::cuda::attention_tc_detail;
+  int failures = 0;
+  for (int lane = 0; lane < 32; ++lane) {
+    failures += d::frag_c_row(lane, 3) != lane / 4 + 8 || d::frag_c_col(lane, 1) != 2 * (lane % 4) + 1;
+    failures += d::frag_a_row(lane, 1) != lane / 4 + 8 || d::frag_a_col(lane, 2) != 2 * (lane % 4) + 8;
+  }
+  if (failures) std::printf("FAIL fragment index functions\n");
+
+  BlockEmulator* emu = new BlockEmulator();
+  const std::vector<Case> quick_cases = {
+      {{1, 50, 2, 64}, 1.f, 0, "(encoder: T = 50)"},
+      {{1, 197, 1, 32}, 1.f, 0, "(decoder: T = 197)"},
+      {{2, 7, 3, 128}, 1.f, 0, "(odd T, odd heads)"},
+  };
+  const std::vector<Case> cases = {
+      {{2, 1, 3, 32}, 1.f, 0, "(T = 1)"},
+      {{2, 7, 3, 32}, 1.f, 0, "(odd T, odd heads)"},
+      {{1, 16, 2, 32}, 1.f, 0, "(T = 16: one exact tile)"},
+      {{1, 17, 1, 64}, 1.f, 0, "(T = 17)"},
+      {{2, 50, 3, 64}, 1.f, 0, "(encoder)"},
+      {{1, 50, 2, 64}, 4.f, 0, "(encoder, peaky softmax)"},
+      {{1, 65, 1, 64}, 1.f, 0, "(T = 65: two rounds, a 1-row tile)"},
+      {{1, 197, 3, 32}, 1.f, 0, "(decoder)"},
+      {{1, 197, 1, 32}, 4.f, 0, "(decoder, peaky softmax)"},
+      {{1, 197, 1, 32}, 8.f, 0, "(decoder, very large logits)"},
+      {{1, 200, 1, 64}, 1.f, 0, "(T = 200)"},
+      {{1, 50, 1, 64}, 1.f, 1, "(misaligned: scalar loads)"},
+      {{1, 33, 2, 32}, 1.f, 3, "(misaligned, odd T)"},
+      {{1, 300, 1, 32}, 1.f, 0, "(T > 256: two chunks, one round per block)"},
+      {{1, 7, 2, 128}, 1.f, 0, "(dh = 128, odd T)"},
+      {{1, 50, 1, 128}, 1.f, 0, "(dh = 128)"},
+      {{1, 130, 1, 128}, 1.f, 0, "(dh = 128, T > 128: two chunks)"},
+      {{1, 130, 1, 128}, 4.f, 1, "(dh = 128, two chunks, peaky, misaligned)"},
+  };
+  uint64_t seed = 99;
+  for (const Case& c : quick ? quick_cases : cases) failures += run_any(c, seed += 10, *emu);
+  std::printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+  return failures ? 1 : 0;
+}

@@ -39,6 +39,7 @@ DeviceReport query_devices() {
       cudaGetLastError();
     }
     d.gemm_path = gemm_path_of_device(i);
+    d.attention_path = attention_path_setting();
     r.devices.push_back(d);
   }
   if (count == 0) r.error = "no CUDA device found";

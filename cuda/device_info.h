@@ -14,7 +14,8 @@ struct DeviceInfo {
   int multi_processors = 0;
   size_t total_memory = 0;
   size_t free_memory = 0;  // at the time of the query
-  std::string gemm_path;   // the GEMM kernels a model on this device runs (EMAE_CUDA_GEMM), or why not
+  std::string gemm_path;       // the GEMM kernels a model on this device runs (EMAE_CUDA_GEMM), or why not
+  std::string attention_path;  // the attention kernels (EMAE_CUDA_ATTENTION), or why not
 };
 
 struct DeviceReport {
@@ -28,6 +29,8 @@ struct DeviceReport {
 DeviceReport query_devices();
 // "mma", "sm80" or "sm90" (cuda/gemm_dispatch.cuh) for device, or "refused: <why>"; sets the device.
 std::string gemm_path_of_device(int device);
+// "simt" or "tc" (cuda/attention_tc.cuh), or "refused: <why>".
+std::string attention_path_setting();
 #else
 inline DeviceReport query_devices() {
   DeviceReport r;

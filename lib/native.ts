@@ -152,6 +152,8 @@ export interface NativeCudaInfo {
     index: number; name: string; computeCapability: string; multiProcessors: number; totalMemory: number; freeMemory: number;
     /** the GEMM kernels a model on this device runs: 'mma' | 'sm80' | 'sm90' (env EMAE_CUDA_GEMM), or 'refused: …' */
     gemmPath: string;
+    /** the attention kernels: 'simt' | 'tc' (env EMAE_CUDA_ATTENTION), or 'refused: …' */
+    attentionPath: string;
   }>;
 }
 

@@ -35,6 +35,7 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("totalMemory", (double)d.total_memory);
     o.Set("freeMemory", (double)d.free_memory);
     o.Set("gemmPath", d.gemm_path);
+    o.Set("attentionPath", d.attention_path);
     devices.Set((uint32_t)i, o);
   }
   out.Set("devices", devices);

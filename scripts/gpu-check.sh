@@ -10,7 +10,8 @@
 # The GEMM phases (issue 11): gemm = cuda/dev/gemm_check on every path the device runs (mma, sm80,
 # sm90); gemm_shapes = each GEMM of the vit-base K=4 batch-64 step against cuBLAS
 # (bench/gpu_gemm_vs_cublas.py → $OUT/gpu-gemm-*.json); parity_bf16 / bench_bf16 = the parity tests
-# and the step benchmark with EMAE_CUDA_GEMM=sm90 (or sm80 off Hopper).
+# and the step benchmark with EMAE_CUDA_GEMM=sm90 (or sm80 off Hopper) and EMAE_CUDA_ATTENTION=tc
+# (issue 12's tensor-core attention; attention_check in the kernels phase checks and times it).
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
@@ -55,7 +56,7 @@ if want gemm_shapes && [ -x .device/gemm_check ]; then
   tail -2 "$OUT/gemm_shapes.log" >> "$SUMMARY"
 fi
 if want parity_bf16; then
-  EMAE_CUDA_GEMM=$BF16_PATH phase parity_bf16 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+  EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc phase parity_bf16 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
 fi
 # data parallelism on one GPU: one process over a one-rank NCCL communicator (PyTorch's NCCL wheel)
 if want dist && [ "${SKIP_DIST:-0}" != 1 ]; then
@@ -65,7 +66,8 @@ if want dist && [ "${SKIP_DIST:-0}" != 1 ]; then
 fi
 # kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90) when present
 if want kernels; then
-  [ -x .device/attention_check ] && phase attention_check 90 .device/attention_check
+  [ -x .device/attention_check ] && phase attention_check 150 .device/attention_check  # simt and tc paths
+  grep -E '^\|' "$OUT/attention_check.log" >> "$SUMMARY" 2>/dev/null
   [ -x .device/classifier_check ] && phase classifier_check 60 .device/classifier_check
 fi
 if want bench && [ "${SKIP_BENCH:-0}" != 1 ]; then
@@ -73,7 +75,7 @@ if want bench && [ "${SKIP_BENCH:-0}" != 1 ]; then
   grep -E '^\|' "$OUT/bench.log" >> "$SUMMARY"
 fi
 if want bench_bf16 && [ "${SKIP_BENCH:-0}" != 1 ]; then
-  EMAE_CUDA_GEMM=$BF16_PATH phase bench_bf16 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench_bf16.json"
+  EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc phase bench_bf16 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench_bf16.json"
   grep -E '^\|' "$OUT/bench_bf16.log" >> "$SUMMARY"
 fi
 if want sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ]; then

@@ -42,6 +42,7 @@ test('cudaInfo reports the build and the devices in a stable shape', (t) => {
     t.true(d.multiProcessors > 0);
     t.true(d.totalMemory > 0);
     t.regex(d.gemmPath, /^(mma|sm80|sm90|refused: .+)$/, `${d.name}: GEMM path ${d.gemmPath}`);
+    t.regex(d.attentionPath, /^(simt|tc|refused: .+)$/, `${d.name}: attention ${d.attentionPath}`);
   }
 });
 
@@ -49,17 +50,18 @@ test('cudaInfo reports the build and the devices in a stable shape', (t) => {
 // verified mma kernel; a path the device cannot run, or an unknown name, is a sentence.
 const tinyCuda = { imageSize: 8, patchSize: 2, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 16,
   decoderDepth: 1, decoderNumHeads: 2, device: 'cuda' as const };
-const withGemmEnv = async <T>(value: string | undefined, fn: () => Promise<T>): Promise<T> => {
-  const before = process.env.EMAE_CUDA_GEMM;
-  if (value === undefined) delete process.env.EMAE_CUDA_GEMM;
-  else process.env.EMAE_CUDA_GEMM = value;
+const withEnv = async <T>(name: string, value: string | undefined, fn: () => Promise<T>): Promise<T> => {
+  const before = process.env[name];
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
   try {
     return await fn();
   } finally {
-    if (before === undefined) delete process.env.EMAE_CUDA_GEMM;
-    else process.env.EMAE_CUDA_GEMM = before;
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
   }
 };
+const withGemmEnv = <T>(value: string | undefined, fn: () => Promise<T>) => withEnv('EMAE_CUDA_GEMM', value, fn);
 
 (usable ? test.serial : test.skip)('EMAE_CUDA_GEMM: mma by default, unknown names and unrunnable paths refused', async (t) => {
   await withGemmEnv(undefined, async () => t.is(cudaInfo().devices[0].gemmPath, 'mma'));
@@ -80,9 +82,19 @@ const withGemmEnv = async <T>(value: string | undefined, fn: () => Promise<T>): 
   });
 });
 
-(usable ? test.serial : test.skip)('every GEMM path gives the same loss to bf16 precision on one batch', async (t) => {
+(usable ? test.serial : test.skip)('EMAE_CUDA_ATTENTION: simt by default, tc on request, unknown names refused', async (t) => {
+  await withEnv('EMAE_CUDA_ATTENTION', undefined, async () => t.is(cudaInfo().devices[0].attentionPath, 'simt'));
+  await withEnv('EMAE_CUDA_ATTENTION', 'tc', async () => t.is(cudaInfo().devices[0].attentionPath, 'tc'));
+  await withEnv('EMAE_CUDA_ATTENTION', 'flash', async () => {
+    t.regex(cudaInfo().devices[0].attentionPath, /^refused: EMAE_CUDA_ATTENTION must be auto, simt or tc, got 'flash'/);
+    const err = await t.throwsAsync(EMAE.create(tinyCuda));
+    t.regex(err!.message, /EMAE_CUDA_ATTENTION must be auto, simt or tc/);
+  });
+});
+
+(usable ? test.serial : test.skip)('every GEMM and attention path gives the same loss to bf16 precision on one batch', async (t) => {
   const images = new Float32Array(2 * 3 * 64).map((_, i) => Math.sin(i * 0.37));
-  const lossOf = (path: string) => withGemmEnv(path, async () => {
+  const lossOf = (gemm: string, attention: string) => withGemmEnv(gemm, () => withEnv('EMAE_CUDA_ATTENTION', attention, async () => {
     const m = await EMAE.create({ ...tinyCuda, seed: 3 });
     try {
       const perm = new Int32Array(2 * 16).map((_, i) => (i * 7) % 16);
@@ -90,10 +102,11 @@ const withGemmEnv = async <T>(value: string | undefined, fn: () => Promise<T>): 
     } finally {
       await m.dispose();
     }
-  });
-  const paths = ['mma', 'sm80', ...(cudaInfo().devices[0].computeCapability === '9.0' && /90a/.test(info.architectures) ? ['sm90'] : [])];
-  const losses = [];
-  for (const p of paths) losses.push(await lossOf(p));
-  for (let i = 1; i < paths.length; ++i)
-    t.true(Math.abs(losses[i] - losses[0]) <= 2e-2 * Math.abs(losses[0]), `${paths[i]} ${losses[i]} vs mma ${losses[0]}`);
+  }));
+  const gemms = ['mma', 'sm80', ...(cudaInfo().devices[0].computeCapability === '9.0' && /90a/.test(info.architectures) ? ['sm90'] : [])];
+  const base = await lossOf('mma', 'simt');
+  for (const [gemm, attention] of [...gemms.slice(1).map((g) => [g, 'simt']), ['mma', 'tc'], [gemms.at(-1)!, 'tc']]) {
+    const loss = await lossOf(gemm, attention);
+    t.true(Math.abs(loss - base) <= 2e-2 * Math.abs(base), `${gemm} + ${attention}: ${loss} vs mma + simt ${base}`);
+  }
 });

@@ -27,8 +27,16 @@ const newWorker = (workerData: DecodeOptions): Worker => {
 
 interface Pending {
   job: DecodeJob;
-  resolve: (r: { pixels: Float32Array; crop: CropParams } | { reason: string }) => void;
+  resolve: (r: Decoded | { reason: string }) => void;
   reject: (err: Error) => void;
+}
+
+/** A decoded image: its pixels, the crop drawn, its oriented size. */
+export interface Decoded {
+  pixels: Float32Array;
+  crop: CropParams;
+  width: number;
+  height: number;
 }
 
 interface Slot {
@@ -52,12 +60,12 @@ export class DecodePool {
     this.#options = options;
   }
 
-  /** The pixels and the crop drawn, or sharp's reason when the file does not decode. */
-  decode(file: string, index: number, seed: number): Promise<{ pixels: Float32Array; crop: CropParams } | { reason: string }> {
+  /** The image, or sharp's reason when the file does not decode; `known`: its oriented size, if read before. */
+  decode(file: string, index: number, seed: number, known = { width: 0, height: 0 }): Promise<Decoded | { reason: string }> {
     if (this.#closed) return Promise.reject(new Error('ImageFolder: the folder was disposed'));
     if (this.#broken) return Promise.reject(this.#broken);
     return new Promise((resolve, reject) => {
-      this.#queue.push({ job: { id: this.#nextId++, file, index, seed }, resolve, reject });
+      this.#queue.push({ job: { id: this.#nextId++, file, index, seed, width: known.width, height: known.height }, resolve, reject });
       this.#pump();
     });
   }
@@ -82,7 +90,7 @@ export class DecodePool {
         if (!p) return;
         slot.inFlight.delete(r.id);
         if (slot.inFlight.size === 0) slot.worker.unref();
-        p.resolve(r.ok ? { pixels: r.pixels, crop: r.crop } : { reason: r.reason });
+        p.resolve(r.ok ? { pixels: r.pixels, crop: r.crop, width: r.width, height: r.height } : { reason: r.reason });
         this.#pump();
       });
       const died = (err: Error) => {

@@ -2,7 +2,7 @@
 // drawn as torchvision draws it, bicubic resize, horizontal flip with probability ½) seeded by
 // (seed, index), normalized to float32 (3, S, S). The same code runs on the main thread and in the
 // decode workers (folder-worker.ts), so a batch is bitwise the same whoever decodes it.
-import sharp from 'sharp';
+import sharp, { type Metadata } from 'sharp';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
 
@@ -70,18 +70,24 @@ function normalizationTables(mean: readonly number[], std: readonly number[]): F
   return t;
 }
 
+/** The image's width and height once EXIF-oriented (0 where the header has none). */
+export function orientedSize(meta: Metadata): { width: number; height: number } {
+  return { width: meta.autoOrient?.width ?? meta.width ?? 0, height: meta.autoOrient?.height ?? meta.height ?? 0 };
+}
+
 /**
  * Decodes `file` (augmentation seeded by (seed, index)) into `out` at `offset`: 3·size² floats,
- * channel-major. Rejects with sharp's error when the file does not decode.
+ * channel-major; `known`: its oriented size, read at open, which saves reading the header again.
+ * Resolves with the crop drawn and the image's size; rejects with sharp's error when the file
+ * does not decode.
  */
 export async function decodeInto(file: string, index: number, seed: number, o: DecodeOptions,
-  out: Float32Array, offset: number): Promise<CropParams> {
+  out: Float32Array, offset: number, known?: { width: number; height: number }): Promise<{ crop: CropParams; width: number; height: number }> {
   const S = o.size;
   const rng = xoroshiro128plus((seed * 0x9e3779b1 + index) | 0);
   const rand = () => uniformFloat64(rng);
   let img = sharp(file, { failOn: 'error' }).rotate();  // EXIF orientation
-  const meta = await img.metadata();
-  const width = meta.autoOrient?.width ?? meta.width, height = meta.autoOrient?.height ?? meta.height;
+  const { width, height } = known?.width && known.height ? known : orientedSize(await img.metadata());
   if (!width || !height) throw new Error('no image dimensions');
   const box = o.augment ? randomResizedCropBox(width, height, o.scale, o.ratio, rand) : { left: 0, top: 0, width, height };
   if (o.augment) img = img.extract(box);
@@ -96,5 +102,5 @@ export async function decodeInto(file: string, index: number, seed: number, o: D
     out[offset + plane + p] = g[data[q + 1]];
     out[offset + 2 * plane + p] = b[data[q + 2]];
   }
-  return { ...box, flip };
+  return { crop: { ...box, flip }, width, height };
 }

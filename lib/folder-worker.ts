@@ -3,17 +3,20 @@
 // copied) and the crop drawn, or sharp's reason. Several decodes are in flight at once (sharp runs
 // them on libuv's pool); the JS around them — normalization above all — runs on this thread.
 import { parentPort, workerData } from 'node:worker_threads';
-import { decodeInto, sharpReason, type DecodeOptions } from './decode.js';
+import { decodeInto, sharpReason, type CropParams, type DecodeOptions } from './decode.js';
 
 export interface DecodeJob {
   id: number;
   file: string;
   index: number;
   seed: number;
+  /** the image's oriented size when known (0 × 0: read the header) */
+  width: number;
+  height: number;
 }
 
 export type DecodeResult =
-  | { id: number; ok: true; pixels: Float32Array; crop: import('./decode.js').CropParams }
+  | { id: number; ok: true; pixels: Float32Array; crop: CropParams; width: number; height: number }
   | { id: number; ok: false; reason: string };
 
 const options = workerData as DecodeOptions;
@@ -22,8 +25,8 @@ port.on('message', async (job: DecodeJob) => {
   const pixels = new Float32Array(3 * options.size * options.size);
   let result: DecodeResult;
   try {
-    const crop = await decodeInto(job.file, job.index, job.seed, options, pixels, 0);
-    result = { id: job.id, ok: true, pixels, crop };
+    const r = await decodeInto(job.file, job.index, job.seed, options, pixels, 0, job);
+    result = { id: job.id, ok: true, pixels, ...r };
   } catch (err) {
     result = { id: job.id, ok: false, reason: sharpReason(err) };
   }

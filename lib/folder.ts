@@ -12,7 +12,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { DecodePool } from './decode-pool.js';
-import { decodeInto, sharpReason, WORDS_LOST, type CropParams, type DecodeOptions } from './decode.js';
+import { decodeInto, orientedSize, sharpReason, WORDS_LOST, type CropParams, type DecodeOptions } from './decode.js';
 import { invalidParameterError, invalidRangeError } from './errors.js';
 import type { BatchSource } from './trainer.js';
 
@@ -62,16 +62,16 @@ const EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.webp']);
 const PROBE_CONCURRENCY = 32;
 const warnSkip = (file: string, reason: string) => console.warn(`emae: skipping ${file}: ${reason}`);
 
-/** undefined when `file`'s header reads, else why not. */
-async function probe(file: string, again = true): Promise<string | undefined> {
+/** `file`'s oriented size when its header reads, else why not. */
+async function probe(file: string, again = true): Promise<{ width: number; height: number } | string> {
   try {
-    const meta = await sharp(file, { failOn: 'error' }).metadata();
-    return meta.width && meta.height ? undefined : 'no image dimensions in the header';
+    const size = orientedSize(await sharp(file, { failOn: 'error' }).metadata());
+    return size.width && size.height ? size : 'no image dimensions in the header';
   } catch (err) {
     const reason = sharpReason(err);
     if (!again || !WORDS_LOST.test(reason)) return reason;
     const second = await probe(file, false);
-    return second === undefined || second.length > reason.length ? second : reason;
+    return typeof second !== 'string' || second.length > reason.length ? second : reason;
   }
 }
 
@@ -87,11 +87,14 @@ export class ImageFolder implements BatchSource {
   /** indices into files whose decode failed */
   readonly #failed = new Set<number>();
   readonly #pool: DecodePool | undefined;
+  /** each file's oriented width and height, read at open or at its first decode (0 until known) */
+  readonly #sizes: Int32Array;
   #disposed = false;
 
   private constructor(files: string[], labels: number[], classes: string[], options: ImageFolderOptions,
-    unreadable: readonly UnreadableImage[]) {
+    unreadable: readonly UnreadableImage[], sizes: Int32Array) {
     this.files = files;
+    this.#sizes = sizes;
     this.labels = Int32Array.from(labels);
     this.classes = classes;
     this.#o = {
@@ -132,9 +135,9 @@ export class ImageFolder implements BatchSource {
         labels.push(label);
       }
     if (files.length === 0) throw new RangeError(`${root}: no JPEG, PNG or WebP images found`);
-    if (options.verify === false) return new ImageFolder(files, labels, classes, options, []);
+    if (options.verify === false) return new ImageFolder(files, labels, classes, options, [], new Int32Array(2 * files.length));
 
-    const reasons: Array<string | undefined> = new Array(files.length);
+    const reasons: Array<{ width: number; height: number } | string> = new Array(files.length);
     let next = 0, checked = 0;
     options.onProgress?.(0, files.length);
     const worker = async () => {
@@ -146,20 +149,22 @@ export class ImageFolder implements BatchSource {
     };
     await Promise.all(Array.from({ length: Math.min(PROBE_CONCURRENCY, files.length) }, worker));
     options.onProgress?.(files.length, files.length);
-    const unreadable: UnreadableImage[] = [], kept: string[] = [], keptLabels: number[] = [];
+    const unreadable: UnreadableImage[] = [], kept: string[] = [], keptLabels: number[] = [], sizes: number[] = [];
     for (const [i, file] of files.entries()) {
-      if (reasons[i] === undefined) {
+      const r = reasons[i];
+      if (typeof r !== 'string') {
         kept.push(file);
         keptLabels.push(labels[i]);
+        sizes.push(r.width, r.height);
       } else {
-        unreadable.push({ file, reason: reasons[i]! });
-        (options.onError ?? warnSkip)(file, reasons[i]!);
+        unreadable.push({ file, reason: r });
+        (options.onError ?? warnSkip)(file, r);
       }
     }
     if (kept.length === 0) {
       throw new RangeError(`${root}: none of the ${files.length} images is readable (${unreadable[0].file}: ${unreadable[0].reason})`);
     }
-    return new ImageFolder(kept, keptLabels, classes, options, unreadable);
+    return new ImageFolder(kept, keptLabels, classes, options, unreadable, Int32Array.from(sizes));
   }
 
   /** Images that can be loaded: files found, less those whose header did not read. */
@@ -233,16 +238,22 @@ export class ImageFolder implements BatchSource {
 
   /** Decodes file `index` into `out` at `offset`, here or on a worker: the crop drawn, or sharp's reason. */
   async #decode(index: number, seed: number, out: Float32Array, offset: number): Promise<CropParams | { reason: string }> {
+    const known = { width: this.#sizes[2 * index], height: this.#sizes[2 * index + 1] };
+    let r: Awaited<ReturnType<typeof decodeInto>>;
     if (!this.#pool) {
       try {
-        return await decodeInto(this.files[index], index, seed, this.#o, out, offset);
+        r = await decodeInto(this.files[index], index, seed, this.#o, out, offset, known);
       } catch (err) {
         return { reason: sharpReason(err) };
       }
+    } else {
+      const d = await this.#pool.decode(this.files[index], index, seed, known);
+      if ('reason' in d) return d;
+      out.set(d.pixels, offset);
+      r = d;
     }
-    const r = await this.#pool.decode(this.files[index], index, seed);
-    if ('reason' in r) return r;
-    out.set(r.pixels, offset);
+    this.#sizes[2 * index] = r.width;
+    this.#sizes[2 * index + 1] = r.height;
     return r.crop;
   }
 }

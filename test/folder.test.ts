@@ -191,6 +191,16 @@ test('the same seed gives bitwise the same batches (pixels, labels, crops) for a
     }
   }
   t.deepEqual(first.errors, ['broken.jpg', '5b-truncated.png']);
+  // without the check at open the sizes are read at the first decode, and kept: the same batches
+  const unverified = await Promise.all([0, 2].map((workers) => ImageFolder.open(dir, { size: 12, workers, verify: false, onError: () => {} })));
+  const indices = Int32Array.from({ length: 14 }, (_, i) => i);
+  const loads = [];
+  for (const f of [...unverified, ...unverified]) loads.push(await f.loadBatch(indices, 9));
+  for (const l of loads.slice(1)) {
+    t.true(bytes(l.images).equals(bytes(loads[0].images)), 'verify: false, workers 0 and 2, first and second load');
+    t.deepEqual(l.crops, loads[0].crops);
+  }
+  await Promise.all(unverified.map((f) => f.dispose()));
   // a file index whose decode fails is replaced by the next one, whose label it then carries
   const folder = await ImageFolder.open(dir, { size: 12, workers: 2, onError: () => {} });
   const bad = folder.files.findIndex((f) => f.endsWith('5b-truncated.png'));

@@ -64,9 +64,6 @@ const num = (name: string) => (v: string) => {
   return x;
 };
 
-// decode threads of a folder: one per CPU (measured in bench/RESULTS.md)
-const DEFAULT_WORKERS = os.availableParallelism();
-
 // --workers/--prefetch: a count, 0 allowed
 const count = (name: string) => (v: string) => {
   const x = Number(v);
@@ -115,7 +112,7 @@ program
   .option('--epochs <n>', 'epochs instead of steps', num('epochs'))
   .option('--batch <n>', 'batch size per micro-batch', num('batch'), 64)
   .option('--accumulate <n>', 'micro-batches accumulated per optimizer step', num('accumulate'), 1)
-  .option('--workers <n>', 'folder: data: decode threads (0 or 1 = the main thread)', count('workers'), DEFAULT_WORKERS)
+  .option('--workers <n>', 'folder: data: decode threads (0 or 1 = the main thread; default: the CPUs over the ranks on this machine)', count('workers'))
   .option('--prefetch <n>', 'batches loading while one is computed (0 = none)', count('prefetch'), 2)
   .option('--blr <x>', 'base learning rate (lr = blr·batch/256)', num('blr'), 1.5e-4)
   .option('--min-lr <x>', 'cosine floor', num('min-lr'), 0)
@@ -136,7 +133,13 @@ program
     // under mpirun/srun: join the job first (CUDA models go to this rank's device); rank 0 prints
     const dist = await initDistributed({ collectives: o.collectives as Collectives });
     const say = dist.isMain ? console.log : () => {};
+    // decode workers: this machine's CPUs shared by its ranks
+    const cpus = Math.max(1, Math.floor(os.availableParallelism() / Math.max(1, dist.localSize)));
+    o.workers ??= cpus;
     const { model, data } = await modelAndData(o);
+    const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    if (dist.isMain && data instanceof ImageFolder && data.workers > pool && cpus > pool)
+      console.error(`emae: the images decode on libuv's ${pool} threads: start emae with UV_THREADPOOL_SIZE=${cpus} to decode on ${cpus} CPUs`);
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,

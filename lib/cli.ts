@@ -112,7 +112,7 @@ program
   .option('--epochs <n>', 'epochs instead of steps', num('epochs'))
   .option('--batch <n>', 'batch size per micro-batch', num('batch'), 64)
   .option('--accumulate <n>', 'micro-batches accumulated per optimizer step', num('accumulate'), 1)
-  .option('--workers <n>', 'folder: data: decode threads (0 or 1 = the main thread; default: the CPUs over the ranks on this machine)', count('workers'))
+  .option('--workers <n>', 'folder: data: decode threads (0 or 1 = the main thread; default: this machine\'s CPUs over its ranks, 0 where that is 2 or less)', count('workers'))
   .option('--prefetch <n>', 'batches loading while one is computed (0 = none)', count('prefetch'), 2)
   .option('--blr <x>', 'base learning rate (lr = blr·batch/256)', num('blr'), 1.5e-4)
   .option('--min-lr <x>', 'cosine floor', num('min-lr'), 0)
@@ -133,9 +133,11 @@ program
     // under mpirun/srun: join the job first (CUDA models go to this rank's device); rank 0 prints
     const dist = await initDistributed({ collectives: o.collectives as Collectives });
     const say = dist.isMain ? console.log : () => {};
-    // decode workers: this machine's CPUs shared by its ranks
+    // decode workers: this machine's CPUs shared by its ranks; on 2 CPUs the main thread alone
+    // decodes faster (workers cost CPU time there), above that workers keep the main thread free
+    // for the step (bench/RESULTS.md)
     const cpus = Math.max(1, Math.floor(os.availableParallelism() / Math.max(1, dist.localSize)));
-    o.workers ??= cpus;
+    o.workers ??= cpus > 2 ? cpus : 0;
     const { model, data } = await modelAndData(o);
     const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
     if (dist.isMain && data instanceof ImageFolder && data.workers > pool && cpus > pool)

@@ -16,12 +16,18 @@ const PER_WORKER = 2;
 
 // dist/folder-worker.js once built; lib/folder-worker.ts when this runs from source under tsx (tests,
 // benches): Node 20 does not apply the `--import=tsx` a worker inherits, so the worker registers
-// tsx itself before importing its file
+// tsx itself before importing its file (without tsx, the worker is left to the inherited flags)
 const fromSource = import.meta.url.endsWith('.ts');
 const newWorker = (workerData: DecodeOptions): Worker => {
   if (!fromSource) return new Worker(new URL('./folder-worker.js', import.meta.url), { workerData });
-  const file = new URL('./folder-worker.ts', import.meta.url).href, tsx = import.meta.resolve('tsx/esm/api');
-  return new Worker(`import(${JSON.stringify(tsx)}).then((api) => { api.register(); return import(${JSON.stringify(file)}); })`,
+  const file = new URL('./folder-worker.ts', import.meta.url);
+  let tsx: string;
+  try {
+    tsx = import.meta.resolve('tsx/esm/api');
+  } catch {
+    return new Worker(file, { workerData });
+  }
+  return new Worker(`import(${JSON.stringify(tsx)}).then((api) => { api.register(); return import(${JSON.stringify(file.href)}); })`,
     { eval: true, workerData });
 };
 

@@ -3,7 +3,10 @@
 // to the CPU training step's images/s; then the trainer fed by the folder with a stand-in for an
 // accelerator step (a fixed wait that uses no CPU) for each prefetch depth.
 //   node --import=tsx bench/loader.ts [--images 256] [--batches 8] [--batch 32] [--workers 1,2]
-//     [--rounds 3] [--sizes 224,32] [--step-ms 150] [--steps 12] [--prefetch 0,1,2] [--no-cpu-step]
+//     [--rounds 3] [--sizes 224,32] [--step-ms 150] [--steps 12] [--prefetch 0,1,2] [--large-every N]
+//     [--no-loader] [--no-cpu-step]
+// --large-every N makes every Nth image 1200×900 instead of 400×300, so that batches take unequal
+// times to load, as with real photos (ImageNet's range from thumbnails to several megapixels).
 // --workers lists the ImageFolder `workers` values (0 or 1: the main thread; N ≥ 2: N worker
 // threads); the rounds alternate them and each row gives the median and every round. "CPU ms/img"
 // is this process's CPU time (all its threads) per image, "main thread ms/img" the main thread's
@@ -22,13 +25,14 @@ const { values: a } = parseArgs({
     images: { type: 'string', default: '256' }, batches: { type: 'string', default: '8' }, batch: { type: 'string', default: '32' },
     workers: { type: 'string', default: '1,2' }, rounds: { type: 'string', default: '3' }, sizes: { type: 'string', default: '224,32' },
     'step-ms': { type: 'string', default: '150' }, steps: { type: 'string', default: '12' }, prefetch: { type: 'string', default: '0,1,2' },
+    'large-every': { type: 'string', default: '0' }, 'no-loader': { type: 'boolean', default: false },
     'no-cpu-step': { type: 'boolean', default: false },
   },
 });
 const list = (s: string) => s.split(',').filter((x) => x !== '').map(Number);
 const count = Number(a.images), batches = Number(a.batches), B = Number(a.batch), rounds = Number(a.rounds);
 const workerCounts = list(a.workers), sizes = list(a.sizes), prefetches = list(a.prefetch);
-const stepMs = Number(a['step-ms']), trainSteps = Number(a.steps);
+const stepMs = Number(a['step-ms']), trainSteps = Number(a.steps), largeEvery = Number(a['large-every']);
 
 /** Busy and total jiffies of all CPUs (/proc/stat), or null where there is none. */
 function jiffies(): { busy: number; total: number } | null {
@@ -71,13 +75,15 @@ const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.len
 const dir = mkdtempSync(path.join(os.tmpdir(), 'emae-loader-'));
 mkdirSync(path.join(dir, 'all'));
 for (let i = 0; i < count; i++) {  // ImageNet-like JPEGs: 400×300 with texture
-  const w = 400, h = 300, px = Buffer.alloc(w * h * 3);
+  const large = largeEvery > 0 && i % largeEvery === largeEvery - 1;
+  const w = large ? 1200 : 400, h = large ? 900 : 300, px = Buffer.alloc(w * h * 3);
   for (let p = 0; p < w * h; p++) px.set([(p * 7 + i) % 256, ((p >> 3) + i * 5) % 256, (p * 13) % 256], p * 3);
   await sharp(px, { raw: { width: w, height: h, channels: 3 } }).jpeg({ quality: 85 }).toFile(path.join(dir, 'all', `${i}.jpg`));
 }
 
 const rows: string[] = [];
-for (const size of sizes) {
+const kind = largeEvery > 0 ? `400×300 JPEG (every ${largeEvery}th 1200×900)` : '400×300 JPEG';
+for (const size of a['no-loader'] ? [] : sizes) {
   const folders = new Map<number, ImageFolder>();
   for (const w of workerCounts) {
     const folder = await ImageFolder.open(dir, { size, workers: w });
@@ -96,7 +102,7 @@ for (const size of sizes) {
     }
   for (const w of workerCounts) {
     const rs = runs.get(w)!;
-    rows.push(`| folder loader, 400×300 JPEG → ${size}×${size}, workers ${w} | ${median(rs.map((x) => x.ips)).toFixed(0)} | ` +
+    rows.push(`| folder loader, ${kind} → ${size}×${size}, workers ${w} | ${median(rs.map((x) => x.ips)).toFixed(0)} | ` +
       `${rs.map((x) => x.ips.toFixed(0)).join(', ')} | ${median(rs.map((x) => x.cpuMs)).toFixed(2)} | ${median(rs.map((x) => x.mainMs)).toFixed(2)} | ` +
       `${median(rs.map((x) => x.othersPct)).toFixed(0)}% |`);
     await folders.get(w)!.dispose();
@@ -133,7 +139,7 @@ if (prefetches.length > 0 && trainSteps > 0) {
   for (const w of workerCounts)
     for (const prefetch of prefetches) {
       const rs = runs.get(`${w}/${prefetch}`)!;
-      rows.push(`| trainer on the folder (${size}²), stand-in step of ${stepMs} ms, workers ${w}, prefetch ${prefetch} | ${median(rs.map((x) => x.ips)).toFixed(0)} | ` +
+      rows.push(`| trainer on the folder (${kind} → ${size}²), stand-in step of ${stepMs} ms, workers ${w}, prefetch ${prefetch} | ${median(rs.map((x) => x.ips)).toFixed(0)} | ` +
         `${rs.map((x) => x.ips.toFixed(0)).join(', ')} | ${median(rs.map((x) => x.cpuMs)).toFixed(2)} | ${median(rs.map((x) => x.mainMs)).toFixed(2)} | ` +
         `${median(rs.map((x) => x.othersPct)).toFixed(0)}% |`);
     }

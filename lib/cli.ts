@@ -5,6 +5,7 @@
 //   emae finetune / evaluate       fine-tuning a pretrained encoder as a classifier (lib/cli-finetune.ts)
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { resolveConfig } from './config.js';
@@ -63,15 +64,23 @@ const num = (name: string) => (v: string) => {
   return x;
 };
 
+// --workers/--prefetch: a count, 0 allowed
+const count = (name: string) => (v: string) => {
+  const x = Number(v);
+  if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(x)) throw new Error(`--${name} expects a non-negative integer, got '${v}'`);
+  return x;
+};
+
 type Data = LabelledImageSet | (BatchSource & { size: number; channels: number });
 
-async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number): Promise<Data> {
+async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number,
+  folderOptions: { workers?: number } = {}): Promise<Data> {
   const [kind, rest = ''] = spec.split(/:(.*)/s);
   if (kind === 'folder') {
     const onProgress = (checked: number, total: number) => {
       if (checked === 0 && total >= 10_000) console.error(`emae: reading the headers of ${total} images in ${rest}…`);
     };
-    const folder = await ImageFolder.open(rest, { size: imageSize, onProgress });
+    const folder = await ImageFolder.open(rest, { size: imageSize, onProgress, ...folderOptions });
     const bad = folder.unreadable.length;
     if (bad > 0) console.error(`emae: ${rest}: ${folder.count} images, ${bad} unreadable file${bad === 1 ? '' : 's'} left out`);
     return Object.assign(folder, { size: imageSize, channels: 3 });
@@ -103,6 +112,8 @@ program
   .option('--epochs <n>', 'epochs instead of steps', num('epochs'))
   .option('--batch <n>', 'batch size per micro-batch', num('batch'), 64)
   .option('--accumulate <n>', 'micro-batches accumulated per optimizer step', num('accumulate'), 1)
+  .option('--workers <n>', 'folder: data: decode threads (0 or 1 = the main thread; default: this machine\'s CPUs over its ranks, 0 where that is 2 or less)', count('workers'))
+  .option('--prefetch <n>', 'batches loading while one is computed (0 = none)', count('prefetch'), 2)
   .option('--blr <x>', 'base learning rate (lr = blr·batch/256)', num('blr'), 1.5e-4)
   .option('--min-lr <x>', 'cosine floor', num('min-lr'), 0)
   .option('--warmup <n>', 'warm-up steps (default 5% of steps)', num('warmup'))
@@ -122,16 +133,25 @@ program
     // under mpirun/srun: join the job first (CUDA models go to this rank's device); rank 0 prints
     const dist = await initDistributed({ collectives: o.collectives as Collectives });
     const say = dist.isMain ? console.log : () => {};
+    // decode workers: this machine's CPUs shared by its ranks; on 2 CPUs the main thread alone
+    // decodes faster (workers cost CPU time there), above that workers keep the main thread free
+    // for the step (bench/RESULTS.md)
+    const cpus = Math.max(1, Math.floor(os.availableParallelism() / Math.max(1, dist.localSize)));
+    o.workers ??= cpus > 2 ? cpus : 0;
     const { model, data } = await modelAndData(o);
+    const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    if (dist.isMain && data instanceof ImageFolder && data.workers > pool && cpus > pool)
+      console.error(`emae: the images decode on libuv's ${pool} threads: start emae with UV_THREADPOOL_SIZE=${cpus} to decode on ${cpus} CPUs`);
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
-      outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep, overwrite: o.force === true,
+      outDir: o.out, checkpointEvery: o.checkpointEvery, keepLast: o.keep, overwrite: o.force === true, prefetch: o.prefetch,
     };
     const parallel = dist.worldSize > 1 || dist.collectives === 'nccl';  // the Trainer's data-parallel step
     const distributed = parallel ? { worldSize: dist.worldSize, collectives: dist.collectives, ...(dist.ncclUnavailable ? { ncclUnavailable: dist.ncclUnavailable } : {}),
       mpi: dist.mpiLibrary, effectiveBatch: o.batch * o.accumulate * dist.worldSize } : undefined;
-    say(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels }, trainer: trainerOptions, ...(distributed ? { distributed } : {}) }, null, 2));
+    const workers = data instanceof ImageFolder ? { workers: data.workers } : {};
+    say(JSON.stringify({ model: model.config, data: { spec: o.data, count: data.count, size: data.size, channels: data.channels, ...workers }, trainer: trainerOptions, ...(distributed ? { distributed } : {}) }, null, 2));
     const bar = dist.isMain && o.progress && process.stdout.isTTY
       ? new cliProgress.SingleBar({ format: 'step {value}/{total} |{bar}| loss {loss} recon {recon} cons {cons} lr {lr} {ips} img/s ETA {eta_formatted}' }, cliProgress.Presets.shades_classic)
       : undefined;
@@ -186,6 +206,7 @@ program
       bar?.stop();
       // the handlers stay: a late signal must not kill the process while it draws the curves
       await model.dispose();
+      if (data instanceof ImageFolder) await data.dispose();
     }
     // the loss curves as a picture next to the log
     const log = path.join(o.out, 'log.jsonl');
@@ -224,7 +245,7 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
   const presetSize = o.preset ? 224 : undefined;
   const wantedSize = o.imageSize ?? (base.imageSize as number | undefined) ?? savedResolved?.imageSize ??
     (dataSpec.startsWith('synthetic') ? 32 : dataSpec.startsWith('folder:') ? presetSize ?? 32 : undefined);
-  const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0);
+  const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0, o.workers !== undefined ? { workers: o.workers } : {});
   if (savedResolved) {
     const plural = (n: number) => `${n} channel${n === 1 ? '' : 's'}`;
     if (data.channels !== savedResolved.channels)

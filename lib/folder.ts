@@ -1,18 +1,22 @@
 // An image-folder dataset decoded with sharp (JPEG, PNG, WebP): class sub-folders give labels,
 // every image gets MAE's augmentation — RandomResizedCrop (scale 0.2–1.0, ratio 3/4–4/3,
 // bicubic), a horizontal flip with probability ½, ImageNet mean/std normalization — seeded per
-// (seed, index) so a batch is reproducible. Images decode in parallel on libuv's pool. Every
-// file's header is read when the folder is opened (in parallel); a file that fails is reported
-// then, once, with sharp's reason, and left out of the count. One whose header reads but whose
-// data does not (a truncated PNG) is reported once, at its first decode, and from then on
+// (seed, index) so a batch is reproducible, bitwise, whoever decodes it (lib/decode.ts). A batch's
+// images decode in parallel on libuv's pool; with `workers` ≥ 2 the JS around each decode
+// (normalization) runs on that many worker threads too (lib/decode-pool.ts), else on this one.
+// Every file's header is read when the folder is opened (in parallel); a file that fails is
+// reported then, once, with sharp's reason, and left out of the count. One whose header reads but
+// whose data does not (a truncated PNG) is reported once, at its first decode, and from then on
 // replaced by the next readable image without another attempt.
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
-import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
-import { invalidRangeError } from './errors.js';
+import { DecodePool } from './decode-pool.js';
+import { decodeInto, orientedSize, sharpReason, WORDS_LOST, type CropParams, type DecodeOptions } from './decode.js';
+import { invalidParameterError, invalidRangeError } from './errors.js';
 import type { BatchSource } from './trainer.js';
+
+export { randomResizedCropBox, type CropParams } from './decode.js';
 
 export interface ImageFolderOptions {
   /** output size (square) */
@@ -29,6 +33,22 @@ export interface ImageFolderOptions {
   verify?: boolean;
   /** progress of that check, for large folders: (0, total) first, then every 1000 files and at the end */
   onProgress?: (checked: number, total: number) => void;
+  /**
+   * decode threads: 0 or 1 decode on the main thread; N ≥ 2 start N worker threads (at the first
+   * load; call dispose() when done, though idle workers never keep the process alive). Default 0.
+   * The batches are bitwise the same for any value.
+   */
+  workers?: number;
+}
+
+/** A decoded batch with what was drawn for it. */
+export interface LoadedBatch {
+  /** (B, 3, size, size) float32 */
+  images: Float32Array;
+  /** the label of each image decoded (−1 without class folders) */
+  labels: Int32Array;
+  /** for each image: the index of the file decoded (the one asked for, or the next readable one) and its crop and flip */
+  crops: Array<CropParams & { index: number }>;
 }
 
 /** One unreadable file and sharp's reason. */
@@ -42,64 +62,39 @@ const EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.webp']);
 const PROBE_CONCURRENCY = 32;
 const warnSkip = (file: string, reason: string) => console.warn(`emae: skipping ${file}: ${reason}`);
 
-/** sharp's message on one line: libvips repeats its decoder's lines, one per retry. */
-function sharpReason(err: unknown): string {
-  const lines = String((err as Error)?.message ?? err).split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
-  return [...new Set(lines)].join('; ') || 'unknown error';
-}
-
-/**
- * sharp's message when libvips' error text was lost: libvips keeps it in one buffer shared by all
- * threads, so a concurrent decode can clear it. A second try usually gets the decoder's words.
- */
-const WORDS_LOST = /^Unknown error$|:$/;
-
-/** undefined when `file`'s header reads, else why not. */
-async function probe(file: string, again = true): Promise<string | undefined> {
+/** `file`'s oriented size when its header reads, else why not. */
+async function probe(file: string, again = true): Promise<{ width: number; height: number } | string> {
   try {
-    const meta = await sharp(file, { failOn: 'error' }).metadata();
-    return meta.width && meta.height ? undefined : 'no image dimensions in the header';
+    const size = orientedSize(await sharp(file, { failOn: 'error' }).metadata());
+    return size.width && size.height ? size : 'no image dimensions in the header';
   } catch (err) {
     const reason = sharpReason(err);
     if (!again || !WORDS_LOST.test(reason)) return reason;
     const second = await probe(file, false);
-    return second === undefined || second.length > reason.length ? second : reason;
+    return typeof second !== 'string' || second.length > reason.length ? second : reason;
   }
-}
-
-/** A crop box (left, top, width, height) as torchvision's RandomResizedCrop.get_params draws it. */
-export function randomResizedCropBox(width: number, height: number, scale: readonly [number, number],
-  ratio: readonly [number, number], rand: () => number): { left: number; top: number; width: number; height: number } {
-  const area = width * height;
-  const logRatio = [Math.log(ratio[0]), Math.log(ratio[1])];
-  for (let attempt = 0; attempt < 10; attempt++) {
-    const target = area * (scale[0] + (scale[1] - scale[0]) * rand());
-    const aspect = Math.exp(logRatio[0] + (logRatio[1] - logRatio[0]) * rand());
-    const w = Math.round(Math.sqrt(target * aspect)), h = Math.round(Math.sqrt(target / aspect));
-    if (w > 0 && h > 0 && w <= width && h <= height)
-      return { left: Math.floor(rand() * (width - w + 1)), top: Math.floor(rand() * (height - h + 1)), width: w, height: h };
-  }
-  // fallback: a central crop with the aspect ratio clamped into range
-  const inRatio = width / height;
-  let w = width, h = height;
-  if (inRatio < ratio[0]) h = Math.round(w / ratio[0]);
-  else if (inRatio > ratio[1]) w = Math.round(h * ratio[1]);
-  return { left: Math.floor((width - w) / 2), top: Math.floor((height - h) / 2), width: w, height: h };
 }
 
 export class ImageFolder implements BatchSource {
   readonly files: string[];
   readonly labels: Int32Array;
   readonly classes: string[];
-  readonly #o: Required<Omit<ImageFolderOptions, 'onError' | 'onProgress'>> & { onError: (file: string, reason: string) => void };
+  /** decode threads (the `workers` option): 0 or 1 = the main thread */
+  readonly workers: number;
+  readonly #o: DecodeOptions & { verify: boolean; onError: (file: string, reason: string) => void };
   /** file → reason, in the order found; each is reported once */
   readonly #unreadable = new Map<string, string>();
   /** indices into files whose decode failed */
   readonly #failed = new Set<number>();
+  readonly #pool: DecodePool | undefined;
+  /** each file's oriented width and height, read at open or at its first decode (0 until known) */
+  readonly #sizes: Int32Array;
+  #disposed = false;
 
   private constructor(files: string[], labels: number[], classes: string[], options: ImageFolderOptions,
-    unreadable: readonly UnreadableImage[]) {
+    unreadable: readonly UnreadableImage[], sizes: Int32Array) {
     this.files = files;
+    this.#sizes = sizes;
     this.labels = Int32Array.from(labels);
     this.classes = classes;
     this.#o = {
@@ -107,6 +102,11 @@ export class ImageFolder implements BatchSource {
       ratio: options.ratio ?? [3 / 4, 4 / 3], mean: options.mean ?? [0.485, 0.456, 0.406],
       std: options.std ?? [0.229, 0.224, 0.225], verify: options.verify ?? true, onError: options.onError ?? warnSkip,
     };
+    this.workers = options.workers ?? 0;
+    if (this.workers >= 2) {
+      const { size, augment, scale, ratio, mean, std } = this.#o;
+      this.#pool = new DecodePool(this.workers, { size, augment, scale: [...scale], ratio: [...ratio], mean: [...mean], std: [...std] });
+    }
     for (const u of unreadable) this.#unreadable.set(u.file, u.reason);
   }
 
@@ -114,10 +114,13 @@ export class ImageFolder implements BatchSource {
    * Scans `root`: images directly in it (label −1) and in its sub-folders (one label per folder,
    * sorted); then (unless `verify: false`) reads every header and leaves out, reporting each
    * once, the files that fail.
-   * @throws {RangeError} a bad size; no image file, or none readable (the first reason given)
+   * @throws {TypeError | RangeError} a bad size or workers
+   * @throws {RangeError} no image file, or none readable (the first reason given)
    */
   static async open(root: string, options: ImageFolderOptions): Promise<ImageFolder> {
     if (!Number.isInteger(options.size) || options.size < 1) throw invalidRangeError('size', 'positive integer', options.size);
+    if (options.workers !== undefined && !(Number.isSafeInteger(options.workers) && options.workers >= 0))
+      throw invalidParameterError('workers', 'non-negative integer (0 or 1: decode on the main thread)', options.workers, 'number');
     const entries = await readdir(root, { withFileTypes: true });
     const files: string[] = [], labels: number[] = [];
     const isImage = (name: string) => EXTENSIONS.has(path.extname(name).toLowerCase());
@@ -132,9 +135,9 @@ export class ImageFolder implements BatchSource {
         labels.push(label);
       }
     if (files.length === 0) throw new RangeError(`${root}: no JPEG, PNG or WebP images found`);
-    if (options.verify === false) return new ImageFolder(files, labels, classes, options, []);
+    if (options.verify === false) return new ImageFolder(files, labels, classes, options, [], new Int32Array(2 * files.length));
 
-    const reasons: Array<string | undefined> = new Array(files.length);
+    const reasons: Array<{ width: number; height: number } | string> = new Array(files.length);
     let next = 0, checked = 0;
     options.onProgress?.(0, files.length);
     const worker = async () => {
@@ -146,20 +149,22 @@ export class ImageFolder implements BatchSource {
     };
     await Promise.all(Array.from({ length: Math.min(PROBE_CONCURRENCY, files.length) }, worker));
     options.onProgress?.(files.length, files.length);
-    const unreadable: UnreadableImage[] = [], kept: string[] = [], keptLabels: number[] = [];
+    const unreadable: UnreadableImage[] = [], kept: string[] = [], keptLabels: number[] = [], sizes: number[] = [];
     for (const [i, file] of files.entries()) {
-      if (reasons[i] === undefined) {
+      const r = reasons[i];
+      if (typeof r !== 'string') {
         kept.push(file);
         keptLabels.push(labels[i]);
+        sizes.push(r.width, r.height);
       } else {
-        unreadable.push({ file, reason: reasons[i]! });
-        (options.onError ?? warnSkip)(file, reasons[i]!);
+        unreadable.push({ file, reason: r });
+        (options.onError ?? warnSkip)(file, r);
       }
     }
     if (kept.length === 0) {
       throw new RangeError(`${root}: none of the ${files.length} images is readable (${unreadable[0].file}: ${unreadable[0].reason})`);
     }
-    return new ImageFolder(kept, keptLabels, classes, options, unreadable);
+    return new ImageFolder(kept, keptLabels, classes, options, unreadable, Int32Array.from(sizes));
   }
 
   /** Images that can be loaded: files found, less those whose header did not read. */
@@ -174,8 +179,16 @@ export class ImageFolder implements BatchSource {
 
   /** (B, 3, size, size) float32 for the given indices; augmentation seeded by (seed, index). */
   async load(indices: Int32Array, seed: number): Promise<Float32Array> {
+    return (await this.loadBatch(indices, seed)).images;
+  }
+
+  /** load() with the labels and the crop and flip drawn for each image. */
+  async loadBatch(indices: Int32Array, seed: number): Promise<LoadedBatch> {
+    if (this.#disposed) throw new Error('ImageFolder: the folder was disposed');
     const S = this.#o.size, per = 3 * S * S;
     const out = new Float32Array(indices.length * per);
+    const labels = new Int32Array(indices.length);
+    const crops = new Array<CropParams & { index: number }>(indices.length);
     await Promise.all(Array.from(indices, async (index, b) => {
       let last = '';
       for (let attempt = 0; attempt < Math.min(this.files.length, 16); attempt++) {
@@ -185,58 +198,62 @@ export class ImageFolder implements BatchSource {
           last = `${file}: ${this.#unreadable.get(file)}`;
           continue;
         }
-        try {
-          out.set(await this.#decode(i, seed), b * per);
+        const r = await this.#decode(i, seed, out, b * per);
+        if (!('reason' in r)) {
+          labels[b] = this.labels[i];
+          crops[b] = { index: i, ...r };
           return;
-        } catch (err) {
-          // loads run concurrently: the first to fail on a file reports it
-          if (this.#failed.has(i)) {
-            last = `${file}: ${this.#unreadable.get(file) ?? sharpReason(err)}`;
-            continue;
-          }
-          this.#failed.add(i);
-          const reason = await this.#reasonFor(i, seed, sharpReason(err));
-          last = `${file}: ${reason}`;
-          this.#unreadable.set(file, reason);
-          this.#o.onError(file, reason);
         }
+        // loads run concurrently: the first to fail on a file reports it
+        if (this.#failed.has(i)) {
+          last = `${file}: ${this.#unreadable.get(file) ?? r.reason}`;
+          continue;
+        }
+        this.#failed.add(i);
+        const reason = await this.#reasonFor(i, seed, r.reason);
+        last = `${file}: ${reason}`;
+        this.#unreadable.set(file, reason);
+        this.#o.onError(file, reason);
       }
       throw new Error(`no readable image among the ${Math.min(this.files.length, 16)} files from index ${index} (last: ${last})`);
     }));
-    return out;
+    return { images: out, labels, crops };
+  }
+
+  /**
+   * Ends the decode workers (after the decodes in flight); later loads are refused. Safe to call
+   * more than once, and without workers.
+   */
+  async dispose(): Promise<void> {
+    this.#disposed = true;
+    await this.#pool?.close();
   }
 
   /** The reason, with a second decode for the words when libvips' were lost (WORDS_LOST). */
   async #reasonFor(index: number, seed: number, reason: string): Promise<string> {
     if (!WORDS_LOST.test(reason)) return reason;
-    try {
-      await this.#decode(index, seed);
-    } catch (err) {
-      const again = sharpReason(err);
-      if (again.length > reason.length) return again;
-    }
-    return reason;
+    const again = await this.#decode(index, seed, new Float32Array(3 * this.#o.size ** 2), 0);
+    return 'reason' in again && again.reason.length > reason.length ? again.reason : reason;
   }
 
-  async #decode(index: number, seed: number): Promise<Float32Array> {
-    const o = this.#o, S = o.size;
-    const rng = xoroshiro128plus((seed * 0x9e3779b1 + index) | 0);
-    const rand = () => uniformFloat64(rng);
-    let img = sharp(this.files[index], { failOn: 'error' }).rotate();  // EXIF orientation
-    const meta = await img.metadata();
-    const width = meta.autoOrient?.width ?? meta.width, height = meta.autoOrient?.height ?? meta.height;
-    if (!width || !height) throw new Error('no image dimensions');
-    if (o.augment) {
-      const box = randomResizedCropBox(width, height, o.scale, o.ratio, rand);
-      img = img.extract(box);
+  /** Decodes file `index` into `out` at `offset`, here or on a worker: the crop drawn, or sharp's reason. */
+  async #decode(index: number, seed: number, out: Float32Array, offset: number): Promise<CropParams | { reason: string }> {
+    const known = { width: this.#sizes[2 * index], height: this.#sizes[2 * index + 1] };
+    let r: Awaited<ReturnType<typeof decodeInto>>;
+    if (!this.#pool) {
+      try {
+        r = await decodeInto(this.files[index], index, seed, this.#o, out, offset, known);
+      } catch (err) {
+        return { reason: sharpReason(err) };
+      }
+    } else {
+      const d = await this.#pool.decode(this.files[index], index, seed, known);
+      if ('reason' in d) return d;
+      out.set(d.pixels, offset);
+      r = d;
     }
-    img = img.resize(S, S, { kernel: 'cubic', fit: 'fill' });
-    if (o.augment && rand() < 0.5) img = img.flop();
-    const { data, info } = await img.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3 || info.width !== S || info.height !== S) throw new Error(`unexpected decode ${info.width}×${info.height}×${info.channels}`);
-    const out = new Float32Array(3 * S * S);
-    for (let c = 0; c < 3; c++)
-      for (let p = 0; p < S * S; p++) out[c * S * S + p] = (data[p * 3 + c] / 255 - o.mean[c]) / o.std[c];
-    return out;
+    this.#sizes[2 * index] = r.width;
+    this.#sizes[2 * index + 1] = r.height;
+    return r.crop;
   }
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { assertFiniteNumber, invalidRangeError, invalidTypeError } from './errors.js';
+import { assertFiniteNumber, invalidParameterError, invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
 import { Distributed, isCollectiveError } from './distributed.js';
 import type { EMAE } from './model.js';
@@ -26,6 +26,13 @@ export interface BatchSource {
   count: number;
   /** `seed` is fixed by the trainer for this batch, so augmentations repeat after a resume */
   load(indices: Int32Array, seed: number): Promise<Float32Array>;
+}
+
+/** A batch started by the trainer: its images (loading), its epoch and the position after it. */
+interface PendingBatch {
+  images: () => Promise<Float32Array>;
+  epoch: number;
+  next: number;
 }
 
 const isBatchSource = (d: ImageSet | BatchSource): d is BatchSource => typeof (d as BatchSource).load === 'function';
@@ -72,6 +79,11 @@ export interface TrainerOptions {
    * every global batch, gradients are averaged once per step; rank 0 writes log and checkpoints.
    */
   distributed?: Distributed;
+  /**
+   * batches of a BatchSource (e.g. an ImageFolder) loading while one is computed (default 2);
+   * 0: each batch is loaded when it is needed. The batches are the same for any depth.
+   */
+  prefetch?: number;
 }
 
 export interface StepInfo {
@@ -147,6 +159,8 @@ export class Trainer {
     if (batchSize * world > data.count)
       throw invalidRangeError('batchSize', `at most the dataset size ${data.count}` + (world > 1 ? ` divided by the world size ${world}` : ''), batchSize);
     const accumulate = positiveInt('accumulate', options.accumulate ?? 1);
+    const prefetch = options.prefetch ?? 2;
+    if (!Number.isSafeInteger(prefetch) || prefetch < 0) throw invalidParameterError('prefetch', 'non-negative integer', prefetch, 'number');
     if ((options.steps === undefined) === (options.epochs === undefined))
       throw invalidRangeError('steps/epochs', 'exactly one of steps and epochs', { steps: options.steps, epochs: options.epochs });
     const steps = options.steps !== undefined ? positiveInt('steps', options.steps)
@@ -156,7 +170,7 @@ export class Trainer {
     if (scaledLr(blr, batchSize * accumulate * world) > 1)
       throw invalidRangeError('blr', `a base learning rate whose lr = blr·${batchSize * accumulate * world}/256 is at most 1`, blr);
     this.#opts = {
-      batchSize, steps, accumulate,
+      batchSize, steps, accumulate, prefetch,
       blr,
       minLr: options.minLr ?? 0,
       warmupSteps: options.warmupSteps ?? Math.floor(steps / 20),
@@ -265,8 +279,20 @@ export class Trainer {
     await this.prepareOutDir();
     if (W > 1) await this.#checkRanksAgree();
     let last: StepInfo | undefined;
-    // the next batch is loaded while the current one is computed
-    let pending = this.#startBatch(this.#state.epoch, this.#state.position, per);
+    // `prefetch` batches load while one is computed: started in order, none beyond the last step
+    const queue: PendingBatch[] = [];
+    let ahead = { epoch: this.#state.epoch, position: this.#state.position };
+    let toStart = (o.steps - this.#state.step) * o.accumulate;
+    const start = () => {
+      const b = this.#startBatch(ahead.epoch, ahead.position, per);
+      ahead = { epoch: b.epoch, position: b.next };
+      toStart -= 1;
+      return b;
+    };
+    const fill = () => {
+      while (queue.length < o.prefetch && toStart > 0) queue.push(start());
+    };
+    fill();
     while (this.#state.step < o.steps) {
       const lr = lrAt(this.#state.step, { baseLr, warmupSteps: o.warmupSteps, totalSteps: o.steps, minLr: o.minLr });
       const consistencyWeight = this.#state.step >= o.consistencyStart ? o.consistencyWeight : 0;
@@ -276,13 +302,13 @@ export class Trainer {
       try {
         const sums = { loss: 0, recon: 0, consistency: 0 };
         for (let micro = 0; micro < o.accumulate; micro++) {
-          const batch = pending;
+          const batch = queue.shift() ?? start();
           const images = await batch.images();
           if (batch.epoch > this.#state.epoch) await o.onEpoch?.(this.#state.epoch);
           this.#state.epoch = batch.epoch;
           this.#state.position = batch.next;
           const lastMicro = micro + 1 === o.accumulate;
-          if (!lastMicro || this.#state.step + 1 < o.steps) pending = this.#startBatch(batch.epoch, batch.next, per);
+          fill();
           // masks keyed by the sample's place in the global stream: rank-invariant, resumable
           const sample = (this.#state.step * o.accumulate + micro) * o.batchSize * W + rank * o.batchSize;
           const permutation = this.#masker.forSamples(sample, o.batchSize);
@@ -385,7 +411,7 @@ export class Trainer {
   // A BatchSource starts loading at once (prefetch); in-memory images are copied when taken.
   // With more than one rank the batch is global (batchSize · worldSize samples of the order) and
   // this rank takes its slice [rank·B, (rank+1)·B); positions count global samples.
-  #startBatch(epoch: number, position: number, per: number): { images: () => Promise<Float32Array>; epoch: number; next: number } {
+  #startBatch(epoch: number, position: number, per: number): PendingBatch {
     const B = this.#opts.batchSize, global = B * this.#world, first = position + (this.#dist?.rank ?? 0) * B;
     if (position + global > this.#data.count) {
       epoch += 1;

@@ -63,6 +63,11 @@ test('pretrain: bad options are clear errors', (t) => {
   const s = cli(...common, '--steps', 'many');
   t.not(s.status, 0);
   t.regex(s.stderr, /--steps expects a number/);
+  for (const [flag, value] of [['--workers', '1.5'], ['--workers', '-1'], ['--prefetch', 'two']]) {
+    const w = cli(...common, '--steps', '1', flag, value);
+    t.not(w.status, 0);
+    t.regex(w.stderr, new RegExp(`${flag} expects a non-negative integer, got '${value}'`));
+  }
 });
 
 test('SIGINT writes a checkpoint and exits 130', async (t) => {
@@ -168,6 +173,20 @@ test('pretrain on an image folder', async (t) => {
     '--device', 'cpu', '--threads', '1', '--out', out);
   t.is(r.status, 0, r.stderr);
   t.true(existsSync(path.join(out, 'ckpt-2.safetensors')));
+  // decode workers and a deeper prefetch: the same losses, bit for bit (CPU, one thread)
+  const losses = (run: string) => readFileSync(path.join(run, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss);
+  const runs = [['0', '0'], ['2', '3']].map(([workers, prefetch]) => {
+    const o = path.join(dir, `folder-run-w${workers}`);
+    const x = cli('pretrain', '--config', config, '--data', `folder:${images}`, '--image-size', '16', '--batch', '2', '--steps', '3',
+      '--device', 'cpu', '--threads', '1', '--workers', workers, '--prefetch', prefetch, '--out', o);
+    t.is(x.status, 0, x.stderr);
+    const printed = JSON.parse(x.stdout.slice(0, x.stdout.indexOf('\n}') + 2));
+    t.is(printed.data.workers, Number(workers));
+    t.is(printed.trainer.prefetch, Number(prefetch));
+    return losses(o);
+  });
+  t.is(runs[0].length, 3);
+  t.deepEqual(runs[1], runs[0]);
 });
 
 test('reconstruct writes PNG grids of the expected size; probe and consistency print JSON', async (t) => {

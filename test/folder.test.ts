@@ -1,10 +1,13 @@
 // The image-folder dataset: class folders → labels, decode of JPEG/PNG/WebP to (B, 3, S, S),
 // normalization range, seeded augmentation, crop-box bounds (property test), each broken file is
-// reported once with sharp's reason and left out of the count (also by the CLI), and the trainer
-// runs on it.
+// reported once with sharp's reason and left out of the count (also by the CLI, and with decode
+// workers), and the trainer runs on it. Decode workers and the trainer's prefetch depth: the same
+// seed gives bitwise the same batches (pixels, labels, crops) and losses for any number of either,
+// the options are validated, and a script that uses workers exits by itself.
 import test from 'ava';
 import fc from 'fast-check';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -49,7 +52,7 @@ test('a broken file is reported once, at open, with sharp\'s reason, and left ou
   t.is(errors.length, 1, 'not again on later loads');
 });
 
-test('a file whose header reads but whose data does not is reported once, with sharp\'s reason, and replaced', async (t) => {
+const truncatedFile = test.macro(async (t, workers: number) => {
   const own = mkdtempSync(path.join(tmpdir(), 'emae-truncated-'));
   const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 1, g: 2, b: 3 } } }).png().toBuffer();
   writeFileSync(path.join(own, 'a-truncated.png'), png.subarray(0, png.length - 20));
@@ -59,7 +62,7 @@ test('a file whose header reads but whose data does not is reported once, with s
   const jpeg = await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: 9, g: 9, b: 9 } } }).jpeg().toBuffer();
   writeFileSync(path.join(own, 'c-half.jpg'), jpeg.subarray(0, jpeg.length / 2));
   const errors: Array<[string, string]> = [];
-  const folder = await ImageFolder.open(own, { size: 8, onError: (file, reason) => errors.push([path.basename(file), reason]) });
+  const folder = await ImageFolder.open(own, { size: 8, workers, onError: (file, reason) => errors.push([path.basename(file), reason]) });
   t.is(errors.length, 1);
   t.is(errors[0][0], 'c-half.jpg');
   // libvips keeps its error text in one buffer for all threads, so under concurrent decodes (ava
@@ -73,7 +76,10 @@ test('a file whose header reads but whose data does not is reported once, with s
   t.is(errors[1][0], 'a-truncated.png');
   t.regex(errors[1][1], /\S/, 'sharp\'s message as it gave it (libpng read error, unless another decode cleared it)');
   t.deepEqual(folder.unreadable.map((u) => path.basename(u.file)), ['c-half.jpg', 'a-truncated.png']);
+  await folder.dispose();
 });
+test('a file whose header reads but whose data does not is reported once, with sharp\'s reason, and replaced', truncatedFile, 0);
+test('… and so with decode workers', truncatedFile, 2);
 
 test('a folder of only broken files is refused with the first reason', async (t) => {
   const own = mkdtempSync(path.join(tmpdir(), 'emae-allbroken-'));
@@ -135,4 +141,164 @@ test('the trainer runs on an image folder', async (t) => {
   t.is(losses.length, 3);
   t.true(losses.every(Number.isFinite));
   await model.dispose();
+});
+
+// A folder with texture (so that every crop shows), several sizes and formats, a broken file
+// (left out at open) and a truncated PNG (fails at its decode and is replaced): made once.
+let mixed: Promise<string> | undefined;
+const mixedFolder = () => mixed ??= (async () => {
+  const own = mkdtempSync(path.join(tmpdir(), 'emae-mixed-'));
+  for (const cls of ['a', 'b']) mkdirSync(path.join(own, cls));
+  for (let i = 0; i < 12; i++) {
+    const w = 30 + 7 * i, h = 50 - 2 * i, channels = i % 4 === 3 ? 4 : 3;
+    const px = Buffer.from(Uint8Array.from({ length: w * h * channels }, (_, k) => (k * (5 + i) + i * 31) % 256));
+    const img = sharp(px, { raw: { width: w, height: h, channels } });
+    const file = path.join(own, i % 2 ? 'b' : 'a', `${i}`);
+    await (i % 3 === 0 ? img.png().toFile(`${file}.png`) : i % 3 === 1 ? img.jpeg().toFile(`${file}.jpg`) : img.webp().toFile(`${file}.webp`));
+  }
+  const png = await sharp({ create: { width: 32, height: 32, channels: 3, background: { r: 1, g: 2, b: 3 } } }).png().toBuffer();
+  writeFileSync(path.join(own, 'a', '5b-truncated.png'), png.subarray(0, png.length - 20));
+  writeFileSync(path.join(own, 'b', 'broken.jpg'), 'not a JPEG');
+  return own;
+})();
+const bytes = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+
+test('the same seed gives bitwise the same batches (pixels, labels, crops) for any number of decode workers', async (t) => {
+  const dir = await mixedFolder();
+  const batches = Array.from({ length: 4 }, (_, k) => Int32Array.from({ length: 9 }, (_, i) => (k * 5 + i * 7) % 12));
+  const seeds = [0, 7, 123_456_789, -3];
+  const results: Array<{ workers: number; errors: string[]; loaded: Array<Awaited<ReturnType<ImageFolder['loadBatch']>>> }> = [];
+  for (const workers of [0, 1, 2, 3]) {
+    const errors: string[] = [];
+    const folder = await ImageFolder.open(dir, { size: 12, workers, onError: (file) => errors.push(path.basename(file)) });
+    t.is(folder.workers, workers);
+    // the batches in flight together, as with the trainer's prefetch
+    const loaded = await Promise.all(batches.map((indices, k) => folder.loadBatch(indices, seeds[k])));
+    results.push({ workers, errors, loaded });
+    await folder.dispose();
+  }
+  const [first, ...others] = results;
+  t.true(first.loaded.some((b) => b.crops.some((c) => c.flip)) && first.loaded.some((b) => b.crops.some((c) => !c.flip)), 'both flips drawn');
+  t.true(first.loaded.some((b) => b.crops.some((c, i) => c.index !== b.crops[i].index || c.width < 30)), 'crops drawn');
+  const truncated = first.loaded[0].crops.length;  // the truncated PNG's index is stood in for by the next file
+  t.true(truncated > 0);
+  for (const r of others) {
+    t.deepEqual(r.errors, first.errors, `workers ${r.workers}: the same files reported, once each`);
+    for (const [k, b] of r.loaded.entries()) {
+      t.true(bytes(b.images).equals(bytes(first.loaded[k].images)), `workers ${r.workers}, batch ${k}: the same pixels, bit for bit`);
+      t.deepEqual(b.labels, first.loaded[k].labels, `workers ${r.workers}, batch ${k}: labels`);
+      t.deepEqual(b.crops, first.loaded[k].crops, `workers ${r.workers}, batch ${k}: crops`);
+    }
+  }
+  t.deepEqual(first.errors, ['broken.jpg', '5b-truncated.png']);
+  // without the check at open the sizes are read at the first decode, and kept: the same batches
+  const unverified = await Promise.all([0, 2].map((workers) => ImageFolder.open(dir, { size: 12, workers, verify: false, onError: () => {} })));
+  const indices = Int32Array.from({ length: 14 }, (_, i) => i);
+  const loads = [];
+  for (const f of [...unverified, ...unverified]) loads.push(await f.loadBatch(indices, 9));
+  for (const l of loads.slice(1)) {
+    t.true(bytes(l.images).equals(bytes(loads[0].images)), 'verify: false, workers 0 and 2, first and second load');
+    t.deepEqual(l.crops, loads[0].crops);
+  }
+  await Promise.all(unverified.map((f) => f.dispose()));
+  // a file index whose decode fails is replaced by the next one, whose label it then carries
+  const folder = await ImageFolder.open(dir, { size: 12, workers: 2, onError: () => {} });
+  const bad = folder.files.findIndex((f) => f.endsWith('5b-truncated.png'));
+  const b = await folder.loadBatch(Int32Array.of(bad), 1);
+  t.is(b.crops[0].index, bad + 1);
+  t.is(b.labels[0], folder.labels[bad + 1]);
+  t.true(bytes(b.images).equals(bytes(await folder.load(Int32Array.of(bad + 1), 1))));
+  await folder.dispose();
+});
+
+test('the trainer gives bitwise the same batches and losses for any number of workers and prefetch depth', async (t) => {
+  const dir = await mixedFolder();
+  const config = { imageSize: 16, patchSize: 4, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 16, decoderDepth: 1,
+    decoderNumHeads: 2, device: 'cpu' as const, threads: 1, seed: 3 };
+  const runs: Array<{ label: string; loads: string[]; losses: number[] }> = [];
+  for (const [workers, prefetch] of [[0, 0], [0, 1], [2, 2], [3, 4]]) {
+    const folder = await ImageFolder.open(dir, { size: 16, workers, onError: () => {} });
+    const loads: string[] = [];
+    // the source records every batch asked for: indices, seed and a digest of the pixels
+    const source = {
+      count: folder.count,
+      load: async (indices: Int32Array, seed: number) => {
+        const at = loads.push(`${[...indices]}|${seed}`) - 1;  // in the order asked for
+        const images = await folder.load(indices, seed);
+        loads[at] += `|${createHash('sha256').update(bytes(images)).digest('hex')}`;
+        return images;
+      },
+    };
+    const model = await EMAE.create(config);
+    const losses: number[] = [];
+    // 3 images a batch, 2 micro-batches a step, 5 steps: 30 images, past the end of the first epoch (13 images)
+    await new Trainer(model, source, { batchSize: 3, accumulate: 2, steps: 5, blr: 1e-2, prefetch, onStep: (s) => { losses.push(s.loss); } }).run();
+    runs.push({ label: `workers ${workers}, prefetch ${prefetch}`, loads, losses });
+    await model.dispose();
+    await folder.dispose();
+  }
+  const [first, ...others] = runs;
+  t.is(first.loads.length, 10, 'no batch loaded beyond the last step');
+  for (const r of others) {
+    t.deepEqual(r.loads, first.loads, `${r.label}: the same batches in the same order`);
+    t.deepEqual(r.losses, first.losses, `${r.label}: the same losses`);
+  }
+});
+
+test('workers and prefetch are validated', async (t) => {
+  for (const workers of [-1, 1.5, Number.NaN, Infinity])
+    await t.throwsAsync(ImageFolder.open(root, { size: 8, workers }),
+      { instanceOf: RangeError, message: new RegExp(`^Expected non-negative integer .*for workers but received ${workers}$`) });
+  await t.throwsAsync(ImageFolder.open(root, { size: 8, workers: '2' as unknown as number }),
+    { instanceOf: TypeError, message: /for workers but received "2"$/ });
+  const folder = await ImageFolder.open(root, { size: 16, onError: () => {} });
+  const model = await EMAE.create({ imageSize: 16, patchSize: 4, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 16,
+    decoderDepth: 1, decoderNumHeads: 2, device: 'cpu', threads: 1 });
+  for (const prefetch of [-1, 0.5])
+    t.throws(() => new Trainer(model, folder, { batchSize: 2, steps: 1, prefetch }),
+      { instanceOf: RangeError, message: `Expected non-negative integer for prefetch but received ${prefetch}` });
+  t.throws(() => new Trainer(model, folder, { batchSize: 2, steps: 1, prefetch: '1' as unknown as number }),
+    { instanceOf: TypeError, message: 'Expected non-negative integer for prefetch but received "1"' });
+  await model.dispose();
+});
+
+test('a disposed folder ends its workers and refuses loads; dispose waits for the decodes in flight', async (t) => {
+  const folder = await ImageFolder.open(root, { size: 8, workers: 2, onError: () => {} });
+  const loading = folder.load(Int32Array.of(0, 1, 2), 5);
+  await folder.load(Int32Array.of(0), 1);
+  const second = folder.load(Int32Array.of(2, 1, 0), 6);
+  await folder.dispose();
+  await folder.dispose();  // twice is fine
+  t.true((await loading).every(Number.isFinite));
+  // the second batch's images were in flight or still queued: it resolves or says why not
+  await second.then((x) => t.is(x.length, 3 * 3 * 64), (err: Error) => t.regex(err.message, /disposed/));
+  await t.throwsAsync(folder.load(Int32Array.of(0), 1), { message: /disposed/ });
+});
+
+test('a script that uses decode workers exits by itself, disposed or not, also when a run stops with batches in flight', (t) => {
+  const script = path.join(mkdtempSync(path.join(tmpdir(), 'emae-exit-')), 'script.mts');
+  const lib = JSON.stringify(path.resolve('lib/index.ts'));
+  writeFileSync(script, `
+    import { EMAE, ImageFolder, Trainer } from ${lib};
+    const [dir, mode] = process.argv.slice(2);
+    const folder = await ImageFolder.open(dir, { size: 16, workers: 2, onError: () => {} });
+    const first = await folder.load(Int32Array.of(0, 1, 2), 1);
+    if (mode === 'train') {
+      const model = await EMAE.create({ imageSize: 16, patchSize: 4, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 16,
+        decoderDepth: 1, decoderNumHeads: 2, device: 'cpu', threads: 1 });
+      // stopped after the first step with 4 batches prefetched
+      const trainer = new Trainer(model, folder, { batchSize: 2, steps: 50, prefetch: 4, onStep: () => trainer.stop() });
+      await trainer.run();
+      await model.dispose();
+    }
+    if (mode === 'dispose') await folder.dispose();
+    console.log('done', first.length);
+  `);
+  for (const mode of ['no-dispose', 'dispose', 'train']) {
+    const started = Date.now();
+    const r = spawnSync(process.execPath, ['--import=tsx', script, root, mode], { encoding: 'utf8', timeout: 120_000 });
+    t.is(r.signal, null, `${mode}: exited by itself (not killed after ${Date.now() - started} ms)`);
+    t.is(r.status, 0, `${mode}: ${r.stderr}`);
+    t.is(r.stdout.trim(), `done ${3 * 3 * 16 * 16}`, mode);
+  }
 });

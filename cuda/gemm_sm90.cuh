@@ -27,7 +27,11 @@
 //     d[4i], d[4i+1] at (row 16w + l/4, cols 8i + 2(l%4) + {0,1}) and d[4i+2], d[4i+3] at row + 8
 //     (PTX ISA, wgmma D fragment for .f32 accumulators);
 //   - compiled only for sm_90a (wgmma); other targets get an empty kernel, and the host checks with
-//     sm90a_kernels_loaded() which cubin the runtime chose before selecting this path.
+//     sm90a_kernels_loaded() which cubin the runtime chose before selecting this path;
+//   - the CTA's work is cta_body, a __host__ __device__ template over an Ops policy (barriers, TMA,
+//     wgmma, epilogue store): DeviceOps is the PTX; cuda/dev/gemm_sm90_emulate.cu runs the same body
+//     on the CPU with the operations emulated from the PTX ISA (launch_plan gives it the tensor maps'
+//     encode arguments and the grid).
 #pragma once
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -63,6 +67,14 @@ struct Traits {
 };
 
 template <int N> struct Wgmma;
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart.
+__host__ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4)  // start address
+         | (uint64_t)1 << 16                // leading byte offset (unused by swizzled K-major)
+         | (uint64_t)(1024 >> 4) << 32      // stride byte offset: next 8-row atom
+         | (uint64_t)1 << 62;               // layout: 128-byte swizzle
+}
 #if EMAE_SM90A_DEVICE
 #include "cuda/gemm_sm90_wgmma.inc"
 #endif
@@ -98,19 +110,56 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, int 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
       : "memory");
 }
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart.
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
-  return (uint64_t)((addr & 0x3FFFF) >> 4)  // start address
-         | (uint64_t)1 << 16                // leading byte offset (unused by swizzled K-major)
-         | (uint64_t)(1024 >> 4) << 32      // stride byte offset: next 8-row atom
-         | (uint64_t)1 << 62;               // layout: 128-byte swizzle
-}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int InFlight>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(InFlight) : "memory");
 }
+
+// The sm_90a side of cta_body's Ops policy.
+struct DeviceOps {
+  const CUtensorMap* map_a;
+  const CUtensorMap* map_b;
+  __device__ __forceinline__ unsigned thread() const { return threadIdx.x; }
+  __device__ __forceinline__ unsigned block() const { return blockIdx.x; }
+  __device__ __forceinline__ unsigned grid() const { return gridDim.x; }
+  __device__ __forceinline__ uint32_t shared_addr(const void* p) const { return smem_addr(p); }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+  __device__ __forceinline__ void init(uint64_t* bar, int count) const { mbar_init(bar, count); }
+  __device__ __forceinline__ void fence_init() const {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __device__ __forceinline__ void wait(uint64_t* bar, int parity) const { mbar_wait(bar, parity); }
+  __device__ __forceinline__ void expect_tx(uint64_t* bar, int bytes) const { mbar_expect_tx(bar, bytes); }
+  __device__ __forceinline__ void arrive(uint64_t* bar) const { mbar_arrive(bar); }
+  __device__ __forceinline__ void load_a(void* dst, int c0, int c1, uint64_t* bar) const {
+    tma_load(dst, map_a, c0, c1, bar);
+  }
+  __device__ __forceinline__ void load_b(void* dst, int c0, int c1, uint64_t* bar) const {
+    tma_load(dst, map_b, c0, c1, bar);
+  }
+  template <int Regs>
+  __device__ __forceinline__ void release_regs() const {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Regs));
+  }
+  template <int Regs>
+  __device__ __forceinline__ void claim_regs() const {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Regs));
+  }
+  __device__ __forceinline__ void mma_fence() const { wgmma_fence(); }
+  template <int BN>
+  __device__ __forceinline__ void mma(float (&acc)[BN / 2], uint64_t desc_a, uint64_t desc_b) const {
+    Wgmma<BN>::mma(acc, desc_a, desc_b);
+  }
+  __device__ __forceinline__ void mma_commit() const { wgmma_commit(); }
+  template <int InFlight>
+  __device__ __forceinline__ void mma_wait() const { wgmma_wait<InFlight>(); }
+  __device__ __forceinline__ void store(const GemmBf16Params& p, int split, int row, int col, float v0,
+                                        float v1) const {
+    store_epilogue(p, split, row, col, v0, v1);
+  }
+};
 #endif
 
 // One work item: a tile and a split-K piece, in the same order for the producer and consumers.
@@ -118,7 +167,7 @@ struct WorkItem {
   int m0, n0, split, k_begin, k_tiles;
 };
 template <int BN>
-__device__ __forceinline__ WorkItem work_item(const GemmBf16Params& p, int item, int tiles_n) {
+__host__ __device__ __forceinline__ WorkItem work_item(const GemmBf16Params& p, int item, int tiles_n) {
   using T = Traits<BN>;
   WorkItem w;
   w.split = item % p.splits;
@@ -131,41 +180,41 @@ __device__ __forceinline__ WorkItem work_item(const GemmBf16Params& p, int item,
   return w;
 }
 
-template <int BN>
-__global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
-    gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
-                     const GemmBf16Params p, int items, int tiles_n) {
-#if EMAE_SM90A_DEVICE
+// One CTA of the kernel: thread ops.thread() of block ops.block() in a grid of ops.grid(), dynamic
+// shared memory at smem_raw. Ops: DeviceOps on the GPU, the CPU emulation's policy on the host.
+#pragma nv_exec_check_disable
+template <int BN, class Ops>
+__host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int items, int tiles_n, uint8_t* smem_raw,
+                                                  Ops& ops) {
   using T = Traits<BN>;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // 1024-byte aligned
-  uint8_t* a_tiles = smem;                                                   // [kStages][kBM][64] bf16
-  uint8_t* b_tiles = smem + T::kStages * T::kABytes;                         // [kStages][kBN][64] bf16
+  uint8_t* smem = smem_raw + ((1024 - (ops.shared_addr(smem_raw) & 1023)) & 1023);  // 1024-byte aligned
+  uint8_t* a_tiles = smem;                                                           // [kStages][kBM][64] bf16
+  uint8_t* b_tiles = smem + T::kStages * T::kABytes;                                 // [kStages][kBN][64] bf16
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kStages * T::kStageBytes);
   uint64_t* empty = full + T::kStages;
 
-  if (threadIdx.x == 0) {
+  if (ops.thread() == 0) {
     for (int s = 0; s < T::kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], T::kEmptyArrivals);
+      ops.init(&full[s], 1);
+      ops.init(&empty[s], T::kEmptyArrivals);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    ops.fence_init();
   }
-  __syncthreads();
+  ops.sync();
 
-  const int warpgroup = threadIdx.x / 128, t = threadIdx.x % 128;
+  const int warpgroup = ops.thread() / 128, t = ops.thread() % 128;
   if (warpgroup == 0) {  // producer
-    if constexpr (BN == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    if constexpr (BN == 256) ops.template release_regs<40>();
     if (t != 0) return;
     int stage = 0, phase = 0;
-    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+    for (int item = ops.block(); item < items; item += ops.grid()) {
       const WorkItem w = work_item<BN>(p, item, tiles_n);
       for (int kt = 0; kt < w.k_tiles; ++kt) {
-        mbar_wait(&empty[stage], phase ^ 1);  // the consumers released this stage (fresh: passes)
-        mbar_expect_tx(&full[stage], T::kStageBytes);
+        ops.wait(&empty[stage], phase ^ 1);  // the consumers released this stage (fresh: passes)
+        ops.expect_tx(&full[stage], T::kStageBytes);
         const int k = w.k_begin + kt * T::kBK;
-        tma_load(a_tiles + stage * T::kABytes, &map_a, k, w.m0, &full[stage]);
-        tma_load(b_tiles + stage * T::kBBytes, &map_b, k, w.n0, &full[stage]);
+        ops.load_a(a_tiles + stage * T::kABytes, k, w.m0, &full[stage]);
+        ops.load_b(b_tiles + stage * T::kBBytes, k, w.n0, &full[stage]);
         if (++stage == T::kStages) stage = 0, phase ^= 1;
       }
     }
@@ -173,40 +222,51 @@ __global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
   }
 
   // consumers
-  if constexpr (BN == 256) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+  if constexpr (BN == 256) ops.template claim_regs<232>();
   const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
-  const uint32_t a_base = smem_addr(a_tiles) + consumer * 64 * 128;  // this consumer's 64 rows
-  const uint32_t b_base = smem_addr(b_tiles);
+  const uint32_t a_base = ops.shared_addr(a_tiles) + consumer * 64 * 128;  // this consumer's 64 rows
+  const uint32_t b_base = ops.shared_addr(b_tiles);
   int stage = 0, phase = 0;
   float acc[T::kAccum];
-  for (int item = blockIdx.x; item < items; item += gridDim.x) {
+  for (int item = ops.block(); item < items; item += ops.grid()) {
     const WorkItem w = work_item<BN>(p, item, tiles_n);
 #pragma unroll
     for (int i = 0; i < T::kAccum; ++i) acc[i] = 0.f;
     int prev_stage = -1;
     for (int kt = 0; kt < w.k_tiles; ++kt) {
-      mbar_wait(&full[stage], phase);
-      wgmma_fence();
+      ops.wait(&full[stage], phase);
+      ops.mma_fence();
 #pragma unroll
       for (int k = 0; k < T::kBK / 16; ++k)
-        Wgmma<BN>::mma(acc, smem_desc(a_base + stage * T::kABytes + 32 * k), smem_desc(b_base + stage * T::kBBytes + 32 * k));
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous K-tile's group is done reading its stage
-      if (prev_stage >= 0 && lane == 0) mbar_arrive(&empty[prev_stage]);
+        ops.template mma<BN>(acc, smem_desc(a_base + stage * T::kABytes + 32 * k),
+                             smem_desc(b_base + stage * T::kBBytes + 32 * k));
+      ops.mma_commit();
+      ops.template mma_wait<1>();  // the previous K-tile's group is done reading its stage
+      if (prev_stage >= 0 && lane == 0) ops.arrive(&empty[prev_stage]);
       prev_stage = stage;
       if (++stage == T::kStages) stage = 0, phase ^= 1;
     }
-    wgmma_wait<0>();
-    if (prev_stage >= 0 && lane == 0) mbar_arrive(&empty[prev_stage]);
+    ops.template mma_wait<0>();
+    if (prev_stage >= 0 && lane == 0) ops.arrive(&empty[prev_stage]);
 
     const int row = w.m0 + consumer * 64 + warp * 16 + lane / 4;
 #pragma unroll
     for (int i = 0; i < T::kBN / 8; ++i) {
       const int col = w.n0 + i * 8 + 2 * (lane % 4);
-      store_epilogue(p, w.split, row, col, acc[4 * i], acc[4 * i + 1]);
-      store_epilogue(p, w.split, row + 8, col, acc[4 * i + 2], acc[4 * i + 3]);
+      ops.store(p, w.split, row, col, acc[4 * i], acc[4 * i + 1]);
+      ops.store(p, w.split, row + 8, col, acc[4 * i + 2], acc[4 * i + 3]);
     }
   }
+}
+
+template <int BN>
+__global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
+    gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                     const GemmBf16Params p, int items, int tiles_n) {
+#if EMAE_SM90A_DEVICE
+  extern __shared__ uint8_t smem_raw[];
+  DeviceOps ops{&map_a, &map_b};
+  cta_body<BN>(p, items, tiles_n, smem_raw, ops);
 #endif
 }
 
@@ -246,38 +306,82 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
+// The arguments of cuTensorMapEncodeTiled for one operand (the CPU emulation reads them too).
+struct TensorMapArgs {
+  CUtensorMapDataType type;
+  cuuint32_t rank;
+  const bf16* base;
+  cuuint64_t dims[2];
+  cuuint64_t strides[1];
+  cuuint32_t box[2];
+  cuuint32_t element_strides[2];
+  CUtensorMapInterleave interleave;
+  CUtensorMapSwizzle swizzle;
+  CUtensorMapL2promotion l2_promotion;
+  CUtensorMapFloatOOBfill oob_fill;
+};
+
 // rows × K bf16, K-major with row stride ld elements; boxes of box_rows × 64, 128-byte swizzle, zero fill.
-inline CUtensorMap tensor_map(const bf16* base, int rows, int K, int ld, int box_rows) {
+inline TensorMapArgs tensor_map_args(const bf16* base, int rows, int K, int ld, int box_rows) {
+  return {CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base,
+          {(cuuint64_t)K, (cuuint64_t)rows}, {(cuuint64_t)ld * sizeof(bf16)}, {64, (cuuint32_t)box_rows}, {1, 1},
+          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE};
+}
+
+inline CUtensorMap tensor_map(const TensorMapArgs& a) {
   CUtensorMap map{};
-  const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows};
-  const cuuint64_t strides[1] = {(cuuint64_t)ld * sizeof(bf16)};
-  const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(base), dims, strides,
-                                    box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = encode_tiled()(&map, a.type, a.rank, const_cast<bf16*>(a.base), a.dims, a.strides, a.box,
+                                    a.element_strides, a.interleave, a.swizzle, a.l2_promotion, a.oob_fill);
   if (r != CUDA_SUCCESS)
-    throw CudaError("cuTensorMapEncodeTiled failed (" + std::to_string((int)r) + ") for a " + std::to_string(rows) +
-                    " × " + std::to_string(K) + " bf16 operand, ld " + std::to_string(ld));
+    throw CudaError("cuTensorMapEncodeTiled failed (" + std::to_string((int)r) + ") for a " +
+                    std::to_string(a.dims[1]) + " × " + std::to_string(a.dims[0]) + " bf16 operand, ld " +
+                    std::to_string(a.strides[0] / sizeof(bf16)));
   return map;
 }
 
 }  // namespace detail
 
-// Runs p with its splits already chosen (k_split a multiple of kBK, or ≥ K); the caller reduces
-// split partials. M, N, K > 0.
+// What launch runs for p: the kernel's parameters, the operands' tensor maps (as encode arguments),
+// the work items and the grid.
+struct LaunchPlan {
+  GemmBf16Params params;
+  detail::TensorMapArgs map_a, map_b;
+  int items, tiles_n, grid;
+};
+template <int BN = 128>
+inline LaunchPlan launch_plan(const GemmBf16Params& p, int sms) {
+  using T = Traits<BN>;
+  LaunchPlan plan;
+  plan.params = p;
+  if (p.splits == 1) {
+    plan.params.k_split = std::max(p.K, 1);  // one piece covers all of K (k_split 0 means that too)
+  } else if (p.splits < 1 || p.k_split <= 0 || p.k_split % T::kBK || (long long)p.k_split * p.splits < p.K) {
+    throw std::invalid_argument("gemm_sm90: k_split must be a positive multiple of " + std::to_string(T::kBK) +
+                                " with splits · k_split >= K");
+  }
+  plan.map_a = detail::tensor_map_args(p.A, p.M, p.K, p.lda, T::kBM);
+  plan.map_b = detail::tensor_map_args(p.B, p.N, p.K, p.ldb, T::kBN);
+  plan.tiles_n = ceil_div(p.N, T::kBN);
+  const long long items = (long long)ceil_div(p.M, T::kBM) * plan.tiles_n * p.splits;
+  if (items > INT32_MAX) throw std::invalid_argument("gemm_sm90: too many tiles");
+  plan.items = (int)items;
+  plan.grid = (int)std::min<long long>(items, std::max(sms, 1));
+  return plan;
+}
+
+// Runs p with its splits already chosen (k_split a multiple of kBK; any value, 0 included, when
+// splits == 1); the caller reduces split partials. M, N, K > 0.
 template <int BN = 128>
 inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
   using T = Traits<BN>;
   static std::atomic<unsigned long long> smem_opt_in{0};
   allow_dynamic_smem(gemm_sm90_kernel<BN>, T::kSmemBytes, smem_opt_in);
-  const CUtensorMap map_a = detail::tensor_map(p.A, p.M, p.K, p.lda, T::kBM);
-  const CUtensorMap map_b = detail::tensor_map(p.B, p.N, p.K, p.ldb, T::kBN);
-  const int tiles_n = ceil_div(p.N, T::kBN);
-  const long long items = (long long)ceil_div(p.M, T::kBM) * tiles_n * p.splits;
-  if (items > INT32_MAX) throw std::invalid_argument("gemm_sm90: too many tiles");
-  const int grid = (int)std::min<long long>(items, std::max(sms, 1));
-  gemm_sm90_kernel<BN><<<grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, p, (int)items, tiles_n);
+  const LaunchPlan plan = launch_plan<BN>(p, sms);
+  const CUtensorMap map_a = detail::tensor_map(plan.map_a);
+  const CUtensorMap map_b = detail::tensor_map(plan.map_b);
+  gemm_sm90_kernel<BN><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params, plan.items,
+                                                                           plan.tiles_n);
   EMAE_CHECK_LAUNCH("gemm_sm90_kernel");
 }
 

@@ -2,9 +2,12 @@
 // the bodies of cuda/attention_tc.cuh (forward, dQ, dK/dV) with a block's threads as fibers and
 // ldmatrix/mma/shfl/barriers emulated from the PTX ISA, against a double reference;
 // cuda/dev/gemm_sm80_emulate.cu checks gemm_sm80.cuh's swizzle, bank groups and a functional
-// emulation of its pipeline. Both are built with nvcc as host programs (the device code is compiled,
-// never run). Without nvcc the tests are skipped and say so; a GPU run (scripts/gpu-check.sh) is
-// still what verifies the kernels on hardware.
+// emulation of its pipeline; cuda/dev/gemm_sm90_emulate.cu runs gemm_sm90.cuh's CTA body with its
+// 384 threads as fibers and TMA (128-byte swizzle, zero fill, complete-tx), wgmma (descriptors,
+// accumulator fragments, asynchronous groups), mbarrier phases and setmaxnreg emulated from the PTX
+// ISA. All are built with nvcc as host programs (the device code is compiled, never run). Without
+// nvcc the tests are skipped and say so; a GPU run (scripts/gpu-check.sh) is still what verifies the
+// kernels on hardware.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -45,4 +48,12 @@ async function buildAndRun(source: string, args: string[]) {
   t.is(r.code, 0, r.out);
   t.regex(r.out, /^ALL PASS$/m, r.out);
   t.notRegex(r.out, /^FAIL/m);
+});
+
+(nvcc ? test : test.skip)('Hopper GEMM (gemm_sm90.cuh): TMA, wgmma descriptors and the mbarrier pipeline in CPU emulation', async (t) => {
+  const r = await buildAndRun('cuda/dev/gemm_sm90_emulate.cu', []);
+  t.is(r.code, 0, r.out);
+  t.regex(r.out, /^PASS: 0 failure\(s\)$/m, r.out);
+  t.notRegex(r.out, /^FAIL/m);
+  t.log(r.out.trim().split('\n').filter((l) => /^PASS BN=/.test(l)).length, 'runs');
 });

@@ -59,6 +59,9 @@ struct Traits {
   static constexpr int kStageBytes = kABytes + kBBytes;     // TMA bytes per stage (full boxes, OOB included)
   static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8;  // align slack, tiles, barriers
   static constexpr int kEmptyArrivals = 4 * kConsumers;     // one per consumer warp
+  // BN = 256 moves registers from the producer to the consumers (setmaxnreg); the pool is what the
+  // kernel was given at launch, so it must hold 40 · 128 + 232 · 256 = 168 · 384 (launch() checks)
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(kBK * 2 == 128, "a K-tile row is one 128-byte swizzle span");
   static_assert(kBM % 64 == 0 && kConsumers >= 1, "consumers own 64 rows each");
   static_assert(kBN % 16 == 0 && kBN >= 16 && kBN <= 256, "wgmma N and the TMA box (≤ 256 rows)");
@@ -204,7 +207,7 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
 
   const int warpgroup = ops.thread() / 128, t = ops.thread() % 128;
   if (warpgroup == 0) {  // producer
-    if constexpr (BN == 256) ops.template release_regs<40>();
+    if constexpr (BN == 256) ops.template release_regs<Traits<BN>::kProducerRegs>();
     if (t != 0) return;
     int stage = 0, phase = 0;
     for (int item = ops.block(); item < items; item += ops.grid()) {
@@ -222,7 +225,7 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
   }
 
   // consumers
-  if constexpr (BN == 256) ops.template claim_regs<232>();
+  if constexpr (BN == 256) ops.template claim_regs<Traits<BN>::kConsumerRegs>();
   const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
   const uint32_t a_base = ops.shared_addr(a_tiles) + consumer * 64 * 128;  // this consumer's 64 rows
   const uint32_t b_base = ops.shared_addr(b_tiles);
@@ -377,6 +380,15 @@ inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
   using T = Traits<BN>;
   static std::atomic<unsigned long long> smem_opt_in{0};
   allow_dynamic_smem(gemm_sm90_kernel<BN>, T::kSmemBytes, smem_opt_in);
+  if constexpr (BN == 256) {  // fewer registers at launch than setmaxnreg claims: the kernel would wait forever
+    static const int regs = [] {
+      cudaFuncAttributes attr{};
+      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256>));
+      return attr.numRegs;
+    }();
+    if (regs * T::kThreads < T::kProducerRegs * 128 + T::kConsumerRegs * 128 * T::kConsumers)
+      throw CudaError("gemm_sm90<256>: compiled with " + std::to_string(regs) + " registers per thread, fewer than its setmaxnreg split needs");
+  }
   const LaunchPlan plan = launch_plan<BN>(p, sms);
   const CUtensorMap map_a = detail::tensor_map(plan.map_a);
   const CUtensorMap map_b = detail::tensor_map(plan.map_b);

@@ -40,147 +40,25 @@
 #include "cuda/attention.cuh"
 #include "cuda/attention_tc.cuh"
 #include "cuda/common.cuh"
+#include "cuda/dev/attention_reference.h"
+#include "cuda/dev/check_common.h"
 
 namespace {
 
+using namespace emae::dev;
 using emae::cuda::AttentionPath;
 
 constexpr double kBf16Unit = 1.0 / 256;
 constexpr size_t kGuard = 67;  // sentinel floats after every output
 constexpr float kSentinel = 12345.5f;
 
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t count) { EMAE_CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(count, 1) * sizeof(T))); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// uniform in [-amp, amp), a function of (seed, index) only
-std::vector<float> random_vector(size_t n, uint64_t seed, float amp) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) {
-    const uint64_t h = splitmix64(seed * 0x100000001B3ull ^ splitmix64(i));
-    v[i] = amp * (float)((double)(h >> 40) * (1.0 / 8388608.0) - 1.0);
-  }
-  return v;
-}
-
-__device__ __forceinline__ uint64_t splitmix64_device(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // the same values as random_vector, generated on the device (for the large benchmark inputs)
 __global__ void fill_random_kernel(float* p, size_t n, uint64_t seed, float amp) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    const uint64_t h = splitmix64_device(seed * 0x100000001B3ull ^ splitmix64_device(i));
-    p[i] = amp * (float)((double)(h >> 40) * (1.0 / 8388608.0) - 1.0);
+    p[i] = emae::dev::seeded_uniform(seed, i, amp);
   }
 }
 
-struct Shape {
-  int S, T, H, dh;
-};
-
-// double-precision reference: out (S, T, D), lse (S, H, T), dqkv (S, T, 3D)
-struct Reference {
-  std::vector<double> out, lse, dqkv;
-  double score_rms = 0;  // σ = √(mean s_ij²), s = q·k·scale
-};
-
-Reference reference(const std::vector<float>& qkv, const std::vector<float>& dout, const Shape& sh) {
-  const int S = sh.S, T = sh.T, H = sh.H, dh = sh.dh, D = H * dh;
-  const size_t row = 3 * (size_t)D;
-  const double scale = 1.0 / std::sqrt((double)dh);
-  Reference ref;
-  ref.out.assign((size_t)S * T * D, 0.0);
-  ref.lse.assign((size_t)S * H * T, 0.0);
-  ref.dqkv.assign((size_t)S * T * row, 0.0);
-  std::vector<double> p((size_t)T * T), ds((size_t)T * T);
-  for (int s = 0; s < S; ++s)
-    for (int h = 0; h < H; ++h) {
-      const auto q = [&](int i, int d) { return (double)qkv[((size_t)s * T + i) * row + (size_t)h * dh + d]; };
-      const auto k = [&](int j, int d) { return (double)qkv[((size_t)s * T + j) * row + D + (size_t)h * dh + d]; };
-      const auto v = [&](int j, int d) { return (double)qkv[((size_t)s * T + j) * row + 2 * D + (size_t)h * dh + d]; };
-      const auto go = [&](int i, int d) { return (double)dout[((size_t)s * T + i) * D + (size_t)h * dh + d]; };
-      for (int i = 0; i < T; ++i) {
-        double mx = -INFINITY;
-        for (int j = 0; j < T; ++j) {
-          double acc = 0.0;
-          for (int d = 0; d < dh; ++d) acc += q(i, d) * k(j, d);
-          p[(size_t)i * T + j] = acc * scale;
-          mx = std::max(mx, acc * scale);
-          ref.score_rms += acc * scale * acc * scale;
-        }
-        double sum = 0.0;
-        for (int j = 0; j < T; ++j) sum += std::exp(p[(size_t)i * T + j] - mx);
-        const double l = mx + std::log(sum);
-        ref.lse[((size_t)s * H + h) * T + i] = l;
-        for (int j = 0; j < T; ++j) p[(size_t)i * T + j] = std::exp(p[(size_t)i * T + j] - l);
-        double* o = &ref.out[((size_t)s * T + i) * D + (size_t)h * dh];
-        for (int j = 0; j < T; ++j)
-          for (int d = 0; d < dh; ++d) o[d] += p[(size_t)i * T + j] * v(j, d);
-      }
-      for (int i = 0; i < T; ++i) {
-        const double* o = &ref.out[((size_t)s * T + i) * D + (size_t)h * dh];
-        double Di = 0.0;
-        for (int d = 0; d < dh; ++d) Di += go(i, d) * o[d];
-        for (int j = 0; j < T; ++j) {
-          double dp = 0.0;
-          for (int d = 0; d < dh; ++d) dp += go(i, d) * v(j, d);
-          ds[(size_t)i * T + j] = p[(size_t)i * T + j] * (dp - Di);
-        }
-      }
-      for (int i = 0; i < T; ++i) {
-        double* dq = &ref.dqkv[((size_t)s * T + i) * row + (size_t)h * dh];
-        for (int j = 0; j < T; ++j) {
-          double* dk = &ref.dqkv[((size_t)s * T + j) * row + D + (size_t)h * dh];
-          double* dv = &ref.dqkv[((size_t)s * T + j) * row + 2 * D + (size_t)h * dh];
-          const double pij = p[(size_t)i * T + j], dsij = ds[(size_t)i * T + j];
-          for (int d = 0; d < dh; ++d) {
-            dq[d] += scale * dsij * k(j, d);
-            dk[d] += scale * dsij * q(i, d);
-            dv[d] += pij * go(i, d);
-          }
-        }
-      }
-    }
-  ref.score_rms = std::sqrt(ref.score_rms / ((double)S * H * T * T));
-  return ref;
-}
-
-// relative L2 of got against ref over the elements selected by take(index)
-template <typename Take>
-double rel_l2(const std::vector<float>& got, const std::vector<double>& ref, Take take) {
-  double d2 = 0.0, r2 = 0.0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!take(i)) continue;
-    const double d = (double)got[i] - ref[i];
-    d2 += d * d;
-    r2 += ref[i] * ref[i];
-  }
-  return std::sqrt(d2 / std::max(r2, 1e-300));
-}
-
-template <typename Take>
-double norm(const std::vector<double>& v, Take take) {
-  double r2 = 0.0;
-  for (size_t i = 0; i < v.size(); ++i)
-    if (take(i)) r2 += v[i] * v[i];
-  return std::sqrt(std::max(r2, 1e-300));
-}
 
 struct Tolerance {
   double forward, backward;

@@ -27,40 +27,17 @@
 
 #include "cuda/classifier.cuh"
 #include "cuda/common.cuh"
+#include "cuda/dev/check_common.h"
 
 namespace {
+
+using namespace emae::dev;
 
 namespace ec = emae::cuda;
 
 constexpr double kTol = 1e-5;
 constexpr size_t kGuard = 67;  // sentinel floats after every buffer
 constexpr float kSentinel = 12345.5f;
-
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t count) { EMAE_CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(count, 1) * sizeof(T))); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// uniform in [-amp, amp), a function of (seed, index) only
-std::vector<float> random_vector(size_t n, uint64_t seed, float amp) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) {
-    const uint64_t h = splitmix64(seed * 0x100000001B3ull ^ splitmix64(i));
-    v[i] = amp * (float)((double)(h >> 40) * (1.0 / 8388608.0) - 1.0);
-  }
-  return v;
-}
 
 // device copy of n floats followed by kGuard sentinels
 struct GuardedBuffer {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/errors.h"
+#include "core/profiling_backend.h"
 #include "cuda/attention.cuh"
 #include "cuda/attention_tc.cuh"
 #include "cuda/classifier.cuh"
@@ -295,6 +296,7 @@ std::string gemm_path_of_device(int device) {
 }
 
 CudaPlacement placement_of(Backend& backend) {
+  if (ProfilingBackend* profiled = profiling_of(backend)) return placement_of(profiled->inner());  // EMAE_PROFILE=1
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda ? cuda->placement() : CudaPlacement{};
 }

@@ -9,7 +9,8 @@
 namespace emae::cuda {
 
 // Where a backend computes, for the data-parallel all-reduce (native/distributed): the CUDA device and
-// stream (a cudaStream_t) of a CUDA backend; device -1 for any other backend.
+// stream (a cudaStream_t) of a CUDA backend, also one wrapped by the profiling decorator
+// (core/profiling_backend.h); device -1 for any other backend.
 struct CudaPlacement {
   int device = -1;
   void* stream = nullptr;

@@ -12,6 +12,7 @@ import {
 import { pickDevice, type Device, type OptimizerState, type StateDictTensor } from './model.js';
 import { native, type NativeClassifier, type NativeClassifierBatch, type NativeClassifierConfig } from './native.js';
 import type { PresetName } from './presets.js';
+import { checkProfileOptions, toProfileReport, type ProfileDisabled, type ProfileOptions, type ProfileReport } from './profile.js';
 import { smoothOneHot } from './finetune-data.js';
 import { seededRng } from './rng.js';
 import { writeFileAtomic, writeSafetensors } from './safetensors.js';
@@ -399,6 +400,14 @@ export class Classifier {
       out.set(logits, s * c.numClasses);
     }
     return out;
+  }
+
+  /** The per-op profile of this classifier's native steps (EMAE_PROFILE=1 at creation); as EMAE.profile. */
+  async profile(options: ProfileOptions = {}): Promise<ProfileReport | ProfileDisabled> {
+    const context = new Error();
+    this.#assertAlive();
+    const nativeOptions = checkProfileOptions(options);
+    return toProfileReport(await this.#queue.run(context, () => this.#handle.profile(nativeOptions)));
   }
 
   /** AdamW state (step count and both moments of every parameter), copied. */

@@ -9,6 +9,8 @@ export type {
   Batch, Device, LoadOptions, LossAndGradsResult, LossOptions, Losses, OptimizerState, ParamInfo,
   StateDictTensor, TrainStepOptions, TrainStepResult,
 } from './model.js';
+export { formatProfile, profileByOp } from './profile.js';
+export type { ProfileDisabled, ProfileOptions, ProfileReport, ProfileRow } from './profile.js';
 export { ParallelMasker, validatePermutation } from './masker.js';
 export type { ParallelMaskerOptions } from './masker.js';
 export { presets, presetNames } from './presets.js';

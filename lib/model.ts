@@ -14,6 +14,7 @@ import {
 } from './errors.js';
 import { ParallelMasker, validatePermutation } from './masker.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
+import { checkProfileOptions, toProfileReport, type ProfileDisabled, type ProfileOptions, type ProfileReport } from './profile.js';
 import { writeFileAtomic, writeSafetensors } from './safetensors.js';
 import { CallQueue, checkOptimizerState, checkTensors } from './call-queue.js';
 import { architectureDifference, configMetadata, parseWeightsFile } from './weights-file.js';
@@ -460,6 +461,21 @@ export class EMAE {
     return { gradNorm: r.gradNorm, step: r.step };
   }
 
+  /**
+   * The per-op profile of this model's native steps: with `EMAE_PROFILE=1` in the environment when
+   * the model was created, every Backend op its calls made since creation (or the last
+   * `reset: true`), with calls and time per op and shape, and the steps' time against their ops'
+   * (the gap); see {@link ProfileReport}. Without it, `{ enabled: false, reason }` (profiling
+   * costs nothing then). Runs after the calls already made; on CUDA it waits for the device to
+   * finish them.
+   * @throws {TypeError} options other than `{ reset?: boolean }`
+   */
+  async profile(options: ProfileOptions = {}): Promise<ProfileReport | ProfileDisabled> {
+    const context = new Error();
+    this.#assertAlive();
+    const nativeOptions = checkProfileOptions(options);
+    return toProfileReport(await this.#enqueue(context, () => this.#handle.profile(nativeOptions)));
+  }
 
   /** AdamW state (step count and moments of every trainable parameter), copied. */
   async getOptimizerState(): Promise<OptimizerState> {

@@ -84,6 +84,16 @@ export interface NativeOptimizerState {
   expAvgSq: Record<string, Float32Array>;
 }
 
+/** The EMAE_PROFILE report of a model's backend (native/wrap_common.h profile_object). */
+export interface NativeProfile {
+  timing: 'host-clock' | 'cuda-events';
+  steps: number;
+  stepMs: number;
+  opsMs: number;
+  /** by totalMs, largest first; shape '' for ops recorded by name only */
+  rows: Array<{ op: string; shape: string; calls: number; totalMs: number }>;
+}
+
 export interface NativeModel {
   paramInfo(): NativeParamInfo[];
   /** Copies of every parameter (state-dict names). */
@@ -104,6 +114,8 @@ export interface NativeModel {
   predict(batch: NativeBatch): Promise<NativeLosses & { pred: Float32Array }>;
   /** Encoder on the whole, unmasked images: features (B, 1+N, D) after the final norm. */
   encode(input: { images: Float32Array; batchSize: number }): Promise<Float32Array>;
+  /** The per-op profile (EMAE_PROFILE=1 at creation), null when not profiled; reset: start again from zero. */
+  profile(options: { reset: boolean }): NativeProfile | null;
   /** Frees native memory; every later call throws. */
   dispose(): void;
   readonly disposed: boolean;
@@ -136,6 +148,8 @@ export interface NativeClassifier {
   trainStep(batch: NativeClassifierBatch, optim: NativeOptimOptions & { layerDecay: number }): Promise<{ loss: number; gradNorm: number; step: number }>;
   /** logits (B, numClasses) */
   predict(batch: NativeClassifierBatch): Promise<Float32Array>;
+  /** as NativeModel.profile */
+  profile(options: { reset: boolean }): NativeProfile | null;
   dispose(): void;
   readonly disposed: boolean;
   readonly backend: string;

@@ -94,6 +94,7 @@ class Worker : public Napi::AsyncWorker {
   void run() {
     Classifier& m = wrap_->model();
     omp_set_num_threads(m.config().threads);
+    ProfiledStep window(m.backend());  // EMAE_PROFILE=1: this call is one step of the report
     const float* keep = batch_.keep.empty() ? nullptr : batch_.keep.data();
     switch (mode_) {
       case Mode::Train:
@@ -174,6 +175,7 @@ Napi::Function ClassifierWrap::Define(Napi::Env env) {
                          InstanceMethod<&ClassifierWrap::LossAndGrads>("lossAndGrads"),
                          InstanceMethod<&ClassifierWrap::TrainStep>("trainStep"),
                          InstanceMethod<&ClassifierWrap::Predict>("predict"),
+                         InstanceMethod<&ClassifierWrap::Profile>("profile"),
                          InstanceMethod<&ClassifierWrap::Dispose>("dispose"),
                          InstanceAccessor<&ClassifierWrap::Disposed>("disposed"),
                          InstanceAccessor<&ClassifierWrap::BackendName>("backend"),
@@ -243,6 +245,11 @@ Napi::Value ClassifierWrap::Predict(const Napi::CallbackInfo& info) {
   check_usable(env, "predict");
   ClassifierBatch batch = parse_batch(info[0], model_->config(), false);
   return queue(new Worker(env, info.This().As<Napi::Object>(), this, std::move(batch), Mode::Predict, {}, "predict"));
+}
+
+Napi::Value ClassifierWrap::Profile(const Napi::CallbackInfo& info) {
+  check_usable(info.Env(), "profile");
+  return profile_object(info, model_->backend());
 }
 
 Napi::Value ClassifierWrap::Dispose(const Napi::CallbackInfo& info) {

@@ -30,6 +30,7 @@ class ClassifierWrap : public Napi::ObjectWrap<ClassifierWrap> {
   Napi::Value LossAndGrads(const Napi::CallbackInfo& info);
   Napi::Value TrainStep(const Napi::CallbackInfo& info);
   Napi::Value Predict(const Napi::CallbackInfo& info);
+  Napi::Value Profile(const Napi::CallbackInfo& info);  // as ModelWrap::Profile
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);

@@ -163,6 +163,7 @@ class StepWorker : public Napi::AsyncWorker {
   void run() {
     Model& m = wrap_->model();
     omp_set_num_threads(m.config().threads);
+    ProfiledStep window(m.backend());  // EMAE_PROFILE=1: this call is one step of the report
     switch (mode_) {
       case StepMode::Train:
         result_ = m.train_step(batch_.images.data(), batch_.perm.data(), batch_.batch, batch_.lambda, opt_);
@@ -268,6 +269,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::Predict>("predict"),
                          InstanceMethod<&ModelWrap::Encode>("encode"),
                          InstanceMethod<&ModelWrap::ApplyGrads>("applyGrads"),
+                         InstanceMethod<&ModelWrap::Profile>("profile"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                          InstanceAccessor<&ModelWrap::Disposed>("disposed"),
                          InstanceAccessor<&ModelWrap::BackendName>("backend"),
@@ -373,6 +375,11 @@ Napi::Value ModelWrap::ApplyGrads(const Napi::CallbackInfo& info) {
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, Batch{}, StepMode::Apply, opt, "applyGrads",
                                 true, (float)scale);
   return queue(worker);
+}
+
+Napi::Value ModelWrap::Profile(const Napi::CallbackInfo& info) {
+  check_usable(info.Env(), "profile");
+  return profile_object(info, model_->backend());
 }
 
 Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo& info) {

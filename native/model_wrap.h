@@ -56,6 +56,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Predict(const Napi::CallbackInfo& info);
   Napi::Value Encode(const Napi::CallbackInfo& info);
   Napi::Value ApplyGrads(const Napi::CallbackInfo& info);
+  // profile({ reset }): the EMAE_PROFILE report (wrap_common.h), null when the model is not profiled
+  Napi::Value Profile(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);

@@ -5,13 +5,16 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/model.h"
+#include "core/profiling_backend.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/op_timer.h"
 #include "distributed/dist.h"
 #include "model_wrap.h"  // AddonData, JobFailure, run_job
 #include "napi_util.h"
@@ -115,6 +118,52 @@ template <typename M> void set_optimizer_state_from(Napi::Env env, const Napi::V
   guard(env, "setOptimizerState", [&] { m.set_optimizer_state(avg.data(), avg_sq.data(), step); });
 }
 
+// EMAE_PROFILE, read when a model or classifier is created: "1" wraps its backend in the profiling
+// decorator (core/profiling_backend.h); unset, "" or "0" leave the backend as it is, at no cost.
+inline bool profiling_requested(Napi::Env env) {
+  const char* env_value = std::getenv("EMAE_PROFILE");
+  const std::string value = env_value ? env_value : "";
+  if (value.empty() || value == "0") return false;
+  if (value == "1") return true;
+  throw Napi::RangeError::New(env, "EMAE_PROFILE must be 1 (profile the backend's ops) or 0 / unset (off), got '" +
+                                       value + "'");
+}
+
+// The profiling decorator around `inner`, timed by CUDA events on a CUDA backend's stream, else by
+// the host clock (the CPU backend's ops are synchronous).
+inline std::unique_ptr<Backend> profiled(std::unique_ptr<Backend> inner) {
+  const cuda::CudaPlacement where = cuda::placement_of(*inner);
+  std::unique_ptr<OpClock> clock = where.device >= 0 ? cuda::make_event_clock(where) : make_host_clock();
+  return std::make_unique<ProfilingBackend>(std::move(inner), std::move(clock));
+}
+
+// profile({ reset }): null when the backend is not profiled, else { timing, steps, stepMs, opsMs,
+// rows: [{ op, shape, calls, totalMs }] } (rows by time, largest first). Waits for the device to
+// finish what was recorded.
+inline Napi::Value profile_object(const Napi::CallbackInfo& info, Backend& backend) {
+  Napi::Env env = info.Env();
+  const bool reset = get_bool(get_object(info[0], "profile options"), "reset");
+  ProfilingBackend* profiler = profiling_of(backend);
+  if (!profiler) return env.Null();
+  const ProfileReport r = guard(env, "profile", [&] { return profiler->report(reset); });
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("timing", r.timing);
+  out.Set("steps", (double)r.steps);
+  out.Set("stepMs", r.step_ms);
+  out.Set("opsMs", r.ops_ms);
+  Napi::Array rows = Napi::Array::New(env, r.rows.size());
+  for (size_t i = 0; i < r.rows.size(); ++i) {
+    Napi::Object row = Napi::Object::New(env);
+    row.Set("op", r.rows[i].op);
+    row.Set("shape", r.rows[i].shape);
+    row.Set("calls", (double)r.rows[i].calls);
+    row.Set("totalMs", r.rows[i].ms);
+    rows.Set((uint32_t)i, row);
+  }
+  out.Set("rows", rows);
+  return out;
+}
+
 // Queues a worker and returns its promise (the worker deletes itself when done).
 template <typename Worker> Napi::Promise queue(Worker* worker) {
   Napi::Promise promise = worker->promise();
@@ -132,14 +181,17 @@ template <typename M, typename Config> class CreateWorker : public Napi::AsyncWo
         op_(op),
         config_(config),
         device_(std::move(device)),
-        handle_(handle) {}
+        handle_(handle),
+        profile_(profiling_requested(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     failure_ = run_job([this] {
       omp_set_num_threads(config_.threads);
-      model_ = std::make_unique<M>(
-          config_, device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul));
+      std::unique_ptr<Backend> backend =
+          device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul);
+      if (profile_) backend = profiled(std::move(backend));
+      model_ = std::make_unique<M>(config_, std::move(backend));
     });
   }
   void OnOK() override {
@@ -163,6 +215,7 @@ template <typename M, typename Config> class CreateWorker : public Napi::AsyncWo
   Config config_;
   std::string device_;
   Napi::FunctionReference AddonData::*handle_;
+  bool profile_;  // EMAE_PROFILE=1
   std::unique_ptr<M> model_;
   JobFailure failure_;
 };

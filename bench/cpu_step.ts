@@ -4,7 +4,7 @@
 //   node --import=tsx bench/cpu_step.ts [--preset cpu-tiny|cpu-small|all] [--parts K|all]
 //        [--threads T] [--iters N] [--warmup W] [--batch B] [--rounds R] [--wait-idle S] [--python PATH]
 //        [--matmul fp32|bf16]
-//        [--json out.json]
+//        [--json out.json] [--profile]
 // Defaults: all presets, parts 4 (EMAE) and 1 (plain MAE), threads min(2, CPUs), 5 timed steps
 // after 2 warm-up steps, the preset's batch (cpu-tiny 32, cpu-small 16), .venv/bin/python if it
 // exists else python3. Each configuration runs in its own child process (this script with
@@ -13,6 +13,9 @@
 // --matmul bf16 runs our step with cpuMatmul 'bf16' (GEMM operands in bf16 on AMX tiles) and
 // PyTorch's under torch.autocast('cpu', dtype=torch.bfloat16) — bf16 against bf16, never against
 // PyTorch fp32. Default fp32 on both sides.
+// --profile: our child creates its model with EMAE_PROFILE=1 (the per-op profiler, a host clock
+// around every Backend op) and prints a markdown table of the top ops and the gap line (step time
+// against the ops' time) for the timed steps; the parent prints it before the table.
 // --rounds R (default 1) measures every configuration R times, alternating ours and PyTorch, and
 // keeps for each side the round with the lowest median: on a shared machine another process can
 // slow a whole child down (PyTorch's 2-thread step by up to ~35× in our runs), and R = 2 or 3 makes
@@ -25,7 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { EMAE, ParallelMasker, presets, type PresetName } from '../lib/index.js';
+import { EMAE, ParallelMasker, formatProfile, presets, type PresetName } from '../lib/index.js';
 
 const self = fileURLToPath(import.meta.url);
 const root = path.dirname(path.dirname(self));
@@ -47,6 +50,7 @@ const { values: argv } = parseArgs({
     python: { type: 'string' },
     matmul: { type: 'string', default: 'fp32' },
     json: { type: 'string' },
+    profile: { type: 'boolean', default: false },
     child: { type: 'boolean', default: false },
   },
 });
@@ -71,6 +75,7 @@ const median = (xs: number[]): number => {
 /** One configuration, in this (child) process: prints one JSON line. */
 async function child(preset: PresetName, parts: number, batch: number): Promise<void> {
   const baseRssMb = process.resourceUsage().maxRSS / 1024;  // node + tsx + the addon, before the model
+  if (argv.profile) process.env.EMAE_PROFILE = '1';  // read when the model is created
   const model = await EMAE.create({ preset, parts, device: 'cpu', threads, seed: 0, cpuMatmul: matmul });
   const c = model.config;
   const masker = ParallelMasker.fromConfig(c, 1);
@@ -80,11 +85,18 @@ async function child(preset: PresetName, parts: number, batch: number): Promise<
     const images = new Float32Array(batch * c.channels * c.imageSize * c.imageSize);
     for (let j = 0; j < images.length; j++) images[j] = Math.random() * 2 - 1;
     const permutation = masker.next(batch);
+    if (argv.profile && i === warmup) await model.profile({ reset: true });  // the timed steps only
     const t0 = performance.now();
     const r = await model.trainStep({ images, permutation, batchSize: batch }, { lr: (1.5e-4 * batch) / 256 });
     const dt = performance.now() - t0;
     if (i >= warmup) times.push(dt);
     loss = r.loss;
+  }
+  if (argv.profile) {
+    const report = await model.profile();
+    if (!report.enabled) throw new Error(report.reason);
+    console.log(`\n#### op profile: ${preset} K = ${parts}, batch ${batch}, ${threads} threads, ${iters} steps\n`);
+    console.log(formatProfile(report, { top: 15 }));
   }
   await model.dispose();
   console.log(JSON.stringify({
@@ -194,8 +206,9 @@ for (const preset of presetsToRun)
     const common = ['--parts', String(parts), '--threads', String(threads), '--iters', String(iters), '--warmup', String(warmup)];
     const runOurs = () => {
       const r = runMeasured(process.execPath, ['--import=tsx', self, '--child', '--preset', preset, '--batch', String(batch),
-        '--matmul', matmul, ...common]);
+        '--matmul', matmul, ...common, ...(argv.profile ? ['--profile'] : [])]);
       if (r.status !== 0) throw new Error(`our benchmark failed (${preset}, K=${parts}): ${r.stderr}`);
+      if (argv.profile) console.log(r.stdout.split('\n').filter((l) => /^(\||steps |####|$)/.test(l)).join('\n').trim() + '\n');
       const o = lastJsonLine(r.stdout);
       if (!Number.isFinite(o.last_loss)) throw new Error(`our ${preset} K=${parts} step gave a non-finite loss`);
       return { ...o, others_pct: r.othersPct };

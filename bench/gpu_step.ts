@@ -3,10 +3,15 @@
 // in the same run. Reports images/s, peak memory and model FLOPs utilization against the card's
 // measured bf16 matrix rate (from the PyTorch script), and the ratio.
 //   node --import=tsx bench/gpu_step.ts [--preset vit-base] [--parts 4] [--batches 64,128]
-//        [--iters 10] [--warmup 3] [--python python3] [--json out.json]
+//        [--iters 10] [--warmup 3] [--python python3] [--json out.json] [--profile] [--no-pytorch]
+// --profile: our model is created with EMAE_PROFILE=1 (the per-op profiler, CUDA events around
+// every Backend op and step) and after the timed steps a markdown table of the top ops and the
+// gap line (the steps' device time against their ops' time) are printed; the ms/step of such a
+// run include the profiler's event records, so compare them with a run without --profile.
+// --no-pytorch: our side only.
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { EMAE, ParallelMasker, cudaInfo, presets, type PresetName } from '../lib/index.js';
+import { EMAE, ParallelMasker, cudaInfo, formatProfile, presets, type PresetName, type ProfileReport } from '../lib/index.js';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -19,6 +24,9 @@ const iters = Number(arg('iters', '10'));
 const warmup = Number(arg('warmup', '3'));
 const python = arg('python', 'python3');
 const jsonOut = arg('json', '');
+const profile = process.argv.includes('--profile');
+const withPytorch = !process.argv.includes('--no-pytorch');
+if (profile) process.env.EMAE_PROFILE = '1';  // read when the model is created
 
 /** Model FLOPs of one training step (forward + backward, no recomputation), as in MFU accounting. */
 function stepFlops(c: EMAE["config"], B: number): number {
@@ -48,6 +56,7 @@ async function ours(B: number) {
   const times: number[] = [];
   let loss = 0;
   for (let i = 0; i < warmup + iters; i++) {
+    if (profile && i === warmup) await model.profile({ reset: true });  // the timed steps only
     const t0 = performance.now();
     const r = await model.trainStep({ images, permutation: perms[i % 4], batchSize: B }, { lr: 1.5e-4 * B / 256 });
     const dt = performance.now() - t0;
@@ -56,12 +65,22 @@ async function ours(B: number) {
   }
   const after = cudaInfo().devices[0]?.freeMemory ?? 0;
   const flops = stepFlops(c, B);
+  let report: ProfileReport | undefined;
+  if (profile) {
+    const r = await model.profile();
+    if (!r.enabled) throw new Error(r.reason);
+    report = r;
+    const d = info.devices[0];
+    console.log(`\n#### op profile: ${preset} K = ${parts}, batch ${B}, ${iters} steps, GEMM ${d.gemmPath}, attention ${d.attentionPath}\n`);
+    console.log(formatProfile(r, { top: 15 }));
+  }
   await model.dispose();
   const ms = median(times);
-  return { ms, min: Math.min(...times), imagesPerS: B / (ms / 1e3), memoryMb: (before - after) / 2 ** 20, flops, loss };
+  return { ms, min: Math.min(...times), imagesPerS: B / (ms / 1e3), memoryMb: (before - after) / 2 ** 20, flops, loss, report };
 }
 
 function pytorch(B: number) {
+  if (!withPytorch) return { error: 'not run (--no-pytorch)' };
   const r = spawnSync(python, ['bench/torch_gpu_step.py', '--preset', preset, '--parts', String(parts), '--batch', String(B),
     '--iters', String(Math.max(iters, 8)), '--warmup', String(warmup)], { encoding: 'utf8' });
   if (r.status !== 0) return { error: (r.stderr || r.stdout || String(r.error)).trim().split('\n').slice(-3).join(' | ') };
@@ -95,9 +114,11 @@ for (const B of batches) {
     speedup_vs_pytorch: theirs.ms_per_step_median && mine.ms ? theirs.ms_per_step_median / mine.ms : NaN,
     bf16_matmul_tflops: theirs.bf16_matmul_tflops, step_gflop: mine.flops ? mine.flops / 1e9 : NaN,
     ours_error: (mine as any).error, pytorch_error: theirs.error, ours_loss: (mine as any).loss,
+    ...((mine as any).report ? { ours_profile: (mine as any).report } : {}),
   };
   rows.push(row);
-  console.log(JSON.stringify(row));
+  const { ours_profile: _, ...printed } = row;  // the profile is in the table above and in --json
+  console.log(JSON.stringify(printed));
 }
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
 console.log('\n| batch | ours ms/step | ours img/s | ours peak MB | ours MFU | PyTorch ms/step | PyTorch img/s | PyTorch peak MB | PyTorch MFU | speed-up (PyTorch ms / ours ms) |');

@@ -5,13 +5,16 @@
 # Prepare here: npm run build (nvcc present → CUDA for 80;90), scripts/device-pack.sh; then
 #   device run: bash scripts/gpu-check.sh   with carry [.device, dist]
 # Environment: PHASES (a comma list; default all, in this order:
-#   smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,sanitizer,gemm_sanitizer),
+#   smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,op_profile,sanitizer,gemm_sanitizer),
 #   SKIP_BENCH=1, SKIP_SANITIZER=1, SKIP_DIST=1, BENCH_BATCHES=64,128, PROFILE=1.
 # The GEMM phases (issue 11): gemm = cuda/dev/gemm_check on every path the device runs (mma, sm80,
 # sm90); gemm_shapes = each GEMM of the vit-base K=4 batch-64 step against cuBLAS
 # (bench/gpu_gemm_vs_cublas.py → $OUT/gpu-gemm-*.json); parity_bf16 / bench_bf16 = the parity tests
 # and the step benchmark with EMAE_CUDA_GEMM=sm90 (or sm80 off Hopper) and EMAE_CUDA_ATTENTION=tc
 # (issue 12's tensor-core attention; attention_check in the kernels phase checks and times it).
+# op_profile (issue 12): the vit-base batch-64 step under EMAE_PROFILE=1 (CUDA events around every
+# Backend op and step, no sync per op): per-op calls and device time, and the steps' device time
+# against their ops' (the gaps a CUDA graph could remove), on the default and the bf16 path.
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
@@ -34,7 +37,7 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...
   status "$name" "rc=$rc in $((SECONDS - t0)) s: $(grep -E 'passed|failed|ERROR SUMMARY|Error|error' "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-200)"
 }
 
-PHASES=,${PHASES:-smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,sanitizer,gemm_sanitizer},
+PHASES=,${PHASES:-smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,op_profile,sanitizer,gemm_sanitizer},
 want() { [[ $PHASES == *,$1,* ]]; }
 # the bf16 GEMM path this card runs best: sm90 (wgmma) where the addon's sm_90a code loads
 BF16_PATH=$(EMAE_CUDA_GEMM=sm90 node -e "import('./dist/index.js').then(m => console.log(m.cudaInfo().devices[0]?.gemmPath ?? 'none'))")
@@ -43,7 +46,7 @@ SM90=$([ "$BF16_PATH" = sm90 ] && echo ,sm90)  # appended to path lists
 status "bf16 GEMM path" "$BF16_PATH"
 
 want smoke && phase smoke 60 node scripts/gpu-smoke.mjs 3
-want parity && phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+want parity && phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts test/profile.test.ts
 if want gemm && [ -x .device/gemm_check ]; then
   phase gemm 240 .device/gemm_check
   grep -E '^path |^PASS|^FAIL' "$OUT/gemm.log" | tail -8 >> "$SUMMARY"
@@ -77,6 +80,14 @@ fi
 if want bench_bf16 && [ "${SKIP_BENCH:-0}" != 1 ]; then
   EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc phase bench_bf16 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench_bf16.json"
   grep -E '^\|' "$OUT/bench_bf16.log" >> "$SUMMARY"
+fi
+if want op_profile; then
+  profile_step() {  # profile_step NAME: our side only, 2 warm-up + 4 profiled steps
+    phase "$1" 150 node --import=tsx bench/gpu_step.ts --batches 64 --iters 4 --warmup 2 --profile --no-pytorch --json "$OUT/$1.json"
+    { echo; grep -E '^(####|steps |\|)' "$OUT/$1.log"; } >> "$SUMMARY"
+  }
+  profile_step op_profile
+  EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc profile_step op_profile_bf16
 fi
 if want sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   phase memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1

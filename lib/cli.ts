@@ -461,9 +461,12 @@ program.parseAsync().catch(async (err: Error) => {
   const dist = currentDistributed();
   if (dist && dist.worldSize > 1) {
     // a failure of this rank alone ends the whole job (MPI_Abort), naming the rank; one that
-    // every rank met together (a non-finite all-reduced loss) ends it cleanly, told by rank 0
+    // every rank met together ends it cleanly: a rank that failed (the Trainer told the others)
+    // prints its own error, which names it, and rank 0 prints the rest ("rank 1 failed at step
+    // 3 …", a non-finite all-reduced loss)
     if (!isCollectiveError(err)) dist.abort(err.message);
-    if (dist.isMain) console.error(`emae: ${err.message}`);
+    const own = (err as { failedRanks?: number[] }).failedRanks?.includes(dist.rank) ?? false;
+    if (own || dist.isMain) console.error(`emae: ${err.message}`);
     await dist.finalize().catch(() => undefined);
     process.exit(1);
   }

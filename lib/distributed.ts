@@ -93,9 +93,36 @@ export function launcherEnvironment(env: NodeJS.ProcessEnv = process.env): Launc
   return undefined;
 }
 
-/** Thrown identically on every rank (e.g. a non-finite all-reduced loss): the job can end without MPI_Abort. */
+/**
+ * Thrown on every rank at the same point, so the job can end without MPI_Abort: a non-finite
+ * all-reduced loss (the same error everywhere), or one rank's failure in Trainer.run() — that rank
+ * throws its own error, the others one with code EMAE_RANK_FAILED, all with `failedRanks`.
+ */
 export function isCollectiveError(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { collective?: unknown }).collective === true;
+}
+
+/** Error code of a rank that stopped because another rank failed. */
+export const RANK_FAILED = 'EMAE_RANK_FAILED';
+
+/**
+ * This rank's own failure, once every rank has learned of it in a collective: the same error
+ * (a new one if it cannot carry more), its message prefixed `rank r of N: `, with `collective`
+ * and the ranks that failed.
+ */
+export function ownFailure(err: unknown, where: { rank: number; worldSize: number }, failedRanks: number[]): Error {
+  const e = err instanceof Error && Object.isExtensible(err) ? err : new Error(err instanceof Error ? err.message : String(err), { cause: err });
+  e.message = `rank ${where.rank} of ${where.worldSize}: ${e.message}`;
+  return Object.assign(e, { collective: true, failedRanks });
+}
+
+/**
+ * Another rank's failure as this rank reports it: `what` names the ranks and what they did
+ * ("rank 1 failed at step 3"); code EMAE_RANK_FAILED, `collective` and the ranks that failed.
+ */
+export function peerFailure(what: string, where: { rank: number; worldSize: number }, failedRanks: number[]): Error {
+  return Object.assign(new Error(`${what} (see ${failedRanks.length > 1 ? 'their errors' : 'its error'}); rank ${where.rank} of ${where.worldSize} stopped too`),
+    { code: RANK_FAILED, collective: true, failedRanks });
 }
 
 /** This process's place in a data-parallel job, and the collectives over its ranks. */

@@ -10,7 +10,7 @@ import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { assertFiniteNumber, invalidParameterError, invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
-import { Distributed, isCollectiveError } from './distributed.js';
+import { Distributed, isCollectiveError, ownFailure, peerFailure } from './distributed.js';
 import type { EMAE } from './model.js';
 import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
 import { lrAt, scaledLr } from './schedule.js';
@@ -135,6 +135,8 @@ export class Trainer {
   #resumedFrom: string | undefined;
   #outDirReport: OutDirReport | undefined;
   #writingCheckpoint = false;
+  /** more than one rank: prepareOutDir() found the ranks agreeing (checked once) */
+  #ranksAgreed = false;
   readonly #overwrite: boolean;
 
   constructor(model: EMAE, data: ImageSet | BatchSource, options: TrainerOptions) {
@@ -243,9 +245,27 @@ export class Trainer {
    * empty, or `overwrite` (then the run files there are deleted); otherwise it throws (code
    * EMAE_OUT_NOT_EMPTY) before anything is written. A run resumed from a checkpoint in outDir
    * continues there: log.jsonl is cut back to the resumed step and interrupted writes are removed.
-   * With `distributed`, only rank 0 touches the folder (the others return an empty report).
+   * With `distributed`, only rank 0 touches the folder (the others return an empty report), and
+   * every rank must call it (run() does): the ranks check here, in collectives, that they start
+   * from the same state with the same options and that rank 0 could prepare the folder; if not,
+   * every rank throws (rank 0 its own error, the others code EMAE_RANK_FAILED; see run()).
    */
   async prepareOutDir(): Promise<OutDirReport> {
+    if (this.#world === 1) return this.#prepareFolder();
+    let report: OutDirReport | undefined, failure: unknown;
+    try {
+      report = await this.#prepareFolder();
+    } catch (err) {
+      failure = err;
+    }
+    // every rank makes these collectives, whatever rank 0's folder did
+    if (!this.#ranksAgreed) await this.#checkRanksAgree(failure);
+    this.#ranksAgreed = true;
+    return report!;
+  }
+
+  // This rank's part of prepareOutDir(): rank 0 readies the folder (once), the others nothing.
+  async #prepareFolder(): Promise<OutDirReport> {
     if (this.#outDirReport) return this.#outDirReport;
     const dir = this.#opts.outDir;
     const report: OutDirReport = { removed: [], logLinesDropped: 0 };
@@ -267,7 +287,15 @@ export class Trainer {
     return report;
   }
 
-  /** Trains until `steps`; resolves with the last step's info. Stops with an error on a non-finite loss. */
+  /**
+   * Trains until `steps`; resolves with the last step's info. Stops with an error on a non-finite loss.
+   * With `distributed`, a failure on one rank (a batch that does not load, an exception in the
+   * step or in onEpoch/onStep, a log or checkpoint write of rank 0, outDir refused) stops every
+   * rank at the same point: that rank throws its own error, its message prefixed `rank r of N: `,
+   * the others an error with code EMAE_RANK_FAILED naming it ("rank 1 failed at step 3 (see its
+   * error); rank 0 of 2 stopped too"); all carry `collective: true` and `failedRanks`, and no rank
+   * is left waiting in a collective (isCollectiveError: no MPI_Abort is needed).
+   */
   async run(): Promise<StepInfo | undefined> {
     const o = this.#opts, c = this.#model.config;
     const per = c.channels * c.imageSize * c.imageSize;
@@ -276,8 +304,7 @@ export class Trainer {
     const collective = W > 1 || this.#dist?.collectives === 'nccl';
     const baseLr = scaledLr(o.blr, o.batchSize * o.accumulate * W);  // MAE: the effective batch
     const outDir = main ? o.outDir : undefined;  // rank 0 writes the log and the checkpoints
-    await this.prepareOutDir();
-    if (W > 1) await this.#checkRanksAgree();
+    await this.prepareOutDir();  // more than one rank: the ranks' first collectives
     let last: StepInfo | undefined;
     // `prefetch` batches load while one is computed: started in order, none beyond the last step
     const queue: PendingBatch[] = [];
@@ -293,14 +320,24 @@ export class Trainer {
       while (queue.length < o.prefetch && toStart > 0) queue.push(start());
     };
     fill();
-    while (this.#state.step < o.steps) {
+    // More than one rank: every rank makes the same collectives in the same order, whatever
+    // failed where — a failing rank never skips one the others are in, nor makes one they are
+    // not in. The sequence is, per step, the losses all-reduce (#agree) then the gradient
+    // all-reduce, and one more #agree after the loop. A failure of this rank between two of them
+    // (loading, the step, onEpoch, AdamW, a write, onStep) is held in `failed` and this rank goes
+    // straight to the next #agree (its step's, or the closing one: both are the same collective),
+    // where every rank learns of it and every rank throws; nobody reaches the gradient all-reduce.
+    let failed: HeldFailure | undefined;
+    let stopping = false;
+    while (this.#state.step < o.steps && !failed && !stopping) {
+      const stepNo = this.#state.step + 1;
       const lr = lrAt(this.#state.step, { baseLr, warmupSteps: o.warmupSteps, totalSteps: o.steps, minLr: o.minLr });
       const consistencyWeight = this.#state.step >= o.consistencyStart ? o.consistencyWeight : 0;
       const started = performance.now();
       const optim = { lr, weightDecay: o.weightDecay, clipGrad: o.clipGrad };
-      let r: { loss: number; recon: number; consistency: number; gradNorm: number };
+      let r: { loss: number; recon: number; consistency: number; gradNorm: number } | undefined;
+      const sums = { loss: 0, recon: 0, consistency: 0 };
       try {
-        const sums = { loss: 0, recon: 0, consistency: 0 };
         for (let micro = 0; micro < o.accumulate; micro++) {
           const batch = queue.shift() ?? start();
           const images = await batch.images();
@@ -318,13 +355,11 @@ export class Trainer {
             sums.loss += m.loss / o.accumulate;
             sums.recon += m.recon / o.accumulate;
             sums.consistency += m.consistency / o.accumulate;
-            if (lastMicro) r = await this.#reduceAndApply(sums, optim);
             continue;
           }
           if (o.accumulate === 1) {
             const t = await this.#model.trainStep(input, { ...optim, consistencyWeight });
-            Object.assign(sums, { loss: t.loss, recon: t.recon, consistency: t.consistency });
-            r = { ...sums, gradNorm: t.gradNorm };
+            r = { loss: t.loss, recon: t.recon, consistency: t.consistency, gradNorm: t.gradNorm };
             break;
           }
           const m = await this.#model.accumulateGradients(input, { consistencyWeight, reset: micro === 0 });
@@ -336,31 +371,43 @@ export class Trainer {
           if (lastMicro) r = { ...sums, gradNorm: (await this.#model.applyGradients({ ...optim, gradScale: 1 / o.accumulate })).gradNorm };
         }
       } catch (err) {
-        if ((err as { code?: string }).code === 'EMAE_NONFINITE_LOSS') {
-          const kept = await this.#lastGoodCheckpoint();
-          throw Object.assign(new Error(`training stopped at step ${this.#state.step + 1}: ${(err as Error).message}` +
-            (kept ? `; the last good checkpoint is ${kept}` : '')),
-          { code: 'EMAE_NONFINITE_LOSS', ...(isCollectiveError(err) ? { collective: true } : {}) });
+        if (W === 1) throw await this.#nonFiniteStop(err);
+        failed = { error: err, step: stepNo };  // the remaining micro-batches are skipped
+      }
+      if (collective) {
+        let losses: { loss: number; recon: number; consistency: number };
+        try {
+          losses = await this.#reduce(sums, failed);  // throws on every rank if any rank failed
+        } catch (err) {
+          throw await this.#nonFiniteStop(err);
         }
-        throw err;
+        r = { ...losses, gradNorm: 0 };
       }
-      this.#state.step += 1;
-      last = {
-        step: this.#state.step, epoch: this.#state.epoch, loss: r!.loss, recon: r!.recon, consistency: r!.consistency,
-        lr, gradNorm: r!.gradNorm, imagesPerSecond: (o.batchSize * o.accumulate * W) / ((performance.now() - started) / 1000),
-      };
-      const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
-      if (outDir) {
-        await this.#writing(`append step ${this.#state.step} to log.jsonl`, () => appendFile(path.join(outDir, 'log.jsonl'), JSON.stringify(last) + '\n'));
-        if (due || this.#state.step === o.steps) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
-      }
-      await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
-      // more than one rank: the stop agreed in the step's all-reduce, so every rank stops together
-      if ((W > 1 ? this.#stopAgreed : this.#stopRequested) && this.#state.step < o.steps) {
-        if (outDir && !(due || this.#state.step === o.steps)) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
-        break;
+      // the step's collectives are done (or there were none): until the next #agree this rank's
+      // failures are held
+      try {
+        if (collective) r!.gradNorm = (await this.#model.applyGradients({ ...optim, gradScale: 1 / (o.accumulate * W) })).gradNorm;
+        this.#state.step += 1;
+        last = {
+          step: this.#state.step, epoch: this.#state.epoch, loss: r!.loss, recon: r!.recon, consistency: r!.consistency,
+          lr, gradNorm: r!.gradNorm, imagesPerSecond: (o.batchSize * o.accumulate * W) / ((performance.now() - started) / 1000),
+        };
+        const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
+        if (outDir) {
+          await this.#writing(`append step ${this.#state.step} to log.jsonl`, () => appendFile(path.join(outDir, 'log.jsonl'), JSON.stringify(last) + '\n'));
+          if (due || this.#state.step === o.steps) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
+        }
+        await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
+        // more than one rank: the stop agreed in the step's all-reduce, so every rank stops together
+        stopping = (W > 1 ? this.#stopAgreed : this.#stopRequested) && this.#state.step < o.steps;
+        if (stopping && outDir && !due) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
+      } catch (err) {
+        if (W === 1) throw err;
+        failed = { error: err, step: stepNo };
       }
     }
+    // the closing agreement: a failure after the last step's collectives reaches every rank
+    if (W > 1) await this.#agree([0, 0, 0, 0], failed);
     return last;
   }
 
@@ -370,7 +417,7 @@ export class Trainer {
    */
   async checkpoint(): Promise<string> {
     if (!this.#opts.outDir) throw new Error('checkpoint: the trainer has no outDir');
-    await this.prepareOutDir();
+    await this.#prepareFolder();  // not prepareOutDir(): its collectives are for every rank, this may be rank 0 alone
     const file = path.join(this.#opts.outDir, `ckpt-${this.#state.step}.safetensors`);
     if ((this.#dist?.rank ?? 0) !== 0) return file;
     this.#writingCheckpoint = true;
@@ -424,7 +471,12 @@ export class Trainer {
     const data = this.#data;
     let images: () => Promise<Float32Array>;
     if (isBatchSource(data)) {
-      const loading = data.load(indices, (this.#opts.seed * 31 + epoch) * 1_000_003 + position);
+      let loading: Promise<Float32Array>;
+      try {
+        loading = Promise.resolve(data.load(indices, (this.#opts.seed * 31 + epoch) * 1_000_003 + position));
+      } catch (err) {
+        loading = Promise.reject(err);  // a load() that throws at once fails when its batch is awaited, as a rejection would
+      }
       loading.catch(() => {});  // awaited in run(); no unhandled rejection if the run stops first
       images = () => loading;
     } else {
@@ -442,39 +494,89 @@ export class Trainer {
     return { globalBatch: this.#opts.batchSize * this.#world, accumulate: this.#opts.accumulate, worldSize: this.#world };
   }
 
-  // More than one rank: the step's losses (and the stop flag) are all-reduced first — a
-  // non-finite loss on any rank is then non-finite on all, which all refuse together — then the
-  // gradients (summed in native memory), then every rank takes the same AdamW step with the
-  // gradients scaled by 1 / (accumulate · worldSize), i.e. averaged over the global batch.
-  async #reduceAndApply(sums: { loss: number; recon: number; consistency: number },
-    optim: { lr: number; weightDecay: number; clipGrad: number }): Promise<{ loss: number; recon: number; consistency: number; gradNorm: number }> {
-    const dist = this.#dist!, W = this.#world;
-    const reduced = await dist.allReduce(Float64Array.of(sums.loss, sums.recon, sums.consistency, this.#stopRequested ? 1 : 0), 'sum');
+  // The collective part of a step (more than one rank, or one over NCCL): the losses, the stop
+  // flag and the failures are all-reduced first — a non-finite loss on any rank is then
+  // non-finite on all, which all refuse together — then the gradients (summed in native memory);
+  // run() then has every rank take the same AdamW step with the gradients scaled by
+  // 1 / (accumulate · worldSize), i.e. averaged over the global batch.
+  async #reduce(sums: { loss: number; recon: number; consistency: number }, failed: HeldFailure | undefined):
+    Promise<{ loss: number; recon: number; consistency: number }> {
+    const W = this.#world;
+    const reduced = await this.#agree([sums.loss, sums.recon, sums.consistency, this.#stopRequested ? 1 : 0], failed);
     const losses = { loss: reduced[0] / W, recon: reduced[1] / W, consistency: reduced[2] / W };
     if (reduced[3] > 0) this.#stopAgreed = true;
     if (!Number.isFinite(losses.loss))
       throw Object.assign(new Error(`the loss is not finite on at least one rank (mean loss ${losses.loss}); parameters and optimizer state were not updated`),
         { code: 'EMAE_NONFINITE_LOSS', collective: true });
-    await dist.allReduceGradients(this.#model, { average: false });
-    const { gradNorm } = await this.#model.applyGradients({ ...optim, gradScale: 1 / (this.#opts.accumulate * W) });
-    return { ...losses, gradNorm };
+    await this.#dist!.allReduceGradients(this.#model, { average: false });
+    return losses;
+  }
+
+  // The all-reduce every rank makes once per step and once after the last: [loss, recon,
+  // consistency, stop, then one slot per rank], summed. A rank that failed sends zeros and the
+  // step it failed at in its slot; when any slot is set every rank throws here — the failing
+  // ranks their own errors, the others one naming them — so no rank goes on to a collective.
+  async #agree(values: [number, number, number, number], failed: HeldFailure | undefined): Promise<Float64Array> {
+    const dist = this.#dist!, W = this.#world;
+    const mine = new Float64Array(4 + W);
+    if (failed) mine[4 + dist.rank] = failed.step;
+    else mine.set(values);
+    const reduced = await dist.allReduce(mine, 'sum');
+    const failedRanks = [...reduced.subarray(4).keys()].filter((r) => reduced[4 + r] > 0);
+    if (failedRanks.length === 0) return reduced;
+    if (failed) throw ownFailure(failed.error, dist, failedRanks);
+    const steps = failedRanks.map((r) => reduced[4 + r]);
+    const what = steps.every((s) => s === steps[0]) ? `${ranksNamed(failedRanks)} failed at step ${steps[0]}`
+      : failedRanks.map((r, i) => `rank ${r} failed at step ${steps[i]}`).join(', ');
+    const err = peerFailure(what, dist, failedRanks);
+    const kept = dist.rank === 0 ? await this.#lastGoodCheckpoint().catch(() => undefined) : undefined;
+    if (kept) err.message += `; the last good checkpoint is ${kept}`;
+    throw err;
+  }
+
+  // A non-finite loss stops the run with an error naming the last good checkpoint; others pass.
+  async #nonFiniteStop(err: unknown): Promise<unknown> {
+    if ((err as { code?: string } | undefined)?.code !== 'EMAE_NONFINITE_LOSS') return err;
+    const kept = await this.#lastGoodCheckpoint();
+    return Object.assign(new Error(`training stopped at step ${this.#state.step + 1}: ${(err as Error).message}` +
+      (kept ? `; the last good checkpoint is ${kept}` : '')),
+    { code: 'EMAE_NONFINITE_LOSS', ...(isCollectiveError(err) ? { collective: true } : {}) });
   }
 
   // Every rank must run the same recipe from the same state; a mismatch (another seed, batch,
   // checkpoint or weights on one rank) would silently train garbage, so it is refused up front.
-  async #checkRanksAgree(): Promise<void> {
-    const o = this.#opts, st = this.#state;
-    const params = await this.#model.stateDict();
-    let fingerprint = 0;
-    for (const name of Object.keys(params).sort()) {
-      const t = params[name];
-      for (let i = 0; i < t.length; i += 97) fingerprint += t[i] * ((i % 7) + 1);
+  // These two all-reduces are also where a rank that failed before them (rank 0 refusing outDir)
+  // tells the others: every rank makes both, whatever failed where, and then all throw.
+  async #checkRanksAgree(outDirFailure: unknown): Promise<void> {
+    const o = this.#opts, st = this.#state, dist = this.#dist!, W = this.#world;
+    let failure = outDirFailure, fingerprint = 0;
+    if (failure === undefined) {
+      try {
+        const params = await this.#model.stateDict();
+        for (const name of Object.keys(params).sort()) {
+          const t = params[name];
+          for (let i = 0; i < t.length; i += 97) fingerprint += t[i] * ((i % 7) + 1);
+        }
+      } catch (err) {
+        failure = err;
+      }
     }
     const mine = [o.batchSize, o.accumulate, o.steps, o.seed, st.step, st.epoch, st.position, this.#data.count, fingerprint];
     const names = ['batchSize', 'accumulate', 'steps', 'seed', 'step', 'epoch', 'position', 'data.count', 'parameters'];
-    const dist = this.#dist!;
-    const lo = await dist.allReduce(Float64Array.from(mine), 'min');
-    const hi = await dist.allReduce(Float64Array.from(mine), 'max');
+    // then one slot per rank: 0 fine, 1 outDir refused, 2 failed otherwise (the max gives each)
+    const slots = new Float64Array(W);
+    if (failure !== undefined) slots[dist.rank] = outDirFailure !== undefined ? 1 : 2;
+    const lo = await dist.allReduce(Float64Array.from([...mine, ...slots]), 'min');
+    const hi = await dist.allReduce(Float64Array.from([...mine, ...slots]), 'max');
+    const kinds = hi.subarray(names.length);
+    const failedRanks = [...kinds.keys()].filter((r) => kinds[r] > 0);
+    if (failedRanks.length > 0) {
+      if (failure !== undefined) throw ownFailure(failure, dist, failedRanks);
+      const refused = failedRanks.filter((r) => kinds[r] === 1), other = failedRanks.filter((r) => kinds[r] === 2);
+      const what = [refused.length ? `${ranksNamed(refused)} refused the output folder ${o.outDir}` : '',
+        other.length ? `${ranksNamed(other)} failed before the first step` : ''].filter(Boolean).join(' and ');
+      throw peerFailure(what, dist, failedRanks);
+    }
     const differ = names.filter((_, i) => lo[i] !== hi[i]);
     if (differ.length > 0)
       throw new Error(`the ranks of the job disagree on ${differ.join(', ')} (rank ${dist.rank} has ` +
@@ -494,3 +596,16 @@ export class Trainer {
 }
 
 const newRunId = () => randomBytes(8).toString('hex');
+
+/** A failure of this rank, held until the next collective every rank makes (Trainer.run). */
+interface HeldFailure {
+  error: unknown;
+  /** the 1-based step it happened in (or after) */
+  step: number;
+}
+
+/** "rank 1", "ranks 1 and 3", "ranks 0, 2 and 5" */
+function ranksNamed(ranks: number[]): string {
+  if (ranks.length === 1) return `rank ${ranks[0]}`;
+  return `ranks ${ranks.slice(0, -1).join(', ')} and ${ranks[ranks.length - 1]}`;
+}

@@ -6,9 +6,10 @@
 // addon's MPI plugin is missing.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import { Distributed, EMAE, Trainer, cudaInfo, initDistributed, launcherEnvironment, readSafetensors } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { gratings } from './helpers/synthetic.js';
@@ -203,13 +204,106 @@ mp('a rank killed with SIGKILL ends the job with a message naming it, in under 3
   t.log(`job ended ${seconds.toFixed(2)} s after SIGKILL of rank 1`);
 });
 
-mp('a corrupted input on one rank aborts the job with an error naming the rank and the shard', async (t) => {
+// A failure on one rank inside Trainer.run() reaches every rank at the next collective they all
+// make (the step's losses all-reduce, or the agreement before the first step or after the last):
+// every rank throws — the failing one its own error, the others one naming it — and the job ends
+// without MPI_Abort. `noAbort`: the ranks only record their errors, as a Trainer user who never
+// calls dist.abort() would; a rank left waiting would show as the time bound failing (the child
+// is killed after 60 s).
+const failingOnTwo = (opts: object) => run(mpirun, [...mpiArgs, process.execPath, '--import=tsx', helper, JSON.stringify({ ...opts, noAbort: true })],
+  { timeoutMs: 60_000 });
+
+mp('a batch that fails to load on rank 1 stops both ranks at that step, each error naming rank 1, in under 30 s', async (t) => {
   const out = tmp();
-  const r = await trainOnTwo({ batch: 8, steps: 20, out, failRank: 1, failAt: 4 });
-  t.not(r.code, 0);
-  t.regex(r.output, /emae: rank 1 of 2: shard-1\.bin: record \d+ is corrupted \(bad checksum\)/);
-  // (Open MPI's own MPI_ABORT banner follows, though mpirun sometimes fails to print it)
+  const r = await failingOnTwo({ batch: 8, steps: 20, out, failRank: 1, failAt: 3 });
   t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+  t.not(r.code, 0);
+  const r0 = result(out, 0), r1 = result(out, 1);
+  t.regex(r1.error ?? '', /^rank 1 of 2: shard-1\.bin: record \d+ is corrupted \(bad checksum\)$/, 'rank 1 throws its own error');
+  t.regex(r0.error ?? '', /^rank 1 failed at step 3 \(see its error\); rank 0 of 2 stopped too$/);
+  t.is(r0.code, 'EMAE_RANK_FAILED');
+  t.deepEqual([r0.step, r1.step], [2, 2], 'neither rank took step 3');
+});
+
+mp('with gradient accumulation, a failure in micro-batch 1 of 3 stops both ranks at that step', async (t) => {
+  const out = tmp();
+  // load 7 = step 3, micro-batch 1
+  const r = await failingOnTwo({ batch: 4, accumulate: 3, steps: 5, out, failRank: 1, failAt: 7 });
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+  const r0 = result(out, 0), r1 = result(out, 1);
+  t.regex(r1.error ?? '', /^rank 1 of 2: shard-1\.bin: record \d+ is corrupted/);
+  t.regex(r0.error ?? '', /^rank 1 failed at step 3 \(see its error\); rank 0 of 2 stopped too$/);
+  t.deepEqual([r0.step, r1.step], [2, 2]);
+});
+
+mp('rank 0 failing to write a checkpoint stops both ranks, mid-run and at the last step, naming rank 0', async (t) => {
+  const out = tmp();
+  const r = await failingOnTwo({ batch: 8, steps: 20, out, checkpointEvery: 2, blockCheckpointAt: 4 });
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+  t.not(r.code, 0);
+  const r0 = result(out, 0), r1 = result(out, 1);
+  t.regex(r0.error ?? '', /^rank 0 of 2: training stopped at step 4: could not write the checkpoint of step 4 .*the last good checkpoint is .*ckpt-2\.safetensors$/);
+  // rank 1 learns it in step 5's losses all-reduce, before computing anything after it
+  t.regex(r1.error ?? '', /^rank 0 failed at step 4 \(see its error\); rank 1 of 2 stopped too$/);
+  t.is(r1.code, 'EMAE_RANK_FAILED');
+  t.deepEqual([r0.step, r1.step], [4, 4]);
+  // the last step's checkpoint: no step follows, the agreement that ends run() tells rank 1
+  const end = tmp();
+  const e = await failingOnTwo({ batch: 8, steps: 4, out: end, checkpointEvery: 2, blockCheckpointAt: 4 });
+  t.true(e.seconds < 30, `ended in ${e.seconds.toFixed(1)} s`);
+  t.regex(result(end, 0).error ?? '', /^rank 0 of 2: training stopped at step 4: could not write the checkpoint of step 4/);
+  t.regex(result(end, 1).error ?? '', /^rank 0 failed at step 4 \(see its error\); rank 1 of 2 stopped too$/);
+});
+
+mp('a non-empty outDir refused by rank 0 ends every rank with an error, before the first step', async (t) => {
+  const out = tmp();
+  writeFileSync(path.join(out, 'notes.txt'), 'an earlier run');
+  const r = await failingOnTwo({ batch: 8, steps: 20, out });
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+  t.not(r.code, 0);
+  const r0 = result(out, 0), r1 = result(out, 1);
+  t.is(r0.code, 'EMAE_OUT_NOT_EMPTY');
+  t.regex(r0.error ?? '', /^rank 0 of 2: the output folder .* is not empty \(notes\.txt\)/);
+  t.is(r1.code, 'EMAE_RANK_FAILED');
+  t.is(r1.error, `rank 0 refused the output folder ${out} (see its error); rank 1 of 2 stopped too`);
+  t.deepEqual([r0.step, r1.step, r0.losses.length, r1.losses.length], [0, 0, 0, 0]);
+});
+
+mp('a non-empty --out of a CLI run: rank 0 says why and every rank ends without MPI_Abort', async (t) => {
+  const out = tmp();
+  writeFileSync(path.join(out, 'notes.txt'), 'an earlier run');
+  const r = await run(mpirun, [...mpiArgs, process.execPath, '--import=tsx', cli, 'pretrain', '--data', 'synthetic:64', '--image-size', '16',
+    '--config', path.join(root, 'test', 'fixtures', 'dist-tiny.json'), '--device', 'cpu', '--threads', '1', '--batch', '8',
+    '--steps', '5', '--no-progress', '--out', out], { timeoutMs: 60_000 });
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+  t.not(r.code, 0);
+  t.regex(r.output, /emae: rank 0 of 2: the output folder .* is not empty \(notes\.txt\)/);
+  // the ranks exit by themselves (mpirun says so; after an MPI_Abort it prints its banner instead)
+  t.regex(r.output, /exited with non-zero status/);
+  t.notRegex(r.output, /MPI_ABORT|rank 0 refused/, 'no MPI_Abort; rank 1 (not the one that failed) prints nothing');
+});
+
+mp('images that do not decode on rank 1 of a CLI run: rank 1 prints its error, rank 0 names rank 1, no MPI_Abort', async (t) => {
+  const dir = tmp();
+  // the same 32 file names on both ranks' disks; rank 1's copies are cut short: their headers
+  // read (the folder opens) but no pixels decode, so its first batch fails inside the step
+  for (const side of ['good', 'bad']) mkdirSync(path.join(dir, side));
+  for (let i = 0; i < 32; i++) {
+    const pixels = Buffer.alloc(16 * 16 * 3).map((_, j) => (j * 7 + i * 13) % 256);
+    const png = await sharp(pixels, { raw: { width: 16, height: 16, channels: 3 } }).png().toBuffer();
+    writeFileSync(path.join(dir, 'good', `${i}.png`), png);
+    writeFileSync(path.join(dir, 'bad', `${i}.png`), png.subarray(0, Math.floor(png.length * 0.6)));
+  }
+  const script = `if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then D=${path.join(dir, 'bad')}; else D=${path.join(dir, 'good')}; fi; exec "${process.execPath}" --import=tsx ${cli} ` +
+    `pretrain --data folder:$D --image-size 16 --config ${path.join(root, 'test', 'fixtures', 'dist-tiny.json')} --device cpu --threads 1 --workers 0 ` +
+    `--batch 4 --steps 5 --no-progress --out ${path.join(dir, 'run')}`;
+  const r = await run(mpirun, [...mpiArgs, 'sh', '-c', script], { timeoutMs: 60_000 });
+  t.true(r.seconds < 30, `ended in ${r.seconds.toFixed(1)} s`);
+  t.not(r.code, 0);
+  t.regex(r.output, /emae: rank 1 of 2: .*no readable image/);
+  t.regex(r.output, /emae: rank 1 failed at step 1 \(see its error\); rank 0 of 2 stopped too/);
+  t.regex(r.output, /exited with non-zero status/);
+  t.notRegex(r.output, /MPI_ABORT/);
 });
 
 mp('a corrupted data file on one rank of a CLI run is reported with the rank named', async (t) => {

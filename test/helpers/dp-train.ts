@@ -6,9 +6,12 @@
 //   node --import=tsx test/helpers/dp-train.ts '<json options>'
 // Options: batch, steps, accumulate, parts, out, resume, stopAt+stopRank (rank `stopRank` calls
 // trainer.stop() after step `stopAt`, as a signal would), failAt+failRank (that rank's data
-// source throws when it loads step `failAt`), nanRank (that rank's images are NaN from step 3).
+// source throws on its `failAt`-th load: with accumulate a, load k is micro-batch (k−1) % a + 1 of
+// step ⌈k / a⌉), nanRank (that rank's images are NaN from step 3), blockCheckpointAt (rank 0 puts
+// a non-empty folder where that step's checkpoint goes, after step 1: its write fails as on a full
+// disk), noAbort (an error is only recorded, as by a Trainer user who never calls dist.abort).
 import { createHash } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { EMAE, Trainer, initDistributed, isCollectiveError, type BatchSource } from '../../lib/index.js';
 import { gratings } from './synthetic.js';
@@ -47,19 +50,25 @@ const trainer = new Trainer(model, o.failRank !== undefined || o.nanRank !== und
     losses.push(s.loss);
     hashes.push(hash(await model.stateDict()));
     if (o.stopAt === s.step && o.stopRank === dist.rank) trainer.stop();
+    if (o.blockCheckpointAt !== undefined && s.step === 1 && dist.rank === 0) {
+      const blocker = path.join(o.out, `ckpt-${o.blockCheckpointAt}.safetensors`);
+      mkdirSync(blocker);
+      writeFileSync(path.join(blocker, 'x'), 'x');
+    }
   },
 });
 if (o.resume) await trainer.resume();
-let error: string | undefined;
+let error: string | undefined, code: string | undefined;
 try {
   await trainer.run();
 } catch (err) {
-  if (!isCollectiveError(err)) dist.abort((err as Error).message);  // names the rank, ends the job
+  if (!isCollectiveError(err) && !o.noAbort) dist.abort((err as Error).message);  // names the rank, ends the job
   error = (err as Error).message;
+  code = (err as { code?: string }).code;
 }
 const opt = await model.getOptimizerState();
 writeFileSync(path.join(o.out, `rank-${dist.rank}.json`), JSON.stringify({
-  rank: dist.rank, worldSize: dist.worldSize, step: trainer.step, losses, hashes, error,
+  rank: dist.rank, worldSize: dist.worldSize, step: trainer.step, losses, hashes, error, code,
   final: hash({ ...(await model.stateDict()), ...Object.fromEntries(Object.entries(opt.expAvg).map(([k, v]) => [`m.${k}`, v])),
     ...Object.fromEntries(Object.entries(opt.expAvgSq).map(([k, v]) => [`v.${k}`, v])) }),
 }));

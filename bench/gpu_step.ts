@@ -93,7 +93,8 @@ if (!info.compiled || info.devices.length === 0) {
   process.exit(2);
 }
 console.log(`device: ${info.devices[0].name} (sm_${info.devices[0].computeCapability.replace('.', '')}), preset ${preset}, K = ${parts}, ` +
-  `GEMM path ${info.devices[0].gemmPath} (EMAE_CUDA_GEMM), attention ${info.devices[0].attentionPath} (EMAE_CUDA_ATTENTION)`);
+  `GEMM path ${info.devices[0].gemmPath} (EMAE_CUDA_GEMM), attention ${info.devices[0].attentionPath} (EMAE_CUDA_ATTENTION), ` +
+  `step sync ${info.devices[0].stepSync} (EMAE_CUDA_STEP_SYNC)`);
 if (!(preset in presets)) throw new RangeError(`unknown preset ${preset}`);
 const rows: any[] = [];
 for (const B of batches) {
@@ -106,7 +107,7 @@ for (const B of batches) {
   const theirs = pytorch(B);
   const rate = theirs.bf16_matmul_tflops ? theirs.bf16_matmul_tflops * 1e12 : NaN;
   const row = {
-    batch: B, gemm_path: info.devices[0].gemmPath, attention_path: info.devices[0].attentionPath,
+    batch: B, gemm_path: info.devices[0].gemmPath, attention_path: info.devices[0].attentionPath, step_sync: info.devices[0].stepSync,
     ours_ms: mine.ms, ours_images_per_s: mine.imagesPerS, ours_peak_memory_mb: mine.memoryMb,
     ours_mfu: mine.flops ? mine.flops / (mine.ms / 1e3) / rate : NaN,
     pytorch_ms: theirs.ms_per_step_median, pytorch_images_per_s: theirs.images_per_s, pytorch_peak_memory_mb: theirs.peak_memory_mb,

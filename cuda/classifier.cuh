@@ -275,10 +275,16 @@ inline void scale_rows(float* out, const float* inp, const float* keep, int S, s
 
 inline size_t cross_entropy_scratch_doubles(int B) { return (size_t)std::max(B, 0) + 1; }
 
-// Returns mean_b loss_b (one host synchronization); dlogits (B, C) = (softmax − targets) / B.
-// scratch: cross_entropy_scratch_doubles(B) doubles (the per-row losses, then their sum).
-inline double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B, int C,
-                                             double* scratch, cudaStream_t stream) {
+// *out = total / B: the mean, written where the optimizer reads it (EMAE_CUDA_STEP_SYNC=once)
+static __global__ void mean_of_total_kernel(double* __restrict__ out, const double* __restrict__ total, int B) {
+  *out = *total / B;
+}
+
+// Enqueues the per-row kernel and the fixed-tree sum: dlogits (B, C) = (softmax − targets) / B,
+// Σ_b loss_b into scratch[B], returned. scratch: cross_entropy_scratch_doubles(B) doubles (the
+// per-row losses, then their sum).
+inline const double* cross_entropy_sum(float* dlogits, const float* logits, const float* targets, int B, int C,
+                                       double* scratch, cudaStream_t stream) {
   constexpr const char* op = "cross_entropy_forward_backward";
   if (B < 1) classifier_detail::bad(op, "B must be >= 1, got " + std::to_string(B));
   if (C < 1) classifier_detail::bad(op, "C must be >= 1, got " + std::to_string(C));
@@ -289,10 +295,26 @@ inline double cross_entropy_forward_backward(float* dlogits, const float* logits
   EMAE_CHECK_LAUNCH("cross_entropy_rows_kernel");
   sum_doubles_kernel<<<1, ClassifierTraits::kSumThreads, 0, stream>>>(total, row_loss, B);
   EMAE_CHECK_LAUNCH("sum_doubles_kernel");
+  return total;
+}
+
+// Returns mean_b loss_b (one host synchronization: EMAE_CUDA_STEP_SYNC=host, the verified flow).
+inline double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B, int C,
+                                             double* scratch, cudaStream_t stream) {
+  const double* total = cross_entropy_sum(dlogits, logits, targets, B, C, scratch, stream);
   double host = 0.0;
   EMAE_CUDA_CHECK(cudaMemcpyAsync(&host, total, sizeof(host), cudaMemcpyDeviceToHost, stream));
   EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return host / B;
+}
+
+// mean_b loss_b into *loss (device memory) without waiting (EMAE_CUDA_STEP_SYNC=once).
+inline void cross_entropy_forward_backward_into(double* loss, float* dlogits, const float* logits,
+                                                const float* targets, int B, int C, double* scratch,
+                                                cudaStream_t stream) {
+  const double* total = cross_entropy_sum(dlogits, logits, targets, B, C, scratch, stream);
+  mean_of_total_kernel<<<1, 1, 0, stream>>>(loss, total, B);
+  EMAE_CHECK_LAUNCH("mean_of_total_kernel");
 }
 
 }  // namespace emae::cuda

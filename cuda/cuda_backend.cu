@@ -1,9 +1,12 @@
 // CUDA implementation of the Backend interface (native/core/backend.h). Every op is enqueued on
-// one stream; the host waits only where the interface returns a value to the host (the losses,
-// the gradient norm, downloads). Kernels live in the .cuh files beside this one.
+// one stream; the host waits for downloads, and inside a step where EMAE_CUDA_STEP_SYNC says
+// (cuda/step_sync.cuh): host (the default) reads the losses and the step status back as they are
+// made, once leaves the step's one wait to the status download at its end. Kernels live in the
+// .cuh files beside this one.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "core/errors.h"
@@ -19,6 +22,7 @@
 #include "cuda/layernorm.cuh"
 #include "cuda/loss.cuh"
 #include "cuda/optim.cuh"
+#include "cuda/step_sync.cuh"
 #include "cuda/tokens.cuh"
 
 namespace emae::cuda {
@@ -52,6 +56,47 @@ class Scratch {
   size_t bytes_ = 0;
 };
 
+// Pinned host memory for a step's inputs under EMAE_CUDA_STEP_SYNC=once: upload_input copies the
+// bytes here and enqueues the transfer without waiting for it. Invariant: bytes [0, used) may still
+// be read by transfers in flight until the stream is synchronized, after which the owner calls
+// retire() and they are free again; take() never hands out bytes below used, so a staged input is
+// never overwritten while its transfer may be pending.
+class Staging {
+ public:
+  ~Staging() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  // bytes of staging after the ones in use, or null when they do not fit
+  char* take(size_t bytes) {
+    if (used_ + bytes > bytes_) return nullptr;
+    char* at = ptr_ + used_;
+    used_ += (bytes + kAlign - 1) / kAlign * kAlign;
+    return at;
+  }
+  size_t used() const { return used_; }
+  void retire() { used_ = 0; }  // the stream was synchronized: no transfer reads staging any more
+  // At least `bytes` (only when retired: the old buffer is freed). Grows to twice the old size at
+  // least, so a step's few inputs soon fit side by side.
+  void reserve(size_t bytes) {
+    if (bytes <= bytes_) return;
+    const size_t want = std::max(bytes, bytes_ * 2);
+    if (ptr_) EMAE_CUDA_CHECK(cudaFreeHost(ptr_));
+    ptr_ = nullptr;
+    bytes_ = 0;
+    if (cudaHostAlloc(reinterpret_cast<void**>(&ptr_), want, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      ptr_ = nullptr;
+      throw OutOfMemory("cudaHostAlloc (pinned staging for a step's inputs)", want);
+    }
+    bytes_ = want;
+  }
+
+ private:
+  static constexpr size_t kAlign = 256;
+  char* ptr_ = nullptr;
+  size_t bytes_ = 0, used_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -70,11 +115,15 @@ class CudaBackend final : public Backend {
     sms_ = prop.multiProcessorCount;
     gemm_path_ = select_gemm_path();  // EMAE_CUDA_GEMM; a path this device cannot run throws here
     attention_path_ = select_attention_path();  // EMAE_CUDA_ATTENTION; an unknown value throws here
+    step_sync_ = select_step_sync();            // EMAE_CUDA_STEP_SYNC; an unknown value throws here
     EMAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   ~CudaBackend() override {
     cudaSetDevice(device_);
-    if (stream_) cudaStreamDestroy(stream_);
+    if (stream_) {
+      cudaStreamSynchronize(stream_);  // no staged transfer still reads the pinned memory freed next
+      cudaStreamDestroy(stream_);
+    }
   }
 
   std::string name() const override { return name_; }
@@ -98,12 +147,26 @@ class CudaBackend final : public Backend {
   void upload(void* dst, const void* src, size_t bytes) override {
     bind();
     EMAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
-    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // the host buffer may go away after return
+    synchronize();  // the host buffer may go away after return
+  }
+  void upload_input(void* dst, const void* src, size_t bytes) override {
+    if (step_sync_ != StepSync::kOnce) return upload(dst, src, bytes);
+    if (bytes == 0) return;
+    bind();
+    char* at = staging_.take(bytes);
+    if (!at) {  // full: wait for the staged transfers, then reuse (or grow) the buffer from its start
+      const size_t step_bytes = staging_.used() + bytes;
+      synchronize();
+      staging_.reserve(step_bytes);
+      at = staging_.take(bytes);
+    }
+    std::memcpy(at, src, bytes);
+    EMAE_CUDA_CHECK(cudaMemcpyAsync(dst, at, bytes, cudaMemcpyHostToDevice, stream_));
   }
   void download(void* dst, const void* src, size_t bytes) override {
     bind();
     EMAE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
-    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    synchronize();
   }
   void zero(void* dst, size_t bytes) override {
     bind();
@@ -188,12 +251,18 @@ class CudaBackend final : public Backend {
     float* scratch = scratch_.get_as<float>(decoder_tokens_scratch_floats(g, Dd));
     cuda::decoder_tokens_backward(dy, dmask, dz, perm, position_of, g, Dd, scratch, stream_);
   }
-  LossValues loss_forward_backward(float* dpred, const float* pred, const float* target, const int32_t* perm,
-                                   const PartGeometry& g, float lambda, bool l1) override {
+  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+                             const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
     bind();
     const int32_t* position_of = positions(perm, g);
     double* scratch = scratch_.get_as<double>(loss_scratch_doubles(g));
-    return cuda::loss_forward_backward(dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
+    if (step_sync_ == StepSync::kOnce) {
+      cuda::loss_forward_backward_into(losses, dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
+      return;
+    }
+    const LossValues values =
+        cuda::loss_forward_backward(dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
+    upload(losses, &values, sizeof(values));
   }
 
   // ---- fine-tuning (cuda/classifier.cuh) -------------------------------------------------------
@@ -219,32 +288,44 @@ class CudaBackend final : public Backend {
     bind();
     cuda::scale_rows(out, inp, keep, S, n, stream_);
   }
-  double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B,
-                                        int C) override {
+  void cross_entropy_forward_backward(double* loss, float* dlogits, const float* logits, const float* targets,
+                                      int B, int C) override {
     bind();
     double* scratch = scratch_.get_as<double>(cross_entropy_scratch_doubles(B));
-    return cuda::cross_entropy_forward_backward(dlogits, logits, targets, B, C, scratch, stream_);
+    if (step_sync_ == StepSync::kOnce) {
+      cuda::cross_entropy_forward_backward_into(loss, dlogits, logits, targets, B, C, scratch, stream_);
+      return;
+    }
+    const double value = cuda::cross_entropy_forward_backward(dlogits, logits, targets, B, C, scratch, stream_);
+    upload(loss, &value, sizeof(value));
   }
 
-  double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {
+  void grad_norm_squared(double* norm_sq, const float* grads, const ParamSegment* segments, int count) override {
     bind();
     const DeviceSegment* table = segments_.get(segments, count, stream_);
-    double* scratch = scratch_.get_as<double>((size_t)count * OptimTraits::kBlocksPerSegment + 1);
-    double* result = scratch + (size_t)count * OptimTraits::kBlocksPerSegment;
-    cuda::grad_norm_squared(result, grads, table, count, scratch, stream_);
-    double host = 0;
-    EMAE_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(host), cudaMemcpyDeviceToHost, stream_));
-    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return host;
+    double* scratch = scratch_.get_as<double>(std::max<size_t>((size_t)count * OptimTraits::kBlocksPerSegment, 1));
+    cuda::grad_norm_squared(norm_sq, grads, table, count, scratch, stream_);
   }
   void scale(float* data, const ParamSegment* segments, int count, float factor) override {
     bind();
     cuda::scale(data, segments_.get(segments, count, stream_), count, factor, stream_);
   }
-  void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
-             int count, const AdamWScalars& s) override {
+  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments, int count,
+             const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) override {
     bind();
-    cuda::adamw(params, grads, exp_avg, exp_avg_sq, segments_.get(segments, count, stream_), count, s, stream_);
+    const DeviceSegment* table = segments_.get(segments, count, stream_);
+    if (step_sync_ == StepSync::kOnce) {
+      StepDecision* decision = decision_.get_as<StepDecision>(1);
+      cuda::adamw_decided(params, grads, exp_avg, exp_avg_sq, table, count, s, status, clip_grad, check_loss, decision,
+                          stream_);
+      return;
+    }
+    StepStatus host;
+    download(&host, status, sizeof(host));  // the verified flow: decide on the host
+    const StepDecision d = decide_step(host, clip_grad, check_loss);
+    if (!d.update) return;
+    if (d.clip) cuda::scale(grads, table, count, d.factor, stream_);
+    cuda::adamw(params, grads, exp_avg, exp_avg_sq, table, count, s, stream_);
   }
 
   CudaPlacement placement() const { return {device_, stream_}; }
@@ -252,6 +333,11 @@ class CudaBackend final : public Backend {
  private:
   // Node may call in from different libuv threads: the current device is per host thread.
   void bind() { EMAE_CUDA_CHECK(cudaSetDevice(device_)); }
+  // Waits for everything enqueued; the staged inputs' transfers are done then (Staging's invariant).
+  void synchronize() {
+    EMAE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    staging_.retire();
+  }
 
   // position_of (B, N) for this step's permutation (recomputed: a B·N-element kernel)
   const int32_t* positions(const int32_t* perm, const PartGeometry& g) {
@@ -268,9 +354,12 @@ class CudaBackend final : public Backend {
   int sms_ = 0;
   GemmPath gemm_path_ = GemmPath::kMma;
   AttentionPath attention_path_ = AttentionPath::kSimt;  // attention_tc.cuh
+  StepSync step_sync_ = StepSync::kHost;                // step_sync.cuh
   Scratch gemm_operands_;
   cudaStream_t stream_ = nullptr;
   Scratch scratch_, positions_;
+  Scratch decision_;  // one StepDecision (EMAE_CUDA_STEP_SYNC=once)
+  Staging staging_;   // a step's inputs (EMAE_CUDA_STEP_SYNC=once)
   SegmentTable segments_;
 };
 
@@ -281,6 +370,14 @@ std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique
 std::string attention_path_setting() {
   try {
     return attention_path_name(select_attention_path());
+  } catch (const std::exception& e) {
+    return std::string("refused: ") + e.what();
+  }
+}
+
+std::string step_sync_setting() {
+  try {
+    return step_sync_name(select_step_sync());
   } catch (const std::exception& e) {
     return std::string("refused: ") + e.what();
   }

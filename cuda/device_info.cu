@@ -40,6 +40,7 @@ DeviceReport query_devices() {
     }
     d.gemm_path = gemm_path_of_device(i);
     d.attention_path = attention_path_setting();
+    d.step_sync = step_sync_setting();
     r.devices.push_back(d);
   }
   if (count == 0) r.error = "no CUDA device found";

@@ -16,6 +16,7 @@ struct DeviceInfo {
   size_t free_memory = 0;  // at the time of the query
   std::string gemm_path;       // the GEMM kernels a model on this device runs (EMAE_CUDA_GEMM), or why not
   std::string attention_path;  // the attention kernels (EMAE_CUDA_ATTENTION), or why not
+  std::string step_sync;       // where a step waits for the GPU (EMAE_CUDA_STEP_SYNC), or why not
 };
 
 struct DeviceReport {
@@ -31,6 +32,8 @@ DeviceReport query_devices();
 std::string gemm_path_of_device(int device);
 // "simt" or "tc" (cuda/attention_tc.cuh), or "refused: <why>".
 std::string attention_path_setting();
+// "host" or "once" (cuda/step_sync.cuh), or "refused: <why>".
+std::string step_sync_setting();
 #else
 inline DeviceReport query_devices() {
   DeviceReport r;

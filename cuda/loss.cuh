@@ -6,7 +6,9 @@
 //   dpred = ∂(recon + λ·consistency)/∂pred with the stop-gradient (cls rows 0)
 // |S| has a closed form: a patch visible in one of the K parts is masked in K−1, the others in K,
 // and exactly K·V patches per image are visible somewhere.
-// One warp per (b, n); per-item sums go to scratch and are reduced in a fixed order.
+// One warp per (b, n); per-item sums go to scratch and are reduced in a fixed order. The values
+// come back to the host (loss_forward_backward, a host sync) or go into device memory for the
+// optimizer to read there (loss_forward_backward_into).
 #pragma once
 #include "core/backend.h"
 #include "core/elementwise.h"
@@ -99,14 +101,44 @@ static __global__ void loss_reduce_kernel(double* __restrict__ out, const double
 
 inline size_t loss_scratch_doubles(const PartGeometry& g) { return 2 * (size_t)g.batch * g.num_patches + 2; }
 
-// Returns the loss values (the one host synchronization of a step). scratch: loss_scratch_doubles(g).
-inline LossValues loss_forward_backward(float* dpred, const float* pred, const float* target,
-                                        const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
-                                        double* scratch, cudaStream_t stream) {
+// The loss values from the two sums, as the CPU computes them (native/cpu/ops.cc); on the device
+// without a fused multiply-add, so the device's values are the host's bit for bit.
+__host__ __device__ inline LossValues loss_values(double rec_sum, double con_sum, double rec_denominator,
+                                                  double pair_denominator, float lambda) {
+  LossValues out;
+  out.recon = rec_sum / rec_denominator;
+  out.consistency = pair_denominator > 0 ? con_sum / pair_denominator : 0.0;
+#if defined(__CUDA_ARCH__)
+  out.loss = __dadd_rn(out.recon, __dmul_rn((double)lambda, out.consistency));
+#else
+  out.loss = out.recon + (double)lambda * out.consistency;
+#endif
+  return out;
+}
+
+// *out = loss_values of totals (recon, consistency): one thread, the step's losses written
+// where the optimizer reads them (EMAE_CUDA_STEP_SYNC=once)
+static __global__ void loss_values_kernel(LossValues* __restrict__ out, const double* __restrict__ totals,
+                                          double rec_denominator, double pair_denominator, float lambda) {
+  *out = loss_values(totals[0], totals[1], rec_denominator, pair_denominator, lambda);
+}
+
+// The denominators of the two means: B·K·(N−V)·P and |S|·P (0 when no pair exists)
+struct LossDenominators {
+  double rec, pairs;
+};
+
+// Enqueues the fused pass: dpred, and the two sums (recon, consistency) into scratch's last two
+// doubles, returned. scratch: loss_scratch_doubles(g).
+inline const double* loss_sums(LossDenominators& den, float* dpred, const float* pred, const float* target,
+                               const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
+                               double* scratch, cudaStream_t stream) {
   const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches;
   const int P = g.patch * g.patch * g.channels;
   const double rec_count = (double)B * K * (N - V);
   const double pairs = (double)B * ((double)K * V * (K - 1) * (K - 2) + (double)(N - K * V) * K * (K - 1));
+  den.rec = rec_count * P;
+  den.pairs = pairs > 0 ? pairs * P : 0.0;
   const float rec_scale = (float)(2.0 / (rec_count * P));
   const float con_scale = pairs > 0 ? (float)(lambda / (pairs * P)) : 0.f;
   const int items = B * N;
@@ -119,14 +151,29 @@ inline LossValues loss_forward_backward(float* dpred, const float* pred, const f
   EMAE_CHECK_LAUNCH("zero_cls_rows_kernel");
   loss_reduce_kernel<<<1, LossTraits::kReduceThreads, 0, stream>>>(totals, item_sums, items);
   EMAE_CHECK_LAUNCH("loss_reduce_kernel");
+  return totals;
+}
+
+// Returns the loss values: waits for the device (EMAE_CUDA_STEP_SYNC=host, the verified flow).
+inline LossValues loss_forward_backward(float* dpred, const float* pred, const float* target,
+                                        const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
+                                        double* scratch, cudaStream_t stream) {
+  LossDenominators den;
+  const double* totals = loss_sums(den, dpred, pred, target, position_of, g, lambda, l1, scratch, stream);
   double host[2];
   EMAE_CUDA_CHECK(cudaMemcpyAsync(host, totals, sizeof(host), cudaMemcpyDeviceToHost, stream));
   EMAE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  LossValues out;
-  out.recon = host[0] / (rec_count * P);
-  out.consistency = pairs > 0 ? host[1] / (pairs * P) : 0.0;
-  out.loss = out.recon + (double)lambda * out.consistency;
-  return out;
+  return loss_values(host[0], host[1], den.rec, den.pairs, lambda);
+}
+
+// The loss values into *out (device memory) without waiting (EMAE_CUDA_STEP_SYNC=once).
+inline void loss_forward_backward_into(LossValues* out, float* dpred, const float* pred, const float* target,
+                                       const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
+                                       double* scratch, cudaStream_t stream) {
+  LossDenominators den;
+  const double* totals = loss_sums(den, dpred, pred, target, position_of, g, lambda, l1, scratch, stream);
+  loss_values_kernel<<<1, 1, 0, stream>>>(out, totals, den.rec, den.pairs, lambda);
+  EMAE_CHECK_LAUNCH("loss_values_kernel");
 }
 
 }  // namespace emae::cuda

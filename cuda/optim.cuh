@@ -1,13 +1,18 @@
 // GELU and the optimizer-side kernels: AdamW over all trainable segments in one launch, the
-// global gradient norm (deterministic two-stage reduction) and gradient scaling.
-// Segments (offset, size, decay, lr multiplier) live in device memory (SegmentTable below);
-// blockIdx.y picks the segment and the x blocks stride over it.
+// global gradient norm (deterministic two-stage reduction, into device memory) and gradient
+// scaling. Segments (offset, size, decay, lr multiplier) live in device memory (SegmentTable
+// below); blockIdx.y picks the segment and the x blocks stride over it.
+// The step's decision (core/step_status.h: refuse a non-finite loss or norm, clip factor) is taken
+// on the host from the downloaded status with EMAE_CUDA_STEP_SYNC=host (scale_kernel, then
+// adamw_kernel), or on the device with =once: step_decision_kernel writes it to device memory
+// once and every block of adamw_decided_kernel reads that one value, so all blocks agree.
 #pragma once
 #include <algorithm>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/elementwise.h"
+#include "core/step_status.h"
 #include "cuda/common.cuh"
 
 namespace emae::cuda {
@@ -42,6 +47,35 @@ static __global__ void adamw_kernel(float* __restrict__ params, const float* __r
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const unsigned long long k = seg.offset + i;
     adamw_update(params[k], m[k], v[k], grads[k], sk, seg.decay != 0);
+  }
+}
+
+// *decision = decide_step(*status, clip_grad, check_loss), by one thread
+static __global__ void step_decision_kernel(StepDecision* __restrict__ decision, const StepStatus* __restrict__ status,
+                                            float clip_grad, bool check_loss) {
+  *decision = decide_step(*status, clip_grad, check_loss);
+}
+
+// adamw_kernel under a decision taken on the device: a refused step returns at once (every block
+// reads the same decision); clipping multiplies each gradient by the factor and stores it back, the
+// value scale_kernel would have left for adamw_kernel to read (one rounding, as there), in one pass.
+static __global__ void adamw_decided_kernel(float* __restrict__ params, float* __restrict__ grads, float* __restrict__ m,
+                                            float* __restrict__ v, const DeviceSegment* __restrict__ segments,
+                                            AdamWScalars s, const StepDecision* __restrict__ decision) {
+  const StepDecision d = *decision;
+  if (!d.update) return;
+  const DeviceSegment seg = segments[blockIdx.y];
+  AdamWScalars sk = s;
+  sk.lr = segment_lr(s.lr, seg.lr_scale);
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const unsigned long long k = seg.offset + i;
+    float g = grads[k];
+    if (d.clip) {
+      g *= d.factor;
+      grads[k] = g;
+    }
+    adamw_update(params[k], m[k], v[k], g, sk, seg.decay != 0);
   }
 }
 
@@ -170,6 +204,20 @@ inline void adamw(float* params, const float* grads, float* m, float* v, const D
   dim3 grid(OptimTraits::kBlocksPerSegment, count);
   adamw_kernel<<<grid, OptimTraits::kThreads, 0, stream>>>(params, grads, m, v, segments, s);
   EMAE_CHECK_LAUNCH("adamw_kernel");
+}
+
+// AdamW as decide_step(*status, clip_grad, check_loss) says, decided on the device: the decision
+// goes to *decision (device memory, one StepDecision) and the update kernel reads it there. No
+// host synchronization.
+inline void adamw_decided(float* params, float* grads, float* m, float* v, const DeviceSegment* segments, int count,
+                          const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss,
+                          StepDecision* decision, cudaStream_t stream) {
+  if (count <= 0) return;
+  step_decision_kernel<<<1, 1, 0, stream>>>(decision, status, clip_grad, check_loss);
+  EMAE_CHECK_LAUNCH("step_decision_kernel");
+  dim3 grid(OptimTraits::kBlocksPerSegment, count);
+  adamw_decided_kernel<<<grid, OptimTraits::kThreads, 0, stream>>>(params, grads, m, v, segments, s, decision);
+  EMAE_CHECK_LAUNCH("adamw_decided_kernel");
 }
 
 inline void scale(float* data, const DeviceSegment* segments, int count, float factor, cudaStream_t stream) {

@@ -168,6 +168,8 @@ export interface NativeCudaInfo {
     gemmPath: string;
     /** the attention kernels: 'simt' | 'tc' (env EMAE_CUDA_ATTENTION), or 'refused: …' */
     attentionPath: string;
+    /** where a training step waits for the GPU: 'host' | 'once' (env EMAE_CUDA_STEP_SYNC), or 'refused: …' */
+    stepSync: string;
   }>;
 }
 

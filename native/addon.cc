@@ -36,6 +36,7 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("freeMemory", (double)d.free_memory);
     o.Set("gemmPath", d.gemm_path);
     o.Set("attentionPath", d.attention_path);
+    o.Set("stepSync", d.step_sync);
     devices.Set((uint32_t)i, o);
   }
   out.Set("devices", devices);

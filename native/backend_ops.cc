@@ -29,6 +29,7 @@ class Runner {
   int dim(const char* key) const { return get_int(dims_, key, 0); }
   double scalar(const char* key) const { return get_number(dims_, key); }
   bool has(const char* key) const { return tensors_.Has(key) && !tensors_.Get(key).IsUndefined(); }
+  Napi::Value tensor(const char* key) const { return tensors_.Get(key); }
 
   const float* in(const char* key, size_t n) {
     auto arr = get_typed_array<float>(tensors_.Get(key), key, (int64_t)n);
@@ -60,6 +61,13 @@ class Runner {
     return track(out_key, static_cast<float*>(place(arr.Data(), n * sizeof(float))), n);
   }
   void host_value(const char* key, double v) { host_values_[key] = v; }
+  // backend memory holding a copy of `host` (a StepStatus, say), and reading one back
+  template <typename T> T* device_copy(const T& host) { return static_cast<T*>(place(&host, sizeof(T))); }
+  template <typename T> T read(const T* device) const {
+    T host;
+    be_.download(&host, device, sizeof(T));
+    return host;
+  }
   bool has_dim(const std::string& key) const { return dims_.Has(key); }
   Napi::Env env() const { return env_; }
 
@@ -209,8 +217,10 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
     const float* pred = r.in("pred", S * (1 + g.num_patches) * P);
     const float* target = r.in("target", (size_t)g.batch * g.num_patches * P);
-    const LossValues l = be.loss_forward_backward(r.out("dpred", S * (1 + g.num_patches) * P), pred, target, perm, g,
-                                                  (float)r.scalar("lambda"), r.dim("l1") != 0);
+    LossValues* losses = r.device_copy(LossValues{});
+    be.loss_forward_backward(losses, r.out("dpred", S * (1 + g.num_patches) * P), pred, target, perm, g,
+                             (float)r.scalar("lambda"), r.dim("l1") != 0);
+    const LossValues l = r.read(losses);
     r.host_value("loss", l.loss);
     r.host_value("recon", l.recon);
     r.host_value("consistency", l.consistency);
@@ -255,8 +265,10 @@ void run(const std::string& name, Backend& be, Runner& r) {
     if (B < 1 || C < 1) throw Napi::RangeError::New(r.env(), "testBackendOp: cross_entropy needs B >= 1, C >= 1");
     const float* logits = r.in("logits", (size_t)B * C);
     const float* targets = r.in("targets", (size_t)B * C);
-    r.host_value("loss", be.cross_entropy_forward_backward(r.out("dlogits", (size_t)B * C), logits, targets, B, C));
-  } else if (name == "adamw" || name == "grad_norm") {
+    double* loss = r.device_copy(0.0);
+    be.cross_entropy_forward_backward(loss, r.out("dlogits", (size_t)B * C), logits, targets, B, C);
+    r.host_value("loss", r.read(loss));
+  } else if (name == "adamw" || name == "grad_norm" || name == "optimizer_step") {
     // segments given as dims size0/decay0[/lrScale0], size1/decay1[/lrScale1], … laid out back to
     // back; lrScaleI (AdamW's lr multiplier of segment I) defaults to 1
     std::vector<ParamSegment> segments;
@@ -270,9 +282,11 @@ void run(const std::string& name, Backend& be, Runner& r) {
       segments.push_back({total, n, r.dim(decay_key.c_str()) != 0, lr_scale});
       total += n;
     }
-    const float* grad = r.in("grad", total);
+    const int count = (int)segments.size();
     if (name == "grad_norm") {
-      r.host_value("normSquared", be.grad_norm_squared(grad, segments.data(), (int)segments.size()));
+      double* norm_sq = r.device_copy(0.0);
+      be.grad_norm_squared(norm_sq, r.in("grad", total), segments.data(), count);
+      r.host_value("normSquared", r.read(norm_sq));
     } else {
       AdamWScalars s;
       s.lr = (float)r.scalar("lr");
@@ -286,7 +300,27 @@ void run(const std::string& name, Backend& be, Runner& r) {
       float* p = r.acc("param", total);
       float* m = r.acc("expAvg", total);
       float* v = r.acc("expAvgSq", total);
-      be.adamw(p, grad, m, v, segments.data(), (int)segments.size(), s);
+      if (name == "adamw") {
+        // the plain update: a status that lets it run, no clipping (grad comes back unchanged)
+        float* grad = r.in_place("grad", "grad", total);
+        be.adamw(p, grad, m, v, segments.data(), count, s, r.device_copy(StepStatus{}), 0.f, false);
+      } else {
+        // the optimizer as adamw_step runs it: the norm into the status, then the update decided
+        // from it. tensors.loss (one value, NaN/Infinity allowed) is the status' loss, checked
+        // when dims.checkLoss; dims.clipGrad (default 0) clips. grad comes back as the update
+        // left it (clipped or not).
+        StepStatus init;
+        if (r.has("loss")) init.losses.loss = get_typed_array<float>(r.tensor("loss"), "loss", 1).Data()[0];
+        StepStatus* status = r.device_copy(init);
+        float* grad = r.in_place("grad", "grad", total);
+        be.grad_norm_squared(&status->grad_norm_sq, grad, segments.data(), count);
+        const float clip = r.has_dim("clipGrad") ? (float)r.scalar("clipGrad") : 0.f;
+        const bool check_loss = r.has_dim("checkLoss") && r.dim("checkLoss") != 0;
+        be.adamw(p, grad, m, v, segments.data(), count, s, status, clip, check_loss);
+        const StepStatus after = r.read(status);
+        r.host_value("normSquared", after.grad_norm_sq);
+        r.host_value("updated", decide_step(after, clip, check_loss).update);
+      }
     }
   } else {
     throw Napi::RangeError::New(r.env(), "testBackendOp: unknown op '" + name + "'");

@@ -5,7 +5,8 @@
 # Prepare here: npm run build (nvcc present → CUDA for 80;90), scripts/device-pack.sh; then
 #   device run: bash scripts/gpu-check.sh   with carry [.device, dist]
 # Environment: PHASES (a comma list; default all, in this order:
-#   smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,op_profile,sanitizer,gemm_sanitizer),
+#   smoke,parity,parity_sync,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,op_profile,sanitizer,
+#   gemm_sanitizer; bench_sync on request),
 #   SKIP_BENCH=1, SKIP_SANITIZER=1, SKIP_DIST=1, BENCH_BATCHES=64,128, PROFILE=1.
 # The GEMM phases (issue 11): gemm = cuda/dev/gemm_check on every path the device runs (mma, sm80,
 # sm90); gemm_shapes = each GEMM of the vit-base K=4 batch-64 step against cuBLAS
@@ -15,6 +16,9 @@
 # op_profile (issue 12): the vit-base batch-64 step under EMAE_PROFILE=1 (CUDA events around every
 # Backend op and step, no sync per op): per-op calls and device time, and the steps' device time
 # against their ops' (the gaps a CUDA graph could remove), on the default and the bf16 path.
+# parity_sync: the parity tests with EMAE_CUDA_STEP_SYNC=once (issue 12: the step's one host sync;
+# cuda.test.ts also checks it against the default host flow bit for bit and injects NaNs in both);
+# bench_sync: the step benchmark with it, to set beside bench.
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
@@ -37,7 +41,7 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...
   status "$name" "rc=$rc in $((SECONDS - t0)) s: $(grep -E 'passed|failed|ERROR SUMMARY|Error|error' "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-200)"
 }
 
-PHASES=,${PHASES:-smoke,parity,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,op_profile,sanitizer,gemm_sanitizer},
+PHASES=,${PHASES:-smoke,parity,parity_sync,dist,kernels,gemm,gemm_shapes,parity_bf16,bench,bench_bf16,op_profile,sanitizer,gemm_sanitizer},
 want() { [[ $PHASES == *,$1,* ]]; }
 # the bf16 GEMM path this card runs best: sm90 (wgmma) where the addon's sm_90a code loads
 BF16_PATH=$(EMAE_CUDA_GEMM=sm90 node -e "import('./dist/index.js').then(m => console.log(m.cudaInfo().devices[0]?.gemmPath ?? 'none'))")
@@ -47,6 +51,9 @@ status "bf16 GEMM path" "$BF16_PATH"
 
 want smoke && phase smoke 60 node scripts/gpu-smoke.mjs 3
 want parity && phase parity 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts test/profile.test.ts
+if want parity_sync; then
+  EMAE_CUDA_STEP_SYNC=once phase parity_sync 200 node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m test/cuda.test.ts test/cuda-parity.test.ts
+fi
 if want gemm && [ -x .device/gemm_check ]; then
   phase gemm 240 .device/gemm_check
   grep -E '^path |^PASS|^FAIL' "$OUT/gemm.log" | tail -8 >> "$SUMMARY"
@@ -89,9 +96,14 @@ if want op_profile; then
   profile_step op_profile
   EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc profile_step op_profile_bf16
 fi
+if want bench_sync && [ "${SKIP_BENCH:-0}" != 1 ]; then
+  EMAE_CUDA_STEP_SYNC=once phase bench_sync 240 node --import=tsx bench/gpu_step.ts --batches "${BENCH_BATCHES:-64,128}" --iters 5 --warmup 2 --json "$OUT/bench_sync.json"
+  grep -E '^\|' "$OUT/bench_sync.log" >> "$SUMMARY"
+fi
 if want sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   phase memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
   phase racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
+  EMAE_CUDA_STEP_SYNC=once phase memcheck_sync 90 compute-sanitizer --tool memcheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
 fi
 if want gemm_sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ] && [ -x .device/gemm_check ]; then
   phase gemm_memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 .device/gemm_check --quick --path "sm80$SM90"

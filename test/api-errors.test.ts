@@ -400,3 +400,42 @@ test('a non-finite loss rejects with the caller stack and changes nothing', asyn
     t.regex(err!.stack ?? '', /api-errors\.test\.ts/);
   });
 });
+
+// The optimizer decides from the step status where the gradients are and the host reads it once,
+// after the update (core/optimizer_step.cc): a refused step must still say why, with the code, and
+// leave the step counter, parameters and moments as they were — and training goes on after it.
+test('trainStep: a non-finite loss is EMAE_NONFINITE_LOSS naming the losses; the step counter stays', async (t) => {
+  const model = await create(t);
+  const good = makeBatch(2, 3);
+  t.is((await model.trainStep(good, { lr: 1e-3, clipGrad: 0.5 })).step, 1);
+  const batch = makeBatch(2);
+  batch.images[7] = Number.NaN;
+  await unchanged(t, model, async () => {
+    const err = await t.throwsAsync(model.trainStep(batch, { lr: 1e-3, clipGrad: 0.5 }));
+    t.is((err as Error & { code?: string }).code, 'EMAE_NONFINITE_LOSS');
+    t.regex(err!.message, /^trainStep: the loss is not finite \(loss NaN, recon NaN, consistency [^)]*\); parameters and optimizer state were not updated$/);
+  });
+  t.is((await model.getOptimizerState()).step, 1);
+  t.is((await model.trainStep(good, { lr: 1e-3 })).step, 2, 'the next good step counts from the last one taken');
+});
+
+test('applyGradients: non-finite gradients are EMAE_NONFINITE_LOSS naming the gradients and change nothing', async (t) => {
+  const model = await create(t);
+  const good = makeBatch(2, 5);
+  const poisoned = makeBatch(2, 6);
+  poisoned.images[11] = Infinity;
+  await model.accumulateGradients(good, { reset: true });
+  const losses = await model.accumulateGradients(poisoned);  // losses are the caller's to check here
+  t.false(Number.isFinite(losses.loss));
+  await unchanged(t, model, async () => {
+    for (const clipGrad of [0, 1]) {
+      const err = await t.throwsAsync(model.applyGradients({ lr: 1e-3, clipGrad, gradScale: 0.5 }));
+      t.is((err as Error & { code?: string }).code, 'EMAE_NONFINITE_LOSS');
+      t.regex(err!.message, /^\w+: the gradients are not finite; parameters and optimizer state were not updated$/);
+    }
+  });
+  await model.accumulateGradients(good, { reset: true });
+  const r = await model.applyGradients({ lr: 1e-3 });
+  t.is(r.step, 1);
+  t.true(Number.isFinite(r.gradNorm) && r.gradNorm > 0);
+});

@@ -104,6 +104,29 @@ gpuTest(`per-op parity with the CPU backend (seed ${seed})`, (t) => {
     }
     offset += n;
   }
+  // the optimizer step as adamw_step runs it (the norm into the step status, then AdamW deciding
+  // from it where it lies; EMAE_CUDA_STEP_SYNC picks the host or the device decision): with and
+  // without clipping as the CPU does it, and a refused step (a non-finite gradient, or a non-finite
+  // loss when checked) changes nothing on the GPU either, gradients included
+  const stepState = { param: randn(total), grad: randn(total, 0.01), expAvg: randn(total, 0.1), expAvgSq: v };
+  const norm = Math.sqrt(native().testBackendOp('cpu', 'grad_norm', { grad: stepState.grad }, sizes).normSquared as number);
+  for (const clipGrad of [0, norm / 4, norm * 0.999])
+    compare(t, 'optimizer_step', stepState, { ...sizes, ...hyper, clipGrad }, 1e-5, { normSquared: 1e-6 });
+  const nanGrad = stepState.grad.slice();
+  nanGrad[1003] = Number.NaN;
+  const refused: [string, Tensors, Record<string, number>][] = [
+    ['NaN gradient', { ...stepState, grad: nanGrad }, {}],
+    ['NaN loss, checked', { ...stepState, loss: Float32Array.of(Number.NaN) }, { checkLoss: 1 }],
+    ['-Infinity loss, checked', { ...stepState, loss: Float32Array.of(-Infinity) }, { checkLoss: 1 }],
+  ];
+  for (const [what, tensors, extra] of refused) {
+    const r = native().testBackendOp('cuda', 'optimizer_step', tensors, { ...sizes, ...hyper, clipGrad: norm / 4, ...extra });
+    t.is(r.updated, 0, `cuda ${what}: refused`);
+    for (const key of ['param', 'grad', 'expAvg', 'expAvgSq'])
+      t.true((r[key] as Float32Array).every((x, k) => Object.is(x, (tensors[key] as Float32Array)[k])), `cuda ${what}: ${key} unchanged`);
+  }
+  const unchecked = native().testBackendOp('cuda', 'optimizer_step', { ...stepState, loss: Float32Array.of(Number.NaN) }, { ...sizes, ...hyper });
+  t.false((unchecked.param as Float32Array).every((x, k) => Object.is(x, stepState.param[k])), 'cuda: an unchecked loss does not stop the update');
 });
 
 // The fine-tuning ops (cuda/classifier.cuh against native/cpu/classifier_ops.cc and the CPU

@@ -97,3 +97,73 @@ test('cpu adamw: lrScale 1 on every segment is bitwise the default', (t) => {
   for (const key of ['param', 'expAvg', 'expAvgSq'] as const)
     t.true((a[key] as Float32Array).every((v, k) => Object.is(v, (b[key] as Float32Array)[k])), `${key}: bitwise equal`);
 });
+
+// ---- the optimizer step as adamw_step runs it (testBackendOp 'optimizer_step'): the norm into
+// the step status, then Backend::adamw deciding from the status where it lies (core/step_status.h
+// decide_step). It must equal the flow it replaced bit for bit — the norm read back, the clip
+// factor (float)(clip / (‖g‖ + 1e-6)) taken on the host, grads scaled, then plain AdamW — and a
+// non-finite norm (or loss, when checked) must change nothing at all, gradients included.
+
+const hyper = { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05, step: 4 };
+const bitwise = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, k) => Object.is(v, b[k]));
+const startState = () => ({ param: f32(randn(total)), grad: f32(randn(total, 0.01)), expAvg: f32(randn(total, 0.1)),
+  expAvgSq: f32(randn(total).map((x) => x * x)) });
+
+test('cpu optimizer_step: clipping equals norm → host factor → scale → adamw, bit for bit', (t) => {
+  const s = startState();
+  const normSquared = native().testBackendOp('cpu', 'grad_norm', { grad: s.grad }, dims).normSquared as number;
+  const norm = Math.sqrt(normSquared);
+  // a dozen factors: a factor rounded another way (in float from a float norm, say) differs in ~1 of 4
+  for (const clipGrad of [1 / 3, 0.999, 0.5, 0.1, 0.77, 0.01, 0.9, 0.25, 0.6, 0.42, 0.05, 0.33].map((f) => Math.fround(norm * f))) {
+    const r = native().testBackendOp('cpu', 'optimizer_step', s, { ...dims, ...hyper, clipGrad });
+    t.is(r.normSquared, normSquared, 'the norm in the status is grad_norm\'s');
+    t.is(r.updated, 1);
+    // the replaced flow: factor rounded once to float, each gradient scaled in float
+    const factor = Math.fround(clipGrad / (norm + 1e-6));
+    const clipped = s.grad.map((g) => Math.fround(g * factor));
+    t.false(bitwise(clipped, s.grad), 'clipping changes the gradients');
+    t.true(bitwise(r.grad as Float32Array, clipped), `clip ${clipGrad}: grads hold the clipped gradients`);
+    const old = native().testBackendOp('cpu', 'adamw', { ...s, grad: clipped }, { ...dims, ...hyper });
+    for (const key of ['param', 'expAvg', 'expAvgSq'] as const)
+      t.true(bitwise(r[key] as Float32Array, old[key] as Float32Array), `clip ${clipGrad}: ${key} bitwise as before`);
+  }
+});
+
+test('cpu optimizer_step: no clipping (clipGrad 0 or >= the norm) is plain adamw, gradients untouched', (t) => {
+  const s = startState();
+  const norm = Math.sqrt(native().testBackendOp('cpu', 'grad_norm', { grad: s.grad }, dims).normSquared as number);
+  const plain = native().testBackendOp('cpu', 'adamw', s, { ...dims, ...hyper });
+  for (const clipGrad of [0, norm * 1.001, 1e30]) {
+    const r = native().testBackendOp('cpu', 'optimizer_step', s, { ...dims, ...hyper, clipGrad });
+    t.is(r.updated, 1);
+    t.true(bitwise(r.grad as Float32Array, s.grad), `clip ${clipGrad}: gradients unchanged`);
+    for (const key of ['param', 'expAvg', 'expAvgSq'] as const)
+      t.true(bitwise(r[key] as Float32Array, plain[key] as Float32Array), `clip ${clipGrad}: ${key} as plain adamw`);
+  }
+});
+
+test('cpu optimizer_step: a non-finite gradient or (checked) loss changes nothing, gradients included', (t) => {
+  const s = startState();
+  const unchanged = (r: Record<string, unknown>, what: string, grad = s.grad) => {
+    t.is(r.updated, 0, `${what}: refused`);
+    for (const [key, want] of [['param', s.param], ['expAvg', s.expAvg], ['expAvgSq', s.expAvgSq], ['grad', grad]] as const)
+      t.true(bitwise(r[key] as Float32Array, want), `${what}: ${key} unchanged`);
+  };
+  for (const bad of [Number.NaN, Infinity, -Infinity]) {
+    const grad = s.grad.slice();
+    grad[70_500] = bad;  // inside the third segment
+    const r = native().testBackendOp('cpu', 'optimizer_step', { ...s, grad }, { ...dims, ...hyper, clipGrad: 1e-3, checkLoss: 1 });
+    t.false(Number.isFinite(r.normSquared as number));
+    unchanged(r, `gradient ${bad}`, grad);
+    for (const checkLoss of [0, 1]) {
+      const lossCase = native().testBackendOp('cpu', 'optimizer_step', { ...s, loss: Float32Array.of(bad) },
+        { ...dims, ...hyper, clipGrad: 1e-3, checkLoss });
+      if (checkLoss) unchanged(lossCase, `loss ${bad}, checked`);
+      else t.false(bitwise(lossCase.param as Float32Array, s.param), `loss ${bad}, not checked: the update runs`);
+    }
+  }
+  // a finite loss with checkLoss and finite gradients updates
+  const ok = native().testBackendOp('cpu', 'optimizer_step', { ...s, loss: Float32Array.of(3.5) }, { ...dims, ...hyper, checkLoss: 1 });
+  t.is(ok.updated, 1);
+  t.false(bitwise(ok.param as Float32Array, s.param));
+});

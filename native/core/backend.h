@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/elementwise.h"
+#include "core/step_status.h"  // LossValues, StepStatus, decide_step
 
 namespace emae {
 
@@ -34,10 +35,6 @@ struct ParamSegment {
                           // (elementwise.h); fine-tuning's layer-wise lr decay, 1 in pretraining
 };
 
-struct LossValues {
-  double loss = 0, recon = 0, consistency = 0;
-};
-
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -47,6 +44,10 @@ class Backend {
   virtual void* allocate(size_t bytes) = 0;  // throws emae::OutOfMemory (a std::runtime_error)
   virtual void release(void* ptr) = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  // As upload, for a step's inputs (images, permutations, targets: about the same bytes every
+  // step). host_src may be reused on return either way, but a device backend may stage the bytes
+  // in memory of its own and return before the copy ran, so a step need not wait for the device.
+  virtual void upload_input(void* dst, const void* host_src, size_t bytes) { upload(dst, host_src, bytes); }
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* dst, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
@@ -122,11 +123,10 @@ class Backend {
 
   // ---- losses -------------------------------------------------------------------------------
   // pred (B·K, 1+N, P) (row 0 of each part is the dropped cls), target (B, N, P).
-  // Writes dpred (same shape as pred; cls rows zero) for L = L_rec + lambda·L_con and returns the
-  // loss values. The only host synchronization of a step.
-  virtual LossValues loss_forward_backward(float* dpred, const float* pred, const float* target,
-                                           const int32_t* perm, const PartGeometry& g, float lambda,
-                                           bool l1) = 0;
+  // Writes dpred (same shape as pred; cls rows zero) for L = L_rec + lambda·L_con and the loss
+  // values into *losses (backend memory: a StepStatus's; read back with download).
+  virtual void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+                                     const int32_t* perm, const PartGeometry& g, float lambda, bool l1) = 0;
 
   // ---- fine-tuning (core/classifier.cc, DESIGN.md §3b) ---------------------------------------
   // dst (C) += Σ_rows src (R, C), summed in a fixed order (the trainable pos_embed's gradient:
@@ -145,23 +145,29 @@ class Backend {
   // out (S, n) = keep[s] · inp (S, n) (the branch's gradient under drop path); out may alias inp
   virtual void scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) = 0;
   // Softmax cross-entropy of logits (B, C) against soft targets (B, C) (rows summing to 1),
-  // mean over the batch: returns the loss, writes dlogits = (softmax − targets) / B. A host sync.
-  virtual double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets,
-                                                int B, int C) = 0;
+  // mean over the batch, into *loss (backend memory: a StepStatus's losses.loss); writes
+  // dlogits = (softmax − targets) / B.
+  virtual void cross_entropy_forward_backward(double* loss, float* dlogits, const float* logits,
+                                              const float* targets, int B, int C) = 0;
 
   // ---- optimizer ---------------------------------------------------------------------------
   // The norm and scale read the segments' offset and size, AdamW also decay and lr_scale. A
   // device backend keeps a copy of the lists it was given (uploading one is a host sync), so a
-  // model passes the same list to all three every step.
-  // Σ g² over the segments (trainable parameters), in double.
-  virtual double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) = 0;
+  // model passes the same list to all three every step. None of them waits for the device.
+  // Σ g² over the segments (trainable parameters), in double, into *norm_sq (backend memory: a
+  // StepStatus's grad_norm_sq).
+  virtual void grad_norm_squared(double* norm_sq, const float* grads, const ParamSegment* segments, int count) = 0;
+  // data *= factor over the segments
   virtual void scale(float* data, const ParamSegment* segments, int count, float factor) = 0;
-  // One AdamW step (adamw_update) of every element of every segment, at the segment's own
-  // learning rate segment_lr(s.lr, segment.lr_scale) and with weight decay where segment.decay;
-  // s.lr itself is the rate of a segment with lr_scale 1. Elements are independent: the segments'
-  // order does not matter.
-  virtual void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq,
-                     const ParamSegment* segments, int count, const AdamWScalars& s) = 0;
+  // The optimizer update as decide_step(*status, clip_grad, check_loss) (step_status.h) says, the
+  // status read where it lies (backend memory): refused → nothing changes, grads included; else
+  // grads *= factor when clipping (they keep the clipped values), then one AdamW step
+  // (adamw_update) of every element of every segment, at the segment's own learning rate
+  // segment_lr(s.lr, segment.lr_scale) and with weight decay where segment.decay; s.lr itself is
+  // the rate of a segment with lr_scale 1. Elements are independent: the segments' order does not
+  // matter.
+  virtual void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
+                     int count, const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) = 0;
 };
 
 }  // namespace emae

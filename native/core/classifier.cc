@@ -54,6 +54,8 @@ Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> 
   grads_ = static_cast<float*>(backend_->allocate(bytes));
   exp_avg_ = static_cast<float*>(backend_->allocate(bytes));
   exp_avg_sq_ = static_cast<float*>(backend_->allocate(bytes));
+  status_ = static_cast<StepStatus*>(backend_->allocate(sizeof(StepStatus)));
+  backend_->zero(status_, sizeof(StepStatus));
   std::vector<float> host(layout_.total);
   initialize_classifier(config_, layout_, host.data());
   backend_->upload(params_, host.data(), bytes);
@@ -74,6 +76,7 @@ Classifier::~Classifier() {
   predict_arena_.reset();
   for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
     if (p) backend_->release(p);
+  if (status_) backend_->release(status_);
 }
 
 void Classifier::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
@@ -192,7 +195,7 @@ void Classifier::forward(Arena& a, bool drop_path) {
   be.matmul_forward(a.logits, a.feat, w + L.head_w, w + L.head_b, nullptr, B, D, c.num_classes);
 }
 
-double Classifier::backward(Arena& a, bool drop_path) {
+void Classifier::backward(Arena& a, bool drop_path) {
   Backend& be = *backend_;
   const ClassifierConfig& c = config_;
   const ClassifierLayout& L = layout_;
@@ -201,8 +204,9 @@ double Classifier::backward(Arena& a, bool drop_path) {
   const float* w = params_;
   float* dw = grads_;
 
-  const double loss = be.cross_entropy_forward_backward(a.dlogits, a.logits, a.targets, B, Q);
-  if (!std::isfinite(loss)) return loss;  // the caller refuses the step; nothing was touched
+  // a non-finite loss runs the backward too (the host does not know it yet): the optimizer refuses
+  // the step from the status, and the gradients' owner reports them as not meaningful
+  be.cross_entropy_forward_backward(&status_->losses.loss, a.dlogits, a.logits, a.targets, B, Q);
   // the linear weights' gradients are assigned (their only contribution); the rest are added into
   for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
   be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w + L.head_w, B, D, Q, true);
@@ -220,37 +224,46 @@ double Classifier::backward(Arena& a, bool drop_path) {
   be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
   be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w, B * N, c.patch_dim(), D,
                      true);
-  return loss;
+}
+
+void Classifier::forward_backward(const float* images, const float* targets, const float* keep, int batch) {
+  Arena& a = arena_for(batch, true);
+  const ClassifierConfig& c = config_;
+  backend_->upload_input(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload_input(a.targets, targets, (size_t)batch * c.num_classes * sizeof(float));
+  const bool drop = keep != nullptr && c.drop_path > 0;
+  if (drop) backend_->upload_input(a.keep, keep, (size_t)c.depth * 2 * batch * sizeof(float));
+  forward(a, drop);
+  backward(a, drop);
 }
 
 double Classifier::loss_and_grads(const float* images, const float* targets, const float* keep, int batch) {
-  Arena& a = arena_for(batch, true);
-  const ClassifierConfig& c = config_;
-  backend_->upload(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
-  backend_->upload(a.targets, targets, (size_t)batch * c.num_classes * sizeof(float));
-  const bool drop = keep != nullptr && c.drop_path > 0;
-  if (drop) backend_->upload(a.keep, keep, (size_t)c.depth * 2 * batch * sizeof(float));
-  forward(a, drop);
-  return backward(a, drop);
+  forward_backward(images, targets, keep, batch);
+  double loss = 0;
+  backend_->download(&loss, &status_->losses.loss, sizeof(loss));
+  return loss;
 }
 
 void Classifier::predict(const float* images, int batch, float* logits) {
   Arena& a = arena_for(batch, false);
   const ClassifierConfig& c = config_;
-  backend_->upload(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload_input(a.images, images, (size_t)batch * c.channels * c.image_size * c.image_size * sizeof(float));
   forward(a, false);
   backend_->download(logits, a.logits, (size_t)batch * c.num_classes * sizeof(float));
 }
 
+namespace {
+std::string non_finite_loss_message(const LossValues& losses) {
+  return std::string("the loss is not finite (") + (std::isnan(losses.loss) ? "NaN" : "Infinity") +
+         "); parameters and optimizer state were not updated";
+}
+}  // namespace
+
 StepResult Classifier::train_step(const float* images, const float* targets, const float* keep, int batch,
                                   const FinetuneOptim& opt) {
-  const double loss = loss_and_grads(images, targets, keep, batch);
-  if (!std::isfinite(loss))
-    throw NonFiniteLoss(std::string("the loss is not finite (") + (std::isnan(loss) ? "NaN" : "Infinity") +
-                        "); parameters and optimizer state were not updated");
-  StepResult r = apply_gradients(opt);
-  r.losses.loss = loss;
-  return r;
+  forward_backward(images, targets, keep, batch);
+  // the loss stays in status_ until adamw_step reads it back, after the optimizer
+  return optimizer_step(opt, non_finite_loss_message);
 }
 
 void Classifier::set_layer_decay(float layer_decay) {
@@ -261,9 +274,12 @@ void Classifier::set_layer_decay(float layer_decay) {
   layer_decay_ = layer_decay;
 }
 
-StepResult Classifier::apply_gradients(const FinetuneOptim& opt) {
+StepResult Classifier::apply_gradients(const FinetuneOptim& opt) { return optimizer_step(opt, nullptr); }
+
+StepResult Classifier::optimizer_step(const FinetuneOptim& opt, LossMessage loss_message) {
   set_layer_decay(opt.layer_decay);
-  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_}, trainable_, opt.adamw, step_);
+  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, status_}, trainable_, opt.adamw, step_,
+                    loss_message);
 }
 
 }  // namespace emae

@@ -38,14 +38,17 @@ class Classifier {
 
   // images (B, C, H, W), targets (B, numClasses) soft (rows summing to 1), keep (depth, 2, B):
   // the drop-path factors of each block's attention and MLP branch (0 or 1/(1 − p)), or null for
-  // none. Forward and backward; returns the mean cross-entropy, the gradients stay in backend memory.
+  // none. Forward and backward; returns the mean cross-entropy (a host sync), the gradients stay
+  // in backend memory (a non-finite loss leaves them non-finite, not meaningful).
   double loss_and_grads(const float* images, const float* targets, const float* keep, int batch);
   // logits (B, numClasses) on the host; no drop path
   void predict(const float* images, int batch, float* logits);
   // the gradients → adamw_step (optimizer_step.h): global norm, optional clipping, one AdamW call
   // over every tensor, each at lr · layer_decay^(depth + 1 − layer id)
   StepResult apply_gradients(const FinetuneOptim& opt);
-  // loss_and_grads then apply_gradients; throws NonFiniteLoss before touching anything
+  // Forward, backward and adamw_step with the loss checked, with no host sync before the
+  // optimizer: one at the end. A non-finite loss or gradient throws NonFiniteLoss with the
+  // parameters, moments and step untouched.
   StepResult train_step(const float* images, const float* targets, const float* keep, int batch,
                         const FinetuneOptim& opt);
 
@@ -55,7 +58,10 @@ class Classifier {
   Arena& arena_for(int batch, bool backward);
   void forward(Arena& a, bool drop_path);
   void set_layer_decay(float layer_decay);  // the segments' lr_scale
-  double backward(Arena& a, bool drop_path);
+  void backward(Arena& a, bool drop_path);  // the loss into status_->losses.loss
+  // upload, forward and backward of one batch, nothing read back
+  void forward_backward(const float* images, const float* targets, const float* keep, int batch);
+  StepResult optimizer_step(const FinetuneOptim& opt, LossMessage loss_message);  // adamw_step
 
   ClassifierConfig config_;
   ClassifierLayout layout_;
@@ -64,6 +70,7 @@ class Classifier {
   float* grads_ = nullptr;
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;
+  StepStatus* status_ = nullptr;  // the loss and gradient norm of the step in flight
   // every tensor, in layout order, with lr_scale = layer_decay_^(depth + 1 − its layer id)
   std::vector<ParamSegment> trainable_;
   std::vector<int> segment_layers_;  // the layer id of each of trainable_

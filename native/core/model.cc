@@ -58,6 +58,8 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
   grads_ = static_cast<float*>(backend_->allocate(bytes));
   exp_avg_ = static_cast<float*>(backend_->allocate(bytes));
   exp_avg_sq_ = static_cast<float*>(backend_->allocate(bytes));
+  status_ = static_cast<StepStatus*>(backend_->allocate(sizeof(StepStatus)));
+  backend_->zero(status_, sizeof(StepStatus));
   std::vector<float> host(layout_.total);
   initialize_params(config_, layout_, host.data());
   backend_->upload(params_, host.data(), bytes);
@@ -77,6 +79,7 @@ Model::~Model() {
   encode_arena_.reset();
   for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
     if (p) backend_->release(p);
+  if (status_) backend_->release(status_);
 }
 
 void Model::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
@@ -211,7 +214,7 @@ void Model::forward() {
 
   // losses and their gradient w.r.t. the predictions
   be.patchify_target(a.target, a.images, g, config_.norm_pix_loss);
-  last_losses_ = be.loss_forward_backward(a.dpred, a.pred, a.target, a.perm, g, lambda_, config_.consistency_l1);
+  be.loss_forward_backward(&status_->losses, a.dpred, a.pred, a.target, a.perm, g, lambda_, config_.consistency_l1);
 }
 
 void Model::backward(bool accumulate) {
@@ -256,18 +259,28 @@ void Model::backward(bool accumulate) {
 
 void Model::upload_batch(Arena& a, const float* images, const int32_t* perm) {
   const ModelConfig& c = config_;
-  backend_->upload(a.images, images, (size_t)a.batch * c.channels * c.image_size * c.image_size * sizeof(float));
-  backend_->upload(a.perm, perm, (size_t)a.batch * c.num_patches() * sizeof(int32_t));
+  backend_->upload_input(a.images, images, (size_t)a.batch * c.channels * c.image_size * c.image_size * sizeof(float));
+  backend_->upload_input(a.perm, perm, (size_t)a.batch * c.num_patches() * sizeof(int32_t));
 }
 
-LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate) {
+void Model::forward_backward(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate) {
   if (batch < 1) throw RangeError("batchSize must be at least 1");
   plan(batch);
   upload_batch(*arena_, images, perm);
   lambda_ = lambda;
   forward();
   backward(accumulate);
-  return last_losses_;
+}
+
+LossValues Model::read_losses() const {
+  LossValues losses;
+  backend_->download(&losses, &status_->losses, sizeof(losses));
+  return losses;
+}
+
+LossValues Model::loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate) {
+  forward_backward(images, perm, batch, lambda, accumulate);
+  return read_losses();
 }
 
 LossValues Model::predict(const float* images, const int32_t* perm, int batch, float lambda, float* pred) {
@@ -277,7 +290,7 @@ LossValues Model::predict(const float* images, const int32_t* perm, int batch, f
   lambda_ = lambda;
   forward();
   backend_->download(pred, arena_->pred, (size_t)arena_->dec.rows() * config_.patch_dim() * sizeof(float));
-  return last_losses_;
+  return read_losses();
 }
 
 void Model::encode(const float* images, int batch, float* features) {
@@ -296,24 +309,27 @@ void Model::encode(const float* images, int batch, float* features) {
   backend_->download(features, a.latent, (size_t)a.enc.rows() * c.embed_dim * sizeof(float));
 }
 
+namespace {
+std::string non_finite_loss_message(const LossValues& losses) {
+  auto text = [](double v) {  // as JavaScript prints it, not C's "-nan"
+    return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? std::string(v > 0 ? "Infinity" : "-Infinity") : std::to_string(v);
+  };
+  return "the loss is not finite (loss " + text(losses.loss) + ", recon " + text(losses.recon) + ", consistency " +
+         text(losses.consistency) + "); parameters and optimizer state were not updated";
+}
+}  // namespace
+
 StepResult Model::train_step(const float* images, const int32_t* perm, int batch, float lambda,
                              const OptimOptions& opt) {
-  const LossValues losses = loss_and_grads(images, perm, batch, lambda);
-  if (!std::isfinite(losses.loss)) {
-    auto text = [](double v) {  // as JavaScript prints it, not C's "-nan"
-      return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? std::string(v > 0 ? "Infinity" : "-Infinity") : std::to_string(v);
-    };
-    throw NonFiniteLoss("the loss is not finite (loss " + text(losses.loss) + ", recon " + text(losses.recon) +
-                        ", consistency " + text(losses.consistency) + "); parameters and optimizer state were not updated");
-  }
-  StepResult r = apply_gradients(opt, 1.f);
-  r.losses = losses;
-  return r;
+  forward_backward(images, perm, batch, lambda, false);
+  // the losses stay in status_ until adamw_step reads it back, after the optimizer
+  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, status_}, trainable_, opt, step_,
+                    non_finite_loss_message);
 }
 
 StepResult Model::apply_gradients(const OptimOptions& opt, float grad_scale) {
   if (grad_scale != 1.f) backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), grad_scale);
-  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_}, trainable_, opt, step_);
+  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, status_}, trainable_, opt, step_, nullptr);
 }
 
 }  // namespace emae

@@ -41,6 +41,8 @@ class Model {
   // images (B, C, H, W) and permutations (B, N) from the host. Forward and backward; the
   // gradients stay in backend memory (get_grads copies them out). With accumulate the new
   // gradients are added to the ones already there (gradient accumulation over micro-batches).
+  // Reads the losses back (a host sync): accumulation and data parallelism report every
+  // micro-batch's.
   LossValues loss_and_grads(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate = false);
   // Forward only (the losses are computed too): predictions (B·K, 1+N, P) into `pred` (host).
   LossValues predict(const float* images, const int32_t* perm, int batch, float lambda, float* pred);
@@ -48,8 +50,11 @@ class Model {
   void encode(const float* images, int batch, float* features);
   // Gradients ready → scale by grad_scale (e.g. 1/micro-batches), then adamw_step
   // (optimizer_step.h): global norm, optional clipping, AdamW at lr for every trainable tensor.
+  // The losses are not checked (the caller has them from loss_and_grads).
   StepResult apply_gradients(const OptimOptions& opt, float grad_scale = 1.f);
-  // loss_and_grads then apply_gradients. Throws NonFiniteLoss before touching anything.
+  // Forward, backward and adamw_step with the loss checked, with no host sync before the
+  // optimizer: one at the end. A non-finite loss or gradient throws NonFiniteLoss with the
+  // parameters, moments and step untouched.
   StepResult train_step(const float* images, const int32_t* perm, int batch, float lambda, const OptimOptions& opt);
 
  private:
@@ -58,8 +63,11 @@ class Model {
   std::unique_ptr<Arena> make_arena(int batch, int parts, int visible, bool decoder);
   void forward_encoder(Arena& a);
   void upload_batch(Arena& a, const float* images, const int32_t* perm);  // (B, C, H, W) and (B, N)
-  void forward();
+  void forward();  // the losses into status_
   void backward(bool accumulate);
+  // upload, forward and backward of one batch, nothing read back
+  void forward_backward(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate);
+  LossValues read_losses() const;  // status_'s (a host sync)
   PartGeometry geometry(const Arena& a) const;
 
   ModelConfig config_;
@@ -69,6 +77,7 @@ class Model {
   float* grads_ = nullptr;
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;
+  StepStatus* status_ = nullptr;  // the losses and gradient norm of the step in flight
   std::vector<ParamSegment> trainable_;  // lr_scale 1 each
   // (offset, size) ranges of the gradients a non-accumulating backward adds into, which it zeroes
   // first: every trainable tensor but the linear weights, whose gradients matmul_backward assigns
@@ -77,7 +86,6 @@ class Model {
   std::unique_ptr<Arena> arena_;         // training and predict
   std::unique_ptr<Arena> encode_arena_;  // encode: encoder only, every patch visible
   float lambda_ = 1.f;
-  LossValues last_losses_;
 };
 
 }  // namespace emae

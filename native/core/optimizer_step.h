@@ -3,10 +3,11 @@
 // global gradient norm, refusal of non-finite gradients, optional clipping, and one AdamW call
 // over every trainable segment. What differs stays with each model: pretraining's grad_scale
 // (micro-batch averaging) before it, fine-tuning's layer-wise lr decay as the segments'
-// lr_scale (ParamSegment, backend.h).
+// lr_scale (ParamSegment, backend.h), and each model's words for a non-finite loss.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "core/backend.h"
@@ -29,22 +30,32 @@ struct NonFiniteLoss : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A model's parameters, gradients and AdamW moments: backend memory, one flat layout.
+// A model's parameters, gradients, AdamW moments and step status: backend memory, one flat
+// layout (and one StepStatus).
 struct OptimizerBuffers {
   float* params;
   float* grads;
   float* exp_avg;
   float* exp_avg_sq;
+  StepStatus* status;
 };
 
+// The message of the NonFiniteLoss for a refused step whose loss is not finite (each model words
+// its own), or null: the loss is not checked (the caller read it already, or has none).
+using LossMessage = std::string (*)(const LossValues& losses);
+
 // One AdamW step over `segments` (the trainable tensors, each with its weight-decay flag and lr
-// multiplier; the same list every step, which a device backend keeps uploaded):
-//   grad_norm = ‖grads‖ over the segments (returned, before clipping); not finite → throws
-//   NonFiniteLoss with parameters, moments and `step` untouched;
+// multiplier; the same list every step, which a device backend keeps uploaded), decided where the
+// gradients are (Backend::adamw) and read back once:
+//   status.grad_norm_sq = Σ g² over the segments; then, unless the loss (when loss_message is
+//   given) or the norm is not finite:
 //   grads *= clip_grad / (grad_norm + 1e-6) when 0 < clip_grad < grad_norm (timm's clip_grad_norm_);
 //   AdamW with lr = opt.lr (times each segment's lr_scale) and the bias corrections of step
-//   t = step + 1; then step = t (also returned in StepResult::step).
+//   t = step + 1.
+// Then the status is downloaded — the step's one host synchronization — and a refused step throws
+// NonFiniteLoss (loss_message's text, or the gradients') with parameters, moments and `step`
+// untouched; else step = t. Returns the status' losses, grad_norm (before clipping) and t.
 StepResult adamw_step(Backend& backend, const OptimizerBuffers& buffers, const std::vector<ParamSegment>& segments,
-                      const OptimOptions& opt, int64_t& step);
+                      const OptimOptions& opt, int64_t& step, LossMessage loss_message);
 
 }  // namespace emae

@@ -149,6 +149,9 @@ ProfilingBackend* profiling_of(Backend& backend) { return dynamic_cast<Profiling
 void ProfilingBackend::upload(void* dst, const void* host_src, size_t bytes) {
   timed(key("upload"), [&] { inner_->upload(dst, host_src, bytes); });
 }
+void ProfilingBackend::upload_input(void* dst, const void* host_src, size_t bytes) {
+  timed(key("upload_input"), [&] { inner_->upload_input(dst, host_src, bytes); });
+}
 void ProfilingBackend::download(void* host_dst, const void* src, size_t bytes) {
   timed(key("download"), [&] { inner_->download(host_dst, src, bytes); });
 }
@@ -231,10 +234,10 @@ void ProfilingBackend::decoder_tokens_backward(float* dy, float* dmask, const fl
                                                const PartGeometry& g, int Dd) {
   timed(key("decoder_tokens_backward"), [&] { inner_->decoder_tokens_backward(dy, dmask, dz, perm, g, Dd); });
 }
-LossValues ProfilingBackend::loss_forward_backward(float* dpred, const float* pred, const float* target,
-                                                   const int32_t* perm, const PartGeometry& g, float lambda, bool l1) {
-  return timed(key("loss_forward_backward"),
-               [&] { return inner_->loss_forward_backward(dpred, pred, target, perm, g, lambda, l1); });
+void ProfilingBackend::loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+                                             const int32_t* perm, const PartGeometry& g, float lambda, bool l1) {
+  timed(key("loss_forward_backward"),
+        [&] { inner_->loss_forward_backward(losses, dpred, pred, target, perm, g, lambda, l1); });
 }
 void ProfilingBackend::column_sum_accumulate(float* dst, const float* src, int R, int C) {
   timed(key("column_sum_accumulate"), [&] { inner_->column_sum_accumulate(dst, src, R, C); });
@@ -252,20 +255,23 @@ void ProfilingBackend::residual_scaled_forward(float* out, const float* res, con
 void ProfilingBackend::scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) {
   timed(key("scale_rows"), [&] { inner_->scale_rows(out, inp, keep, S, n); });
 }
-double ProfilingBackend::cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets,
-                                                        int B, int C) {
-  return timed(key("cross_entropy_forward_backward"),
-               [&] { return inner_->cross_entropy_forward_backward(dlogits, logits, targets, B, C); });
+void ProfilingBackend::cross_entropy_forward_backward(double* loss, float* dlogits, const float* logits,
+                                                      const float* targets, int B, int C) {
+  timed(key("cross_entropy_forward_backward"),
+        [&] { inner_->cross_entropy_forward_backward(loss, dlogits, logits, targets, B, C); });
 }
-double ProfilingBackend::grad_norm_squared(const float* grads, const ParamSegment* segments, int count) {
-  return timed(key("grad_norm_squared"), [&] { return inner_->grad_norm_squared(grads, segments, count); });
+void ProfilingBackend::grad_norm_squared(double* norm_sq, const float* grads, const ParamSegment* segments, int count) {
+  timed(key("grad_norm_squared"), [&] { inner_->grad_norm_squared(norm_sq, grads, segments, count); });
 }
 void ProfilingBackend::scale(float* data, const ParamSegment* segments, int count, float factor) {
   timed(key("scale"), [&] { inner_->scale(data, segments, count, factor); });
 }
-void ProfilingBackend::adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq,
-                             const ParamSegment* segments, int count, const AdamWScalars& s) {
-  timed(key("adamw"), [&] { inner_->adamw(params, grads, exp_avg, exp_avg_sq, segments, count, s); });
+void ProfilingBackend::adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq,
+                             const ParamSegment* segments, int count, const AdamWScalars& s, const StepStatus* status,
+                             float clip_grad, bool check_loss) {
+  timed(key("adamw"), [&] {
+    inner_->adamw(params, grads, exp_avg, exp_avg_sq, segments, count, s, status, clip_grad, check_loss);
+  });
 }
 
 }  // namespace emae

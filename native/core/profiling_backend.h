@@ -80,6 +80,7 @@ class ProfilingBackend final : public Backend {
   void* allocate(size_t bytes) override { return inner_->allocate(bytes); }
   void release(void* ptr) override { inner_->release(ptr); }
   void upload(void* dst, const void* host_src, size_t bytes) override;
+  void upload_input(void* dst, const void* host_src, size_t bytes) override;
   void download(void* host_dst, const void* src, size_t bytes) override;
   void zero(void* dst, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
@@ -112,20 +113,20 @@ class ProfilingBackend final : public Backend {
                               const int32_t* perm, const PartGeometry& g, int Dd) override;
   void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
                                int Dd) override;
-  LossValues loss_forward_backward(float* dpred, const float* pred, const float* target, const int32_t* perm,
-                                   const PartGeometry& g, float lambda, bool l1) override;
+  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+                             const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override;
   void column_sum_accumulate(float* dst, const float* src, int R, int C) override;
   void pool_tokens_forward(float* pooled, const float* x, int S, int T, int D, bool mean) override;
   void pool_tokens_backward(float* dx, const float* dpooled, int S, int T, int D, bool mean) override;
   void residual_scaled_forward(float* out, const float* res, const float* branch, const float* keep, int S,
                                size_t n) override;
   void scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) override;
-  double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B,
-                                        int C) override;
-  double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override;
+  void cross_entropy_forward_backward(double* loss, float* dlogits, const float* logits, const float* targets, int B,
+                                      int C) override;
+  void grad_norm_squared(double* norm_sq, const float* grads, const ParamSegment* segments, int count) override;
   void scale(float* data, const ParamSegment* segments, int count, float factor) override;
-  void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
-             int count, const AdamWScalars& s) override;
+  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
+             int count, const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) override;
 
  private:
   // A row's key: the op's name (a literal of this file's .cc) and up to 4 dimensions.

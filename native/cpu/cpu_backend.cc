@@ -95,9 +95,9 @@ class CpuBackend final : public Backend {
                                const PartGeometry& g, int Dd) override {
     cpu::decoder_tokens_backward(dy, dmask, dz, perm, g, Dd);
   }
-  LossValues loss_forward_backward(float* dpred, const float* pred, const float* target, const int32_t* perm,
-                                   const PartGeometry& g, float lambda, bool l1) override {
-    return cpu::loss_forward_backward(dpred, pred, target, perm, g, lambda, l1);
+  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+                             const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
+    *losses = cpu::loss_forward_backward(dpred, pred, target, perm, g, lambda, l1);
   }
 
   void column_sum_accumulate(float* dst, const float* src, int R, int C) override {
@@ -116,19 +116,23 @@ class CpuBackend final : public Backend {
   void scale_rows(float* out, const float* inp, const float* keep, int S, size_t n) override {
     cpu::scale_rows(out, inp, keep, S, n);
   }
-  double cross_entropy_forward_backward(float* dlogits, const float* logits, const float* targets, int B,
-                                        int C) override {
-    return cpu::cross_entropy_forward_backward(dlogits, logits, targets, B, C);
+  void cross_entropy_forward_backward(double* loss, float* dlogits, const float* logits, const float* targets,
+                                      int B, int C) override {
+    *loss = cpu::cross_entropy_forward_backward(dlogits, logits, targets, B, C);
   }
 
-  double grad_norm_squared(const float* grads, const ParamSegment* segments, int count) override {
-    return cpu::grad_norm_squared(grads, segments, count);
+  void grad_norm_squared(double* norm_sq, const float* grads, const ParamSegment* segments, int count) override {
+    *norm_sq = cpu::grad_norm_squared(grads, segments, count);
   }
   void scale(float* data, const ParamSegment* segments, int count, float factor) override {
     cpu::scale(data, segments, count, factor);
   }
-  void adamw(float* params, const float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
-             int count, const AdamWScalars& s) override {
+  // the status is host memory here: decided in place, then the two passes as before
+  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments, int count,
+             const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) override {
+    const StepDecision d = decide_step(*status, clip_grad, check_loss);
+    if (!d.update) return;
+    if (d.clip) cpu::scale(grads, segments, count, d.factor);
     cpu::adamw(params, grads, exp_avg, exp_avg_sq, segments, count, s);
   }
 

@@ -4,13 +4,18 @@
 // measured bf16 matrix rate (from the PyTorch script), and the ratio.
 //   node --import=tsx bench/gpu_step.ts [--preset vit-base] [--parts 4] [--batches 64,128]
 //        [--iters 10] [--warmup 3] [--python python3] [--json out.json] [--profile] [--no-pytorch]
+//        [--compile] [--results bench/results/gpu-step-<card>-<date>.json]
 // --profile: our model is created with EMAE_PROFILE=1 (the per-op profiler, CUDA events around
 // every Backend op and step) and after the timed steps a markdown table of the top ops and the
 // gap line (the steps' device time against their ops' time) are printed; the ms/step of such a
 // run include the profiler's event records, so compare them with a run without --profile.
 // --no-pytorch: our side only.
+// --compile: PyTorch also with torch.compile of the same model (a second run per batch).
+// --results FILE: appends one object per configuration to the JSON array in FILE (issue 12's
+// record: card, commit, preset, parts, batch, ours_ms, torch_eager_ms, torch_compile_ms,
+// ours_peak_mb, torch_peak_mb, mfu); the commit is EMAE_COMMIT, else `git rev-parse HEAD`.
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { EMAE, ParallelMasker, cudaInfo, formatProfile, presets, type PresetName, type ProfileReport } from '../lib/index.js';
 
 function arg(name: string, fallback: string): string {
@@ -26,6 +31,8 @@ const python = arg('python', 'python3');
 const jsonOut = arg('json', '');
 const profile = process.argv.includes('--profile');
 const withPytorch = !process.argv.includes('--no-pytorch');
+const withCompile = process.argv.includes('--compile');
+const resultsOut = arg('results', '');
 if (profile) process.env.EMAE_PROFILE = '1';  // read when the model is created
 
 /** Model FLOPs of one training step (forward + backward, no recomputation), as in MFU accounting. */
@@ -79,10 +86,11 @@ async function ours(B: number) {
   return { ms, min: Math.min(...times), imagesPerS: B / (ms / 1e3), memoryMb: (before - after) / 2 ** 20, flops, loss, report };
 }
 
-function pytorch(B: number) {
+function pytorch(B: number, compile = false) {
   if (!withPytorch) return { error: 'not run (--no-pytorch)' };
   const r = spawnSync(python, ['bench/torch_gpu_step.py', '--preset', preset, '--parts', String(parts), '--batch', String(B),
-    '--iters', String(Math.max(iters, 8)), '--warmup', String(warmup)], { encoding: 'utf8' });
+    '--iters', String(Math.max(iters, 8)), '--warmup', String(compile ? Math.max(warmup, 3) : warmup), ...(compile ? ['--compile'] : [])],
+  { encoding: 'utf8' });
   if (r.status !== 0) return { error: (r.stderr || r.stdout || String(r.error)).trim().split('\n').slice(-3).join(' | ') };
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
 }
@@ -105,14 +113,18 @@ for (const B of batches) {
     mine = { error: (err as Error).message };
   }
   const theirs = pytorch(B);
+  const compiled = withCompile ? pytorch(B, true) : { error: 'not run (no --compile)' };
   const rate = theirs.bf16_matmul_tflops ? theirs.bf16_matmul_tflops * 1e12 : NaN;
   const row = {
     batch: B, gemm_path: info.devices[0].gemmPath, attention_path: info.devices[0].attentionPath, step_sync: info.devices[0].stepSync,
     ours_ms: mine.ms, ours_images_per_s: mine.imagesPerS, ours_peak_memory_mb: mine.memoryMb,
-    ours_mfu: mine.flops ? mine.flops / (mine.ms / 1e3) / rate : NaN,
+    ours_mfu: mine.flops && mine.ms ? mine.flops / (mine.ms / 1e3) / rate : NaN,
     pytorch_ms: theirs.ms_per_step_median, pytorch_images_per_s: theirs.images_per_s, pytorch_peak_memory_mb: theirs.peak_memory_mb,
     pytorch_mfu: mine.flops && theirs.ms_per_step_median ? mine.flops / (theirs.ms_per_step_median / 1e3) / rate : NaN,
     speedup_vs_pytorch: theirs.ms_per_step_median && mine.ms ? theirs.ms_per_step_median / mine.ms : NaN,
+    pytorch_compile_ms: compiled.ms_per_step_median, pytorch_compile_peak_memory_mb: compiled.peak_memory_mb,
+    speedup_vs_compile: compiled.ms_per_step_median && mine.ms ? compiled.ms_per_step_median / mine.ms : NaN,
+    pytorch_compile_error: withCompile ? compiled.error : undefined,
     bf16_matmul_tflops: theirs.bf16_matmul_tflops, step_gflop: mine.flops ? mine.flops / 1e9 : NaN,
     ours_error: (mine as any).error, pytorch_error: theirs.error, ours_loss: (mine as any).loss,
     ...((mine as any).report ? { ours_profile: (mine as any).report } : {}),
@@ -126,4 +138,29 @@ console.log('\n| batch | ours ms/step | ours img/s | ours peak MB | ours MFU | P
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows)
   console.log(`| ${r.batch} | ${fmt(r.ours_ms)} | ${fmt(r.ours_images_per_s)} | ${fmt(r.ours_peak_memory_mb, 0)} | ${fmt(100 * r.ours_mfu)}% | ${fmt(r.pytorch_ms)} | ${fmt(r.pytorch_images_per_s)} | ${fmt(r.pytorch_peak_memory_mb, 0)} | ${fmt(100 * r.pytorch_mfu)}% | ${fmt(r.speedup_vs_pytorch, 2)} |`);
+if (withCompile) {
+  console.log('\n| batch | ours ms/step | torch.compile ms/step | torch.compile peak MB | speed-up (compile ms / ours ms) |');
+  console.log('|---|---|---|---|---|');
+  for (const r of rows)
+    console.log(`| ${r.batch} | ${fmt(r.ours_ms)} | ${fmt(r.pytorch_compile_ms)} | ${fmt(r.pytorch_compile_peak_memory_mb, 0)} | ${fmt(r.speedup_vs_compile, 2)} |`);
+}
 if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ device: info.devices[0], preset, parts, rows }, null, 1));
+if (resultsOut) {
+  let commit = process.env.EMAE_COMMIT;
+  if (!commit) {
+    const git = spawnSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8' });
+    commit = git.status === 0 ? git.stdout.trim() : 'unknown';
+  }
+  const records = existsSync(resultsOut) ? JSON.parse(readFileSync(resultsOut, 'utf8')) : [];
+  for (const r of rows) {
+    records.push({
+      card: info.devices[0].name, commit, preset, parts, batch: r.batch,
+      gemm_path: r.gemm_path, attention_path: r.attention_path, step_sync: r.step_sync,
+      ours_ms: r.ours_ms ?? null, torch_eager_ms: r.pytorch_ms ?? null, torch_compile_ms: r.pytorch_compile_ms ?? null,
+      ours_peak_mb: r.ours_peak_memory_mb ?? null, torch_peak_mb: r.pytorch_peak_memory_mb ?? null,
+      mfu: Number.isFinite(r.ours_mfu) ? r.ours_mfu : null, bf16_matmul_tflops: r.bf16_matmul_tflops ?? null,
+      ...(r.ours_error ? { ours_error: r.ours_error } : {}),
+    });
+  }
+  writeFileSync(resultsOut, JSON.stringify(records, null, 1) + '\n');
+}

@@ -15,6 +15,8 @@
 #              left and is cut at the budget; the summary lists what was skipped.
 #   BENCH_BATCHES (default 64,128), BENCH_COMPILE=0 (no torch.compile), SKIP_BENCH=1,
 #   SKIP_SANITIZER=1, SKIP_DIST=1, PROFILE=1 (the ncu kernel breakdown, after everything).
+#   DRY_RUN=1  print each phase's environment and command instead of running it, on any machine
+#              (nothing unpacked; the device is assumed to be a Hopper card): test/gpu-check.test.ts
 # Phases:
 #   smoke          3 training steps, encode and reconstruct against the CPU (default paths)
 #   gemm           cuda/dev/gemm_check on every GEMM path the device runs (mma, sm80, sm90), fused
@@ -24,7 +26,8 @@
 #   parity_bf16    the same with the bf16 GEMM path (sm90 on Hopper, else sm80), tensor-core
 #                  attention and EMAE_CUDA_STEP_SYNC=once: everything a new default would change
 #   parity_sync    the CUDA tests with EMAE_CUDA_STEP_SYNC=once alone (issue 12's one host sync;
-#                  cuda.test.ts also checks it against the host flow bit for bit)
+#                  cuda.test.ts also checks it against the host flow bit for bit): to tell apart
+#                  what failed in parity_bf16
 #   bench_bf16     the vit-base K=4 step on the bf16 paths against PyTorch eager at BENCH_BATCHES
 #                  → $OUT/gpu-step-<card>-<date>.json (issue 12's record, one object per row)
 #   op_profile     per-op device time and the gaps (EMAE_PROFILE=1) on the default and bf16 paths
@@ -44,12 +47,25 @@ SUMMARY="$OUT/summary.md"
 echo "# emae GPU check $(date -u +%FT%TZ)" > "$SUMMARY"
 status() { echo "- $1: $2" | tee -a "$SUMMARY"; }
 
-xz -d < .device/node.xz > /usr/local/bin/node && chmod +x /usr/local/bin/node
-tar -xJf .device/node_modules.tar.xz
-export LD_LIBRARY_PATH="$PWD/.device${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export EMAE_NATIVE_PATH="$PWD/.device/emae.node"
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee -a "$SUMMARY"
-node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaInfo())))" | tee -a "$SUMMARY"
+FIRST=smoke,gemm,kernels,parity,parity_bf16,bench_bf16,op_profile
+SECOND=parity_sync,gemm_shapes,bench_compile,bench,bench_mae,sanitizer,gemm_sanitizer,dist
+PHASES=${PHASES:-first,second}
+PHASES=,${PHASES//first/$FIRST},
+PHASES=${PHASES//second/$SECOND}
+KNOWN=,$FIRST,$SECOND,bench_sync,
+for name in ${PHASES//,/ }; do
+  [[ $KNOWN == *,$name,* ]] || { echo "gpu-check: unknown phase '$name' (known: ${KNOWN:1:-1}, or first, second)" >&2; exit 2; }
+done
+want() { [[ $PHASES == *,$1,* ]]; }
+DRY=${DRY_RUN:-0}
+if [ "$DRY" != 1 ]; then
+  xz -d < .device/node.xz > /usr/local/bin/node && chmod +x /usr/local/bin/node
+  tar -xJf .device/node_modules.tar.xz
+  export LD_LIBRARY_PATH="$PWD/.device${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export EMAE_NATIVE_PATH="$PWD/.device/emae.node"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee -a "$SUMMARY"
+  node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaInfo())))" | tee -a "$SUMMARY"
+fi
 
 BUDGET_S=${BUDGET_S:-540}
 MIN_PHASE_S=${MIN_PHASE_S:-20}
@@ -63,27 +79,26 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...: at most TIMEOUT_S, and never past 
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$DRY" = 1 ]; then
+    status "$name" "limit ${limit} s: $(env | grep -E '^EMAE_CUDA_(GEMM|ATTENTION|STEP_SYNC)=' | sort | tr '\n' ' ')$*"
+    return
+  fi
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   status "$name" "rc=$rc in $((SECONDS - t0)) s$([ $rc = 124 ] && echo " (cut at ${limit} s)"): $(grep -E 'passed|failed|ERROR SUMMARY|Error|error' "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-200)"
 }
 
-FIRST=smoke,gemm,kernels,parity,parity_bf16,parity_sync,bench_bf16,op_profile
-SECOND=gemm_shapes,bench_compile,bench,bench_mae,sanitizer,gemm_sanitizer,dist
-PHASES=${PHASES:-first,second}
-PHASES=,${PHASES//first/$FIRST},
-PHASES=${PHASES//second/$SECOND}
-want() { [[ $PHASES == *,$1,* ]]; }
+have() { [ "$DRY" = 1 ] || [ -x ".device/$1" ]; }  # a standalone check built by device-pack.sh
 # the bf16 GEMM path this card runs best: sm90 (wgmma) where the addon's sm_90a code loads
-BF16_PATH=$(EMAE_CUDA_GEMM=sm90 node -e "import('./dist/index.js').then(m => console.log(m.cudaInfo().devices[0]?.gemmPath ?? 'none'))")
+BF16_PATH=$([ "$DRY" = 1 ] && echo sm90 || EMAE_CUDA_GEMM=sm90 node -e "import('./dist/index.js').then(m => console.log(m.cudaInfo().devices[0]?.gemmPath ?? 'none'))")
 [ "$BF16_PATH" = sm90 ] || BF16_PATH=sm80
 SM90=$([ "$BF16_PATH" = sm90 ] && echo ,sm90)  # appended to path lists
 status "bf16 GEMM path" "$BF16_PATH"
 # the new paths together: what a new default would change (issue 11 and 12)
 bf16_on() { export EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc EMAE_CUDA_STEP_SYNC=once; }
 bf16_off() { unset EMAE_CUDA_GEMM EMAE_CUDA_ATTENTION EMAE_CUDA_STEP_SYNC; }
-CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' | tr A-Z a-z)
+CARD=$([ "$DRY" = 1 ] && echo dry-run || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' | tr A-Z a-z)
 DAY=$(date -u +%F)
 [ -f .device/commit ] && export EMAE_COMMIT=$(cat .device/commit)  # written by device-pack.sh
 AVA=(node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m)
@@ -93,19 +108,19 @@ COMPILE=$([ "${BENCH_COMPILE:-1}" = 1 ] && echo --compile)  # for the phases tha
 bench_step() {  # bench_step NAME TIMEOUT_S [gpu_step.ts options]: the step against PyTorch, results appended
   local name=$1 limit=$2; shift 2
   phase "$name" "$limit" node --import=tsx bench/gpu_step.ts --iters 5 --warmup 2 --json "$OUT/$name.json" --results "$STEP_JSON" "$@"
-  grep -E '^\|' "$OUT/$name.log" >> "$SUMMARY"
+  grep -E '^\|' "$OUT/$name.log" >> "$SUMMARY" 2>/dev/null
 }
 
 want smoke && phase smoke 60 node scripts/gpu-smoke.mjs 3
-if want gemm && [ -x .device/gemm_check ]; then
+if want gemm && have gemm_check; then
   phase gemm 150 .device/gemm_check
-  grep -E '^path |^PASS|^FAIL' "$OUT/gemm.log" | tail -12 >> "$SUMMARY"
+  grep -E '^path |^PASS|^FAIL' "$OUT/gemm.log" 2>/dev/null | tail -12 >> "$SUMMARY"
 fi
 # kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90, sm_90a)
 if want kernels; then
-  [ -x .device/attention_check ] && phase attention_check 90 .device/attention_check  # simt and tc paths
+  have attention_check && phase attention_check 90 .device/attention_check  # simt and tc paths
   grep -E '^\|' "$OUT/attention_check.log" >> "$SUMMARY" 2>/dev/null
-  [ -x .device/classifier_check ] && phase classifier_check 45 .device/classifier_check
+  have classifier_check && phase classifier_check 45 .device/classifier_check
 fi
 want parity && phase parity 180 "${AVA[@]}" "${CUDA_TESTS[@]}"
 if want parity_bf16; then
@@ -119,17 +134,17 @@ fi
 if want op_profile; then
   profile_step() {  # profile_step NAME: our side only, 2 warm-up + 4 profiled steps
     phase "$1" 90 node --import=tsx bench/gpu_step.ts --batches 64 --iters 4 --warmup 2 --profile --no-pytorch --json "$OUT/$1.json"
-    { echo; grep -E '^(####|steps |\|)' "$OUT/$1.log"; } >> "$SUMMARY"
+    { echo; grep -E '^(####|steps |\|)' "$OUT/$1.log"; } >> "$SUMMARY" 2>/dev/null
   }
   profile_step op_profile
   bf16_on; profile_step op_profile_bf16
   bf16_off
 fi
-if want gemm_shapes && [ -x .device/gemm_check ]; then
-  python3 bench/gemm_shapes.py vit-base 4 64 > "$OUT/shapes.txt"
+if want gemm_shapes && have gemm_check; then
+  [ "$DRY" = 1 ] || python3 bench/gemm_shapes.py vit-base 4 64 > "$OUT/shapes.txt"
   phase gemm_shapes_ours 120 .device/gemm_check --shapes "$OUT/shapes.txt" --path "mma,sm80$SM90" --reps 20
   phase gemm_shapes 90 python3 bench/gpu_gemm_vs_cublas.py "$OUT/shapes.txt" "$OUT/gemm_shapes_ours.log" "$OUT/gpu-gemm-$CARD-$DAY.json"
-  tail -2 "$OUT/gemm_shapes.log" >> "$SUMMARY"
+  tail -2 "$OUT/gemm_shapes.log" >> "$SUMMARY" 2>/dev/null
 fi
 if want bench_compile && [ "${SKIP_BENCH:-0}" != 1 ]; then
   bf16_on; bench_step bench_compile 300 --batches "${BENCH_BATCHES:-64,128}" $COMPILE
@@ -149,10 +164,10 @@ if want sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   phase racecheck_bf16 120 compute-sanitizer --tool racecheck --error-exitcode 9 node scripts/gpu-smoke.mjs 1
   bf16_off
 fi
-if want gemm_sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ] && [ -x .device/gemm_check ]; then
+if want gemm_sanitizer && [ "${SKIP_SANITIZER:-0}" != 1 ] && have gemm_check; then
   phase gemm_memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 9 .device/gemm_check --quick --path "sm80$SM90"
   phase gemm_racecheck 120 compute-sanitizer --tool racecheck --error-exitcode 9 .device/gemm_check --quick --path sm80
-  command -v cuobjdump >/dev/null && cuobjdump --dump-sass .device/gemm_check > "$OUT/gemm_check.sass" 2>&1 &&
+  [ "$DRY" != 1 ] && command -v cuobjdump >/dev/null && cuobjdump --dump-sass .device/gemm_check > "$OUT/gemm_check.sass" 2>&1 &&
     status "SASS" "HGMMA in gemm_check: $(grep -c HGMMA "$OUT/gemm_check.sass") instructions"
 fi
 # data parallelism on one GPU: one process over a one-rank NCCL communicator (PyTorch's NCCL wheel)

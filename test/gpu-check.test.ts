@@ -1,0 +1,88 @@
+// scripts/gpu-check.sh is the one script a GPU session runs, with minutes of device time: its
+// plan is checked here, on any machine, through its DRY_RUN mode (each phase's environment and
+// command printed, nothing run): the phases in priority order, the new paths' environment only
+// where asked for, every file a phase names present, the budget respected, typos refused.
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+const script = 'scripts/gpu-check.sh';
+const NEW_PATHS = ['EMAE_CUDA_ATTENTION=tc', 'EMAE_CUDA_GEMM=sm90', 'EMAE_CUDA_STEP_SYNC=once'];
+
+interface Planned { name: string; limit?: number; env: string[]; command: string; skipped: boolean }
+
+function dryRun(env: Record<string, string>): { status: number | null; stderr: string; planned: Planned[] } {
+  const out = mkdtempSync(path.join(tmpdir(), 'gpu-check-'));
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EMAE_CUDA_')));
+  const r = spawnSync('bash', [script], { encoding: 'utf8', env: { ...clean, DRY_RUN: '1', OUT: out, ...env } });
+  const planned: Planned[] = [];
+  const summary = existsSync(path.join(out, 'summary.md')) ? readFileSync(path.join(out, 'summary.md'), 'utf8') : '';
+  for (const line of summary.split('\n')) {
+    const run = /^- (\w+): limit (\d+) s: (.*)$/.exec(line);
+    if (run) {
+      const words = run[3].split(' ');
+      const env = words.filter((w) => /^EMAE_CUDA_\w+=/.test(w));
+      planned.push({ name: run[1], limit: Number(run[2]), env, command: words.slice(env.length).join(' '), skipped: false });
+    }
+    const skipped = /^- (\w+): skipped: /.exec(line);
+    if (skipped) planned.push({ name: skipped[1], env: [], command: '', skipped: true });
+  }
+  return { status: r.status, stderr: r.stderr, planned };
+}
+
+test('the first run verifies before it measures, and only the bf16 phases get the new paths', (t) => {
+  const { status, planned } = dryRun({ PHASES: 'first' });
+  t.is(status, 0);
+  t.deepEqual(planned.map((p) => p.name),
+    ['smoke', 'gemm', 'attention_check', 'classifier_check', 'parity', 'parity_bf16', 'bench_bf16', 'op_profile', 'op_profile_bf16']);
+  for (const p of planned) {
+    const wantsNew = p.name.endsWith('_bf16');
+    t.deepEqual(p.env, wantsNew ? NEW_PATHS : [], `${p.name}: ${p.env.join(' ')}`);
+  }
+  const parity = planned.find((p) => p.name === 'parity')!, bf16 = planned.find((p) => p.name === 'parity_bf16')!;
+  t.is(bf16.command, parity.command, 'parity_bf16 runs the same tests as parity');
+  t.true(planned.every((p) => p.limit! <= 540));
+});
+
+test('every phase the script documents is planned by first,second, and every file a phase names exists', (t) => {
+  const text = readFileSync(script, 'utf8');
+  const documented = [...text.slice(text.indexOf('# Phases:'), text.indexOf('set -uo')).matchAll(/^#   (\w+) {2,}/gm)].map((m) => m[1]);
+  t.true(documented.length >= 14, documented.join(','));
+  const { status, planned } = dryRun({});
+  t.is(status, 0);
+  const names = new Set(planned.map((p) => p.name));
+  const expands: Record<string, string[]> = {
+    kernels: ['attention_check', 'classifier_check'], gemm_shapes: ['gemm_shapes_ours', 'gemm_shapes'],
+    op_profile: ['op_profile', 'op_profile_bf16'], sanitizer: ['memcheck', 'racecheck', 'memcheck_bf16', 'racecheck_bf16'],
+    gemm_sanitizer: ['gemm_memcheck', 'gemm_racecheck'], dist: ['dist_nccl'], bench_sync: [],  // bench_sync: on request only
+  };
+  for (const phase of documented) for (const name of expands[phase] ?? [phase]) t.true(names.has(name), `${phase} → ${name} planned`);
+  t.false(names.has('bench_sync'));
+  for (const p of planned) {
+    for (const word of p.command.split(' ')) {
+      if (/^(scripts|bench|test)\/[\w./-]+\.(mjs|ts|py)$/.test(word)) t.true(existsSync(word), `${p.name}: ${word}`);
+    }
+  }
+  t.true(planned.filter((p) => p.command.includes('bench/gpu_step.ts') && p.command.includes('--results')).length >= 4,
+    'the step benchmarks append to the gpu-step JSON record');
+});
+
+test('a run never goes past its budget: with none left every phase is skipped, and the summary says so', (t) => {
+  const { status, planned } = dryRun({ PHASES: 'first', BUDGET_S: '5' });
+  t.is(status, 0);
+  t.true(planned.length > 5);
+  t.true(planned.every((p) => p.skipped), planned.filter((p) => !p.skipped).map((p) => p.name).join(','));
+  // with 100 s, the phases whose own limit is longer are cut to what is left
+  const short = dryRun({ PHASES: 'parity,bench_bf16', BUDGET_S: '100' });
+  t.deepEqual(short.planned.map((p) => p.name), ['parity', 'bench_bf16']);
+  for (const p of short.planned) t.true(!p.skipped && p.limit! <= 100 && p.limit! >= 90, `${p.name}: limit ${p.limit}`);
+});
+
+test('an unknown phase is refused before anything is unpacked or run', (t) => {
+  const { status, stderr, planned } = dryRun({ PHASES: 'first,parity_bf61' });
+  t.is(status, 2);
+  t.regex(stderr, /unknown phase 'parity_bf61' \(known: smoke,gemm,/);
+  t.deepEqual(planned, []);
+});

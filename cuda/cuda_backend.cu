@@ -185,11 +185,22 @@ class CudaBackend final : public Backend {
   }
   void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                        const float* weight, int R, int K, int N, bool assign_dweight) override {
+    backward(dinp, dweight, dbias, dout, inp, weight, nullptr, R, K, N, assign_dweight);
+  }
+  // The bf16 GEMM paths put the GELU in the GEMM's epilogue (gemm.cuh, epilogue_store); mma, the
+  // verified default, keeps the composed ops (Backend's defaults) exactly as before.
+  void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias, int R,
+                           int K, int N) override {
+    if (gemm_path_ == GemmPath::kMma) return Backend::matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N);
     bind();
-    // the weight-gradient kernels accumulate (split-K): assigning = zeroing first
-    if (assign_dweight) EMAE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, (size_t)N * K * sizeof(float), stream_));
-    float* scratch = scratch_.get_as<float>(matmul_backward_scratch_floats(R, K, N));
-    cuda::matmul_backward_with(gemm_runner(), dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_);
+    cuda::matmul_gelu_forward_with(gemm_runner(), pre, act, inp, weight, bias, R, K, N);
+  }
+  void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                            const float* weight, const float* gelu_inp, int R, int K, int N,
+                            bool assign_dweight) override {
+    if (gemm_path_ == GemmPath::kMma)
+      return Backend::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, assign_dweight);
+    backward(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, assign_dweight);
   }
   void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                          const float* bias, int R, int C, float eps) override {
@@ -348,6 +359,17 @@ class CudaBackend final : public Backend {
 
   // the GEMM path (gemm_dispatch.cuh) and the bf16 operand copies its bf16 kernels read
   GemmRunner<Scratch> gemm_runner() { return {gemm_path_, sms_, gemm_operands_, stream_}; }
+
+  // matmul_backward, with dinp ⊙ gelu'(gelu_inp) in the dinp GEMM's epilogue when gelu_inp is given
+  void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight,
+                const float* gelu_inp, int R, int K, int N, bool assign_dweight) {
+    bind();
+    // the weight-gradient kernels accumulate (split-K): assigning = zeroing first
+    if (assign_dweight) EMAE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, (size_t)N * K * sizeof(float), stream_));
+    float* scratch = scratch_.get_as<float>(matmul_backward_scratch_floats(R, K, N));
+    cuda::matmul_backward_with(gemm_runner(), dinp, dweight, dbias, dout, inp, weight, R, K, N, scratch, stream_,
+                               gelu_inp);
+  }
 
   int device_;
   std::string name_;

@@ -12,7 +12,11 @@
 //     are never stored; K == 0 still writes C = [C +] bias + residual (or 0);
 //   - deterministic: every output is summed in a fixed order (split-K partials are reduced in
 //     split order, column sums in a fixed tree), so a run repeats bit for bit;
-//   - forward outputs are assigned; dweight and dbias accumulate (+=), dinp is assigned.
+//   - forward outputs are assigned; dweight and dbias accumulate (+=), dinp is assigned;
+//   - the epilogue (what happens to an output after its K sum: C, bias, residual, GELU) is written
+//     once, epilogue_store() below, and called by every kernel's direct store (this one,
+//     gemm_sm80.cuh, gemm_sm90.cuh) and by the split-K reduce, so it is applied exactly once per
+//     output and never to a split's partial sum; this kernel has no GELU (gemm() refuses it).
 // The interface (GemmParams, same meaning as cpu::GemmParams) is what a later wgmma (sm_90a)
 // kernel will implement too.
 #pragma once
@@ -21,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/elementwise.h"
 #include "cuda/common.cuh"
 
 namespace emae::cuda {
@@ -35,9 +40,55 @@ struct GemmParams {
   bool accumulate = false;          // C += … instead of C = …
   const float* bias = nullptr;      // (N) or null
   const float* residual = nullptr;  // (M, N) at ldc, or null
+  // GELU in the epilogue (at most one of the two; the MLP's fc1 forward and fc2 input gradient):
+  float* gelu_out = nullptr;        // (M, N) at ldc, or null: gelu(C's new value) (C keeps the pre-activation)
+  const float* gelu_inp = nullptr;  // (M, N) at ldc, or null: C's new value is multiplied by gelu'(gelu_inp)
+  float* a_sums = nullptr;          // (M) or null: a_sums[m] += Σ_k op(A)(m, k) of the fp32 A, summed as
+                                    // column_sum_accumulate does (the bias gradient of a dweight GEMM);
+                                    // needs trans_a and workspace_floats ≥ column_sum_scratch_floats(K, M)
   float* workspace = nullptr;       // split-K partials ([splits][M][N] fp32), or null: no split-K
   size_t workspace_floats = 0;      // floats at workspace; splits are reduced until they fit
 };
+
+// Whether p asks for a GELU in its epilogue: the tile kernels then run their kGelu instantiation
+// (the GELU's erf code inlined at every store site of an unrolled epilogue is large, so the plain
+// instantiation does without it).
+template <class Params>
+__host__ __device__ __forceinline__ bool gelu_epilogue(const Params& p) {
+  return p.gelu_out != nullptr || p.gelu_inp != nullptr;
+}
+
+// The epilogue of output (row, col) whose K sum is v; the only description of it (see the
+// invariants). Params: GemmParams or GemmBf16Params. In this order:
+//   v [+ C] [+ bias] [+ residual] [· gelu'(gelu_inp)] → C;  gelu(C's new value) → gelu_out
+// kGelu: the GELU fields are read; without it they must be null (gelu_epilogue(p) is false).
+// Host-callable so that the CPU emulations (cuda/dev/*_emulate.cu) run this very code.
+template <bool kGelu, class Params>
+__host__ __device__ __forceinline__ void epilogue_store(const Params& p, int row, int col, float v) {
+  const size_t at = (size_t)row * p.ldc + col;
+  if (p.accumulate) v += p.C[at];
+  if (p.bias) v += p.bias[col];
+  if (p.residual) v += p.residual[at];
+  if constexpr (kGelu) {
+    if (p.gelu_inp) v *= gelu_grad(p.gelu_inp[at]);
+  }
+  p.C[at] = v;
+  if constexpr (kGelu) {
+    if (p.gelu_out) p.gelu_out[at] = gelu(v);
+  }
+}
+
+// Output idx (row-major in M × N) of a split-K GEMM: its `splits` partials added in split order,
+// then the epilogue, GELU included when asked (gemm_reduce_kernel's body; host-callable for the
+// emulations).
+template <class Params>
+__host__ __device__ __forceinline__ void reduce_output(const Params& p, int splits, const float* __restrict__ partial,
+                                                       size_t idx) {
+  const size_t total = (size_t)p.M * p.N;
+  float v = 0.f;
+  for (int z = 0; z < splits; ++z) v += partial[(size_t)z * total + idx];
+  epilogue_store<true>(p, (int)(idx / p.N), (int)(idx % p.N), v);
+}
 
 struct GemmTraits {
   static constexpr int kBM = 128, kBN = 128, kBK = 32;
@@ -246,34 +297,22 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const Gem
         const int row = m0 + wm0 + i * 16 + g + (r / 2) * 8;
         const int col = n0 + wn0 + jn * 8 + 2 * t + (r % 2);
         if (row >= p.M || col >= p.N) continue;
-        float v = acc[i][jn][r];
+        const float v = acc[i][jn][r];
         if (partial) {
           partial[((size_t)blockIdx.z * p.M + row) * p.N + col] = v;
           continue;
         }
-        const size_t at_c = (size_t)row * p.ldc + col;
-        if (p.accumulate) v += p.C[at_c];
-        if (p.bias) v += p.bias[col];
-        if (p.residual) v += p.residual[at_c];
-        p.C[at_c] = v;
+        epilogue_store<false>(p, row, col, v);  // gemm() refuses the GELU fields
       }
 }
 
-// C = [C +] Σ_z partial[z] + bias + residual, summed in split order (deterministic). Params: any
-// struct with M, N, C, ldc, accumulate, bias, residual (GemmParams, GemmBf16Params).
+// C = epilogue(Σ_z partial[z]), summed in split order (deterministic); splits 0: the epilogue of
+// zero sums. Params: GemmParams or GemmBf16Params.
 template <class Params>
 __global__ void gemm_reduce_kernel(const Params p, int splits, const float* __restrict__ partial) {
   const size_t total = (size_t)p.M * p.N;
-  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
-    const int row = (int)(idx / p.N), col = (int)(idx % p.N);
-    float v = 0.f;
-    for (int z = 0; z < splits; ++z) v += partial[(size_t)z * total + idx];
-    const size_t at_c = (size_t)row * p.ldc + col;
-    if (p.accumulate) v += p.C[at_c];
-    if (p.bias) v += p.bias[col];
-    if (p.residual) v += p.residual[at_c];
-    p.C[at_c] = v;
-  }
+  for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x)
+    reduce_output(p, splits, partial, idx);
 }
 
 // dbias (N) += Σ_r dout[r·N + c] without scratch: one block per 32-column slab, lane = column,
@@ -358,6 +397,15 @@ inline void check_gemm_params(const GemmParams& p) {
   if (p.M < 0) bad("M must be >= 0, got " + std::to_string(p.M));
   if (p.N < 0) bad("N must be >= 0, got " + std::to_string(p.N));
   if (p.K < 0) bad("K must be >= 0, got " + std::to_string(p.K));
+  if (p.gelu_out && p.gelu_inp) bad("gelu_out and gelu_inp exclude each other (one GELU per epilogue)");
+  if (p.workspace_floats > 0 && !p.workspace) bad("workspace is null but workspace_floats > 0");
+  if (p.a_sums) {  // read even when N == 0
+    if (!p.trans_a) bad("a_sums needs trans_a (A stored (K, M), the dweight layout)");
+    const size_t need = column_sum_scratch_floats(p.K, p.M);
+    if (p.workspace_floats < need)
+      bad("a_sums needs a workspace of " + std::to_string(need) + " floats, got " + std::to_string(p.workspace_floats));
+    if (p.M > 0 && p.K > 0 && (!p.A || p.lda < p.M)) bad("a_sums: A is null or lda < M");
+  }
   if (p.M == 0 || p.N == 0) return;  // nothing to write, nothing read
   if (!p.C) bad("C is null");
   if (p.ldc < p.N) bad("ldc must be >= N (" + std::to_string(p.N) + "), got " + std::to_string(p.ldc));
@@ -368,18 +416,23 @@ inline void check_gemm_params(const GemmParams& p) {
     if (p.lda < a_row) bad("lda must be >= " + std::to_string(a_row) + ", got " + std::to_string(p.lda));
     if (p.ldb < b_row) bad("ldb must be >= " + std::to_string(b_row) + ", got " + std::to_string(p.ldb));
   }
-  if (p.workspace_floats > 0 && !p.workspace) bad("workspace is null but workspace_floats > 0");
 }
 
 inline void gemm(const GemmParams& p, cudaStream_t stream) {
   check_gemm_params(p);
-  if (p.M == 0 || p.N == 0) return;
-  // A K-contiguous unless trans_a; B K-contiguous when trans_b
-  const bool a_k = !p.trans_a, b_k = p.trans_b;
-  if (a_k && b_k) gemm_detail::launch<true, true>(p, stream);
-  else if (a_k) gemm_detail::launch<true, false>(p, stream);
-  else if (b_k) gemm_detail::launch<false, true>(p, stream);
-  else gemm_detail::launch<false, false>(p, stream);
+  if (gelu_epilogue(p))  // this kernel has no GELU instantiation: the backend composes gelu_forward/backward
+    throw std::invalid_argument("gemm (mma path): gelu_out and gelu_inp need a bf16 path (sm80, sm90)");
+  if (p.M > 0 && p.N > 0) {
+    // A K-contiguous unless trans_a; B K-contiguous when trans_b
+    const bool a_k = !p.trans_a, b_k = p.trans_b;
+    if (a_k && b_k) gemm_detail::launch<true, true>(p, stream);
+    else if (a_k) gemm_detail::launch<true, false>(p, stream);
+    else if (b_k) gemm_detail::launch<false, true>(p, stream);
+    else gemm_detail::launch<false, false>(p, stream);
+  }
+  // a pass of its own here (the bf16 paths fuse it into their conversion of A); after the product,
+  // in stream order, as both use the workspace
+  if (p.a_sums) column_sum_accumulate(p.a_sums, p.A, p.K, p.M, p.lda, p.workspace, stream);
 }
 
 // out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias + residual; run(GemmParams) does the product
@@ -392,6 +445,18 @@ inline void matmul_forward_with(Run&& run, float* out, const float* inp, const f
   p.M = R; p.N = N; p.K = K;
   p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = out; p.ldc = N;
   p.bias = bias; p.residual = residual;
+  run(p);
+}
+
+// pre (R, N) = inp (R, K) · weight (N, K)ᵀ + bias;  act (R, N) = gelu(pre): one GEMM with the GELU in its epilogue
+template <class Run>
+inline void matmul_gelu_forward_with(Run&& run, float* pre, float* act, const float* inp, const float* weight,
+                                     const float* bias, int R, int K, int N) {
+  GemmParams p;
+  p.trans_b = true;
+  p.M = R; p.N = N; p.K = K;
+  p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = pre; p.ldc = N;
+  p.bias = bias; p.gelu_out = act;
   run(p);
 }
 
@@ -419,18 +484,20 @@ inline size_t matmul_backward_scratch_floats(int R, int K, int N) {
   return std::max(column_sum_scratch_floats(R, N), split_partials);
 }
 
-// dinp (R, K) = dout (R, N) · weight (N, K) (assigned; skipped when null);
-// dweight (N, K) += doutᵀ · inp (split over the rows when N·K has few tiles);
-// dbias (N) += Σ_rows dout (skipped when null). scratch: matmul_backward_scratch_floats(R, K, N)
-// floats, used by one kernel at a time (stream order), or null (no split-K, dbias without scratch).
+// dinp (R, K) = dout (R, N) · weight (N, K) [⊙ gelu'(gelu_inp (R, K)) when given] (assigned;
+// skipped when null); dweight (N, K) += doutᵀ · inp (split over the rows when N·K has few tiles);
+// dbias (N) += Σ_rows dout (skipped when null; the dweight GEMM's a_sums when there is scratch).
+// scratch: matmul_backward_scratch_floats(R, K, N) floats, used by one kernel at a time (stream
+// order), or null (no split-K, dbias without scratch).
 template <class Run>
 inline void matmul_backward_with(Run&& run, float* dinp, float* dweight, float* dbias, const float* dout,
                                  const float* inp, const float* weight, int R, int K, int N, float* scratch,
-                                 cudaStream_t stream) {
+                                 cudaStream_t stream, const float* gelu_inp = nullptr) {
   if (dinp) {
     GemmParams p;
     p.M = R; p.N = K; p.K = N;
     p.A = dout; p.lda = N; p.B = weight; p.ldb = K; p.C = dinp; p.ldc = K;
+    p.gelu_inp = gelu_inp;
     run(p);
   }
   GemmParams p;
@@ -439,11 +506,9 @@ inline void matmul_backward_with(Run&& run, float* dinp, float* dweight, float* 
   p.A = dout; p.lda = N; p.B = inp; p.ldb = K; p.C = dweight; p.ldc = K; p.accumulate = true;
   p.workspace = scratch;
   p.workspace_floats = scratch ? matmul_backward_scratch_floats(R, K, N) : 0;
+  if (scratch) p.a_sums = dbias;  // Σ_rows dout = the row sums of op(A) = doutᵀ
   run(p);
-  if (dbias) {
-    if (scratch) column_sum_accumulate(dbias, dout, R, N, N, scratch, stream);
-    else column_sum_accumulate_noscratch(dbias, dout, R, N, stream);
-  }
+  if (dbias && !scratch) column_sum_accumulate_noscratch(dbias, dout, R, N, stream);
 }
 
 inline void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,

@@ -1,6 +1,7 @@
 // The bf16-operand GEMM path (issue 11): both operands bf16 and K-contiguous in global memory,
-// fp32 accumulation and output, the epilogue of GemmParams.
+// fp32 accumulation and output, the epilogue of GemmParams (epilogue_store in gemm.cuh).
 //   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias (N)] [+ residual (M, N), leading dim ldc]
+//              [· gelu'(gelu_inp (M, N))];  gelu_out (M, N) = gelu(C) when asked
 // Two kernels implement it: gemm_sm80.cuh (mma.sync, cp.async multistage; sm_80 and newer) and
 // gemm_sm90.cuh (wgmma fed by TMA; sm_90a only). Today's activations are fp32, so gemm_via_bf16()
 // converts each operand once into a K-contiguous bf16 copy (transposing where the stored layout is
@@ -13,7 +14,11 @@
 //   - split-K: the K range is cut into `splits` pieces of k_split (a multiple of every kernel's BK);
 //     each piece writes its raw sums to partial[split][M][N], and gemm_bf16_reduce (gemm.cuh's reduce) adds them
 //     in split order and applies the epilogue, so the result repeats bit for bit;
-//   - with splits == 1 the kernel applies the epilogue itself (store_epilogue below), once per element.
+//   - with splits == 1 the kernel applies the epilogue itself (store_epilogue below), once per element;
+//   - the fp32 → bf16 conversion of a dweight GEMM's A (dout, stored (K, M)) can add the row sums of
+//     the view (the bias gradient) on the way: each block sums its rows over one 256-column chunk in
+//     column order and the chunks are added in order, the very sequence of column_sum_accumulate, so
+//     the sums equal the separate pass's bit for bit while dout is read once less.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -40,6 +45,8 @@ struct GemmBf16Params {
   bool accumulate = false;               // C += … instead of C = …
   const float* bias = nullptr;           // (N) or null
   const float* residual = nullptr;       // (M, N) at ldc, or null
+  float* gelu_out = nullptr;             // (M, N) at ldc, or null: gelu(C's new value)
+  const float* gelu_inp = nullptr;       // (M, N) at ldc, or null: C's new value · gelu'(gelu_inp)
   int splits = 1;                        // K pieces; > 1 needs partial
   int k_split = 0;                       // K elements per piece (multiple of the kernel's BK); 0: all of K
   float* partial = nullptr;              // [splits][M][N] fp32 when splits > 1
@@ -58,26 +65,28 @@ inline const char* gemm_path_name(GemmPath p) {
   return "?";
 }
 
-// The epilogue of one output element pair (col, col + 1), shared by the kernels. `split` is the K
-// piece this value sums; with p.splits > 1 the raw sum goes to the partial buffer.
-__device__ __forceinline__ void store_epilogue(const GemmBf16Params& p, int split, int row, int col, float v0,
-                                               float v1) {
+// The store of one output element pair (col, col + 1), shared by the kernels. `split` is the K
+// piece this value sums; with p.splits > 1 the raw sum goes to the partial buffer (the reduce
+// applies the epilogue), else epilogue_store<kGelu>. Host-callable for the CPU emulations.
+template <bool kGelu>
+__host__ __device__ __forceinline__ void store_epilogue(const GemmBf16Params& p, int split, int row, int col, float v0,
+                                                        float v1) {
   if (row >= p.M) return;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     const int c = col + j;
     if (c >= p.N) return;
-    float v = j == 0 ? v0 : v1;
-    if (p.splits > 1) {
-      p.partial[((size_t)split * p.M + row) * p.N + c] = v;
-      continue;
-    }
-    const size_t at = (size_t)row * p.ldc + c;
-    if (p.accumulate) v += p.C[at];
-    if (p.bias) v += p.bias[c];
-    if (p.residual) v += p.residual[at];
-    p.C[at] = v;
+    const float v = j == 0 ? v0 : v1;
+    if (p.splits > 1) p.partial[((size_t)split * p.M + row) * p.N + c] = v;
+    else epilogue_store<kGelu>(p, row, c, v);
   }
+}
+
+// Whether a tile kernel runs its GELU instantiation for p: when p asks for a GELU and stores final
+// values (one split); split partials are raw sums and the reduce applies the GELU. The launchers
+// and the CPU emulations choose with this.
+__host__ __device__ __forceinline__ bool gelu_instantiation(const GemmBf16Params& p) {
+  return gelu_epilogue(p) && p.splits == 1;
 }
 
 namespace bf16_detail {
@@ -87,33 +96,108 @@ namespace bf16_detail {
 // carries garbage into a kernel that reads whole 16-byte chunks. 32×32 tiles through shared memory
 // keep both the fp32 reads and the bf16 writes coalesced in the transposed case.
 constexpr int kConvTile = 32, kConvRows = 8;  // a block is 32 × 8 threads, 4 rows each
+constexpr int kSumChunk = kColumnSumRowChunk;  // view columns per row-sum partial (column_sum_accumulate's chunk)
+static_assert(kSumChunk % kConvTile == 0, "a sum chunk is whole tiles");
+static_assert(kSumChunk % 8 == 0, "chunks of the K columns and of bf16_ld(K) columns coincide");
 
-static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_kernel(
-    bf16* __restrict__ dst, int ld_dst, const float* __restrict__ src, long long ld_src, int rows, int cols,
-    bool transposed) {
-  __shared__ float tile[kConvTile][kConvTile + 1];
-  const int r0 = blockIdx.x * kConvTile, c0 = blockIdx.y * kConvTile;  // rows on x: up to 2^31 − 1 tiles
-  const int tx = threadIdx.x, ty = threadIdx.y;
+struct ConvArgs {
+  bf16* dst; int ld_dst;                 // (rows, ld_dst) bf16
+  const float* src; long long ld_src;    // the view (rows, cols), stored (rows, ·) or, transposed, (cols, ·)
+  int rows, cols;
+};
+using ConvTile = float[kConvTile][kConvTile + 1];
+
+// The transposed tile at view (r0, c0) in two steps with a barrier between them; each is one
+// thread's (tx < 32, ty < 8) part, host-callable so the CPU emulations run them thread by thread.
+// Step 1: read src rows = view columns (coalesced along view rows) into tile[view col − c0][view row − r0].
+__host__ __device__ __forceinline__ void stage_transposed(ConvTile& tile, const ConvArgs& a, int r0, int c0, int tx,
+                                                          int ty) {
+#pragma unroll
+  for (int i = 0; i < kConvTile; i += kConvRows) {
+    const int c = c0 + ty + i, r = r0 + tx;  // element (r, c) of the view lives at src[c·ld + r]
+    tile[ty + i][tx] = (c < a.cols && r < a.rows) ? a.src[(size_t)c * a.ld_src + r] : 0.f;
+  }
+}
+// Step 2: write dst rows (coalesced) from the staged tile.
+__host__ __device__ __forceinline__ void write_transposed(const ConvTile& tile, const ConvArgs& a, int r0, int c0,
+                                                          int tx, int ty) {
+#pragma unroll
+  for (int i = 0; i < kConvTile; i += kConvRows) {
+    const int r = r0 + ty + i, c = c0 + tx;
+    if (r < a.rows && c < a.ld_dst) a.dst[(size_t)r * a.ld_dst + c] = __float2bfloat16_rn(tile[tx][ty + i]);
+  }
+}
+// After step 2, threads ty == 0: view row r0 + tx's running sum over the tile's 32 columns in
+// column order (columns past cols are staged as 0 and leave the sum unchanged).
+__host__ __device__ __forceinline__ void sum_transposed(const ConvTile& tile, int tx, float& sum) {
+#pragma unroll
+  for (int j = 0; j < kConvTile; ++j) sum += tile[j][tx];
+}
+
+// The kernels' bodies are written over a Block policy (block_x/y, thread_x/y, sync) so that the CPU
+// emulations (cuda/dev/bf16_convert_emulate.h) run this code; DeviceBlock is the GPU's.
+struct DeviceBlock {
+  __device__ __forceinline__ int block_x() const { return blockIdx.x; }
+  __device__ __forceinline__ int block_y() const { return blockIdx.y; }
+  __device__ __forceinline__ int thread_x() const { return threadIdx.x; }
+  __device__ __forceinline__ int thread_y() const { return threadIdx.y; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
+
+// Block (x, y) converts the view's 32 × 32 tile (32x, 32y).
+#pragma nv_exec_check_disable
+template <class Block>
+__host__ __device__ __forceinline__ void convert_block(ConvTile& tile, const ConvArgs& a, bool transposed,
+                                                       const Block& b) {
+  const int r0 = b.block_x() * kConvTile, c0 = b.block_y() * kConvTile;  // rows on x: up to 2^31 − 1 tiles
+  const int tx = b.thread_x(), ty = b.thread_y();
   if (!transposed) {
 #pragma unroll
     for (int i = 0; i < kConvTile; i += kConvRows) {
       const int r = r0 + ty + i, c = c0 + tx;
-      if (r < rows && c < ld_dst) dst[(size_t)r * ld_dst + c] = __float2bfloat16_rn(c < cols ? src[r * ld_src + c] : 0.f);
+      if (r < a.rows && c < a.ld_dst)
+        a.dst[(size_t)r * a.ld_dst + c] = __float2bfloat16_rn(c < a.cols ? a.src[r * a.ld_src + c] : 0.f);
     }
     return;
   }
-  // read src rows = dst columns (coalesced along dst rows), write dst rows
-#pragma unroll
-  for (int i = 0; i < kConvTile; i += kConvRows) {
-    const int c = c0 + ty + i, r = r0 + tx;  // element (r, c) of the view lives at src[c·ld + r]
-    tile[ty + i][tx] = (c < cols && r < rows) ? src[(size_t)c * ld_src + r] : 0.f;
+  stage_transposed(tile, a, r0, c0, tx, ty);
+  b.sync();
+  write_transposed(tile, a, r0, c0, tx, ty);
+}
+
+// The transposed conversion plus row sums of the view: block (x, y) converts view rows
+// [32x, 32x + 32) × columns [kSumChunk·y, kSumChunk·(y + 1)) tile by tile and writes
+// partial[y][r] = Σ of row r over the chunk's columns, added in column order.
+#pragma nv_exec_check_disable
+template <class Block>
+__host__ __device__ __forceinline__ void convert_row_sums_block(ConvTile& tile, const ConvArgs& a,
+                                                                float* __restrict__ partial, const Block& b) {
+  const int r0 = b.block_x() * kConvTile, c_begin = b.block_y() * kSumChunk;
+  const int c_end = c_begin + kSumChunk < a.ld_dst ? c_begin + kSumChunk : a.ld_dst;
+  const int tx = b.thread_x(), ty = b.thread_y();
+  float sum = 0.f;
+  for (int c0 = c_begin; c0 < c_end; c0 += kConvTile) {
+    stage_transposed(tile, a, r0, c0, tx, ty);
+    b.sync();
+    write_transposed(tile, a, r0, c0, tx, ty);
+    if (ty == 0) sum_transposed(tile, tx, sum);
+    b.sync();  // the next tile overwrites this one
   }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < kConvTile; i += kConvRows) {
-    const int r = r0 + ty + i, c = c0 + tx;
-    if (r < rows && c < ld_dst) dst[(size_t)r * ld_dst + c] = __float2bfloat16_rn(tile[tx][ty + i]);
-  }
+  if (ty == 0 && r0 + tx < a.rows) partial[(size_t)b.block_y() * a.rows + r0 + tx] = sum;
+}
+
+static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_kernel(
+    bf16* __restrict__ dst, int ld_dst, const float* __restrict__ src, long long ld_src, int rows, int cols,
+    bool transposed) {
+  __shared__ ConvTile tile;
+  convert_block(tile, ConvArgs{dst, ld_dst, src, ld_src, rows, cols}, transposed, DeviceBlock{});
+}
+
+static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_row_sums_kernel(
+    bf16* __restrict__ dst, int ld_dst, const float* __restrict__ src, long long ld_src, int rows, int cols,
+    float* __restrict__ partial) {
+  __shared__ ConvTile tile;
+  convert_row_sums_block(tile, ConvArgs{dst, ld_dst, src, ld_src, rows, cols}, partial, DeviceBlock{});
 }
 
 }  // namespace bf16_detail
@@ -131,6 +215,25 @@ inline void convert_to_bf16(bf16* dst, const float* src, int rows, int cols, lon
   const dim3 grid(ceil_div(rows, kConvTile), ceil_div(ld_dst, kConvTile));
   convert_bf16_kernel<<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols, transposed);
   EMAE_CHECK_LAUNCH("convert_bf16_kernel");
+}
+
+// The transposed convert_to_bf16 (src stores the view (cols, rows)) that also adds the view's row
+// sums to row_sums (rows): row_sums[r] += Σ_c src[c·ld_src + r], bit for bit what
+// column_sum_accumulate(row_sums, src, cols, rows, ld_src, …) adds. scratch:
+// column_sum_scratch_floats(cols, rows) floats for the per-chunk partials.
+inline void convert_to_bf16_with_row_sums(bf16* dst, float* row_sums, const float* src, int rows, int cols,
+                                          long long ld_src, float* scratch, cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return;
+  using namespace bf16_detail;
+  const int ld_dst = bf16_ld(cols);
+  const int chunks = ceil_div(cols, kSumChunk);  // = ceil_div(ld_dst, kSumChunk): kSumChunk is a multiple of 8
+  if (chunks > 65535) throw std::invalid_argument("convert_to_bf16_with_row_sums: more than 2^24 columns");
+  const dim3 grid(ceil_div(rows, kConvTile), chunks);
+  convert_bf16_row_sums_kernel<<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols,
+                                                                                scratch);
+  EMAE_CHECK_LAUNCH("convert_bf16_row_sums_kernel");
+  reduce_chunks_kernel<<<ceil_div(rows, 128), 128, 0, stream>>>(row_sums, scratch, chunks, rows);  // chunk order
+  EMAE_CHECK_LAUNCH("reduce_chunks_kernel");
 }
 
 // Split-K for a kernel with tiles of bm × bn × bk on `sms` multiprocessors: pieces so that about
@@ -154,7 +257,7 @@ inline void choose_splits(GemmBf16Params& p, int bm, int bn, int bk, int sms, si
 
 inline void gemm_bf16_reduce(const GemmBf16Params& p, cudaStream_t stream) {
   const int blocks = (int)std::min<size_t>(((size_t)p.M * p.N + 255) / 256, 132 * 16);
-  gemm_detail::gemm_reduce_kernel<<<blocks, 256, 0, stream>>>(p, p.splits, p.partial);  // splits 0: C = [C +] bias + residual
+  gemm_detail::gemm_reduce_kernel<<<blocks, 256, 0, stream>>>(p, p.splits, p.partial);  // splits 0: the epilogue of zero sums
   EMAE_CHECK_LAUNCH("gemm_reduce_kernel");
 }
 
@@ -183,6 +286,7 @@ inline void check_bf16_params(const GemmBf16Params& p) {
   }
   if (p.splits < 1) bad("splits must be >= 1");
   if (p.splits > 1 && !p.partial) bad("splits > 1 needs partial");
+  if (p.gelu_out && p.gelu_inp) bad("gelu_out and gelu_inp exclude each other");
 }
 
 }  // namespace emae::cuda

@@ -19,17 +19,29 @@ namespace emae::cuda {
 // bf16 elements gemm_via_bf16 needs for the K-contiguous copies of A (M × ld) and B (N × ld).
 inline size_t gemm_operand_elems(const GemmParams& p) { return (size_t)(p.M + p.N) * bf16_ld(p.K); }
 
-// The bf16 problem of p: its epilogue, and A and B converted (and transposed where stored M- or
-// N-contiguous) into `operands` (gemm_operand_elems(p) bf16, 16-byte aligned). p.K > 0.
-inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cudaStream_t stream) {
-  if (!operands || reinterpret_cast<uintptr_t>(operands) % 16) throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
+// p's epilogue as GemmBf16Params fields (no operands).
+inline GemmBf16Params bf16_epilogue(const GemmParams& p) {
   GemmBf16Params q;
   q.M = p.M; q.N = p.N; q.K = p.K;
   q.C = p.C; q.ldc = p.ldc; q.accumulate = p.accumulate; q.bias = p.bias; q.residual = p.residual;
+  q.gelu_out = p.gelu_out; q.gelu_inp = p.gelu_inp;
+  return q;
+}
+
+// The bf16 problem of p: its epilogue, and A and B converted (and transposed where stored M- or
+// N-contiguous) into `operands` (gemm_operand_elems(p) bf16, 16-byte aligned); p.a_sums added to
+// while A is converted (partials in p.workspace, free again when this returns, in stream order).
+// p.K > 0.
+inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cudaStream_t stream) {
+  if (!operands || reinterpret_cast<uintptr_t>(operands) % 16) throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
+  GemmBf16Params q = bf16_epilogue(p);
   const int ld = bf16_ld(p.K);
   bf16* a = operands;
   bf16* b = operands + (size_t)p.M * ld;  // M·ld·2 bytes is a multiple of 16
-  convert_to_bf16(a, p.A, p.M, p.K, p.lda, p.trans_a, stream);   // A stored (K, M) when trans_a
+  if (p.a_sums)  // trans_a (check_gemm_params): A stored (K, M)
+    convert_to_bf16_with_row_sums(a, p.a_sums, p.A, p.M, p.K, p.lda, p.workspace, stream);
+  else
+    convert_to_bf16(a, p.A, p.M, p.K, p.lda, p.trans_a, stream);  // A stored (K, M) when trans_a
   convert_to_bf16(b, p.B, p.N, p.K, p.ldb, !p.trans_b, stream);  // B stored (K, N) unless trans_b
   q.A = a; q.lda = ld; q.B = b; q.ldb = ld;
   return q;
@@ -59,11 +71,13 @@ inline void run_bf16(GemmBf16Params q, GemmPath path, int sms, float* workspace,
 // p on a bf16 kernel (convert_operands, then run_bf16).
 inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, int sms, cudaStream_t stream) {
   check_gemm_params(p);
-  if (p.M == 0 || p.N == 0) return;
-  if (p.K == 0) {  // C = [C +] bias + residual: the reduction over no partials
-    GemmBf16Params q;
-    q.M = p.M; q.N = p.N; q.C = p.C; q.ldc = p.ldc;
-    q.accumulate = p.accumulate; q.bias = p.bias; q.residual = p.residual;
+  if (p.M == 0) return;
+  if (p.N == 0) {  // no product, no operand copies; the row sums of A still count
+    if (p.a_sums) column_sum_accumulate(p.a_sums, p.A, p.K, p.M, p.lda, p.workspace, stream);
+    return;
+  }
+  if (p.K == 0) {  // the epilogue of zero sums: the reduction over no partials (a_sums: += nothing)
+    GemmBf16Params q = bf16_epilogue(p);
     q.splits = 0;
     gemm_bf16_reduce(q, stream);
     return;

@@ -1,7 +1,7 @@
 // Ampere-class bf16 GEMM (issue 11; sm_80 and newer): the GemmBf16Params interface of gemm_bf16.cuh.
 //   for split s = blockIdx.z, K range [s·k_split, min(K, (s+1)·k_split)):
 //   acc (M, N) = A (M, K) · B (N, K)ᵀ, bf16 operands, fp32 accumulation, then store_epilogue()
-//   ([C +] acc [+ bias] [+ residual], or the raw split partial when splits > 1).
+//   (epilogue_store: [C +] acc [+ bias] [+ residual] [GELU], or the raw split partial when splits > 1).
 // Invariants:
 //   - block tile kBM × kBN × kBK = 128 × 128 × 32, 8 warps as 2 × 4, warp tile 64 × 32
 //     (4 m16 × 4 n8 mma tiles, 64 fp32 accumulators per thread);
@@ -116,7 +116,9 @@ __device__ __forceinline__ void cp_async_wait() {
 // grid: x over N tiles, y over M tiles (swapped when swap_grid: M tiles > 65535), z over splits.
 // p.k_split > 0 (≥ K when p.splits == 1; a multiple of kBK otherwise, so pieces end on chunk
 // boundaries except at K itself).
-template <int Unused = 0>  // a template, so the header defines no external-linkage kernel per TU
+// kGelu: the GELU instantiation (gelu_instantiation(p)); being a template also keeps the header from
+// defining an external-linkage kernel per TU.
+template <bool kGelu>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks) gemm_sm80_kernel(const GemmBf16Params p,
                                                                                      bool swap_grid) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -223,10 +225,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks) gemm_sm8
 #pragma unroll
     for (int jn = 0; jn < T::kTilesN; ++jn) {
       const int row = m0 + wm0 + i * 16 + g, col = n0 + wn0 + jn * 8 + 2 * t;
-      store_epilogue(p, split, row, col, acc[i][jn][0], acc[i][jn][1]);
-      store_epilogue(p, split, row + 8, col, acc[i][jn][2], acc[i][jn][3]);
+      store_epilogue<kGelu>(p, split, row, col, acc[i][jn][0], acc[i][jn][1]);
+      store_epilogue<kGelu>(p, split, row + 8, col, acc[i][jn][2], acc[i][jn][3]);
     }
 #endif
+}
+
+template <bool kGelu>
+inline void launch_kernel(const GemmBf16Params& q, dim3 grid, bool swap, cudaStream_t stream) {
+  using T = Traits;
+  static std::atomic<unsigned long long> smem_opt_in{0};  // one per instantiation
+  if (T::kSmemBytes > 48 * 1024) allow_dynamic_smem(gemm_sm80_kernel<kGelu>, T::kSmemBytes, smem_opt_in);
+  gemm_sm80_kernel<kGelu><<<grid, T::kThreads, T::kSmemBytes, stream>>>(q, swap);
+  EMAE_CHECK_LAUNCH("gemm_sm80_kernel");
 }
 
 // Runs the kernel for p with p.splits / p.k_split as chosen by the caller (choose_splits with
@@ -247,11 +258,9 @@ inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
   const int tiles_m = ceil_div(q.M, T::kBM), tiles_n = ceil_div(q.N, T::kBN);
   const bool swap = tiles_m > 65535;  // grid.y (and z) are limited to 65535
   if ((swap ? tiles_n : tiles_m) > 65535 || q.splits > 65535) bad("matrix too large for the grid");
-  static std::atomic<unsigned long long> smem_opt_in{0};
-  if (T::kSmemBytes > 48 * 1024) allow_dynamic_smem(gemm_sm80_kernel<0>, T::kSmemBytes, smem_opt_in);
   const dim3 grid(swap ? tiles_m : tiles_n, swap ? tiles_n : tiles_m, q.splits);
-  gemm_sm80_kernel<0><<<grid, T::kThreads, T::kSmemBytes, stream>>>(q, swap);
-  EMAE_CHECK_LAUNCH("gemm_sm80_kernel");
+  if (gelu_instantiation(q)) launch_kernel<true>(q, grid, swap, stream);
+  else launch_kernel<false>(q, grid, swap, stream);
 }
 
 }  // namespace emae::cuda::sm80

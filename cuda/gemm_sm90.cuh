@@ -1,6 +1,6 @@
 // Hopper GEMM (sm_90a) for the bf16 path of gemm_bf16.cuh: wgmma fed by the tensor memory
 // accelerator (TMA), persistent, warp-specialized.
-//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual]   (A, B bf16 K-major; fp32 C)
+//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual] [GELU]   (A, B bf16 K-major; fp32 C)
 // Shape of the kernel (Traits below):
 //   - a CTA owns a BM × BN output tile at a time and loops over tiles (and split-K pieces) with a
 //     stride of gridDim.x: the grid is at most one CTA per multiprocessor (persistent);
@@ -12,7 +12,7 @@
 //     descriptor, and releases the stage of the previous K-tile on its `empty` mbarrier once at most
 //     one wgmma group is in flight (so TMA refills overlap the tensor cores);
 //   - the epilogue goes from the accumulator registers straight to global memory through
-//     store_epilogue (bias, residual, accumulate, or the split-K partial), while the producer
+//     store_epilogue (accumulate, bias, residual, GELU, or the split-K partial), while the producer
 //     already loads the next tile's stages.
 // Invariants:
 //   - shared tiles are K-major rows of 64 bf16 (128 bytes) in TMA's 128-byte swizzle: row r at
@@ -120,7 +120,8 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(InFlight) : "memory");
 }
 
-// The sm_90a side of cta_body's Ops policy.
+// The sm_90a side of cta_body's Ops policy; kGelu: the epilogue's GELU instantiation.
+template <bool kGelu>
 struct DeviceOps {
   const CUtensorMap* map_a;
   const CUtensorMap* map_b;
@@ -160,7 +161,7 @@ struct DeviceOps {
   __device__ __forceinline__ void mma_wait() const { wgmma_wait<InFlight>(); }
   __device__ __forceinline__ void store(const GemmBf16Params& p, int split, int row, int col, float v0,
                                         float v1) const {
-    store_epilogue(p, split, row, col, v0, v1);
+    store_epilogue<kGelu>(p, split, row, col, v0, v1);
   }
 };
 #endif
@@ -262,13 +263,14 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
   }
 }
 
-template <int BN>
+// kGelu: the GELU instantiation (gelu_instantiation(p)).
+template <int BN, bool kGelu = false>
 __global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                      const GemmBf16Params p, int items, int tiles_n) {
 #if EMAE_SM90A_DEVICE
   extern __shared__ uint8_t smem_raw[];
-  DeviceOps ops{&map_a, &map_b};
+  DeviceOps<kGelu> ops{&map_a, &map_b};
   cta_body<BN>(p, items, tiles_n, smem_raw, ops);
 #endif
 }
@@ -377,28 +379,34 @@ inline LaunchPlan launch_plan(const GemmBf16Params& p, int sms) {
   return plan;
 }
 
-// Runs p with its splits already chosen (k_split a multiple of kBK; any value, 0 included, when
-// splits == 1); the caller reduces split partials. M, N, K > 0.
-template <int BN = 128>
-inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
+template <int BN, bool kGelu>
+inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
   using T = Traits<BN>;
-  static std::atomic<unsigned long long> smem_opt_in{0};
-  allow_dynamic_smem(gemm_sm90_kernel<BN>, T::kSmemBytes, smem_opt_in);
+  static std::atomic<unsigned long long> smem_opt_in{0};  // one per instantiation
+  allow_dynamic_smem(gemm_sm90_kernel<BN, kGelu>, T::kSmemBytes, smem_opt_in);
   if constexpr (BN == 256) {  // fewer registers at launch than setmaxnreg claims: the kernel would wait forever
     static const int regs = [] {
       cudaFuncAttributes attr{};
-      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256>));
+      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256, kGelu>));
       return attr.numRegs;
     }();
     if (regs * T::kThreads < T::kProducerRegs * 128 + T::kConsumerRegs * 128 * T::kConsumers)
       throw CudaError("gemm_sm90<256>: compiled with " + std::to_string(regs) + " registers per thread, fewer than its setmaxnreg split needs");
   }
-  const LaunchPlan plan = launch_plan<BN>(p, sms);
   const CUtensorMap map_a = detail::tensor_map(plan.map_a);
   const CUtensorMap map_b = detail::tensor_map(plan.map_b);
-  gemm_sm90_kernel<BN><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params, plan.items,
-                                                                           plan.tiles_n);
+  gemm_sm90_kernel<BN, kGelu><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params,
+                                                                                  plan.items, plan.tiles_n);
   EMAE_CHECK_LAUNCH("gemm_sm90_kernel");
+}
+
+// Runs p with its splits already chosen (k_split a multiple of kBK; any value, 0 included, when
+// splits == 1); the caller reduces split partials (and their GELU). M, N, K > 0.
+template <int BN = 128>
+inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
+  const LaunchPlan plan = launch_plan<BN>(p, sms);
+  if (gelu_instantiation(plan.params)) launch_kernel<BN, true>(plan, stream);
+  else launch_kernel<BN, false>(plan, stream);
 }
 
 }  // namespace emae::cuda::sm90

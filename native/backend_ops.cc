@@ -135,6 +135,21 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const bool assign = r.has_dim("assign") && r.dim("assign") != 0;  // dweight = … (its input ignored)
     be.matmul_backward(r.out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp, w, R,
                        K, N, assign);
+  } else if (name == "matmul_gelu_forward") {
+    const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
+    const float* inp = r.in("inp", (size_t)R * K);
+    const float* w = r.in("weight", (size_t)N * K);
+    const float* bias = r.optional("bias", N);
+    be.matmul_gelu_forward(r.out("pre", (size_t)R * N), r.out("act", (size_t)R * N), inp, w, bias, R, K, N);
+  } else if (name == "matmul_backward_gelu") {
+    const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
+    const float* dout = r.in("dout", (size_t)R * N);
+    const float* inp = r.in("inp", (size_t)R * K);
+    const float* w = r.in("weight", (size_t)N * K);
+    const float* gelu_inp = r.in("geluInp", (size_t)R * K);
+    const bool assign = r.has_dim("assign") && r.dim("assign") != 0;
+    be.matmul_backward_gelu(r.out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp,
+                            w, gelu_inp, R, K, N, assign);
   } else if (name == "layernorm_forward") {
     const int R = r.dim("R"), C = r.dim("C");
     const float* inp = r.in("inp", (size_t)R * C);

@@ -5,9 +5,13 @@
 // emulation of its pipeline; cuda/dev/gemm_sm90_emulate.cu runs gemm_sm90.cuh's CTA body with its
 // 384 threads as fibers and TMA (128-byte swizzle, zero fill, complete-tx), wgmma (descriptors,
 // accumulator fragments, asynchronous groups), mbarrier phases and setmaxnreg emulated from the PTX
-// ISA. All are built with nvcc as host programs (the device code is compiled, never run). Without
-// nvcc the tests are skipped and say so; a GPU run (scripts/gpu-check.sh) is still what verifies the
-// kernels on hardware.
+// ISA. Both GEMM emulators store through the headers' own epilogue code (gemm.cuh's epilogue_store,
+// the split-K reduce's reduce_output) and cover the fused epilogues: GELU forward and backward with
+// split-K off and on, and the dweight GEMM whose bias gradient is summed in the fp32 → bf16
+// conversion (run with a block's threads as std::threads, bf16_convert_emulate.h), which must equal
+// the separate column-sum pass bit for bit. All are built with nvcc as host programs (the device
+// code is compiled, never run). Without nvcc the tests are skipped and say so; a GPU run
+// (scripts/gpu-check.sh) is still what verifies the kernels on hardware.
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -43,11 +47,13 @@ async function buildAndRun(source: string, args: string[]) {
   t.log(r.out.trim().split('\n').filter((l) => /^PASS S=/.test(l)).length, 'cases');
 });
 
-(nvcc ? test : test.skip)('Ampere GEMM (gemm_sm80.cuh): swizzle, bank groups and pipeline in CPU emulation', async (t) => {
+(nvcc ? test : test.skip)('Ampere GEMM (gemm_sm80.cuh): swizzle, bank groups, pipeline and fused epilogues in CPU emulation', async (t) => {
   const r = await buildAndRun('cuda/dev/gemm_sm80_emulate.cu', []);
   t.is(r.code, 0, r.out);
   t.regex(r.out, /^ALL PASS$/m, r.out);
   t.notRegex(r.out, /^FAIL/m);
+  for (const epilogue of ['gelu-forward', 'gelu-backward', 'a_sums'])
+    t.regex(r.out, new RegExp(`^case .*${epilogue}`, 'm'), `an ${epilogue} case ran`);
 });
 
 (nvcc ? test : test.skip)('Hopper GEMM (gemm_sm90.cuh): TMA, wgmma descriptors and the mbarrier pipeline in CPU emulation', async (t) => {
@@ -56,4 +62,6 @@ async function buildAndRun(source: string, args: string[]) {
   t.regex(r.out, /^PASS: 0 failure\(s\)$/m, r.out);
   t.notRegex(r.out, /^FAIL/m);
   t.log(r.out.trim().split('\n').filter((l) => /^PASS BN=/.test(l)).length, 'runs');
+  for (const epilogue of ['gelu-fwd', 'gelu-bwd', 'a_sums'])
+    t.regex(r.out, new RegExp(`^PASS BN=.* ${epilogue}`, 'm'), `an ${epilogue} case ran`);
 });

@@ -50,6 +50,11 @@ gpuTest(`per-op parity with the CPU backend (seed ${seed})`, (t) => {
     compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N }, 1e-2);
     // assign: dweight's input (random here) is overwritten, not added to
     compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N, assign: 1 }, 1e-2);
+    // the MLP's GELU beside its GEMMs: fused into the GEMM's epilogue on the bf16 paths
+    // (EMAE_CUDA_GEMM=sm80|sm90), composed on mma
+    compare(t, 'matmul_gelu_forward', { inp: randn(R * K), weight: randn(N * K, 0.1), bias: randn(N) }, { R, K, N }, 1e-2);
+    compare(t, 'matmul_backward_gelu', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), geluInp: randn(R * K, 2), dweight: randn(N * K), dbias: randn(N) }, { R, K, N }, 1e-2);
+    compare(t, 'matmul_backward_gelu', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), geluInp: randn(R * K, 2), dweight: randn(N * K), dbias: randn(N) }, { R, K, N, assign: 1 }, 1e-2);
   }
   for (const [R, C] of [[5, 12], [300, 192], [2000, 768]]) {
     const inp = randn(R * C, 2), weight = randn(C), bias = randn(C);

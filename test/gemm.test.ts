@@ -84,6 +84,27 @@ test('gelu fp32 (A&S erf, fast exp) vs fp64: forward and backward', (t) => {
   }
 });
 
+// The same two ops through the Backend interface (testBackendOp, what cuda-parity.test.ts runs on
+// both backends): the fp32 CPU backend against the float64 testOp.
+test('testBackendOp(cpu): the fused MLP ops (matmul_gelu_forward, matmul_backward_gelu) match the float64 ops', (t) => {
+  const R = 97, K = 33, N = 70;
+  const inp = randn(R * K), weight = randn(N * K, 0.5), bias = randn(N), dout = randn(R * N), geluInp = randn(R * K, 2);
+  const f32 = (x: Float64Array) => Float32Array.from(x);
+  const fwd = native().testBackendOp('cpu', 'matmul_gelu_forward', { inp: f32(inp), weight: f32(weight), bias: f32(bias) }, { R, K, N });
+  const fwd64 = native().testOp('matmul_gelu_forward', { inp, weight, bias }, { R, K, N });
+  for (const key of ['pre', 'act']) t.true(relL2(fwd[key], fwd64[key]) <= TOL, `forward ${key}: ${relL2(fwd[key], fwd64[key])}`);
+  const bwd = native().testBackendOp('cpu', 'matmul_backward_gelu',
+    { dout: f32(dout), inp: f32(inp), weight: f32(weight), geluInp: f32(geluInp) }, { R, K, N });
+  const bwd64 = native().testOp('matmul_backward_gelu', { dout, inp, weight, geluInp }, { R, K, N });
+  for (const key of ['dinp', 'dweight', 'dbias']) t.true(relL2(bwd[key], bwd64[key]) <= TOL, `backward ${key}: ${relL2(bwd[key], bwd64[key])}`);
+  // assign: dweight's input is overwritten, dbias accumulates onto its input
+  const stale = randn(N * K), db0 = randn(N);
+  const assigned = native().testBackendOp('cpu', 'matmul_backward_gelu',
+    { dout: f32(dout), inp: f32(inp), weight: f32(weight), geluInp: f32(geluInp), dweight: f32(stale), dbias: f32(db0) }, { R, K, N, assign: 1 });
+  t.deepEqual(assigned.dweight, bwd.dweight);
+  t.true(relL2(assigned.dbias, Float64Array.from(bwd64.dbias as Float64Array, (v, i) => v + db0[i])) <= TOL);
+});
+
 test('matmul_backward with assign overwrites dweight (the first write of a fresh step), dbias still adds', (t) => {
   const R = 97, K = 33, N = 40;
   const f32 = (n: number, scale = 1) => Float32Array.from(randn(n, scale));

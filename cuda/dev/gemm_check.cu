@@ -20,6 +20,13 @@
 //     PASS when ≤ 1e-2.
 // Layouts: NT = forward (A (M,K), B (N,K), + bias + residual), NN = dinp, TN = dweight (+=, with
 // and without split-K), TT for completeness. Exit status non-zero on any FAIL.
+// Fused epilogues (gemm.cuh's epilogue_store): GELU forward (C = pre-activation, gelu_out =
+// gelu(C)) and backward (C = (A·B) ⊙ gelu'(gelu_inp)) on the bf16 paths (mma refuses them: the
+// backend composes the GELU there), split-K off and on, against gelu/gelu' of the double reference:
+// rel. L2 ≤ 2 · tol_bf16(K) (|gelu'| ≤ 1.13 carries the product's error over, and the outputs'
+// norm is at least about half the pre-activation's); a_sums (the dweight GEMM's bias gradient) on
+// every path: within kTolSum of the double column sums and bit for bit what column_sum_accumulate
+// (the separate pass it replaces on the bf16 paths) adds; outputs poisoned, sentinels around them.
 // Flags: --verbose prints every case of the size sweep; --no-bench skips the timings.
 #include <cuda_runtime.h>
 
@@ -94,9 +101,9 @@ __device__ __forceinline__ float hash_uniform(uint64_t seed, size_t i) {
   return (float)((double)(h >> 40) * (1.0 / 8388608.0) - 1.0);  // 24 bits → [0, 2) − 1
 }
 
-__global__ void fill_random_kernel(float* p, size_t n, uint64_t seed) {
+__global__ void fill_random_kernel(float* p, size_t n, uint64_t seed, float amp) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    p[i] = hash_uniform(seed, i);
+    p[i] = amp * hash_uniform(seed, i);
 }
 
 // C buffer of rows_total × ldc: region (m < M, n < N) random (accumulate) or NaN, the rest sentinel
@@ -112,9 +119,10 @@ __device__ __forceinline__ double operand(float x, bool round_bf16) {
   return round_bf16 ? (double)__bfloat162float(__float2bfloat16_rn(x)) : (double)x;
 }
 
-// ref (M, N) dense = [c_before +] op(A) · op(B) [+ bias] [+ residual], double accumulation
+// ref (M, N) dense = [c_before +] op(A) · op(B) [+ bias] [+ residual] [· gelu'(gelu_inp)], double
+// accumulation; ref_act (M, N) = gelu(ref) when p.gelu_out (the same GELU formula in double)
 __global__ void reference_gemm_kernel(const GemmParams p, const float* __restrict__ c_before, double* __restrict__ ref,
-                                      bool round_bf16) {
+                                      double* __restrict__ ref_act, bool round_bf16) {
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   const int m = blockIdx.y * blockDim.y + threadIdx.y;
   if (m >= p.M || n >= p.N) return;
@@ -128,7 +136,9 @@ __global__ void reference_gemm_kernel(const GemmParams p, const float* __restric
   if (p.accumulate) acc += c_before[at];
   if (p.bias) acc += p.bias[n];
   if (p.residual) acc += p.residual[at];
+  if (p.gelu_inp) acc *= emae::gelu_grad((double)p.gelu_inp[at]);
   ref[(size_t)m * p.N + n] = acc;
+  if (p.gelu_out) ref_act[(size_t)m * p.N + n] = emae::gelu(acc);
 }
 
 constexpr int kCmpBlocks = 512, kCmpThreads = 256;
@@ -187,12 +197,12 @@ CompareSums compare(const float* out, const double* ref, const float* other, int
   return t;
 }
 
-void fill_random(float* p, size_t n, uint64_t seed) {
-  fill_random_kernel<<<1024, 256>>>(p, n, seed);
+void fill_random(float* p, size_t n, uint64_t seed, float amp = 1.f) {
+  fill_random_kernel<<<1024, 256>>>(p, n, seed, amp);
   EMAE_CHECK_LAUNCH("fill_random_kernel");
 }
 
-void reference(const GemmParams& p, const float* c_before, double* ref, bool round_bf16) {
+void reference(const GemmParams& p, const float* c_before, double* ref, bool round_bf16, double* ref_act = nullptr) {
   if (p.M == 0 || p.N == 0) return;
   const dim3 block(32, 8), grid(emae::cuda::ceil_div(p.N, 32), emae::cuda::ceil_div(p.M, 8));
   if (grid.y > 65535u) {  // the swap-grid case: do the rows in slices
@@ -202,14 +212,26 @@ void reference(const GemmParams& p, const float* c_before, double* ref, bool rou
       q.M = std::min(rows_per, p.M - m0);
       q.A = p.trans_a ? p.A + m0 : p.A + (size_t)m0 * p.lda;
       if (p.residual) q.residual = p.residual + (size_t)m0 * p.ldc;
+      if (p.gelu_inp) q.gelu_inp = p.gelu_inp + (size_t)m0 * p.ldc;
       reference_gemm_kernel<<<dim3(grid.x, emae::cuda::ceil_div(q.M, 8)), block>>>(
-          q, c_before ? c_before + (size_t)m0 * p.ldc : nullptr, ref + (size_t)m0 * p.N, round_bf16);
+          q, c_before ? c_before + (size_t)m0 * p.ldc : nullptr, ref + (size_t)m0 * p.N,
+          ref_act ? ref_act + (size_t)m0 * p.N : nullptr, round_bf16);
       EMAE_CHECK_LAUNCH("reference_gemm_kernel");
     }
     return;
   }
-  reference_gemm_kernel<<<grid, block>>>(p, c_before, ref, round_bf16);
+  reference_gemm_kernel<<<grid, block>>>(p, c_before, ref, ref_act, round_bf16);
   EMAE_CHECK_LAUNCH("reference_gemm_kernel");
+}
+
+// ref[c] = before[c] + Σ_r src[r·stride + c] in double
+__global__ void column_sum_reference_kernel(double* ref, const float* before, const float* src, int R, int N,
+                                            long long stride) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= N) return;
+  double acc = before[c];
+  for (int r = 0; r < R; ++r) acc += src[(size_t)r * stride + c];
+  ref[c] = acc;
 }
 
 // ---- one case -------------------------------------------------------------------------------
@@ -223,17 +245,53 @@ struct Case {
   bool split_k = false;                 // give the GEMM a workspace (split-K when it pays)
   bool repeat = false;                  // run twice and require bitwise-equal results
   bool bench = false;                   // time it (median of 20)
+  int gelu = 0;                         // 1: gelu_out (GELU forward), 2: gelu_inp (GELU backward)
+  bool a_sums = false;                  // a_sums += the row sums of op(A) (trans_a; gets a workspace)
 };
 
 struct Outcome {
   double rel_bf16 = 0, rel_fp32 = 0, ms = 0;
+  double act_bf16 = 0, act_fp32 = 0;    // gelu_out (GELU forward cases)
+  double sums_rel = 0;                  // a_sums against the double column sums
   unsigned long long nonfinite = 0, sentinel = 0, bitdiff = 0;
+  unsigned long long sums_bitdiff = 0;  // a_sums elements differing from column_sum_accumulate's
   bool pass = false;
 };
 
 const char* layout(const Case& c) {
   static const char* names[4] = {"NN", "NT", "TN", "TT"};
   return names[(c.trans_a ? 2 : 0) + (c.trans_b ? 1 : 0)];
+}
+
+// a_sums (M, then the sentinel a_sums[M]) after a GEMM from `before`: against the double row sums
+// of op(A) (o.sums_rel) and, bit for bit, against column_sum_accumulate on the same A from `before`
+// (in `want`) and against the first run when there was one. Returns the differing elements.
+unsigned long long check_a_sums(const GemmParams& p, const float* before, const float* got, const float* first,
+                                float* want, double* ref, Outcome& o) {
+  DeviceBuffer<float> scratch(emae::cuda::column_sum_scratch_floats(p.K, p.M));
+  EMAE_CUDA_CHECK(cudaMemcpy(want, before, (p.M + 1) * sizeof(float), cudaMemcpyDeviceToDevice));
+  emae::cuda::column_sum_accumulate(want, p.A, p.K, p.M, p.lda, scratch.ptr, 0);
+  if (p.M > 0) {
+    column_sum_reference_kernel<<<emae::cuda::ceil_div(p.M, 128), 128>>>(ref, before, p.A, p.K, p.M, p.lda);
+    EMAE_CHECK_LAUNCH("column_sum_reference_kernel");
+  }
+  std::vector<float> h(p.M + 1), w(p.M + 1), f(p.M + 1);
+  std::vector<double> r(p.M);
+  EMAE_CUDA_CHECK(cudaMemcpy(h.data(), got, h.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  EMAE_CUDA_CHECK(cudaMemcpy(w.data(), want, w.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  if (first) EMAE_CUDA_CHECK(cudaMemcpy(f.data(), first, f.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  if (p.M > 0) EMAE_CUDA_CHECK(cudaMemcpy(r.data(), ref, r.size() * sizeof(double), cudaMemcpyDeviceToHost));
+  unsigned long long differ = 0;
+  double d2 = 0, r2 = 0;
+  for (int m = 0; m <= p.M; ++m) {
+    differ += std::memcmp(&h[m], &w[m], 4) != 0 || (first && std::memcmp(&h[m], &f[m], 4) != 0);
+    if (m == p.M) break;
+    const double d = std::isfinite(h[m]) ? h[m] - r[m] : 1e30;
+    d2 += d * d;
+    r2 += r[m] * r[m];
+  }
+  o.sums_rel = std::sqrt(d2 / std::max(r2, 1e-300));
+  return differ;
 }
 
 Outcome run_case(const Case& c, uint64_t seed) {
@@ -245,14 +303,24 @@ Outcome run_case(const Case& c, uint64_t seed) {
   DeviceBuffer<float> A(c.off_a + (size_t)a_rows * lda), B(c.off_b + (size_t)b_rows * ldb);
   DeviceBuffer<float> C((size_t)c_rows * ldc), C_before((size_t)c_rows * ldc), C_first((size_t)c_rows * ldc);
   DeviceBuffer<float> bias(c.N), residual((size_t)c.M * ldc);
-  DeviceBuffer<double> ref((size_t)c.M * c.N);
+  DeviceBuffer<float> gelu_out(c.gelu == 1 ? C.n : 0), gelu_first(c.gelu == 1 ? C.n : 0), gelu_inp((size_t)c.M * ldc);
+  DeviceBuffer<float> a_sums(c.M + 1), a_sums_before(c.M + 1), a_sums_first(c.M + 1), a_sums_want(c.M + 1);
+  DeviceBuffer<double> ref((size_t)c.M * c.N), ref_act(c.gelu == 1 ? (size_t)c.M * c.N : 0), sums_ref(c.M);
   fill_random(A.ptr, A.n, seed * 16 + 1);
   fill_random(B.ptr, B.n, seed * 16 + 2);
   fill_random(bias.ptr, bias.n, seed * 16 + 3);
   fill_random(residual.ptr, residual.n, seed * 16 + 4);
+  fill_random(gelu_inp.ptr, gelu_inp.n, seed * 16 + 6, 3.f);  // gelu' varies most over [-3, 3]
   init_c_kernel<<<1024, 256>>>(C.ptr, c.M, c.N, ldc, c_rows, c.accumulate, seed * 16 + 5);
   EMAE_CHECK_LAUNCH("init_c_kernel");
+  if (c.gelu == 1) {  // poisoned like an assigned C, sentinels around it
+    init_c_kernel<<<1024, 256>>>(gelu_out.ptr, c.M, c.N, ldc, c_rows, false, 0);
+    EMAE_CHECK_LAUNCH("init_c_kernel");
+  }
+  init_c_kernel<<<64, 256>>>(a_sums.ptr, 1, c.M, c.M + 1, 1, true, seed * 16 + 7);  // a_sums[M]: sentinel
+  EMAE_CHECK_LAUNCH("init_c_kernel");
   EMAE_CUDA_CHECK(cudaMemcpy(C_before.ptr, C.ptr, C.n * sizeof(float), cudaMemcpyDeviceToDevice));
+  EMAE_CUDA_CHECK(cudaMemcpy(a_sums_before.ptr, a_sums.ptr, a_sums.n * sizeof(float), cudaMemcpyDeviceToDevice));
 
   GemmParams p;
   p.trans_a = c.trans_a; p.trans_b = c.trans_b;
@@ -263,10 +331,14 @@ Outcome run_case(const Case& c, uint64_t seed) {
   p.accumulate = c.accumulate;
   p.bias = c.bias ? bias.ptr : nullptr;
   p.residual = c.residual ? residual.ptr : nullptr;
-  // the backend's dweight scratch size for this shape (R = K, K = N, N = M of the GEMM)
-  const size_t ws_floats = c.split_k ? emae::cuda::matmul_backward_scratch_floats(c.K, c.N, c.M) : 0;
+  p.gelu_out = c.gelu == 1 ? gelu_out.ptr : nullptr;
+  p.gelu_inp = c.gelu == 2 ? gelu_inp.ptr : nullptr;
+  p.a_sums = c.a_sums ? a_sums.ptr : nullptr;
+  // the backend's dweight scratch size for this shape (R = K, K = N, N = M of the GEMM); a_sums
+  // needs one too (its chunk partials)
+  const size_t ws_floats = c.split_k || c.a_sums ? emae::cuda::matmul_backward_scratch_floats(c.K, c.N, c.M) : 0;
   DeviceBuffer<float> workspace(ws_floats);
-  p.workspace = c.split_k ? workspace.ptr : nullptr;
+  p.workspace = ws_floats ? workspace.ptr : nullptr;
   p.workspace_floats = ws_floats;
 
   run_gemm(p);
@@ -275,25 +347,40 @@ Outcome run_case(const Case& c, uint64_t seed) {
   if (c.repeat) {  // same inputs again: bit-identical output
     EMAE_CUDA_CHECK(cudaMemcpy(C_first.ptr, C.ptr, C.n * sizeof(float), cudaMemcpyDeviceToDevice));
     EMAE_CUDA_CHECK(cudaMemcpy(C.ptr, C_before.ptr, C.n * sizeof(float), cudaMemcpyDeviceToDevice));
+    if (c.gelu == 1) EMAE_CUDA_CHECK(cudaMemcpy(gelu_first.ptr, gelu_out.ptr, gelu_out.n * sizeof(float), cudaMemcpyDeviceToDevice));
+    EMAE_CUDA_CHECK(cudaMemcpy(a_sums_first.ptr, a_sums.ptr, a_sums.n * sizeof(float), cudaMemcpyDeviceToDevice));
+    EMAE_CUDA_CHECK(cudaMemcpy(a_sums.ptr, a_sums_before.ptr, a_sums.n * sizeof(float), cudaMemcpyDeviceToDevice));
     run_gemm(p);
     EMAE_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
-  reference(p, C_before.ptr, ref.ptr, true);
+  reference(p, C_before.ptr, ref.ptr, true, c.gelu == 1 ? ref_act.ptr : nullptr);
   const CompareSums s1 = compare(C.ptr, ref.ptr, c.repeat ? C_first.ptr : nullptr, c.M, c.N, ldc, c_rows);
-  reference(p, C_before.ptr, ref.ptr, false);
+  CompareSums a1{}, a2{};
+  if (c.gelu == 1) a1 = compare(gelu_out.ptr, ref_act.ptr, c.repeat ? gelu_first.ptr : nullptr, c.M, c.N, ldc, c_rows);
+  reference(p, C_before.ptr, ref.ptr, false, c.gelu == 1 ? ref_act.ptr : nullptr);
   const CompareSums s2 = compare(C.ptr, ref.ptr, nullptr, c.M, c.N, ldc, c_rows);
+  if (c.gelu == 1) a2 = compare(gelu_out.ptr, ref_act.ptr, nullptr, c.M, c.N, ldc, c_rows);
   EMAE_CUDA_CHECK(cudaDeviceSynchronize());
   o.rel_bf16 = std::sqrt(s1.d2 / std::max(s1.r2, 1e-300));
   o.rel_fp32 = std::sqrt(s2.d2 / std::max(s2.r2, 1e-300));
-  o.nonfinite = s1.nonfinite;
-  o.sentinel = s1.sentinel;
-  o.bitdiff = s1.bitdiff;
+  o.act_bf16 = std::sqrt(a1.d2 / std::max(a1.r2, 1e-300));
+  o.act_fp32 = std::sqrt(a2.d2 / std::max(a2.r2, 1e-300));
+  o.nonfinite = s1.nonfinite + a1.nonfinite;
+  o.sentinel = s1.sentinel + a1.sentinel;
+  o.bitdiff = s1.bitdiff + a1.bitdiff;
+  if (c.a_sums) o.sums_bitdiff = check_a_sums(p, a_sums_before.ptr, a_sums.ptr, c.repeat ? a_sums_first.ptr : nullptr,
+                                              a_sums_want.ptr, sums_ref.ptr, o);
   // The fp32-input error of a handful of outputs is one or two bf16 rounding draws, not an
   // average (H100 run, 2026-11-26: M = N = 1 cases reached 1.2e-2 … 1.9e-2 while rel_bf16 passed),
   // so the fp32 criterion applies to outputs of at least 64 elements only; rel_bf16 always applies.
-  const bool fp32_ok = (long long)c.M * c.N < 64 || o.rel_fp32 <= kTolFp32;
-  o.pass = o.rel_bf16 <= tol_bf16(c.K) && fp32_ok && o.nonfinite == 0 && o.sentinel == 0 && o.bitdiff == 0;
+  const bool few = (long long)c.M * c.N < 64;
+  const bool fp32_ok = few || (o.rel_fp32 <= kTolFp32 && o.act_fp32 <= kTolFp32);
+  // GELU backward: gelu' carries the product's error over (≤ 1.13×) onto outputs whose norm may be
+  // smaller than the product's: 2 · tol_bf16 (see the top of the file)
+  const double tol = c.gelu ? 2 * tol_bf16(c.K) : tol_bf16(c.K);
+  o.pass = o.rel_bf16 <= tol && o.act_bf16 <= 2 * tol_bf16(c.K) && fp32_ok && o.nonfinite == 0 && o.sentinel == 0 &&
+           o.bitdiff == 0 && o.sums_rel <= kTolSum && o.sums_bitdiff == 0;
 
   if (c.bench) {  // timing: the output is overwritten (or accumulated into) again and again, fine
     cudaEvent_t start, stop;
@@ -319,13 +406,15 @@ Outcome run_case(const Case& c, uint64_t seed) {
 }
 
 void print_case(const Case& c, const Outcome& o) {
-  std::printf("%s %-28s %s M=%d N=%d K=%d lda+%d ldb+%d off %d/%d%s%s%s%s  rel_bf16 %.2e  rel_fp32 %.2e",
+  std::printf("%s %-28s %s M=%d N=%d K=%d lda+%d ldb+%d off %d/%d%s%s%s%s%s%s  rel_bf16 %.2e  rel_fp32 %.2e",
               o.pass ? "PASS" : "FAIL", c.name.c_str(), layout(c), c.M, c.N, c.K, c.pad_a, c.pad_b, c.off_a, c.off_b,
               c.accumulate ? " +=" : "", c.bias ? " +bias" : "", c.residual ? " +res" : "", c.split_k ? " split-K" : "",
-              o.rel_bf16, o.rel_fp32);
+              c.gelu == 1 ? " gelu_out" : c.gelu == 2 ? " ·gelu'" : "", c.a_sums ? " a_sums" : "", o.rel_bf16, o.rel_fp32);
   if (!o.pass) std::printf("  (tol %.1e / %.0e)", tol_bf16(c.K), kTolFp32);
   if (o.nonfinite) std::printf("  non-finite %llu", o.nonfinite);
   if (o.sentinel) std::printf("  out-of-range writes %llu", o.sentinel);
+  if (c.gelu == 1) std::printf("  gelu_out rel_bf16 %.2e rel_fp32 %.2e", o.act_bf16, o.act_fp32);
+  if (c.a_sums) std::printf("  a_sums rel %.2e, %llu differ from column_sum_accumulate", o.sums_rel, o.sums_bitdiff);
   if (o.bitdiff) std::printf("  repeat differs in %llu", o.bitdiff);
   if (c.bench) std::printf("  %.3f ms  %.1f TFLOP/s", o.ms, 2.0 * c.M * c.N * c.K / (o.ms * 1e-3) / 1e12);
   std::printf("\n");
@@ -344,13 +433,6 @@ Case make(const std::string& name, bool ta, bool tb, int M, int N, int K) {
 }
 
 // ---- dbias (column sums) ------------------------------------------------------------------
-__global__ void column_sum_reference_kernel(double* ref, const float* before, const float* src, int R, int N) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= N) return;
-  double acc = before[c];
-  for (int r = 0; r < R; ++r) acc += src[(size_t)r * N + c];
-  ref[c] = acc;
-}
 
 bool check_dbias(int R, int N, bool with_scratch, uint64_t seed) {
   DeviceBuffer<float> dout((size_t)R * N), db(N), db_before(N), scratch(emae::cuda::column_sum_scratch_floats(R, N));
@@ -360,7 +442,7 @@ bool check_dbias(int R, int N, bool with_scratch, uint64_t seed) {
   EMAE_CUDA_CHECK(cudaMemcpy(db_before.ptr, db.ptr, N * sizeof(float), cudaMemcpyDeviceToDevice));
   if (with_scratch) emae::cuda::column_sum_accumulate(db.ptr, dout.ptr, R, N, N, scratch.ptr, 0);
   else emae::cuda::column_sum_accumulate_noscratch(db.ptr, dout.ptr, R, N, 0);
-  column_sum_reference_kernel<<<emae::cuda::ceil_div(N, 128), 128>>>(ref.ptr, db_before.ptr, dout.ptr, R, N);
+  column_sum_reference_kernel<<<emae::cuda::ceil_div(N, 128), 128>>>(ref.ptr, db_before.ptr, dout.ptr, R, N, N);
   EMAE_CHECK_LAUNCH("column_sum_reference_kernel");
   std::vector<float> h(N);
   std::vector<double> hr(N);
@@ -434,7 +516,7 @@ bool check_wrappers(int R, int K, int N, bool with_scratch, uint64_t seed) {
   DeviceBuffer<double> cref(N);
   DeviceBuffer<float> zeros(N);
   EMAE_CUDA_CHECK(cudaMemset(zeros.ptr, 0, N * sizeof(float)));
-  column_sum_reference_kernel<<<emae::cuda::ceil_div(N, 128), 128>>>(cref.ptr, zeros.ptr, dout.ptr, R, N);
+  column_sum_reference_kernel<<<emae::cuda::ceil_div(N, 128), 128>>>(cref.ptr, zeros.ptr, dout.ptr, R, N, N);
   EMAE_CHECK_LAUNCH("column_sum_reference_kernel");
   std::vector<float> h(N);
   std::vector<double> hr(N);
@@ -449,7 +531,40 @@ bool check_wrappers(int R, int K, int N, bool with_scratch, uint64_t seed) {
   const double rel = std::sqrt(d2 / std::max(r2, 1e-300));
   std::printf("%s wrapper %-7s %-10s R=%d K=%d N=%d  rel %.2e\n", rel <= kTolSum ? "PASS" : "FAIL", "dbias",
               with_scratch ? "scratch" : "no-scratch", R, K, N, rel);
-  return pass && rel <= kTolSum;
+  pass = pass && rel <= kTolSum;
+  if (g_path == GemmPath::kMma) return pass;  // the GELU epilogues are the bf16 paths' (the backend composes on mma)
+
+  // matmul_gelu_forward_with: pre = inp · weightᵀ + bias, act = gelu(pre); matmul_backward_with
+  // with gelu_inp: dinp = (dout · weight) ⊙ gelu'(gelu_inp) (here gelu_inp = inp, any (R, K) will do)
+  DeviceBuffer<float> act((size_t)R * N);
+  DeviceBuffer<double> ref_act((size_t)R * N);
+  emae::cuda::matmul_gelu_forward_with(runner(), out.ptr, act.ptr, inp.ptr, weight.ptr, bias.ptr, R, K, N);
+  emae::cuda::matmul_backward_with(runner(), dinp.ptr, dweight.ptr, nullptr, dout.ptr, inp.ptr, weight.ptr, R, K, N,
+                                   with_scratch ? scratch.ptr : nullptr, 0, inp.ptr);
+  f.residual = nullptr;
+  f.gelu_out = act.ptr;
+  reference(f, nullptr, ref.ptr, true, ref_act.ptr);
+  auto rel_of = [&](const float* got, const double* want, size_t n) {
+    std::vector<float> h(n);
+    std::vector<double> hr(n);
+    EMAE_CUDA_CHECK(cudaMemcpy(h.data(), got, n * sizeof(float), cudaMemcpyDeviceToHost));
+    EMAE_CUDA_CHECK(cudaMemcpy(hr.data(), want, n * sizeof(double), cudaMemcpyDeviceToHost));
+    double e2 = 0, w2 = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double d = std::isfinite(h[i]) ? h[i] - hr[i] : 1e30;
+      e2 += d * d;
+      w2 += hr[i] * hr[i];
+    }
+    return std::sqrt(e2 / std::max(w2, 1e-300));
+  };
+  const double rel_pre = rel_of(out.ptr, ref.ptr, (size_t)R * N), rel_act = rel_of(act.ptr, ref_act.ptr, (size_t)R * N);
+  di.gelu_inp = inp.ptr;
+  reference(di, nullptr, ref.ptr, true);
+  const double rel_dinp = rel_of(dinp.ptr, ref.ptr, (size_t)R * K);
+  const bool ok = rel_pre <= tol_bf16(K) && rel_act <= 2 * tol_bf16(K) && rel_dinp <= 2 * tol_bf16(N);
+  std::printf("%s wrapper gelu    %-10s R=%d K=%d N=%d  pre %.2e  act %.2e  dinp·gelu' %.2e\n", ok ? "PASS" : "FAIL",
+              with_scratch ? "scratch" : "no-scratch", R, K, N, rel_pre, rel_act, rel_dinp);
+  return pass && ok;
 }
 
 // ---- bad arguments throw std::invalid_argument naming the argument ------------------------------
@@ -479,6 +594,11 @@ bool check_bad_arguments() {
   p = good; p.C = nullptr; expect("null C", "C is null", p);
   p = good; p.lda = 3; expect("short lda", "lda", p);
   p = good; p.ldc = 3; expect("short ldc", "ldc", p);
+  float other = 0.f;
+  p = good; p.gelu_out = &other; expect("gelu on mma", "bf16 path", p);
+  p = good; p.gelu_out = &other; p.gelu_inp = &dummy; expect("two GELUs", "exclude each other", p);
+  p = good; p.a_sums = &other; expect("a_sums, A (M,K)", "trans_a", p);
+  p = good; p.trans_a = true; p.a_sums = &other; expect("a_sums, no ws", "workspace", p);
   return pass;
 }
 
@@ -526,6 +646,27 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
   { Case c = make("split-K", true, false, 33, 100, 3000); c.split_k = true; c.repeat = true; cases.push_back(c); }
   { Case c = make("split-K", true, false, 129, 257, 1029); c.split_k = true; c.pad_a = 1; c.off_b = 1; cases.push_back(c); }
   { Case c = make("split-K 1x1", true, false, 1, 1, 5000); c.split_k = true; cases.push_back(c); }
+  // fused epilogues: GELU on the bf16 paths (mma refuses it: the backend composes there), forward
+  // on NT (fc1's layout; + bias + residual here), backward on NN (fc2's dinp); split-K off and on
+  // (33 × 100 is one tile with ≥ 16 K-tiles: split); K = 0: the epilogue of zero sums
+  const bool bf16_path = g_path != GemmPath::kMma;
+  for (int gelu : {1, 2}) {
+    if (!bf16_path) break;
+    const bool tb = gelu == 1;
+    const std::string name = gelu == 1 ? "gelu_out" : "gelu'";
+    { Case c = make(name, false, tb, 257, 100, 129); c.gelu = gelu; c.repeat = true; c.pad_c = 3; cases.push_back(c); }
+    { Case c = make(name + " 1x1", false, tb, 1, 1, 1); c.gelu = gelu; cases.push_back(c); }
+    { Case c = make(name + " K=0", false, tb, 33, 7, 0); c.gelu = gelu; cases.push_back(c); }
+    { Case c = make(name + " split-K", false, tb, 33, 100, 3000); c.gelu = gelu; c.split_k = true; c.repeat = true; cases.push_back(c); }
+    { Case c = make(name + " split-K", false, tb, 129, 257, 1029); c.gelu = gelu; c.split_k = true; c.pad_a = 1; c.off_b = 1; cases.push_back(c); }
+  }
+  // a_sums (the dweight GEMM's bias gradient) on every path: split-K on (1029 deep, few tiles) and
+  // off (K = 5), 1 × 1, no product (N = 0: the sums alone), K = 0 (nothing added)
+  { Case c = make("a_sums split-K", true, false, 100, 129, 1029); c.a_sums = true; c.repeat = true; cases.push_back(c); }
+  { Case c = make("a_sums", true, false, 7, 33, 5); c.a_sums = true; c.pad_a = 3; cases.push_back(c); }
+  { Case c = make("a_sums 1x1", true, false, 1, 1, 5000); c.a_sums = true; cases.push_back(c); }
+  { Case c = make("a_sums N=0", true, false, 33, 0, 300); c.a_sums = true; cases.push_back(c); }
+  { Case c = make("a_sums K=0", true, false, 33, 7, 0); c.a_sums = true; cases.push_back(c); }
   // M tiles > 65535: the grid puts M on x
   if (!quick) { Case c = make("swap grid", false, true, 65536 * 128 + 5, 3, 7); cases.push_back(c); }
   // vit-base shapes: R=12800, K=768, N=2304 (qkv) and R=50432, K=512, N=2048 (decoder mlp fc1)
@@ -540,6 +681,22 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
     dws.name = "vit-base dweight";
     dws.split_k = true;
     for (Case* c : {&f, &di, &dw, &dws}) {
+      c->repeat = true;
+      c->bench = bench;
+      cases.push_back(*c);
+    }
+  }
+  if (!quick) {  // the vit-base decoder MLP's fused GEMMs: fc1 forward + GELU, fc2 dinp · gelu', fc2 dweight + dbias
+    const int R = 50432, D = 512, H = 2048;
+    Case f = make("vit-base fc1 gelu_out", false, true, R, H, D);
+    f.residual = false;
+    f.gelu = 1;
+    Case di = make("vit-base fc2 dinp·gelu'", false, false, R, H, D);
+    di.gelu = 2;
+    Case dw = make("vit-base fc2 dweight+a_sums", true, false, D, H, R);
+    dw.a_sums = true;
+    for (Case* c : {&f, &di, &dw}) {
+      if (c->gelu && !bf16_path) continue;
       c->repeat = true;
       c->bench = bench;
       cases.push_back(*c);

@@ -3,7 +3,19 @@
 // phase hits 8 distinct 16-byte bank groups (also under any 16-byte shift of the base);
 // (3) per-lane precomputed offsets + constant tile steps == the full swizzle; (4) a functional
 // emulation of the kernel (cp.async with src-size zero fill, stages, wait_group accounting, ldmatrix
-// and mma.m16n8k16 fragment layouts as the PTX ISA defines them, store_epilogue) against a reference.
+// and mma.m16n8k16 fragment layouts as the PTX ISA defines them) against a reference, its stores
+// through the header's own store_epilogue and split-K partials through gemm.cuh's reduce_output, so
+// the fused epilogues run the code the GPU runs: GELU forward (C = pre-activation and gelu_out) and
+// backward (C ⊙ gelu'(gelu_inp)), split-K off and on; and the dweight GEMM whose A comes from
+// gemm_bf16.cuh's conversion kernel with the bias gradient's row sums (bf16_convert_emulate.h),
+// which must equal column_sum_accumulate's sums bit for bit.
+//   nvcc -std=c++17 -O2 --expt-relaxed-constexpr -arch=sm_80 -I. -Inative cuda/dev/gemm_sm80_emulate.cu -o /tmp/e
+// Mutation check of the fused epilogues (one fault at a time in a copy of the headers): all 14 real
+// faults fail this program: gelu_out = the pre-activation, gelu' applied before bias/residual,
+// gelu_inp read at row·N instead of row·ldc, the tanh GELU, the reduce without the GELU, the GELU
+// applied to every split partial, the plain instantiation for a GELU GEMM; row sums missing a
+// tile's last column, added in reverse column order, read before the barrier, no barrier before
+// the next tile, a chunk of one tile, partials at chunk·ld_dst, padding columns not zeroed.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,9 +23,13 @@
 #include <random>
 #include <set>
 #include <deque>
+#include <cmath>
+#include <string>
+#include "cuda/dev/bf16_convert_emulate.h"
 #include "cuda/gemm_sm80.cuh"
 using namespace emae::cuda::sm80;
 using T = Traits;
+using emae::cuda::GemmBf16Params;
 static int fails = 0;
 #define CHECK(c, ...) do { if (!(c)) { if (fails++ < 20) { printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } } while (0)
 
@@ -82,44 +98,29 @@ static void check_banks() {
 // ---- functional emulation ----
 static uint16_t bf(float f) { uint32_t u; memcpy(&u, &f, 4); return (uint16_t)(u >> 16); }  // exact for small ints
 static float fb(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+static uint16_t bf_rn(float f) {  // round to nearest even (finite f): an implementation of its own, not the header's
+  uint32_t u; memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
 
-struct Case { int M, N, K, splits, k_split; bool acc, bias, res; };
-
-static void emulate(const Case& cs, std::mt19937& rng) {
-  const int M = cs.M, N = cs.N, K = cs.K;
-  const int lda = (K + 7) / 8 * 8 + 8, ldb = (K + 7) / 8 * 8;  // lda with extra padding
-  std::uniform_int_distribution<int> d(-3, 3);
-  std::vector<uint16_t> A((size_t)M * lda), B((size_t)N * ldb);
-  for (int r = 0; r < M; ++r) for (int k = 0; k < lda; ++k) A[(size_t)r * lda + k] = bf(k < K ? (float)d(rng) : 1000.f);  // garbage past K
-  for (int r = 0; r < N; ++r) for (int k = 0; k < ldb; ++k) B[(size_t)r * ldb + k] = bf(k < K ? (float)d(rng) : -1000.f);
-  const int ldc = N + 3;
-  std::vector<float> C((size_t)(M + 1) * ldc, 7.f), bias(N), res((size_t)M * ldc);
-  for (auto& v : bias) v = (float)d(rng);
-  for (auto& v : res) v = (float)d(rng);
-  for (auto& v : C) v = (float)d(rng);
-  std::vector<float> C0 = C;
-  std::vector<float> partial((size_t)cs.splits * M * N, NAN);
-
-  // launcher normalisation as in launch()
-  int k_split = cs.splits == 1 ? std::max(K, 1) : cs.k_split;
+// The kernel's grid for p (splits and k_split as the caller chose them) on bf16 A (M, lda) and
+// B (N, ldb): the cp.async pipeline, ldmatrix and mma emulated, the stores through the header's
+// store_epilogue (the instantiation the launcher picks); written[split][row][col] counts stores.
+static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>& A, int lda,
+                           const std::vector<uint16_t>& B, int ldb, std::vector<int>& written) {
+  const int M = p.M, N = p.N, K = p.K;
+  const int k_split = p.splits == 1 ? std::max(K, 1) : p.k_split;  // launcher normalisation as in launch()
   const int tiles_m = (M + T::kBM - 1) / T::kBM, tiles_n = (N + T::kBN - 1) / T::kBN;
-  std::vector<int> written((size_t)M * N * cs.splits, 0);
-  auto epi = [&](int split, int row, int col, float v0, float v1) {  // mirrors store_epilogue
-    if (row >= M) return;
-    for (int j = 0; j < 2; ++j) {
-      int c = col + j; if (c >= N) return;
-      float v = j ? v1 : v0;
-      written[((size_t)split * M + row) * N + c]++;
-      if (cs.splits > 1) { partial[((size_t)split * M + row) * N + c] = v; continue; }
-      size_t at = (size_t)row * ldc + c;
-      if (cs.acc) v += C[at];
-      if (cs.bias) v += bias[c];
-      if (cs.res) v += res[at];
-      C[at] = v;
-    }
+  const bool gelu_kernel = emae::cuda::gelu_instantiation(p);
+  auto store = [&](int split, int row, int col, float v0, float v1) {
+    for (int j = 0; j < 2; ++j)
+      if (row < M && col + j < N) written[((size_t)split * M + row) * N + col + j]++;
+    if (gelu_kernel) emae::cuda::store_epilogue<true>(p, split, row, col, v0, v1);
+    else emae::cuda::store_epilogue<false>(p, split, row, col, v0, v1);
   };
   std::vector<uint8_t> smem(T::kSmemBytes);
-  for (int split = 0; split < cs.splits; ++split)
+  for (int split = 0; split < p.splits; ++split)
     for (int tm = 0; tm < tiles_m; ++tm)
       for (int tn = 0; tn < tiles_n; ++tn) {
         const int m0 = tm * T::kBM, n0 = tn * T::kBN;
@@ -223,42 +224,176 @@ static void emulate(const Case& cs, std::mt19937& rng) {
           for (int i = 0; i < T::kTilesM; ++i)
             for (int jn = 0; jn < T::kTilesN; ++jn) {
               const int row = m0 + wm0 + i * 16 + g, col = n0 + wn0 + jn * 8 + 2 * t;
-              epi(split, row, col, ACC(tid, i, jn, 0), ACC(tid, i, jn, 1));
-              epi(split, row + 8, col, ACC(tid, i, jn, 2), ACC(tid, i, jn, 3));
+              store(split, row, col, ACC(tid, i, jn, 0), ACC(tid, i, jn, 1));
+              store(split, row + 8, col, ACC(tid, i, jn, 2), ACC(tid, i, jn, 3));
             }
         }
       }
-  // reference (integers: exact in fp32)
-  for (auto w : written) CHECK(w == 1, "an output written %d times", w);
-  double maxerr = 0;
+}
+
+enum class Epi { kPlain, kGeluForward, kGeluBackward };
+struct Case {
+  int M, N, K, splits, k_split; bool acc, bias, res;
+  Epi epi = Epi::kPlain;
+  bool a_sums = false;  // the dweight GEMM: A and B converted from fp32 (A with the bias gradient's row sums)
+};
+constexpr float kSentinel = 12345.5f;
+
+// Integer cases (plain epilogue, small integer operands): every sum is exact in fp32, so outputs
+// and split partials are compared bit for bit. Real cases (GELU, a_sums): random bf16 operands in
+// [-1, 1), against a double reference on the bf16 inputs: |got − want| ≤ 1e-6 · Σ|terms| + 1e-7
+// (fp32 sums of ≤ 600 terms land within 1e-7 · Σ|terms| here), the GELU outputs with that bound
+// times max|gelu'| (1.13) plus 1e-6 · (1 + |want|) for the float erf/exp (a few ulp; the tanh
+// approximation of GELU is off by up to 3e-4 and fails). Split-K partials are reduced with the
+// header's reduce_output (gemm_reduce_kernel's body).
+static void emulate(const Case& cs, std::mt19937& rng) {
+  const int M = cs.M, N = cs.N, K = cs.K;
+  const bool real = cs.epi != Epi::kPlain || cs.a_sums;
+  std::uniform_int_distribution<int> d(-3, 3);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  auto value = [&] { return real ? u(rng) : (float)d(rng); };
+  // operands: A (M, lda), B (N, ldb) bf16, K-contiguous
+  int lda = (K + 7) / 8 * 8 + 8, ldb = (K + 7) / 8 * 8;  // lda with extra padding
+  std::vector<uint16_t> A, B;
+  std::vector<float> a_sums0(M), a_sums(M), dout, inp;
+  const int ld_dout = M + 3, ld_inp = N + 1;  // the fp32 sources of the a_sums cases: dout (K, M), inp (K, N)
+  if (cs.a_sums) {
+    lda = ldb = emae::cuda::bf16_ld(K);
+    A.assign((size_t)M * lda, 0xFFFF);
+    B.assign((size_t)N * ldb, 0xFFFF);
+    dout.resize((size_t)K * ld_dout);
+    inp.resize((size_t)K * ld_inp);
+    for (auto& v : dout) v = u(rng) * 4.f;
+    for (auto& v : inp) v = u(rng);
+    for (int m = 0; m < M; ++m) a_sums[m] = a_sums0[m] = u(rng);
+    CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout.data(), M, K, ld_dout), "A conversion: a barrier timed out");
+    CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp.data(), N, K, ld_inp, true), "B conversion: a barrier timed out");
+    for (int m = 0; m < M; ++m)
+      for (int k = 0; k < lda; ++k) {
+        const uint16_t want = k < K ? bf_rn(dout[(size_t)k * ld_dout + m]) : 0;
+        CHECK(A[(size_t)m * lda + k] == want, "converted A(%d,%d) %04x vs %04x", m, k, A[(size_t)m * lda + k], want);
+      }
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < ldb; ++k) {
+        const uint16_t want = k < K ? bf_rn(inp[(size_t)k * ld_inp + n]) : 0;
+        CHECK(B[(size_t)n * ldb + k] == want, "converted B(%d,%d) %04x vs %04x", n, k, B[(size_t)n * ldb + k], want);
+      }
+    double worst = 0;
+    for (int m = 0; m < M; ++m) {  // bit for bit the separate column-sum pass; and near the double sum
+      const float want = a_sums0[m] + emae::dev::column_sum_reference(dout.data(), K, ld_dout, m);
+      CHECK(memcmp(&a_sums[m], &want, 4) == 0, "a_sums[%d] %.9g vs column_sum_accumulate's %.9g", m, a_sums[m], want);
+      double exact = a_sums0[m], mag = fabs(a_sums0[m]);
+      for (int k = 0; k < K; ++k) exact += dout[(size_t)k * ld_dout + m], mag += fabs(dout[(size_t)k * ld_dout + m]);
+      CHECK(fabs(a_sums[m] - exact) <= 1e-6 * mag + 1e-6, "a_sums[%d] %.9g vs exact %.9g", m, a_sums[m], exact);
+      worst = std::max(worst, fabs(a_sums[m] - exact) / (mag + 1e-30));
+    }
+    printf("  a_sums: %d rows over K=%d bitwise equal to column_sum_accumulate's order, worst rel err %.2e\n", M, K, worst);
+  } else {
+    A.resize((size_t)M * lda);
+    B.resize((size_t)N * ldb);
+    for (int r = 0; r < M; ++r) for (int k = 0; k < lda; ++k) A[(size_t)r * lda + k] = k < K ? (real ? bf_rn(value()) : bf(value())) : bf(1000.f);  // garbage past K
+    for (int r = 0; r < N; ++r) for (int k = 0; k < ldb; ++k) B[(size_t)r * ldb + k] = k < K ? (real ? bf_rn(value()) : bf(value())) : bf(-1000.f);
+  }
+  const int ldc = N + 3;
+  std::vector<float> C((size_t)(M + 1) * ldc, kSentinel), bias(N), res((size_t)M * ldc), gelu_inp((size_t)M * ldc),
+      gelu_out((size_t)(M + 1) * ldc, kSentinel);
+  for (auto& v : bias) v = value();
+  for (auto& v : res) v = value();
+  for (auto& v : gelu_inp) v = 3.f * u(rng);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) {
-      float got;
-      if (cs.splits > 1) {
-        got = 0; for (int s = 0; s < cs.splits; ++s) {
-          float ps = 0; int kb = s * k_split, ke = std::min(K, kb + k_split);
-          for (int k = kb; k < ke; ++k) ps += fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
-          float pv = partial[((size_t)s * M + r) * N + c];
-          CHECK(pv == ps, "partial s%d (%d,%d) %g vs %g", s, r, c, pv, ps);
-          got += pv;
-        }
+      C[(size_t)r * ldc + c] = cs.acc || !real ? value() : std::nanf("");  // assigned outputs NaN-poisoned
+      gelu_out[(size_t)r * ldc + c] = std::nanf("");
+    }
+  const std::vector<float> C0 = C;
+  std::vector<float> partial((size_t)cs.splits * M * N, NAN);
+
+  GemmBf16Params p;
+  p.M = M; p.N = N; p.K = K;
+  p.A = reinterpret_cast<const emae::cuda::bf16*>(A.data()); p.lda = lda;
+  p.B = reinterpret_cast<const emae::cuda::bf16*>(B.data()); p.ldb = ldb;
+  p.C = C.data(); p.ldc = ldc;
+  p.accumulate = cs.acc;
+  p.bias = cs.bias ? bias.data() : nullptr;
+  p.residual = cs.res ? res.data() : nullptr;
+  p.gelu_out = cs.epi == Epi::kGeluForward ? gelu_out.data() : nullptr;
+  p.gelu_inp = cs.epi == Epi::kGeluBackward ? gelu_inp.data() : nullptr;
+  p.splits = cs.splits; p.k_split = cs.k_split;
+  p.partial = cs.splits > 1 ? partial.data() : nullptr;
+  try {
+    emae::cuda::check_bf16_params(p);
+  } catch (const std::exception& e) {
+    CHECK(false, "check_bf16_params: %s", e.what());
+    return;
+  }
+  std::vector<int> written((size_t)M * N * cs.splits, 0);
+  emulate_kernel(p, A, lda, B, ldb, written);
+  for (auto w : written) CHECK(w == 1, "an output written %d times", w);
+  const int k_split = cs.splits == 1 ? std::max(K, 1) : cs.k_split;
+  if (cs.splits > 1) {
+    if (!real)  // partials: exact integer sums of their K piece
+      for (int s = 0; s < cs.splits; ++s)
+        for (int r = 0; r < M; ++r)
+          for (int c = 0; c < N; ++c) {
+            float ps = 0; const int kb = s * k_split, ke = std::min(K, kb + k_split);
+            for (int k = kb; k < ke; ++k) ps += fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
+            const float pv = partial[((size_t)s * M + r) * N + c];
+            CHECK(pv == ps, "partial s%d (%d,%d) %g vs %g", s, r, c, pv, ps);
+          }
+    for (size_t idx = 0; idx < (size_t)M * N; ++idx) emae::cuda::reduce_output(p, cs.splits, partial.data(), idx);
+  }
+
+  double maxerr = 0, worst_ratio = 0;
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) {
+      const size_t at = (size_t)r * ldc + c;
+      if (!real) {  // integers: exact in fp32
         float want = 0; for (int k = 0; k < K; ++k) want += fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
-        maxerr = std::max(maxerr, (double)fabs(got - want));
+        if (cs.acc) want += C0[at];
+        if (cs.bias) want += bias[c];
+        if (cs.res) want += res[at];
+        CHECK(C[at] == want, "C(%d,%d) %g vs %g  case M%d N%d K%d", r, c, C[at], want, M, N, K);
+        maxerr = std::max(maxerr, (double)fabs(C[at] - want));
         continue;
       }
-      float want = 0; for (int k = 0; k < K; ++k) want += fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
-      size_t at = (size_t)r * ldc + c;
-      if (cs.acc) want += C0[at];
-      if (cs.bias) want += bias[c];
-      if (cs.res) want += res[at];
-      got = C[at];
-      CHECK(got == want, "C(%d,%d) %g vs %g  case M%d N%d K%d", r, c, got, want, M, N, K);
-      maxerr = std::max(maxerr, (double)fabs(got - want));
+      double want = 0, mag = 0;
+      for (int k = 0; k < K; ++k) {
+        const double x = (double)fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
+        want += x; mag += fabs(x);
+      }
+      if (cs.acc) want += C0[at], mag += fabs(C0[at]);
+      if (cs.bias) want += bias[c], mag += fabs(bias[c]);
+      if (cs.res) want += res[at], mag += fabs(res[at]);
+      const double tol = 1e-6 * mag + 1e-7;
+      auto check = [&](const char* what, float got, double w, double t) {
+        const double err = fabs((double)got - w);
+        CHECK(err <= t, "%s(%d,%d) %.9g vs %.9g (tol %.2e)  case M%d N%d K%d", what, r, c, got, w, t, M, N, K);
+        maxerr = std::max(maxerr, err != err ? INFINITY : err);
+        worst_ratio = std::max(worst_ratio, err != err ? INFINITY : err / t);
+      };
+      if (cs.epi == Epi::kGeluBackward) {
+        const double g = emae::gelu_grad((double)gelu_inp[at]), w = want * g;
+        check("C", C[at], w, 1.13 * tol + 1e-6 * (1 + fabs(w)));
+      } else {
+        check("C", C[at], want, tol);
+      }
+      if (cs.epi == Epi::kGeluForward) {
+        const double w = emae::gelu(want);
+        check("gelu_out", gelu_out[at], w, 1.13 * tol + 1e-6 * (1 + fabs(w)));
+      }
     }
-  if (cs.splits == 1) {  // untouched: columns ≥ N and the extra row
-    for (int r = 0; r <= M; ++r) for (int c = 0; c < ldc; ++c) if (r == M || c >= N) CHECK(C[(size_t)r * ldc + c] == C0[(size_t)r * ldc + c], "sentinel (%d,%d)", r, c);
-  }
-  printf("case M=%d N=%d K=%d splits=%d k_split=%d acc=%d bias=%d res=%d: max err %g\n", M, N, K, cs.splits, k_split, cs.acc, cs.bias, cs.res, maxerr);
+  // untouched: columns ≥ N and the extra row, of C and gelu_out; gelu_out entirely unless asked
+  for (int r = 0; r <= M; ++r)
+    for (int c = 0; c < ldc; ++c) {
+      const size_t at = (size_t)r * ldc + c;
+      if (r == M || c >= N) CHECK(memcmp(&C[at], &C0[at], 4) == 0, "C sentinel (%d,%d)", r, c);
+      if (cs.epi != Epi::kGeluForward && r < M && c < N) CHECK(std::isnan(gelu_out[at]), "gelu_out (%d,%d) written", r, c);
+      if (r == M || c >= N) CHECK(gelu_out[at] == kSentinel, "gelu_out sentinel (%d,%d)", r, c);
+    }
+  static const char* epi_names[] = {"plain", "gelu-forward", "gelu-backward"};
+  printf("case M=%d N=%d K=%d splits=%d k_split=%d acc=%d bias=%d res=%d %s%s: max err %g%s\n", M, N, K, cs.splits,
+         k_split, cs.acc, cs.bias, cs.res, epi_names[(int)cs.epi], cs.a_sums ? " a_sums" : "", maxerr,
+         real ? (" (" + std::to_string(worst_ratio) + " of tol)").c_str() : "");
 }
 
 int main() {
@@ -269,6 +404,18 @@ int main() {
       {128, 128, 32, 1, 0, false, false, false}, {129, 130, 33, 1, 0, true, false, true}, {200, 136, 100, 1, 0, false, true, true},
       {64, 256, 161, 1, 0, true, true, true}, {130, 70, 200, 3, 96, false, false, false}, {33, 129, 257, 5, 64, true, true, true},
       {257, 40, 64, 2, 32, false, false, false},
+      // fused epilogues (issue 11): GELU forward (C = pre-activation, gelu_out = act) and backward
+      // (C = (A·Bᵀ) ⊙ gelu'(gelu_inp)), with split-K off and on (the reduce applies the GELU once)
+      {130, 70, 77, 1, 0, false, true, false, Epi::kGeluForward},
+      {33, 129, 257, 5, 64, false, true, false, Epi::kGeluForward},
+      {7, 9, 3, 1, 0, true, true, true, Epi::kGeluForward},
+      {129, 40, 100, 1, 0, false, false, false, Epi::kGeluBackward},
+      {70, 33, 300, 3, 128, false, false, false, Epi::kGeluBackward},
+      {5, 131, 0, 1, 0, false, true, true, Epi::kGeluBackward},
+      // the dweight GEMM with the bias gradient fused into A's conversion (+=, as the backward runs it)
+      {70, 50, 300, 1, 0, true, false, false, Epi::kPlain, true},
+      {33, 129, 600, 3, 224, true, false, false, Epi::kPlain, true},
+      {129, 7, 5, 1, 0, true, false, false, Epi::kPlain, true},
   };
   for (const auto& c : cases) emulate(c, rng);
   printf(fails ? "FAILED (%d)\n" : "ALL PASS\n", fails);

@@ -31,7 +31,12 @@
 //     by other threads only after fence.mbarrier_init and a bar.sync;
 //   - setmaxnreg (9.7.19.5): the same instruction in all 4 warps of a warpgroup, 24..256 in steps
 //     of 8, .inc blocks until the CTA's pool (launch-bounds registers × threads) has enough;
-//   - store_epilogue and gemm_bf16_reduce as in gemm_bf16.cuh / gemm.cuh.
+//   - the stores are gemm_bf16.cuh's own store_epilogue (the instantiation launch picks, counted),
+//     the split-K reduce gemm.cuh's reduce_output (gemm_reduce_kernel's body), so the fused
+//     epilogues (GELU forward: C = pre-activation and gelu_out; backward: C ⊙ gelu'(gelu_inp)) run
+//     the code the GPU runs, split-K off and on; the a_sums cases take A from gemm_bf16.cuh's
+//     conversion kernel with the bias gradient's row sums (bf16_convert_emulate.h), which must
+//     equal column_sum_accumulate's sums bit for bit.
 // Checks: against a double reference on the bf16 inputs (bf16 NaN past K in every row, so a read
 // past K shows); every output element written exactly once, NaN-poisoned outputs, sentinels in the
 // C padding (ldc > N) and after every buffer; shared memory NaN-poisoned per CTA, the dynamic base
@@ -57,7 +62,9 @@
 // equivalent ones pass, as they should: LBO 64 (unused by swizzled K-major layouts) and
 // wait_group 0 for 1. The emulation found one real fault: launch ran k_split 0 (GemmBf16Params'
 // "all of K") as an empty K range; launch_plan now sets k_split = K when splits == 1, as
-// sm80::launch does.
+// sm80::launch does. Fused epilogues, 7 more faults, all caught: bias dropped under a GELU
+// forward, gelu_out = the pre-activation, gelu' instead of gelu, the reduce without the GELU, the
+// GELU on every split partial, the plain instantiation for a GELU GEMM, row sums in reverse order.
 // Exit status non-zero on any FAIL.
 #include <ucontext.h>
 
@@ -77,6 +84,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/dev/bf16_convert_emulate.h"
 #include "cuda/gemm_sm90.cuh"
 
 namespace {
@@ -482,27 +490,15 @@ class Cta {
     park(tid, Op::kColl);
   }
   void store(int tid, const GemmBf16Params& p, int split, int row, int col, float v0, float v1) {
-    // store_epilogue of gemm_bf16.cuh, counting writes
+    // counts the writes, then gemm_bf16.cuh's own store_epilogue (the instantiation launch picks)
     if (row < 0 || col < 0 || split < 0 || split >= std::max(p.splits, 1))
       fault(tid, "epilogue: negative row/column or split out of range");
-    if (row >= p.M) return;
-    for (int j = 0; j < 2; ++j) {
-      const int c = col + j;
-      if (c >= p.N) return;
-      float v = j == 0 ? v0 : v1;
-      if (p.splits > 1) {
-        const size_t i = ((size_t)split * p.M + row) * p.N + c;
-        ++out->count_partial[i];
-        p.partial[i] = v;
-        continue;
-      }
-      const size_t at = (size_t)row * p.ldc + c;
-      ++out->count_c[(size_t)row * p.N + c];
-      if (p.accumulate) v += p.C[at];
-      if (p.bias) v += p.bias[c];
-      if (p.residual) v += p.residual[at];
-      p.C[at] = v;
+    for (int j = 0; j < 2 && row < p.M && col + j < p.N; ++j) {
+      if (p.splits > 1) ++out->count_partial[((size_t)split * p.M + row) * p.N + col + j];
+      else ++out->count_c[(size_t)row * p.N + col + j];
     }
+    if (emae::cuda::gelu_instantiation(p)) emae::cuda::store_epilogue<true>(p, split, row, col, v0, v1);
+    else emae::cuda::store_epilogue<false>(p, split, row, col, v0, v1);
   }
 
  private:
@@ -956,29 +952,71 @@ struct Buffer {
   }
 };
 
+enum class Epi { kPlain, kGeluForward, kGeluBackward };
+const char* epi_name(Epi e) { return e == Epi::kGeluForward ? " gelu-fwd" : e == Epi::kGeluBackward ? " gelu-bwd" : ""; }
+
 struct Case {
   int bn, M, N, K, splits, k_split, sms;
   bool accumulate, bias, residual;
   int lda_extra, ldc_extra;
+  Epi epi = Epi::kPlain;
+  bool a_sums = false;  // the dweight GEMM: A converted from fp32 dout (K, M) with the bias gradient's row sums
 };
+
+// The a_sums cases' A: fp32 dout stored (K, M) (row stride M + 3) through gemm_bf16.cuh's
+// conversion kernel with row sums (bf16_convert_emulate.h) into A (M, bf16_ld(K)); checks the
+// copy (round to nearest even, zero padding) and that a_sums = a_sums0 + the row sums equals the
+// separate column-sum pass bit for bit and the double sum to 1e-6 relative.
+bool check_a_sums(uint16_t* A, std::vector<float>& a_sums0, std::vector<float>& a_sums, int M, int K, uint64_t seed) {
+  const int ld_dout = M + 3, lda = emae::cuda::bf16_ld(K);
+  std::vector<float> dout((size_t)K * ld_dout);
+  for (size_t i = 0; i < dout.size(); ++i) dout[i] = 4.f * random_unit(seed + 6, i);
+  for (int m = 0; m < M; ++m) a_sums[m] = a_sums0[m] = random_unit(seed + 7, m);
+  bool ok = emae::dev::emulate_convert_with_row_sums(A, a_sums.data(), dout.data(), M, K, ld_dout);
+  if (!ok) std::printf("FAIL a_sums conversion: a barrier timed out\n");
+  long long bad_copy = 0, bad_bits = 0, bad_exact = 0;
+  for (int m = 0; m < M; ++m) {
+    for (int k = 0; k < lda; ++k)
+      bad_copy += A[(size_t)m * lda + k] != (k < K ? float_to_bf16(dout[(size_t)k * ld_dout + m]) : 0);
+    const float want = a_sums0[m] + emae::dev::column_sum_reference(dout.data(), K, ld_dout, m);
+    bad_bits += std::memcmp(&a_sums[m], &want, 4) != 0;
+    double exact = a_sums0[m], mag = std::fabs(a_sums0[m]);
+    for (int k = 0; k < K; ++k) exact += dout[(size_t)k * ld_dout + m], mag += std::fabs(dout[(size_t)k * ld_dout + m]);
+    bad_exact += !(std::fabs(a_sums[m] - exact) <= 1e-6 * mag + 1e-6);
+  }
+  if (bad_copy || bad_bits || bad_exact)
+    std::printf("FAIL a_sums M=%d K=%d: %lld bf16 copies wrong, %lld sums differ from column_sum_accumulate's, %lld far "
+                "from the double sum\n", M, K, bad_copy, bad_bits, bad_exact);
+  return ok && !bad_copy && !bad_bits && !bad_exact;
+}
 
 template <int BN>
 int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
   using T = sm90::Traits<BN>;
   const int M = cs.M, N = cs.N, K = cs.K;
-  const int lda = emae::cuda::bf16_ld(K) + cs.lda_extra, ldb = emae::cuda::bf16_ld(K), ldc = N + cs.ldc_extra;
+  const int lda = emae::cuda::bf16_ld(K) + (cs.a_sums ? 0 : cs.lda_extra), ldb = emae::cuda::bf16_ld(K),
+            ldc = N + cs.ldc_extra;
   Buffer<uint16_t> A((size_t)M * lda, kBf16NaN, kBf16NaN), B((size_t)N * ldb, kBf16NaN, kBf16NaN);
-  for (int r = 0; r < M; ++r)
-    for (int k = 0; k < K; ++k) A[(size_t)r * lda + k] = float_to_bf16(random_unit(seed, (size_t)r * lda + k));
   for (int r = 0; r < N; ++r)
     for (int k = 0; k < K; ++k) B[(size_t)r * ldb + k] = float_to_bf16(random_unit(seed + 1, (size_t)r * ldb + k));
+  std::vector<float> a_sums0(M), a_sums(M);
+  std::string error;
+  if (!cs.a_sums) {
+    for (int r = 0; r < M; ++r)
+      for (int k = 0; k < K; ++k) A[(size_t)r * lda + k] = float_to_bf16(random_unit(seed, (size_t)r * lda + k));
+  } else if (!check_a_sums(A.data(), a_sums0, a_sums, M, K, seed)) {
+    error = "the conversion of A with row sums is wrong (FAIL lines above)";
+  }
   Buffer<float> C((size_t)M * ldc, std::nanf(""), kSentinel), bias(N, 0.f, kSentinel),
-      residual((size_t)M * ldc, 0.f, kSentinel), partial((size_t)cs.splits * M * N, std::nanf(""), kSentinel);
+      residual((size_t)M * ldc, 0.f, kSentinel), partial((size_t)cs.splits * M * N, std::nanf(""), kSentinel),
+      gelu_out((size_t)M * ldc, std::nanf(""), kSentinel), gelu_inp((size_t)M * ldc, 0.f, kSentinel);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < ldc; ++c) {
       const size_t at = (size_t)r * ldc + c;
       C[at] = c >= N ? kSentinel : cs.accumulate ? random_unit(seed + 2, at) : std::nanf("");
       residual[at] = random_unit(seed + 3, at);
+      gelu_out[at] = c >= N ? kSentinel : std::nanf("");
+      gelu_inp[at] = 3.f * random_unit(seed + 5, at);
     }
   for (int c = 0; c < N; ++c) bias[c] = random_unit(seed + 4, c);
   const std::vector<float> C0(C.storage.begin() + C.offset, C.storage.begin() + C.offset + C.n);
@@ -996,15 +1034,16 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
   p.accumulate = cs.accumulate;
   p.bias = cs.bias ? bias.data() : nullptr;
   p.residual = cs.residual ? residual.data() : nullptr;
+  p.gelu_out = cs.epi == Epi::kGeluForward ? gelu_out.data() : nullptr;
+  p.gelu_inp = cs.epi == Epi::kGeluBackward ? gelu_inp.data() : nullptr;
   p.splits = cs.splits;
   p.k_split = cs.k_split;
   p.partial = cs.splits > 1 ? partial.data() : nullptr;
 
   Outputs out{&p, std::vector<int>((size_t)M * N), std::vector<int>((size_t)cs.splits * M * N)};
-  std::string error;
   long long steps = 0, mma_ops = 0, tma_ops = 0, producer_blocked = 0, consumer_blocked = 0;
   sm90::LaunchPlan plan{};
-  try {
+  if (error.empty()) try {
     emae::cuda::check_bf16_params(p);
     plan = sm90::launch_plan<BN>(p, cs.sms);
     cta.maps[0] = emulate_encode(plan.map_a);
@@ -1038,18 +1077,9 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
     error = e.what();
   }
 
-  // gemm_bf16_reduce (gemm.cuh's reduce kernel) on the host
+  // gemm_bf16_reduce on the host: gemm.cuh's reduce_output, the reduce kernel's body, per output
   if (error.empty() && cs.splits > 1)
-    for (int r = 0; r < M; ++r)
-      for (int c = 0; c < N; ++c) {
-        const size_t idx = (size_t)r * N + c, at = (size_t)r * ldc + c;
-        float v = 0.f;
-        for (int z = 0; z < cs.splits; ++z) v += partial[(size_t)z * M * N + idx];
-        if (p.accumulate) v += C[at];
-        if (p.bias) v += p.bias[c];
-        if (p.residual) v += p.residual[at];
-        C[at] = v;
-      }
+    for (size_t idx = 0; idx < (size_t)M * N; ++idx) emae::cuda::reduce_output(p, cs.splits, partial.data(), idx);
 
   // reference (double) and checks
   double max_err = 0, worst_ratio = 0;
@@ -1066,26 +1096,47 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
       if (p.accumulate) want += C0[at], mag += std::fabs(C0[at]);
       if (p.bias) want += bias[c], mag += std::fabs(bias[c]);
       if (p.residual) want += residual[at], mag += std::fabs(residual[at]);
-      const double err = std::fabs((double)C[at] - want), tol = 1e-5 * mag + 1e-6;
-      if (!(err <= tol)) ++bad;
-      if (err == err) max_err = std::max(max_err, err);
-      worst_ratio = std::max(worst_ratio, err != err ? INFINITY : err / tol);
+      // |err| ≤ 1e-6 · Σ|terms| + 1e-7 (fp32 sums here land within 1e-7 · Σ|terms|); the GELU outputs:
+      // that bound times max|gelu'| (1.13) plus a few ulp of the float erf/exp, tight enough that the
+      // tanh approximation of GELU (off by up to 3e-4) fails
+      auto check = [&](float got, double w, double tol) {
+        const double err = std::fabs((double)got - w);
+        if (!(err <= tol)) ++bad;
+        if (err == err) max_err = std::max(max_err, err);
+        worst_ratio = std::max(worst_ratio, err != err ? INFINITY : err / tol);
+      };
+      const double tol = 1e-6 * mag + 1e-7;
+      if (cs.epi == Epi::kGeluBackward) {
+        const double w = want * emae::gelu_grad((double)gelu_inp[at]);
+        check(C[at], w, 1.13 * tol + 1e-6 * (1 + std::fabs(w)));
+      } else {
+        check(C[at], want, tol);
+      }
+      if (cs.epi == Epi::kGeluForward) {
+        const double w = emae::gelu(want);
+        check(gelu_out[at], w, 1.13 * tol + 1e-6 * (1 + std::fabs(w)));
+      } else {
+        bad += !std::isnan(gelu_out[at]);  // never written unless asked
+      }
     }
   if (error.empty()) {
     for (int v : out.count_c) miscount += cs.splits == 1 && v != 1;
     for (int v : out.count_partial) miscount += cs.splits > 1 && v != 1;
   }
   bool guards = A.guard_ok(kBf16NaN) && B.guard_ok(kBf16NaN) && C.guard_ok(kSentinel) && bias.guard_ok(kSentinel) &&
-                residual.guard_ok(kSentinel) && partial.guard_ok(kSentinel);
+                residual.guard_ok(kSentinel) && partial.guard_ok(kSentinel) && gelu_out.guard_ok(kSentinel) &&
+                gelu_inp.guard_ok(kSentinel);
   for (int r = 0; r < M; ++r)
-    for (int c = N; c < ldc; ++c) guards &= std::memcmp(&C[(size_t)r * ldc + c], &kSentinel, 4) == 0;
+    for (int c = N; c < ldc; ++c)
+      guards &= std::memcmp(&C[(size_t)r * ldc + c], &kSentinel, 4) == 0 &&
+                std::memcmp(&gelu_out[(size_t)r * ldc + c], &kSentinel, 4) == 0;
   const bool ok = error.empty() && bad == 0 && miscount == 0 && guards;
-  std::printf("%s BN=%d M=%d N=%d K=%d splits=%d k_split=%d grid=%d%s%s%s lda=%d ldc=%d [%s]  max err %.2e"
+  std::printf("%s BN=%d M=%d N=%d K=%d splits=%d k_split=%d grid=%d%s%s%s%s%s lda=%d ldc=%d [%s]  max err %.2e"
               " (%.2f of tol)"
               "  %lld bad, %lld miscounted  [%lld steps, %lld wgmma, %lld TMA, blocked waits: producer %lld,"
               " consumers %lld]%s%s%s\n",
               ok ? "PASS" : "FAIL", BN, M, N, K, cs.splits, cs.k_split, plan.grid, cs.accumulate ? " acc" : "",
-              cs.bias ? " bias" : "", cs.residual ? " res" : "", lda, ldc, kPolicies[policy].name, max_err, worst_ratio,
+              cs.bias ? " bias" : "", cs.residual ? " res" : "", epi_name(cs.epi), cs.a_sums ? " a_sums" : "", lda, ldc, kPolicies[policy].name, max_err, worst_ratio,
               bad, miscount, steps, mma_ops, tma_ops, producer_blocked, consumer_blocked,
               guards ? "" : "  GUARD/PADDING OVERWRITTEN",
               error.empty() ? "" : "  ERROR: ", error.c_str());
@@ -1131,8 +1182,19 @@ int main(int argc, char** argv) {
       {256, 7, 1, 300, 3, 128, 3, false, false, true, 24, 0},
       {256, 300, 200, 129, 1, 129, 2, true, false, false, 0, 0},
       {128, 65, 70, 150, 1, 0, 2, false, true, false, 0, 0},  // k_split 0: "all of K" (GemmBf16Params)
+      // fused epilogues: GELU forward (C = pre-activation, gelu_out) and backward (C ⊙ gelu'(gelu_inp)),
+      // split-K off and on (the reduce applies the GELU once); the dweight GEMM with the bias
+      // gradient's row sums fused into A's conversion
+      {128, 130, 70, 77, 1, 77, 2, false, true, false, 0, 3, Epi::kGeluForward},
+      {128, 33, 129, 257, 3, 128, 2, false, true, true, 8, 0, Epi::kGeluForward},
+      {256, 65, 300, 129, 1, 129, 2, false, true, false, 0, 1, Epi::kGeluForward},
+      {128, 129, 40, 100, 1, 100, 3, false, false, false, 0, 2, Epi::kGeluBackward},
+      {128, 70, 33, 300, 3, 128, 2, false, false, false, 8, 0, Epi::kGeluBackward},
+      {256, 7, 200, 65, 2, 64, 1, true, true, true, 0, 0, Epi::kGeluBackward},
+      {128, 70, 50, 300, 1, 300, 2, true, false, false, 0, 1, Epi::kPlain, true},
+      {128, 33, 129, 600, 3, 256, 2, true, false, false, 0, 0, Epi::kPlain, true},
   };
-  const std::vector<Case> quick_cases = {cases[1], cases[4], cases[7], cases[10], cases[11]};
+  const std::vector<Case> quick_cases = {cases[1], cases[4], cases[7], cases[10], cases[11], cases[17], cases[21], cases[24]};
   int n = 0;
   for (const Case& c : quick ? quick_cases : cases) {
     for (int rep = 0; rep < 2; ++rep) {

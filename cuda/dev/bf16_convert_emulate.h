@@ -1,0 +1,126 @@
+// CPU emulation of gemm_bf16.cuh's fp32 → bf16 conversion kernels, for the GEMM emulators
+// (gemm_sm80_emulate.cu, gemm_sm90_emulate.cu): the header's own block bodies (convert_block,
+// convert_row_sums_block) run with a block's 32 × 8 threads as std::threads that meet at a barrier
+// for every sync(), so what a thread reads after a barrier is what the others wrote before it, as
+// on the GPU. The grids are those of the launchers (convert_to_bf16, convert_to_bf16_with_row_sums);
+// the chunk partials are added as common.cuh's reduce_chunks_kernel does (in chunk order).
+// A barrier that some thread never reaches (a divergent sync) times out and is reported.
+#pragma once
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "cuda/gemm_bf16.cuh"
+
+namespace emae::dev {
+
+namespace convert_emulation {
+
+using emae::cuda::bf16;
+using namespace emae::cuda::bf16_detail;
+
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const long long generation = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return generation_ != generation; })) timed_out = true;
+  }
+  bool timed_out = false;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int count_, arrived_ = 0;
+  long long generation_ = 0;
+};
+
+struct HostBlock {
+  int bx, by, tx, ty;
+  Barrier* barrier;
+  int block_x() const { return bx; }
+  int block_y() const { return by; }
+  int thread_x() const { return tx; }
+  int thread_y() const { return ty; }
+  void sync() const { barrier->wait(); }
+};
+
+// body(tile, HostBlock) for every block of a gx × gy grid, the tile NaN-poisoned per block; false
+// when a barrier timed out.
+template <class Body>
+bool run_grid(int gx, int gy, Body body) {
+  bool ok = true;
+  for (int by = 0; by < gy; ++by)
+    for (int bx = 0; bx < gx; ++bx) {
+      ConvTile tile;
+      for (auto& row : tile)
+        for (float& v : row) v = std::nanf("");
+      Barrier barrier(kConvTile * kConvRows);
+      std::vector<std::thread> threads;
+      for (int ty = 0; ty < kConvRows; ++ty)
+        for (int tx = 0; tx < kConvTile; ++tx)
+          threads.emplace_back([&, tx, ty] { body(tile, HostBlock{bx, by, tx, ty, &barrier}); });
+      for (auto& t : threads) t.join();
+      ok = ok && !barrier.timed_out;
+    }
+  return ok;
+}
+
+}  // namespace convert_emulation
+
+// convert_to_bf16 on the host: dst (rows, bf16_ld(cols)) ← the (rows, cols) view of src.
+inline bool emulate_convert_to_bf16(uint16_t* dst, const float* src, int rows, int cols, long long ld_src,
+                                    bool transposed) {
+  using namespace convert_emulation;
+  if (rows <= 0 || cols <= 0) return true;
+  const int ld_dst = emae::cuda::bf16_ld(cols);
+  const ConvArgs a{reinterpret_cast<bf16*>(dst), ld_dst, src, ld_src, rows, cols};
+  return run_grid(emae::cuda::ceil_div(rows, kConvTile), emae::cuda::ceil_div(ld_dst, kConvTile),
+                  [&](ConvTile& tile, const HostBlock& b) { convert_block(tile, a, transposed, b); });
+}
+
+// convert_to_bf16_with_row_sums on the host (src stores the view (cols, rows)); row_sums (rows) +=.
+inline bool emulate_convert_with_row_sums(uint16_t* dst, float* row_sums, const float* src, int rows, int cols,
+                                          long long ld_src) {
+  using namespace convert_emulation;
+  if (rows <= 0 || cols <= 0) return true;
+  const int ld_dst = emae::cuda::bf16_ld(cols);
+  const int chunks = emae::cuda::ceil_div(cols, kSumChunk);
+  std::vector<float> partial((size_t)chunks * rows, std::nanf(""));
+  const ConvArgs a{reinterpret_cast<bf16*>(dst), ld_dst, src, ld_src, rows, cols};
+  const bool ok = run_grid(emae::cuda::ceil_div(rows, kConvTile), chunks, [&](ConvTile& tile, const HostBlock& b) {
+    convert_row_sums_block(tile, a, partial.data(), b);
+  });
+  for (int r = 0; r < rows; ++r) {  // reduce_chunks_kernel: chunk order
+    float acc = 0.f;
+    for (int k = 0; k < chunks; ++k) acc += partial[(size_t)k * rows + r];
+    row_sums[r] += acc;
+  }
+  return ok;
+}
+
+// What column_sum_accumulate(dst, src, rows_total, C, row_stride, …) adds to dst[c], in its order:
+// 256-row chunks summed row by row from 0, then the chunks in order. The fused row sums must equal it.
+inline float column_sum_reference(const float* src, int rows_total, long long row_stride, int c) {
+  float total = 0.f;
+  for (int r0 = 0; r0 < rows_total; r0 += emae::cuda::kColumnSumRowChunk) {
+    float chunk = 0.f;
+    for (int r = r0; r < rows_total && r < r0 + emae::cuda::kColumnSumRowChunk; ++r) chunk += src[r * row_stride + c];
+    total += chunk;
+  }
+  return total;
+}
+
+}  // namespace emae::dev

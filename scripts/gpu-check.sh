@@ -113,7 +113,7 @@ bench_step() {  # bench_step NAME TIMEOUT_S [gpu_step.ts options]: the step agai
 
 want smoke && phase smoke 60 node scripts/gpu-smoke.mjs 3
 if want gemm && have gemm_check; then
-  phase gemm 150 .device/gemm_check
+  phase gemm 200 .device/gemm_check
   grep -E '^path |^PASS|^FAIL' "$OUT/gemm.log" 2>/dev/null | tail -12 >> "$SUMMARY"
 fi
 # kernel checks from cuda/dev, built by scripts/device-pack.sh (sm_90, sm_90a)

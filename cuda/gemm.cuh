@@ -435,16 +435,24 @@ inline void gemm(const GemmParams& p, cudaStream_t stream) {
   if (p.a_sums) column_sum_accumulate(p.a_sums, p.A, p.K, p.M, p.lda, p.workspace, stream);
 }
 
+// The forward product of a linear layer: out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias
+inline GemmParams linear_forward_params(float* out, const float* inp, const float* weight, const float* bias, int R,
+                                        int K, int N) {
+  GemmParams p;
+  p.trans_b = true;
+  p.M = R; p.N = N; p.K = K;
+  p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = out; p.ldc = N;
+  p.bias = bias;
+  return p;
+}
+
 // out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias + residual; run(GemmParams) does the product
 // (gemm() below, or another kernel path: gemm_dispatch.cuh)
 template <class Run>
 inline void matmul_forward_with(Run&& run, float* out, const float* inp, const float* weight, const float* bias,
                                 const float* residual, int R, int K, int N) {
-  GemmParams p;
-  p.trans_b = true;
-  p.M = R; p.N = N; p.K = K;
-  p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = out; p.ldc = N;
-  p.bias = bias; p.residual = residual;
+  GemmParams p = linear_forward_params(out, inp, weight, bias, R, K, N);
+  p.residual = residual;
   run(p);
 }
 
@@ -452,11 +460,8 @@ inline void matmul_forward_with(Run&& run, float* out, const float* inp, const f
 template <class Run>
 inline void matmul_gelu_forward_with(Run&& run, float* pre, float* act, const float* inp, const float* weight,
                                      const float* bias, int R, int K, int N) {
-  GemmParams p;
-  p.trans_b = true;
-  p.M = R; p.N = N; p.K = K;
-  p.A = inp; p.lda = K; p.B = weight; p.ldb = K; p.C = pre; p.ldc = N;
-  p.bias = bias; p.gelu_out = act;
+  GemmParams p = linear_forward_params(pre, inp, weight, bias, R, K, N);
+  p.gelu_out = act;
   run(p);
 }
 

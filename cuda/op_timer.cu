@@ -71,11 +71,7 @@ class EventClock final : public OpClock {
   void collect(std::vector<double>& row_ms, double& step_ms, bool wait) override {
     bind();
     resolve(wait);
-    if (row_ms.size() < row_ms_.size()) row_ms.resize(row_ms_.size(), 0.0);
-    for (size_t r = 0; r < row_ms_.size(); ++r) row_ms[r] += row_ms_[r];
-    step_ms += step_ms_;
-    row_ms_.assign(row_ms_.size(), 0.0);
-    step_ms_ = 0;
+    times_.move_to(row_ms, step_ms);
   }
 
  private:
@@ -132,12 +128,8 @@ class EventClock final : public OpClock {
       EMAE_CUDA_CHECK(cudaEventElapsedTime(&ms, w.begin, w.end));
       std::vector<float> op_ms(w.ops.size());  // all read before any is added: a failure adds nothing
       for (size_t i = 0; i < w.ops.size(); ++i) EMAE_CUDA_CHECK(cudaEventElapsedTime(&op_ms[i], w.ops[i].start, w.ops[i].end));
-      step_ms_ += ms;
-      for (size_t i = 0; i < w.ops.size(); ++i) {
-        const size_t row = (size_t)w.ops[i].row;
-        if (row >= row_ms_.size()) row_ms_.resize(row + 1, 0.0);
-        row_ms_[row] += op_ms[i];
-      }
+      times_.add_step(ms);
+      for (size_t i = 0; i < w.ops.size(); ++i) times_.add_op(w.ops[i].row, op_ms[i]);
       recycle(w);
       windows_.pop_front();
     }
@@ -149,8 +141,7 @@ class EventClock final : public OpClock {
   Window open_;                  // the step being recorded
   cudaEvent_t op_start_ = nullptr;  // the op being recorded
   std::deque<Window> windows_;   // recorded, not yet resolved
-  std::vector<double> row_ms_;   // resolved, not yet collected
-  double step_ms_ = 0;
+  MeasuredTimes times_;          // resolved, not yet collected
 };
 
 }  // namespace

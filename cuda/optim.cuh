@@ -38,16 +38,32 @@ struct DeviceSegment {
   double lr_scale;  // the segment's lr is segment_lr(s.lr, lr_scale), as on the CPU
 };
 
-static __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
-                             float* __restrict__ v, const DeviceSegment* __restrict__ segments, AdamWScalars s) {
+// This block's stride of AdamW over segment blockIdx.y; kClip: each gradient is first multiplied
+// by factor and stored back (the value scale_kernel would leave: one rounding, as there). G: float,
+// or const float without kClip.
+template <bool kClip, typename G>
+__device__ __forceinline__ void adamw_segment_stride(float* __restrict__ params, G* __restrict__ grads,
+                                                     float* __restrict__ m, float* __restrict__ v,
+                                                     const DeviceSegment* __restrict__ segments, const AdamWScalars& s,
+                                                     float factor) {
   const DeviceSegment seg = segments[blockIdx.y];
   AdamWScalars sk = s;
   sk.lr = segment_lr(s.lr, seg.lr_scale);
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const unsigned long long k = seg.offset + i;
-    adamw_update(params[k], m[k], v[k], grads[k], sk, seg.decay != 0);
+    float g = grads[k];
+    if constexpr (kClip) {
+      g *= factor;
+      grads[k] = g;
+    }
+    adamw_update(params[k], m[k], v[k], g, sk, seg.decay != 0);
   }
+}
+
+static __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
+                                    float* __restrict__ v, const DeviceSegment* __restrict__ segments, AdamWScalars s) {
+  adamw_segment_stride<false>(params, grads, m, v, segments, s, 1.f);
 }
 
 // *decision = decide_step(*status, clip_grad, check_loss), by one thread
@@ -64,19 +80,10 @@ static __global__ void adamw_decided_kernel(float* __restrict__ params, float* _
                                             AdamWScalars s, const StepDecision* __restrict__ decision) {
   const StepDecision d = *decision;
   if (!d.update) return;
-  const DeviceSegment seg = segments[blockIdx.y];
-  AdamWScalars sk = s;
-  sk.lr = segment_lr(s.lr, seg.lr_scale);
-  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < seg.size;
-       i += (unsigned long long)gridDim.x * blockDim.x) {
-    const unsigned long long k = seg.offset + i;
-    float g = grads[k];
-    if (d.clip) {
-      g *= d.factor;
-      grads[k] = g;
-    }
-    adamw_update(params[k], m[k], v[k], g, sk, seg.decay != 0);
-  }
+  if (d.clip)
+    adamw_segment_stride<true>(params, grads, m, v, segments, s, d.factor);
+  else
+    adamw_segment_stride<false>(params, grads, m, v, segments, s, 1.f);
 }
 
 static __global__ void scale_kernel(float* __restrict__ data, const DeviceSegment* __restrict__ segments, float factor) {

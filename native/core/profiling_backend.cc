@@ -14,21 +14,11 @@ class HostOpClock final : public OpClock {
  public:
   const char* kind() const override { return "host-clock"; }
   void begin_step() override { step_start_ = Clock::now(); }
-  void end_step() noexcept override { step_ms_ += ms_since(step_start_); }
+  void end_step() noexcept override { times_.add_step(ms_since(step_start_)); }
   void begin_op() override { op_start_ = Clock::now(); }
-  void end_op(int row) override {
-    const double ms = ms_since(op_start_);
-    if ((size_t)row >= row_ms_.size()) row_ms_.resize(row + 1, 0.0);
-    row_ms_[row] += ms;
-  }
+  void end_op(int row) override { times_.add_op(row, ms_since(op_start_)); }
   void cancel_op() noexcept override {}
-  void collect(std::vector<double>& row_ms, double& step_ms, bool) override {
-    if (row_ms.size() < row_ms_.size()) row_ms.resize(row_ms_.size(), 0.0);
-    for (size_t r = 0; r < row_ms_.size(); ++r) row_ms[r] += row_ms_[r];
-    step_ms += step_ms_;
-    row_ms_.assign(row_ms_.size(), 0.0);
-    step_ms_ = 0;
-  }
+  void collect(std::vector<double>& row_ms, double& step_ms, bool) override { times_.move_to(row_ms, step_ms); }
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -36,8 +26,7 @@ class HostOpClock final : public OpClock {
     return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
   }
   Clock::time_point step_start_{}, op_start_{};
-  std::vector<double> row_ms_;
-  double step_ms_ = 0;
+  MeasuredTimes times_;
 };
 
 }  // namespace

@@ -43,6 +43,28 @@ class OpClock {
   virtual void collect(std::vector<double>& row_ms, double& step_ms, bool wait) = 0;
 };
 
+// Times measured by a clock and not yet collected (both clocks keep theirs in one).
+class MeasuredTimes {
+ public:
+  void add_op(int row, double ms) {
+    if ((size_t)row >= row_ms_.size()) row_ms_.resize(row + 1, 0.0);
+    row_ms_[row] += ms;
+  }
+  void add_step(double ms) { step_ms_ += ms; }
+  // OpClock::collect's adding: into row_ms / step_ms, then forgotten here
+  void move_to(std::vector<double>& row_ms, double& step_ms) {
+    if (row_ms.size() < row_ms_.size()) row_ms.resize(row_ms_.size(), 0.0);
+    for (size_t r = 0; r < row_ms_.size(); ++r) row_ms[r] += row_ms_[r];
+    step_ms += step_ms_;
+    row_ms_.assign(row_ms_.size(), 0.0);
+    step_ms_ = 0;
+  }
+
+ private:
+  std::vector<double> row_ms_;
+  double step_ms_ = 0;
+};
+
 // A steady host clock around each call: the time of a synchronous op.
 std::unique_ptr<OpClock> make_host_clock();
 

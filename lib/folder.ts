@@ -107,6 +107,8 @@ async function probe(file: string, again = true): Promise<{ width: number; heigh
 }
 
 export class ImageFolder implements BatchSource {
+  /** the folder opened */
+  readonly root: string;
   readonly files: string[];
   readonly labels: Int32Array;
   readonly classes: string[];
@@ -127,8 +129,9 @@ export class ImageFolder implements BatchSource {
   readonly #sizes: Int32Array;
   #disposed = false;
 
-  private constructor(files: string[], labels: number[], classes: string[], options: ImageFolderOptions,
+  private constructor(root: string, files: string[], labels: number[], classes: string[], options: ImageFolderOptions,
     unreadable: readonly UnreadableImage[], sizes: Int32Array) {
+    this.root = root;
     this.files = files;
     this.#sizes = sizes;
     this.labels = Int32Array.from(labels);
@@ -177,7 +180,7 @@ export class ImageFolder implements BatchSource {
         labels.push(label);
       }
     if (files.length === 0) throw new RangeError(`${root}: no JPEG, PNG or WebP images found`);
-    if (options.verify === false) return new ImageFolder(files, labels, classes, options, [], new Int32Array(2 * files.length));
+    if (options.verify === false) return new ImageFolder(root, files, labels, classes, options, [], new Int32Array(2 * files.length));
 
     const reasons: Array<{ width: number; height: number } | string> = new Array(files.length);
     let next = 0, checked = 0;
@@ -206,7 +209,7 @@ export class ImageFolder implements BatchSource {
     if (kept.length === 0) {
       throw new RangeError(`${root}: none of the ${files.length} images is readable (${unreadable[0].file}: ${unreadable[0].reason})`);
     }
-    return new ImageFolder(kept, keptLabels, classes, options, unreadable, Int32Array.from(sizes));
+    return new ImageFolder(root, kept, keptLabels, classes, options, unreadable, Int32Array.from(sizes));
   }
 
   /** Images that can be loaded: files found, less those whose header did not read. */

@@ -42,6 +42,12 @@ export interface ImageFolderOptions {
   onError?: (file: string, reason: string) => void;
   /** read every file's header at open and leave out those that fail (default true) */
   verify?: boolean;
+  /**
+   * at most this many files, spread evenly over the class sub-folders: the first file of each
+   * (the images directly in the folder count as one more group, first), then the second of each, …;
+   * taken before the headers are read, so the unreadable among them are left out of the count
+   */
+  limit?: number;
   /** progress of that check, for large folders: (0, total) first, then every 1000 files and at the end */
   onProgress?: (checked: number, total: number) => void;
   /**
@@ -106,6 +112,19 @@ async function probe(file: string, again = true): Promise<{ width: number; heigh
   }
 }
 
+/** `limit` of the indices, round-robin over the labels in order (each label's files in order), as flags. */
+function evenlyOverLabels(labels: readonly number[], limit: number): Uint8Array {
+  const groups = new Map<number, number[]>();
+  for (const [i, label] of labels.entries()) (groups.get(label) ?? groups.set(label, []).get(label)!).push(i);
+  const keep = new Uint8Array(labels.length);
+  for (let round = 0, taken = 0; taken < limit; round++)
+    for (const g of groups.values()) if (round < g.length && taken < limit) {
+      keep[g[round]] = 1;
+      taken++;
+    }
+  return keep;
+}
+
 export class ImageFolder implements BatchSource {
   /** the folder opened */
   readonly root: string;
@@ -166,8 +185,10 @@ export class ImageFolder implements BatchSource {
     if (options.augment !== undefined && options.crop !== undefined && options.augment !== (options.crop === 'random'))
       throw new RangeError(`ImageFolder: augment ${options.augment} contradicts crop '${options.crop}' (give crop alone)`);
     if (options.scale !== undefined) assertScale('scale', options.scale);
+    if (options.limit !== undefined && !(Number.isSafeInteger(options.limit) && options.limit >= 1))
+      throw invalidParameterError('limit', 'positive integer', options.limit, 'number');
     const entries = await readdir(root, { withFileTypes: true });
-    const files: string[] = [], labels: number[] = [];
+    let files: string[] = [], labels: number[] = [];
     const isImage = (name: string) => EXTENSIONS.has(path.extname(name).toLowerCase());
     for (const e of entries.filter((e) => e.isFile() && isImage(e.name)).sort((a, b) => a.name.localeCompare(b.name))) {
       files.push(path.join(root, e.name));
@@ -180,6 +201,11 @@ export class ImageFolder implements BatchSource {
         labels.push(label);
       }
     if (files.length === 0) throw new RangeError(`${root}: no JPEG, PNG or WebP images found`);
+    if (options.limit !== undefined && options.limit < files.length) {
+      const keep = evenlyOverLabels(labels, options.limit);
+      files = files.filter((_, i) => keep[i]);
+      labels = labels.filter((_, i) => keep[i]);
+    }
     if (options.verify === false) return new ImageFolder(root, files, labels, classes, options, [], new Int32Array(2 * files.length));
 
     const reasons: Array<{ width: number; height: number } | string> = new Array(files.length);

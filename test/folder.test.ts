@@ -5,7 +5,7 @@
 // seed gives bitwise the same batches (pixels, labels, crops) and losses for any number of either,
 // the options are validated, and a script that uses workers exits by itself. MAE's evaluation
 // transform (crop 'center'): its geometry as torchvision computes it, what it keeps of an image,
-// per load or per folder, with or without workers.
+// per load or per folder, with or without workers. `limit`: files spread evenly over the classes.
 import test from 'ava';
 import fc from 'fast-check';
 import { spawnSync } from 'node:child_process';
@@ -180,6 +180,29 @@ test('crop and a load\'s transform are validated', async (t) => {
   await t.throwsAsync(folder.loadBatch(Int32Array.of(0), 0, { crop: 'centre' as 'center' }), { instanceOf: RangeError, message: /for transform\.crop/ });
   await t.throwsAsync(folder.loadBatch(Int32Array.of(0), 0, { scale: [0, 1] }), { instanceOf: RangeError, message: /for transform\.scale/ });
   await t.throwsAsync(folder.loadBatch(Int32Array.of(0), 0, { flip: false } as never), { instanceOf: TypeError, message: /Unknown transform option "flip"/ });
+});
+
+test('limit takes files evenly over the classes, before the headers are read, in the folder\'s order', async (t) => {
+  const own = mkdtempSync(path.join(tmpdir(), 'emae-limit-'));
+  const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 9, g: 9, b: 9 } } }).png().toBuffer();
+  const files = ['top.png', 'a/1.png', 'a/2.png', 'a/3.png', 'b/1.png', 'c/1.png', 'c/2.png', 'c/3.png'];
+  for (const f of files) {
+    mkdirSync(path.dirname(path.join(own, f)), { recursive: true });
+    writeFileSync(path.join(own, f), png);
+  }
+  writeFileSync(path.join(own, 'c', '0-broken.png'), 'not a PNG');
+  const names = async (limit: number) => {
+    const errors: string[] = [];
+    const f = await ImageFolder.open(own, { size: 8, limit, onError: (file) => errors.push(path.relative(own, file)) });
+    return { files: f.files.map((x) => path.relative(own, x)), labels: [...f.labels], errors };
+  };
+  // round 1: top, a/1, b/1, c/0-broken; round 2: a/2, c/1; … the broken one is left out of the count
+  t.deepEqual(await names(6), { files: ['top.png', 'a/1.png', 'a/2.png', 'b/1.png', 'c/1.png'], labels: [-1, 0, 0, 1, 2], errors: ['c/0-broken.png'] });
+  t.deepEqual((await names(3)).files, ['top.png', 'a/1.png', 'b/1.png'], 'no header read beyond the limit');
+  t.deepEqual((await names(3)).errors, []);
+  t.deepEqual((await names(100)).files, files.map((f) => f).sort((x, y) => (x.includes('/') ? 1 : 0) - (y.includes('/') ? 1 : 0) || x.localeCompare(y)));
+  for (const limit of [0, 1.5, -2])
+    await t.throwsAsync(ImageFolder.open(own, { size: 8, limit }), { instanceOf: RangeError, message: `Expected positive integer for limit but received ${limit}` });
 });
 
 test('RandomResizedCrop boxes stay inside the image with scale and ratio in range (or the fallback)', (t) => {

@@ -445,14 +445,22 @@ export class FineTuner {
 function checkFolder(name: string, f: ImageFolder, c: Classifier['config']): void {
   if (f.channels !== c.channels || f.size !== c.imageSize)
     throw new RangeError(`${name}: the folder ${f.root} loads images of ${f.channels} channel(s), ${f.size}×${f.size}, which do not fit the classifier's ${c.channels}, ${c.imageSize}×${c.imageSize}`);
+  assertClassFolders(name, f);
+  if (f.classes.length !== c.numClasses)
+    throw new RangeError(`${name}: the folder ${f.root} has ${f.classes.length} class sub-folder(s) (${listClasses(f.classes)}) but the classifier has ${c.numClasses} classes`);
+}
+
+/**
+ * Refuses a folder with images outside class sub-folders (label −1): fine-tuning reads
+ * <root>/<class>/<image>. Exported for the CLI, which checks before it builds the classifier.
+ */
+export function assertClassFolders(name: string, f: ImageFolder): void {
   const unlabelled = f.labels.reduce((n, l) => n + (l < 0 ? 1 : 0), 0);
   if (unlabelled > 0) {
     const first = f.files[f.labels.findIndex((l) => l < 0)];
     throw new RangeError(`${name}: ${unlabelled} of the ${f.count} images of ${f.root} are not in a class sub-folder (${first})` +
       `${f.classes.length === 0 ? ' and it has no class sub-folders' : ''}; fine-tuning reads <root>/<class>/<image>, one sub-folder per class (torchvision's ImageFolder layout)`);
   }
-  if (f.classes.length !== c.numClasses)
-    throw new RangeError(`${name}: the folder ${f.root} has ${f.classes.length} class sub-folder(s) (${listClasses(f.classes)}) but the classifier has ${c.numClasses} classes`);
 }
 
 function listClasses(classes: readonly string[]): string {

@@ -73,4 +73,4 @@ export type { Features, ProbeOptions } from './evaluate.js';
 export { accuracyVsTimeSvg, lossCurvesSvg, readStepLog, resultsSvg, writeChart } from './charts.js';
 export type { BudgetPoint, CurvePoint } from './charts.js';
 export { FineTuner, top1Accuracy, saveClassifierCheckpoint, loadClassifierCheckpoint } from './finetune.js';
-export type { FinetuneEpochInfo, FinetuneOptions, FinetuneStepInfo } from './finetune.js';
+export type { FinetuneData, FinetuneEpochInfo, FinetuneOptions, FinetuneStepInfo } from './finetune.js';

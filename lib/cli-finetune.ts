@@ -1,49 +1,67 @@
 // The fine-tuning commands of the emae CLI (registered by lib/cli.ts):
 //   emae finetune --weights <pretrained> --data <labelled> --test-data <labelled> [MAE's options]
 //   emae evaluate --weights <fine-tuned> --data <labelled>
+// Labelled data is held in memory (idx:, cifar10:, synthetic) or an image folder with class
+// sub-folders (folder:), decoded batch by batch.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { CLASSIFIER_CONFIG_KEY, Classifier, type ClassifierConfig } from './classifier.js';
 import type { LabelledImageSet } from './data.js';
-import { FineTuner, top1Accuracy } from './finetune.js';
+import { FineTuner, assertClassFolders, top1Accuracy, type FinetuneData } from './finetune.js';
+import { ImageFolder } from './folder.js';
 import { presetNames } from './presets.js';
 import { readSafetensorsMetadata } from './safetensors.js';
 import { readSavedConfig } from './weights-file.js';
 
 export interface CliShared {
   num: (name: string) => (v: string) => number;
-  /** the data of a --data spec (labelled, in memory, for fine-tuning) */
-  loadData: (spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number) => Promise<unknown>;
+  /** a non-negative integer option (--workers, --prefetch) */
+  count: (name: string) => (v: string) => number;
+  /** the data of a --data spec: labelled and in memory, or an ImageFolder (opened at imageSize with these folder options) */
+  loadData: (spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number,
+    folderOptions?: { workers?: number; limit?: number }) => Promise<unknown>;
+  /** --workers, or its default for this machine */
+  decodeWorkers: (requested: number | undefined) => { workers: number; cpus: number };
+  /** a line on stderr when libuv's pool is smaller than the decode workers */
+  warnThreadPool: (data: unknown, cpus: number) => void;
+  /** progress of a long phase on stderr: the update function */
+  progress: (what: string, total: number) => (done: number) => void;
 }
 
-/** In-memory labelled data from a spec, or a sentence saying why it cannot be used for fine-tuning. */
-async function labelledData(shared: CliShared, spec: string, flag: string, o: { padTo?: number; seed?: number; limit?: number },
-  size: number, channels: number): Promise<LabelledImageSet> {
-  if (spec.startsWith('folder:'))
-    throw new Error(`${flag} ${spec}: fine-tuning reads labelled images held in memory (idx:, cifar10:, synthetic); image folders are not supported for it yet`);
+const WORKERS_HELP = 'folder: data: decode threads (0 or 1 = the main thread; default: this machine\'s CPUs, 0 where that is 2 or less)';
+const LIMIT_HELP = (what: string) => `use the first n ${what} (a folder: n files spread evenly over its class sub-folders)`;
+
+/** Labelled data from a spec — in memory, or an image folder at the model's size — or a sentence saying why it cannot be used. */
+async function labelledData(shared: CliShared, spec: string, flag: string, o: { padTo?: number; seed?: number; limit?: number; workers?: number },
+  size: number, channels: number): Promise<FinetuneData> {
+  if (o.limit !== undefined && !(Number.isInteger(o.limit) && o.limit >= 1)) throw new Error(`--limit expects a positive integer, got ${o.limit}`);
+  if (spec.startsWith('folder:')) {
+    if (o.padTo !== undefined) throw new Error(`--pad-to pads IDX/CIFAR images; the images of ${flag} ${spec} are resized to the model's ${size}×${size}`);
+    return await shared.loadData(spec, undefined, size, 3, o.seed ?? 0,
+      { workers: o.workers, ...(o.limit !== undefined ? { limit: o.limit } : {}) }) as ImageFolder;
+  }
   const d = await shared.loadData(spec, o.padTo, size, channels, o.seed ?? 0) as LabelledImageSet;
   if (!d.labels) throw new Error(`${flag} ${spec}: the data has no labels (for IDX data give the labels file: idx:<images>,<labels>)`);
   if (o.limit === undefined || o.limit >= d.count) return d;
-  if (!(Number.isInteger(o.limit) && o.limit >= 1)) throw new Error(`--limit expects a positive integer, got ${o.limit}`);
   const per = d.channels * d.size * d.size;  // the first `limit` images
   return { ...d, count: o.limit, images: d.images.subarray(0, o.limit * per), labels: d.labels.subarray(0, o.limit) };
 }
 
 export function registerFinetuneCommands(program: Command, shared: CliShared): void {
-  const { num } = shared;
+  const { num, count } = shared;
   program
     .command('finetune')
     .description('fine-tune a pretrained encoder as a classifier (MAE\'s recipe); prints test top-1 every epoch, logs to <out>/log.jsonl, checkpoints to <out>')
     .option('--weights <file>', 'pretraining weights or checkpoint (the encoder is taken, the decoder dropped); none: from scratch')
-    .requiredOption('--data <spec>', 'labelled training data: idx:<images>,<labels> | cifar10:<file>[,<file>…] | synthetic[:count]')
-    .option('--test-data <spec>', 'labelled test data, scored every epoch (same forms)')
+    .requiredOption('--data <spec>', 'labelled training data: folder:<dir> (<dir>/<class>/<image>) | idx:<images>,<labels> | cifar10:<file>[,<file>…] | synthetic[:count]')
+    .option('--test-data <spec>', 'labelled test data, scored every epoch (same forms; a folder with MAE\'s resize + centre crop)')
     .addOption(new Option('--preset <name>', 'model preset (without --weights)').choices([...presetNames]))
     .option('--config <file>', 'model config as JSON (without --weights)')
     .option('--pad-to <n>', 'zero-pad IDX/CIFAR images to this size', num('pad-to'))
-    .option('--limit <n>', 'use the first n training and test images', num('limit'))
-    .option('--num-classes <n>', 'classes (default: the largest training label + 1)', num('num-classes'))
+    .option('--limit <n>', LIMIT_HELP('training and test images'), num('limit'))
+    .option('--num-classes <n>', 'classes (default: a folder\'s class sub-folders, else the largest training label + 1)', num('num-classes'))
     .option('--cls-token', 'classify from the cls token after norm (default: global pool of the patch tokens, then fc_norm)')
     .option('--epochs <n>', 'epochs', num('epochs'), 10)
     .option('--warmup-epochs <n>', 'warm-up epochs (default min(5, epochs/10))', num('warmup-epochs'))
@@ -57,7 +75,9 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
     .option('--mixup <x>', 'mixup alpha (0 = off)', num('mixup'), 0.8)
     .option('--cutmix <x>', 'cutmix alpha (0 = off)', num('cutmix'), 1.0)
     .option('--clip-grad <x>', 'clip gradients to this global norm (0 = off)', num('clip-grad'), 0)
-    .option('--no-augment', 'no random resized crop and flip')
+    .option('--no-augment', 'no random resized crop and flip (a folder: MAE\'s resize + centre crop); RandAugment and random erasing are not implemented')
+    .option('--workers <n>', WORKERS_HELP, count('workers'))
+    .option('--prefetch <n>', 'folder: data: batches decoding while one is computed (0 = none)', count('prefetch'), 2)
     .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
     .option('--threads <n>', 'CPU threads', num('threads'))
     .option('--seed <n>', 'seed of the head, data order, augmentation, mixing and drop path', num('seed'), 0)
@@ -74,12 +94,23 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
       const encoder: Record<string, unknown> = saved ? { ...saved } : o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : o.preset ? { preset: o.preset } : {};
       if (!o.weights && !o.preset && !o.config) throw new Error('give --weights (a pretrained encoder), or --preset/--config to fine-tune from scratch');
       const size = (encoder.imageSize as number | undefined) ?? (o.preset ? 224 : 32), channels = (encoder.channels as number | undefined) ?? (o.data.startsWith('idx:') ? 1 : 3);
-      const data = await labelledData(shared, o.data, '--data', o, size, channels);
-      const test = o.testData ? await labelledData(shared, o.testData, '--test-data', { ...o, seed: (o.seed ?? 0) + 1 }, data.size, data.channels) : undefined;
+      const decode = shared.decodeWorkers(o.workers);
+      const folderOptions = { ...o, workers: decode.workers };
+      const data = await labelledData(shared, o.data, '--data', folderOptions, size, channels);
+      const test = o.testData ? await labelledData(shared, o.testData, '--test-data', { ...folderOptions, seed: (o.seed ?? 0) + 1 }, data.size, data.channels) : undefined;
+      shared.warnThreadPool(data, decode.cpus);
       if (data.size !== size && encoder.imageSize !== undefined)
         throw new Error(`the data has ${data.size}×${data.size} images but the model is for ${size}×${size} (use --pad-to ${size} for IDX/CIFAR data)`);
+      if (encoder.channels !== undefined && data.channels !== encoder.channels)
+        throw new Error(`the data has ${data.channels} channel(s) but the model ${o.weights ? `saved in ${o.weights}` : 'configured'} has ${encoder.channels}`);
       let numClasses = o.numClasses;
-      if (numClasses === undefined) numClasses = Math.max(...data.labels!.subarray(0, data.count)) + 1;
+      if (data instanceof ImageFolder) {
+        assertClassFolders('data', data);
+        if (numClasses !== undefined && numClasses !== data.classes.length)
+          throw new Error(`--num-classes ${numClasses} disagrees with the ${data.classes.length} class sub-folder(s) of ${data.root} (leave it out to take theirs)`);
+        numClasses = data.classes.length;
+      }
+      if (numClasses === undefined) numClasses = Math.max(...(data as LabelledImageSet).labels!.subarray(0, data.count)) + 1;
       const keys = ['preset', 'patchSize', 'embedDim', 'depth', 'numHeads', 'mlpRatio', 'layerNormEps'];
       const config: ClassifierConfig = {
         ...Object.fromEntries(keys.filter((k) => encoder[k] !== undefined).map((k) => [k, encoder[k]])),
@@ -92,7 +123,7 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
         const tuner = new FineTuner(model, data, {
           batchSize: o.batch, epochs: o.epochs, blr: o.blr, minLr: o.minLr, ...(o.warmupEpochs !== undefined ? { warmupEpochs: o.warmupEpochs } : {}),
           weightDecay: o.weightDecay, layerDecay: o.layerDecay, clipGrad: o.clipGrad, mixup: o.mixup, cutmix: o.cutmix,
-          augment: o.augment, seed: o.seed, ...(test ? { testData: test } : {}), outDir: o.out, overwrite: o.force === true, keepLast: o.keep,
+          augment: o.augment, prefetch: o.prefetch, seed: o.seed, ...(test ? { testData: test } : {}), outDir: o.out, overwrite: o.force === true, keepLast: o.keep,
           onStep: (s) => {
             if (bar) bar.update(s.step, { loss: s.loss.toFixed(4), lr: s.lr.toExponential(2), ips: s.imagesPerSecond.toFixed(0) });
             else if (s.step % 50 === 0 || s.step === tuner.totalSteps)
@@ -105,7 +136,8 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
             if (bar && e.step < tuner.totalSteps) bar.start(tuner.totalSteps, e.step, { loss: '-', lr: '-', ips: '-' });
           },
         });
-        console.log(JSON.stringify({ classifier: model.config, data: { spec: o.data, count: data.count, test: test?.count }, weights: o.weights ?? null }, null, 2));
+        const folder = data instanceof ImageFolder ? { classes: data.classes.length, workers: data.workers } : {};
+        console.log(JSON.stringify({ classifier: model.config, data: { spec: o.data, count: data.count, test: test?.count, ...folder }, weights: o.weights ?? null }, null, 2));
         const bar = o.progress && process.stdout.isTTY
           ? new cliProgress.SingleBar({ format: 'step {value}/{total} |{bar}| loss {loss} lr {lr} {ips} img/s ETA {eta_formatted}' }, cliProgress.Presets.shades_classic)
           : undefined;
@@ -148,6 +180,7 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
         console.log(JSON.stringify({ steps: tuner.step, weights: file, ...(final !== undefined ? { testTop1: final } : {}) }));
       } finally {
         await model.dispose();
+        for (const d of [data, test]) if (d instanceof ImageFolder) await d.dispose();
       }
     });
 
@@ -155,12 +188,13 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
     .command('evaluate')
     .description('top-1 accuracy of a fine-tuned classifier (classifier.safetensors or a fine-tuning checkpoint) on labelled data')
     .requiredOption('--weights <file>', 'classifier weights or fine-tuning checkpoint')
-    .requiredOption('--data <spec>', 'labelled data: idx:<images>,<labels> | cifar10:<file>[,<file>…] | synthetic[:count]')
+    .requiredOption('--data <spec>', 'labelled data: folder:<dir> (<dir>/<class>/<image>; MAE\'s resize + centre crop) | idx:<images>,<labels> | cifar10:<file>[,<file>…] | synthetic[:count]')
     .option('--pad-to <n>', 'zero-pad IDX/CIFAR images to this size', num('pad-to'))
     .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
     .option('--threads <n>', 'CPU threads', num('threads'))
     .option('--batch <n>', 'batch of the forward passes', num('batch'), 256)
-    .option('--limit <n>', 'use the first n images', num('limit'))
+    .option('--limit <n>', LIMIT_HELP('images'), num('limit'))
+    .option('--workers <n>', WORKERS_HELP, count('workers'))
     .action(async (o) => {
       let saved: Record<string, unknown>;
       try {
@@ -171,7 +205,9 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
       } catch (err) {
         throw new Error(`${o.weights}: not an emae classifier: ${(err as Error).message}`);
       }
-      const data = await labelledData(shared, o.data, '--data', o, saved.imageSize as number, saved.channels as number);
+      const decode = shared.decodeWorkers(o.workers);
+      const data = await labelledData(shared, o.data, '--data', { ...o, workers: decode.workers }, saved.imageSize as number, saved.channels as number);
+      shared.warnThreadPool(data, decode.cpus);
       const keys = ['imageSize', 'patchSize', 'channels', 'embedDim', 'depth', 'numHeads', 'mlpRatio', 'layerNormEps', 'numClasses', 'globalPool'];
       const model = await Classifier.create({
         ...Object.fromEntries(keys.map((k) => [k, saved[k]])) as unknown as ClassifierConfig,
@@ -181,10 +217,12 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
         if (data.size !== model.config.imageSize || data.channels !== model.config.channels)
           throw new Error(`the data has ${data.channels} channel(s) of ${data.size}×${data.size} but the classifier takes ${model.config.channels} of ${model.config.imageSize}×${model.config.imageSize} (use --pad-to for IDX/CIFAR data)`);
         await model.loadWeights(o.weights);
-        const top1 = await top1Accuracy(model, data, o.batch);
+        const progress = data instanceof ImageFolder ? shared.progress(`evaluate: decoding and scoring the images of ${data.root}`, data.count) : undefined;
+        const top1 = await top1Accuracy(model, data, o.batch, progress);
         console.log(JSON.stringify({ weights: o.weights, data: o.data, count: data.count, top1 }));
       } finally {
         await model.dispose();
+        if (data instanceof ImageFolder) await data.dispose();
       }
     });
 }

@@ -73,8 +73,23 @@ const count = (name: string) => (v: string) => {
 
 type Data = LabelledImageSet | (BatchSource & { size: number; channels: number });
 
+// decode workers of folder: data without --workers: this machine's CPUs shared by its ranks; on 2
+// CPUs the main thread alone decodes faster (workers cost CPU time there), above that workers
+// keep the main thread free for the step (bench/RESULTS.md)
+function decodeWorkers(requested: number | undefined, localSize = 1): { workers: number; cpus: number } {
+  const cpus = Math.max(1, Math.floor(os.availableParallelism() / Math.max(1, localSize)));
+  return { workers: requested ?? (cpus > 2 ? cpus : 0), cpus };
+}
+
+// the decoding itself runs on libuv's pool: say so when it is smaller than the workers and CPUs
+function warnThreadPool(data: unknown, cpus: number): void {
+  const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+  if (data instanceof ImageFolder && data.workers > pool && cpus > pool)
+    console.error(`emae: the images decode on libuv's ${pool} threads: start emae with UV_THREADPOOL_SIZE=${cpus} to decode on ${cpus} CPUs`);
+}
+
 async function loadData(spec: string, padTo: number | undefined, imageSize: number, channels: number, seed: number,
-  folderOptions: { workers?: number } = {}): Promise<Data> {
+  folderOptions: { workers?: number; limit?: number } = {}): Promise<Data> {
   const [kind, rest = ''] = spec.split(/:(.*)/s);
   if (kind === 'folder') {
     const onProgress = (checked: number, total: number) => {
@@ -133,15 +148,10 @@ program
     // under mpirun/srun: join the job first (CUDA models go to this rank's device); rank 0 prints
     const dist = await initDistributed({ collectives: o.collectives as Collectives });
     const say = dist.isMain ? console.log : () => {};
-    // decode workers: this machine's CPUs shared by its ranks; on 2 CPUs the main thread alone
-    // decodes faster (workers cost CPU time there), above that workers keep the main thread free
-    // for the step (bench/RESULTS.md)
-    const cpus = Math.max(1, Math.floor(os.availableParallelism() / Math.max(1, dist.localSize)));
-    o.workers ??= cpus > 2 ? cpus : 0;
+    const decode = decodeWorkers(o.workers, dist.localSize);
+    o.workers = decode.workers;
     const { model, data } = await modelAndData(o);
-    const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-    if (dist.isMain && data instanceof ImageFolder && data.workers > pool && cpus > pool)
-      console.error(`emae: the images decode on libuv's ${pool} threads: start emae with UV_THREADPOOL_SIZE=${cpus} to decode on ${cpus} CPUs`);
+    if (dist.isMain) warnThreadPool(data, decode.cpus);
     const trainerOptions = {
       batchSize: o.batch, accumulate: o.accumulate, ...(o.epochs !== undefined ? { epochs: o.epochs } : { steps: o.steps ?? 1000 }), blr: o.blr, minLr: o.minLr, warmupSteps: o.warmup, weightDecay: o.weightDecay,
       clipGrad: o.clipGrad, consistencyWeight: o.consistencyWeight, consistencyStart: o.consistencyStart, seed: o.seed,
@@ -455,7 +465,7 @@ async function firstImagesFrom(data: Data, start: number, count: number): Promis
   return { images: await data.load(Int32Array.from({ length: count }, (_, i) => start + i), 0), labels };
 }
 
-registerFinetuneCommands(program, { num, loadData });
+registerFinetuneCommands(program, { num, count, loadData, decodeWorkers, warnThreadPool, progress: progressOnStderr });
 
 program.parseAsync().catch(async (err: Error) => {
   const dist = currentDistributed();

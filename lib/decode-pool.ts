@@ -66,12 +66,16 @@ export class DecodePool {
     this.#options = options;
   }
 
-  /** The image, or sharp's reason when the file does not decode; `known`: its oriented size, if read before. */
-  decode(file: string, index: number, seed: number, known = { width: 0, height: 0 }): Promise<Decoded | { reason: string }> {
+  /**
+   * The image, or sharp's reason when the file does not decode; `known`: its oriented size, if
+   * read before; `override`: crop or scale for this image instead of the pool's.
+   */
+  decode(file: string, index: number, seed: number, known = { width: 0, height: 0 },
+    override?: DecodeJob['override']): Promise<Decoded | { reason: string }> {
     if (this.#closed) return Promise.reject(new Error('ImageFolder: the folder was disposed'));
     if (this.#broken) return Promise.reject(this.#broken);
     return new Promise((resolve, reject) => {
-      this.#queue.push({ job: { id: this.#nextId++, file, index, seed, width: known.width, height: known.height }, resolve, reject });
+      this.#queue.push({ job: { id: this.#nextId++, file, index, seed, width: known.width, height: known.height, ...(override ? { override } : {}) }, resolve, reject });
       this.#pump();
     });
   }

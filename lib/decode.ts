@@ -1,15 +1,25 @@
 // One image of the image-folder dataset: decoded with sharp, MAE's augmentation (RandomResizedCrop
 // drawn as torchvision draws it, bicubic resize, horizontal flip with probability ½) seeded by
-// (seed, index), normalized to float32 (3, S, S). The same code runs on the main thread and in the
+// (seed, index) — or MAE's evaluation transform (short side resized, centre crop), or the whole
+// image resized — normalized to float32 (3, S, S). The same code runs on the main thread and in the
 // decode workers (folder-worker.ts), so a batch is bitwise the same whoever decodes it.
 import sharp, { type Metadata } from 'sharp';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
 
+/**
+ * How an image becomes size × size: 'random', MAE's training augmentation (RandomResizedCrop, flip);
+ * 'center', MAE's evaluation transform (short side resized, central crop); 'whole', the whole image
+ * resized, aspect ratio not kept.
+ */
+export type FolderCrop = 'random' | 'center' | 'whole';
+
+export const FOLDER_CROPS: readonly FolderCrop[] = ['random', 'center', 'whole'];
+
 /** What a decode needs besides the file: plain data, so it can be posted to a worker. */
 export interface DecodeOptions {
   size: number;
-  augment: boolean;
+  crop: FolderCrop;
   scale: readonly [number, number];
   ratio: readonly [number, number];
   mean: readonly [number, number, number];
@@ -23,6 +33,28 @@ export interface CropParams {
   width: number;
   height: number;
   flip: boolean;
+}
+
+/**
+ * The central size × size of the image resized as MAE evaluates (util/datasets.py
+ * build_transform): crop_pct = 224/256 for size ≤ 224, else 1; the short side resized to
+ * ⌊size / crop_pct⌋ and the long side in proportion, truncated (torchvision's Resize(int));
+ * the crop's offsets rounded half to even (Python's round, torchvision's CenterCrop).
+ */
+export function centerCropGeometry(width: number, height: number, size: number):
+  { resized: { width: number; height: number }; left: number; top: number } {
+  const cropPct = size <= 224 ? 224 / 256 : 1;
+  const short = Math.trunc(size / cropPct);
+  const resized = width <= height
+    ? { width: short, height: Math.trunc((short * height) / width) }
+    : { width: Math.trunc((short * width) / height), height: short };
+  return { resized, left: roundHalfEven((resized.width - size) / 2), top: roundHalfEven((resized.height - size) / 2) };
+}
+
+/** Python's round() for the halves (x − ½ and x + ½ go to the even one). */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 /** sharp's message on one line: libvips repeats its decoder's lines, one per retry. */
@@ -89,10 +121,18 @@ export async function decodeInto(file: string, index: number, seed: number, o: D
   let img = sharp(file, { failOn: 'error' }).rotate();  // EXIF orientation
   const { width, height } = known?.width && known.height ? known : orientedSize(await img.metadata());
   if (!width || !height) throw new Error('no image dimensions');
-  const box = o.augment ? randomResizedCropBox(width, height, o.scale, o.ratio, rand) : { left: 0, top: 0, width, height };
-  if (o.augment) img = img.extract(box);
-  img = img.resize(S, S, { kernel: 'cubic', fit: 'fill' });
-  const flip = o.augment && rand() < 0.5;
+  let box = { left: 0, top: 0, width, height };
+  if (o.crop === 'center') {
+    // resize then take the centre; the box reported is that centre in the image's pixels, rounded
+    const g = centerCropGeometry(width, height, S);
+    img = img.resize(g.resized.width, g.resized.height, { kernel: 'cubic', fit: 'fill' }).extract({ left: g.left, top: g.top, width: S, height: S });
+    const sx = width / g.resized.width, sy = height / g.resized.height;
+    box = { left: Math.round(g.left * sx), top: Math.round(g.top * sy), width: Math.round(S * sx), height: Math.round(S * sy) };
+  } else {
+    if (o.crop === 'random') img = img.extract(box = randomResizedCropBox(width, height, o.scale, o.ratio, rand));
+    img = img.resize(S, S, { kernel: 'cubic', fit: 'fill' });
+  }
+  const flip = o.crop === 'random' && rand() < 0.5;
   if (flip) img = img.flop();
   const { data, info } = await img.removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   if (info.channels !== 3 || info.width !== S || info.height !== S) throw new Error(`unexpected decode ${info.width}×${info.height}×${info.channels}`);

@@ -1,9 +1,12 @@
-// The fine-tuning loop: MAE's main_finetune.py recipe on an in-memory labelled set — lr = blr ·
-// batch / 256, linear warm-up then half-cycle cosine to minLr per iteration, AdamW with layer-wise
-// lr decay (Classifier.trainStep), random resized crop + flip, mixup/cutmix into soft targets
-// (else label smoothing), drop path; top-1 on a test set after every epoch; a JSON-lines log,
-// atomic checkpoints every epoch and an exact resume. Single process (data parallelism is the
-// pretraining Trainer's; not here yet).
+// The fine-tuning loop: MAE's main_finetune.py recipe on an in-memory labelled set or an image
+// folder with class sub-folders (torchvision's ImageFolder layout) — lr = blr · batch / 256,
+// linear warm-up then half-cycle cosine to minLr per iteration, AdamW with layer-wise lr decay
+// (Classifier.trainStep), random resized crop + flip, mixup/cutmix into soft targets (else label
+// smoothing), drop path; top-1 on a test set after every epoch; a JSON-lines log, atomic
+// checkpoints every epoch and an exact resume. A folder's batches are decoded as they are drawn
+// (RandomResizedCrop + flip on the full-size image; a test folder with MAE's resize + centre
+// crop), `prefetch` batches ahead, seeded by the step so a resumed run repeats them. Single
+// process (data parallelism is the pretraining Trainer's; not here yet).
 import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -11,8 +14,9 @@ import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints } from './checkpoint.js';
 import { CLASSIFIER_CONFIG_KEY, classifierConfigDifference, type Classifier } from './classifier.js';
 import type { LabelledImageSet } from './data.js';
-import { assertFiniteNumber, assertKnownKeys, assertObject, invalidRangeError, invalidTypeError } from './errors.js';
+import { assertFiniteNumber, assertKnownKeys, assertObject, invalidParameterError, invalidRangeError, invalidTypeError } from './errors.js';
 import { Mixup, augmentBatch } from './finetune-data.js';
+import { ImageFolder, type FolderTransform } from './folder.js';
 import { seededRng } from './rng.js';
 import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
 import { writeFileAtomic, writeSafetensors, type SafetensorsInput } from './safetensors.js';
@@ -20,6 +24,12 @@ import { lrAt, scaledLr } from './schedule.js';
 import { CHECKSUM_KEY, parseWeightsFile, weightsChecksum } from './weights-file.js';
 
 export const CLASSIFIER_CHECKPOINT_FORMAT = 'emae-classifier-checkpoint/1';
+
+/**
+ * Labelled images: held in memory, or an ImageFolder whose images all sit in class sub-folders
+ * (decoded at the folder's size, which must be the classifier's; its classes are the classes).
+ */
+export type FinetuneData = LabelledImageSet | ImageFolder;
 
 export interface FinetuneOptions {
   batchSize: number;
@@ -43,14 +53,20 @@ export interface FinetuneOptions {
   mixupProb?: number;
   /** probability of cutmix when both are on (default 0.5) */
   mixupSwitchProb?: number;
-  /** random resized crop and horizontal flip (default true) */
+  /**
+   * random resized crop and horizontal flip (default true); false: the images as they are, or for
+   * a folder MAE's evaluation transform (short side resized, centre crop). MAE's recipe adds
+   * RandAugment, color jitter and random erasing, which emae does not implement.
+   */
   augment?: boolean;
   /** area range of the random resized crop (default [0.08, 1], MAE's) */
   cropScale?: readonly [number, number];
+  /** folder data: batches decoding while one is computed (default 2; 0 = none) */
+  prefetch?: number;
   /** seed of the data order, augmentation and mixing (default 0); drop path uses the classifier's */
   seed?: number;
-  /** scored (top-1) after every epoch */
-  testData?: LabelledImageSet;
+  /** scored (top-1) after every epoch; a folder with MAE's resize + centre crop, and the classes of a training folder */
+  testData?: FinetuneData;
   /** batch of the test-set forward passes (default 256) */
   evalBatchSize?: number;
   /** folder for log.jsonl and checkpoints (must be missing or empty unless `overwrite`) */
@@ -92,30 +108,61 @@ interface FinetuneState {
   seed: number;
   batchSize: number;
   runId: string;
+  /** a folder's class names (checked on resume) */
+  classes?: string[];
 }
 
 const OPTION_KEYS = ['batchSize', 'epochs', 'blr', 'minLr', 'warmupEpochs', 'weightDecay', 'layerDecay', 'clipGrad', 'mixup',
-  'cutmix', 'mixupProb', 'mixupSwitchProb', 'augment', 'cropScale', 'seed', 'testData', 'evalBatchSize', 'outDir', 'overwrite',
+  'cutmix', 'mixupProb', 'mixupSwitchProb', 'augment', 'cropScale', 'prefetch', 'seed', 'testData', 'evalBatchSize', 'outDir', 'overwrite',
   'checkpointEvery', 'keepLast', 'onStep', 'onEpoch'] as const;
 
-/** Top-1 accuracy of `model` on a labelled set (whole images, no augmentation). */
-export async function top1Accuracy(model: Classifier, data: LabelledImageSet, batchSize = 256): Promise<number> {
-  if (!data.labels || data.labels.length < data.count) throw new RangeError('top1Accuracy: the data has no labels for every image');
-  const logits = await model.predict(data.images.subarray(0, data.count * data.channels * data.size * data.size), { batchSize });
+/**
+ * Top-1 accuracy of `model` on a labelled set: in memory, the images as they are; a folder,
+ * decoded with MAE's evaluation transform (short side resized, centre crop) whatever its own crop,
+ * `batchSize` images at a time, the next batch decoding while one is scored (an image that fails
+ * to decode is replaced by the next readable one, as in training, and reported by the folder).
+ * `onProgress(done, total)` after every batch of a folder.
+ */
+export async function top1Accuracy(model: Classifier, data: FinetuneData, batchSize = 256,
+  onProgress?: (done: number, total: number) => void): Promise<number> {
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw invalidRangeError('batchSize', 'positive integer', batchSize);
   const Q = model.config.numClasses;
   let correct = 0;
-  for (let i = 0; i < data.count; i++) {
-    let best = 0;
-    for (let q = 1; q < Q; q++) if (logits[i * Q + q] > logits[i * Q + best]) best = q;
-    if (best === data.labels[i]) correct++;
+  const score = (logits: Float32Array, labels: ArrayLike<number>) => {
+    for (let i = 0; i < labels.length; i++) {
+      let best = 0;
+      for (let q = 1; q < Q; q++) if (logits[i * Q + q] > logits[i * Q + best]) best = q;
+      if (best === labels[i]) correct++;
+    }
+  };
+  if (!(data instanceof ImageFolder)) {
+    if (!data.labels || data.labels.length < data.count) throw new RangeError('top1Accuracy: the data has no labels for every image');
+    score(await model.predict(data.images.subarray(0, data.count * data.channels * data.size * data.size), { batchSize }), data.labels.subarray(0, data.count));
+    return correct / data.count;
   }
-  return correct / data.count;
+  checkFolder('data', data, model.config);
+  const n = data.count;
+  const load = (start: number) => {
+    const loading = data.loadBatch(Int32Array.from({ length: Math.min(batchSize, n - start) }, (_, i) => start + i), 0, { crop: 'center' });
+    loading.catch(() => {});  // awaited below; no unhandled rejection if predict fails first
+    return loading;
+  };
+  let next = load(0);
+  for (let start = 0; start < n; start += batchSize) {
+    const batch = await next;
+    if (start + batchSize < n) next = load(start + batchSize);
+    score(await model.predict(batch.images, { batchSize }), batch.labels);
+    onProgress?.(start + batch.labels.length, n);
+  }
+  return correct / n;
 }
 
 export class FineTuner {
   readonly #model: Classifier;
-  readonly #data: LabelledImageSet;
+  readonly #data: FinetuneData;
   readonly #o: Required<Omit<FinetuneOptions, 'testData' | 'outDir' | 'onStep' | 'onEpoch'>> & Pick<FinetuneOptions, 'testData' | 'outDir' | 'onStep' | 'onEpoch'>;
+  /** a folder's class names, recorded in checkpoints */
+  readonly #classes: string[] | undefined;
   readonly #stepsPerEpoch: number;
   readonly #mixup: Mixup | undefined;
   #state: FinetuneState;
@@ -123,15 +170,25 @@ export class FineTuner {
   #resumedFrom: string | undefined;
   #prepared = false;
   #epochLoss = { sum: 0, count: 0 };
-  /** the current epoch's shuffled order (made once per epoch) */
-  #order: { epoch: number; indices: Int32Array } | undefined;
+  /** the shuffled orders of the epochs in use (the current one and, prefetching, the next) */
+  readonly #orders = new Map<number, Int32Array>();
 
-  constructor(model: Classifier, data: LabelledImageSet, options: FinetuneOptions) {
+  /**
+   * @throws {TypeError | RangeError} a bad option (named), data or testData that do not fit the
+   *   classifier (size, channels, labels, a folder's classes), train and test folders whose
+   *   classes differ
+   */
+  constructor(model: Classifier, data: FinetuneData, options: FinetuneOptions) {
     const c = model.config;
     assertObject('options', options, 'object with batchSize and epochs');
     assertKnownKeys('fine-tuning option', options, OPTION_KEYS);
-    checkLabelled('data', data, c);
-    if (options.testData !== undefined) checkLabelled('testData', options.testData, c);
+    const check = (name: string, d: FinetuneData) => d instanceof ImageFolder ? checkFolder(name, d, c) : checkLabelled(name, d, c);
+    check('data', data);
+    if (options.testData !== undefined) check('testData', options.testData);
+    if (data instanceof ImageFolder && options.testData instanceof ImageFolder) {
+      const diff = classesDifference(data.classes, 'the training folder', options.testData.classes, 'the test folder');
+      if (diff) throw new RangeError(`testData: the classes of the test folder ${options.testData.root} differ from those of the training folder ${data.root}: ${diff}`);
+    }
     const positiveInt = (name: string, v: unknown) => {
       if (!Number.isSafeInteger(v) || (v as number) < 1) throw invalidRangeError(name, 'positive integer', v);
       return v as number;
@@ -153,6 +210,7 @@ export class FineTuner {
       mixupSwitchProb: options.mixupSwitchProb ?? 0.5,
       augment: options.augment ?? true,
       cropScale: options.cropScale ?? [0.08, 1] as const,
+      prefetch: options.prefetch ?? 2,
       seed: options.seed ?? 0,
       evalBatchSize: positiveInt('evalBatchSize', options.evalBatchSize ?? 256),
       overwrite: options.overwrite ?? false,
@@ -173,6 +231,7 @@ export class FineTuner {
     const [lo, hi] = Array.isArray(o.cropScale) ? o.cropScale : [NaN, NaN];
     if (!(lo > 0 && lo <= hi && hi <= 1)) throw invalidRangeError('cropScale', '[min, max] with 0 < min ≤ max ≤ 1', o.cropScale);
     if (typeof o.overwrite !== 'boolean') throw invalidTypeError('overwrite', 'boolean', o.overwrite);
+    if (!Number.isSafeInteger(o.prefetch) || o.prefetch < 0) throw invalidParameterError('prefetch', 'non-negative integer', o.prefetch, 'number');
     if (!Number.isSafeInteger(o.seed) || o.seed < 0) throw invalidRangeError('seed', 'integer >= 0', o.seed);
     const mixing = o.mixupProb > 0 && (o.mixup > 0 || o.cutmix > 0);
     if (mixing && batchSize % 2 !== 0)
@@ -180,10 +239,12 @@ export class FineTuner {
     this.#o = o;
     this.#model = model;
     this.#data = data;
+    this.#classes = data instanceof ImageFolder ? [...data.classes] : undefined;
     this.#stepsPerEpoch = Math.floor(data.count / batchSize);  // MAE's drop_last
     this.#mixup = mixing ? new Mixup({ numClasses: c.numClasses, mixupAlpha: o.mixup, cutmixAlpha: o.cutmix, prob: o.mixupProb,
       switchProb: o.mixupSwitchProb, labelSmoothing: c.labelSmoothing }) : undefined;
-    this.#state = { step: 0, epoch: 0, position: 0, seed: o.seed, batchSize, runId: randomBytes(8).toString('hex') };
+    this.#state = { step: 0, epoch: 0, position: 0, seed: o.seed, batchSize, runId: randomBytes(8).toString('hex'),
+      ...(this.#classes ? { classes: this.#classes } : {}) };
   }
 
   get totalSteps(): number {
@@ -208,7 +269,9 @@ export class FineTuner {
     if (saved.seed !== this.#o.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this run has ${this.#o.seed}`);
     if (saved.batchSize !== this.#o.batchSize)
       throw new Error(`resume: the checkpoint was made with batch ${saved.batchSize}, this run has ${this.#o.batchSize}; resume with the same batch size`);
-    this.#state = { ...saved };
+    const diff = saved.classes && this.#classes ? classesDifference(saved.classes, 'the checkpoint\'s', this.#classes, 'this run\'s folder') : undefined;
+    if (diff) throw new Error(`resume: the checkpoint was made on a folder with other classes than this run's: ${diff}`);
+    this.#state = { ...saved, ...(this.#classes ? { classes: this.#classes } : {}) };
     this.#resumedFrom = target;
   }
 
@@ -222,20 +285,23 @@ export class FineTuner {
     await this.#prepare();
     let last: FinetuneEpochInfo | undefined;
     let epochStarted = performance.now();
+    // batches started in order, the first being this step's; a folder's decode at once (prefetch)
+    const queue: Array<{ step: number; epoch: number; position: number; take: () => Promise<{ images: Float32Array; labels: Int32Array }> }> = [];
+    const B = o.batchSize;
     while (this.#state.step < total) {
       const { epoch, position } = this.#state;
-      if (this.#order?.epoch !== epoch) this.#order = { epoch, indices: this.#epochOrder(epoch) };
-      const order = this.#order.indices;
-      const B = o.batchSize;
-      let images: Float32Array = new Float32Array(B * per);
-      const labels = new Int32Array(B);
-      for (let b = 0; b < B; b++) {
-        const i = order[position + b];
-        images.set(this.#data.images.subarray(i * per, (i + 1) * per), b * per);
-        labels[b] = this.#data.labels![i];
+      const ahead = this.#data instanceof ImageFolder ? o.prefetch : 0;
+      while (queue.length <= ahead && this.#state.step + queue.length < total) {
+        const prev = queue.at(-1);
+        // the cursor after a batch, as the loop below moves it: the next epoch when no full batch is left
+        const at = !prev ? { epoch, position } : prev.position + 2 * B > this.#data.count ? { epoch: prev.epoch + 1, position: 0 }
+          : { epoch: prev.epoch, position: prev.position + B };
+        const step = this.#state.step + queue.length;
+        queue.push({ step, ...at, take: this.#startBatch(at.epoch, at.position, step, per) });
       }
-      const batchSeed = (Math.imul(o.seed + 1, 0x9e3779b1) ^ this.#state.step) >>> 0;
-      if (o.augment) images = augmentBatch(images, B, c.channels, c.imageSize, batchSeed, { scale: [o.cropScale[0], o.cropScale[1]] });
+      for (const e of this.#orders.keys()) if (e < epoch) this.#orders.delete(e);
+      const batchSeed = this.#batchSeed(this.#state.step);
+      const { images, labels } = await queue.shift()!.take();
       const lr = lrAt(this.#state.step, { baseLr, warmupSteps, totalSteps: total, minLr: o.minLr });
       const started = performance.now();
       let batch;
@@ -331,14 +397,86 @@ export class FineTuner {
 
   /** The epoch's order: a seeded shuffle that depends only on (seed, epoch). */
   #epochOrder(epoch: number): Int32Array {
+    let order = this.#orders.get(epoch);
+    if (order) return order;
     const rng = seededRng(this.#o.seed, epoch);
-    const order = Int32Array.from({ length: this.#data.count }, (_, i) => i);
+    order = Int32Array.from({ length: this.#data.count }, (_, i) => i);
     for (let i = order.length - 1; i > 0; i--) {
       const j = uniformInt(rng, 0, i);
       [order[i], order[j]] = [order[j], order[i]];
     }
+    this.#orders.set(epoch, order);
     return order;
   }
+
+  /** The seed of step `step`'s augmentation and mixing: a resumed run draws the same. */
+  #batchSeed(step: number): number {
+    return (Math.imul(this.#o.seed + 1, 0x9e3779b1) ^ step) >>> 0;
+  }
+
+  // The augmented batch of `step`, starting at (epoch, position) of the epoch's order. A folder
+  // starts decoding now (each image's crop and flip seeded by the step's seed and its index); in
+  // memory the images are copied and augmented when taken.
+  #startBatch(epoch: number, position: number, step: number, per: number): () => Promise<{ images: Float32Array; labels: Int32Array }> {
+    const o = this.#o, c = this.#model.config, B = o.batchSize, data = this.#data;
+    const indices = this.#epochOrder(epoch).slice(position, position + B);
+    const seed = this.#batchSeed(step);
+    if (data instanceof ImageFolder) {
+      const transform: FolderTransform = o.augment ? { crop: 'random', scale: o.cropScale } : { crop: 'center' };
+      const loading = data.loadBatch(indices, seed, transform).then(({ images, labels }) => ({ images, labels }));
+      loading.catch(() => {});  // awaited when its step comes; no unhandled rejection if the run stops first
+      return () => loading;
+    }
+    return async () => {
+      let images: Float32Array = new Float32Array(B * per);
+      const labels = new Int32Array(B);
+      for (let b = 0; b < B; b++) {
+        const i = indices[b];
+        images.set(data.images.subarray(i * per, (i + 1) * per), b * per);
+        labels[b] = data.labels![i];
+      }
+      if (o.augment) images = augmentBatch(images, B, c.channels, c.imageSize, seed, { scale: [o.cropScale[0], o.cropScale[1]] });
+      return { images, labels };
+    };
+  }
+}
+
+/** A folder fit for fine-tuning `c`: images at its size in 3 channels, every one in a class sub-folder, one class per output. */
+function checkFolder(name: string, f: ImageFolder, c: Classifier['config']): void {
+  if (f.channels !== c.channels || f.size !== c.imageSize)
+    throw new RangeError(`${name}: the folder ${f.root} loads images of ${f.channels} channel(s), ${f.size}×${f.size}, which do not fit the classifier's ${c.channels}, ${c.imageSize}×${c.imageSize}`);
+  assertClassFolders(name, f);
+  if (f.classes.length !== c.numClasses)
+    throw new RangeError(`${name}: the folder ${f.root} has ${f.classes.length} class sub-folder(s) (${listClasses(f.classes)}) but the classifier has ${c.numClasses} classes`);
+}
+
+/**
+ * Refuses a folder with images outside class sub-folders (label −1): fine-tuning reads
+ * <root>/<class>/<image>. Exported for the CLI, which checks before it builds the classifier.
+ */
+export function assertClassFolders(name: string, f: ImageFolder): void {
+  const unlabelled = f.labels.reduce((n, l) => n + (l < 0 ? 1 : 0), 0);
+  if (unlabelled > 0) {
+    const first = f.files[f.labels.findIndex((l) => l < 0)];
+    throw new RangeError(`${name}: ${unlabelled} of the ${f.count} images of ${f.root} are not in a class sub-folder (${first})` +
+      `${f.classes.length === 0 ? ' and it has no class sub-folders' : ''}; fine-tuning reads <root>/<class>/<image>, one sub-folder per class (torchvision's ImageFolder layout)`);
+  }
+}
+
+function listClasses(classes: readonly string[]): string {
+  return classes.length <= 8 ? classes.join(', ') : `${classes.slice(0, 8).join(', ')}, … ${classes.length - 8} more`;
+}
+
+/** How two class lists differ (names missing on either side, else the first position that differs), or undefined. */
+function classesDifference(a: readonly string[], aName: string, b: readonly string[], bName: string): string | undefined {
+  if (a.length === b.length && a.every((n, i) => n === b[i])) return undefined;
+  const onlyA = a.filter((n) => !b.includes(n)), onlyB = b.filter((n) => !a.includes(n));
+  const parts = [];
+  if (onlyA.length > 0) parts.push(`only in ${aName}: ${listClasses(onlyA)}`);
+  if (onlyB.length > 0) parts.push(`only in ${bName}: ${listClasses(onlyB)}`);
+  if (parts.length > 0) return parts.join('; ');
+  const i = a.findIndex((n, k) => n !== b[k]);
+  return `the same names in another order (class ${i} is '${a[i]}' in ${aName}, '${b[i]}' in ${bName})`;
 }
 
 function checkLabelled(name: string, d: LabelledImageSet, c: Classifier['config']): void {

@@ -13,6 +13,8 @@ export interface DecodeJob {
   /** the image's oriented size when known (0 × 0: read the header) */
   width: number;
   height: number;
+  /** this image's crop or scale instead of the pool's */
+  override?: Partial<Pick<DecodeOptions, 'crop' | 'scale'>>;
 }
 
 export type DecodeResult =
@@ -25,7 +27,7 @@ port.on('message', async (job: DecodeJob) => {
   const pixels = new Float32Array(3 * options.size * options.size);
   let result: DecodeResult;
   try {
-    const r = await decodeInto(job.file, job.index, job.seed, options, pixels, 0, job);
+    const r = await decodeInto(job.file, job.index, job.seed, job.override ? { ...options, ...job.override } : options, pixels, 0, job);
     result = { id: job.id, ok: true, pixels, ...r };
   } catch (err) {
     result = { id: job.id, ok: false, reason: sharpReason(err) };

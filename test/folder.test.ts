@@ -3,7 +3,9 @@
 // reported once with sharp's reason and left out of the count (also by the CLI, and with decode
 // workers), and the trainer runs on it. Decode workers and the trainer's prefetch depth: the same
 // seed gives bitwise the same batches (pixels, labels, crops) and losses for any number of either,
-// the options are validated, and a script that uses workers exits by itself.
+// the options are validated, and a script that uses workers exits by itself. MAE's evaluation
+// transform (crop 'center'): its geometry as torchvision computes it, what it keeps of an image,
+// per load or per folder, with or without workers. `limit`: files spread evenly over the classes.
 import test from 'ava';
 import fc from 'fast-check';
 import { spawnSync } from 'node:child_process';
@@ -12,7 +14,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { EMAE, ImageFolder, Trainer, randomResizedCropBox } from '../lib/index.js';
+import { EMAE, ImageFolder, Trainer, centerCropGeometry, randomResizedCropBox } from '../lib/index.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'emae-folder-'));
 
@@ -113,6 +115,94 @@ test('augmentation is seeded', async (t) => {
   const patterned = await ImageFolder.open(own, { size: 8 });
   const c = await patterned.load(Int32Array.of(0), 1), d = await patterned.load(Int32Array.of(0), 2);
   t.notDeepEqual(c, d);
+});
+
+test('the centre crop has the geometry of MAE\'s eval transform (torchvision Resize(size/crop_pct) + CenterCrop)', (t) => {
+  // 224: the short side to int(224 / (224/256)) = 256, the long side int(256·500/375) = 341,
+  // left round((341 − 224)/2) = round(58.5) = 58 (Python rounds halves to even), top 16
+  t.deepEqual(centerCropGeometry(500, 375, 224), { resized: { width: 341, height: 256 }, left: 58, top: 16 });
+  t.deepEqual(centerCropGeometry(375, 500, 224), { resized: { width: 256, height: 341 }, left: 16, top: 58 });
+  // above 224 crop_pct is 1: the short side to the size itself
+  t.deepEqual(centerCropGeometry(300, 400, 256), { resized: { width: 256, height: 341 }, left: 0, top: 42 });
+  // 16: int(16 / 0.875) = 18; 40×30 → 24×18, left 4, top 1
+  t.deepEqual(centerCropGeometry(40, 30, 16), { resized: { width: 24, height: 18 }, left: 4, top: 1 });
+  t.deepEqual(centerCropGeometry(21, 18, 16), { resized: { width: 21, height: 18 }, left: 2, top: 1 }, 'round(2.5) = 2');
+  t.deepEqual(centerCropGeometry(18, 25, 16), { resized: { width: 18, height: 25 }, left: 1, top: 4 }, 'round(4.5) = 4');
+  t.deepEqual(centerCropGeometry(18, 27, 16), { resized: { width: 18, height: 27 }, left: 1, top: 6 }, 'round(5.5) = 6');
+});
+
+// a 48×32 image: red bands 6 px wide at the left and right, blue between them
+const bandedImage = async (dir: string) => {
+  const w = 48, h = 32, px = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++) px.set(x < 6 || x >= w - 6 ? [255, 0, 0] : [0, 0, 255], (y * w + x) * 3);
+  await sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toFile(path.join(dir, 'banded.png'));
+};
+
+test('crop \'center\' keeps the middle of the image, the same for every seed, per folder or per load, with or without workers', async (t) => {
+  const own = mkdtempSync(path.join(tmpdir(), 'emae-center-'));
+  await bandedImage(own);
+  const S = 16, plane = S * S;
+  const red = (x: Float32Array, p: number) => x[p] > 0;  // normalized red channel above the mean
+  const center = await ImageFolder.open(own, { size: S, crop: 'center' });
+  t.is(center.crop, 'center');
+  const a = await center.loadBatch(Int32Array.of(0), 1);
+  // 48×32 → 27×18 (short side int(16/0.875) = 18), then columns 5.5→6.. of 27: the source's
+  // columns 10.7..39.1 of 48, inside the blue; the red bands (0..6, 42..48) are cut away
+  for (let p = 0; p < plane; p++) t.false(red(a.images, p), `pixel ${p} is blue`);
+  t.deepEqual(a.crops[0], { index: 0, left: Math.round(6 * 48 / 27), top: Math.round(1 * 32 / 18), width: Math.round(16 * 48 / 27), height: Math.round(16 * 32 / 18), flip: false });
+  t.deepEqual((await center.loadBatch(Int32Array.of(0), 99)).images, a.images, 'no random draw');
+  // the whole image keeps the bands at both edges
+  const whole = await ImageFolder.open(own, { size: S, crop: 'whole' });
+  const w = await whole.load(Int32Array.of(0), 1);
+  t.true(red(w, 0) && red(w, S - 1), 'the whole image resized shows both red bands');
+  // a folder opened for training gives the same centre crop when a load asks for it
+  const random = await ImageFolder.open(own, { size: S });
+  t.deepEqual((await random.loadBatch(Int32Array.of(0), 5, { crop: 'center' })).images, a.images);
+  t.notDeepEqual((await random.loadBatch(Int32Array.of(0), 5)).crops, a.crops, 'and its own crop otherwise');
+  const workers = await ImageFolder.open(own, { size: S, workers: 2 });
+  t.deepEqual(bytes((await workers.loadBatch(Int32Array.of(0, 0), 3, { crop: 'center' })).images), bytes(Float32Array.from([...a.images, ...a.images])));
+  // a load's scale: the whole area of a 3:2 image fits no aspect ratio in 3/4..4/3, so every draw
+  // falls back to torchvision's central 4:3 box, 43×32 at left ⌊(48 − 43)/2⌋ = 2
+  const { index, left, top, width, height } = (await random.loadBatch(Int32Array.of(0), 5, { scale: [1, 1] })).crops[0];
+  t.deepEqual({ index, left, top, width, height }, { index: 0, left: 2, top: 0, width: 43, height: 32 });
+  await workers.dispose();
+});
+
+test('crop and a load\'s transform are validated', async (t) => {
+  await t.throwsAsync(ImageFolder.open(root, { size: 8, crop: 'middle' as 'center' }),
+    { instanceOf: RangeError, message: `Expected one of 'random', 'center', 'whole' for crop but received "middle"` });
+  await t.throwsAsync(ImageFolder.open(root, { size: 8, crop: 1 as unknown as 'center' }), { instanceOf: TypeError, message: /for crop but received 1/ });
+  await t.throwsAsync(ImageFolder.open(root, { size: 8, crop: 'center', augment: true }), { instanceOf: RangeError, message: /augment true contradicts crop 'center'/ });
+  await t.throwsAsync(ImageFolder.open(root, { size: 8, scale: [0.5, 0.2] }), { instanceOf: RangeError, message: /for scale/ });
+  t.is((await ImageFolder.open(root, { size: 8, augment: false, onError: () => {} })).crop, 'whole');
+  const folder = await ImageFolder.open(root, { size: 8, onError: () => {} });
+  await t.throwsAsync(folder.loadBatch(Int32Array.of(0), 0, { crop: 'centre' as 'center' }), { instanceOf: RangeError, message: /for transform\.crop/ });
+  await t.throwsAsync(folder.loadBatch(Int32Array.of(0), 0, { scale: [0, 1] }), { instanceOf: RangeError, message: /for transform\.scale/ });
+  await t.throwsAsync(folder.loadBatch(Int32Array.of(0), 0, { flip: false } as never), { instanceOf: TypeError, message: /Unknown transform option "flip"/ });
+});
+
+test('limit takes files evenly over the classes, before the headers are read, in the folder\'s order', async (t) => {
+  const own = mkdtempSync(path.join(tmpdir(), 'emae-limit-'));
+  const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: { r: 9, g: 9, b: 9 } } }).png().toBuffer();
+  const files = ['top.png', 'a/1.png', 'a/2.png', 'a/3.png', 'b/1.png', 'c/1.png', 'c/2.png', 'c/3.png'];
+  for (const f of files) {
+    mkdirSync(path.dirname(path.join(own, f)), { recursive: true });
+    writeFileSync(path.join(own, f), png);
+  }
+  writeFileSync(path.join(own, 'c', '0-broken.png'), 'not a PNG');
+  const names = async (limit: number) => {
+    const errors: string[] = [];
+    const f = await ImageFolder.open(own, { size: 8, limit, onError: (file) => errors.push(path.relative(own, file)) });
+    return { files: f.files.map((x) => path.relative(own, x)), labels: [...f.labels], errors };
+  };
+  // round 1: top, a/1, b/1, c/0-broken; round 2: a/2, c/1; … the broken one is left out of the count
+  t.deepEqual(await names(6), { files: ['top.png', 'a/1.png', 'a/2.png', 'b/1.png', 'c/1.png'], labels: [-1, 0, 0, 1, 2], errors: ['c/0-broken.png'] });
+  t.deepEqual((await names(3)).files, ['top.png', 'a/1.png', 'b/1.png'], 'no header read beyond the limit');
+  t.deepEqual((await names(3)).errors, []);
+  t.deepEqual((await names(100)).files, files.map((f) => f).sort((x, y) => (x.includes('/') ? 1 : 0) - (y.includes('/') ? 1 : 0) || x.localeCompare(y)));
+  for (const limit of [0, 1.5, -2])
+    await t.throwsAsync(ImageFolder.open(own, { size: 8, limit }), { instanceOf: RangeError, message: `Expected positive integer for limit but received ${limit}` });
 });
 
 test('RandomResizedCrop boxes stay inside the image with scale and ratio in range (or the fallback)', (t) => {

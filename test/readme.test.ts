@@ -53,8 +53,11 @@ const plans: Record<string, Plan> = {
   },
   'README.md#Fine-tuning': {
     needs: 'fashion-mnist',
-    why: 'fine-tuning the 2-step checkpoint of the block above takes one epoch on 128 images (batch 16); evaluate takes 128 test images',
-    replace: [['ckpt-1000', 'ckpt-2'], ['--epochs 5 --out runs/fm-ft', '--epochs 1 --limit 128 --batch 16 --out runs/fm-ft'],
+    why: 'fine-tuning the 2-step checkpoint of the block above takes one epoch on 128 images (batch 16); evaluate takes 128 test images; ' +
+      'ImageNet is not on this machine (test/cli-finetune.test.ts runs the folder form on generated folders)',
+    replace: [['npx emae finetune --weights runs/vit-base', ': npx emae finetune --weights runs/vit-base'],
+      ['npx emae evaluate --weights runs/vit-base-ft', ': npx emae evaluate --weights runs/vit-base-ft'],
+      ['ckpt-1000', 'ckpt-2'], ['--epochs 5 --out runs/fm-ft', '--epochs 1 --limit 128 --batch 16 --out runs/fm-ft'],
       ['npx emae evaluate ', 'npx emae evaluate --limit 128 ']],
   },
   'README.md#Many GPUs and machines': {

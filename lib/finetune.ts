@@ -265,12 +265,15 @@ export class FineTuner {
     const target = file ?? (this.#o.outDir ? (await listCheckpoints(this.#o.outDir)).pop() : undefined);
     if (!target) throw new Error('resume: no checkpoint to resume from');
     if (this.#prepared) throw new Error('resume: this fine-tuner has already started its run');
-    const saved = await loadClassifierCheckpoint(target, this.#model) as unknown as FinetuneState;
-    if (saved.seed !== this.#o.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this run has ${this.#o.seed}`);
-    if (saved.batchSize !== this.#o.batchSize)
-      throw new Error(`resume: the checkpoint was made with batch ${saved.batchSize}, this run has ${this.#o.batchSize}; resume with the same batch size`);
-    const diff = saved.classes && this.#classes ? classesDifference(saved.classes, 'the checkpoint\'s', this.#classes, 'this run\'s folder') : undefined;
-    if (diff) throw new Error(`resume: the checkpoint was made on a folder with other classes than this run's: ${diff}`);
+    // the run's recipe is checked before anything is loaded: a refused resume leaves the model as it was
+    const saved = await loadClassifierCheckpoint(target, this.#model, (state) => {
+      const st = state as unknown as FinetuneState;
+      if (st.seed !== this.#o.seed) throw new Error(`resume: the checkpoint was made with seed ${st.seed}, this run has ${this.#o.seed}`);
+      if (st.batchSize !== this.#o.batchSize)
+        throw new Error(`resume: the checkpoint was made with batch ${st.batchSize}, this run has ${this.#o.batchSize}; resume with the same batch size`);
+      const diff = st.classes && this.#classes ? classesDifference(st.classes, 'the checkpoint\'s', this.#classes, 'this run\'s folder') : undefined;
+      if (diff) throw new Error(`resume: the checkpoint was made on a folder with other classes than this run's: ${diff}`);
+    }) as unknown as FinetuneState;
     this.#state = { ...saved, ...(this.#classes ? { classes: this.#classes } : {}) };
     this.#resumedFrom = target;
   }
@@ -513,8 +516,12 @@ export async function saveClassifierCheckpoint(file: string, model: Classifier, 
   }));
 }
 
-/** Verifies and loads a fine-tuning checkpoint into `model`; returns the loop state saved with it. */
-export async function loadClassifierCheckpoint(file: string, model: Classifier): Promise<Record<string, unknown>> {
+/**
+ * Verifies and loads a fine-tuning checkpoint into `model`; returns the loop state saved with it.
+ * `accept` sees that state first and throws to refuse it: the model is then unchanged.
+ */
+export async function loadClassifierCheckpoint(file: string, model: Classifier,
+  accept?: (state: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
   const { metadata, data } = parseWeightsFile(await readFile(file), file, 'checkpoint');
   if (metadata.format !== CLASSIFIER_CHECKPOINT_FORMAT)
     throw new Error(`${file}: not an emae fine-tuning checkpoint (format '${metadata.format}', expected '${CLASSIFIER_CHECKPOINT_FORMAT}')`);
@@ -528,6 +535,7 @@ export async function loadClassifierCheckpoint(file: string, model: Classifier):
   } catch {
     throw new Error(`${file}: the fine-tuning state is not valid JSON`);
   }
+  accept?.(state);  // throws to refuse, before the model is touched
   const part = (prefix: string) => Object.fromEntries(Object.entries(data).filter(([n]) => n.startsWith(prefix))
     .map(([n, t]) => [n.slice(prefix.length), t.data as Float32Array]));
   const before = await model.stateDict();

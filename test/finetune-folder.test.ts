@@ -159,14 +159,25 @@ test('images outside class sub-folders, a class count that is not the classifier
   await four.dispose();
 });
 
-test('a resume refuses a folder with other classes than the checkpoint\'s', async (t) => {
+test('a resume refuses a folder with other classes than the checkpoint\'s, or another seed, and changes nothing', async (t) => {
   const { train } = await fixture();
   const out = tmp('classes');
   const model = await Classifier.create(config());
   await new FineTuner(model, await ImageFolder.open(train, { size: 16 }), { ...recipe, epochs: 1, outDir: out }).run();
   const renamed = await classFolder('renamed', ['blue', 'green', 'yellow'], 2, 5);
   const again = new FineTuner(model, await ImageFolder.open(renamed, { size: 16 }), { ...recipe, epochs: 2, outDir: out });
-  await t.throwsAsync(again.resume(), { message: 'resume: the checkpoint was made on a folder with other classes than this run\'s: only in the checkpoint\'s: red; only in this run\'s folder: yellow' });
+  // a refused resume changes nothing: the model keeps its weights and optimizer state
+  const fresh = await Classifier.create(config());
+  const before = { params: await fresh.stateDict(), optimizer: await fresh.getOptimizerState() };
+  const refused = new FineTuner(fresh, await ImageFolder.open(renamed, { size: 16 }), { ...recipe, epochs: 2, outDir: out });
+  await t.throwsAsync(refused.resume(), { message: 'resume: the checkpoint was made on a folder with other classes than this run\'s: only in the checkpoint\'s: red; only in this run\'s folder: yellow' });
+  t.deepEqual(await fresh.stateDict(), before.params);
+  t.deepEqual(await fresh.getOptimizerState(), before.optimizer);
+  const otherSeed = new FineTuner(fresh, await ImageFolder.open(train, { size: 16 }), { ...recipe, seed: 99, epochs: 2, outDir: out });
+  await t.throwsAsync(otherSeed.resume(), { message: /^resume: the checkpoint was made with seed / });
+  t.deepEqual(await fresh.stateDict(), before.params);
+  t.is((await fresh.getOptimizerState()).step, 0);
+  await fresh.dispose();
   await model.dispose();
 });
 

@@ -255,7 +255,9 @@ async function modelAndData(o: any, dataSpec: string = o.data): Promise<{ model:
   const presetSize = o.preset ? 224 : undefined;
   const wantedSize = o.imageSize ?? (base.imageSize as number | undefined) ?? savedResolved?.imageSize ??
     (dataSpec.startsWith('synthetic') ? 32 : dataSpec.startsWith('folder:') ? presetSize ?? 32 : undefined);
-  const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0, o.workers !== undefined ? { workers: o.workers } : {});
+  // a folder's --limit (probe) spreads over its classes: the first n files would be the first classes only
+  const folderOptions = { ...(o.workers !== undefined ? { workers: o.workers } : {}), ...(o.limit !== undefined ? { limit: o.limit } : {}) };
+  const data = await loadData(dataSpec, o.padTo, wantedSize ?? 32, channels, o.seed ?? 0, folderOptions);
   if (savedResolved) {
     const plural = (n: number) => `${n} channel${n === 1 ? '' : 's'}`;
     if (data.channels !== savedResolved.channels)
@@ -371,7 +373,7 @@ sharedModelOptions(program.command('probe')
   .description('top-1 accuracy of a linear probe and of weighted kNN on frozen encoder features'))
   .requiredOption('--test-data <spec>', 'labelled validation data (same forms as --data)')
   .addOption(new Option('--pool <p>', 'feature pooling').choices(['cls', 'mean']).default('cls'))
-  .option('--limit <n>', 'use at most this many train and test images', num('limit'))
+  .option('--limit <n>', 'use at most this many train and test images (from a folder: spread over its classes)', num('limit'))
   .option('--epochs <n>', 'linear-probe epochs', num('epochs'), 30)
   .option('--out <dir>', 'also write probe.json and a probe.svg/png chart here')
   .action(async (o) => {
@@ -399,7 +401,9 @@ sharedModelOptions(program.command('probe')
       const probe = linearProbe(train, val, { epochs: o.epochs, onEpoch: progressOnStderr('probe: training the linear classifier (epochs)', o.epochs) });
       console.error('probe: weighted kNN (k 20) over the train features');
       const knn = knnAccuracy(train, val);
-      const result = { train: train.labels.length, test: val.labels.length, pool: o.pool, linearProbeTop1: probe, knnTop1: knn };
+      const classes = (labels: number[]) => new Set(labels).size;
+      const result = { train: train.labels.length, test: val.labels.length, trainClasses: classes(train.labels), testClasses: classes(val.labels),
+        pool: o.pool, linearProbeTop1: probe, knnTop1: knn };
       console.log(JSON.stringify(result));
       if (o.out) {
         makeOutDir(o.out);
@@ -458,11 +462,18 @@ function progressOnStderr(what: string, total: number): (done: number) => void {
 }
 
 // images [start, start + count) and their labels (−1 where none), from memory or a source
+// Images start..start+count of the data, as evaluation sees them: a folder's with MAE's eval
+// transform (resize, centre crop), not pretraining's random crop.
 async function firstImagesFrom(data: Data, start: number, count: number): Promise<{ images: Float32Array; labels: number[] }> {
   const per = data.channels * data.size * data.size;
-  const labels = Array.from({ length: count }, (_, i) => Number((data as { labels?: ArrayLike<number> }).labels?.[start + i] ?? -1));
+  const indices = Int32Array.from({ length: count }, (_, i) => start + i);
+  if (data instanceof ImageFolder) {
+    const batch = await data.loadBatch(indices, 0, { crop: 'center' });
+    return { images: batch.images, labels: Array.from(batch.labels) };
+  }
+  const labels = Array.from(indices, (i) => Number((data as { labels?: ArrayLike<number> }).labels?.[i] ?? -1));
   if ('images' in data) return { images: data.images.slice(start * per, (start + count) * per), labels };
-  return { images: await data.load(Int32Array.from({ length: count }, (_, i) => start + i), 0), labels };
+  return { images: await data.load(indices, 0), labels };
 }
 
 registerFinetuneCommands(program, { num, count, loadData, decodeWorkers, warnThreadPool, progress: progressOnStderr });

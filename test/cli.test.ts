@@ -189,6 +189,23 @@ test('pretrain on an image folder', async (t) => {
   t.deepEqual(runs[1], runs[0]);
 });
 
+test('probe on an image folder: --limit takes images of every class, and they are reported', async (t) => {
+  const { default: sharp } = await import('sharp');
+  const { mkdirSync } = await import('node:fs');
+  const images = path.join(dir, 'probe-images');
+  for (const cls of ['a', 'b', 'c'])
+    for (let i = 0; i < 3; i++) {
+      mkdirSync(path.join(images, cls), { recursive: true });
+      await sharp({ create: { width: 20 + i, height: 18, channels: 3, background: { r: cls === 'a' ? 220 : 20, g: cls === 'b' ? 220 : 20, b: cls === 'c' ? 220 : 20 } } })
+        .png().toFile(path.join(images, cls, `${i}.png`));
+    }
+  const probe = cli('probe', '--config', config, '--image-size', '16', '--device', 'cpu', '--threads', '1',
+    '--data', `folder:${images}`, '--test-data', `folder:${images}`, '--limit', '3', '--epochs', '2');
+  t.is(probe.status, 0, probe.stderr);
+  const p = JSON.parse(probe.stdout.trim().split('\n').pop()!);
+  t.like(p, { train: 3, test: 3, trainClasses: 3, testClasses: 3 }, 'one image of each class, not the first class\'s three');
+});
+
 test('reconstruct writes PNG grids of the expected size; probe and consistency print JSON', async (t) => {
   const out = path.join(dir, 'eval-run');
   const trained = cli(...common, '--steps', '3', '--out', out);

@@ -1,6 +1,6 @@
 // The data side of MAE fine-tuning (facebookresearch/mae `main_finetune.py`) for in-memory image
-// sets: label smoothing, the training augmentation and timm's Mixup/CutMix in 'batch' mode
-// (`timm/data/mixup.py`). Images are Float32Array [B, C, S, S] (square, already normalized),
+// sets: label smoothing, the training augmentation (crop and flip, RandAugment, random erasing)
+// and timm's Mixup/CutMix in 'batch' mode (`timm/data/mixup.py`). Images are Float32Array [B, C, S, S] (square, already normalized),
 // labels Int32Array [B], targets Float32Array [B, numClasses].
 //
 // Everything is seeded: each call takes a uint32 seed and draws from its own xoroshiro128+
@@ -10,11 +10,18 @@
 import { uniformFloat64 } from 'pure-rand/distribution/uniformFloat64';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import {
-  assertFiniteNumber, assertKnownKeys, assertObject, assertPositiveInteger, invalidRangeError, invalidTypeError,
-  isFloat32Array, isInt32Array,
+  assertFiniteNumber, assertKnownKeys, assertNonNegativeInteger, assertObject, assertPositiveInteger, invalidParameterError,
+  invalidRangeError, invalidTypeError, isFloat32Array, isInt32Array,
 } from './errors.js';
+import type { Normalization } from './data.js';
 import { randomResizedCropBox } from './folder.js';
+import {
+  RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, LEVEL_DENOM, applyRandAugmentOp, isSignedOp, randAugmentArgument,
+  type RandAugmentOp, type RandAugmentOptions,
+} from './rand-augment.js';
 import { seededRng, type Rng } from './rng.js';
+
+export type { RandAugmentOp, RandAugmentOptions } from './rand-augment.js';
 
 export type { Rng } from './rng.js';
 
@@ -22,7 +29,7 @@ export type { Rng } from './rng.js';
 export type Uniform = () => number;
 
 
-const AUGMENT_STREAM = 1, MIXUP_STREAM = 2;
+const AUGMENT_STREAM = 1, MIXUP_STREAM = 2, RAND_AUGMENT_STREAM = 3, ERASING_STREAM = 4;
 
 // ---- argument checks ----------------------------------------------------------------------------
 
@@ -118,8 +125,8 @@ const AUGMENT_KEYS = ['scale', 'ratio', 'hflip'] as const;
  * algorithm), then a horizontal flip with probability `hflip`. Returns a new array; `images` is
  * not modified.
  *
- * Not done: RandAugment (`rand-m9-mstd0.5-inc1`) and random erasing (`reprob 0.25`), which MAE's
- * recipe adds; both are optional in the fine-tuning recipe and left to the caller.
+ * RandAugment (`rand-m9-mstd0.5-inc1`) and random erasing (`reprob 0.25`), which MAE's recipe
+ * adds, are `randAugment` and `randomErasing` below, applied after this one.
  *
  * Resampling is bilinear (half-pixel centres, edges clamped, as PyTorch's `align_corners=False`)
  * where torchvision uses bicubic: on 32-px images the upsampling factors are large and bicubic
@@ -190,6 +197,216 @@ function sourceTaps(start: number, length: number, out: number, i0: Int32Array, 
 /** a + (b − a)·w; exactly a when w = 0 (even when b is not finite). */
 function lerp(a: number, b: number, w: number): number {
   return w === 0 ? a : a + (b - a) * w;
+}
+
+// ---- RandAugment -------------------------------------------------------------------------------
+
+const RAND_AUGMENT_KEYS = ['ops', 'magnitude', 'magnitudeStd', 'increasing'] as const;
+
+/**
+ * RandAugment's options checked, MAE's recipe filling what is left out. Exported for FineTuner,
+ * which checks them when it is built.
+ * @throws {TypeError | RangeError} options not an object, an unknown key, ops not a non-negative
+ *   integer, magnitude not a finite number ≥ 0, magnitudeStd not ≥ 0 (Infinity allowed), increasing not boolean
+ */
+export function randAugmentSettings(options: unknown): Required<RandAugmentOptions> {
+  assertObject('randAugment', options);
+  assertKnownKeys('randAugment option', options, RAND_AUGMENT_KEYS);
+  const o = options as RandAugmentOptions;
+  const r = { ops: o.ops ?? 2, magnitude: o.magnitude ?? 9, magnitudeStd: o.magnitudeStd ?? 0.5, increasing: o.increasing ?? true };
+  assertNonNegativeInteger('randAugment.ops', r.ops);
+  assertFiniteNumber('randAugment.magnitude', r.magnitude, { min: 0 });
+  if (r.magnitudeStd !== Infinity) assertFiniteNumber('randAugment.magnitudeStd', r.magnitudeStd, { min: 0 }, 'number >= 0 or Infinity');
+  if (typeof r.increasing !== 'boolean') throw invalidTypeError('randAugment.increasing', 'boolean', r.increasing);
+  return r;
+}
+
+/** mean and std of `channels` channels, std > 0: how the images were normalized (exported for FineTuner). */
+export function assertNormalization(normalization: unknown, channels: number): asserts normalization is Normalization {
+  assertObject('normalization', normalization, 'object { mean, std }');
+  const n = normalization as { mean?: unknown; std?: unknown };
+  for (const key of ['mean', 'std'] as const) {
+    const v = n[key];
+    if (!Array.isArray(v)) throw invalidTypeError(`normalization.${key}`, `array of ${channels} numbers`, v);
+    if (v.length !== channels) throw invalidRangeError(`normalization.${key}`, `array of ${channels} numbers (one a channel)`, v);
+    v.forEach((x, c) => assertFiniteNumber(`normalization.${key}[${c}]`, x, key === 'std' ? { above: 0 } : {}));
+  }
+}
+
+/** One op RandAugment applied to an image: its name, the magnitude drawn and the argument it gave. */
+export interface AppliedOp {
+  op: RandAugmentOp;
+  magnitude: number;
+  /** randAugmentArgument's value (degrees, factor, bits, …); undefined for the ops without one */
+  argument: number | undefined;
+}
+
+export interface RandAugmentResult {
+  /** the augmented batch, a new Float32Array [count, C, S, S], normalized as the input */
+  images: Float32Array;
+  /** per image, the ops applied in order (those drawn and then skipped by their ½ are not listed) */
+  applied: AppliedOp[][];
+}
+
+/** A standard normal draw (Box–Muller, the cosine half) from two uniforms. */
+function normal(rand: Uniform): number {
+  return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+}
+
+/**
+ * timm's RandAugment (`rand_augment_transform`, as MAE's `--aa rand-m9-mstd0.5-inc1` builds it)
+ * on a batch of normalized images [count, C, size, size], C = 1 or 3. Per image: `ops` ops drawn
+ * uniformly with replacement from timm's 15 (the increasing set with `increasing`, else the plain
+ * one); each is applied with probability ½, at a magnitude drawn N(magnitude, magnitudeStd)
+ * (uniform in [0, magnitude] when magnitudeStd is Infinity) and clipped to [0, 10], with a random
+ * sign for the signed ops (`randAugmentArgument`). An image with an op to apply is un-normalized
+ * with `normalization` to the 8-bit scale (x·std + mean)·255, clipped to [0, 255] as a uint8 image
+ * is, the ops run on it in order (`applyRandAugmentOp`: what is quantized, how geometric ops
+ * resample), and the result normalized back, (v/255 − mean)/std; the fill of the geometric ops is
+ * timm's `img_mean`, round(255·mean) per channel. An image with no op applied is copied bitwise.
+ *
+ * In timm this runs on the PIL image after crop and flip and before ToTensor + Normalize; the
+ * result is the same up to the float rounding of the round trip. Draws: for image i, the op
+ * choices, then per op its ½, magnitude noise and sign, after those of image i − 1, on one
+ * xoroshiro128+ hashed from (seed, its own stream). Returns a new array; `images` is not modified.
+ * @throws {TypeError} images not a Float32Array, an option or normalization of the wrong type, an unknown option
+ * @throws {RangeError} a non-positive count/size, channels not 1 or 3, a length that does not
+ *   match, a bad seed, a bad option value, normalization not of C channels or std ≤ 0
+ */
+export function randAugment(images: Float32Array, count: number, channels: number, size: number,
+  options: RandAugmentOptions, seed: number, normalization: Normalization): RandAugmentResult {
+  assertImages(images, count, 'count', channels, size);
+  if (channels !== 1 && channels !== 3) throw invalidRangeError('channels', '1 or 3 (RandAugment\'s colour ops work on grey or RGB images)', channels);
+  const o = randAugmentSettings(options);
+  assertSeed(seed);
+  assertNormalization(normalization, channels);
+
+  const rng = seededRng(seed, RAND_AUGMENT_STREAM);
+  const rand: Uniform = () => uniformFloat64(rng);
+  const set: readonly RandAugmentOp[] = o.increasing ? RAND_INCREASING_TRANSFORMS : RAND_TRANSFORMS;
+  const { mean, std } = normalization;
+  const fill = mean.map((m) => Math.min(255, Math.round(255 * m)));
+  const per = channels * size * size, plane = size * size;
+  const out = new Float32Array(images.length), applied: AppliedOp[][] = [];
+  for (let i = 0; i < count; i++) {
+    const chosen = Array.from({ length: o.ops }, () => set[uniformInt(rng, 0, set.length - 1)]);
+    const mine: AppliedOp[] = [];
+    for (const op of chosen) {
+      if (rand() > 0.5) continue;  // timm's AugmentOp: skipped when random() > prob
+      let m = o.magnitude;
+      if (o.magnitudeStd === Infinity) m = rand() * o.magnitude;
+      else if (o.magnitudeStd > 0) m += o.magnitudeStd * normal(rand);
+      m = Math.max(0, Math.min(m, LEVEL_DENOM));
+      const negate = isSignedOp(op) && rand() > 0.5;
+      mine.push({ op, magnitude: m, argument: randAugmentArgument(op, m, negate) });
+    }
+    applied.push(mine);
+    const src = images.subarray(i * per, (i + 1) * per);
+    if (mine.length === 0) {
+      out.set(src, i * per);
+      continue;
+    }
+    let px: Float64Array = new Float64Array(per);
+    for (let c = 0; c < channels; c++)
+      for (let j = 0; j < plane; j++) {
+        const v = (src[c * plane + j] * std[c] + mean[c]) * 255;
+        px[c * plane + j] = v < 0 ? 0 : v > 255 ? 255 : v;
+      }
+    for (const a of mine) px = applyRandAugmentOp(a.op, px, channels, size, a.argument, fill);
+    for (let c = 0; c < channels; c++)
+      for (let j = 0; j < plane; j++) out[i * per + c * plane + j] = (px[c * plane + j] / 255 - mean[c]) / std[c];
+  }
+  return { images: out, applied };
+}
+
+// ---- random erasing -----------------------------------------------------------------------------
+
+export interface RandomErasingOptions {
+  /** probability that an image is erased, in [0, 1] (default 0.25, MAE's `--reprob`) */
+  probability?: number;
+  /**
+   * what fills a rectangle (default 'pixel', MAE's `--remode`): 'pixel' a standard normal value
+   * per pixel and channel, 'rand' one normal value per channel, 'const' zeros
+   */
+  mode?: 'pixel' | 'rand' | 'const';
+  /** rectangles per erased image: 1, or uniform in 1..count (default 1, MAE's `--recount`) */
+  count?: number;
+}
+
+const ERASING_KEYS = ['probability', 'mode', 'count'] as const;
+const ERASING_MODES = ['pixel', 'rand', 'const'] as const;
+
+/** Random erasing's options checked, MAE's recipe filling what is left out (exported for FineTuner). */
+export function randomErasingSettings(options: unknown): Required<RandomErasingOptions> {
+  assertObject('randomErasing', options);
+  assertKnownKeys('randomErasing option', options, ERASING_KEYS);
+  const o = options as RandomErasingOptions;
+  const r = { probability: o.probability ?? 0.25, mode: o.mode ?? 'pixel', count: o.count ?? 1 };
+  assertFiniteNumber('randomErasing.probability', r.probability, { min: 0, max: 1 });
+  if (!ERASING_MODES.includes(r.mode)) throw invalidParameterError('randomErasing.mode', "'pixel', 'rand' or 'const'", r.mode, 'string');
+  assertPositiveInteger('randomErasing.count', r.count);
+  return r;
+}
+
+export interface RandomErasingResult {
+  /** the batch with its rectangles erased, a new Float32Array [count, C, S, S] */
+  images: Float32Array;
+  /** per image, the rectangles erased (none for an image not erased, or whose 10 attempts all failed) */
+  boxes: MixBox[][];
+}
+
+/** Python's round(): halves to even (timm's int(round(·)) of the rectangle's sides). */
+function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * timm's `RandomErasing` (`timm/data/random_erasing.py`; Zhong et al. 2017), as MAE applies it
+ * after normalization: each image, with probability `probability`, gets `count` rectangles
+ * (count > 1: uniform in 1..count), each with up to 10 attempts: area fraction uniform in
+ * [0.02, 1/3] divided by the rectangles' number, aspect ratio h/w log-uniform in [0.3, 1/0.3],
+ * h = round(√(area·ratio)), w = round(√(area/ratio)); the first attempt with h, w below the size
+ * is placed uniformly (top, then left) and filled as `mode` says, in every channel; the values are
+ * in the normalized space (pixel: N(0, 1) per value). Draws per image after those of the one
+ * before, on one xoroshiro128+ hashed from (seed, its own stream). Returns a new array.
+ * @throws {TypeError} images not a Float32Array, an option of the wrong type, an unknown option
+ * @throws {RangeError} a non-positive count/channels/size, a length that does not match, a bad
+ *   seed, probability outside [0, 1], count not a positive integer, an unknown mode
+ */
+export function randomErasing(images: Float32Array, count: number, channels: number, size: number,
+  options: RandomErasingOptions, seed: number): RandomErasingResult {
+  assertImages(images, count, 'count', channels, size);
+  const o = randomErasingSettings(options);
+  assertSeed(seed);
+
+  const rng = seededRng(seed, ERASING_STREAM);
+  const rand: Uniform = () => uniformFloat64(rng);
+  const S = size, plane = S * S, per = channels * plane, area = S * S;
+  const logRatio = [Math.log(0.3), Math.log(1 / 0.3)];
+  const out = Float32Array.from(images), boxes: MixBox[][] = [];
+  for (let i = 0; i < count; i++) {
+    const mine: MixBox[] = [];
+    boxes.push(mine);
+    if (!(rand() < o.probability)) continue;  // probability 0 never erases, 1 always does
+    const n = o.count > 1 ? uniformInt(rng, 1, o.count) : 1;
+    for (let k = 0; k < n; k++)
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const target = (0.02 + (1 / 3 - 0.02) * rand()) * area / n;
+        const ratio = Math.exp(logRatio[0] + (logRatio[1] - logRatio[0]) * rand());
+        const h = roundHalfEven(Math.sqrt(target * ratio)), w = roundHalfEven(Math.sqrt(target / ratio));
+        if (!(w < S && h < S)) continue;
+        const top = uniformInt(rng, 0, S - h), left = uniformInt(rng, 0, S - w);
+        const colour = o.mode === 'rand' ? Array.from({ length: channels }, () => normal(rand)) : undefined;
+        for (let c = 0; c < channels; c++)
+          for (let y = top; y < top + h; y++)
+            for (let x = left; x < left + w; x++)
+              out[i * per + c * plane + y * S + x] = o.mode === 'pixel' ? normal(rand) : colour ? colour[c] : 0;
+        mine.push({ top, left, height: h, width: w });
+        break;
+      }
+  }
+  return { images: out, boxes };
 }
 
 // ---- Beta sampling ------------------------------------------------------------------------------

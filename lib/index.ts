@@ -61,8 +61,12 @@ export { ImageFolder, centerCropGeometry, randomResizedCropBox } from './folder.
 export type { FolderCrop, FolderTransform, ImageFolderOptions, LoadedBatch, UnreadableImage } from './folder.js';
 export { loadCifar10, loadIdx, parseIdx, syntheticShapes } from './data.js';
 export type { LabelledImageSet, Normalization } from './data.js';
-export { Mixup, augmentBatch, smoothOneHot } from './finetune-data.js';
-export type { AugmentOptions, MixBox, MixupOptions, MixupResult } from './finetune-data.js';
+export { Mixup, augmentBatch, randAugment, randomErasing, smoothOneHot } from './finetune-data.js';
+export type {
+  AppliedOp, AugmentOptions, MixBox, MixupOptions, MixupResult, RandAugmentResult, RandomErasingOptions, RandomErasingResult,
+} from './finetune-data.js';
+export { RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, applyRandAugmentOp, parseRandAugmentConfig, randAugmentArgument } from './rand-augment.js';
+export type { RandAugmentOp, RandAugmentOptions } from './rand-augment.js';
 export { saveCheckpoint, loadCheckpoint, listCheckpoints, pruneCheckpoints } from './checkpoint.js';
 export { readWeightsInfo } from './weights-file.js';
 export type { WeightsFileInfo } from './weights-file.js';

@@ -10,6 +10,8 @@ export interface LabelledImageSet extends ImageSet {
   channels: number;
   size: number;
   labels?: Uint8Array;
+  /** how the pixels (value/255 in [0, 1]) were normalized, (v − mean)/std per channel, when known */
+  normalization?: Normalization;
 }
 
 export interface Normalization {
@@ -55,7 +57,7 @@ function toImageSet(pixels: Uint8Array, count: number, channels: number, size: n
           images[base + (y + off) * out + x + off] =
             (pixels[((n * channels + c) * size + y) * size + x] / 255 - norm.mean[c]) / norm.std[c];
     }
-  return { images, count, channels, size: out };
+  return { images, count, channels, size: out, normalization: { mean: [...norm.mean], std: [...norm.std] } };
 }
 
 /** MNIST / Fashion-MNIST images (and labels) from IDX files, gzip or not. */
@@ -112,5 +114,6 @@ export function syntheticShapes(count: number, channels: number, size: number, s
           images[((n * channels + c) * size + y) * size + x] = (v - 0.5) / 0.25;
         }
   }
-  return { images, count, channels, size, labels };
+  const normalization = { mean: Array<number>(channels).fill(0.5), std: Array<number>(channels).fill(0.25) };
+  return { images, count, channels, size, labels, normalization };
 }

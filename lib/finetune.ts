@@ -1,21 +1,25 @@
 // The fine-tuning loop: MAE's main_finetune.py recipe on an in-memory labelled set or an image
 // folder with class sub-folders (torchvision's ImageFolder layout) — lr = blr · batch / 256,
 // linear warm-up then half-cycle cosine to minLr per iteration, AdamW with layer-wise lr decay
-// (Classifier.trainStep), random resized crop + flip, mixup/cutmix into soft targets (else label
-// smoothing), drop path; top-1 on a test set after every epoch; a JSON-lines log, atomic
-// checkpoints every epoch and an exact resume. A folder's batches are decoded as they are drawn
-// (RandomResizedCrop + flip on the full-size image; a test folder with MAE's resize + centre
-// crop), `prefetch` batches ahead, seeded by the step so a resumed run repeats them. Single
-// process (data parallelism is the pretraining Trainer's; not here yet).
+// (Classifier.trainStep), random resized crop + flip, optionally RandAugment and random erasing,
+// mixup/cutmix into soft targets (else label smoothing), drop path; top-1 on a test set after
+// every epoch; a JSON-lines log, atomic checkpoints every epoch and an exact resume. A folder's
+// batches are decoded as they are drawn (RandomResizedCrop + flip on the full-size image; a test
+// folder with MAE's resize + centre crop), `prefetch` batches ahead, seeded by the step so a
+// resumed run repeats them. Single process (data parallelism is the pretraining Trainer's; not
+// here yet).
 import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
 import { listCheckpoints } from './checkpoint.js';
 import { CLASSIFIER_CONFIG_KEY, classifierConfigDifference, type Classifier } from './classifier.js';
-import type { LabelledImageSet } from './data.js';
+import type { LabelledImageSet, Normalization } from './data.js';
 import { assertFiniteNumber, assertKnownKeys, assertObject, invalidParameterError, invalidRangeError, invalidTypeError } from './errors.js';
-import { Mixup, augmentBatch } from './finetune-data.js';
+import {
+  Mixup, assertNormalization, augmentBatch, randAugment, randAugmentSettings, randomErasing, randomErasingSettings,
+  type RandAugmentOptions, type RandomErasingOptions,
+} from './finetune-data.js';
 import { ImageFolder, type FolderTransform } from './folder.js';
 import { seededRng } from './rng.js';
 import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
@@ -55,10 +59,27 @@ export interface FinetuneOptions {
   mixupSwitchProb?: number;
   /**
    * random resized crop and horizontal flip (default true); false: the images as they are, or for
-   * a folder MAE's evaluation transform (short side resized, centre crop). MAE's recipe adds
-   * RandAugment, color jitter and random erasing, which emae does not implement.
+   * a folder MAE's evaluation transform (short side resized, centre crop). RandAugment and random
+   * erasing are the two options below.
    */
   augment?: boolean;
+  /**
+   * RandAugment after the crop and flip, on the un-normalized pixels (`randAugment`), or false
+   * (default false: off). MAE's recipe (`--aa rand-m9-mstd0.5-inc1`) is
+   * { ops: 2, magnitude: 9, magnitudeStd: 0.5, increasing: true }, the defaults of what an object leaves out.
+   */
+  randAugment?: RandAugmentOptions | false;
+  /**
+   * random erasing after RandAugment, in the normalized space (`randomErasing`): the probability
+   * per image (mode 'pixel', one rectangle), or the options; default 0: off. MAE's recipe is 0.25
+   * (`--reprob 0.25 --remode pixel --recount 1`).
+   */
+  randomErasing?: number | RandomErasingOptions;
+  /**
+   * how the images were normalized, for RandAugment's pixel ops (default: the data's own —
+   * a folder's mean/std, a loaded set's `normalization`)
+   */
+  normalization?: Normalization;
   /** area range of the random resized crop (default [0.08, 1], MAE's) */
   cropScale?: readonly [number, number];
   /** folder data: batches decoding while one is computed (default 2; 0 = none) */
@@ -113,8 +134,8 @@ interface FinetuneState {
 }
 
 const OPTION_KEYS = ['batchSize', 'epochs', 'blr', 'minLr', 'warmupEpochs', 'weightDecay', 'layerDecay', 'clipGrad', 'mixup',
-  'cutmix', 'mixupProb', 'mixupSwitchProb', 'augment', 'cropScale', 'prefetch', 'seed', 'testData', 'evalBatchSize', 'outDir', 'overwrite',
-  'checkpointEvery', 'keepLast', 'onStep', 'onEpoch'] as const;
+  'cutmix', 'mixupProb', 'mixupSwitchProb', 'augment', 'randAugment', 'randomErasing', 'normalization', 'cropScale', 'prefetch',
+  'seed', 'testData', 'evalBatchSize', 'outDir', 'overwrite', 'checkpointEvery', 'keepLast', 'onStep', 'onEpoch'] as const;
 
 /**
  * Top-1 accuracy of `model` on a labelled set: in memory, the images as they are; a folder,
@@ -160,7 +181,14 @@ export async function top1Accuracy(model: Classifier, data: FinetuneData, batchS
 export class FineTuner {
   readonly #model: Classifier;
   readonly #data: FinetuneData;
-  readonly #o: Required<Omit<FinetuneOptions, 'testData' | 'outDir' | 'onStep' | 'onEpoch'>> & Pick<FinetuneOptions, 'testData' | 'outDir' | 'onStep' | 'onEpoch'>;
+  readonly #o: Required<Omit<FinetuneOptions, 'testData' | 'outDir' | 'onStep' | 'onEpoch' | 'randAugment' | 'randomErasing' | 'normalization'>> &
+    Pick<FinetuneOptions, 'testData' | 'outDir' | 'onStep' | 'onEpoch'> & {
+      randAugment: Required<RandAugmentOptions> | false;
+      /** off when undefined or of probability 0 */
+      randomErasing: Required<RandomErasingOptions> | undefined;
+      /** the images' normalization, with RandAugment on */
+      normalization: Normalization | undefined;
+    };
   /** a folder's class names, recorded in checkpoints */
   readonly #classes: string[] | undefined;
   readonly #stepsPerEpoch: number;
@@ -209,6 +237,7 @@ export class FineTuner {
       mixupProb: options.mixupProb ?? 1,
       mixupSwitchProb: options.mixupSwitchProb ?? 0.5,
       augment: options.augment ?? true,
+      ...augmentationSettings(options, data, c.channels),
       cropScale: options.cropScale ?? [0.08, 1] as const,
       prefetch: options.prefetch ?? 2,
       seed: options.seed ?? 0,
@@ -426,7 +455,7 @@ export class FineTuner {
     const seed = this.#batchSeed(step);
     if (data instanceof ImageFolder) {
       const transform: FolderTransform = o.augment ? { crop: 'random', scale: o.cropScale } : { crop: 'center' };
-      const loading = data.loadBatch(indices, seed, transform).then(({ images, labels }) => ({ images, labels }));
+      const loading = data.loadBatch(indices, seed, transform).then(({ images, labels }) => ({ images: this.#augmentMore(images, seed), labels }));
       loading.catch(() => {});  // awaited when its step comes; no unhandled rejection if the run stops first
       return () => loading;
     }
@@ -439,9 +468,47 @@ export class FineTuner {
         labels[b] = data.labels![i];
       }
       if (o.augment) images = augmentBatch(images, B, c.channels, c.imageSize, seed, { scale: [o.cropScale[0], o.cropScale[1]] });
-      return { images, labels };
+      return { images: this.#augmentMore(images, seed), labels };
     };
   }
+
+  // timm's order after crop and flip: RandAugment (on the PIL image, before normalization), then
+  // random erasing (after it); both seeded by the step's seed, each on its own stream. Mixing
+  // follows in run(). With both off the batch is returned as it is.
+  #augmentMore(images: Float32Array, seed: number): Float32Array {
+    const o = this.#o, c = this.#model.config, B = o.batchSize;
+    if (o.randAugment) images = randAugment(images, B, c.channels, c.imageSize, o.randAugment, seed, o.normalization!).images;
+    if (o.randomErasing) images = randomErasing(images, B, c.channels, c.imageSize, o.randomErasing, seed).images;
+    return images;
+  }
+}
+
+/**
+ * The RandAugment, random erasing and normalization options checked: RandAugment's settings with
+ * MAE's filling what is left out, and the normalization it un-normalizes with (the option, else
+ * the data's); random erasing's settings, undefined when off.
+ */
+function augmentationSettings(options: FinetuneOptions, data: FinetuneData, channels: number) {
+  const ra = options.randAugment ?? false;
+  const randAugment = ra === false ? false as const : randAugmentSettings(ra);
+  const re = options.randomErasing ?? 0;
+  if (typeof re === 'number') assertFiniteNumber('randomErasing', re, { min: 0, max: 1 }, 'probability in [0, 1], or options');
+  const randomErasing = typeof re === 'number' ? (re > 0 ? randomErasingSettings({ probability: re }) : undefined)
+    : randomErasingSettings(re);
+  let normalization: Normalization | undefined = options.normalization ?? data.normalization;
+  if (options.normalization !== undefined) assertNormalization(options.normalization, channels);
+  if (randAugment) {
+    if (channels !== 1 && channels !== 3) throw invalidRangeError('randAugment', 'false for images of other than 1 or 3 channels (its colour ops work on grey or RGB)', ra);
+    if (!normalization) {
+      throw new RangeError('randAugment: the data does not say how its images were normalized (no normalization); ' +
+        'give options.normalization { mean, std } so that RandAugment can work on the pixels');
+    }
+    assertNormalization(normalization, channels);
+    normalization = { mean: [...normalization.mean], std: [...normalization.std] };
+  } else {
+    normalization = undefined;
+  }
+  return { randAugment, randomErasing: randomErasing && randomErasing.probability > 0 ? randomErasing : undefined, normalization };
 }
 
 /** A folder fit for fine-tuning `c`: images at its size in 3 channels, every one in a class sub-folder, one class per output. */

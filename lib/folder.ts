@@ -138,6 +138,8 @@ export class ImageFolder implements BatchSource {
   readonly crop: FolderCrop;
   /** decode threads (the `workers` option): 0 or 1 = the main thread */
   readonly workers: number;
+  /** how the decoded pixels (value/255) are normalized, (v − mean)/std per channel */
+  readonly normalization: { readonly mean: readonly number[]; readonly std: readonly number[] };
   readonly #o: DecodeOptions & { verify: boolean; onError: (file: string, reason: string) => void };
   /** file → reason, in the order found; each is reported once */
   readonly #unreadable = new Map<string, string>();
@@ -163,6 +165,7 @@ export class ImageFolder implements BatchSource {
       std: options.std ?? [0.229, 0.224, 0.225], verify: options.verify ?? true, onError: options.onError ?? warnSkip,
     };
     this.workers = options.workers ?? 0;
+    this.normalization = { mean: [...this.#o.mean], std: [...this.#o.std] };
     if (this.workers >= 2) {
       const { size, crop, scale, ratio, mean, std } = this.#o;
       this.#pool = new DecodePool(this.workers, { size, crop, scale: [...scale], ratio: [...ratio], mean: [...mean], std: [...std] });

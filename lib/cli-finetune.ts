@@ -12,6 +12,7 @@ import type { LabelledImageSet } from './data.js';
 import { FineTuner, assertClassFolders, top1Accuracy, type FinetuneData } from './finetune.js';
 import { ImageFolder } from './folder.js';
 import { presetNames } from './presets.js';
+import { parseRandAugmentConfig } from './rand-augment.js';
 import { readSafetensorsMetadata } from './safetensors.js';
 import { readSavedConfig } from './weights-file.js';
 
@@ -75,7 +76,11 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
     .option('--mixup <x>', 'mixup alpha (0 = off)', num('mixup'), 0.8)
     .option('--cutmix <x>', 'cutmix alpha (0 = off)', num('cutmix'), 1.0)
     .option('--clip-grad <x>', 'clip gradients to this global norm (0 = off)', num('clip-grad'), 0)
-    .option('--no-augment', 'no random resized crop and flip (a folder: MAE\'s resize + centre crop); RandAugment and random erasing are not implemented')
+    .option('--no-augment', 'no random resized crop and flip (a folder: MAE\'s resize + centre crop)')
+    .option('--aa <config>', 'RandAugment after crop and flip, timm\'s config string rand-m<M>-n<N>-mstd<S>-inc<0|1> (MAE: rand-m9-mstd0.5-inc1), or none', 'none')
+    .option('--reprob <p>', 'random erasing probability per image (MAE: 0.25; 0 = off)', num('reprob'), 0)
+    .addOption(new Option('--remode <mode>', 'random erasing fill: pixel (normal noise per value), rand (per channel), const (zeros)').choices(['pixel', 'rand', 'const']).default('pixel'))
+    .option('--recount <n>', 'random erasing rectangles per erased image (n > 1: 1..n at random)', num('recount'), 1)
     .option('--workers <n>', WORKERS_HELP, count('workers'))
     .option('--prefetch <n>', 'folder: data: batches decoding while one is computed (0 = none)', count('prefetch'), 2)
     .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
@@ -89,6 +94,9 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
     .action(async (o) => {
       if (o.force && o.resume) throw new Error('--force starts a new run and --resume continues one: give one of them');
       if (o.weights && (o.preset || o.config)) throw new Error('--weights records its model: leave out --preset/--config');
+      const randAugment = parseRandAugmentConfig(o.aa);
+      if (!(o.reprob >= 0 && o.reprob <= 1)) throw new Error(`--reprob expects a probability in [0, 1], got ${o.reprob}`);
+      if (!(Number.isInteger(o.recount) && o.recount >= 1)) throw new Error(`--recount expects a positive integer, got ${o.recount}`);
       const saved = o.weights ? await readSavedConfig(o.weights) : undefined;
       if (o.weights && !saved) throw new Error(`${o.weights} records no model config (it was not saved by emae); fine-tuning needs an emae pretraining file`);
       const encoder: Record<string, unknown> = saved ? { ...saved } : o.config ? JSON.parse(readFileSync(o.config, 'utf8')) : o.preset ? { preset: o.preset } : {};
@@ -123,7 +131,8 @@ export function registerFinetuneCommands(program: Command, shared: CliShared): v
         const tuner = new FineTuner(model, data, {
           batchSize: o.batch, epochs: o.epochs, blr: o.blr, minLr: o.minLr, ...(o.warmupEpochs !== undefined ? { warmupEpochs: o.warmupEpochs } : {}),
           weightDecay: o.weightDecay, layerDecay: o.layerDecay, clipGrad: o.clipGrad, mixup: o.mixup, cutmix: o.cutmix,
-          augment: o.augment, prefetch: o.prefetch, seed: o.seed, ...(test ? { testData: test } : {}), outDir: o.out, overwrite: o.force === true, keepLast: o.keep,
+          augment: o.augment, randAugment, randomErasing: { probability: o.reprob, mode: o.remode, count: o.recount },
+          prefetch: o.prefetch, seed: o.seed, ...(test ? { testData: test } : {}), outDir: o.out, overwrite: o.force === true, keepLast: o.keep,
           onStep: (s) => {
             if (bar) bar.update(s.step, { loss: s.loss.toFixed(4), lr: s.lr.toExponential(2), ips: s.imagesPerSecond.toFixed(0) });
             else if (s.step % 50 === 0 || s.step === tuner.totalSteps)

@@ -86,6 +86,33 @@ test.serial('finetune from scratch with --config', (t) => {
   t.regex(r.stdout, /"weights": null/);
 });
 
+test.serial('finetune --aa (timm\'s RandAugment string) and --reprob/--remode/--recount reach the fine-tuner; bad values are refused', async (t) => {
+  const out = path.join(dir, 'aug');
+  const r = cli('finetune', '--config', config, ...data, ...small, '--epochs', '1', '--out', out,
+    '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25', '--remode', 'rand', '--recount', '2');
+  t.is(r.status, 0, r.stderr);
+  const { readSafetensorsMetadata } = await import('../lib/safetensors.js');
+  const options = JSON.parse((await readSafetensorsMetadata(path.join(out, 'ckpt-8.safetensors'))).finetune_options);
+  t.deepEqual(options.randAugment, { ops: 2, magnitude: 9, magnitudeStd: 0.5, increasing: true });
+  t.deepEqual(options.randomErasing, { probability: 0.25, mode: 'rand', count: 2 });
+  const plain = cli('finetune', '--config', config, ...data, ...small, '--epochs', '1', '--out', path.join(dir, 'aug-off'));
+  t.is(plain.status, 0, plain.stderr);
+  const off = JSON.parse((await readSafetensorsMetadata(path.join(dir, 'aug-off', 'ckpt-8.safetensors'))).finetune_options);
+  t.is(off.randAugment, false, 'off by default');
+  t.is(off.randomErasing, undefined, 'off by default');
+  const bad = (args: string[], pattern: RegExp) => {
+    const e = cli('finetune', '--config', config, ...data, ...small, '--epochs', '1', '--out', path.join(dir, 'aug-bad'), ...args);
+    t.is(e.status, 1, `${args.join(' ')}\n${e.stdout}`);
+    t.regex(e.stderr, pattern, args.join(' '));
+  };
+  bad(['--aa', 'rand-m9-x3'], /RandAugment config 'rand-m9-x3': unknown section 'x3'/);
+  bad(['--aa', 'rand-m9.5'], /'m' takes a non-negative integer/);
+  bad(['--aa', 'original-mstd0.5'], /'original' is not implemented/);
+  bad(['--reprob', '1.5'], /--reprob expects a probability in \[0, 1\]/);
+  bad(['--recount', '0'], /--recount expects a positive integer/);
+  bad(['--remode', 'noise'], /--remode/);
+});
+
 test.serial('finetune and evaluate: bad input is a clear error', (t) => {
   const bad = (args: string[], pattern: RegExp) => {
     const r = cli(...args);

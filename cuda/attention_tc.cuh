@@ -53,6 +53,7 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
+#include "cuda/env_switch.h"
 #include "cuda/gemm.cuh"
 
 namespace emae::cuda {
@@ -868,11 +869,7 @@ inline const char* attention_path_name(AttentionPath p) { return p == AttentionP
 // EMAE_CUDA_ATTENTION: auto (or unset) and simt → attention.cuh; tc → this file's kernels (every
 // device emae accepts, compute capability ≥ 8.0, runs them). Anything else is refused.
 inline AttentionPath select_attention_path() {
-  const char* env = std::getenv("EMAE_CUDA_ATTENTION");
-  const std::string want = env && *env ? env : "auto";
-  if (want == "auto" || want == "simt") return AttentionPath::kSimt;
-  if (want == "tc") return AttentionPath::kTc;
-  throw std::invalid_argument("EMAE_CUDA_ATTENTION must be auto, simt or tc, got '" + want + "'");
+  return env_switch("EMAE_CUDA_ATTENTION", {"auto", "simt", "tc"}) == "tc" ? AttentionPath::kTc : AttentionPath::kSimt;
 }
 
 inline void attention_forward_on(AttentionPath path, float* out, float* lse, const float* qkv, int S, int T, int H,

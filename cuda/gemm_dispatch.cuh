@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cuda/env_switch.h"
 #include "cuda/gemm.cuh"
 #include "cuda/gemm_bf16.cuh"
 #include "cuda/gemm_sm80.cuh"
@@ -87,9 +88,7 @@ inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, in
 
 // The path EMAE_CUDA_GEMM asks for on the current device; throws a sentence when it cannot run here.
 inline GemmPath select_gemm_path() {
-  const char* env = std::getenv("EMAE_CUDA_GEMM");
-  const std::string want = env && *env ? env : "auto";
-  if (want == "auto" || want == "mma") return GemmPath::kMma;
+  const std::string want = env_switch("EMAE_CUDA_GEMM", {"auto", "mma", "sm80", "sm90"});
   if (want == "sm80") return GemmPath::kSm80;  // every device emae accepts (≥ 8.0)
   if (want == "sm90") {
     if (!sm90::sm90a_kernels_loaded())
@@ -98,7 +97,7 @@ inline GemmPath select_gemm_path() {
           "(EMAE_CUDA_ARCHITECTURES containing 90a); this device or build cannot run it");
     return GemmPath::kSm90;
   }
-  throw std::invalid_argument("EMAE_CUDA_GEMM must be auto, mma, sm80 or sm90, got '" + want + "'");
+  return GemmPath::kMma;
 }
 
 // A GEMM runner for the matmul_*_with wrappers: the chosen path, its bf16 operand scratch.

@@ -13,6 +13,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/env_switch.h"
+
 namespace emae::cuda {
 
 enum class StepSync { kHost, kOnce };
@@ -20,11 +22,7 @@ enum class StepSync { kHost, kOnce };
 inline const char* step_sync_name(StepSync s) { return s == StepSync::kOnce ? "once" : "host"; }
 
 inline StepSync select_step_sync() {
-  const char* env = std::getenv("EMAE_CUDA_STEP_SYNC");
-  const std::string want = env && *env ? env : "auto";
-  if (want == "auto" || want == "host") return StepSync::kHost;
-  if (want == "once") return StepSync::kOnce;
-  throw std::invalid_argument("EMAE_CUDA_STEP_SYNC must be auto, host or once, got '" + want + "'");
+  return env_switch("EMAE_CUDA_STEP_SYNC", {"auto", "host", "once"}) == "once" ? StepSync::kOnce : StepSync::kHost;
 }
 
 }  // namespace emae::cuda

@@ -10,6 +10,8 @@ grep -qxF '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/
 tar --exclude=node_modules/typescript --exclude=node_modules/@types -cJf .device/node_modules.tar.xz node_modules
 cp "$(g++ -print-file-name=libgomp.so.1)" .device/
 cp build/Release/emae.node .device/emae.node
+# the MPI plugin the addon loads from its own folder (built only where CMake found MPI)
+[ -f build/Release/emae_mpi.so ] && cp build/Release/emae_mpi.so .device/
 # the commit the results are recorded against (gpu-check.sh exports it as EMAE_COMMIT)
 echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!.device' || echo -dirty)" > .device/commit
 # the standalone kernel checks (Hopper build, sm_90 and sm_90a for the wgmma GEMM; rebuild on the

@@ -65,6 +65,9 @@ if [ "$DRY" != 1 ]; then
   export EMAE_NATIVE_PATH="$PWD/.device/emae.node"
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee -a "$SUMMARY"
   node -e "import('./dist/index.js').then(m => console.log(JSON.stringify(m.cudaInfo())))" | tee -a "$SUMMARY"
+  # what the image offers for issue 13's multi-rank checks (two ranks host-staged on one GPU need an
+  # MPI whose libmpi our Open MPI 4 plugin, .device/emae_mpi.so, can load)
+  status "MPI on the device" "mpirun: $(command -v mpirun || echo none); $(mpirun --version 2>/dev/null | head -1); mpi4py: $(python3 -c 'import mpi4py; print(mpi4py.__version__, mpi4py.get_config())' 2>&1 | tail -1 | cut -c1-160); libmpi: $(ldconfig -p 2>/dev/null | grep -o 'libmpi\.so[.0-9]*' | sort -u | tr '\n' ' ')"
 fi
 
 BUDGET_S=${BUDGET_S:-540}

@@ -450,12 +450,18 @@ inline void check_shape(const char* op, int S, int T, int H, int dh) {
 
 inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
-// bytes of dynamic shared memory, opted in above the default 48 KB
+// lets `kernel` launch with `bytes` of dynamic shared memory (an opt-in above the default 48 KB)
+template <typename Kernel>
+inline void opt_in_dynamic_smem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    EMAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// bytes of dynamic shared memory for `floats`, opted in
 template <typename Kernel>
 inline size_t smem_bytes(Kernel kernel, size_t floats) {
   const size_t bytes = floats * sizeof(float);
-  if (bytes > 48 * 1024)
-    EMAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  opt_in_dynamic_smem(kernel, bytes);
   return bytes;
 }
 

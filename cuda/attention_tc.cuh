@@ -777,12 +777,6 @@ inline bool dispatch_head_dim(int dh, F&& f) {
   }
 }
 
-template <typename Kernel>
-inline void opt_in_smem(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    EMAE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-}
-
 }  // namespace attention_tc_detail
 
 inline bool attention_tc_supports(int dh) { return dh == 32 || dh == 64 || dh == 128; }
@@ -816,7 +810,7 @@ inline void attention_tc_forward(float* out, float* lse, const float* qkv, int S
   const bool tc = dispatch_head_dim(dh, [&](auto dims) {
     constexpr int kD = decltype(dims)::value;
     const AttentionTcPlan plan = attention_tc_plan<kD>(T);
-    opt_in_smem(attention_tc_forward_kernel<kD>, plan.smem_fwd);
+    attention_detail::opt_in_dynamic_smem(attention_tc_forward_kernel<kD>, plan.smem_fwd);
     attention_tc_forward_kernel<kD>
         <<<dim3(S * H, plan.grid_y), AttentionTcTraits<kD>::kThreads, plan.smem_fwd, stream>>>(p);
     EMAE_CHECK_LAUNCH("attention_tc_forward_kernel");
@@ -850,10 +844,10 @@ inline void attention_tc_backward(float* dqkv, const float* dout, const float* q
     constexpr int kD = decltype(dims)::value;
     const AttentionTcPlan plan = attention_tc_plan<kD>(T);
     const dim3 grid(S * H, plan.grid_y);
-    opt_in_smem(attention_tc_backward_q_kernel<kD>, plan.smem_q);
+    attention_detail::opt_in_dynamic_smem(attention_tc_backward_q_kernel<kD>, plan.smem_q);
     attention_tc_backward_q_kernel<kD><<<grid, AttentionTcTraits<kD>::kThreads, plan.smem_q, stream>>>(p);
     EMAE_CHECK_LAUNCH("attention_tc_backward_q_kernel");
-    opt_in_smem(attention_tc_backward_kv_kernel<kD>, plan.smem_kv);
+    attention_detail::opt_in_dynamic_smem(attention_tc_backward_kv_kernel<kD>, plan.smem_kv);
     attention_tc_backward_kv_kernel<kD><<<grid, AttentionTcTraits<kD>::kThreads, plan.smem_kv, stream>>>(p);
     EMAE_CHECK_LAUNCH("attention_tc_backward_kv_kernel");
   });

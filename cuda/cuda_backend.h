@@ -17,12 +17,15 @@ struct CudaPlacement {
 };
 
 // Throws emae::RangeError / std::runtime_error when the device is missing or unusable.
+// activations: the element type the backend stores activations in (Backend::activation_dtype);
+// bf16 also keeps a bf16 copy of the weights for the GEMMs (Backend::weight_dtype) and needs a
+// bf16 GEMM path (EMAE_CUDA_GEMM sm80 or sm90; refused with a sentence on mma).
 #if EMAE_WITH_CUDA && EMAE_CUDA_BACKEND
-std::unique_ptr<Backend> make_cuda_backend(int device);
+std::unique_ptr<Backend> make_cuda_backend(int device, DType activations = DType::kF32);
 CudaPlacement placement_of(Backend& backend);
 #else
 inline CudaPlacement placement_of(Backend&) { return {}; }
-inline std::unique_ptr<Backend> make_cuda_backend(int) {
+inline std::unique_ptr<Backend> make_cuda_backend(int, DType = DType::kF32) {
   throw std::runtime_error("emae was built without the CUDA backend (EMAE_CUDA=OFF or no CUDA compiler found)");
 }
 #endif

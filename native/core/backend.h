@@ -4,11 +4,16 @@
 //   - row-major tensors; shapes in comments, e.g. inp (R, C) = R rows of C values;
 //   - forward outputs are assigned (=); parameter gradients accumulate (+=);
 //   - input gradients are assigned unless the name says accumulate.
+// Activations that a backend may store in bf16 are passed as views (Act, ActIn: core/act.h) that
+// carry their element type; the core asks activation_dtype() which type to plan them in. Everything
+// passed as float* is fp32 on every backend: the residual stream, LayerNorm and softmax statistics,
+// the losses and their inputs, parameters, gradients and optimizer state.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "core/act.h"  // Act, ActIn, DType
 #include "core/elementwise.h"
 #include "core/step_status.h"  // LossValues, StepStatus, decide_step
 
@@ -40,6 +45,18 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
+  // ---- precision ---------------------------------------------------------------------------
+  // The element type of the activations the core may store narrow (blocks.h lists them: LayerNorm
+  // outputs, qkv, the attention output, fc1 and its GELU, the patch columns, the embeddings before
+  // the token ops, and the GEMM input gradients). The CPU backend answers fp32.
+  virtual DType activation_dtype() const { return DType::kF32; }
+  // kBF16: the GEMMs read a bf16 copy of the parameters (same layout as the fp32 master copy),
+  // which the owner allocates, fills with convert_to_bf16 whenever it sets the parameters, and
+  // hands to adamw, which writes it with every update. kF32: the GEMMs read the master weights.
+  virtual DType weight_dtype() const { return DType::kF32; }
+  // dst (n) = src (n) rounded to bf16 (nearest even), both in backend memory
+  virtual void convert_to_bf16(uint16_t* dst, const float* src, size_t n) = 0;
+
   // ---- memory (bytes) --------------------------------------------------------------------
   virtual void* allocate(size_t bytes) = 0;  // throws emae::OutOfMemory (a std::runtime_error)
   virtual void release(void* ptr) = 0;
@@ -54,26 +71,26 @@ class Backend {
 
   // ---- linear layers -----------------------------------------------------------------------
   // out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias (N) [+ residual (R, N)]; bias/residual may be null
-  virtual void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+  virtual void matmul_forward(Act out, ActIn inp, ActIn weight, const float* bias,
                               const float* residual, int R, int K, int N) = 0;
   // dinp (R, K) = dout · weight (assigned; skipped when dinp is null)
   // dweight (N, K) += doutᵀ · inp, or = when assign_dweight (the weight's only contribution in a
   // step that does not accumulate micro-batches: the gradients need no zeroing first);
   // dbias (N) += Σ_rows dout (skipped when dbias is null)
-  virtual void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                               const float* inp, const float* weight, int R, int K, int N, bool assign_dweight) = 0;
+  virtual void matmul_backward(Act dinp, float* dweight, float* dbias, ActIn dout,
+                               ActIn inp, ActIn weight, int R, int K, int N, bool assign_dweight) = 0;
 
   // The MLP's GELU next to its matmuls. A backend may fuse them to save a pass over the (R, N)
   // activation; these defaults compose the plain ops.
   // pre (R, N) = inp (R, K) · weight (N, K)ᵀ + bias;  act (R, N) = gelu(pre)
-  virtual void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias,
+  virtual void matmul_gelu_forward(Act pre, Act act, ActIn inp, ActIn weight, const float* bias,
                                    int R, int K, int N) {
     matmul_forward(pre, inp, weight, bias, nullptr, R, K, N);
     gelu_forward(act, pre, (size_t)R * N);
   }
   // dinp (R, K) = (dout · weight) ⊙ gelu'(gelu_inp (R, K)); dweight, dbias as in matmul_backward
-  virtual void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                                    const float* weight, const float* gelu_inp, int R, int K, int N,
+  virtual void matmul_backward_gelu(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp,
+                                    ActIn weight, ActIn gelu_inp, int R, int K, int N,
                                     bool assign_dweight) {
     matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, assign_dweight);
     gelu_backward(dinp, gelu_inp, dinp, (size_t)R * K);
@@ -81,44 +98,44 @@ class Backend {
 
   // ---- LayerNorm ---------------------------------------------------------------------------
   // out (R, C), mean (R), rstd (R)
-  virtual void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+  virtual void layernorm_forward(Act out, float* mean, float* rstd, const float* inp,
                                  const float* weight, const float* bias, int R, int C, float eps) = 0;
   // dinp (R, C) accumulates (+=); dweight, dbias (C) accumulate
-  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+  virtual void layernorm_backward(float* dinp, float* dweight, float* dbias, ActIn dout,
                                   const float* inp, const float* weight, const float* mean,
                                   const float* rstd, int R, int C) = 0;
 
   // ---- GELU (exact) ------------------------------------------------------------------------
-  virtual void gelu_forward(float* out, const float* inp, size_t n) = 0;
+  virtual void gelu_forward(Act out, ActIn inp, size_t n) = 0;
   // dinp = gelu'(inp) * dout; dinp may alias dout
-  virtual void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) = 0;
+  virtual void gelu_backward(Act dinp, ActIn inp, ActIn dout, size_t n) = 0;
 
   // ---- multi-head self-attention ------------------------------------------------------------
   // qkv (S, T, 3, H, dh) → out (S, T, H, dh); lse (S, H, T) saved for the backward.
   // Scores T×T are never stored.
-  virtual void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) = 0;
+  virtual void attention_forward(Act out, float* lse, ActIn qkv, int S, int T, int H, int dh) = 0;
   // dqkv (S, T, 3·H·dh) assigned
-  virtual void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+  virtual void attention_backward(Act dqkv, ActIn dout, ActIn qkv, ActIn out,
                                   const float* lse, int S, int T, int H, int dh) = 0;
 
   // ---- patches, tokens, parts ----------------------------------------------------------------
   // images (B, C, H, W), perm (B, N) → cols (B·K·V, C·p·p): the visible patches of each part in
   // the conv-weight order (c, row, col), ready for the patch-embedding matmul.
-  virtual void gather_visible_patches(float* cols, const float* images, const int32_t* perm,
+  virtual void gather_visible_patches(Act cols, const float* images, const int32_t* perm,
                                       const PartGeometry& g) = 0;
   // images → target (B, N, P) in (row, col, channel) order; normalized per patch if norm_pix.
   virtual void patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) = 0;
   // x (B·K, 1+V, D): row 0 = cls + pos[0]; row 1+v = emb (B·K·V, D) + pos[1 + perm[b, k·V+v]]
-  virtual void encoder_tokens_forward(float* x, const float* emb, const float* cls_token,
+  virtual void encoder_tokens_forward(float* x, ActIn emb, const float* cls_token,
                                       const float* pos_embed, const int32_t* perm, const PartGeometry& g, int D) = 0;
   // demb (B·K·V, D) assigned; dcls (D) accumulates
-  virtual void encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm,
+  virtual void encoder_tokens_backward(Act demb, float* dcls, const float* dx, const int32_t* perm,
                                        const PartGeometry& g, int D) = 0;
   // z (B·K, 1+N, Dd): row 0 = y[cls] + dpos[0]; visible n: y[1+v] + dpos[1+n]; masked: mask_token + dpos[1+n]
-  virtual void decoder_tokens_forward(float* z, const float* y, const float* mask_token,
+  virtual void decoder_tokens_forward(float* z, ActIn y, const float* mask_token,
                                       const float* dec_pos_embed, const int32_t* perm, const PartGeometry& g, int Dd) = 0;
   // dy (B·K, 1+V, Dd) assigned; dmask (Dd) accumulates
-  virtual void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm,
+  virtual void decoder_tokens_backward(Act dy, float* dmask, const float* dz, const int32_t* perm,
                                        const PartGeometry& g, int Dd) = 0;
 
   // ---- losses -------------------------------------------------------------------------------
@@ -165,9 +182,11 @@ class Backend {
   // (adamw_update) of every element of every segment, at the segment's own learning rate
   // segment_lr(s.lr, segment.lr_scale) and with weight decay where segment.decay; s.lr itself is
   // the rate of a segment with lr_scale 1. Elements are independent: the segments' order does not
-  // matter.
-  virtual void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
-                     int count, const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) = 0;
+  // matter. params_bf16 (null unless weight_dtype() is bf16): the GEMMs' bf16 copy of params, set
+  // to the new values rounded to bf16 over the segments by the same update (unchanged when refused).
+  virtual void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, uint16_t* params_bf16,
+                     const ParamSegment* segments, int count, const AdamWScalars& s, const StepStatus* status,
+                     float clip_grad, bool check_loss) = 0;
 };
 
 }  // namespace emae

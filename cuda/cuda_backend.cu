@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "core/errors.h"
 #include "core/profiling_backend.h"
@@ -97,9 +98,39 @@ class Staging {
   size_t bytes_ = 0, used_ = 0;
 };
 
+// A view's typed device pointer: float for fp32 views, bf16 for bf16 views; the wrong type is a
+// caller's bug (std::logic_error naming the argument).
+template <class T> T* typed(Act v, const char* what) {
+  if constexpr (std::is_same_v<T, float>) return v.f32(what);
+  else return reinterpret_cast<T*>(v.bf16(what));
+}
+template <class T> const T* typed(ActIn v, const char* what) {
+  if constexpr (std::is_same_v<T, float>) return v.f32(what);
+  else return reinterpret_cast<const T*>(v.bf16(what));
+}
+// Calls f with v's typed pointer (float* or bf16*): the kernels are instantiated per storage type.
+template <class V, class F> void with_storage(V v, F&& f) {
+  if (v.is_bf16()) f(typed<bf16>(v, "activation"));
+  else f(typed<float>(v, "activation"));
+}
+template <class T> using storage_of = std::remove_const_t<std::remove_pointer_t<T>>;
+
+// The GEMM path for a backend storing activations as `activations`: EMAE_CUDA_GEMM's choice, except
+// that bf16 activations need a bf16-operand kernel, so auto picks sm90 where its kernels load (9.x,
+// the 90a build), else sm80, and an explicit mma is refused.
+GemmPath gemm_path_for(DType activations) {
+  const GemmPath chosen = select_gemm_path();  // throws for a path this device cannot run
+  if (activations == DType::kF32 || chosen != GemmPath::kMma) return chosen;
+  if (env_switch("EMAE_CUDA_GEMM", {"auto", "mma", "sm80", "sm90"}) == "mma")
+    throw std::invalid_argument(
+        "EMAE_CUDA_GEMM=mma reads fp32 operands; bf16 activations (EMAE_ACTIVATIONS=bf16) need EMAE_CUDA_GEMM=sm80, "
+        "sm90 or auto");
+  return sm90::sm90a_kernels_loaded() ? GemmPath::kSm90 : GemmPath::kSm80;
+}
+
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, DType activations) : device_(device), activations_(activations) {
     int count = 0;
     EMAE_CUDA_CHECK(cudaGetDeviceCount(&count));
     if (device < 0 || device >= count)
@@ -113,7 +144,7 @@ class CudaBackend final : public Backend {
                        std::to_string(prop.major) + "." + std::to_string(prop.minor) + "; emae needs 8.0 or newer");
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
     sms_ = prop.multiProcessorCount;
-    gemm_path_ = select_gemm_path();  // EMAE_CUDA_GEMM; a path this device cannot run throws here
+    gemm_path_ = gemm_path_for(activations);  // EMAE_CUDA_GEMM; a path this device cannot run throws here
     attention_path_ = select_attention_path();  // EMAE_CUDA_ATTENTION; an unknown value throws here
     step_sync_ = select_step_sync();            // EMAE_CUDA_STEP_SYNC; an unknown value throws here
     EMAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -127,6 +158,13 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return name_; }
+  // bf16: activations in bf16 and the GEMMs reading the bf16 weight copy adamw writes
+  DType activation_dtype() const override { return activations_; }
+  DType weight_dtype() const override { return activations_; }
+  void convert_to_bf16(uint16_t* dst, const float* src, size_t n) override {
+    bind();
+    cuda::convert_to_bf16_flat(reinterpret_cast<bf16*>(dst), src, n, stream_);
+  }
 
   // ---- memory --------------------------------------------------------------------------------
   void* allocate(size_t bytes) override {
@@ -178,89 +216,104 @@ class CudaBackend final : public Backend {
   }
 
   // ---- ops -----------------------------------------------------------------------------------
-  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
-                      int R, int K, int N) override {
+  void matmul_forward(Act out, ActIn inp, ActIn weight, const float* bias, const float* residual, int R, int K,
+                      int N) override {
     bind();
     cuda::matmul_forward_with(gemm_runner(), out, inp, weight, bias, residual, R, K, N);
   }
-  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int K, int N, bool assign_dweight) override {
+  void matmul_backward(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp, ActIn weight, int R, int K,
+                       int N, bool assign_dweight) override {
     backward(dinp, dweight, dbias, dout, inp, weight, nullptr, R, K, N, assign_dweight);
   }
   // The bf16 GEMM paths put the GELU in the GEMM's epilogue (gemm.cuh, epilogue_store); mma, the
   // verified default, keeps the composed ops (Backend's defaults) exactly as before.
-  void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias, int R,
-                           int K, int N) override {
+  void matmul_gelu_forward(Act pre, Act act, ActIn inp, ActIn weight, const float* bias, int R, int K,
+                           int N) override {
     if (gemm_path_ == GemmPath::kMma) return Backend::matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N);
     bind();
     cuda::matmul_gelu_forward_with(gemm_runner(), pre, act, inp, weight, bias, R, K, N);
   }
-  void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* weight, const float* gelu_inp, int R, int K, int N,
-                            bool assign_dweight) override {
+  void matmul_backward_gelu(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp, ActIn weight,
+                            ActIn gelu_inp, int R, int K, int N, bool assign_dweight) override {
     if (gemm_path_ == GemmPath::kMma)
       return Backend::matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, assign_dweight);
     backward(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, assign_dweight);
   }
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                         const float* bias, int R, int C, float eps) override {
+  void layernorm_forward(Act out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                         int R, int C, float eps) override {
     bind();
-    cuda::layernorm_forward(out, mean, rstd, inp, weight, bias, R, C, eps, stream_);
+    with_storage(out, [&](auto* o) { cuda::layernorm_forward(o, mean, rstd, inp, weight, bias, R, C, eps, stream_); });
   }
-  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                          const float* weight, const float* mean, const float* rstd, int R, int C) override {
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, ActIn dout, const float* inp, const float* weight,
+                          const float* mean, const float* rstd, int R, int C) override {
     bind();
     float* scratch = scratch_.get_as<float>(layernorm_scratch_floats(R, C));
-    cuda::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, R, C, scratch, stream_);
+    with_storage(dout, [&](const auto* d) {
+      cuda::layernorm_backward(dinp, dweight, dbias, d, inp, weight, mean, rstd, R, C, scratch, stream_);
+    });
   }
-  void gelu_forward(float* out, const float* inp, size_t n) override {
+  // out, inp (and dout) share one storage type
+  void gelu_forward(Act out, ActIn inp, size_t n) override {
     bind();
-    cuda::gelu_forward(out, inp, n, stream_);
+    with_storage(out, [&](auto* o) {
+      using T = storage_of<decltype(o)>;
+      cuda::gelu_forward(o, typed<T>(inp, "gelu_forward inp"), n, stream_);
+    });
   }
-  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override {
+  void gelu_backward(Act dinp, ActIn inp, ActIn dout, size_t n) override {
     bind();
-    cuda::gelu_backward(dinp, inp, dout, n, stream_);
+    with_storage(dinp, [&](auto* d) {
+      using T = storage_of<decltype(d)>;
+      cuda::gelu_backward(d, typed<T>(inp, "gelu_backward inp"), typed<T>(dout, "gelu_backward dout"), n, stream_);
+    });
   }
-  void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) override {
+  void attention_forward(Act out, float* lse, ActIn qkv, int S, int T, int H, int dh) override {
     bind();
     cuda::attention_forward_on(attention_path_, out, lse, qkv, S, T, H, dh, stream_);
   }
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int S,
-                          int T, int H, int dh) override {
+  void attention_backward(Act dqkv, ActIn dout, ActIn qkv, ActIn out, const float* lse, int S, int T, int H,
+                          int dh) override {
     bind();
     float* scratch = scratch_.get_as<float>(attention_backward_scratch_floats(S, T, H));
     cuda::attention_backward_on(attention_path_, dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream_);
   }
-  void gather_visible_patches(float* cols, const float* images, const int32_t* perm, const PartGeometry& g) override {
+  void gather_visible_patches(Act cols, const float* images, const int32_t* perm, const PartGeometry& g) override {
     bind();
-    cuda::gather_visible_patches(cols, images, perm, g, stream_);
+    with_storage(cols, [&](auto* c) { cuda::gather_visible_patches(c, images, perm, g, stream_); });
   }
   void patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) override {
     bind();
     cuda::patchify_target(target, images, g, norm_pix, stream_);
   }
-  void encoder_tokens_forward(float* x, const float* emb, const float* cls_token, const float* pos_embed,
+  void encoder_tokens_forward(float* x, ActIn emb, const float* cls_token, const float* pos_embed,
                               const int32_t* perm, const PartGeometry& g, int D) override {
     bind();
-    cuda::encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D, stream_);
+    with_storage(emb, [&](const auto* e) {
+      cuda::encoder_tokens_forward(x, e, cls_token, pos_embed, perm, g, D, stream_);
+    });
   }
-  void encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm, const PartGeometry& g,
+  void encoder_tokens_backward(Act demb, float* dcls, const float* dx, const int32_t* perm, const PartGeometry& g,
                                int D) override {
     bind();
     float* scratch = scratch_.get_as<float>(column_sum_scratch_floats(g.batch * g.parts, D));
-    cuda::encoder_tokens_backward(demb, dcls, dx, g, D, scratch, stream_);
+    with_storage(demb, [&](auto* d) { cuda::encoder_tokens_backward(d, dcls, dx, g, D, scratch, stream_); });
   }
-  void decoder_tokens_forward(float* z, const float* y, const float* mask_token, const float* dec_pos_embed,
+  void decoder_tokens_forward(float* z, ActIn y, const float* mask_token, const float* dec_pos_embed,
                               const int32_t* perm, const PartGeometry& g, int Dd) override {
     bind();
-    cuda::decoder_tokens_forward(z, y, mask_token, dec_pos_embed, positions(perm, g), g, Dd, stream_);
+    const int32_t* position_of = positions(perm, g);
+    with_storage(y, [&](const auto* yy) {
+      cuda::decoder_tokens_forward(z, yy, mask_token, dec_pos_embed, position_of, g, Dd, stream_);
+    });
   }
-  void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
+  void decoder_tokens_backward(Act dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
                                int Dd) override {
     bind();
     const int32_t* position_of = positions(perm, g);
     float* scratch = scratch_.get_as<float>(decoder_tokens_scratch_floats(g, Dd));
-    cuda::decoder_tokens_backward(dy, dmask, dz, perm, position_of, g, Dd, scratch, stream_);
+    with_storage(dy, [&](auto* d) {
+      cuda::decoder_tokens_backward(d, dmask, dz, perm, position_of, g, Dd, scratch, stream_);
+    });
   }
   void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
@@ -321,14 +374,16 @@ class CudaBackend final : public Backend {
     bind();
     cuda::scale(data, segments_.get(segments, count, stream_), count, factor, stream_);
   }
-  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments, int count,
-             const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) override {
+  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, uint16_t* params_bf16,
+             const ParamSegment* segments, int count, const AdamWScalars& s, const StepStatus* status, float clip_grad,
+             bool check_loss) override {
     bind();
     const DeviceSegment* table = segments_.get(segments, count, stream_);
+    bf16* copy = reinterpret_cast<bf16*>(params_bf16);  // written by the update itself (null: none kept)
     if (step_sync_ == StepSync::kOnce) {
       StepDecision* decision = decision_.get_as<StepDecision>(1);
-      cuda::adamw_decided(params, grads, exp_avg, exp_avg_sq, table, count, s, status, clip_grad, check_loss, decision,
-                          stream_);
+      cuda::adamw_decided(params, grads, exp_avg, exp_avg_sq, copy, table, count, s, status, clip_grad, check_loss,
+                          decision, stream_);
       return;
     }
     StepStatus host;
@@ -336,7 +391,7 @@ class CudaBackend final : public Backend {
     const StepDecision d = decide_step(host, clip_grad, check_loss);
     if (!d.update) return;
     if (d.clip) cuda::scale(grads, table, count, d.factor, stream_);
-    cuda::adamw(params, grads, exp_avg, exp_avg_sq, table, count, s, stream_);
+    cuda::adamw(params, grads, exp_avg, exp_avg_sq, copy, table, count, s, stream_);
   }
 
   CudaPlacement placement() const { return {device_, stream_}; }
@@ -361,8 +416,8 @@ class CudaBackend final : public Backend {
   GemmRunner<Scratch> gemm_runner() { return {gemm_path_, sms_, gemm_operands_, stream_}; }
 
   // matmul_backward, with dinp ⊙ gelu'(gelu_inp) in the dinp GEMM's epilogue when gelu_inp is given
-  void backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp, const float* weight,
-                const float* gelu_inp, int R, int K, int N, bool assign_dweight) {
+  void backward(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp, ActIn weight, ActIn gelu_inp, int R,
+                int K, int N, bool assign_dweight) {
     bind();
     // the weight-gradient kernels accumulate (split-K): assigning = zeroing first
     if (assign_dweight) EMAE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, (size_t)N * K * sizeof(float), stream_));
@@ -372,6 +427,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  DType activations_;  // Backend::activation_dtype and weight_dtype
   std::string name_;
   int sms_ = 0;
   GemmPath gemm_path_ = GemmPath::kMma;
@@ -387,7 +443,9 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+std::unique_ptr<Backend> make_cuda_backend(int device, DType activations) {
+  return std::make_unique<CudaBackend>(device, activations);
+}
 
 std::string attention_path_setting() {
   try {

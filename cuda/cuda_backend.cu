@@ -463,10 +463,10 @@ std::string step_sync_setting() {
   }
 }
 
-std::string gemm_path_of_device(int device) {
+std::string gemm_path_of_device(int device, DType activations) {
   try {
     EMAE_CUDA_CHECK(cudaSetDevice(device));
-    return gemm_path_name(select_gemm_path());
+    return gemm_path_name(gemm_path_for(activations));
   } catch (const std::exception& e) {
     return std::string("refused: ") + e.what();
   }

@@ -6,7 +6,7 @@
 
 namespace emae::cuda {
 
-DeviceReport query_devices() {
+DeviceReport query_devices(DType activations) {
   DeviceReport r;
   r.compiled = true;
   r.architectures = EMAE_CUDA_ARCHS;
@@ -38,7 +38,7 @@ DeviceReport query_devices() {
     } else {
       cudaGetLastError();
     }
-    d.gemm_path = gemm_path_of_device(i);
+    d.gemm_path = gemm_path_of_device(i, activations);
     d.attention_path = attention_path_setting();
     d.step_sync = step_sync_setting();
     r.devices.push_back(d);

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "core/act.h"  // DType
+
 namespace emae::cuda {
 
 struct DeviceInfo {
@@ -27,15 +29,18 @@ struct DeviceReport {
 };
 
 #if EMAE_WITH_CUDA
-DeviceReport query_devices();
-// "mma", "sm80" or "sm90" (cuda/gemm_dispatch.cuh) for device, or "refused: <why>"; sets the device.
-std::string gemm_path_of_device(int device);
+// activations: what a model created now would store its activations in (EMAE_ACTIVATIONS, read by
+// the caller); it decides the GEMM path under EMAE_CUDA_GEMM=auto.
+DeviceReport query_devices(DType activations = DType::kF32);
+// "mma", "sm80" or "sm90" (cuda/gemm_dispatch.cuh) for device and activations, or "refused: <why>";
+// sets the device.
+std::string gemm_path_of_device(int device, DType activations);
 // "simt" or "tc" (cuda/attention_tc.cuh), or "refused: <why>".
 std::string attention_path_setting();
 // "host" or "once" (cuda/step_sync.cuh), or "refused: <why>".
 std::string step_sync_setting();
 #else
-inline DeviceReport query_devices() {
+inline DeviceReport query_devices(DType = DType::kF32) {
   DeviceReport r;
   r.error = "emae was built without the CUDA backend (EMAE_CUDA=OFF or no CUDA compiler found)";
   return r;

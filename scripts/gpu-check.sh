@@ -25,6 +25,9 @@
 #   parity         the CUDA tests (cuda, cuda-parity, profile) on the default paths
 #   parity_bf16    the same with the bf16 GEMM path (sm90 on Hopper, else sm80), tensor-core
 #                  attention and EMAE_CUDA_STEP_SYNC=once: everything a new default would change
+#   parity_act     bf16 activations (EMAE_ACTIVATIONS=bf16, issue 11 Deliver 1) on the bf16 paths:
+#                  cuda-parity (its model-level tests then run on bf16 storage) and cuda-bf16
+#   bench_act      bench_bf16 with bf16 activations: step time and peak memory (same JSON)
 #   parity_sync    the CUDA tests with EMAE_CUDA_STEP_SYNC=once alone (issue 12's one host sync;
 #                  cuda.test.ts also checks it against the host flow bit for bit): to tell apart
 #                  what failed in parity_bf16
@@ -48,7 +51,7 @@ echo "# emae GPU check $(date -u +%FT%TZ)" > "$SUMMARY"
 status() { echo "- $1: $2" | tee -a "$SUMMARY"; }
 
 FIRST=smoke,gemm,kernels,parity,parity_bf16,bench_bf16,op_profile
-SECOND=parity_sync,gemm_shapes,bench_compile,bench,bench_mae,sanitizer,gemm_sanitizer,dist
+SECOND=parity_act,bench_act,parity_sync,gemm_shapes,bench_compile,bench,bench_mae,sanitizer,gemm_sanitizer,dist
 PHASES=${PHASES:-first,second}
 PHASES=,${PHASES//first/$FIRST},
 PHASES=${PHASES//second/$SECOND}
@@ -83,7 +86,7 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...: at most TIMEOUT_S, and never past 
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   if [ "$DRY" = 1 ]; then
-    status "$name" "limit ${limit} s: $(env | grep -E '^EMAE_CUDA_(GEMM|ATTENTION|STEP_SYNC)=' | sort | tr '\n' ' ')$*"
+    status "$name" "limit ${limit} s: $(env | grep -E '^EMAE_(CUDA_GEMM|CUDA_ATTENTION|CUDA_STEP_SYNC|ACTIVATIONS)=' | sort | tr '\n' ' ')$*"
     return
   fi
   local t0=$SECONDS
@@ -100,12 +103,13 @@ SM90=$([ "$BF16_PATH" = sm90 ] && echo ,sm90)  # appended to path lists
 status "bf16 GEMM path" "$BF16_PATH"
 # the new paths together: what a new default would change (issue 11 and 12)
 bf16_on() { export EMAE_CUDA_GEMM=$BF16_PATH EMAE_CUDA_ATTENTION=tc EMAE_CUDA_STEP_SYNC=once; }
-bf16_off() { unset EMAE_CUDA_GEMM EMAE_CUDA_ATTENTION EMAE_CUDA_STEP_SYNC; }
+bf16_off() { unset EMAE_CUDA_GEMM EMAE_CUDA_ATTENTION EMAE_CUDA_STEP_SYNC EMAE_ACTIVATIONS; }
+act_on() { bf16_on; export EMAE_ACTIVATIONS=bf16; }  # and bf16 storage of the activations
 CARD=$([ "$DRY" = 1 ] && echo dry-run || nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-$//' | tr A-Z a-z)
 DAY=$(date -u +%F)
 [ -f .device/commit ] && export EMAE_COMMIT=$(cat .device/commit)  # written by device-pack.sh
 AVA=(node node_modules/ava/entrypoints/cli.mjs --verbose --timeout=3m)
-CUDA_TESTS=(test/cuda.test.ts test/cuda-parity.test.ts test/profile.test.ts)
+CUDA_TESTS=(test/cuda.test.ts test/cuda-parity.test.ts test/cuda-bf16.test.ts test/profile.test.ts)
 STEP_JSON="$OUT/gpu-step-$CARD-$DAY.json"
 COMPILE=$([ "${BENCH_COMPILE:-1}" = 1 ] && echo --compile)  # for the phases that ask for it
 bench_step() {  # bench_step NAME TIMEOUT_S [gpu_step.ts options]: the step against PyTorch, results appended
@@ -128,6 +132,12 @@ fi
 want parity && phase parity 180 "${AVA[@]}" "${CUDA_TESTS[@]}"
 if want parity_bf16; then
   bf16_on; phase parity_bf16 180 "${AVA[@]}" "${CUDA_TESTS[@]}"; bf16_off
+fi
+if want parity_act; then
+  act_on; phase parity_act 200 "${AVA[@]}" test/cuda-parity.test.ts test/cuda-bf16.test.ts; bf16_off
+fi
+if want bench_act && [ "${SKIP_BENCH:-0}" != 1 ]; then
+  act_on; bench_step bench_act 200 --batches "${BENCH_BATCHES:-64,128}"; bf16_off
 fi
 want parity_sync && EMAE_CUDA_STEP_SYNC=once phase parity_sync 180 "${AVA[@]}" "${CUDA_TESTS[@]}"
 if want bench_bf16 && [ "${SKIP_BENCH:-0}" != 1 ]; then

@@ -3,6 +3,7 @@
 // device tests are skipped and say why.
 import test from 'ava';
 import { Classifier, EMAE, ParallelMasker, cudaInfo } from '../lib/index.js';
+import { withEnv } from './helpers/env.js';
 import { unchanged } from './helpers/refusals.js';
 
 const info = cudaInfo();
@@ -52,17 +53,6 @@ test('cudaInfo reports the build and the devices in a stable shape', (t) => {
 // verified mma kernel; a path the device cannot run, or an unknown name, is a sentence.
 const tinyCuda = { imageSize: 8, patchSize: 2, embedDim: 16, depth: 1, numHeads: 2, decoderEmbedDim: 16,
   decoderDepth: 1, decoderNumHeads: 2, device: 'cuda' as const };
-const withEnv = async <T>(name: string, value: string | undefined, fn: () => Promise<T>): Promise<T> => {
-  const before = process.env[name];
-  if (value === undefined) delete process.env[name];
-  else process.env[name] = value;
-  try {
-    return await fn();
-  } finally {
-    if (before === undefined) delete process.env[name];
-    else process.env[name] = before;
-  }
-};
 const withGemmEnv = <T>(value: string | undefined, fn: () => Promise<T>) => withEnv('EMAE_CUDA_GEMM', value, fn);
 
 (usable ? test.serial : test.skip)('EMAE_CUDA_GEMM: mma by default, unknown names and unrunnable paths refused', async (t) => {

@@ -15,7 +15,7 @@ interface Planned { name: string; limit?: number; env: string[]; command: string
 
 function dryRun(env: Record<string, string>): { status: number | null; stderr: string; planned: Planned[] } {
   const out = mkdtempSync(path.join(tmpdir(), 'gpu-check-'));
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EMAE_CUDA_')));
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('EMAE_CUDA_') && k !== 'EMAE_ACTIVATIONS'));
   const r = spawnSync('bash', [script], { encoding: 'utf8', env: { ...clean, DRY_RUN: '1', OUT: out, ...env } });
   const planned: Planned[] = [];
   const summary = existsSync(path.join(out, 'summary.md')) ? readFileSync(path.join(out, 'summary.md'), 'utf8') : '';
@@ -23,7 +23,7 @@ function dryRun(env: Record<string, string>): { status: number | null; stderr: s
     const run = /^- (\w+): limit (\d+) s: (.*)$/.exec(line);
     if (run) {
       const words = run[3].split(' ');
-      const env = words.filter((w) => /^EMAE_CUDA_\w+=/.test(w));
+      const env = words.filter((w) => /^EMAE_\w+=/.test(w));
       planned.push({ name: run[1], limit: Number(run[2]), env, command: words.slice(env.length).join(' '), skipped: false });
     }
     const skipped = /^- (\w+): skipped: /.exec(line);
@@ -67,6 +67,18 @@ test('every phase the script documents is planned by first,second, and every fil
   }
   t.true(planned.filter((p) => p.command.includes('bench/gpu_step.ts') && p.command.includes('--results')).length >= 4,
     'the step benchmarks append to the gpu-step JSON record');
+});
+
+test('bf16 activations are checked on the new paths, with the parity tests they change', (t) => {
+  const { status, planned } = dryRun({ PHASES: 'parity_act,bench_act,parity' });
+  t.is(status, 0);
+  const act = planned.find((p) => p.name === 'parity_act')!, bench = planned.find((p) => p.name === 'bench_act')!;
+  const parity = planned.find((p) => p.name === 'parity')!;
+  for (const p of [act, bench]) t.deepEqual(p.env, ['EMAE_ACTIVATIONS=bf16', ...NEW_PATHS], `${p.name}: ${p.env.join(' ')}`);
+  t.deepEqual(parity.env, [], 'the default paths stay fp32');
+  t.regex(act.command, /test\/cuda-parity\.test\.ts test\/cuda-bf16\.test\.ts$/);
+  t.regex(parity.command, /test\/cuda-bf16\.test\.ts/, 'the bf16 test (it sets its own switches) runs with the others');
+  t.regex(bench.command, /bench\/gpu_step\.ts .*--results/);
 });
 
 test('a run never goes past its budget: with none left every phase is skipped, and the summary says so', (t) => {

@@ -102,7 +102,7 @@ if (!info.compiled || info.devices.length === 0) {
 }
 console.log(`device: ${info.devices[0].name} (sm_${info.devices[0].computeCapability.replace('.', '')}), preset ${preset}, K = ${parts}, ` +
   `GEMM path ${info.devices[0].gemmPath} (EMAE_CUDA_GEMM), attention ${info.devices[0].attentionPath} (EMAE_CUDA_ATTENTION), ` +
-  `step sync ${info.devices[0].stepSync} (EMAE_CUDA_STEP_SYNC)`);
+  `step sync ${info.devices[0].stepSync} (EMAE_CUDA_STEP_SYNC), activations ${info.devices[0].activations} (EMAE_ACTIVATIONS)`);
 if (!(preset in presets)) throw new RangeError(`unknown preset ${preset}`);
 const rows: any[] = [];
 for (const B of batches) {
@@ -117,6 +117,7 @@ for (const B of batches) {
   const rate = theirs.bf16_matmul_tflops ? theirs.bf16_matmul_tflops * 1e12 : NaN;
   const row = {
     batch: B, gemm_path: info.devices[0].gemmPath, attention_path: info.devices[0].attentionPath, step_sync: info.devices[0].stepSync,
+    activations: info.devices[0].activations,
     ours_ms: mine.ms, ours_images_per_s: mine.imagesPerS, ours_peak_memory_mb: mine.memoryMb,
     ours_mfu: mine.flops && mine.ms ? mine.flops / (mine.ms / 1e3) / rate : NaN,
     pytorch_ms: theirs.ms_per_step_median, pytorch_images_per_s: theirs.images_per_s, pytorch_peak_memory_mb: theirs.peak_memory_mb,
@@ -155,7 +156,7 @@ if (resultsOut) {
   for (const r of rows) {
     records.push({
       card: info.devices[0].name, commit, preset, parts, batch: r.batch,
-      gemm_path: r.gemm_path, attention_path: r.attention_path, step_sync: r.step_sync,
+      gemm_path: r.gemm_path, attention_path: r.attention_path, step_sync: r.step_sync, activations: r.activations,
       ours_ms: r.ours_ms ?? null, torch_eager_ms: r.pytorch_ms ?? null, torch_compile_ms: r.pytorch_compile_ms ?? null,
       ours_peak_mb: r.ours_peak_memory_mb ?? null, torch_peak_mb: r.pytorch_peak_memory_mb ?? null,
       mfu: Number.isFinite(r.ours_mfu) ? r.ours_mfu : null, bf16_matmul_tflops: r.bf16_matmul_tflops ?? null,

@@ -55,7 +55,7 @@ program
     if (cuda.devices.length === 0) console.log(`CUDA devices: none${cuda.error ? ` (${cuda.error})` : ''}`);
     for (const d of cuda.devices)
       console.log(`CUDA device ${d.index}: ${d.name}, compute capability ${d.computeCapability}, ${d.multiProcessors} SMs, ` +
-        `${(d.totalMemory / 2 ** 30).toFixed(1)} GiB (${(d.freeMemory / 2 ** 30).toFixed(1)} GiB free); GEMM path: ${d.gemmPath}; attention: ${d.attentionPath}; step sync: ${d.stepSync}`);
+        `${(d.totalMemory / 2 ** 30).toFixed(1)} GiB (${(d.freeMemory / 2 ** 30).toFixed(1)} GiB free); GEMM path: ${d.gemmPath}; attention: ${d.attentionPath}; step sync: ${d.stepSync}; activations: ${d.activations}`);
   });
 
 const num = (name: string) => (v: string) => {

@@ -170,6 +170,9 @@ export interface NativeCudaInfo {
     attentionPath: string;
     /** where a training step waits for the GPU: 'host' | 'once' (env EMAE_CUDA_STEP_SYNC), or 'refused: …' */
     stepSync: string;
+    /** the element type a model created now stores its activations in: 'fp32' | 'bf16' (env
+     * EMAE_ACTIVATIONS), or 'refused: …'; bf16 decides gemmPath under EMAE_CUDA_GEMM=auto */
+    activations: string;
   }>;
 }
 

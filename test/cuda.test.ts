@@ -46,6 +46,7 @@ test('cudaInfo reports the build and the devices in a stable shape', (t) => {
     t.regex(d.gemmPath, /^(mma|sm80|sm90|refused: .+)$/, `${d.name}: GEMM path ${d.gemmPath}`);
     t.regex(d.attentionPath, /^(simt|tc|refused: .+)$/, `${d.name}: attention ${d.attentionPath}`);
     t.regex(d.stepSync, /^(host|once|refused: .+)$/, `${d.name}: step sync ${d.stepSync}`);
+    t.regex(d.activations, /^(fp32|bf16|refused: .+)$/, `${d.name}: activations ${d.activations}`);
   }
 });
 

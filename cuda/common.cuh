@@ -1,7 +1,9 @@
 // Shared CUDA plumbing: error checks that throw (never exit: we live inside the user's Node
 // process), launch checks naming the kernel, and small device helpers.
 // Invariants for every kernel file in cuda/:
-//   - all memory is fp32 (parameters, activations, gradients) unless a name says bf16;
+//   - all memory is fp32 (parameters, activations, gradients) unless a name or a storage type says
+//     bf16: kernels templated on T ∈ {float, bf16} load T as fp32, compute in fp32 and store T
+//     rounded to nearest even (load_f32, store_as below); the float instantiations are the fp32 code;
 //   - forward outputs are assigned, parameter gradients accumulate (+=), as in native/core/backend.h;
 //   - every launcher takes the stream, checks its arguments and calls EMAE_CHECK_LAUNCH after the launch;
 //   - kernels in these headers are static (or templates), so several translation units may include them.
@@ -35,6 +37,16 @@ inline void check(cudaError_t err, const char* what, const char* file, int line)
 namespace emae::cuda {
 
 inline int ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+// Activation storage: an element of T read as fp32, an fp32 value stored as T (bf16: rounded to
+// nearest even). Host-callable for the CPU emulations.
+__host__ __device__ __forceinline__ float load_f32(float v) { return v; }
+__host__ __device__ __forceinline__ float load_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <class T> __host__ __device__ __forceinline__ T store_as(float v);
+template <> __host__ __device__ __forceinline__ float store_as<float>(float v) { return v; }
+template <> __host__ __device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

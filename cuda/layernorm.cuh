@@ -1,4 +1,5 @@
-// LayerNorm forward and backward (fp32), as in native/cpu/ops.cc.
+// LayerNorm forward and backward, as in native/cpu/ops.cc: fp32 statistics and math; out and dout
+// stored as float or bf16 (out rounded once, to nearest even), everything else fp32.
 //   forward:  out (R, C) = (x − mean) · rstd · w + b; mean, rstd (R) saved
 //   backward: dinp (R, C) += rstd · (dn − mean(dn) − x̂ · mean(dn · x̂)), dn = dout · w   [accumulates]
 //             dw (C) += Σ_r dout · x̂;  db (C) += Σ_r dout                               [accumulate]
@@ -18,59 +19,71 @@ struct LayerNormTraits {
   static_assert(kColumnsPerBlock % 32 == 0, "column blocks are whole warps");
 };
 
-static __global__ void layernorm_forward_kernel(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
-                                         const float* __restrict__ inp, const float* __restrict__ w,
-                                         const float* __restrict__ b, int R, int C, float eps) {
-  const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= R) return;
+namespace layernorm_detail {
+
+// The row bodies run one warp per row; a Warp policy sums over the warp's 32 lanes (warp_sum on
+// the GPU), so the CPU emulation (cuda/dev/elementwise_bf16_emulate.cu) runs this very code.
+struct DeviceWarp {
+  __device__ __forceinline__ float sum(float v) const { return warp_sum(v); }
+};
+
+// This lane's part of row `row`: out (R, C) stored as Out; mean, rstd fp32.
+#pragma nv_exec_check_disable
+template <class Out, class Warp>
+__host__ __device__ __forceinline__ void forward_row(Out* __restrict__ out, float* __restrict__ mean,
+                                                     float* __restrict__ rstd, const float* __restrict__ inp,
+                                                     const float* __restrict__ w, const float* __restrict__ b, int row,
+                                                     int lane, int C, float eps, const Warp& warp) {
   const float* x = inp + (size_t)row * C;
   float s = 0.f;
   for (int c = lane; c < C; c += 32) s += x[c];
-  const float m = warp_sum(s) / C;
+  const float m = warp.sum(s) / C;
   float v = 0.f;
   for (int c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
-  const float r = layernorm_rstd(warp_sum(v) / C, eps);
-  float* o = out + (size_t)row * C;
-  for (int c = lane; c < C; c += 32) o[c] = (x[c] - m) * r * w[c] + b[c];
+  const float r = layernorm_rstd(warp.sum(v) / C, eps);
+  Out* o = out + (size_t)row * C;
+  for (int c = lane; c < C; c += 32) o[c] = store_as<Out>((x[c] - m) * r * w[c] + b[c]);
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = r;
   }
 }
 
-static __global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
-                                                const float* __restrict__ inp, const float* __restrict__ w,
-                                                const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                int R, int C) {
-  const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= R) return;
+// This lane's part of row `row` of dinp (fp32, +=), from dout stored as DOut.
+#pragma nv_exec_check_disable
+template <class DOut, class Warp>
+__host__ __device__ __forceinline__ void backward_input_row(float* __restrict__ dinp, const DOut* __restrict__ dout,
+                                                            const float* __restrict__ inp, const float* __restrict__ w,
+                                                            const float* __restrict__ mean,
+                                                            const float* __restrict__ rstd, int row, int lane, int C,
+                                                            const Warp& warp) {
   const float* x = inp + (size_t)row * C;
-  const float* g = dout + (size_t)row * C;
+  const DOut* g = dout + (size_t)row * C;
   const float m = mean[row], r = rstd[row];
   float sum_dn = 0.f, sum_dn_xhat = 0.f;
   for (int c = lane; c < C; c += 32) {
-    const float dn = g[c] * w[c];
+    const float dn = load_f32(g[c]) * w[c];
     sum_dn += dn;
     sum_dn_xhat += dn * (x[c] - m) * r;
   }
-  const float mean_dn = warp_sum(sum_dn) / C, mean_dn_xhat = warp_sum(sum_dn_xhat) / C;
+  const float mean_dn = warp.sum(sum_dn) / C, mean_dn_xhat = warp.sum(sum_dn_xhat) / C;
   float* dx = dinp + (size_t)row * C;
-  for (int c = lane; c < C; c += 32) dx[c] += r * (g[c] * w[c] - mean_dn - (x[c] - m) * r * mean_dn_xhat);
+  for (int c = lane; c < C; c += 32) dx[c] += r * (load_f32(g[c]) * w[c] - mean_dn - (x[c] - m) * r * mean_dn_xhat);
 }
 
-// partial (chunks, 2, C): per row chunk, Σ dout·x̂ and Σ dout
-static __global__ void layernorm_backward_params_partial_kernel(float* __restrict__ partial, const float* __restrict__ dout,
-                                                         const float* __restrict__ inp, const float* __restrict__ mean,
-                                                         const float* __restrict__ rstd, int R, int C) {
-  const int c = blockIdx.x * LayerNormTraits::kColumnsPerBlock + threadIdx.x;
-  const int chunk = blockIdx.y;
-  if (c >= C) return;
-  const int r0 = chunk * LayerNormTraits::kRowChunk, r1 = min(R, r0 + LayerNormTraits::kRowChunk);
+// Column c of row chunk `chunk`: partial (chunks, 2, C) = Σ dout·x̂ and Σ dout over the chunk's rows.
+template <class DOut>
+__host__ __device__ __forceinline__ void backward_params_partial_column(float* __restrict__ partial,
+                                                                        const DOut* __restrict__ dout,
+                                                                        const float* __restrict__ inp,
+                                                                        const float* __restrict__ mean,
+                                                                        const float* __restrict__ rstd, int c,
+                                                                        int chunk, int R, int C) {
+  const int r0 = chunk * LayerNormTraits::kRowChunk;
+  const int r1 = R < r0 + LayerNormTraits::kRowChunk ? R : r0 + LayerNormTraits::kRowChunk;
   float dw = 0.f, db = 0.f;
   for (int r = r0; r < r1; ++r) {
-    const float g = dout[(size_t)r * C + c];
+    const float g = load_f32(dout[(size_t)r * C + c]);
     dw += g * (inp[(size_t)r * C + c] - mean[r]) * rstd[r];
     db += g;
   }
@@ -78,11 +91,10 @@ static __global__ void layernorm_backward_params_partial_kernel(float* __restric
   partial[((size_t)chunk * 2 + 1) * C + c] = db;
 }
 
-// dw (C) += Σ_chunks partial[chunk][0]; db (C) += Σ_chunks partial[chunk][1]
-static __global__ void layernorm_reduce_chunks_kernel(float* __restrict__ dw, float* __restrict__ db,
-                                               const float* __restrict__ partial, int chunks, int C) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+// dw[c] += Σ_chunks partial[chunk][0][c]; db[c] += Σ_chunks partial[chunk][1][c], in chunk order
+__host__ __device__ __forceinline__ void reduce_chunks_column(float* __restrict__ dw, float* __restrict__ db,
+                                                              const float* __restrict__ partial, int chunks, int C,
+                                                              int c) {
   float a = 0.f, b = 0.f;
   for (int k = 0; k < chunks; ++k) {
     a += partial[(size_t)k * 2 * C + c];
@@ -92,11 +104,56 @@ static __global__ void layernorm_reduce_chunks_kernel(float* __restrict__ dw, fl
   db[c] += b;
 }
 
+}  // namespace layernorm_detail
+
+template <class Out>
+static __global__ void layernorm_forward_kernel(Out* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
+                                                const float* __restrict__ inp, const float* __restrict__ w,
+                                                const float* __restrict__ b, int R, int C, float eps) {
+  const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= R) return;
+  layernorm_detail::forward_row(out, mean, rstd, inp, w, b, row, threadIdx.x % 32, C, eps,
+                                layernorm_detail::DeviceWarp{});
+}
+
+template <class DOut>
+static __global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const DOut* __restrict__ dout,
+                                                       const float* __restrict__ inp, const float* __restrict__ w,
+                                                       const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                       int R, int C) {
+  const int row = blockIdx.x * LayerNormTraits::kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= R) return;
+  layernorm_detail::backward_input_row(dinp, dout, inp, w, mean, rstd, row, threadIdx.x % 32, C,
+                                       layernorm_detail::DeviceWarp{});
+}
+
+// partial (chunks, 2, C): per row chunk, Σ dout·x̂ and Σ dout
+template <class DOut>
+static __global__ void layernorm_backward_params_partial_kernel(float* __restrict__ partial,
+                                                                const DOut* __restrict__ dout,
+                                                                const float* __restrict__ inp,
+                                                                const float* __restrict__ mean,
+                                                                const float* __restrict__ rstd, int R, int C) {
+  const int c = blockIdx.x * LayerNormTraits::kColumnsPerBlock + threadIdx.x;
+  if (c >= C) return;
+  layernorm_detail::backward_params_partial_column(partial, dout, inp, mean, rstd, c, blockIdx.y, R, C);
+}
+
+// dw (C) += Σ_chunks partial[chunk][0]; db (C) += Σ_chunks partial[chunk][1]
+static __global__ void layernorm_reduce_chunks_kernel(float* __restrict__ dw, float* __restrict__ db,
+                                               const float* __restrict__ partial, int chunks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  layernorm_detail::reduce_chunks_column(dw, db, partial, chunks, C, c);
+}
+
 inline size_t layernorm_scratch_floats(int R, int C) {
   return (size_t)ceil_div(R, LayerNormTraits::kRowChunk) * 2 * C;
 }
 
-inline void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
+// Out, DOut: float or bf16 (the storage of out and dout; the statistics and dinp, dw, db are fp32).
+template <class Out>
+inline void layernorm_forward(Out* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
                               int R, int C, float eps, cudaStream_t stream) {
   if (R <= 0 || C <= 0) return;
   const int threads = 32 * LayerNormTraits::kWarpsPerBlock;
@@ -105,7 +162,8 @@ inline void layernorm_forward(float* out, float* mean, float* rstd, const float*
   EMAE_CHECK_LAUNCH("layernorm_forward_kernel");
 }
 
-inline void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
+template <class DOut>
+inline void layernorm_backward(float* dinp, float* dw, float* db, const DOut* dout, const float* inp, const float* w,
                                const float* mean, const float* rstd, int R, int C, float* scratch,
                                cudaStream_t stream) {
   if (R <= 0 || C <= 0) return;

@@ -49,10 +49,14 @@ static __global__ void gelu_backward_kernel(T* dinp, const T* __restrict__ inp, 
 
 // dst[i] = src[i] rounded to bf16 (a flat copy of the parameters for the bf16 GEMMs; gemm_bf16.cuh's
 // convert_to_bf16 pads rows to 8 elements, so it cannot write a flat buffer of any length)
+__host__ __device__ __forceinline__ void convert_to_bf16_flat_element(__nv_bfloat16* __restrict__ dst,
+                                                                      const float* __restrict__ src, size_t i) {
+  dst[i] = __float2bfloat16_rn(src[i]);
+}
 static __global__ void convert_to_bf16_flat_kernel(__nv_bfloat16* __restrict__ dst, const float* __restrict__ src,
                                                    size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    dst[i] = __float2bfloat16_rn(src[i]);
+    convert_to_bf16_flat_element(dst, src, i);
 }
 
 struct DeviceSegment {

@@ -1,0 +1,505 @@
+// CPU emulation of the memory-bound kernels with bf16 activation storage (issue 11): the element,
+// row and stride bodies of cuda/layernorm.cuh, cuda/optim.cuh (GELU, AdamW with its bf16 weight
+// copy, the flat conversion) and cuda/tokens.cuh run on the host, over the grids of their
+// launchers. LayerNorm's row bodies run one warp's 32 lanes as std::threads whose Warp::sum is the
+// GPU's xor butterfly (warp_sum), value for value.
+// Each op runs twice: the float instantiation on the bf16 inputs widened to fp32, and the bf16
+// instantiation on the bf16 inputs. Because both compute in fp32 and round only on store, the bf16
+// outputs must equal the fp32 outputs rounded to nearest even (act.h's bf16_from_float) and every
+// fp32 output (statistics, dinp, dw, db, x, z, AdamW state) must be the same bits. The fp32 runs are
+// also checked against plain references (double for LayerNorm and GELU, exact for the token ops),
+// so the comparison is not between two equally wrong results.
+// Build: nvcc -std=c++17 -O2 --expt-relaxed-constexpr -arch=sm_80 -I. -Inative
+//        cuda/dev/elementwise_bf16_emulate.cu -o /tmp/elementwise_bf16_emulate (run by
+//        test/cuda-emulation.test.ts; the device kernels of both instantiations are compiled too).
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/act.h"
+#include "cuda/dev/bf16_convert_emulate.h"  // convert_emulation::Barrier
+#include "cuda/dev/check_common.h"
+#include "cuda/layernorm.cuh"
+#include "cuda/optim.cuh"
+#include "cuda/tokens.cuh"
+
+namespace {
+
+namespace ec = emae::cuda;
+using bf16 = __nv_bfloat16;
+using emae::bf16_from_float;
+using emae::float_from_bf16;
+using emae::PartGeometry;
+using emae::dev::convert_emulation::Barrier;
+using emae::dev::random_vector;
+
+int failures = 0;
+
+void report(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+
+uint16_t bits(bf16 v) {
+  uint16_t u;
+  std::memcpy(&u, &v, 2);
+  return u;
+}
+bf16 from_bits(uint16_t u) {
+  bf16 v;
+  std::memcpy(&v, &u, 2);
+  return v;
+}
+
+// n bf16 values from random fp32 ones, and the same values widened to fp32
+struct Bf16Input {
+  std::vector<bf16> narrow;
+  std::vector<float> wide;
+  Bf16Input(size_t n, uint64_t seed, float amp) {
+    for (float v : random_vector(n, seed, amp)) {
+      narrow.push_back(from_bits(bf16_from_float(v)));
+      wide.push_back(float_from_bf16(bf16_from_float(v)));
+    }
+  }
+};
+
+std::vector<bf16> bf16_poison(size_t n) { return std::vector<bf16>(n, from_bits(0xffff)); }  // a NaN
+std::vector<float> f32_poison(size_t n) { return std::vector<float>(n, std::nanf("")); }
+
+// bf16 outputs = the fp32 outputs rounded, bit for bit
+bool rounded_equal(const std::vector<bf16>& narrow, const std::vector<float>& wide) {
+  if (narrow.size() != wide.size()) return false;
+  for (size_t i = 0; i < wide.size(); ++i)
+    if (bits(narrow[i]) != bf16_from_float(wide[i])) return false;
+  return true;
+}
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// ---- one warp on the host ----------------------------------------------------------------------
+
+// A lane of a warp run as a std::thread: sum() is warp_sum's xor butterfly over the 32 lanes'
+// values (each step v += the value of lane ^ offset), the same additions in the same order.
+struct HostWarp {
+  Barrier* barrier;
+  float* slots;  // 32
+  int lane;
+  float sum(float v) const {
+    slots[lane] = v;
+    barrier->wait();
+    float vals[32];
+    std::memcpy(vals, slots, sizeof vals);
+    barrier->wait();  // every lane has read before any writes its next value
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      float next[32];
+      for (int l = 0; l < 32; ++l) next[l] = vals[l] + vals[l ^ offset];
+      std::memcpy(vals, next, sizeof vals);
+    }
+    return vals[lane];
+  }
+};
+
+// body(row, lane, warp) for every row, one warp of 32 threads per row; false if a barrier timed out
+bool run_warp_rows(int R, const std::function<void(int, int, const HostWarp&)>& body) {
+  bool ok = true;
+  for (int row = 0; row < R; ++row) {
+    Barrier barrier(32);
+    float slots[32];
+    std::vector<std::thread> lanes;
+    for (int lane = 0; lane < 32; ++lane)
+      lanes.emplace_back([&, lane] { body(row, lane, HostWarp{&barrier, slots, lane}); });
+    for (auto& t : lanes) t.join();
+    ok = ok && !barrier.timed_out;
+  }
+  return ok;
+}
+
+// ---- LayerNorm ---------------------------------------------------------------------------------
+
+// layernorm_forward's kernel over its grid (one warp per row)
+template <class Out>
+bool emulate_layernorm_forward(std::vector<Out>& out, std::vector<float>& mean, std::vector<float>& rstd,
+                               const std::vector<float>& inp, const std::vector<float>& w, const std::vector<float>& b,
+                               int R, int C, float eps) {
+  return run_warp_rows(R, [&](int row, int lane, const HostWarp& warp) {
+    ec::layernorm_detail::forward_row(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), row, lane,
+                                      C, eps, warp);
+  });
+}
+
+// layernorm_backward's three kernels: the input gradient rows, the chunk partials, their reduction
+template <class DOut>
+bool emulate_layernorm_backward(std::vector<float>& dinp, std::vector<float>& dw, std::vector<float>& db,
+                                const std::vector<DOut>& dout, const std::vector<float>& inp,
+                                const std::vector<float>& w, const std::vector<float>& mean,
+                                const std::vector<float>& rstd, int R, int C) {
+  const bool ok = run_warp_rows(R, [&](int row, int lane, const HostWarp& warp) {
+    ec::layernorm_detail::backward_input_row(dinp.data(), dout.data(), inp.data(), w.data(), mean.data(), rstd.data(),
+                                             row, lane, C, warp);
+  });
+  const int chunks = ec::ceil_div(R, ec::LayerNormTraits::kRowChunk);
+  std::vector<float> partial = f32_poison(ec::layernorm_scratch_floats(R, C));
+  for (int chunk = 0; chunk < chunks; ++chunk)
+    for (int c = 0; c < C; ++c)
+      ec::layernorm_detail::backward_params_partial_column(partial.data(), dout.data(), inp.data(), mean.data(),
+                                                           rstd.data(), c, chunk, R, C);
+  for (int c = 0; c < C; ++c) ec::layernorm_detail::reduce_chunks_column(dw.data(), db.data(), partial.data(), chunks, C, c);
+  return ok;
+}
+
+void check_layernorm(int R, int C) {
+  const std::string shape = "R=" + std::to_string(R) + " C=" + std::to_string(C);
+  const float eps = 1e-6f;
+  const auto inp = random_vector((size_t)R * C, 11 + C, 2.f);
+  const auto w = random_vector(C, 12 + C, 1.5f), b = random_vector(C, 13 + C, 0.5f);
+
+  // forward: out bf16 vs fp32
+  std::vector<float> out32 = f32_poison((size_t)R * C), mean32 = f32_poison(R), rstd32 = f32_poison(R);
+  std::vector<bf16> out16 = bf16_poison((size_t)R * C);
+  std::vector<float> mean16 = f32_poison(R), rstd16 = f32_poison(R);
+  bool ok = emulate_layernorm_forward(out32, mean32, rstd32, inp, w, b, R, C, eps);
+  ok = emulate_layernorm_forward(out16, mean16, rstd16, inp, w, b, R, C, eps) && ok;
+  report(ok, "layernorm forward " + shape + ": barriers");
+  report(rounded_equal(out16, out32), "layernorm forward " + shape + ": bf16 out = fp32 out rounded");
+  report(same_bits(mean16, mean32) && same_bits(rstd16, rstd32), "layernorm forward " + shape + ": mean, rstd the same bits");
+  double worst = 0;  // the fp32 kernel against a double reference
+  for (int r = 0; r < R; ++r) {
+    double m = 0, v = 0;
+    for (int c = 0; c < C; ++c) m += inp[(size_t)r * C + c];
+    m /= C;
+    for (int c = 0; c < C; ++c) v += (inp[(size_t)r * C + c] - m) * (inp[(size_t)r * C + c] - m);
+    const double rs = 1 / std::sqrt(v / C + eps);
+    for (int c = 0; c < C; ++c)
+      worst = std::max(worst, std::fabs(out32[(size_t)r * C + c] - ((inp[(size_t)r * C + c] - m) * rs * w[c] + b[c])));
+  }
+  report(worst < 1e-4, "layernorm forward " + shape + ": fp32 vs double reference, max error " + std::to_string(worst));
+
+  // backward: dout bf16 vs the same values in fp32; dinp, dw, db accumulate onto random values
+  const Bf16Input dout(((size_t)R * C), 14 + C, 1.f);
+  const auto dinp0 = random_vector((size_t)R * C, 15 + C, 0.3f);
+  const auto dw0 = random_vector(C, 16 + C, 0.3f), db0 = random_vector(C, 17 + C, 0.3f);
+  std::vector<float> dinp32 = dinp0, dw32 = dw0, db32 = db0, dinp16 = dinp0, dw16 = dw0, db16 = db0;
+  ok = emulate_layernorm_backward(dinp32, dw32, db32, dout.wide, inp, w, mean32, rstd32, R, C);
+  ok = emulate_layernorm_backward(dinp16, dw16, db16, dout.narrow, inp, w, mean32, rstd32, R, C) && ok;
+  report(ok, "layernorm backward " + shape + ": barriers");
+  report(same_bits(dinp16, dinp32) && same_bits(dw16, dw32) && same_bits(db16, db32),
+         "layernorm backward " + shape + ": bf16 dout gives the fp32 dinp, dw, db bit for bit");
+  double worst_dw = 0, worst_dx = 0;  // the fp32 kernels against a double reference
+  for (int c = 0; c < C; ++c) {
+    double sw = dw0[c], sb = db0[c];
+    for (int r = 0; r < R; ++r) {
+      const double g = dout.wide[(size_t)r * C + c];
+      sw += g * (inp[(size_t)r * C + c] - mean32[r]) * rstd32[r];
+      sb += g;
+    }
+    worst_dw = std::max({worst_dw, std::fabs(dw32[c] - sw), std::fabs(db32[c] - sb)});
+  }
+  for (int r = 0; r < R; ++r) {
+    double s_dn = 0, s_dnx = 0;
+    for (int c = 0; c < C; ++c) {
+      const double dn = (double)dout.wide[(size_t)r * C + c] * w[c];
+      s_dn += dn;
+      s_dnx += dn * (inp[(size_t)r * C + c] - mean32[r]) * rstd32[r];
+    }
+    for (int c = 0; c < C; ++c) {
+      const double xh = (inp[(size_t)r * C + c] - mean32[r]) * (double)rstd32[r];
+      const double ref = dinp0[(size_t)r * C + c] +
+                         rstd32[r] * ((double)dout.wide[(size_t)r * C + c] * w[c] - s_dn / C - xh * s_dnx / C);
+      worst_dx = std::max(worst_dx, std::fabs(dinp32[(size_t)r * C + c] - ref));
+    }
+  }
+  report(worst_dw < 1e-3 && worst_dx < 1e-4, "layernorm backward " + shape + ": fp32 vs double reference, max error dw/db " +
+                                                 std::to_string(worst_dw) + ", dinp " + std::to_string(worst_dx));
+}
+
+// ---- GELU and the flat conversion ----------------------------------------------------------------
+
+void check_gelu(size_t n) {
+  const Bf16Input inp(n, 21, 4.f), dout(n, 22, 1.f);
+  std::vector<float> out32 = f32_poison(n);
+  std::vector<bf16> out16 = bf16_poison(n);
+  for (size_t i = 0; i < n; ++i) {
+    ec::gelu_forward_element(out32.data(), inp.wide.data(), i);
+    ec::gelu_forward_element(out16.data(), inp.narrow.data(), i);
+  }
+  report(rounded_equal(out16, out32), "gelu forward n=" + std::to_string(n) + ": bf16 = fp32 rounded");
+  double worst = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = inp.wide[i];
+    worst = std::max(worst, std::fabs(out32[i] - 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)))));
+  }
+  report(worst < 1e-5, "gelu forward: fp32 vs double reference, max error " + std::to_string(worst));
+
+  // backward in place (dinp aliases dout), as the MLP's backward calls it
+  std::vector<float> d32 = dout.wide;
+  std::vector<bf16> d16 = dout.narrow;
+  for (size_t i = 0; i < n; ++i) {
+    ec::gelu_backward_element(d32.data(), inp.wide.data(), d32.data(), i);
+    ec::gelu_backward_element(d16.data(), inp.narrow.data(), d16.data(), i);
+  }
+  report(rounded_equal(d16, d32), "gelu backward n=" + std::to_string(n) + " (dinp = dout): bf16 = fp32 rounded");
+  worst = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = inp.wide[i];
+    const double grad = 0.5 * (1 + std::erf(x / std::sqrt(2.0))) + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI);
+    worst = std::max(worst, std::fabs(d32[i] - grad * dout.wide[i]));
+  }
+  report(worst < 1e-5, "gelu backward: fp32 vs double reference, max error " + std::to_string(worst));
+
+  // the flat conversion: nearest even, as the host reference; NaN stays NaN, ±inf stay
+  std::vector<float> src = random_vector(n, 23, 100.f);
+  src[0] = std::nanf("");
+  src[1] = INFINITY;
+  src[2] = -INFINITY;
+  src[3] = 1.00390625f;  // exactly halfway between two bf16 values: rounds to even (1.0)
+  src[4] = 1.01171875f;  // halfway, rounds up to the even 1.015625
+  std::vector<bf16> dst = bf16_poison(n + 1);
+  const uint16_t sentinel = 0x1234;
+  dst[n] = from_bits(sentinel);
+  for (size_t i = 0; i < n; ++i) ec::convert_to_bf16_flat_element(dst.data(), src.data(), i);
+  bool ok = bits(dst[n]) == sentinel && std::isnan(float_from_bf16(bits(dst[0])));
+  for (size_t i = 1; i < n; ++i) ok = ok && bits(dst[i]) == bf16_from_float(src[i]);
+  ok = ok && float_from_bf16(bits(dst[3])) == 1.f && float_from_bf16(bits(dst[4])) == 1.015625f;
+  report(ok, "convert_to_bf16_flat n=" + std::to_string(n) + ": nearest even, NaN and inf kept, nothing past n written");
+}
+
+// ---- AdamW ---------------------------------------------------------------------------------------
+
+// The launchers' grid: kBlocksPerSegment x-blocks of kThreads threads per segment.
+struct HostGrid {
+  unsigned bx, by, tx;
+  unsigned block_x() const { return bx; }
+  unsigned block_y() const { return by; }
+  unsigned thread_x() const { return tx; }
+  unsigned grid_x() const { return ec::OptimTraits::kBlocksPerSegment; }
+  unsigned block_dim_x() const { return ec::OptimTraits::kThreads; }
+};
+template <class Body>
+void run_adamw_grid(int count, Body body) {
+  for (int by = 0; by < count; ++by)
+    for (unsigned bx = 0; bx < (unsigned)ec::OptimTraits::kBlocksPerSegment; ++bx)
+      for (unsigned tx = 0; tx < (unsigned)ec::OptimTraits::kThreads; ++tx) body(HostGrid{bx, (unsigned)by, tx});
+}
+
+struct AdamState {
+  std::vector<float> params, grads, m, v;
+  std::vector<bf16> params_bf16;
+};
+
+void check_adamw() {
+  // three segments with a gap of frozen parameters between the first two (never written)
+  const std::vector<ec::DeviceSegment> segs = {{0, 1000, 1, 1.0}, {1100, 37, 0, 0.65}, {1137, 20000, 1, 0.8}};
+  const size_t total = 21137;
+  emae::AdamWScalars s{1e-3f, 0.9f, 0.95f, 1e-8f, 0.05f, 1 - 0.9f * 0.9f, std::sqrt(1 - 0.95f * 0.95f)};
+  const int count = (int)segs.size();
+  const uint16_t sentinel = 0x1234;
+  AdamState init{random_vector(total, 31, 1.f), random_vector(total, 32, 0.1f), random_vector(total, 33, 0.01f),
+                 random_vector(total, 34, 0.001f), std::vector<bf16>(total, from_bits(sentinel))};
+  for (float& x : init.v) x = std::fabs(x);
+  auto in_segment = [&](size_t k) { return k < 1000 || k >= 1100; };
+
+  // plain: without a copy (today's kernel) and with one
+  AdamState plain = init, copy = init;
+  run_adamw_grid(count, [&](const HostGrid& g) {
+    ec::adamw_body<false>(plain.params.data(), plain.grads.data(), plain.m.data(), plain.v.data(), nullptr, segs.data(),
+                          s, g);
+  });
+  run_adamw_grid(count, [&](const HostGrid& g) {
+    ec::adamw_body<true>(copy.params.data(), copy.grads.data(), copy.m.data(), copy.v.data(), copy.params_bf16.data(),
+                         segs.data(), s, g);
+  });
+  bool ok = same_bits(copy.params, plain.params) && same_bits(copy.m, plain.m) && same_bits(copy.v, plain.v) &&
+            !same_bits(plain.params, init.params);
+  report(ok, "adamw with params_bf16: params, m, v the same bits as without");
+  ok = true;
+  for (size_t k = 0; k < total; ++k)
+    ok = ok && bits(copy.params_bf16[k]) == (in_segment(k) ? bf16_from_float(copy.params[k]) : sentinel);
+  report(ok, "adamw with params_bf16: the copy = the new params rounded over the segments, untouched elsewhere");
+
+  // decided on the device: clipped, and refused
+  const emae::StepDecision clip{1, 1, 0.37f}, refuse{0, 0, 1.f};
+  AdamState clip_plain = init, clip_copy = init, refused = init;
+  run_adamw_grid(count, [&](const HostGrid& g) {
+    ec::adamw_decided_body<false>(clip_plain.params.data(), clip_plain.grads.data(), clip_plain.m.data(),
+                                  clip_plain.v.data(), nullptr, segs.data(), s, &clip, g);
+    ec::adamw_decided_body<true>(clip_copy.params.data(), clip_copy.grads.data(), clip_copy.m.data(),
+                                 clip_copy.v.data(), clip_copy.params_bf16.data(), segs.data(), s, &clip, g);
+    ec::adamw_decided_body<true>(refused.params.data(), refused.grads.data(), refused.m.data(), refused.v.data(),
+                                 refused.params_bf16.data(), segs.data(), s, &refuse, g);
+  });
+  ok = same_bits(clip_copy.params, clip_plain.params) && same_bits(clip_copy.grads, clip_plain.grads) &&
+       same_bits(clip_copy.m, clip_plain.m) && same_bits(clip_copy.v, clip_plain.v) &&
+       !same_bits(clip_plain.grads, init.grads);
+  for (size_t k = 0; k < total; ++k)
+    ok = ok && bits(clip_copy.params_bf16[k]) == (in_segment(k) ? bf16_from_float(clip_copy.params[k]) : sentinel);
+  report(ok, "adamw_decided, clipped, with params_bf16: the fp32 state as without, the copy the new params rounded");
+  ok = same_bits(refused.params, init.params) && same_bits(refused.grads, init.grads) &&
+       same_bits(refused.m, init.m) && same_bits(refused.v, init.v);
+  for (size_t k = 0; k < total; ++k) ok = ok && bits(refused.params_bf16[k]) == sentinel;
+  report(ok, "adamw_decided, refused: nothing changes, the bf16 copy included");
+}
+
+// ---- patches and tokens ------------------------------------------------------------------------
+
+void check_tokens() {
+  PartGeometry g{};
+  g.batch = 2, g.parts = 3, g.visible = 4, g.grid = 4, g.num_patches = 16, g.patch = 2, g.channels = 3, g.image = 8;
+  const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches, S = B * K, P = g.patch * g.patch * g.channels;
+  const int D = 40, Dd = 24;
+  // perm: a shuffled 0..N−1 per image (K·V = 12 < N: some patches in no part); position_of its inverse
+  std::vector<int32_t> perm(B * N), position_of(B * N);
+  for (int b = 0; b < B; ++b) {
+    for (int n = 0; n < N; ++n) perm[b * N + n] = (n * 7 + 3 * b + 5) % N;
+    for (int i = 0; i < N; ++i) position_of[b * N + perm[b * N + i]] = i;
+  }
+  const auto images = random_vector((size_t)B * g.channels * g.image * g.image, 41, 1.f);
+
+  // gather_visible_patches: cols (S·V, P)
+  const size_t ncols = (size_t)S * V * P;
+  std::vector<float> cols32 = f32_poison(ncols);
+  std::vector<bf16> cols16 = bf16_poison(ncols);
+  for (size_t i = 0; i < ncols; ++i) {
+    ec::gather_visible_patches_element(cols32.data(), images.data(), perm.data(), g, (long long)i);
+    ec::gather_visible_patches_element(cols16.data(), images.data(), perm.data(), g, (long long)i);
+  }
+  bool ok = true;  // fp32 against the layout of the contract: (c, row, col) of patch perm[b, k·V + v]
+  for (int b = 0; b < B; ++b)
+    for (int kv = 0; kv < K * V; ++kv)
+      for (int e = 0; e < P; ++e) {
+        const int c = e / (g.patch * g.patch), i = (e / g.patch) % g.patch, j = e % g.patch;
+        const int n = perm[b * N + kv], gy = n / g.grid, gx = n % g.grid;
+        const float want = images[(((size_t)b * g.channels + c) * g.image + gy * g.patch + i) * g.image + gx * g.patch + j];
+        ok = ok && cols32[((size_t)b * K * V + kv) * P + e] == want;
+      }
+  report(ok, "gather_visible_patches fp32: the contract's layout");
+  report(rounded_equal(cols16, cols32), "gather_visible_patches: bf16 = fp32 rounded");
+
+  // encoder_tokens_forward: x (S, 1+V, D) from emb (S·V, D) bf16
+  const Bf16Input emb((size_t)S * V * D, 42, 1.f);
+  const auto cls = random_vector(D, 43, 0.1f), pos = random_vector((size_t)(1 + N) * D, 44, 1.f);
+  const size_t nx = (size_t)S * (1 + V) * D;
+  std::vector<float> x32 = f32_poison(nx), x16 = f32_poison(nx);
+  for (size_t i = 0; i < nx; ++i) {
+    ec::encoder_tokens_forward_element(x32.data(), emb.wide.data(), cls.data(), pos.data(), perm.data(), g, D, (long long)i);
+    ec::encoder_tokens_forward_element(x16.data(), emb.narrow.data(), cls.data(), pos.data(), perm.data(), g, D,
+                                       (long long)i);
+  }
+  ok = true;
+  for (int bk = 0; bk < S; ++bk)
+    for (int t = 0; t <= V; ++t)
+      for (int d = 0; d < D; ++d) {
+        const int b = bk / K, k = bk % K;
+        const float want = t == 0 ? cls[d] + pos[d]
+                                  : emb.wide[((size_t)bk * V + t - 1) * D + d] + pos[(size_t)(1 + perm[b * N + k * V + t - 1]) * D + d];
+        ok = ok && x32[((size_t)bk * (1 + V) + t) * D + d] == want;
+      }
+  report(ok, "encoder_tokens_forward fp32: cls + pos[0], emb + pos[1 + perm]");
+  report(same_bits(x16, x32), "encoder_tokens_forward: bf16 emb gives the fp32 x bit for bit");
+
+  // encoder_tokens_backward: demb (S·V, D) from dx (S, 1+V, D)
+  const auto dx = random_vector(nx, 45, 1.f);
+  const size_t nemb = (size_t)S * V * D;
+  std::vector<float> demb32 = f32_poison(nemb);
+  std::vector<bf16> demb16 = bf16_poison(nemb);
+  for (size_t i = 0; i < nemb; ++i) {
+    ec::encoder_tokens_backward_element(demb32.data(), dx.data(), g, D, (long long)i);
+    ec::encoder_tokens_backward_element(demb16.data(), dx.data(), g, D, (long long)i);
+  }
+  ok = true;
+  for (int bk = 0; bk < S; ++bk)
+    for (int v = 0; v < V; ++v)
+      for (int d = 0; d < D; ++d)
+        ok = ok && demb32[((size_t)bk * V + v) * D + d] == dx[((size_t)bk * (1 + V) + 1 + v) * D + d];
+  report(ok, "encoder_tokens_backward fp32: demb = dx's token rows");
+  report(rounded_equal(demb16, demb32), "encoder_tokens_backward: bf16 demb = fp32 rounded");
+
+  // decoder_tokens_forward: z (S, 1+N, Dd) from y (S, 1+V, Dd) bf16
+  const Bf16Input y((size_t)S * (1 + V) * Dd, 46, 1.f);
+  const auto mask = random_vector(Dd, 47, 0.1f), dpos = random_vector((size_t)(1 + N) * Dd, 48, 1.f);
+  const size_t nz = (size_t)S * (1 + N) * Dd;
+  std::vector<float> z32 = f32_poison(nz), z16 = f32_poison(nz);
+  for (size_t i = 0; i < nz; ++i) {
+    ec::decoder_tokens_forward_element(z32.data(), y.wide.data(), mask.data(), dpos.data(), position_of.data(), g, Dd,
+                                       (long long)i);
+    ec::decoder_tokens_forward_element(z16.data(), y.narrow.data(), mask.data(), dpos.data(), position_of.data(), g, Dd,
+                                       (long long)i);
+  }
+  ok = true;
+  for (int bk = 0; bk < S; ++bk)
+    for (int t = 0; t <= N; ++t)
+      for (int d = 0; d < Dd; ++d) {
+        const int b = bk / K, k = bk % K;
+        float value = y.wide[(size_t)bk * (1 + V) * Dd + d];
+        if (t > 0) {
+          const int at = position_of[b * N + t - 1];
+          value = at >= k * V && at < (k + 1) * V ? y.wide[((size_t)bk * (1 + V) + 1 + at - k * V) * Dd + d] : mask[d];
+        }
+        ok = ok && z32[((size_t)bk * (1 + N) + t) * Dd + d] == value + dpos[(size_t)t * Dd + d];
+      }
+  report(ok, "decoder_tokens_forward fp32: y at the visible positions, mask_token elsewhere, + dpos");
+  report(same_bits(z16, z32), "decoder_tokens_forward: bf16 y gives the fp32 z bit for bit");
+
+  // decoder_tokens_backward: dy (S, 1+V, Dd) from dz (S, 1+N, Dd)
+  const auto dz = random_vector(nz, 49, 1.f);
+  const size_t ny = (size_t)S * (1 + V) * Dd;
+  std::vector<float> dy32 = f32_poison(ny);
+  std::vector<bf16> dy16 = bf16_poison(ny);
+  for (size_t i = 0; i < ny; ++i) {
+    ec::decoder_tokens_backward_element(dy32.data(), dz.data(), perm.data(), g, Dd, (long long)i);
+    ec::decoder_tokens_backward_element(dy16.data(), dz.data(), perm.data(), g, Dd, (long long)i);
+  }
+  ok = true;
+  for (int bk = 0; bk < S; ++bk)
+    for (int t = 0; t <= V; ++t)
+      for (int d = 0; d < Dd; ++d) {
+        const int b = bk / K, k = bk % K;
+        const int src = t == 0 ? 0 : 1 + perm[b * N + k * V + t - 1];
+        ok = ok && dy32[((size_t)bk * (1 + V) + t) * Dd + d] == dz[((size_t)bk * (1 + N) + src) * Dd + d];
+      }
+  report(ok, "decoder_tokens_backward fp32: dy = dz's cls and visible rows");
+  report(rounded_equal(dy16, dy32), "decoder_tokens_backward: bf16 dy = fp32 rounded");
+}
+
+}  // namespace
+
+// Never called: makes nvcc compile every launcher's device kernels for both storage types, so the
+// build of this emulator is also a compile check of the bf16 instantiations.
+template <class T>
+void instantiate_launchers(T* t, float* f, bf16* pb, const int32_t* p, const PartGeometry& g, ec::DeviceSegment* segs,
+                           const emae::AdamWScalars& s, const emae::StepStatus* st, emae::StepDecision* dec,
+                           cudaStream_t stream) {
+  ec::layernorm_forward(t, f, f, f, f, f, 1, 1, 1e-6f, stream);
+  ec::layernorm_backward(f, f, f, (const T*)t, f, f, f, f, 1, 1, f, stream);
+  ec::gelu_forward(t, (const T*)t, 1, stream);
+  ec::gelu_backward(t, (const T*)t, (const T*)t, 1, stream);
+  ec::gather_visible_patches(t, f, p, g, stream);
+  ec::encoder_tokens_forward(f, (const T*)t, f, f, p, g, 1, stream);
+  ec::encoder_tokens_backward(t, f, f, g, 1, f, stream);
+  ec::decoder_tokens_forward(f, (const T*)t, f, f, p, g, 1, stream);
+  ec::decoder_tokens_backward(t, f, f, p, p, g, 1, f, stream);
+  ec::adamw(f, f, f, f, pb, segs, 1, s, stream);
+  ec::adamw_decided(f, f, f, f, pb, segs, 1, s, st, 1.f, true, dec, stream);
+  ec::convert_to_bf16_flat(pb, f, 1, stream);
+}
+template void instantiate_launchers<float>(float*, float*, bf16*, const int32_t*, const PartGeometry&,
+                                           ec::DeviceSegment*, const emae::AdamWScalars&, const emae::StepStatus*,
+                                           emae::StepDecision*, cudaStream_t);
+template void instantiate_launchers<bf16>(bf16*, float*, bf16*, const int32_t*, const PartGeometry&,
+                                          ec::DeviceSegment*, const emae::AdamWScalars&, const emae::StepStatus*,
+                                          emae::StepDecision*, cudaStream_t);
+
+int main() {
+  check_layernorm(37, 200);  // C not a multiple of 32: lanes with fewer columns
+  check_layernorm(260, 33);  // two row chunks in the parameter sums
+  check_gelu(4099);
+  check_adamw();
+  check_tokens();
+  std::printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+  return failures ? 1 : 0;
+}

@@ -16,7 +16,7 @@ cp build/Release/emae.node .device/emae.node
 echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!.device' || echo -dirty)" > .device/commit
 # the standalone kernel checks (Hopper build, sm_90 and sm_90a for the wgmma GEMM; rebuild on the
 # device for another architecture)
-for check in gemm_check attention_check classifier_check; do
+for check in gemm_check attention_check classifier_check elementwise_bf16_check; do
   if [ -f "cuda/dev/$check.cu" ]; then
     nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode=arch=compute_90,code=sm_90 \
       -gencode=arch=compute_90a,code=sm_90a -lineinfo -I. -Inative "cuda/dev/$check.cu" -o ".device/$check"

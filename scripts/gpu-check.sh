@@ -21,7 +21,8 @@
 #   smoke          3 training steps, encode and reconstruct against the CPU (default paths)
 #   gemm           cuda/dev/gemm_check on every GEMM path the device runs (mma, sm80, sm90), fused
 #                  epilogues included, against a double reference (issue 11)
-#   kernels        cuda/dev/attention_check (simt and tensor-core attention), classifier_check
+#   kernels        cuda/dev/attention_check (simt and tensor-core attention), classifier_check,
+#                  elementwise_bf16_check (LayerNorm, GELU, AdamW, token kernels: bf16 vs fp32 storage)
 #   parity         the CUDA tests (cuda, cuda-parity, profile) on the default paths
 #   parity_bf16    the same with the bf16 GEMM path (sm90 on Hopper, else sm80), tensor-core
 #                  attention and EMAE_CUDA_STEP_SYNC=once: everything a new default would change
@@ -128,6 +129,7 @@ if want kernels; then
   have attention_check && phase attention_check 90 .device/attention_check  # simt and tc paths
   grep -E '^\|' "$OUT/attention_check.log" >> "$SUMMARY" 2>/dev/null
   have classifier_check && phase classifier_check 45 .device/classifier_check
+  have elementwise_bf16_check && phase elementwise_bf16_check 45 .device/elementwise_bf16_check  # bf16 vs fp32 storage
 fi
 want parity && phase parity 180 "${AVA[@]}" "${CUDA_TESTS[@]}"
 if want parity_bf16; then

@@ -36,7 +36,7 @@ test('the first run verifies before it measures, and only the bf16 phases get th
   const { status, planned } = dryRun({ PHASES: 'first' });
   t.is(status, 0);
   t.deepEqual(planned.map((p) => p.name),
-    ['smoke', 'gemm', 'attention_check', 'classifier_check', 'parity', 'parity_bf16', 'bench_bf16', 'op_profile', 'op_profile_bf16']);
+    ['smoke', 'gemm', 'attention_check', 'classifier_check', 'elementwise_bf16_check', 'parity', 'parity_bf16', 'bench_bf16', 'op_profile', 'op_profile_bf16']);
   for (const p of planned) {
     const wantsNew = p.name.endsWith('_bf16');
     t.deepEqual(p.env, wantsNew ? NEW_PATHS : [], `${p.name}: ${p.env.join(' ')}`);
@@ -54,7 +54,7 @@ test('every phase the script documents is planned by first,second, and every fil
   t.is(status, 0);
   const names = new Set(planned.map((p) => p.name));
   const expands: Record<string, string[]> = {
-    kernels: ['attention_check', 'classifier_check'], gemm_shapes: ['gemm_shapes_ours', 'gemm_shapes'],
+    kernels: ['attention_check', 'classifier_check', 'elementwise_bf16_check'], gemm_shapes: ['gemm_shapes_ours', 'gemm_shapes'],
     op_profile: ['op_profile', 'op_profile_bf16'], sanitizer: ['memcheck', 'racecheck', 'memcheck_bf16', 'racecheck_bf16'],
     gemm_sanitizer: ['gemm_memcheck', 'gemm_racecheck'], dist: ['dist_nccl'], bench_sync: [],  // bench_sync: on request only
   };

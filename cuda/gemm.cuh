@@ -1,5 +1,7 @@
 // Tensor-core GEMM for the training step (v1): fp32 in global memory, bf16 operands in shared
-// memory, mma.sync m16n8k16 with fp32 accumulation.
+// memory, mma.sync m16n8k16 with fp32 accumulation. GemmParams carries activation views (core/act.h):
+// this kernel (the mma path) takes fp32 views only; the bf16 paths (gemm_dispatch.cuh) also take
+// bf16 operands, a bf16 C and bf16 GELU buffers (issue 11).
 //   C (M, N) = [C +] op(A) (M, K) · op(B) (K, N) [+ bias (N)] [+ residual (M, N), leading dim ldc]
 // Invariants:
 //   - shared-memory tiles keep the global orientation (A as [BM][BK] when K-contiguous, [BK][BM]
@@ -25,6 +27,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/act.h"
 #include "core/elementwise.h"
 #include "cuda/common.cuh"
 
@@ -34,18 +37,22 @@ struct GemmParams {
   bool trans_a = false;             // A stored (K, M) (M-contiguous) instead of (M, K)
   bool trans_b = false;             // B stored (N, K) (K-contiguous) instead of (K, N)
   int M = 0, N = 0, K = 0;
-  const float* A = nullptr; int lda = 0;  // row stride of A as stored
-  const float* B = nullptr; int ldb = 0;  // row stride of B as stored
-  float* C = nullptr; int ldc = 0;        // row stride of C (and of residual)
-  bool accumulate = false;          // C += … instead of C = …
+  // Views: fp32, or bf16 on the bf16 paths only (gemm() refuses them). Strides count elements.
+  ActIn A; int lda = 0;             // row stride of A as stored
+  ActIn B; int ldb = 0;             // row stride of B as stored
+  Act C; int ldc = 0;               // row stride of C (and of residual); a bf16 C is rounded once, after
+                                    // the whole epilogue, and excludes accumulate and residual
+  bool accumulate = false;          // C += … instead of C = … (fp32 C)
   const float* bias = nullptr;      // (N) or null
-  const float* residual = nullptr;  // (M, N) at ldc, or null
+  const float* residual = nullptr;  // (M, N) at ldc, or null (fp32: the residual stream, so C is fp32 too)
   // GELU in the epilogue (at most one of the two; the MLP's fc1 forward and fc2 input gradient):
-  float* gelu_out = nullptr;        // (M, N) at ldc, or null: gelu(C's new value) (C keeps the pre-activation)
-  const float* gelu_inp = nullptr;  // (M, N) at ldc, or null: C's new value is multiplied by gelu'(gelu_inp)
-  float* a_sums = nullptr;          // (M) or null: a_sums[m] += Σ_k op(A)(m, k) of the fp32 A, summed as
-                                    // column_sum_accumulate does (the bias gradient of a dweight GEMM);
-                                    // needs trans_a and workspace_floats ≥ column_sum_scratch_floats(K, M)
+  Act gelu_out;                     // (M, N) at ldc, or null: gelu(C's new value in fp32, before any rounding)
+                                    // (C keeps the pre-activation)
+  ActIn gelu_inp;                   // (M, N) at ldc, or null: C's new value is multiplied by gelu'(gelu_inp)
+  float* a_sums = nullptr;          // (M) or null: a_sums[m] += Σ_k op(A)(m, k) of A as stored (a bf16 A
+                                    // widened to fp32), summed as column_sum_accumulate does (the bias
+                                    // gradient of a dweight GEMM); needs trans_a and
+                                    // workspace_floats ≥ column_sum_scratch_floats(K, M)
   float* workspace = nullptr;       // split-K partials ([splits][M][N] fp32), or null: no split-K
   size_t workspace_floats = 0;      // floats at workspace; splits are reduced until they fit
 };
@@ -55,26 +62,51 @@ struct GemmParams {
 // instantiation does without it).
 template <class Params>
 __host__ __device__ __forceinline__ bool gelu_epilogue(const Params& p) {
-  return p.gelu_out != nullptr || p.gelu_inp != nullptr;
+  return p.gelu_out.data != nullptr || p.gelu_inp.data != nullptr;
 }
 
+namespace gemm_detail {
+
+// A stored element as fp32 (bf16 widens exactly).
+__host__ __device__ __forceinline__ float widen(float x) { return x; }
+__host__ __device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Element `at` of a view as fp32, and x stored into one (bf16: rounded to nearest even). kTyped
+// false: the view is known to be fp32 (the mma kernel), so its type is not read.
+template <bool kTyped>
+__host__ __device__ __forceinline__ float load_elem(ActIn v, size_t at) {
+  if (kTyped && v.dtype == DType::kBF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[at]);
+  return static_cast<const float*>(v.data)[at];
+}
+template <bool kTyped>
+__host__ __device__ __forceinline__ void store_elem(Act v, size_t at, float x) {
+  if (kTyped && v.dtype == DType::kBF16) static_cast<__nv_bfloat16*>(v.data)[at] = __float2bfloat16_rn(x);
+  else static_cast<float*>(v.data)[at] = x;
+}
+
+}  // namespace gemm_detail
+
 // The epilogue of output (row, col) whose K sum is v; the only description of it (see the
-// invariants). Params: GemmParams or GemmBf16Params. In this order:
+// invariants). Params: GemmParams or GemmBf16Params. In this order, all in fp32:
 //   v [+ C] [+ bias] [+ residual] [· gelu'(gelu_inp)] → C;  gelu(C's new value) → gelu_out
+// then each store is rounded once to its view's type (bf16 C, gelu_out; gelu_inp is read widened).
 // kGelu: the GELU fields are read; without it they must be null (gelu_epilogue(p) is false).
+// kTyped false: every view is fp32 (the mma kernel, whose gemm() refuses others) and no type is read.
 // Host-callable so that the CPU emulations (cuda/dev/*_emulate.cu) run this very code.
-template <bool kGelu, class Params>
+template <bool kGelu, bool kTyped = true, class Params>
 __host__ __device__ __forceinline__ void epilogue_store(const Params& p, int row, int col, float v) {
+  using gemm_detail::load_elem;
+  using gemm_detail::store_elem;
   const size_t at = (size_t)row * p.ldc + col;
-  if (p.accumulate) v += p.C[at];
+  if (p.accumulate) v += static_cast<const float*>(p.C.data)[at];  // accumulate: fp32 C (checked)
   if (p.bias) v += p.bias[col];
   if (p.residual) v += p.residual[at];
   if constexpr (kGelu) {
-    if (p.gelu_inp) v *= gelu_grad(p.gelu_inp[at]);
+    if (p.gelu_inp.data) v *= gelu_grad(load_elem<kTyped>(p.gelu_inp, at));
   }
-  p.C[at] = v;
+  store_elem<kTyped>(p.C, at, v);
   if constexpr (kGelu) {
-    if (p.gelu_out) p.gelu_out[at] = gelu(v);
+    if (p.gelu_out.data) store_elem<kTyped>(p.gelu_out, at, gelu(v));
   }
 }
 
@@ -222,11 +254,13 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const Gem
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
   float a_regs[T::kLoadsA], b_regs[T::kLoadsB];
+  const float* a_src = static_cast<const float*>(p.A.data);  // fp32 views (gemm() refuses others)
+  const float* b_src = static_cast<const float*>(p.B.data);
   const int k_begin = blockIdx.z * k_split, k_end = min(p.K, k_begin + k_split);
   const int k_tiles = k_end > k_begin ? (k_end - k_begin + T::kBK - 1) / T::kBK : 0;
   if (k_tiles > 0) {
-    load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin, k_end, vec_a);
-    load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin, k_end, vec_b);
+    load_tile<AKContig, T::kBM>(a_regs, a_src, p.lda, m0, p.M, k_begin, k_end, vec_a);
+    load_tile<BKContig, T::kBN>(b_regs, b_src, p.ldb, n0, p.N, k_begin, k_end, vec_b);
     store_tile<AKContig, T::kBM>(a_tile[0], a_regs);
     store_tile<BKContig, T::kBN>(b_tile[0], b_regs);
   }
@@ -236,8 +270,8 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const Gem
     const int buf = kt & 1;
     const bool more = kt + 1 < k_tiles;
     if (more) {  // global loads for the next tile overlap the mma work below
-      load_tile<AKContig, T::kBM>(a_regs, p.A, p.lda, m0, p.M, k_begin + (kt + 1) * T::kBK, k_end, vec_a);
-      load_tile<BKContig, T::kBN>(b_regs, p.B, p.ldb, n0, p.N, k_begin + (kt + 1) * T::kBK, k_end, vec_b);
+      load_tile<AKContig, T::kBM>(a_regs, a_src, p.lda, m0, p.M, k_begin + (kt + 1) * T::kBK, k_end, vec_a);
+      load_tile<BKContig, T::kBN>(b_regs, b_src, p.ldb, n0, p.N, k_begin + (kt + 1) * T::kBK, k_end, vec_b);
     }
     const __nv_bfloat16* at = a_tile[buf];
     const __nv_bfloat16* bt = b_tile[buf];
@@ -302,7 +336,7 @@ __global__ void __launch_bounds__(GemmTraits::kThreads, 2) gemm_kernel(const Gem
           partial[((size_t)blockIdx.z * p.M + row) * p.N + col] = v;
           continue;
         }
-        epilogue_store<false>(p, row, col, v);  // gemm() refuses the GELU fields
+        epilogue_store<false, false>(p, row, col, v);  // gemm() refuses the GELU fields and non-fp32 views
       }
 }
 
@@ -317,7 +351,8 @@ __global__ void gemm_reduce_kernel(const Params p, int splits, const float* __re
 
 // dbias (N) += Σ_r dout[r·N + c] without scratch: one block per 32-column slab, lane = column,
 // warp w sums rows w, w + W, w + 2W, … into kUnroll independent accumulators (combined in a fixed
-// order), then warp 0 adds the W per-warp sums in warp order: deterministic.
+// order), then warp 0 adds the W per-warp sums in warp order: deterministic. Src: float or bf16
+// (summed widened, in the same order).
 struct ColumnSumTraits {
   static constexpr int kCols = 32;   // columns per block (one per lane)
   static constexpr int kWarps = 32;  // row-parallel warps per block
@@ -327,9 +362,9 @@ struct ColumnSumTraits {
   static_assert(kThreads <= 1024, "block size limit");
 };
 
-template <int Unused = 0>  // a template, so the header defines no external-linkage kernel
+template <class Src>  // a template, so the header defines no external-linkage kernel
 __global__ void __launch_bounds__(ColumnSumTraits::kThreads) column_sum_slab_kernel(float* __restrict__ dst,
-                                                                                  const float* __restrict__ src,
+                                                                                  const Src* __restrict__ src,
                                                                                   int rows, int C) {
   using CS = ColumnSumTraits;
   __shared__ float warp_sums[CS::kWarps][CS::kCols];
@@ -343,9 +378,9 @@ __global__ void __launch_bounds__(ColumnSumTraits::kThreads) column_sum_slab_ker
     int r = warp;
     for (; r + (CS::kUnroll - 1) * CS::kWarps < rows; r += kStep) {
 #pragma unroll
-      for (int u = 0; u < CS::kUnroll; ++u) acc[u] += src[(size_t)(r + u * CS::kWarps) * C + c];
+      for (int u = 0; u < CS::kUnroll; ++u) acc[u] += widen(src[(size_t)(r + u * CS::kWarps) * C + c]);
     }
-    for (; r < rows; r += CS::kWarps) acc[0] += src[(size_t)r * C + c];  // fewer than kUnroll rows left
+    for (; r < rows; r += CS::kWarps) acc[0] += widen(src[(size_t)r * C + c]);  // fewer than kUnroll rows left
   }
   float v = 0.f;
 #pragma unroll
@@ -378,9 +413,10 @@ inline void launch(const GemmParams& p, cudaStream_t stream) {
   const int k_split = splits > 1 ? ceil_div(ceil_div(p.K, splits), T::kBK) * T::kBK : std::max(p.K, 1);
   const int used_splits = splits > 1 ? ceil_div(p.K, k_split) : 1;
   const dim3 grid(swap ? tiles_m : tiles_n, swap ? tiles_n : tiles_m, used_splits);
-  auto vectorizable = [](const float* ptr, int ld) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld % 4 == 0; };
+  auto vectorizable = [](const void* ptr, int ld) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && ld % 4 == 0; };
   gemm_kernel<AKContig, BKContig><<<grid, T::kThreads, 0, stream>>>(
-      p, swap, k_split, used_splits > 1 ? p.workspace : nullptr, vectorizable(p.A, p.lda), vectorizable(p.B, p.ldb));
+      p, swap, k_split, used_splits > 1 ? p.workspace : nullptr, vectorizable(p.A.data, p.lda),
+      vectorizable(p.B.data, p.ldb));
   EMAE_CHECK_LAUNCH("gemm_kernel");
   if (used_splits > 1) {
     const int blocks = (int)std::min<size_t>(((size_t)p.M * p.N + 255) / 256, 132 * 16);
@@ -398,6 +434,8 @@ inline void check_gemm_params(const GemmParams& p) {
   if (p.N < 0) bad("N must be >= 0, got " + std::to_string(p.N));
   if (p.K < 0) bad("K must be >= 0, got " + std::to_string(p.K));
   if (p.gelu_out && p.gelu_inp) bad("gelu_out and gelu_inp exclude each other (one GELU per epilogue)");
+  if (!p.C.is_f32() && p.accumulate) bad("accumulate needs an fp32 C (a bf16 C is assigned)");
+  if (!p.C.is_f32() && p.residual) bad("a residual needs an fp32 C (the residual stream is fp32)");
   if (p.workspace_floats > 0 && !p.workspace) bad("workspace is null but workspace_floats > 0");
   if (p.a_sums) {  // read even when N == 0
     if (!p.trans_a) bad("a_sums needs trans_a (A stored (K, M), the dweight layout)");
@@ -418,8 +456,15 @@ inline void check_gemm_params(const GemmParams& p) {
   }
 }
 
+// Whether every view of p is fp32 (all the mma path reads and writes).
+inline bool gemm_views_f32(const GemmParams& p) {
+  return p.A.is_f32() && p.B.is_f32() && p.C.is_f32() && p.gelu_out.is_f32() && p.gelu_inp.is_f32();
+}
+
 inline void gemm(const GemmParams& p, cudaStream_t stream) {
   check_gemm_params(p);
+  if (!gemm_views_f32(p))
+    throw std::invalid_argument("gemm (mma path) reads and writes fp32: bf16 activations need EMAE_CUDA_GEMM=sm80 or sm90");
   if (gelu_epilogue(p))  // this kernel has no GELU instantiation: the backend composes gelu_forward/backward
     throw std::invalid_argument("gemm (mma path): gelu_out and gelu_inp need a bf16 path (sm80, sm90)");
   if (p.M > 0 && p.N > 0) {
@@ -432,12 +477,11 @@ inline void gemm(const GemmParams& p, cudaStream_t stream) {
   }
   // a pass of its own here (the bf16 paths fuse it into their conversion of A); after the product,
   // in stream order, as both use the workspace
-  if (p.a_sums) column_sum_accumulate(p.a_sums, p.A, p.K, p.M, p.lda, p.workspace, stream);
+  if (p.a_sums) column_sum_accumulate(p.a_sums, p.A.f32("gemm A"), p.K, p.M, p.lda, p.workspace, stream);
 }
 
 // The forward product of a linear layer: out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias
-inline GemmParams linear_forward_params(float* out, const float* inp, const float* weight, const float* bias, int R,
-                                        int K, int N) {
+inline GemmParams linear_forward_params(Act out, ActIn inp, ActIn weight, const float* bias, int R, int K, int N) {
   GemmParams p;
   p.trans_b = true;
   p.M = R; p.N = N; p.K = K;
@@ -447,10 +491,11 @@ inline GemmParams linear_forward_params(float* out, const float* inp, const floa
 }
 
 // out (R, N) = inp (R, K) · weight (N, K)ᵀ + bias + residual; run(GemmParams) does the product
-// (gemm() below, or another kernel path: gemm_dispatch.cuh)
+// (gemm() below, or another kernel path: gemm_dispatch.cuh). The views' types pass through to the
+// GemmParams unchanged (all fp32: exactly the fp32 problem).
 template <class Run>
-inline void matmul_forward_with(Run&& run, float* out, const float* inp, const float* weight, const float* bias,
-                                const float* residual, int R, int K, int N) {
+inline void matmul_forward_with(Run&& run, Act out, ActIn inp, ActIn weight, const float* bias, const float* residual,
+                                int R, int K, int N) {
   GemmParams p = linear_forward_params(out, inp, weight, bias, R, K, N);
   p.residual = residual;
   run(p);
@@ -458,8 +503,8 @@ inline void matmul_forward_with(Run&& run, float* out, const float* inp, const f
 
 // pre (R, N) = inp (R, K) · weight (N, K)ᵀ + bias;  act (R, N) = gelu(pre): one GEMM with the GELU in its epilogue
 template <class Run>
-inline void matmul_gelu_forward_with(Run&& run, float* pre, float* act, const float* inp, const float* weight,
-                                     const float* bias, int R, int K, int N) {
+inline void matmul_gelu_forward_with(Run&& run, Act pre, Act act, ActIn inp, ActIn weight, const float* bias, int R,
+                                     int K, int N) {
   GemmParams p = linear_forward_params(pre, inp, weight, bias, R, K, N);
   p.gelu_out = act;
   run(p);
@@ -470,15 +515,21 @@ inline void matmul_forward(float* out, const float* inp, const float* weight, co
   matmul_forward_with([&](const GemmParams& p) { gemm(p, stream); }, out, inp, weight, bias, residual, R, K, N);
 }
 
-// dbias (N) += column sums of dout (R, N), deterministic, no scratch
-inline void column_sum_accumulate_noscratch(float* dbias, const float* dout, int R, int N, cudaStream_t stream) {
+// dbias (N) += column sums of dout (R, N), deterministic, no scratch; a bf16 dout is summed widened
+// to fp32 in the same order (= the sums of an fp32 array holding its values, bit for bit)
+inline void column_sum_accumulate_noscratch(float* dbias, ActIn dout, int R, int N, cudaStream_t stream) {
   if (R < 0) throw std::invalid_argument("column_sum_accumulate_noscratch: R must be >= 0");
   if (N < 0) throw std::invalid_argument("column_sum_accumulate_noscratch: N must be >= 0");
   if (R == 0 || N == 0) return;
   if (!dbias) throw std::invalid_argument("column_sum_accumulate_noscratch: dbias is null");
   if (!dout) throw std::invalid_argument("column_sum_accumulate_noscratch: dout is null");
   using CS = gemm_detail::ColumnSumTraits;
-  gemm_detail::column_sum_slab_kernel<<<ceil_div(N, CS::kCols), CS::kThreads, 0, stream>>>(dbias, dout, R, N);
+  const dim3 grid(ceil_div(N, CS::kCols));
+  if (dout.is_bf16())
+    gemm_detail::column_sum_slab_kernel<<<grid, CS::kThreads, 0, stream>>>(
+        dbias, static_cast<const __nv_bfloat16*>(dout.data), R, N);
+  else
+    gemm_detail::column_sum_slab_kernel<<<grid, CS::kThreads, 0, stream>>>(dbias, dout.f32("dout"), R, N);
   EMAE_CHECK_LAUNCH("column_sum_slab_kernel");
 }
 
@@ -493,11 +544,13 @@ inline size_t matmul_backward_scratch_floats(int R, int K, int N) {
 // skipped when null); dweight (N, K) += doutᵀ · inp (split over the rows when N·K has few tiles);
 // dbias (N) += Σ_rows dout (skipped when null; the dweight GEMM's a_sums when there is scratch).
 // scratch: matmul_backward_scratch_floats(R, K, N) floats, used by one kernel at a time (stream
-// order), or null (no split-K, dbias without scratch).
+// order), or null (no split-K, dbias without scratch). dweight and dbias are fp32 (parameter
+// gradients); the other views may be bf16 on the bf16 paths, dbias then summing dout's bf16 values
+// widened to fp32, in the fp32 path's order.
 template <class Run>
-inline void matmul_backward_with(Run&& run, float* dinp, float* dweight, float* dbias, const float* dout,
-                                 const float* inp, const float* weight, int R, int K, int N, float* scratch,
-                                 cudaStream_t stream, const float* gelu_inp = nullptr) {
+inline void matmul_backward_with(Run&& run, Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp,
+                                 ActIn weight, int R, int K, int N, float* scratch, cudaStream_t stream,
+                                 ActIn gelu_inp = nullptr) {
   if (dinp) {
     GemmParams p;
     p.M = R; p.N = K; p.K = N;

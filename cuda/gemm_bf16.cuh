@@ -1,12 +1,13 @@
 // The bf16-operand GEMM path (issue 11): both operands bf16 and K-contiguous in global memory,
-// fp32 accumulation and output, the epilogue of GemmParams (epilogue_store in gemm.cuh).
+// fp32 accumulation, the epilogue of GemmParams (epilogue_store in gemm.cuh) in fp32, C and the
+// GELU buffers stored fp32 or bf16 (rounded once, at the store).
 //   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias (N)] [+ residual (M, N), leading dim ldc]
 //              [· gelu'(gelu_inp (M, N))];  gelu_out (M, N) = gelu(C) when asked
 // Two kernels implement it: gemm_sm80.cuh (mma.sync, cp.async multistage; sm_80 and newer) and
-// gemm_sm90.cuh (wgmma fed by TMA; sm_90a only). Today's activations are fp32, so gemm_via_bf16()
-// converts each operand once into a K-contiguous bf16 copy (transposing where the stored layout is
-// M- or N-contiguous) and runs the chosen kernel on the copies; a later change that stores
-// activations in bf16 feeds the kernels directly.
+// gemm_sm90.cuh (wgmma fed by TMA; sm_90a only). gemm_via_bf16() (gemm_dispatch.cuh) hands an
+// operand that is already bf16, K-contiguous and 16-byte aligned to the kernels as it is; any other
+// (fp32, or stored M- or N-contiguous) is copied once into a K-contiguous bf16 operand (converting,
+// transposing where needed) by the conversion kernels below.
 // Invariants:
 //   - A and B: 16-byte aligned base, lda/ldb multiples of 8 elements (16 bytes, as TMA and cp.async
 //     need), ld ≥ K; elements past K in a row are never read as data (kernels zero-fill past K);
@@ -41,12 +42,12 @@ struct GemmBf16Params {
   int M = 0, N = 0, K = 0;
   const bf16* A = nullptr; int lda = 0;  // (M, K), K contiguous
   const bf16* B = nullptr; int ldb = 0;  // (N, K), K contiguous
-  float* C = nullptr; int ldc = 0;       // (M, N) fp32
-  bool accumulate = false;               // C += … instead of C = …
+  Act C; int ldc = 0;                    // (M, N) fp32, or bf16 (not with accumulate or residual)
+  bool accumulate = false;               // C += … instead of C = … (fp32 C)
   const float* bias = nullptr;           // (N) or null
-  const float* residual = nullptr;       // (M, N) at ldc, or null
-  float* gelu_out = nullptr;             // (M, N) at ldc, or null: gelu(C's new value)
-  const float* gelu_inp = nullptr;       // (M, N) at ldc, or null: C's new value · gelu'(gelu_inp)
+  const float* residual = nullptr;       // (M, N) at ldc, or null (fp32, and so is C)
+  Act gelu_out;                          // (M, N) at ldc, or null: gelu(C's new value); fp32 or bf16
+  ActIn gelu_inp;                        // (M, N) at ldc, or null: C's new value · gelu'(gelu_inp); fp32 or bf16
   int splits = 1;                        // K pieces; > 1 needs partial
   int k_split = 0;                       // K elements per piece (multiple of the kernel's BK); 0: all of K
   float* partial = nullptr;              // [splits][M][N] fp32 when splits > 1
@@ -92,34 +93,40 @@ __host__ __device__ __forceinline__ bool gelu_instantiation(const GemmBf16Params
 namespace bf16_detail {
 
 // dst (rows, ld_dst) bf16 ← src viewed as (rows, cols): src[r·ld_src + c] (row-contiguous) or,
-// transposed, src[c·ld_src + r]. Columns cols..ld_dst−1 are written as 0 so a padded row never
-// carries garbage into a kernel that reads whole 16-byte chunks. 32×32 tiles through shared memory
-// keep both the fp32 reads and the bf16 writes coalesced in the transposed case.
+// transposed, src[c·ld_src + r]; src fp32 (rounded to nearest even) or bf16 (copied exactly: it
+// is staged widened to fp32, and rounding that back is the identity). Columns cols..ld_dst−1 are
+// written as 0 so a padded row never carries garbage into a kernel that reads whole 16-byte chunks.
+// 32×32 tiles through shared memory keep both the reads and the bf16 writes coalesced in the
+// transposed case.
 constexpr int kConvTile = 32, kConvRows = 8;  // a block is 32 × 8 threads, 4 rows each
 constexpr int kSumChunk = kColumnSumRowChunk;  // view columns per row-sum partial (column_sum_accumulate's chunk)
 static_assert(kSumChunk % kConvTile == 0, "a sum chunk is whole tiles");
 static_assert(kSumChunk % 8 == 0, "chunks of the K columns and of bf16_ld(K) columns coincide");
 
+template <class Src>                   // float or bf16
 struct ConvArgs {
   bf16* dst; int ld_dst;                 // (rows, ld_dst) bf16
-  const float* src; long long ld_src;    // the view (rows, cols), stored (rows, ·) or, transposed, (cols, ·)
+  const Src* src; long long ld_src;      // the view (rows, cols), stored (rows, ·) or, transposed, (cols, ·)
   int rows, cols;
 };
+using gemm_detail::widen;
 using ConvTile = float[kConvTile][kConvTile + 1];
 
 // The transposed tile at view (r0, c0) in two steps with a barrier between them; each is one
 // thread's (tx < 32, ty < 8) part, host-callable so the CPU emulations run them thread by thread.
 // Step 1: read src rows = view columns (coalesced along view rows) into tile[view col − c0][view row − r0].
-__host__ __device__ __forceinline__ void stage_transposed(ConvTile& tile, const ConvArgs& a, int r0, int c0, int tx,
-                                                          int ty) {
+template <class Src>
+__host__ __device__ __forceinline__ void stage_transposed(ConvTile& tile, const ConvArgs<Src>& a, int r0, int c0,
+                                                          int tx, int ty) {
 #pragma unroll
   for (int i = 0; i < kConvTile; i += kConvRows) {
     const int c = c0 + ty + i, r = r0 + tx;  // element (r, c) of the view lives at src[c·ld + r]
-    tile[ty + i][tx] = (c < a.cols && r < a.rows) ? a.src[(size_t)c * a.ld_src + r] : 0.f;
+    tile[ty + i][tx] = (c < a.cols && r < a.rows) ? widen(a.src[(size_t)c * a.ld_src + r]) : 0.f;
   }
 }
 // Step 2: write dst rows (coalesced) from the staged tile.
-__host__ __device__ __forceinline__ void write_transposed(const ConvTile& tile, const ConvArgs& a, int r0, int c0,
+template <class Src>
+__host__ __device__ __forceinline__ void write_transposed(const ConvTile& tile, const ConvArgs<Src>& a, int r0, int c0,
                                                           int tx, int ty) {
 #pragma unroll
   for (int i = 0; i < kConvTile; i += kConvRows) {
@@ -146,8 +153,8 @@ struct DeviceBlock {
 
 // Block (x, y) converts the view's 32 × 32 tile (32x, 32y).
 #pragma nv_exec_check_disable
-template <class Block>
-__host__ __device__ __forceinline__ void convert_block(ConvTile& tile, const ConvArgs& a, bool transposed,
+template <class Block, class Src>
+__host__ __device__ __forceinline__ void convert_block(ConvTile& tile, const ConvArgs<Src>& a, bool transposed,
                                                        const Block& b) {
   const int r0 = b.block_x() * kConvTile, c0 = b.block_y() * kConvTile;  // rows on x: up to 2^31 − 1 tiles
   const int tx = b.thread_x(), ty = b.thread_y();
@@ -156,7 +163,7 @@ __host__ __device__ __forceinline__ void convert_block(ConvTile& tile, const Con
     for (int i = 0; i < kConvTile; i += kConvRows) {
       const int r = r0 + ty + i, c = c0 + tx;
       if (r < a.rows && c < a.ld_dst)
-        a.dst[(size_t)r * a.ld_dst + c] = __float2bfloat16_rn(c < a.cols ? a.src[r * a.ld_src + c] : 0.f);
+        a.dst[(size_t)r * a.ld_dst + c] = __float2bfloat16_rn(c < a.cols ? widen(a.src[r * a.ld_src + c]) : 0.f);
     }
     return;
   }
@@ -167,10 +174,10 @@ __host__ __device__ __forceinline__ void convert_block(ConvTile& tile, const Con
 
 // The transposed conversion plus row sums of the view: block (x, y) converts view rows
 // [32x, 32x + 32) × columns [kSumChunk·y, kSumChunk·(y + 1)) tile by tile and writes
-// partial[y][r] = Σ of row r over the chunk's columns, added in column order.
+// partial[y][r] = Σ of row r over the chunk's columns (widened to fp32), added in column order.
 #pragma nv_exec_check_disable
-template <class Block>
-__host__ __device__ __forceinline__ void convert_row_sums_block(ConvTile& tile, const ConvArgs& a,
+template <class Block, class Src>
+__host__ __device__ __forceinline__ void convert_row_sums_block(ConvTile& tile, const ConvArgs<Src>& a,
                                                                 float* __restrict__ partial, const Block& b) {
   const int r0 = b.block_x() * kConvTile, c_begin = b.block_y() * kSumChunk;
   const int c_end = c_begin + kSumChunk < a.ld_dst ? c_begin + kSumChunk : a.ld_dst;
@@ -186,18 +193,20 @@ __host__ __device__ __forceinline__ void convert_row_sums_block(ConvTile& tile, 
   if (ty == 0 && r0 + tx < a.rows) partial[(size_t)b.block_y() * a.rows + r0 + tx] = sum;
 }
 
-static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_kernel(
-    bf16* __restrict__ dst, int ld_dst, const float* __restrict__ src, long long ld_src, int rows, int cols,
+template <class Src>
+__global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_kernel(
+    bf16* __restrict__ dst, int ld_dst, const Src* __restrict__ src, long long ld_src, int rows, int cols,
     bool transposed) {
   __shared__ ConvTile tile;
-  convert_block(tile, ConvArgs{dst, ld_dst, src, ld_src, rows, cols}, transposed, DeviceBlock{});
+  convert_block(tile, ConvArgs<Src>{dst, ld_dst, src, ld_src, rows, cols}, transposed, DeviceBlock{});
 }
 
-static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_row_sums_kernel(
-    bf16* __restrict__ dst, int ld_dst, const float* __restrict__ src, long long ld_src, int rows, int cols,
+template <class Src>
+__global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_row_sums_kernel(
+    bf16* __restrict__ dst, int ld_dst, const Src* __restrict__ src, long long ld_src, int rows, int cols,
     float* __restrict__ partial) {
   __shared__ ConvTile tile;
-  convert_row_sums_block(tile, ConvArgs{dst, ld_dst, src, ld_src, rows, cols}, partial, DeviceBlock{});
+  convert_row_sums_block(tile, ConvArgs<Src>{dst, ld_dst, src, ld_src, rows, cols}, partial, DeviceBlock{});
 }
 
 }  // namespace bf16_detail
@@ -206,22 +215,26 @@ static __global__ void __launch_bounds__(kConvTile * kConvRows) convert_bf16_row
 inline int bf16_ld(int K) { return (K + 7) / 8 * 8; }
 
 // dst (rows, bf16_ld(cols)) ← the (rows, cols) view of src, transposed when src stores it (cols, rows).
-inline void convert_to_bf16(bf16* dst, const float* src, int rows, int cols, long long ld_src, bool transposed,
+// Src: float (rounded) or bf16 (copied).
+template <class Src>
+inline void convert_to_bf16(bf16* dst, const Src* src, int rows, int cols, long long ld_src, bool transposed,
                             cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   using namespace bf16_detail;
   const int ld_dst = bf16_ld(cols);
   if (ceil_div(ld_dst, kConvTile) > 65535) throw std::invalid_argument("convert_to_bf16: more than 2^21 columns");
   const dim3 grid(ceil_div(rows, kConvTile), ceil_div(ld_dst, kConvTile));
-  convert_bf16_kernel<<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols, transposed);
+  convert_bf16_kernel<Src><<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols, transposed);
   EMAE_CHECK_LAUNCH("convert_bf16_kernel");
 }
 
 // The transposed convert_to_bf16 (src stores the view (cols, rows)) that also adds the view's row
 // sums to row_sums (rows): row_sums[r] += Σ_c src[c·ld_src + r], bit for bit what
-// column_sum_accumulate(row_sums, src, cols, rows, ld_src, …) adds. scratch:
-// column_sum_scratch_floats(cols, rows) floats for the per-chunk partials.
-inline void convert_to_bf16_with_row_sums(bf16* dst, float* row_sums, const float* src, int rows, int cols,
+// column_sum_accumulate(row_sums, src, cols, rows, ld_src, …) adds (a bf16 src: what it adds for an
+// fp32 array holding src's values). scratch: column_sum_scratch_floats(cols, rows) floats for the
+// per-chunk partials.
+template <class Src>
+inline void convert_to_bf16_with_row_sums(bf16* dst, float* row_sums, const Src* src, int rows, int cols,
                                           long long ld_src, float* scratch, cudaStream_t stream) {
   if (rows <= 0 || cols <= 0) return;
   using namespace bf16_detail;
@@ -229,7 +242,7 @@ inline void convert_to_bf16_with_row_sums(bf16* dst, float* row_sums, const floa
   const int chunks = ceil_div(cols, kSumChunk);  // = ceil_div(ld_dst, kSumChunk): kSumChunk is a multiple of 8
   if (chunks > 65535) throw std::invalid_argument("convert_to_bf16_with_row_sums: more than 2^24 columns");
   const dim3 grid(ceil_div(rows, kConvTile), chunks);
-  convert_bf16_row_sums_kernel<<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols,
+  convert_bf16_row_sums_kernel<Src><<<grid, dim3(kConvTile, kConvRows), 0, stream>>>(dst, ld_dst, src, ld_src, rows, cols,
                                                                                 scratch);
   EMAE_CHECK_LAUNCH("convert_bf16_row_sums_kernel");
   reduce_chunks_kernel<<<ceil_div(rows, 128), 128, 0, stream>>>(row_sums, scratch, chunks, rows);  // chunk order
@@ -277,6 +290,7 @@ inline void check_bf16_params(const GemmBf16Params& p) {
   auto bad = [](const std::string& what) { throw std::invalid_argument("gemm_bf16: " + what); };
   if (p.M < 0 || p.N < 0 || p.K < 0) bad("M, N, K must be >= 0");
   if (p.M > 0 && p.N > 0 && !p.C) bad("C is null");
+  if (!p.C.is_f32() && (p.accumulate || p.residual)) bad("accumulate and residual need an fp32 C");
   if (p.ldc < p.N) bad("ldc must be >= N");
   if (p.K > 0) {
     if (!p.A || !p.B) bad("A or B is null");

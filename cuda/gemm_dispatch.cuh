@@ -1,8 +1,9 @@
-// Which kernel runs a GemmParams (fp32 operands in any of the step's layouts), and running it.
-//   mma   gemm.cuh's kernel: fp32 operands converted while loading, mma.sync; verified on an H100;
-//         the default until a device run verifies the others
+// Which kernel runs a GemmParams (operands in any of the step's layouts), and running it.
+//   mma   gemm.cuh's kernel: fp32 views only, operands converted while loading, mma.sync; verified
+//         on an H100; the default until a device run verifies the others
 //   sm80  gemm_via_bf16 + gemm_sm80.cuh (cp.async multistage, mma.sync; compute capability ≥ 8.0)
 //   sm90  gemm_via_bf16 + gemm_sm90.cuh (TMA + wgmma; compute capability 9.0 with the sm_90a build)
+// The bf16 paths take fp32 or bf16 operand views, and C and the GELU buffers in either type.
 // EMAE_CUDA_GEMM=mma|sm80|sm90|auto chooses; auto (or unset) is mma. A path the device cannot run
 // is refused with a sentence when the backend is created, never silently replaced.
 #pragma once
@@ -17,8 +18,19 @@
 
 namespace emae::cuda {
 
-// bf16 elements gemm_via_bf16 needs for the K-contiguous copies of A (M × ld) and B (N × ld).
-inline size_t gemm_operand_elems(const GemmParams& p) { return (size_t)(p.M + p.N) * bf16_ld(p.K); }
+// Whether an operand view (rows, K), stored K-contiguous (k_contig) or not with row stride ld, is
+// what the bf16 kernels read as it is: bf16, K-contiguous, 16-byte aligned base and row stride.
+inline bool direct_operand(ActIn v, bool k_contig, int ld) {
+  return v.is_bf16() && k_contig && ld % 8 == 0 && reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
+}
+inline bool direct_a(const GemmParams& p) { return !p.a_sums && direct_operand(p.A, !p.trans_a, p.lda); }
+inline bool direct_b(const GemmParams& p) { return direct_operand(p.B, p.trans_b, p.ldb); }
+
+// bf16 elements gemm_via_bf16 needs for the K-contiguous copies of A (M × ld) and B (N × ld), of
+// those that are not read in place (direct_a, direct_b).
+inline size_t gemm_operand_elems(const GemmParams& p) {
+  return (size_t)((direct_a(p) ? 0 : p.M) + (direct_b(p) ? 0 : p.N)) * bf16_ld(p.K);
+}
 
 // p's epilogue as GemmBf16Params fields (no operands).
 inline GemmBf16Params bf16_epilogue(const GemmParams& p) {
@@ -29,22 +41,47 @@ inline GemmBf16Params bf16_epilogue(const GemmParams& p) {
   return q;
 }
 
-// The bf16 problem of p: its epilogue, and A and B converted (and transposed where stored M- or
-// N-contiguous) into `operands` (gemm_operand_elems(p) bf16, 16-byte aligned); p.a_sums added to
-// while A is converted (partials in p.workspace, free again when this returns, in stream order).
-// p.K > 0.
+// Calls f with v's typed pointer: const float* or const bf16*.
+template <class F>
+inline void with_operand(ActIn v, F&& f) {
+  if (v.is_bf16()) f(static_cast<const bf16*>(v.data));
+  else f(v.f32("gemm operand"));
+}
+
+// The bf16 problem of p: its epilogue, and A and B as the kernels read them. An operand that is
+// direct (direct_a, direct_b: the step's bf16 activations and the bf16 weight copy in the forward
+// GEMMs, dout in the input-gradient GEMM) is used in place; any other is copied once into
+// `operands` (gemm_operand_elems(p) bf16, 16-byte aligned): fp32 converted, and transposed where
+// stored M- or N-contiguous (the weight in the input-gradient GEMM, dout and inp in the
+// weight-gradient GEMM; MN-major operands for wgmma and ldmatrix.trans in the kernels would remove
+// these copies later). p.a_sums is added to while A is copied (partials in p.workspace, free again
+// when this returns, in stream order). p.K > 0.
 inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cudaStream_t stream) {
-  if (!operands || reinterpret_cast<uintptr_t>(operands) % 16) throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
   GemmBf16Params q = bf16_epilogue(p);
   const int ld = bf16_ld(p.K);
-  bf16* a = operands;
-  bf16* b = operands + (size_t)p.M * ld;  // M·ld·2 bytes is a multiple of 16
-  if (p.a_sums)  // trans_a (check_gemm_params): A stored (K, M)
-    convert_to_bf16_with_row_sums(a, p.a_sums, p.A, p.M, p.K, p.lda, p.workspace, stream);
-  else
-    convert_to_bf16(a, p.A, p.M, p.K, p.lda, p.trans_a, stream);  // A stored (K, M) when trans_a
-  convert_to_bf16(b, p.B, p.N, p.K, p.ldb, !p.trans_b, stream);  // B stored (K, N) unless trans_b
-  q.A = a; q.lda = ld; q.B = b; q.ldb = ld;
+  const bool a_in_place = direct_a(p), b_in_place = direct_b(p);
+  if (!(a_in_place && b_in_place) && (!operands || reinterpret_cast<uintptr_t>(operands) % 16))
+    throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
+  bf16* next = operands;  // each copy takes rows·ld elements: a multiple of 16 bytes
+  if (a_in_place) {
+    q.A = static_cast<const bf16*>(p.A.data); q.lda = p.lda;
+  } else {
+    with_operand(p.A, [&](const auto* a) {
+      if (p.a_sums)  // trans_a (check_gemm_params): A stored (K, M)
+        convert_to_bf16_with_row_sums(next, p.a_sums, a, p.M, p.K, p.lda, p.workspace, stream);
+      else
+        convert_to_bf16(next, a, p.M, p.K, p.lda, p.trans_a, stream);  // A stored (K, M) when trans_a
+    });
+    q.A = next; q.lda = ld;
+    next += (size_t)p.M * ld;
+  }
+  if (b_in_place) {
+    q.B = static_cast<const bf16*>(p.B.data); q.ldb = p.ldb;
+  } else {
+    // B stored (K, N) unless trans_b
+    with_operand(p.B, [&](const auto* b) { convert_to_bf16(next, b, p.N, p.K, p.ldb, !p.trans_b, stream); });
+    q.B = next; q.ldb = ld;
+  }
   return q;
 }
 
@@ -74,7 +111,11 @@ inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, in
   check_gemm_params(p);
   if (p.M == 0) return;
   if (p.N == 0) {  // no product, no operand copies; the row sums of A still count
-    if (p.a_sums) column_sum_accumulate(p.a_sums, p.A, p.K, p.M, p.lda, p.workspace, stream);
+    if (p.a_sums && p.A.is_bf16())  // the copy with row sums (a bf16 A has no separate column-sum pass)
+      convert_to_bf16_with_row_sums(operands, p.a_sums, static_cast<const bf16*>(p.A.data), p.M, p.K, p.lda,
+                                    p.workspace, stream);
+    else if (p.a_sums)
+      column_sum_accumulate(p.a_sums, p.A.f32("gemm A"), p.K, p.M, p.lda, p.workspace, stream);
     return;
   }
   if (p.K == 0) {  // the epilogue of zero sums: the reduction over no partials (a_sums: += nothing)

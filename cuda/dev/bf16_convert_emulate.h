@@ -78,28 +78,38 @@ bool run_grid(int gx, int gy, Body body) {
   return ok;
 }
 
+// The element type the header's kernels see: float, or bf16 for bf16 bits (uint16_t) on the host.
+template <class Src> struct device_type { using type = float; };
+template <> struct device_type<uint16_t> { using type = bf16; };
+template <class Src> using device_type_t = typename device_type<Src>::type;
+inline const float* device_ptr(const float* p) { return p; }
+inline const bf16* device_ptr(const uint16_t* p) { return reinterpret_cast<const bf16*>(p); }
+
 }  // namespace convert_emulation
 
-// convert_to_bf16 on the host: dst (rows, bf16_ld(cols)) ← the (rows, cols) view of src.
-inline bool emulate_convert_to_bf16(uint16_t* dst, const float* src, int rows, int cols, long long ld_src,
+// convert_to_bf16 on the host: dst (rows, bf16_ld(cols)) ← the (rows, cols) view of src (Src:
+// float, or bf16 given as its bits).
+template <class Src>
+inline bool emulate_convert_to_bf16(uint16_t* dst, const Src* src, int rows, int cols, long long ld_src,
                                     bool transposed) {
   using namespace convert_emulation;
   if (rows <= 0 || cols <= 0) return true;
   const int ld_dst = emae::cuda::bf16_ld(cols);
-  const ConvArgs a{reinterpret_cast<bf16*>(dst), ld_dst, src, ld_src, rows, cols};
+  const ConvArgs<device_type_t<Src>> a{reinterpret_cast<bf16*>(dst), ld_dst, device_ptr(src), ld_src, rows, cols};
   return run_grid(emae::cuda::ceil_div(rows, kConvTile), emae::cuda::ceil_div(ld_dst, kConvTile),
                   [&](ConvTile& tile, const HostBlock& b) { convert_block(tile, a, transposed, b); });
 }
 
 // convert_to_bf16_with_row_sums on the host (src stores the view (cols, rows)); row_sums (rows) +=.
-inline bool emulate_convert_with_row_sums(uint16_t* dst, float* row_sums, const float* src, int rows, int cols,
+template <class Src>
+inline bool emulate_convert_with_row_sums(uint16_t* dst, float* row_sums, const Src* src, int rows, int cols,
                                           long long ld_src) {
   using namespace convert_emulation;
   if (rows <= 0 || cols <= 0) return true;
   const int ld_dst = emae::cuda::bf16_ld(cols);
   const int chunks = emae::cuda::ceil_div(cols, kSumChunk);
   std::vector<float> partial((size_t)chunks * rows, std::nanf(""));
-  const ConvArgs a{reinterpret_cast<bf16*>(dst), ld_dst, src, ld_src, rows, cols};
+  const ConvArgs<device_type_t<Src>> a{reinterpret_cast<bf16*>(dst), ld_dst, device_ptr(src), ld_src, rows, cols};
   const bool ok = run_grid(emae::cuda::ceil_div(rows, kConvTile), chunks, [&](ConvTile& tile, const HostBlock& b) {
     convert_row_sums_block(tile, a, partial.data(), b);
   });

@@ -27,6 +27,13 @@
 // norm is at least about half the pre-activation's); a_sums (the dweight GEMM's bias gradient) on
 // every path: within kTolSum of the double column sums and bit for bit what column_sum_accumulate
 // (the separate pass it replaces on the bf16 paths) adds; outputs poisoned, sentinels around them.
+// bf16 views (issue 11, bf16 paths only; the mma path must refuse them with a sentence): the sweep
+// over all layouts and the special cases run again with A, B and gelu_inp stored in bf16 (read in
+// place when K-contiguous and aligned, else copied), and C and gelu_out in bf16 where the step
+// stores them so (assigned, no residual). The fp32 buffers hold the same bf16 values, so the double
+// reference is the one on the bf16 inputs; a bf16 output adds its one rounding (≤ 2^-9 relative
+// each) to the tolerance; a_sums from a bf16 A must equal column_sum_accumulate on those values
+// bit for bit, and so must the scratch-free dbias of a bf16 dout.
 // Flags: --verbose prints every case of the size sweep; --no-bench skips the timings.
 #include <cuda_runtime.h>
 
@@ -44,6 +51,10 @@
 #include "cuda/gemm.cuh"
 #include "cuda/gemm_dispatch.cuh"
 
+using emae::ActIn;
+using emae::Act;
+using emae::DType;
+using emae::cuda::bf16;
 using emae::cuda::GemmParams;
 using emae::cuda::GemmPath;
 
@@ -53,6 +64,7 @@ constexpr float kSentinel = 12345.5f;
 constexpr double kTolFp32 = 1e-2, kTolSum = 1e-5;  // fp32 inputs; column sums (fp32 CUDA cores)
 
 double tol_bf16(int K) { return std::max(1e-5, std::ldexp(K / 8.0, -23)); }
+const double kTolStoreBf16 = std::ldexp(1.0, -9);  // one rounding of a bf16 output, relative
 
 // ---- device buffers -------------------------------------------------------------------------
 template <typename T>
@@ -106,6 +118,31 @@ __global__ void fill_random_kernel(float* p, size_t n, uint64_t seed, float amp)
     p[i] = amp * hash_uniform(seed, i);
 }
 
+// p[i] ← p[i] rounded to bf16 (kept in fp32): the values the bf16 copies hold
+__global__ void round_bf16_kernel(float* p, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = __bfloat162float(__float2bfloat16_rn(p[i]));
+}
+
+// bf16 copy of src (NaN stays NaN; kSentinel becomes bf16(kSentinel), mapped back by widen_kernel)
+__global__ void to_bf16_kernel(bf16* dst, const float* src, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+__global__ void widen_kernel(float* dst, const bf16* src, size_t n) {
+  const unsigned short sentinel = __bfloat16_as_ushort(__float2bfloat16_rn(kSentinel));
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = __bfloat16_as_ushort(src[i]) == sentinel ? kSentinel : __bfloat162float(src[i]);
+}
+void to_bf16(bf16* dst, const float* src, size_t n) {
+  to_bf16_kernel<<<1024, 256>>>(dst, src, n);
+  EMAE_CHECK_LAUNCH("to_bf16_kernel");
+}
+void widen(float* dst, const bf16* src, size_t n) {
+  widen_kernel<<<1024, 256>>>(dst, src, n);
+  EMAE_CHECK_LAUNCH("widen_kernel");
+}
+
 // C buffer of rows_total × ldc: region (m < M, n < N) random (accumulate) or NaN, the rest sentinel
 __global__ void init_c_kernel(float* c, int M, int N, int ldc, int rows_total, bool random, uint64_t seed) {
   const size_t total = (size_t)rows_total * ldc;
@@ -128,17 +165,19 @@ __global__ void reference_gemm_kernel(const GemmParams p, const float* __restric
   if (m >= p.M || n >= p.N) return;
   double acc = 0.0;
   for (int k = 0; k < p.K; ++k) {
-    const float a = p.trans_a ? p.A[(size_t)k * p.lda + m] : p.A[(size_t)m * p.lda + k];
-    const float b = p.trans_b ? p.B[(size_t)n * p.ldb + k] : p.B[(size_t)k * p.ldb + n];
+    const float* A = static_cast<const float*>(p.A.data);  // reference(): fp32 views
+    const float* B = static_cast<const float*>(p.B.data);
+    const float a = p.trans_a ? A[(size_t)k * p.lda + m] : A[(size_t)m * p.lda + k];
+    const float b = p.trans_b ? B[(size_t)n * p.ldb + k] : B[(size_t)k * p.ldb + n];
     acc += operand(a, round_bf16) * operand(b, round_bf16);
   }
   const size_t at = (size_t)m * p.ldc + n;
   if (p.accumulate) acc += c_before[at];
   if (p.bias) acc += p.bias[n];
   if (p.residual) acc += p.residual[at];
-  if (p.gelu_inp) acc *= emae::gelu_grad((double)p.gelu_inp[at]);
+  if (p.gelu_inp.data) acc *= emae::gelu_grad((double)static_cast<const float*>(p.gelu_inp.data)[at]);
   ref[(size_t)m * p.N + n] = acc;
-  if (p.gelu_out) ref_act[(size_t)m * p.N + n] = emae::gelu(acc);
+  if (p.gelu_out.data) ref_act[(size_t)m * p.N + n] = emae::gelu(acc);
 }
 
 constexpr int kCmpBlocks = 512, kCmpThreads = 256;
@@ -210,9 +249,9 @@ void reference(const GemmParams& p, const float* c_before, double* ref, bool rou
     for (int m0 = 0; m0 < p.M; m0 += rows_per) {
       GemmParams q = p;
       q.M = std::min(rows_per, p.M - m0);
-      q.A = p.trans_a ? p.A + m0 : p.A + (size_t)m0 * p.lda;
+      q.A = p.trans_a ? p.A.at(m0) : p.A.at((size_t)m0 * p.lda);
       if (p.residual) q.residual = p.residual + (size_t)m0 * p.ldc;
-      if (p.gelu_inp) q.gelu_inp = p.gelu_inp + (size_t)m0 * p.ldc;
+      if (p.gelu_inp) q.gelu_inp = p.gelu_inp.at((size_t)m0 * p.ldc);
       reference_gemm_kernel<<<dim3(grid.x, emae::cuda::ceil_div(q.M, 8)), block>>>(
           q, c_before ? c_before + (size_t)m0 * p.ldc : nullptr, ref + (size_t)m0 * p.N,
           ref_act ? ref_act + (size_t)m0 * p.N : nullptr, round_bf16);
@@ -247,7 +286,12 @@ struct Case {
   bool bench = false;                   // time it (median of 20)
   int gelu = 0;                         // 1: gelu_out (GELU forward), 2: gelu_inp (GELU backward)
   bool a_sums = false;                  // a_sums += the row sums of op(A) (trans_a; gets a workspace)
+  bool bf16 = false;                    // bf16 views: A, B, gelu_inp, and C and gelu_out when C is assigned
+                                        // without a residual (the bf16 paths only)
 };
+
+// Whether c stores C (and gelu_out) in bf16.
+bool bf16_output(const Case& c) { return c.bf16 && !c.accumulate && !c.residual; }
 
 struct Outcome {
   double rel_bf16 = 0, rel_fp32 = 0, ms = 0;
@@ -270,9 +314,9 @@ unsigned long long check_a_sums(const GemmParams& p, const float* before, const 
                                 float* want, double* ref, Outcome& o) {
   DeviceBuffer<float> scratch(emae::cuda::column_sum_scratch_floats(p.K, p.M));
   EMAE_CUDA_CHECK(cudaMemcpy(want, before, (p.M + 1) * sizeof(float), cudaMemcpyDeviceToDevice));
-  emae::cuda::column_sum_accumulate(want, p.A, p.K, p.M, p.lda, scratch.ptr, 0);
+  emae::cuda::column_sum_accumulate(want, p.A.f32(), p.K, p.M, p.lda, scratch.ptr, 0);
   if (p.M > 0) {
-    column_sum_reference_kernel<<<emae::cuda::ceil_div(p.M, 128), 128>>>(ref, before, p.A, p.K, p.M, p.lda);
+    column_sum_reference_kernel<<<emae::cuda::ceil_div(p.M, 128), 128>>>(ref, before, p.A.f32(), p.K, p.M, p.lda);
     EMAE_CHECK_LAUNCH("column_sum_reference_kernel");
   }
   std::vector<float> h(p.M + 1), w(p.M + 1), f(p.M + 1);
@@ -321,6 +365,36 @@ Outcome run_case(const Case& c, uint64_t seed) {
   EMAE_CHECK_LAUNCH("init_c_kernel");
   EMAE_CUDA_CHECK(cudaMemcpy(C_before.ptr, C.ptr, C.n * sizeof(float), cudaMemcpyDeviceToDevice));
   EMAE_CUDA_CHECK(cudaMemcpy(a_sums_before.ptr, a_sums.ptr, a_sums.n * sizeof(float), cudaMemcpyDeviceToDevice));
+  // bf16 views: the fp32 inputs rounded to the bf16 values, copied to bf16 buffers of the same layout;
+  // a bf16 C / gelu_out starts as the bf16 copy of the poisoned fp32 one and is widened back into it
+  // (sentinels mapped back) after each run, so the checks below read fp32 either way
+  const bool out_bf16 = bf16_output(c);
+  DeviceBuffer<bf16> A16(c.bf16 ? A.n : 0), B16(c.bf16 ? B.n : 0), gelu_inp16(c.bf16 ? gelu_inp.n : 0);
+  DeviceBuffer<bf16> C16(out_bf16 ? C.n : 0), gelu_out16(out_bf16 ? gelu_out.n : 0);
+  if (c.bf16) {
+    for (DeviceBuffer<float>* b : {&A, &B, &gelu_inp}) {
+      round_bf16_kernel<<<1024, 256>>>(b->ptr, b->n);
+      EMAE_CHECK_LAUNCH("round_bf16_kernel");
+    }
+    to_bf16(A16.ptr, A.ptr, A.n);
+    to_bf16(B16.ptr, B.ptr, B.n);
+    to_bf16(gelu_inp16.ptr, gelu_inp.ptr, gelu_inp.n);
+  }
+  auto reset_outputs = [&] {  // the bf16 outputs from the poisoned fp32 ones
+    if (!out_bf16) return;
+    to_bf16(C16.ptr, C_before.ptr, C.n);
+    if (c.gelu == 1) {  // poisoned again (the fp32 buffer holds the last widened result)
+      init_c_kernel<<<1024, 256>>>(gelu_out.ptr, c.M, c.N, ldc, c_rows, false, 0);
+      EMAE_CHECK_LAUNCH("init_c_kernel");
+      to_bf16(gelu_out16.ptr, gelu_out.ptr, gelu_out.n);
+    }
+  };
+  auto widen_outputs = [&] {
+    if (!out_bf16) return;
+    widen(C.ptr, C16.ptr, C.n);
+    if (c.gelu == 1) widen(gelu_out.ptr, gelu_out16.ptr, gelu_out.n);
+  };
+  reset_outputs();
 
   GemmParams p;
   p.trans_a = c.trans_a; p.trans_b = c.trans_b;
@@ -334,6 +408,16 @@ Outcome run_case(const Case& c, uint64_t seed) {
   p.gelu_out = c.gelu == 1 ? gelu_out.ptr : nullptr;
   p.gelu_inp = c.gelu == 2 ? gelu_inp.ptr : nullptr;
   p.a_sums = c.a_sums ? a_sums.ptr : nullptr;
+  const GemmParams r = p;  // the reference's fp32 views (holding the bf16 values when c.bf16)
+  if (c.bf16) {
+    p.A = ActIn(A16.ptr + c.off_a, DType::kBF16);
+    p.B = ActIn(B16.ptr + c.off_b, DType::kBF16);
+    if (c.gelu == 2) p.gelu_inp = ActIn(gelu_inp16.ptr, DType::kBF16);
+  }
+  if (out_bf16) {
+    p.C = Act(C16.ptr, DType::kBF16);
+    if (c.gelu == 1) p.gelu_out = Act(gelu_out16.ptr, DType::kBF16);
+  }
   // the backend's dweight scratch size for this shape (R = K, K = N, N = M of the GEMM); a_sums
   // needs one too (its chunk partials)
   const size_t ws_floats = c.split_k || c.a_sums ? emae::cuda::matmul_backward_scratch_floats(c.K, c.N, c.M) : 0;
@@ -342,6 +426,7 @@ Outcome run_case(const Case& c, uint64_t seed) {
   p.workspace_floats = ws_floats;
 
   run_gemm(p);
+  widen_outputs();
   EMAE_CUDA_CHECK(cudaDeviceSynchronize());
 
   if (c.repeat) {  // same inputs again: bit-identical output
@@ -350,15 +435,17 @@ Outcome run_case(const Case& c, uint64_t seed) {
     if (c.gelu == 1) EMAE_CUDA_CHECK(cudaMemcpy(gelu_first.ptr, gelu_out.ptr, gelu_out.n * sizeof(float), cudaMemcpyDeviceToDevice));
     EMAE_CUDA_CHECK(cudaMemcpy(a_sums_first.ptr, a_sums.ptr, a_sums.n * sizeof(float), cudaMemcpyDeviceToDevice));
     EMAE_CUDA_CHECK(cudaMemcpy(a_sums.ptr, a_sums_before.ptr, a_sums.n * sizeof(float), cudaMemcpyDeviceToDevice));
+    reset_outputs();
     run_gemm(p);
+    widen_outputs();
     EMAE_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
-  reference(p, C_before.ptr, ref.ptr, true, c.gelu == 1 ? ref_act.ptr : nullptr);
+  reference(r, C_before.ptr, ref.ptr, true, c.gelu == 1 ? ref_act.ptr : nullptr);
   const CompareSums s1 = compare(C.ptr, ref.ptr, c.repeat ? C_first.ptr : nullptr, c.M, c.N, ldc, c_rows);
   CompareSums a1{}, a2{};
   if (c.gelu == 1) a1 = compare(gelu_out.ptr, ref_act.ptr, c.repeat ? gelu_first.ptr : nullptr, c.M, c.N, ldc, c_rows);
-  reference(p, C_before.ptr, ref.ptr, false, c.gelu == 1 ? ref_act.ptr : nullptr);
+  reference(r, C_before.ptr, ref.ptr, false, c.gelu == 1 ? ref_act.ptr : nullptr);
   const CompareSums s2 = compare(C.ptr, ref.ptr, nullptr, c.M, c.N, ldc, c_rows);
   if (c.gelu == 1) a2 = compare(gelu_out.ptr, ref_act.ptr, nullptr, c.M, c.N, ldc, c_rows);
   EMAE_CUDA_CHECK(cudaDeviceSynchronize());
@@ -369,7 +456,7 @@ Outcome run_case(const Case& c, uint64_t seed) {
   o.nonfinite = s1.nonfinite + a1.nonfinite;
   o.sentinel = s1.sentinel + a1.sentinel;
   o.bitdiff = s1.bitdiff + a1.bitdiff;
-  if (c.a_sums) o.sums_bitdiff = check_a_sums(p, a_sums_before.ptr, a_sums.ptr, c.repeat ? a_sums_first.ptr : nullptr,
+  if (c.a_sums) o.sums_bitdiff = check_a_sums(r, a_sums_before.ptr, a_sums.ptr, c.repeat ? a_sums_first.ptr : nullptr,
                                               a_sums_want.ptr, sums_ref.ptr, o);
   // The fp32-input error of a handful of outputs is one or two bf16 rounding draws, not an
   // average (H100 run, 2026-11-26: M = N = 1 cases reached 1.2e-2 … 1.9e-2 while rel_bf16 passed),
@@ -378,8 +465,10 @@ Outcome run_case(const Case& c, uint64_t seed) {
   const bool fp32_ok = few || (o.rel_fp32 <= kTolFp32 && o.act_fp32 <= kTolFp32);
   // GELU backward: gelu' carries the product's error over (≤ 1.13×) onto outputs whose norm may be
   // smaller than the product's: 2 · tol_bf16 (see the top of the file)
-  const double tol = c.gelu ? 2 * tol_bf16(c.K) : tol_bf16(c.K);
-  o.pass = o.rel_bf16 <= tol && o.act_bf16 <= 2 * tol_bf16(c.K) && fp32_ok && o.nonfinite == 0 && o.sentinel == 0 &&
+  // a bf16 C or gelu_out: plus its one rounding
+  const double store = out_bf16 ? kTolStoreBf16 : 0.0;
+  const double tol = (c.gelu ? 2 * tol_bf16(c.K) : tol_bf16(c.K)) + store;
+  o.pass = o.rel_bf16 <= tol && o.act_bf16 <= 2 * tol_bf16(c.K) + store && fp32_ok && o.nonfinite == 0 && o.sentinel == 0 &&
            o.bitdiff == 0 && o.sums_rel <= kTolSum && o.sums_bitdiff == 0;
 
   if (c.bench) {  // timing: the output is overwritten (or accumulated into) again and again, fine
@@ -406,10 +495,11 @@ Outcome run_case(const Case& c, uint64_t seed) {
 }
 
 void print_case(const Case& c, const Outcome& o) {
-  std::printf("%s %-28s %s M=%d N=%d K=%d lda+%d ldb+%d off %d/%d%s%s%s%s%s%s  rel_bf16 %.2e  rel_fp32 %.2e",
+  std::printf("%s %-28s %s M=%d N=%d K=%d lda+%d ldb+%d off %d/%d%s%s%s%s%s%s%s  rel_bf16 %.2e  rel_fp32 %.2e",
               o.pass ? "PASS" : "FAIL", c.name.c_str(), layout(c), c.M, c.N, c.K, c.pad_a, c.pad_b, c.off_a, c.off_b,
               c.accumulate ? " +=" : "", c.bias ? " +bias" : "", c.residual ? " +res" : "", c.split_k ? " split-K" : "",
-              c.gelu == 1 ? " gelu_out" : c.gelu == 2 ? " ·gelu'" : "", c.a_sums ? " a_sums" : "", o.rel_bf16, o.rel_fp32);
+              c.gelu == 1 ? " gelu_out" : c.gelu == 2 ? " ·gelu'" : "", c.a_sums ? " a_sums" : "",
+              !c.bf16 ? "" : bf16_output(c) ? " bf16 in/out" : " bf16 in", o.rel_bf16, o.rel_fp32);
   if (!o.pass) std::printf("  (tol %.1e / %.0e)", tol_bf16(c.K), kTolFp32);
   if (o.nonfinite) std::printf("  non-finite %llu", o.nonfinite);
   if (o.sentinel) std::printf("  out-of-range writes %llu", o.sentinel);
@@ -433,6 +523,28 @@ Case make(const std::string& name, bool ta, bool tb, int M, int N, int K) {
 }
 
 // ---- dbias (column sums) ------------------------------------------------------------------
+
+// A bf16 dout (the bf16 paths' scratch-free dbias): summed widened, in the fp32 kernel's order, so
+// equal bit for bit to the fp32 kernel on an fp32 dout holding the same values.
+bool check_dbias_bf16(int R, int N, uint64_t seed) {
+  DeviceBuffer<float> dout((size_t)R * N), db(N), want(N);
+  DeviceBuffer<bf16> dout16(dout.n);
+  fill_random(dout.ptr, dout.n, seed * 16 + 7);
+  round_bf16_kernel<<<1024, 256>>>(dout.ptr, dout.n);
+  EMAE_CHECK_LAUNCH("round_bf16_kernel");
+  to_bf16(dout16.ptr, dout.ptr, dout.n);
+  fill_random(db.ptr, db.n, seed * 16 + 8);
+  EMAE_CUDA_CHECK(cudaMemcpy(want.ptr, db.ptr, N * sizeof(float), cudaMemcpyDeviceToDevice));
+  emae::cuda::column_sum_accumulate_noscratch(db.ptr, ActIn(dout16.ptr, DType::kBF16), R, N, 0);
+  emae::cuda::column_sum_accumulate_noscratch(want.ptr, dout.ptr, R, N, 0);
+  std::vector<float> h(N), w(N);
+  EMAE_CUDA_CHECK(cudaMemcpy(h.data(), db.ptr, N * sizeof(float), cudaMemcpyDeviceToHost));
+  EMAE_CUDA_CHECK(cudaMemcpy(w.data(), want.ptr, N * sizeof(float), cudaMemcpyDeviceToHost));
+  const bool pass = std::memcmp(h.data(), w.data(), N * sizeof(float)) == 0;
+  std::printf("%s dbias bf16 dout R=%d N=%d: %s the fp32 sums of the same values\n", pass ? "PASS" : "FAIL", R, N,
+              pass ? "bitwise equal to" : "differs from");
+  return pass;
+}
 
 bool check_dbias(int R, int N, bool with_scratch, uint64_t seed) {
   DeviceBuffer<float> dout((size_t)R * N), db(N), db_before(N), scratch(emae::cuda::column_sum_scratch_floats(R, N));
@@ -598,6 +710,11 @@ bool check_bad_arguments() {
   p = good; p.gelu_out = &other; expect("gelu on mma", "bf16 path", p);
   p = good; p.gelu_out = &other; p.gelu_inp = &dummy; expect("two GELUs", "exclude each other", p);
   p = good; p.a_sums = &other; expect("a_sums, A (M,K)", "trans_a", p);
+  bf16 dummy16[8] = {};
+  p = good; p.A = ActIn(dummy16, DType::kBF16); expect("bf16 A on mma", "EMAE_CUDA_GEMM=sm80 or sm90", p);
+  p = good; p.C = Act(dummy16, DType::kBF16); expect("bf16 C on mma", "EMAE_CUDA_GEMM=sm80 or sm90", p);
+  p = good; p.C = Act(dummy16, DType::kBF16); p.residual = &other; expect("bf16 C + residual", "fp32 C", p);
+  p = good; p.C = Act(dummy16, DType::kBF16); p.accumulate = true; expect("bf16 C +=", "fp32 C", p);
   p = good; p.trans_a = true; p.a_sums = &other; expect("a_sums, no ws", "workspace", p);
   return pass;
 }
@@ -608,9 +725,13 @@ bool check_bad_arguments() {
 int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
   int failures = 0;
   const char* path = emae::cuda::gemm_path_name(g_path);
-  // size sweep: every (M, N, K) from the awkward set, all four layouts, strides and alignment varied
+  const bool bf16_path = g_path != GemmPath::kMma;
+  // size sweep: every (M, N, K) from the awkward set, all four layouts, strides and alignment varied;
+  // on the bf16 paths a second time with bf16 views
   const std::vector<int> sizes = quick ? std::vector<int>{1, 33, 129} : std::vector<int>{1, 7, 33, 100, 129, 257, 1000};
-  for (int lay = 0; lay < 4; ++lay) {
+  for (int sweep = 0; sweep < (bf16_path ? 8 : 4); ++sweep) {
+    const int lay = sweep % 4;
+    const bool bf16_views = sweep >= 4;
     const bool ta = lay >= 2, tb = lay % 2 == 1;
     int cases = 0, bad = 0;
     double worst_bf16 = 0, worst_fp32 = 0;
@@ -618,7 +739,8 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
     for (int M : sizes)
       for (int N : sizes)
         for (int K : sizes) {
-          Case c = make("sweep", ta, tb, M, N, K);
+          Case c = make(bf16_views ? "sweep bf16" : "sweep", ta, tb, M, N, K);
+          c.bf16 = bf16_views;
           c.pad_a = idx % 3 == 1 ? 3 : 0;
           c.pad_b = idx % 5 == 2 ? 1 : 0;
           c.pad_c = 1 + idx % 2;
@@ -632,9 +754,9 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
           if (!o.pass) ++bad;
           if (verbose || (!o.pass && bad <= 20)) print_case(c, o);
         }
-    std::printf("%s [%s] sweep %s: %d cases, %d failed, worst rel_bf16 %.2e, worst rel_fp32 %.2e\n",
-                bad ? "FAIL" : "PASS", path, lay == 0 ? "NN" : lay == 1 ? "NT" : lay == 2 ? "TN" : "TT", cases, bad,
-                worst_bf16, worst_fp32);
+    std::printf("%s [%s] sweep %s%s: %d cases, %d failed, worst rel_bf16 %.2e, worst rel_fp32 %.2e\n",
+                bad ? "FAIL" : "PASS", path, lay == 0 ? "NN" : lay == 1 ? "NT" : lay == 2 ? "TN" : "TT",
+                bf16_views ? " bf16 views" : "", cases, bad, worst_bf16, worst_fp32);
     failures += bad;
   }
 
@@ -649,7 +771,6 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
   // fused epilogues: GELU on the bf16 paths (mma refuses it: the backend composes there), forward
   // on NT (fc1's layout; + bias + residual here), backward on NN (fc2's dinp); split-K off and on
   // (33 × 100 is one tile with ≥ 16 K-tiles: split); K = 0: the epilogue of zero sums
-  const bool bf16_path = g_path != GemmPath::kMma;
   for (int gelu : {1, 2}) {
     if (!bf16_path) break;
     const bool tb = gelu == 1;
@@ -700,6 +821,15 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
       c->repeat = true;
       c->bench = bench;
       cases.push_back(*c);
+    }
+  }
+  if (bf16_path) {  // every case again with bf16 views (the step's bf16 activations)
+    const size_t fp32_cases = cases.size();
+    for (size_t i = 0; i < fp32_cases; ++i) {
+      Case c = cases[i];
+      c.bf16 = true;
+      c.name += " bf16";
+      cases.push_back(c);
     }
   }
   for (const Case& c : cases) {
@@ -857,6 +987,9 @@ int main(int argc, char** argv) {
       for (int N : {1, 33, 2304})
         for (bool with_scratch : {false, true})
           if (!check_dbias(R, N, with_scratch, seed++)) ++failures;
+    for (int R : {1, 129, 50432})
+      for (int N : {33, 2304})
+        if (!check_dbias_bf16(R, N, seed++)) ++failures;
     std::vector<std::pair<std::string, int>> per_path;
     for (GemmPath path : paths) {
       g_path = path;

@@ -236,8 +236,11 @@ struct Case {
   int M, N, K, splits, k_split; bool acc, bias, res;
   Epi epi = Epi::kPlain;
   bool a_sums = false;  // the dweight GEMM: A and B converted from fp32 (A with the bias gradient's row sums)
+  bool bf16 = false;    // bf16 activations (issue 11): gelu_inp bf16, C and gelu_out bf16 when C is assigned
+                        // without a residual; with a_sums, dout and inp bf16 (the bf16 → bf16 transposing copy)
 };
 constexpr float kSentinel = 12345.5f;
+constexpr double kBf16Round = 1.0 / 256;  // a bf16 store's rounding, relative (unit roundoff 2^-8)
 
 // Integer cases (plain epilogue, small integer operands): every sum is exact in fp32, so outputs
 // and split partials are compared bit for bit. Real cases (GELU, a_sums): random bf16 operands in
@@ -245,7 +248,9 @@ constexpr float kSentinel = 12345.5f;
 // (fp32 sums of ≤ 600 terms land within 1e-7 · Σ|terms| here), the GELU outputs with that bound
 // times max|gelu'| (1.13) plus 1e-6 · (1 + |want|) for the float erf/exp (a few ulp; the tanh
 // approximation of GELU is off by up to 3e-4 and fails). Split-K partials are reduced with the
-// header's reduce_output (gemm_reduce_kernel's body).
+// header's reduce_output (gemm_reduce_kernel's body). bf16 cases: the same, against the reference on
+// the bf16 values of gelu_inp, dout and inp, a bf16 C / gelu_out (widened to compare) also within
+// its rounding, 2^-8 · (|want| + tol); the bf16 sentinels must stay.
 static void emulate(const Case& cs, std::mt19937& rng) {
   const int M = cs.M, N = cs.N, K = cs.K;
   const bool real = cs.epi != Epi::kPlain || cs.a_sums;
@@ -266,8 +271,16 @@ static void emulate(const Case& cs, std::mt19937& rng) {
     for (auto& v : dout) v = u(rng) * 4.f;
     for (auto& v : inp) v = u(rng);
     for (int m = 0; m < M; ++m) a_sums[m] = a_sums0[m] = u(rng);
-    CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout.data(), M, K, ld_dout), "A conversion: a barrier timed out");
-    CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp.data(), N, K, ld_inp, true), "B conversion: a barrier timed out");
+    if (cs.bf16) {  // bf16 dout and inp: the fp32 vectors keep their values for the reference
+      std::vector<uint16_t> dout16(dout.size()), inp16(inp.size());
+      for (size_t i = 0; i < dout.size(); ++i) dout[i] = fb(dout16[i] = bf_rn(dout[i]));
+      for (size_t i = 0; i < inp.size(); ++i) inp[i] = fb(inp16[i] = bf_rn(inp[i]));
+      CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout16.data(), M, K, ld_dout), "A copy: a barrier timed out");
+      CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp16.data(), N, K, ld_inp, true), "B copy: a barrier timed out");
+    } else {
+      CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout.data(), M, K, ld_dout), "A conversion: a barrier timed out");
+      CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp.data(), N, K, ld_inp, true), "B conversion: a barrier timed out");
+    }
     for (int m = 0; m < M; ++m)
       for (int k = 0; k < lda; ++k) {
         const uint16_t want = k < K ? bf_rn(dout[(size_t)k * ld_dout + m]) : 0;
@@ -305,6 +318,20 @@ static void emulate(const Case& cs, std::mt19937& rng) {
       C[(size_t)r * ldc + c] = cs.acc || !real ? value() : std::nanf("");  // assigned outputs NaN-poisoned
       gelu_out[(size_t)r * ldc + c] = std::nanf("");
     }
+  // bf16 outputs: bf16 copies of the poisoned buffers (sentinel → bf16(sentinel)), widened back after
+  // the run; gelu_inp: its bf16 values, kept in the fp32 vector for the reference
+  const bool out16 = cs.bf16 && !cs.acc && !cs.res;
+  std::vector<uint16_t> C16(C.size()), gelu_out16(gelu_out.size()), gelu_inp16(gelu_inp.size());
+  if (cs.bf16)
+    for (size_t i = 0; i < gelu_inp.size(); ++i) gelu_inp[i] = fb(gelu_inp16[i] = bf_rn(gelu_inp[i]));
+  const uint16_t sentinel16 = bf_rn(kSentinel), nan16 = 0x7fc0;
+  auto narrow = [&](std::vector<uint16_t>& dst, const std::vector<float>& src) {
+    for (size_t i = 0; i < src.size(); ++i) dst[i] = src[i] == kSentinel ? sentinel16 : std::isnan(src[i]) ? nan16 : bf_rn(src[i]);
+  };
+  auto widen = [&](std::vector<float>& dst, const std::vector<uint16_t>& src) {
+    for (size_t i = 0; i < src.size(); ++i) dst[i] = src[i] == sentinel16 ? kSentinel : fb(src[i]);
+  };
+  if (out16) narrow(C16, C), narrow(gelu_out16, gelu_out);
   const std::vector<float> C0 = C;
   std::vector<float> partial((size_t)cs.splits * M * N, NAN);
 
@@ -318,6 +345,11 @@ static void emulate(const Case& cs, std::mt19937& rng) {
   p.residual = cs.res ? res.data() : nullptr;
   p.gelu_out = cs.epi == Epi::kGeluForward ? gelu_out.data() : nullptr;
   p.gelu_inp = cs.epi == Epi::kGeluBackward ? gelu_inp.data() : nullptr;
+  if (cs.bf16 && cs.epi == Epi::kGeluBackward) p.gelu_inp = emae::ActIn(gelu_inp16.data(), emae::DType::kBF16);
+  if (out16) {
+    p.C = emae::Act(C16.data(), emae::DType::kBF16);
+    if (cs.epi == Epi::kGeluForward) p.gelu_out = emae::Act(gelu_out16.data(), emae::DType::kBF16);
+  }
   p.splits = cs.splits; p.k_split = cs.k_split;
   p.partial = cs.splits > 1 ? partial.data() : nullptr;
   try {
@@ -342,6 +374,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
           }
     for (size_t idx = 0; idx < (size_t)M * N; ++idx) emae::cuda::reduce_output(p, cs.splits, partial.data(), idx);
   }
+  if (out16) widen(C, C16), widen(gelu_out, gelu_out16);
 
   double maxerr = 0, worst_ratio = 0;
   for (int r = 0; r < M; ++r)
@@ -366,6 +399,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
       if (cs.res) want += res[at], mag += fabs(res[at]);
       const double tol = 1e-6 * mag + 1e-7;
       auto check = [&](const char* what, float got, double w, double t) {
+        if (out16) t += kBf16Round * (fabs(w) + t);  // the store's rounding
         const double err = fabs((double)got - w);
         CHECK(err <= t, "%s(%d,%d) %.9g vs %.9g (tol %.2e)  case M%d N%d K%d", what, r, c, got, w, t, M, N, K);
         maxerr = std::max(maxerr, err != err ? INFINITY : err);
@@ -391,8 +425,9 @@ static void emulate(const Case& cs, std::mt19937& rng) {
       if (r == M || c >= N) CHECK(gelu_out[at] == kSentinel, "gelu_out sentinel (%d,%d)", r, c);
     }
   static const char* epi_names[] = {"plain", "gelu-forward", "gelu-backward"};
-  printf("case M=%d N=%d K=%d splits=%d k_split=%d acc=%d bias=%d res=%d %s%s: max err %g%s\n", M, N, K, cs.splits,
-         k_split, cs.acc, cs.bias, cs.res, epi_names[(int)cs.epi], cs.a_sums ? " a_sums" : "", maxerr,
+  printf("case M=%d N=%d K=%d splits=%d k_split=%d acc=%d bias=%d res=%d %s%s%s: max err %g%s\n", M, N, K, cs.splits,
+         k_split, cs.acc, cs.bias, cs.res, epi_names[(int)cs.epi], cs.a_sums ? " a_sums" : "",
+         !cs.bf16 ? "" : out16 ? " bf16 in/out" : " bf16 in", maxerr,
          real ? (" (" + std::to_string(worst_ratio) + " of tol)").c_str() : "");
 }
 
@@ -416,6 +451,17 @@ int main() {
       {70, 50, 300, 1, 0, true, false, false, Epi::kPlain, true},
       {33, 129, 600, 3, 224, true, false, false, Epi::kPlain, true},
       {129, 7, 5, 1, 0, true, false, false, Epi::kPlain, true},
+      // bf16 activations (issue 11): bf16 C (qkv, fc1's pre and act: GELU forward), dinp ⊙ gelu'(bf16
+      // gelu_inp) into a bf16 C, split-K off and on (the reduce stores the bf16 C); an fp32 C beside
+      // bf16 GELU input; the dweight GEMM from bf16 dout and inp (its a_sums: the widened values)
+      {130, 70, 77, 1, 0, false, true, false, Epi::kGeluForward, false, true},
+      {33, 129, 257, 5, 64, false, true, false, Epi::kGeluForward, false, true},
+      {129, 40, 100, 1, 0, false, true, false, Epi::kGeluBackward, false, true},
+      {70, 33, 300, 3, 128, false, false, false, Epi::kGeluBackward, false, true},
+      {5, 131, 0, 1, 0, false, true, false, Epi::kGeluBackward, false, true},
+      {7, 9, 3, 1, 0, true, true, true, Epi::kGeluBackward, false, true},
+      {33, 129, 600, 3, 224, true, false, false, Epi::kPlain, true, true},
+      {129, 7, 5, 1, 0, true, false, false, Epi::kPlain, true, true},
   };
   for (const auto& c : cases) emulate(c, rng);
   printf(fails ? "FAILED (%d)\n" : "ALL PASS\n", fails);

@@ -1,6 +1,6 @@
 // Hopper GEMM (sm_90a) for the bf16 path of gemm_bf16.cuh: wgmma fed by the tensor memory
 // accelerator (TMA), persistent, warp-specialized.
-//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual] [GELU]   (A, B bf16 K-major; fp32 C)
+//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual] [GELU]   (A, B bf16 K-major; C fp32 or bf16)
 // Shape of the kernel (Traits below):
 //   - a CTA owns a BM × BN output tile at a time and loops over tiles (and split-K pieces) with a
 //     stride of gridDim.x: the grid is at most one CTA per multiprocessor (persistent);

@@ -1,6 +1,10 @@
 // Multi-head self-attention forward and backward, flash-style, fp32 on CUDA cores (v1). The T×T
 // scores never reach global memory: the forward runs an online softmax over chunks of keys and
 // saves the log-sum-exp; the backward recomputes the probabilities from it.
+// Storage (Elem): qkv, out, dout and dqkv are all fp32 (float, the path verified on an H100) or all
+// bf16 (__nv_bfloat16, issue 11): bf16 elements are widened on load (into the fp32 shared tiles
+// and registers), all math is fp32, and outputs are rounded to nearest even once, on store. lse
+// and the scratch D stay fp32.
 //
 // Shapes (D = H·dh, scale = 1/√dh; the CPU reference is native/cpu/ops.cc attention_*):
 //   qkv  (S, T, 3, H, dh)  token row of 3D floats: q at h·dh, k at D + h·dh, v at 2D + h·dh
@@ -81,11 +85,31 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 
-// dst (32, ld) ← mul · rows [r0, r0 + 32) of one head, row r starting at src + r·stride (floats);
-// rows ≥ T and columns [dh, round4(dh)) are zeros. vec4: dh % 4 == 0, src 16-byte aligned and
-// stride % 4 == 0 (float4 loads).
+// Element access per storage type: fp32 as is; bf16 widened to fp32 on load, rounded to nearest
+// even on store.
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float ldg_elem(const float* p) { return __ldg(p); }
+__device__ __forceinline__ float ldg_elem(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
+__device__ __forceinline__ void store_elem(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_elem(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+// elements [4c, 4c + 4) of a row: one float4 (16-byte aligned) or four bf16 as one uint2 (8-byte aligned)
+__device__ __forceinline__ float4 ldg_group4(const float* row, int c) {
+  return __ldg(reinterpret_cast<const float4*>(row) + c);
+}
+__device__ __forceinline__ float4 ldg_group4(const __nv_bfloat16* row, int c) {
+  const uint2 u = __ldg(reinterpret_cast<const uint2*>(row) + c);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// dst (32, ld) ← mul · rows [r0, r0 + 32) of one head, row r starting at src + r·stride (elements);
+// rows ≥ T and columns [dh, round4(dh)) are zeros. vec4: dh % 4 == 0, src aligned to 4 elements
+// and stride % 4 == 0 (float4 loads, or uint2 loads of four bf16).
 // Called by the whole block; the caller synchronizes.
-__device__ __forceinline__ void stage_tile(float* __restrict__ dst, const float* __restrict__ src, size_t stride,
+template <typename Elem>
+__device__ __forceinline__ void stage_tile(float* __restrict__ dst, const Elem* __restrict__ src, size_t stride,
                                            int r0, int T, int dh, float mul, bool vec4) {
   const int ld = AT::ld(dh);
   if (vec4) {
@@ -94,7 +118,7 @@ __device__ __forceinline__ void stage_tile(float* __restrict__ dst, const float*
       const int r = idx / n4, c = idx - r * n4;
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (r0 + r < T) {
-        v = __ldg(reinterpret_cast<const float4*>(src + (size_t)(r0 + r) * stride) + c);
+        v = ldg_group4(src + (size_t)(r0 + r) * stride, c);
         v.x *= mul;
         v.y *= mul;
         v.z *= mul;
@@ -106,15 +130,15 @@ __device__ __forceinline__ void stage_tile(float* __restrict__ dst, const float*
     const int w = AT::round4(dh);
     for (int idx = threadIdx.x; idx < AT::kChunk * w; idx += blockDim.x) {
       const int r = idx / w, d = idx - r * w;
-      dst[r * ld + d] = r0 + r < T && d < dh ? mul * __ldg(src + (size_t)(r0 + r) * stride + d) : 0.f;
+      dst[r * ld + d] = r0 + r < T && d < dh ? mul * ldg_elem(src + (size_t)(r0 + r) * stride + d) : 0.f;
     }
   }
 }
 
 // out, lse of the 32 queries [q0, q0 + 32) of one (s, h)
-template <int kDims>
+template <int kDims, typename Elem>
 static __global__ void __launch_bounds__(AT::kThreads)
-    attention_forward_kernel(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv, int T,
+    attention_forward_kernel(Elem* __restrict__ out, float* __restrict__ lse, const Elem* __restrict__ qkv, int T,
                              int H, int dh, float scale, bool vec4) {
   extern __shared__ float4 attention_smem[];
   constexpr int R = AT::kRowsPerWarp;
@@ -127,7 +151,7 @@ static __global__ void __launch_bounds__(AT::kThreads)
   const int s = blockIdx.x / H, h = blockIdx.x % H, q0 = blockIdx.y * AT::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t stride = 3 * (size_t)D;
-  const float* base = qkv + (size_t)s * T * stride + (size_t)h * dh;
+  const Elem* base = qkv + (size_t)s * T * stride + (size_t)h * dh;
   const float* q_rows = qs + warp * R * ld;  // (R, ld) this warp's queries
   float* pw = ps + warp * R * AT::kChunk;    // (R, 32) this warp's weights
   stage_tile(qs, base, stride, q0, T, dh, scale, vec4);
@@ -194,19 +218,20 @@ static __global__ void __launch_bounds__(AT::kThreads)
     const int i = q0 + warp * R + w;
     if (i >= T) continue;
     const float inv = 1.f / l_row;
-    float* dst = out + ((size_t)s * T + i) * D + (size_t)h * dh;
+    Elem* dst = out + ((size_t)s * T + i) * D + (size_t)h * dh;
 #pragma unroll
     for (int r = 0; r < kDims; ++r) {
       const int d = lane + 32 * r;
-      if (d < dh) dst[d] = o[w][r] * inv;
+      if (d < dh) store_elem(&dst[d], o[w][r] * inv);
     }
     if (lane == 0) lse[((size_t)s * H + h) * T + i] = m[w] + logf(l_row);
   }
 }
 
 // delta (S, H, T) = Σ_d dout · out of each row; one warp per row
+template <typename Elem>
 static __global__ void __launch_bounds__(AT::kThreads)
-    attention_delta_kernel(float* __restrict__ delta, const float* __restrict__ dout, const float* __restrict__ out,
+    attention_delta_kernel(float* __restrict__ delta, const Elem* __restrict__ dout, const Elem* __restrict__ out,
                            int S, int T, int H, int dh) {
   const long long row = (long long)blockIdx.x * AT::kWarps + threadIdx.x / 32;  // (s, h, i)
   const int lane = threadIdx.x % 32;
@@ -216,16 +241,16 @@ static __global__ void __launch_bounds__(AT::kThreads)
   const int h = (int)(sh % H), s = (int)(sh / H);
   const size_t at = ((size_t)s * T + i) * H * dh + (size_t)h * dh;
   float acc = 0.f;
-  for (int d = lane; d < dh; d += 32) acc = fmaf(dout[at + d], out[at + d], acc);
+  for (int d = lane; d < dh; d += 32) acc = fmaf(to_float(dout[at + d]), to_float(out[at + d]), acc);
   acc = warp_sum(acc);
   if (lane == 0) delta[row] = acc;
 }
 
 // query side: dq_i = scale Σ_j ds_ij k_j for the 32 queries [q0, q0 + 32) of one (s, h)
-template <int kDims>
+template <int kDims, typename Elem>
 static __global__ void __launch_bounds__(AT::kThreads)
-    attention_backward_q_kernel(float* __restrict__ dqkv, const float* __restrict__ dout,
-                                const float* __restrict__ qkv, const float* __restrict__ lse,
+    attention_backward_q_kernel(Elem* __restrict__ dqkv, const Elem* __restrict__ dout,
+                                const Elem* __restrict__ qkv, const float* __restrict__ lse,
                                 const float* __restrict__ delta, int T, int H, int dh, float scale, bool vec4) {
   extern __shared__ float4 attention_smem[];
   constexpr int R = AT::kRowsPerWarp;
@@ -239,7 +264,7 @@ static __global__ void __launch_bounds__(AT::kThreads)
   const int s = blockIdx.x / H, h = blockIdx.x % H, q0 = blockIdx.y * AT::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t stride = 3 * (size_t)D;
-  const float* base = qkv + (size_t)s * T * stride + (size_t)h * dh;
+  const Elem* base = qkv + (size_t)s * T * stride + (size_t)h * dh;
   const float* q_rows = qs + warp * R * ld;
   const float* do_rows = dos + warp * R * ld;
   float* dsw = dss + warp * R * AT::kChunk;
@@ -299,21 +324,21 @@ static __global__ void __launch_bounds__(AT::kThreads)
   for (int w = 0; w < R; ++w) {
     const int i = q0 + warp * R + w;
     if (i >= T) continue;
-    float* dst = dqkv + ((size_t)s * T + i) * stride + (size_t)h * dh;
+    Elem* dst = dqkv + ((size_t)s * T + i) * stride + (size_t)h * dh;
 #pragma unroll
     for (int r = 0; r < kDims; ++r) {
       const int d = lane + 32 * r;
-      if (d < dh) dst[d] = scale * dq[w][r];
+      if (d < dh) store_elem(&dst[d], scale * dq[w][r]);
     }
   }
 }
 
 // key side: dk_j = scale Σ_i ds_ij q_i, dv_j = Σ_i p_ij dout_i for the 32 keys [j0, j0 + 32) of one
 // (s, h); queries staged 32 at a time
-template <int kDims>
+template <int kDims, typename Elem>
 static __global__ void __launch_bounds__(AT::kThreads)
-    attention_backward_kv_kernel(float* __restrict__ dqkv, const float* __restrict__ dout,
-                                 const float* __restrict__ qkv, const float* __restrict__ lse,
+    attention_backward_kv_kernel(Elem* __restrict__ dqkv, const Elem* __restrict__ dout,
+                                 const Elem* __restrict__ qkv, const float* __restrict__ lse,
                                  const float* __restrict__ delta, int T, int H, int dh, float scale, bool vec4) {
   extern __shared__ float4 attention_smem[];
   constexpr int R = AT::kRowsPerWarp;
@@ -330,8 +355,8 @@ static __global__ void __launch_bounds__(AT::kThreads)
   const int s = blockIdx.x / H, h = blockIdx.x % H, j0 = blockIdx.y * AT::kRows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t stride = 3 * (size_t)D;
-  const float* base = qkv + (size_t)s * T * stride + (size_t)h * dh;
-  const float* dout_base = dout + (size_t)s * T * D + (size_t)h * dh;
+  const Elem* base = qkv + (size_t)s * T * stride + (size_t)h * dh;
+  const Elem* dout_base = dout + (size_t)s * T * D + (size_t)h * dh;
   const float* stats = lse + ((size_t)s * H + h) * T;
   const float* deltas = delta + ((size_t)s * H + h) * T;
   const float* k_rows = ks + warp * R * ld;
@@ -408,13 +433,13 @@ static __global__ void __launch_bounds__(AT::kThreads)
   for (int w = 0; w < R; ++w) {
     const int j = j0 + warp * R + w;
     if (j >= T) continue;
-    float* row = dqkv + ((size_t)s * T + j) * stride + (size_t)h * dh;
+    Elem* row = dqkv + ((size_t)s * T + j) * stride + (size_t)h * dh;
 #pragma unroll
     for (int r = 0; r < kDims; ++r) {
       const int d = lane + 32 * r;
       if (d < dh) {
-        row[D + d] = dk[w][r];  // q was staged × scale: dk = scale Σ ds q
-        row[2 * D + d] = dv[w][r];
+        store_elem(&row[D + d], dk[w][r]);  // q was staged × scale: dk = scale Σ ds q
+        store_elem(&row[2 * D + d], dv[w][r]);
       }
     }
   }
@@ -449,6 +474,9 @@ inline void check_shape(const char* op, int S, int T, int H, int dh) {
 }
 
 inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+// p can be read 4 elements at a time (float4, or uint2 for bf16)
+template <typename Elem>
+inline bool aligned_group4(const Elem* p) { return ((uintptr_t)p & (4 * sizeof(Elem) - 1)) == 0; }
 
 // lets `kernel` launch with `bytes` of dynamic shared memory (an opt-in above the default 48 KB)
 template <typename Kernel>
@@ -485,8 +513,9 @@ inline void dispatch_dims(const char* op, int dh, F&& f) {
 
 inline size_t attention_backward_scratch_floats(int S, int T, int H) { return (size_t)S * H * T; }
 
-// out (S, T, H, dh), lse (S, H, T) ← qkv (S, T, 3, H, dh); both assigned
-inline void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh,
+// out (S, T, H, dh), lse (S, H, T) ← qkv (S, T, 3, H, dh); both assigned. Elem: float or __nv_bfloat16.
+template <typename Elem>
+inline void attention_forward(Elem* out, float* lse, const Elem* qkv, int S, int T, int H, int dh,
                               cudaStream_t stream) {
   using namespace attention_detail;
   constexpr const char* op = "attention_forward";
@@ -494,20 +523,21 @@ inline void attention_forward(float* out, float* lse, const float* qkv, int S, i
   check_pointer(out, op, "out");
   check_pointer(lse, op, "lse");
   check_pointer(qkv, op, "qkv");
-  const bool vec4 = dh % 4 == 0 && aligned16(qkv);
+  const bool vec4 = dh % 4 == 0 && aligned_group4(qkv);
   const dim3 grid(S * H, ceil_div(T, AT::kRows));
   const float scale = softmax_scale(dh);
   dispatch_dims(op, dh, [&](auto dims) {
     constexpr int kDims = decltype(dims)::value;
-    const size_t smem = smem_bytes(attention_forward_kernel<kDims>, AT::forward_smem_floats(dh));
-    attention_forward_kernel<kDims><<<grid, AT::kThreads, smem, stream>>>(out, lse, qkv, T, H, dh, scale, vec4);
+    const size_t smem = smem_bytes(attention_forward_kernel<kDims, Elem>, AT::forward_smem_floats(dh));
+    attention_forward_kernel<kDims, Elem><<<grid, AT::kThreads, smem, stream>>>(out, lse, qkv, T, H, dh, scale, vec4);
     EMAE_CHECK_LAUNCH("attention_forward_kernel");
   });
 }
 
 // dqkv (S, T, 3, H, dh) assigned ← dout (S, T, H, dh), the forward's qkv, out and lse;
-// scratch: attention_backward_scratch_floats(S, T, H) floats
-inline void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+// scratch: attention_backward_scratch_floats(S, T, H) floats. Elem: float or __nv_bfloat16.
+template <typename Elem>
+inline void attention_backward(Elem* dqkv, const Elem* dout, const Elem* qkv, const Elem* out, const float* lse,
                                int S, int T, int H, int dh, float* scratch, cudaStream_t stream) {
   using namespace attention_detail;
   constexpr const char* op = "attention_backward";
@@ -519,19 +549,19 @@ inline void attention_backward(float* dqkv, const float* dout, const float* qkv,
   check_pointer(lse, op, "lse");
   check_pointer(scratch, op, "scratch");
   const float scale = softmax_scale(dh);
-  const bool vec4 = dh % 4 == 0 && aligned16(qkv) && aligned16(dout);
+  const bool vec4 = dh % 4 == 0 && aligned_group4(qkv) && aligned_group4(dout);
   const long long rows = (long long)S * H * T;
-  attention_delta_kernel<<<ceil_div(rows, AT::kWarps), AT::kThreads, 0, stream>>>(scratch, dout, out, S, T, H, dh);
+  attention_delta_kernel<Elem><<<ceil_div(rows, AT::kWarps), AT::kThreads, 0, stream>>>(scratch, dout, out, S, T, H, dh);
   EMAE_CHECK_LAUNCH("attention_delta_kernel");
   const dim3 grid(S * H, ceil_div(T, AT::kRows));
   dispatch_dims(op, dh, [&](auto dims) {
     constexpr int kDims = decltype(dims)::value;
-    const size_t smem_q = smem_bytes(attention_backward_q_kernel<kDims>, AT::backward_q_smem_floats(dh));
-    attention_backward_q_kernel<kDims>
+    const size_t smem_q = smem_bytes(attention_backward_q_kernel<kDims, Elem>, AT::backward_q_smem_floats(dh));
+    attention_backward_q_kernel<kDims, Elem>
         <<<grid, AT::kThreads, smem_q, stream>>>(dqkv, dout, qkv, lse, scratch, T, H, dh, scale, vec4);
     EMAE_CHECK_LAUNCH("attention_backward_q_kernel");
-    const size_t smem_kv = smem_bytes(attention_backward_kv_kernel<kDims>, AT::backward_kv_smem_floats(dh));
-    attention_backward_kv_kernel<kDims>
+    const size_t smem_kv = smem_bytes(attention_backward_kv_kernel<kDims, Elem>, AT::backward_kv_smem_floats(dh));
+    attention_backward_kv_kernel<kDims, Elem>
         <<<grid, AT::kThreads, smem_kv, stream>>>(dqkv, dout, qkv, lse, scratch, T, H, dh, scale, vec4);
     EMAE_CHECK_LAUNCH("attention_backward_kv_kernel");
   });

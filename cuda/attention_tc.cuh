@@ -7,16 +7,21 @@
 // EMAE_CUDA_ATTENTION=auto|simt|tc chooses the path (select_attention_path below); auto (or unset)
 // is simt, attention.cuh's fp32 kernels, verified on an H100, until a device run verifies tc.
 //
+// Storage (Elem, the template argument of the parameter block and the launchers): qkv, out, dout
+// and dqkv are all fp32 (float) or all bf16 (__nv_bfloat16, issue 11's bf16 activations); lse and
+// the scratch D are fp32 either way.
 // Invariants:
-//   - global memory stays fp32; each operand is rounded to bf16 once, on its way into shared memory
-//     (the "other side": keys/values, or queries/dout in the key kernel) or straight into mma A
-//     fragments (the warp's own 16 rows); products accumulate in fp32;
+//   - fp32 storage: each operand is rounded to bf16 once, on its way into shared memory (the
+//     "other side": keys/values, or queries/dout in the key kernel) or straight into mma A
+//     fragments (the warp's own 16 rows); bf16 storage: the rows are copied as they are (16-byte
+//     vectors into shared memory, 32-bit pairs into A fragments) and outputs are rounded to bf16
+//     once, on store; products accumulate in fp32 either way;
 //   - softmax statistics are fp32: the running max m (raw score units), the sum l, lse = m·scale + ln l;
 //     exponentials are exp2 of scores scaled by scale·log2(e); the T×T scores and probabilities
 //     live in registers only (the C fragment of one step is the A fragment of the next product);
 //   - deterministic: no atomics. dq is summed by the query kernel over keys in order, dk and dv by
-//     the key kernel over queries in order; D_i is computed once (query kernel, fp32 from the fp32
-//     dout and out) and read by the key kernel; every output element is written by one thread;
+//     the key kernel over queries in order; D_i is computed once (query kernel, in fp32 from the
+//     stored dout and out) and read by the key kernel; every output element is written by one thread;
 //   - any T ≥ 1: own rows past T load as zeros (finite scores) and are never written; other-side
 //     rows past T are staged as zero rows (up to the next multiple of 16) and get p = 0 (score −inf
 //     in the forward, p forced to 0 in the query kernel, −lse·log2e = −inf staged for them in the
@@ -47,10 +52,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
+#include "core/act.h"
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
 #include "cuda/env_switch.h"
@@ -146,20 +154,23 @@ static_assert(attention_tc_plan<32>(AttentionTcTraits<32>::kMaxStaged).smem_kv <
                   attention_tc_plan<128>(AttentionTcTraits<128>::kMaxStaged).smem_kv <= 160 * 1024,
               "the largest staging fits the opt-in shared memory of sm_80 (163 KB)");
 
-// One parameter block for the three kernels (each reads the fields its comment names).
+// One parameter block for the three kernels (each reads the fields its comment names). Elem: the
+// storage of qkv, dout, out and dqkv, float or __nv_bfloat16.
+template <typename Elem>
 struct AttentionTcParams {
-  const float* qkv = nullptr;      // (S, T, 3, H, dh) all kernels
-  const float* dout = nullptr;     // (S, T, H, dh) backward
-  const float* out_fwd = nullptr;  // (S, T, H, dh) backward: the forward's out (for D)
+  const Elem* qkv = nullptr;       // (S, T, 3, H, dh) all kernels
+  const Elem* dout = nullptr;      // (S, T, H, dh) backward
+  const Elem* out_fwd = nullptr;   // (S, T, H, dh) backward: the forward's out (for D)
   const float* lse_fwd = nullptr;  // (S, H, T) backward: the forward's lse
-  float* out = nullptr;            // (S, T, H, dh) forward, assigned
+  Elem* out = nullptr;             // (S, T, H, dh) forward, assigned
   float* lse = nullptr;            // (S, H, T) forward, assigned
-  float* dqkv = nullptr;           // (S, T, 3, H, dh) backward, assigned (dq: query kernel; dk, dv: key kernel)
+  Elem* dqkv = nullptr;            // (S, T, 3, H, dh) backward, assigned (dq: query kernel; dk, dv: key kernel)
   float* delta = nullptr;          // (S, H, T) backward: D, written by the query kernel, read by the key kernel
   int S = 0, T = 0, H = 0;
   int rounds = 1;                  // AttentionTcPlan::rounds
   float scale = 0.f;               // 1/√dh
-  bool vec = false;                // every pointer 16-byte aligned: float4 staging, float2 fragment loads/stores
+  bool vec = false;                // every pointer 16-byte aligned: 16-byte staging loads (float4, or 8 bf16),
+                                   // paired fragment loads/stores (float2, or two bf16 as 32 bits)
 };
 
 namespace attention_tc_detail {
@@ -233,6 +244,38 @@ __host__ __device__ inline void store2(float* p, float x, float y, bool vec) {
     p[1] = y;
   }
 }
+// two bf16 at p as one register, element p[0] in the low half (4-byte aligned when vec)
+__host__ __device__ inline uint32_t load2_bits(const bf16_t* p, bool vec) {
+  if (vec) return *reinterpret_cast<const uint32_t*>(p);
+  uint16_t lo, hi;
+  memcpy(&lo, p, 2);
+  memcpy(&hi, p + 1, 2);
+  return (uint32_t)lo | (uint32_t)hi << 16;
+}
+// x, y rounded to bf16 (nearest even) at p[0], p[1]
+__host__ __device__ inline void store2(bf16_t* p, float x, float y, bool vec) {
+  const uint32_t u = pack_bf16(x, y);
+  if (vec) {
+    *reinterpret_cast<uint32_t*>(p) = u;
+  } else {
+    const uint16_t lo = (uint16_t)(u & 0xffffu), hi = (uint16_t)(u >> 16);
+    memcpy(p, &lo, 2);
+    memcpy(p + 1, &hi, 2);
+  }
+}
+// the low and high bf16 of a register, widened
+__host__ __device__ inline float bf16_lo(uint32_t u) {
+  const uint32_t w = u << 16;
+  float f;
+  memcpy(&f, &w, 4);
+  return f;
+}
+__host__ __device__ inline float bf16_hi(uint32_t u) {
+  const uint32_t w = u & 0xffff0000u;
+  float f;
+  memcpy(&f, &w, 4);
+  return f;
+}
 
 // The warp's own A operand (16 rows × dh): kD/16 fragments of 4 registers, in registers or in this
 // lane's shared-memory slot (AttentionTcTraits::k*OwnInSmem). kUnroll: k16 steps unrolled together
@@ -271,9 +314,9 @@ struct OwnFrags<kD, true> {
 // own ← rows [row0, row0 + 16) as A fragments, row r at src + r·stride: zeros past T.
 // With dot: also the fp32 partial Σ src·dot over this lane's elements of rows g and g + 8 (dot:
 // the same layout at dot + r·dot_stride), for D_i = Σ_d dout·out.
-template <int kD, bool kDot, class Own>
-__host__ __device__ inline void load_own(Own& own, const float* src, size_t stride, int row0, int T, int lane, bool vec,
-                                         const float* dot = nullptr, size_t dot_stride = 0, float* partial = nullptr) {
+template <int kD, bool kDot, class Own, class Elem>
+__host__ __device__ inline void load_own(Own& own, const Elem* src, size_t stride, int row0, int T, int lane, bool vec,
+                                         const Elem* dot = nullptr, size_t dot_stride = 0, float* partial = nullptr) {
   if (kDot) partial[0] = partial[1] = 0.f;
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
@@ -281,15 +324,27 @@ __host__ __device__ inline void load_own(Own& own, const float* src, size_t stri
 #pragma unroll
     for (int ra = 0; ra < 4; ++ra) {
       const int row = row0 + frag_a_row(lane, ra), col = 16 * kk + frag_a_col(lane, ra);
-      float2 v = make_float2(0.f, 0.f);
-      if (row < T) {
-        v = load2(src + (size_t)row * stride + col, vec);
-        if (kDot) {
-          const float2 w = load2(dot + (size_t)row * dot_stride + col, vec);
-          partial[ra % 2] = fmaf(v.y, w.y, fmaf(v.x, w.x, partial[ra % 2]));
+      if constexpr (std::is_same_v<Elem, float>) {  // rounded to bf16 here
+        float2 v = make_float2(0.f, 0.f);
+        if (row < T) {
+          v = load2(src + (size_t)row * stride + col, vec);
+          if (kDot) {
+            const float2 w = load2(dot + (size_t)row * dot_stride + col, vec);
+            partial[ra % 2] = fmaf(v.y, w.y, fmaf(v.x, w.x, partial[ra % 2]));
+          }
         }
+        a[ra] = pack_bf16(v.x, v.y);
+      } else {  // already bf16: the pair is the register
+        uint32_t v = 0;
+        if (row < T) {
+          v = load2_bits(src + (size_t)row * stride + col, vec);
+          if (kDot) {
+            const uint32_t w = load2_bits(dot + (size_t)row * dot_stride + col, vec);
+            partial[ra % 2] = fmaf(bf16_hi(v), bf16_hi(w), fmaf(bf16_lo(v), bf16_lo(w), partial[ra % 2]));
+          }
+        }
+        a[ra] = v;
       }
-      a[ra] = pack_bf16(v.x, v.y);
     }
     own.set(kk, a);
   }
@@ -315,6 +370,33 @@ __host__ __device__ inline void stage_rows(bf16_t* dst, const float* src, size_t
     packed.x = pack_bf16(v.x, v.y);
     packed.y = pack_bf16(v.z, v.w);
     *reinterpret_cast<uint2*>(dst + r * Tr::kLd + c) = packed;
+  }
+}
+// The same from bf16 rows: copied as they are, 16 bytes (8 elements) per thread and iteration —
+// one uint4 load when vec (row starts 16-byte aligned: base aligned, stride·2 and column·2
+// multiples of 16), else eight 2-byte loads.
+#pragma nv_exec_check_disable
+template <int kD, class Ops>
+__host__ __device__ inline void stage_rows(bf16_t* dst, const bf16_t* src, size_t stride, int r0, int n, int rows16,
+                                           bool vec, Ops& ops) {
+  using Tr = AttentionTcTraits<kD>;
+  constexpr int kGroups = kD / 8;
+  static_assert(kD % 8 == 0 && Tr::kLd % 8 == 0, "whole 16-byte groups per staged row");
+  for (int idx = ops.thread(); idx < rows16 * kGroups; idx += Tr::kThreads) {
+    const int r = idx / kGroups, c = idx % kGroups * 8;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < n) {
+      const bf16_t* p = src + (size_t)(r0 + r) * stride + c;
+      if (vec) {
+        v = *reinterpret_cast<const uint4*>(p);
+      } else {
+        v.x = load2_bits(p, false);
+        v.y = load2_bits(p + 2, false);
+        v.z = load2_bits(p + 4, false);
+        v.w = load2_bits(p + 6, false);
+      }
+    }
+    *reinterpret_cast<uint4*>(dst + r * Tr::kLd + c) = v;
   }
 }
 
@@ -435,14 +517,14 @@ __host__ __device__ inline void forward_step(float (&o)[kD / 8][4], float (&m)[2
 }
 
 #pragma nv_exec_check_disable
-template <int kD, class Ops>
-__host__ __device__ void forward_body(const AttentionTcParams& p, Ops& ops) {
+template <int kD, class Ops, class Elem>
+__host__ __device__ void forward_body(const AttentionTcParams<Elem>& p, Ops& ops) {
   using Tr = AttentionTcTraits<kD>;
   const int T = p.T, H = p.H, D = H * kD;
   const int lane = ops.thread() % 32, warp = ops.thread() / 32;
   const int s = ops.block_x() / H, h = ops.block_x() % H;
   const size_t stride = 3 * (size_t)D;
-  const float* q_base = p.qkv + (size_t)s * T * stride + (size_t)h * kD;
+  const Elem* q_base = p.qkv + (size_t)s * T * stride + (size_t)h * kD;
   const AttentionTcPlan plan = attention_tc_plan<kD>(T);
   bf16_t* ks = reinterpret_cast<bf16_t*>(ops.smem());  // (cap, kLd) keys of the staged chunk
   bf16_t* vs = ks + plan.cap * Tr::kLd;                // (cap, kLd) values
@@ -485,7 +567,7 @@ __host__ __device__ void forward_body(const AttentionTcParams& p, Ops& ops) {
       const int row = q0 + lane / 4 + 8 * i;
       if (row >= T) continue;
       const float inv = reciprocal(l_row);
-      float* dst = p.out + ((size_t)s * T + row) * D + (size_t)h * kD + 2 * (lane % 4);
+      Elem* dst = p.out + ((size_t)s * T + row) * D + (size_t)h * kD + 2 * (lane % 4);
 #pragma unroll
       for (int dt = 0; dt < Tr::kDTiles; ++dt) store2(dst + dt * 8, o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv, p.vec);
       if (lane % 4 == 0) p.lse[((size_t)s * H + h) * T + row] = m[i] * p.scale + logf(l_row);
@@ -521,14 +603,14 @@ __host__ __device__ inline void dq_step(float (&dq)[kD / 8][4], const Own& qa, c
 }
 
 #pragma nv_exec_check_disable
-template <int kD, class Ops>
-__host__ __device__ void backward_q_body(const AttentionTcParams& p, Ops& ops) {
+template <int kD, class Ops, class Elem>
+__host__ __device__ void backward_q_body(const AttentionTcParams<Elem>& p, Ops& ops) {
   using Tr = AttentionTcTraits<kD>;
   const int T = p.T, H = p.H, D = H * kD;
   const int lane = ops.thread() % 32, warp = ops.thread() / 32;
   const int s = ops.block_x() / H, h = ops.block_x() % H;
   const size_t stride = 3 * (size_t)D;
-  const float* q_base = p.qkv + (size_t)s * T * stride + (size_t)h * kD;
+  const Elem* q_base = p.qkv + (size_t)s * T * stride + (size_t)h * kD;
   const size_t head_row = (size_t)s * T * D + (size_t)h * kD;  // (s, 0, h, 0) of out-shaped tensors
   const float* row_stats = p.lse_fwd + ((size_t)s * H + h) * T;
   const AttentionTcPlan plan = attention_tc_plan<kD>(T);
@@ -586,7 +668,7 @@ __host__ __device__ void backward_q_body(const AttentionTcParams& p, Ops& ops) {
     for (int i = 0; i < 2; ++i) {
       const int row = q0 + lane / 4 + 8 * i;
       if (row >= T) continue;
-      float* dst = p.dqkv + ((size_t)s * T + row) * stride + (size_t)h * kD + 2 * (lane % 4);
+      Elem* dst = p.dqkv + ((size_t)s * T + row) * stride + (size_t)h * kD + 2 * (lane % 4);
 #pragma unroll
       for (int dt = 0; dt < Tr::kDTiles; ++dt)
         store2(dst + dt * 8, p.scale * dq[dt][2 * i], p.scale * dq[dt][2 * i + 1], p.vec);
@@ -636,10 +718,10 @@ __host__ __device__ inline void kv_step(float (&acc_dk)[kD / 8][4], float (&acc_
 // All staged chunks for the warp's keys (own rows j0 …): queries, dout, −lse·log2e and D staged
 // chunk by chunk (skipped when `staged` already holds the chunk), the steps of kv_step.
 #pragma nv_exec_check_disable
-template <int kD, KvPart kPart, class Own, class Ops>
+template <int kD, KvPart kPart, class Own, class Ops, class Elem>
 __host__ __device__ inline void kv_pass(float (&acc_dk)[kD / 8][4], float (&acc_dv)[kD / 8][4], const Own& ka,
-                                        const Own& va, bool active, int& staged, const AttentionTcParams& p,
-                                        const AttentionTcPlan& plan, const float* q_base, const float* dout_base,
+                                        const Own& va, bool active, int& staged, const AttentionTcParams<Elem>& p,
+                                        const AttentionTcPlan& plan, const Elem* q_base, const Elem* dout_base,
                                         const float* row_stats, const float* row_delta, bf16_t* qs, bf16_t* dos,
                                         float* nl2, float* dl, int lane, Ops& ops) {
   using Tr = AttentionTcTraits<kD>;
@@ -676,33 +758,33 @@ __host__ __device__ inline void kv_pass(float (&acc_dk)[kD / 8][4], float (&acc_
 }
 
 // rows [j0, j0 + 16) ∩ [0, T) of one part (1: dk, 2: dv) of dqkv ← mul · acc
-template <int kD>
-__host__ __device__ inline void store_rows(float* dqkv_head, size_t stride, int j0, int T, int lane,
+template <int kD, class Elem>
+__host__ __device__ inline void store_rows(Elem* dqkv_head, size_t stride, int j0, int T, int lane,
                                            const float (&acc)[kD / 8][4], float mul, bool vec) {
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int row = j0 + lane / 4 + 8 * i;
     if (row >= T) continue;
-    float* dst = dqkv_head + (size_t)row * stride + 2 * (lane % 4);
+    Elem* dst = dqkv_head + (size_t)row * stride + 2 * (lane % 4);
 #pragma unroll
     for (int dt = 0; dt < kD / 8; ++dt) store2(dst + dt * 8, mul * acc[dt][2 * i], mul * acc[dt][2 * i + 1], vec);
   }
 }
 
 #pragma nv_exec_check_disable
-template <int kD, class Ops>
-__host__ __device__ void backward_kv_body(const AttentionTcParams& p, Ops& ops) {
+template <int kD, class Ops, class Elem>
+__host__ __device__ void backward_kv_body(const AttentionTcParams<Elem>& p, Ops& ops) {
   using Tr = AttentionTcTraits<kD>;
   const int T = p.T, H = p.H, D = H * kD;
   const int lane = ops.thread() % 32, warp = ops.thread() / 32;
   const int s = ops.block_x() / H, h = ops.block_x() % H;
   const size_t stride = 3 * (size_t)D;
-  const float* q_base = p.qkv + (size_t)s * T * stride + (size_t)h * kD;
-  const float* dout_base = p.dout + (size_t)s * T * D + (size_t)h * kD;
+  const Elem* q_base = p.qkv + (size_t)s * T * stride + (size_t)h * kD;
+  const Elem* dout_base = p.dout + (size_t)s * T * D + (size_t)h * kD;
   const float* row_stats = p.lse_fwd + ((size_t)s * H + h) * T;
   const float* row_delta = p.delta + ((size_t)s * H + h) * T;
-  float* dk_head = p.dqkv + (size_t)s * T * stride + D + (size_t)h * kD;  // (s, 0, k, h, 0)
-  float* dv_head = dk_head + D;
+  Elem* dk_head = p.dqkv + (size_t)s * T * stride + D + (size_t)h * kD;  // (s, 0, k, h, 0)
+  Elem* dv_head = dk_head + D;
   const AttentionTcPlan plan = attention_tc_plan<kD>(T);
   bf16_t* qs = reinterpret_cast<bf16_t*>(ops.smem());  // (cap, kLd) queries of the staged chunk
   bf16_t* dos = qs + plan.cap * Tr::kLd;               // (cap, kLd) their dout rows
@@ -742,25 +824,25 @@ __host__ __device__ void backward_kv_body(const AttentionTcParams& p, Ops& ops) 
 
 // ---- kernels and launchers -----------------------------------------------------------------
 
-template <int kD>
+template <int kD, typename Elem>
 static __global__ void __launch_bounds__(AttentionTcTraits<kD>::kThreads, AttentionTcTraits<kD>::kFwdMinBlocks)
-    attention_tc_forward_kernel(const AttentionTcParams p) {
+    attention_tc_forward_kernel(const AttentionTcParams<Elem> p) {
   extern __shared__ __align__(16) unsigned char attention_tc_smem[];
   DeviceOps ops{attention_tc_smem};
   forward_body<kD>(p, ops);
 }
 
-template <int kD>
+template <int kD, typename Elem>
 static __global__ void __launch_bounds__(AttentionTcTraits<kD>::kThreads, AttentionTcTraits<kD>::kDqMinBlocks)
-    attention_tc_backward_q_kernel(const AttentionTcParams p) {
+    attention_tc_backward_q_kernel(const AttentionTcParams<Elem> p) {
   extern __shared__ __align__(16) unsigned char attention_tc_smem[];
   DeviceOps ops{attention_tc_smem};
   backward_q_body<kD>(p, ops);
 }
 
-template <int kD>
+template <int kD, typename Elem>
 static __global__ void __launch_bounds__(AttentionTcTraits<kD>::kThreads, AttentionTcTraits<kD>::kKvMinBlocks)
-    attention_tc_backward_kv_kernel(const AttentionTcParams p) {
+    attention_tc_backward_kv_kernel(const AttentionTcParams<Elem> p) {
   extern __shared__ __align__(16) unsigned char attention_tc_smem[];
   DeviceOps ops{attention_tc_smem};
   backward_kv_body<kD>(p, ops);
@@ -782,8 +864,9 @@ inline bool dispatch_head_dim(int dh, F&& f) {
 inline bool attention_tc_supports(int dh) { return dh == 32 || dh == 64 || dh == 128; }
 
 // The parameter block and plan of a call (the launchers; the CPU emulation builds the same).
-inline AttentionTcParams attention_tc_params(int S, int T, int H, int dh) {
-  AttentionTcParams p;
+template <typename Elem>
+inline AttentionTcParams<Elem> attention_tc_params(int S, int T, int H, int dh) {
+  AttentionTcParams<Elem> p;
   p.S = S;
   p.T = T;
   p.H = H;
@@ -793,8 +876,9 @@ inline AttentionTcParams attention_tc_params(int S, int T, int H, int dh) {
 }
 
 // out (S, T, H, dh), lse (S, H, T) ← qkv (S, T, 3, H, dh); both assigned. Head dims without a
-// tensor-core kernel run attention.cuh's.
-inline void attention_tc_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh,
+// tensor-core kernel run attention.cuh's. Elem: float or __nv_bfloat16.
+template <typename Elem>
+inline void attention_tc_forward(Elem* out, float* lse, const Elem* qkv, int S, int T, int H, int dh,
                                  cudaStream_t stream) {
   using namespace attention_tc_detail;
   constexpr const char* op = "attention_forward";
@@ -802,7 +886,7 @@ inline void attention_tc_forward(float* out, float* lse, const float* qkv, int S
   attention_detail::check_pointer(out, op, "out");
   attention_detail::check_pointer(lse, op, "lse");
   attention_detail::check_pointer(qkv, op, "qkv");
-  AttentionTcParams p = attention_tc_params(S, T, H, dh);
+  AttentionTcParams<Elem> p = attention_tc_params<Elem>(S, T, H, dh);
   p.qkv = qkv;
   p.out = out;
   p.lse = lse;
@@ -810,8 +894,8 @@ inline void attention_tc_forward(float* out, float* lse, const float* qkv, int S
   const bool tc = dispatch_head_dim(dh, [&](auto dims) {
     constexpr int kD = decltype(dims)::value;
     const AttentionTcPlan plan = attention_tc_plan<kD>(T);
-    attention_detail::opt_in_dynamic_smem(attention_tc_forward_kernel<kD>, plan.smem_fwd);
-    attention_tc_forward_kernel<kD>
+    attention_detail::opt_in_dynamic_smem(attention_tc_forward_kernel<kD, Elem>, plan.smem_fwd);
+    attention_tc_forward_kernel<kD, Elem>
         <<<dim3(S * H, plan.grid_y), AttentionTcTraits<kD>::kThreads, plan.smem_fwd, stream>>>(p);
     EMAE_CHECK_LAUNCH("attention_tc_forward_kernel");
   });
@@ -819,8 +903,9 @@ inline void attention_tc_forward(float* out, float* lse, const float* qkv, int S
 }
 
 // dqkv (S, T, 3, H, dh) assigned ← dout, the forward's qkv, out and lse;
-// scratch: attention_backward_scratch_floats(S, T, H) floats (D)
-inline void attention_tc_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+// scratch: attention_backward_scratch_floats(S, T, H) floats (D). Elem: float or __nv_bfloat16.
+template <typename Elem>
+inline void attention_tc_backward(Elem* dqkv, const Elem* dout, const Elem* qkv, const Elem* out,
                                   const float* lse, int S, int T, int H, int dh, float* scratch, cudaStream_t stream) {
   using namespace attention_tc_detail;
   constexpr const char* op = "attention_backward";
@@ -831,7 +916,7 @@ inline void attention_tc_backward(float* dqkv, const float* dout, const float* q
   attention_detail::check_pointer(out, op, "out");
   attention_detail::check_pointer(lse, op, "lse");
   attention_detail::check_pointer(scratch, op, "scratch");
-  AttentionTcParams p = attention_tc_params(S, T, H, dh);
+  AttentionTcParams<Elem> p = attention_tc_params<Elem>(S, T, H, dh);
   p.qkv = qkv;
   p.dout = dout;
   p.out_fwd = out;
@@ -844,11 +929,11 @@ inline void attention_tc_backward(float* dqkv, const float* dout, const float* q
     constexpr int kD = decltype(dims)::value;
     const AttentionTcPlan plan = attention_tc_plan<kD>(T);
     const dim3 grid(S * H, plan.grid_y);
-    attention_detail::opt_in_dynamic_smem(attention_tc_backward_q_kernel<kD>, plan.smem_q);
-    attention_tc_backward_q_kernel<kD><<<grid, AttentionTcTraits<kD>::kThreads, plan.smem_q, stream>>>(p);
+    attention_detail::opt_in_dynamic_smem(attention_tc_backward_q_kernel<kD, Elem>, plan.smem_q);
+    attention_tc_backward_q_kernel<kD, Elem><<<grid, AttentionTcTraits<kD>::kThreads, plan.smem_q, stream>>>(p);
     EMAE_CHECK_LAUNCH("attention_tc_backward_q_kernel");
-    attention_detail::opt_in_dynamic_smem(attention_tc_backward_kv_kernel<kD>, plan.smem_kv);
-    attention_tc_backward_kv_kernel<kD><<<grid, AttentionTcTraits<kD>::kThreads, plan.smem_kv, stream>>>(p);
+    attention_detail::opt_in_dynamic_smem(attention_tc_backward_kv_kernel<kD, Elem>, plan.smem_kv);
+    attention_tc_backward_kv_kernel<kD, Elem><<<grid, AttentionTcTraits<kD>::kThreads, plan.smem_kv, stream>>>(p);
     EMAE_CHECK_LAUNCH("attention_tc_backward_kv_kernel");
   });
   if (!tc) attention_backward(dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream);
@@ -866,17 +951,67 @@ inline AttentionPath select_attention_path() {
   return env_switch("EMAE_CUDA_ATTENTION", {"auto", "simt", "tc"}) == "tc" ? AttentionPath::kTc : AttentionPath::kSimt;
 }
 
-inline void attention_forward_on(AttentionPath path, float* out, float* lse, const float* qkv, int S, int T, int H,
-                                 int dh, cudaStream_t stream) {
-  if (path == AttentionPath::kTc) attention_tc_forward(out, lse, qkv, S, T, H, dh, stream);
-  else attention_forward(out, lse, qkv, S, T, H, dh, stream);
+namespace attention_tc_detail {
+
+// The storage type shared by a call's views (null views are skipped: the launchers name them);
+// a mix of fp32 and bf16 is refused.
+inline DType common_storage(const char* op, std::initializer_list<std::pair<const char*, ActIn>> views) {
+  const char* first = nullptr;
+  DType type = DType::kF32;
+  for (const auto& [name, view] : views) {
+    if (!view) continue;
+    if (first == nullptr) {
+      first = name;
+      type = view.dtype;
+    } else if (view.dtype != type) {
+      throw std::invalid_argument(std::string(op) + ": " + name + " is " + dtype_name(view.dtype) + " but " + first +
+                                  " is " + dtype_name(type) +
+                                  "; the attention's activations (qkv, out, dout, dqkv) are all fp32 or all bf16");
+    }
+  }
+  return type;
 }
 
-inline void attention_backward_on(AttentionPath path, float* dqkv, const float* dout, const float* qkv,
-                                  const float* out, const float* lse, int S, int T, int H, int dh, float* scratch,
-                                  cudaStream_t stream) {
-  if (path == AttentionPath::kTc) attention_tc_backward(dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream);
-  else attention_backward(dqkv, dout, qkv, out, lse, S, T, H, dh, scratch, stream);
+template <typename Elem>
+inline Elem* storage(Act v) { return static_cast<Elem*>(v.data); }
+template <typename Elem>
+inline const Elem* storage(ActIn v) { return static_cast<const Elem*>(v.data); }
+
+}  // namespace attention_tc_detail
+
+// out (S, T, H, dh), lse (S, H, T) ← qkv (S, T, 3, H, dh) on `path`; out and qkv both fp32 or both bf16
+inline void attention_forward_on(AttentionPath path, Act out, float* lse, ActIn qkv, int S, int T, int H, int dh,
+                                 cudaStream_t stream) {
+  using namespace attention_tc_detail;
+  const auto run = [&](auto elem) {
+    using Elem = decltype(elem);
+    if (path == AttentionPath::kTc)
+      attention_tc_forward(storage<Elem>(out), lse, storage<Elem>(qkv), S, T, H, dh, stream);
+    else
+      attention_forward(storage<Elem>(out), lse, storage<Elem>(qkv), S, T, H, dh, stream);
+  };
+  if (common_storage("attention_forward", {{"qkv", qkv}, {"out", out}}) == DType::kBF16) run(bf16_t{});
+  else run(float{});
+}
+
+// dqkv ← dout, the forward's qkv, out and lse on `path`; dqkv, dout, qkv and out all fp32 or all bf16;
+// scratch: attention_backward_scratch_floats(S, T, H) floats
+inline void attention_backward_on(AttentionPath path, Act dqkv, ActIn dout, ActIn qkv, ActIn out, const float* lse,
+                                  int S, int T, int H, int dh, float* scratch, cudaStream_t stream) {
+  using namespace attention_tc_detail;
+  const auto run = [&](auto elem) {
+    using Elem = decltype(elem);
+    if (path == AttentionPath::kTc)
+      attention_tc_backward(storage<Elem>(dqkv), storage<Elem>(dout), storage<Elem>(qkv), storage<Elem>(out), lse, S,
+                            T, H, dh, scratch, stream);
+    else
+      attention_backward(storage<Elem>(dqkv), storage<Elem>(dout), storage<Elem>(qkv), storage<Elem>(out), lse, S, T,
+                         H, dh, scratch, stream);
+  };
+  const DType type =
+      common_storage("attention_backward", {{"qkv", qkv}, {"out", out}, {"dout", dout}, {"dqkv", dqkv}});
+  if (type == DType::kBF16) run(bf16_t{});
+  else run(float{});
 }
 
 }  // namespace emae::cuda

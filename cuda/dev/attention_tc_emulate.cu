@@ -7,7 +7,9 @@
 //   bf16 → fp32 (A, B, C fragment layouts of the ISA; products summed in double), shfl.xor,
 //   bar.sync. The launch geometry comes from the header's attention_tc_plan / attention_tc_params.
 // Checked per case against a double-precision reference (as attention_check.cu): out, lse, dq, dk,
-// dv within a bf16 tolerance; every output written (NaN-poisoned before), guard cells after every
+// dv within a bf16 tolerance; cases run with fp32 storage and with bf16 storage (qkv, dout, out,
+// dqkv bf16: the reference is computed on the bf16-rounded inputs, the backward is fed the bf16
+// rounding of the reference out); every output written (NaN-poisoned before), guard cells after every
 // buffer untouched; shared memory is NaN-poisoned per block so reading an unstaged row shows up;
 // ldmatrix addresses must be 16-byte aligned and inside the block's dynamic shared memory; every
 // collective must be reached by all 32 lanes of a warp with the same operation, and every barrier
@@ -46,6 +48,7 @@ namespace {
 
 using namespace emae::dev;
 using emae::cuda::AttentionTcParams;
+using emae::DType;
 using emae::cuda::AttentionTcPlan;
 using bf16_t = __nv_bfloat16;
 
@@ -287,29 +290,61 @@ struct HostOps {
 // ---- inputs, reference -----------------------------------------------------------------------
 
 
-// n floats at `offset` floats past a 64-byte aligned allocation, followed by guard sentinels
+// A storage type's host side: Elem float is stored as float, Elem bf16_t as its bits (uint16_t).
+template <class Elem>
+struct Storage {
+  using Bits = float;
+  static constexpr DType kType = DType::kF32;
+  static Bits from_float(float f) { return f; }
+  static float to_float(Bits b) { return b; }
+};
+template <>
+struct Storage<bf16_t> {
+  using Bits = uint16_t;
+  static constexpr DType kType = DType::kBF16;
+  static Bits from_float(float f) { return emae::bf16_from_float(f); }
+  static float to_float(Bits b) { return emae::float_from_bf16(b); }
+};
+
+// n elements at `offset` elements past a 64-byte aligned allocation, followed by guard sentinels
 constexpr size_t kGuard = 37;
-constexpr float kSentinel = 12345.5f;
+constexpr float kSentinel = 12345.5f;  // exact in bf16 too
+template <class Elem>
 struct HostBuffer {
-  std::vector<float> storage;
+  using St = Storage<Elem>;
+  using Bits = typename St::Bits;
+  std::vector<Bits> storage;
   size_t n, offset;
-  HostBuffer(size_t n_, size_t offset_) : storage(n_ + kGuard + offset_ + 16), n(n_) {
+  HostBuffer(size_t n_, size_t offset_) : storage(n_ + kGuard + offset_ + 64), n(n_) {
     const uintptr_t base = reinterpret_cast<uintptr_t>(storage.data());
-    offset = (size_t)((64 - base % 64) % 64) / sizeof(float) + offset_;
+    offset = (size_t)((64 - base % 64) % 64) / sizeof(Bits) + offset_;
     fill(std::vector<float>(n, std::nanf("")));
   }
-  float* data() { return storage.data() + offset; }
+  Elem* data() { return reinterpret_cast<Elem*>(storage.data() + offset); }
+  // v rounded to the storage type
   void fill(const std::vector<float>& v) {
-    std::copy(v.begin(), v.end(), storage.begin() + offset);
-    std::fill(storage.begin() + offset + n, storage.begin() + offset + n + kGuard, kSentinel);
+    for (size_t i = 0; i < n; ++i) storage[offset + i] = St::from_float(v[i]);
+    std::fill(storage.begin() + offset + n, storage.begin() + offset + n + kGuard, St::from_float(kSentinel));
   }
-  std::vector<float> values() const { return {storage.begin() + offset, storage.begin() + offset + n}; }
+  std::vector<float> values() const {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = St::to_float(storage[offset + i]);
+    return v;
+  }
   bool guard_ok() const {
+    const Bits sentinel = St::from_float(kSentinel);
     for (size_t i = 0; i < kGuard; ++i)
-      if (std::memcmp(&storage[offset + n + i], &kSentinel, sizeof(float)) != 0) return false;
+      if (std::memcmp(&storage[offset + n + i], &sentinel, sizeof(Bits)) != 0) return false;
     return true;
   }
 };
+
+// v as stored in Elem, widened back to float
+template <class Elem>
+std::vector<float> rounded(std::vector<float> v) {
+  for (float& x : v) x = Storage<Elem>::to_float(Storage<Elem>::from_float(x));
+  return v;
+}
 
 // ---- one case ----------------------------------------------------------------------------------
 
@@ -322,12 +357,13 @@ constexpr double kBf16Unit = 1.0 / 256;
 struct Case {
   Shape shape;
   float amp;
-  size_t offset;
+  size_t offset;  // elements past an aligned allocation, for every buffer
   const char* note;
+  DType storage = DType::kF32;  // of qkv, dout, out, dqkv
 };
 
-template <int kD>
-void run_grid(const AttentionTcParams& p, int which, BlockEmulator& emu) {
+template <int kD, class Elem>
+void run_grid(const AttentionTcParams<Elem>& p, int which, BlockEmulator& emu) {
   const AttentionTcPlan plan = emae::cuda::attention_tc_plan<kD>(p.T);
   const size_t bytes = which == 0 ? plan.smem_fwd : which == 1 ? plan.smem_q : plan.smem_kv;
   for (int by = 0; by < plan.grid_y; ++by)
@@ -343,19 +379,21 @@ void run_grid(const AttentionTcParams& p, int which, BlockEmulator& emu) {
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
-template <int kD>
+template <int kD, class Elem>
 int run_case(const Case& c, uint64_t seed, BlockEmulator& emu) {
   const Shape& sh = c.shape;
   const int S = sh.S, T = sh.T, H = sh.H, D = H * kD;
   const size_t n_qkv = (size_t)S * T * 3 * D, n_out = (size_t)S * T * D, n_lse = (size_t)S * H * T;
-  const std::vector<float> qkv = random_vector(n_qkv, seed, c.amp), dout = random_vector(n_out, seed + 1, 1.f);
+  // the inputs as stored: the reference sees what the kernels read
+  const std::vector<float> qkv = rounded<Elem>(random_vector(n_qkv, seed, c.amp)),
+                           dout = rounded<Elem>(random_vector(n_out, seed + 1, 1.f));
   const Reference ref = reference(qkv, dout, sh);
-  HostBuffer b_qkv(n_qkv, c.offset), b_dout(n_out, c.offset), b_out(n_out, c.offset), b_lse(n_lse, c.offset),
-      b_dqkv(n_qkv, c.offset), b_delta(n_lse, c.offset);
+  HostBuffer<Elem> b_qkv(n_qkv, c.offset), b_dout(n_out, c.offset), b_out(n_out, c.offset), b_dqkv(n_qkv, c.offset);
+  HostBuffer<float> b_lse(n_lse, c.offset), b_delta(n_lse, c.offset);
   b_qkv.fill(qkv);
   b_dout.fill(dout);
 
-  AttentionTcParams p = emae::cuda::attention_tc_params(S, T, H, kD);
+  AttentionTcParams<Elem> p = emae::cuda::attention_tc_params<Elem>(S, T, H, kD);
   p.qkv = b_qkv.data();
   p.out = b_out.data();
   p.lse = b_lse.data();
@@ -369,10 +407,10 @@ int run_case(const Case& c, uint64_t seed, BlockEmulator& emu) {
     const auto all = [](size_t) { return true; };
     e_out = rel_l2(b_out.values(), ref.out, all);
     e_lse = rel_l2(b_lse.values(), ref.lse, all);
-    // backward on the reference out and lse (rounded to fp32), as attention_check.cu
+    // backward on the reference out (rounded to the storage type) and lse (to fp32), as attention_check.cu
     b_out.fill(std::vector<float>(ref.out.begin(), ref.out.end()));
     b_lse.fill(std::vector<float>(ref.lse.begin(), ref.lse.end()));
-    AttentionTcParams q = emae::cuda::attention_tc_params(S, T, H, kD);
+    AttentionTcParams<Elem> q = emae::cuda::attention_tc_params<Elem>(S, T, H, kD);
     q.qkv = b_qkv.data();
     q.dout = b_dout.data();
     q.out_fwd = b_out.data();
@@ -402,9 +440,9 @@ int run_case(const Case& c, uint64_t seed, BlockEmulator& emu) {
   const bool ok = error.empty() && fwd_ok(e_out) && fwd_ok(e_lse) && bwd_ok(e_dq) && bwd_ok(e_dk) && bwd_ok(e_dv) &&
                   guards;
   const AttentionTcPlan plan = emae::cuda::attention_tc_plan<kD>(T);
-  std::printf("%s S=%d T=%d H=%d dh=%d amp=%g offset=%zu (rounds %d, grid.y %d, chunks %d, vec %d)%s%s  σ %.2f  out %.2e "
+  std::printf("%s %s S=%d T=%d H=%d dh=%d amp=%g offset=%zu (rounds %d, grid.y %d, chunks %d, vec %d)%s%s  σ %.2f  out %.2e "
               " lse %.2e (tol %.1e)  dq %.2e  dk %.2e  dv %.2e (tol %.1e)  [%lld collectives]%s%s%s\n",
-              ok ? "PASS" : "FAIL", S, T, H, kD, c.amp, c.offset, plan.rounds, plan.grid_y, plan.chunks, (int)p.vec,
+              ok ? "PASS" : "FAIL", emae::dtype_name(Storage<Elem>::kType), S, T, H, kD, c.amp, c.offset, plan.rounds, plan.grid_y, plan.chunks, (int)p.vec,
               c.note[0] ? "  " : "", c.note, ref.score_rms, e_out, e_lse, tol_fwd, e_dq, e_dk, e_dv, tol_bwd,
               emu.collectives - before,
               guards ? "" : "  GUARD OVERWRITTEN", error.empty() ? "" : "  ERROR: ", error.c_str());
@@ -412,14 +450,63 @@ int run_case(const Case& c, uint64_t seed, BlockEmulator& emu) {
   return ok ? 0 : 1;
 }
 
-int run_any(const Case& c, uint64_t seed, BlockEmulator& emu) {
+template <class Elem>
+int run_dh(const Case& c, uint64_t seed, BlockEmulator& emu) {
   switch (c.shape.dh) {
-    case 32: return run_case<32>(c, seed, emu);
-    case 64: return run_case<64>(c, seed, emu);
-    case 128: return run_case<128>(c, seed, emu);
+    case 32: return run_case<32, Elem>(c, seed, emu);
+    case 64: return run_case<64, Elem>(c, seed, emu);
+    case 128: return run_case<128, Elem>(c, seed, emu);
   }
   std::printf("FAIL dh=%d has no tensor-core kernel\n", c.shape.dh);
   return 1;
+}
+
+int run_any(const Case& c, uint64_t seed, BlockEmulator& emu) {
+  return c.storage == DType::kBF16 ? run_dh<bf16_t>(c, seed, emu) : run_dh<float>(c, seed, emu);
+}
+
+// A call whose views mix fp32 and bf16 is refused (std::invalid_argument naming the views) before
+// anything is launched, on either path.
+int mixed_storage() {
+  using emae::Act;
+  using emae::ActIn;
+  using emae::cuda::AttentionPath;
+  float f[64] = {};
+  uint16_t b[64] = {};
+  const Act f32(f), bf(b, DType::kBF16);
+  struct Mixed {
+    const char* what;
+    std::function<void(AttentionPath)> call;
+    const char* expect;
+  };
+  const Mixed cases[] = {
+      {"forward: out bf16, qkv fp32",
+       [&](AttentionPath a) { emae::cuda::attention_forward_on(a, bf, f, f32, 1, 4, 1, 32, 0); },
+       "attention_forward: out is bf16 but qkv is fp32"},
+      {"backward: dout fp32, the rest bf16",
+       [&](AttentionPath a) { emae::cuda::attention_backward_on(a, bf, f32, bf, bf, f, 1, 4, 1, 32, f, 0); },
+       "attention_backward: dout is fp32 but qkv is bf16"},
+      {"backward: dqkv bf16, the rest fp32",
+       [&](AttentionPath a) { emae::cuda::attention_backward_on(a, bf, f32, f32, f32, f, 1, 4, 1, 32, f, 0); },
+       "attention_backward: dqkv is bf16 but qkv is fp32"},
+  };
+  int failures = 0;
+  for (AttentionPath path : {AttentionPath::kSimt, AttentionPath::kTc})
+    for (const Mixed& m : cases) {
+      std::string msg = "(no exception)";
+      try {
+        m.call(path);
+      } catch (const std::invalid_argument& e) {
+        msg = e.what();
+      } catch (const std::exception& e) {
+        msg = std::string("wrong exception type: ") + e.what();
+      }
+      const bool ok = msg.rfind(m.expect, 0) == 0;
+      std::printf("%s mixed storage [%s] %s -> \"%s\"\n", ok ? "PASS" : "FAIL",
+                  emae::cuda::attention_path_name(path), m.what, msg.c_str());
+      failures += !ok;
+    }
+  return failures;
 }
 
 }  // namespace
@@ -448,6 +535,8 @@ int main(int argc, char** argv) {
       {{1, 50, 2, 64}, 1.f, 0, "(encoder: T = 50)"},
       {{1, 197, 1, 32}, 1.f, 0, "(decoder: T = 197)"},
       {{2, 7, 3, 128}, 1.f, 0, "(odd T, odd heads)"},
+      {{1, 50, 2, 64}, 1.f, 0, "(encoder: T = 50)", DType::kBF16},
+      {{1, 33, 2, 32}, 1.f, 3, "(misaligned, odd T)", DType::kBF16},
   };
   const std::vector<Case> cases = {
       {{2, 1, 3, 32}, 1.f, 0, "(T = 1)"},
@@ -468,9 +557,23 @@ int main(int argc, char** argv) {
       {{1, 50, 1, 128}, 1.f, 0, "(dh = 128)"},
       {{1, 130, 1, 128}, 1.f, 0, "(dh = 128, T > 128: two chunks)"},
       {{1, 130, 1, 128}, 4.f, 1, "(dh = 128, two chunks, peaky, misaligned)"},
+      // bf16 storage: 16-byte row copies into shared memory, 32-bit pairs into A fragments (and
+      // 2-byte loads when misaligned), bf16 stores, D from the bf16 dout and out
+      {{2, 1, 3, 32}, 1.f, 0, "(T = 1)", DType::kBF16},
+      {{2, 7, 3, 32}, 1.f, 0, "(odd T, odd heads)", DType::kBF16},
+      {{2, 50, 3, 64}, 1.f, 0, "(encoder)", DType::kBF16},
+      {{1, 65, 1, 64}, 1.f, 0, "(T = 65: two rounds, a 1-row tile)", DType::kBF16},
+      {{1, 197, 3, 32}, 1.f, 0, "(decoder)", DType::kBF16},
+      {{1, 197, 1, 32}, 8.f, 0, "(decoder, very large logits)", DType::kBF16},
+      {{1, 50, 1, 64}, 1.f, 1, "(misaligned: scalar loads)", DType::kBF16},
+      {{1, 33, 2, 32}, 1.f, 3, "(misaligned, odd T)", DType::kBF16},
+      {{1, 300, 1, 32}, 1.f, 0, "(T > 256: two chunks, one round per block)", DType::kBF16},
+      {{1, 7, 2, 128}, 1.f, 0, "(dh = 128, odd T)", DType::kBF16},
+      {{1, 130, 1, 128}, 4.f, 1, "(dh = 128, two chunks, peaky, misaligned)", DType::kBF16},
   };
   uint64_t seed = 99;
   for (const Case& c : quick ? quick_cases : cases) failures += run_any(c, seed += 10, *emu);
+  failures += mixed_storage();
   std::printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
   return failures ? 1 : 0;
 }

@@ -60,6 +60,11 @@ struct AttentionTraits {
   static constexpr size_t backward_kv_smem_floats(int dh) {
     return 4 * (size_t)tile(dh) + 2 * (size_t)weights() + 2 * kChunk;
   }
+  // Resident blocks per SM asked of ptxas (__launch_bounds__' second argument). fp32: 0, i.e. none,
+  // as verified on an H100 (ptxas then caps some kernels at 128 registers and spills a few bytes);
+  // bf16: 1, which lets ptxas use up to 255 registers.
+  template <typename Elem>
+  static constexpr int kMinBlocks = std::is_same_v<Elem, float> ? 0 : 1;
 };
 
 static_assert(AttentionTraits::kChunk == 32, "one staged row per lane");
@@ -137,7 +142,7 @@ __device__ __forceinline__ void stage_tile(float* __restrict__ dst, const Elem* 
 
 // out, lse of the 32 queries [q0, q0 + 32) of one (s, h)
 template <int kDims, typename Elem>
-static __global__ void __launch_bounds__(AT::kThreads)
+static __global__ void __launch_bounds__(AT::kThreads, AT::kMinBlocks<Elem>)
     attention_forward_kernel(Elem* __restrict__ out, float* __restrict__ lse, const Elem* __restrict__ qkv, int T,
                              int H, int dh, float scale, bool vec4) {
   extern __shared__ float4 attention_smem[];
@@ -222,7 +227,10 @@ static __global__ void __launch_bounds__(AT::kThreads)
 #pragma unroll
     for (int r = 0; r < kDims; ++r) {
       const int d = lane + 32 * r;
-      if (d < dh) store_elem(&dst[d], o[w][r] * inv);
+      if (d < dh) {
+        const float v = o[w][r] * inv;
+        store_elem(&dst[d], v);
+      }
     }
     if (lane == 0) lse[((size_t)s * H + h) * T + i] = m[w] + logf(l_row);
   }
@@ -248,7 +256,7 @@ static __global__ void __launch_bounds__(AT::kThreads)
 
 // query side: dq_i = scale Σ_j ds_ij k_j for the 32 queries [q0, q0 + 32) of one (s, h)
 template <int kDims, typename Elem>
-static __global__ void __launch_bounds__(AT::kThreads)
+static __global__ void __launch_bounds__(AT::kThreads, AT::kMinBlocks<Elem>)
     attention_backward_q_kernel(Elem* __restrict__ dqkv, const Elem* __restrict__ dout,
                                 const Elem* __restrict__ qkv, const float* __restrict__ lse,
                                 const float* __restrict__ delta, int T, int H, int dh, float scale, bool vec4) {
@@ -328,7 +336,10 @@ static __global__ void __launch_bounds__(AT::kThreads)
 #pragma unroll
     for (int r = 0; r < kDims; ++r) {
       const int d = lane + 32 * r;
-      if (d < dh) store_elem(&dst[d], scale * dq[w][r]);
+      if (d < dh) {
+        const float v = scale * dq[w][r];
+        store_elem(&dst[d], v);
+      }
     }
   }
 }
@@ -336,7 +347,7 @@ static __global__ void __launch_bounds__(AT::kThreads)
 // key side: dk_j = scale Σ_i ds_ij q_i, dv_j = Σ_i p_ij dout_i for the 32 keys [j0, j0 + 32) of one
 // (s, h); queries staged 32 at a time
 template <int kDims, typename Elem>
-static __global__ void __launch_bounds__(AT::kThreads)
+static __global__ void __launch_bounds__(AT::kThreads, AT::kMinBlocks<Elem>)
     attention_backward_kv_kernel(Elem* __restrict__ dqkv, const Elem* __restrict__ dout,
                                  const Elem* __restrict__ qkv, const float* __restrict__ lse,
                                  const float* __restrict__ delta, int T, int H, int dh, float scale, bool vec4) {

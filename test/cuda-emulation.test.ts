@@ -1,6 +1,7 @@
 // The new tensor-core kernels on the CPU, where no GPU is: cuda/dev/attention_tc_emulate.cu runs
-// the bodies of cuda/attention_tc.cuh (forward, dQ, dK/dV) with a block's threads as fibers and
-// ldmatrix/mma/shfl/barriers emulated from the PTX ISA, against a double reference;
+// the bodies of cuda/attention_tc.cuh (forward, dQ, dK/dV; fp32 and bf16 storage) with a block's
+// threads as fibers and ldmatrix/mma/shfl/barriers emulated from the PTX ISA, against a double
+// reference, and checks that views mixing fp32 and bf16 are refused;
 // cuda/dev/gemm_sm80_emulate.cu checks gemm_sm80.cuh's swizzle, bank groups and a functional
 // emulation of its pipeline; cuda/dev/gemm_sm90_emulate.cu runs gemm_sm90.cuh's CTA body with its
 // 384 threads as fibers and TMA (128-byte swizzle, zero fill, complete-tx), wgmma (descriptors,
@@ -47,7 +48,12 @@ async function buildAndRun(source: string, args: string[]) {
   t.is(r.code, 0, r.out);
   t.regex(r.out, /^PASS: 0 failure\(s\)$/m, r.out);
   t.notRegex(r.out, /^FAIL/m);
-  t.log(r.out.trim().split('\n').filter((l) => /^PASS S=/.test(l)).length, 'cases');
+  // both storage types ran (bf16: qkv, out, dout, dqkv stored as bf16), and a mix is refused on both paths
+  const passed = (storage: string) => r.out.split('\n').filter((l) => l.startsWith(`PASS ${storage} S=`)).length;
+  t.true(passed('fp32') >= 10, 'fp32-storage cases ran');
+  t.true(passed('bf16') >= 10, 'bf16-storage cases ran');
+  for (const path of ['simt', 'tc']) t.regex(r.out, new RegExp(`^PASS mixed storage \\[${path}\\]`, 'm'));
+  t.log(passed('fp32'), 'fp32 cases,', passed('bf16'), 'bf16 cases');
 });
 
 (nvcc ? test : test.skip)('Ampere GEMM (gemm_sm80.cuh): swizzle, bank groups, pipeline and fused epilogues in CPU emulation', async (t) => {

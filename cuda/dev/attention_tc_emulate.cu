@@ -352,6 +352,10 @@ std::vector<float> rounded(std::vector<float> v) {
 // score by ~u·|s|, so the probabilities carry a relative error growing with the logit scale σ (the
 // RMS score); P and dS are rounded once more for the second products. out, lse: u·(1 + σ);
 // dq, dk, dv: 2u·(1 + σ) (unit-scale inputs, σ ≈ 0.33: 5e-3 and 1e-2, about 3× the errors seen).
+// With bf16 storage the inputs are exact bf16 (the reference sees the same values), so the scores
+// are exact products summed in fp32 and lse is an fp32 result: 1e-5·max(1, σ/3), the fp32 SIMT
+// path's tolerance; out and the gradients keep the bounds above (P and dS are still rounded, and
+// each output once more on store, ≤ u/2 relative).
 constexpr double kBf16Unit = 1.0 / 256;
 
 struct Case {
@@ -435,15 +439,17 @@ int run_case(const Case& c, uint64_t seed, BlockEmulator& emu) {
     error = e.what();
   }
   const double tol_fwd = kBf16Unit * (1 + ref.score_rms), tol_bwd = 2 * tol_fwd;
+  const double tol_lse = std::is_same_v<Elem, float> ? tol_fwd : 1e-5 * std::max(1.0, ref.score_rms / 3);
   const auto fwd_ok = [&](double e) { return e <= tol_fwd; };  // NaN (an unwritten output) fails
   const auto bwd_ok = [&](double e) { return e <= tol_bwd; };
-  const bool ok = error.empty() && fwd_ok(e_out) && fwd_ok(e_lse) && bwd_ok(e_dq) && bwd_ok(e_dk) && bwd_ok(e_dv) &&
+  const bool ok = error.empty() && fwd_ok(e_out) && e_lse <= tol_lse && bwd_ok(e_dq) && bwd_ok(e_dk) && bwd_ok(e_dv) &&
                   guards;
   const AttentionTcPlan plan = emae::cuda::attention_tc_plan<kD>(T);
   std::printf("%s %s S=%d T=%d H=%d dh=%d amp=%g offset=%zu (rounds %d, grid.y %d, chunks %d, vec %d)%s%s  σ %.2f  out %.2e "
-              " lse %.2e (tol %.1e)  dq %.2e  dk %.2e  dv %.2e (tol %.1e)  [%lld collectives]%s%s%s\n",
-              ok ? "PASS" : "FAIL", emae::dtype_name(Storage<Elem>::kType), S, T, H, kD, c.amp, c.offset, plan.rounds, plan.grid_y, plan.chunks, (int)p.vec,
-              c.note[0] ? "  " : "", c.note, ref.score_rms, e_out, e_lse, tol_fwd, e_dq, e_dk, e_dv, tol_bwd,
+              "(tol %.1e)  lse %.2e (tol %.1e)  dq %.2e  dk %.2e  dv %.2e (tol %.1e)  [%lld collectives]%s%s%s\n",
+              ok ? "PASS" : "FAIL", emae::dtype_name(Storage<Elem>::kType), S, T, H, kD, c.amp, c.offset, plan.rounds,
+              plan.grid_y, plan.chunks, (int)p.vec,
+              c.note[0] ? "  " : "", c.note, ref.score_rms, e_out, tol_fwd, e_lse, tol_lse, e_dq, e_dk, e_dv, tol_bwd,
               emu.collectives - before,
               guards ? "" : "  GUARD OVERWRITTEN", error.empty() ? "" : "  ERROR: ", error.c_str());
   std::fflush(stdout);

@@ -61,8 +61,9 @@ struct AttentionTraits {
     return 4 * (size_t)tile(dh) + 2 * (size_t)weights() + 2 * kChunk;
   }
   // Resident blocks per SM asked of ptxas (__launch_bounds__' second argument). fp32: 0, i.e. none,
-  // as verified on an H100 (ptxas then caps some kernels at 128 registers and spills a few bytes);
-  // bf16: 1, which lets ptxas use up to 255 registers.
+  // as verified on an H100 (ptxas's own register choice spills 4–72 bytes in some of them, e.g. the
+  // forward at kDims 3, 4); bf16: 1, under which ptxas (CUDA 13) spills in none of them for sm_80,
+  // sm_90, sm_90a (126–254 registers: fewer resident warps than fp32's 72–168, unmeasured).
   template <typename Elem>
   static constexpr int kMinBlocks = std::is_same_v<Elem, float> ? 0 : 1;
 };

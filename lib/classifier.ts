@@ -11,6 +11,7 @@ import {
 } from './errors.js';
 import { pickDevice, type Device, type OptimizerState, type StateDictTensor } from './model.js';
 import { native, type NativeClassifier, type NativeClassifierBatch, type NativeClassifierConfig } from './native.js';
+import { checkMemoryPlanArgs, type MemoryPlanOptions, type MemoryReport } from './memory.js';
 import type { PresetName } from './presets.js';
 import { checkProfileOptions, toProfileReport, type ProfileDisabled, type ProfileOptions, type ProfileReport } from './profile.js';
 import { smoothOneHot } from './finetune-data.js';
@@ -183,18 +184,35 @@ export class Classifier {
       const bf16 = addon.cpuBf16Available();
       if (!bf16.available) throw new Error(`cpuMatmul 'bf16' is not available on this machine: ${bf16.reason}; use 'fp32'`);
     }
-    const nativeConfig: NativeClassifierConfig = {
-      imageSize: r.imageSize, patchSize: r.patchSize, channels: r.channels, embedDim: r.embedDim, depth: r.depth,
-      numHeads: r.numHeads, mlpRatio: r.mlpRatio, numClasses: r.numClasses, globalPool: r.globalPool,
-      dropPath: r.dropPath, layerNormEps: r.layerNormEps, seed: r.seed, threads, device, cpuMatmul: r.cpuMatmul,
-    };
     let handle: NativeClassifier;
     try {
-      handle = await addon.createClassifier(nativeConfig);
+      handle = await addon.createClassifier(toNativeConfig(r, device, threads));
     } catch (err) {
       throw withCallerStack(err, context);
     }
     return new Classifier(constructToken, handle, { ...r, device, threads });
+  }
+
+  /**
+   * The backend memory a fine-tuning step at `batchSize` would hold for a classifier of `config`,
+   * planned without creating one; as {@link EMAE.memoryPlan}.
+   * @throws {TypeError|RangeError} a bad config, batchSize or option (named)
+   */
+  static memoryPlan(config: ClassifierConfig, batchSize: number, options: MemoryPlanOptions = {}): MemoryReport {
+    const r = resolveClassifierConfig(config);
+    const activations = checkMemoryPlanArgs(batchSize, options);
+    return { ...native().classifierMemoryPlan(toNativeConfig(r, 'cpu', r.threads ?? 1), batchSize, activations) };
+  }
+
+  /**
+   * The backend memory a fine-tuning step at `batchSize` holds on this classifier's backend, for
+   * the activation type it was created with; as {@link EMAE.memory}.
+   * @throws {TypeError|RangeError} batchSize not a positive integer
+   */
+  memory(batchSize: number): MemoryReport {
+    this.#assertAlive();
+    assertPositiveInteger('batchSize', batchSize);
+    return { ...this.#handle.memory(batchSize) };
   }
 
   get config(): Readonly<ResolvedClassifierConfig> {
@@ -520,4 +538,13 @@ function pick<T>(o: Record<string, T>, names: readonly string[]): Record<string,
 function zeroState(params: readonly ClassifierParamInfo[]): OptimizerState {
   const zeros = () => Object.fromEntries(params.map((p) => [p.name, new Float32Array(product(p.shape))]));
   return { step: 0, expAvg: zeros(), expAvgSq: zeros() };
+}
+
+/** The native classifier config of a resolved config (createClassifier, classifierMemoryPlan). */
+function toNativeConfig(r: ReturnType<typeof resolveClassifierConfig>, device: Device, threads: number): NativeClassifierConfig {
+  return {
+    imageSize: r.imageSize, patchSize: r.patchSize, channels: r.channels, embedDim: r.embedDim, depth: r.depth,
+    numHeads: r.numHeads, mlpRatio: r.mlpRatio, numClasses: r.numClasses, globalPool: r.globalPool,
+    dropPath: r.dropPath, layerNormEps: r.layerNormEps, seed: r.seed, threads, device, cpuMatmul: r.cpuMatmul,
+  };
 }

@@ -9,6 +9,7 @@ export type {
   Batch, Device, LoadOptions, LossAndGradsResult, LossOptions, Losses, OptimizerState, ParamInfo,
   StateDictTensor, TrainStepOptions, TrainStepResult,
 } from './model.js';
+export type { ActivationType, MemoryPlanOptions, MemoryReport } from './memory.js';
 export { formatProfile, profileByOp } from './profile.js';
 export type { ProfileDisabled, ProfileOptions, ProfileReport, ProfileRow } from './profile.js';
 export { ParallelMasker, validatePermutation } from './masker.js';

@@ -13,6 +13,7 @@ import {
   assertPositiveInteger, assertString, invalidRangeError, invalidTypeError, isFloat32Array, isObject, withCallerStack,
 } from './errors.js';
 import { ParallelMasker, validatePermutation } from './masker.js';
+import { checkMemoryPlanArgs, type MemoryPlanOptions, type MemoryReport } from './memory.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
 import { checkProfileOptions, toProfileReport, type ProfileDisabled, type ProfileOptions, type ProfileReport } from './profile.js';
 import { writeFileAtomic, writeSafetensors } from './safetensors.js';
@@ -164,27 +165,7 @@ export class EMAE {
       threads = addon.defaultThreads();
       assertPositiveInteger('defaultThreads() of the native addon', threads);
     }
-    const nativeConfig: NativeModelConfig = {
-      imageSize: resolved.imageSize,
-      patchSize: resolved.patchSize,
-      channels: resolved.channels,
-      embedDim: resolved.embedDim,
-      depth: resolved.depth,
-      numHeads: resolved.numHeads,
-      decoderEmbedDim: resolved.decoderEmbedDim,
-      decoderDepth: resolved.decoderDepth,
-      decoderNumHeads: resolved.decoderNumHeads,
-      mlpRatio: resolved.mlpRatio,
-      parts: resolved.parts,
-      partsTotal: resolved.partsTotal,
-      normPixLoss: resolved.normPixLoss,
-      consistencyDistance: resolved.consistencyDistance,
-      layerNormEps: resolved.layerNormEps,
-      seed: resolved.seed,
-      threads,
-      device,
-      cpuMatmul: resolved.cpuMatmul,
-    };
+    const nativeConfig = toNativeConfig(resolved, device, threads);
     if (device === 'cpu' && resolved.cpuMatmul === 'bf16') {
       const bf16 = addon.cpuBf16Available();
       if (!bf16.available) throw new Error(`cpuMatmul 'bf16' is not available on this machine: ${bf16.reason}; use 'fp32'`);
@@ -196,6 +177,32 @@ export class EMAE {
       throw withCallerStack(err, context);
     }
     return new EMAE(constructToken, handle, { ...resolved, device, threads }, device);
+  }
+
+  /**
+   * The backend memory a training step at `batchSize` would hold for a model of `config`, planned
+   * without creating one (nothing is allocated): parameters, gradients, AdamW moments, the bf16
+   * weight copy and the activation arena, in bytes. `activations: 'bf16'` plans the GPU's bf16
+   * storage (EMAE_ACTIVATIONS=bf16), which also keeps a bf16 copy of the weights.
+   * @throws {TypeError|RangeError} a bad config, batchSize or option (named)
+   */
+  static memoryPlan(config: EMAEConfig, batchSize: number, options: MemoryPlanOptions = {}): MemoryReport {
+    const resolved = resolveConfig(config);
+    const activations = checkMemoryPlanArgs(batchSize, options);
+    const plan = native().modelMemoryPlan(toNativeConfig(resolved, 'cpu', resolved.threads ?? 1), batchSize, activations);
+    return { ...plan };
+  }
+
+  /**
+   * The backend memory a training step at `batchSize` holds on this model's backend (see
+   * {@link EMAE.memoryPlan}), for the activation type it was created with. Planned, not measured:
+   * nothing is allocated, and it may be called while a step runs.
+   * @throws {TypeError|RangeError} batchSize not a positive integer
+   */
+  memory(batchSize: number): MemoryReport {
+    this.#assertAlive();
+    assertPositiveInteger('batchSize', batchSize);
+    return { ...this.#handle.memory(batchSize) };
   }
 
   /** The resolved config (frozen): defaults filled in, device and threads as used. */
@@ -585,4 +592,29 @@ export function pickDevice(requested: ResolvedConfig['device'], cudaInfo: () => 
     why = `CUDA device 0 (${d.name}) has compute capability ${d.computeCapability}; emae needs 8.0 or newer`;
   }
   throw new Error(`device 'cuda' was requested but cannot be used: ${why}. Use device 'cpu' or 'auto'.`);
+}
+
+/** The native model config of a resolved config (createModel, modelMemoryPlan). */
+function toNativeConfig(resolved: ResolvedConfig, device: Device, threads: number): NativeModelConfig {
+  return {
+    imageSize: resolved.imageSize,
+    patchSize: resolved.patchSize,
+    channels: resolved.channels,
+    embedDim: resolved.embedDim,
+    depth: resolved.depth,
+    numHeads: resolved.numHeads,
+    decoderEmbedDim: resolved.decoderEmbedDim,
+    decoderDepth: resolved.decoderDepth,
+    decoderNumHeads: resolved.decoderNumHeads,
+    mlpRatio: resolved.mlpRatio,
+    parts: resolved.parts,
+    partsTotal: resolved.partsTotal,
+    normPixLoss: resolved.normPixLoss,
+    consistencyDistance: resolved.consistencyDistance,
+    layerNormEps: resolved.layerNormEps,
+    seed: resolved.seed,
+    threads,
+    device,
+    cpuMatmul: resolved.cpuMatmul,
+  };
 }

@@ -116,9 +116,16 @@ export interface NativeModel {
   encode(input: { images: Float32Array; batchSize: number }): Promise<Float32Array>;
   /** The per-op profile (EMAE_PROFILE=1 at creation), null when not profiled; reset: start again from zero. */
   profile(options: { reset: boolean }): NativeProfile | null;
+  /** Bytes a training step at batchSize holds on this model's backend (planned, nothing allocated). */
+  memory(batchSize: number): NativeMemory;
   /** Frees native memory; every later call throws. */
   dispose(): void;
   readonly disposed: boolean;
+}
+
+/** Bytes of backend memory (native/core/memory_plan.h); see MemoryReport (lib/memory.ts). */
+export interface NativeMemory {
+  params: number; grads: number; optimizer: number; weightCopy: number; activations: number; total: number;
 }
 
 export interface NativeClassifierConfig {
@@ -150,6 +157,8 @@ export interface NativeClassifier {
   predict(batch: NativeClassifierBatch): Promise<Float32Array>;
   /** as NativeModel.profile */
   profile(options: { reset: boolean }): NativeProfile | null;
+  /** as NativeModel.memory */
+  memory(batchSize: number): NativeMemory;
   dispose(): void;
   readonly disposed: boolean;
   readonly backend: string;
@@ -181,6 +190,10 @@ export interface NativeAddon {
   createModel(config: NativeModelConfig): Promise<NativeModel>;
   /** Builds a fine-tuning classifier (MAE's models_vit) off the JS thread. */
   createClassifier(config: NativeClassifierConfig): Promise<NativeClassifier>;
+  /** NativeModel.memory of a model not created, on a backend storing activations (and GEMM weights) so. */
+  modelMemoryPlan(config: NativeModelConfig, batchSize: number, activations: 'fp32' | 'bf16'): NativeMemory;
+  /** as modelMemoryPlan, for a classifier */
+  classifierMemoryPlan(config: NativeClassifierConfig, batchSize: number, activations: 'fp32' | 'bf16'): NativeMemory;
   cudaInfo(): NativeCudaInfo;
   /** OpenMP threads available by default */
   defaultThreads(): number;

@@ -8,6 +8,7 @@
 #include "cuda/device_info.h"
 #include "classifier_wrap.h"
 #include "model_wrap.h"
+#include "wrap_common.h"  // activations_requested
 
 namespace emae::napi {
 
@@ -19,7 +20,8 @@ namespace {
 
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const cuda::DeviceReport report = cuda::query_devices();
+  // the GEMM path a model created now would take: it depends on EMAE_ACTIVATIONS
+  const cuda::DeviceReport report = cuda::query_devices(activations_requested(env));
   Napi::Object out = Napi::Object::New(env);
   out.Set("compiled", report.compiled);
   out.Set("architectures", report.architectures);
@@ -70,8 +72,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(data);  // for createModel / createClassifier
   exports.Set("Model", model_class);
   exports.Set("createModel", Napi::Function::New<ModelWrap::CreateAsync>(env, "createModel"));
+  exports.Set("modelMemoryPlan", Napi::Function::New<ModelWrap::MemoryPlanFor>(env, "modelMemoryPlan"));
   exports.Set("Classifier", classifier_class);
   exports.Set("createClassifier", Napi::Function::New<ClassifierWrap::CreateAsync>(env, "createClassifier"));
+  exports.Set("classifierMemoryPlan", Napi::Function::New<ClassifierWrap::MemoryPlanFor>(env, "classifierMemoryPlan"));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env, "cudaInfo"));
   exports.Set("defaultThreads", Napi::Function::New<DefaultThreads>(env, "defaultThreads"));
   exports.Set("cpuGemmKernel", Napi::Function::New<CpuGemmKernel>(env, "cpuGemmKernel"));

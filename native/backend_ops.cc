@@ -4,6 +4,7 @@
 // outputs it accumulates into start from the tensor of the same name, or zeros. Internal API.
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -61,6 +62,14 @@ class Runner {
     return track(out_key, static_cast<float*>(place(arr.Data(), n * sizeof(float))), n);
   }
   void host_value(const char* key, double v) { host_values_[key] = v; }
+  // an output computed on the host (returned as it is)
+  void host_array(const char* key, std::vector<float> values) { host_arrays_[key] = std::move(values); }
+  // uninitialized backend memory of n T's, released with the runner
+  template <typename T> T* scratch(size_t n) {
+    void* p = be_.allocate(n * sizeof(T));
+    allocations_.push_back(p);
+    return static_cast<T*>(p);
+  }
   // backend memory holding a copy of `host` (a StepStatus, say), and reading one back
   template <typename T> T* device_copy(const T& host) { return static_cast<T*>(place(&host, sizeof(T))); }
   template <typename T> T read(const T* device) const {
@@ -96,6 +105,11 @@ class Runner {
       result.Set(key, arr);
     }
     for (auto& [key, v] : host_values_) result.Set(key, Napi::Number::New(env_, v));
+    for (auto& [key, values] : host_arrays_) {
+      auto arr = Napi::Float32Array::New(env_, values.size());
+      std::copy(values.begin(), values.end(), arr.Data());
+      result.Set(key, arr);
+    }
     return result;
   }
 
@@ -117,6 +131,7 @@ class Runner {
   std::vector<void*> allocations_;
   std::map<std::string, std::pair<float*, size_t>> outputs_;
   std::map<std::string, double> host_values_;
+  std::map<std::string, std::vector<float>> host_arrays_;
 };
 
 void run(const std::string& name, Backend& be, Runner& r) {
@@ -283,6 +298,18 @@ void run(const std::string& name, Backend& be, Runner& r) {
     double* loss = r.device_copy(0.0);
     be.cross_entropy_forward_backward(loss, r.out("dlogits", (size_t)B * C), logits, targets, B, C);
     r.host_value("loss", r.read(loss));
+  } else if (name == "convert_to_bf16") {
+    // x (n) → out (n): x rounded to bf16 (nearest even) and widened back on the host, so the
+    // backends' rounding can be checked value for value
+    const size_t n = (size_t)r.dim("n");
+    const float* x = r.in("x", n);
+    uint16_t* bits = r.scratch<uint16_t>(n);
+    be.convert_to_bf16(bits, x, n);
+    std::vector<uint16_t> host(n);
+    be.download(host.data(), bits, n * sizeof(uint16_t));
+    std::vector<float> widened(n);
+    for (size_t i = 0; i < n; ++i) widened[i] = float_from_bf16(host[i]);
+    r.host_array("out", std::move(widened));
   } else if (name == "adamw" || name == "grad_norm" || name == "optimizer_step") {
     // segments given as dims size0/decay0[/lrScale0], size1/decay1[/lrScale1], … laid out back to
     // back; lrScaleI (AdamW's lr multiplier of segment I) defaults to 1
@@ -318,7 +345,7 @@ void run(const std::string& name, Backend& be, Runner& r) {
       if (name == "adamw") {
         // the plain update: a status that lets it run, no clipping (grad comes back unchanged)
         float* grad = r.in_place("grad", "grad", total);
-        be.adamw(p, grad, m, v, segments.data(), count, s, r.device_copy(StepStatus{}), 0.f, false);
+        be.adamw(p, grad, m, v, nullptr, segments.data(), count, s, r.device_copy(StepStatus{}), 0.f, false);
       } else {
         // the optimizer as adamw_step runs it: the norm into the status, then the update decided
         // from it. tensors.loss (one value, NaN/Infinity allowed) is the status' loss, checked
@@ -331,7 +358,7 @@ void run(const std::string& name, Backend& be, Runner& r) {
         be.grad_norm_squared(&status->grad_norm_sq, grad, segments.data(), count);
         const float clip = r.has_dim("clipGrad") ? (float)r.scalar("clipGrad") : 0.f;
         const bool check_loss = r.has_dim("checkLoss") && r.dim("checkLoss") != 0;
-        be.adamw(p, grad, m, v, segments.data(), count, s, status, clip, check_loss);
+        be.adamw(p, grad, m, v, nullptr, segments.data(), count, s, status, clip, check_loss);
         const StepStatus after = r.read(status);
         r.host_value("normSquared", after.grad_norm_sq);
         r.host_value("updated", decide_step(after, clip, check_loss).update);

@@ -176,6 +176,7 @@ Napi::Function ClassifierWrap::Define(Napi::Env env) {
                          InstanceMethod<&ClassifierWrap::TrainStep>("trainStep"),
                          InstanceMethod<&ClassifierWrap::Predict>("predict"),
                          InstanceMethod<&ClassifierWrap::Profile>("profile"),
+                         InstanceMethod<&ClassifierWrap::Memory>("memory"),
                          InstanceMethod<&ClassifierWrap::Dispose>("dispose"),
                          InstanceAccessor<&ClassifierWrap::Disposed>("disposed"),
                          InstanceAccessor<&ClassifierWrap::BackendName>("backend"),
@@ -245,6 +246,27 @@ Napi::Value ClassifierWrap::Predict(const Napi::CallbackInfo& info) {
   check_usable(env, "predict");
   ClassifierBatch batch = parse_batch(info[0], model_->config(), false);
   return queue(new Worker(env, info.This().As<Napi::Object>(), this, std::move(batch), Mode::Predict, {}, "predict"));
+}
+
+Napi::Value ClassifierWrap::Memory(const Napi::CallbackInfo& info) {
+  if (!model_) throw Napi::Error::New(info.Env(), "memory: the classifier has been disposed");
+  return memory_of(info, *model_);
+}
+
+// (config, batchSize, activations) → the memory plan of a classifier not created (nothing allocated)
+Napi::Value ClassifierWrap::MemoryPlanFor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string device;
+  const auto config = parse_config(get_object(info[0], "config"), device);
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "Expected a positive integer for batchSize");
+  const double batch = info[1].As<Napi::Number>().DoubleValue();
+  if (!(batch >= 1 && batch <= 1 << 24 && batch == (double)(int)batch))
+    throw Napi::RangeError::New(env, "Expected a positive integer for batchSize");
+  const DType activations = parse_activations(info[2]);
+  // a backend storing bf16 activations has its GEMMs read the bf16 weight copy (the CUDA backend's pairing)
+  return memory_object(env, guard(env, "memoryPlan", [&] {
+    return Classifier::memory_plan(config, (int)batch, activations, activations);
+  }));
 }
 
 Napi::Value ClassifierWrap::Profile(const Napi::CallbackInfo& info) {

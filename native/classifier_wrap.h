@@ -15,6 +15,8 @@ class ClassifierWrap : public Napi::ObjectWrap<ClassifierWrap> {
   static Napi::Function Define(Napi::Env env);
   // createClassifier(config) → Promise<Classifier>
   static Napi::Value CreateAsync(const Napi::CallbackInfo& info);
+  // memoryPlan(config, batchSize, 'fp32' | 'bf16') → as memory(), planned without a model
+  static Napi::Value MemoryPlanFor(const Napi::CallbackInfo& info);
   explicit ClassifierWrap(const Napi::CallbackInfo& info);
 
   Classifier& model() { return *model_; }
@@ -31,6 +33,8 @@ class ClassifierWrap : public Napi::ObjectWrap<ClassifierWrap> {
   Napi::Value TrainStep(const Napi::CallbackInfo& info);
   Napi::Value Predict(const Napi::CallbackInfo& info);
   Napi::Value Profile(const Napi::CallbackInfo& info);  // as ModelWrap::Profile
+  // memory(batchSize) → { params, grads, optimizer, weightCopy, activations, total } bytes
+  Napi::Value Memory(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);

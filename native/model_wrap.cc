@@ -270,6 +270,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::Encode>("encode"),
                          InstanceMethod<&ModelWrap::ApplyGrads>("applyGrads"),
                          InstanceMethod<&ModelWrap::Profile>("profile"),
+                         InstanceMethod<&ModelWrap::Memory>("memory"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                          InstanceAccessor<&ModelWrap::Disposed>("disposed"),
                          InstanceAccessor<&ModelWrap::BackendName>("backend"),
@@ -375,6 +376,27 @@ Napi::Value ModelWrap::ApplyGrads(const Napi::CallbackInfo& info) {
   auto* worker = new StepWorker(env, info.This().As<Napi::Object>(), this, Batch{}, StepMode::Apply, opt, "applyGrads",
                                 true, (float)scale);
   return queue(worker);
+}
+
+Napi::Value ModelWrap::Memory(const Napi::CallbackInfo& info) {
+  if (!model_) throw Napi::Error::New(info.Env(), "memory: the model has been disposed");
+  return memory_of(info, *model_);
+}
+
+// (config, batchSize, activations) → the memory plan of a model not created (nothing allocated)
+Napi::Value ModelWrap::MemoryPlanFor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string device;
+  const auto config = parse_config(get_object(info[0], "config"), device);
+  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "Expected a positive integer for batchSize");
+  const double batch = info[1].As<Napi::Number>().DoubleValue();
+  if (!(batch >= 1 && batch <= 1 << 24 && batch == (double)(int)batch))
+    throw Napi::RangeError::New(env, "Expected a positive integer for batchSize");
+  const DType activations = parse_activations(info[2]);
+  // a backend storing bf16 activations has its GEMMs read the bf16 weight copy (the CUDA backend's pairing)
+  return memory_object(env, guard(env, "memoryPlan", [&] {
+    return Model::memory_plan(config, (int)batch, activations, activations);
+  }));
 }
 
 Napi::Value ModelWrap::Profile(const Napi::CallbackInfo& info) {

@@ -36,6 +36,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   // createModel(config) → Promise<Model>: builds the model (allocation, MAE initialization, upload)
   // off the JS thread, then wraps it.
   static Napi::Value CreateAsync(const Napi::CallbackInfo& info);
+  // memoryPlan(config, batchSize, 'fp32' | 'bf16') → as memory(), planned without a model
+  static Napi::Value MemoryPlanFor(const Napi::CallbackInfo& info);
   // JS `new Model(external)` from CreateAsync only; adopts the emae::Model the External holds.
   explicit ModelWrap(const Napi::CallbackInfo& info);
 
@@ -58,6 +60,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value ApplyGrads(const Napi::CallbackInfo& info);
   // profile({ reset }): the EMAE_PROFILE report (wrap_common.h), null when the model is not profiled
   Napi::Value Profile(const Napi::CallbackInfo& info);
+  // memory(batchSize) → { params, grads, optimizer, weightCopy, activations, total } bytes
+  Napi::Value Memory(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);

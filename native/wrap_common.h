@@ -12,6 +12,7 @@
 
 #include "core/model.h"
 #include "core/profiling_backend.h"
+#include "cpu/bf16_reference_backend.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/op_timer.h"
@@ -129,6 +130,59 @@ inline bool profiling_requested(Napi::Env env) {
                                        value + "'");
 }
 
+// EMAE_ACTIVATIONS, read when a model or classifier is created (and by cudaInfo, whose GEMM path
+// depends on it): the element type of the activations a backend may store narrow (core/act.h).
+// unset, "" or "auto": fp32 (until a device run has verified bf16); "bf16": on CUDA the bf16
+// storage and GEMMs, on the CPU the slow reference of that storage (cpu/bf16_reference_backend.h).
+inline DType activations_requested(Napi::Env env) {
+  const char* env_value = std::getenv("EMAE_ACTIVATIONS");
+  const std::string value = env_value ? env_value : "";
+  if (value.empty() || value == "auto" || value == "fp32") return DType::kF32;
+  if (value == "bf16") return DType::kBF16;
+  throw Napi::RangeError::New(env, "EMAE_ACTIVATIONS must be auto, fp32 or bf16 (bf16: store activations in bf16; on "
+                                   "the CPU a slow reference of the GPU's storage), got '" + value + "'");
+}
+
+// The backend a model or classifier computes on: CUDA or the CPU, storing activations as
+// `activations` (the CPU's bf16 is the reference decorator around the fp32 CPU backend).
+inline std::unique_ptr<Backend> make_backend(const std::string& device, DType activations, bool cpu_bf16_matmul) {
+  if (device == "cuda") return cuda::make_cuda_backend(dist::cuda_device(), activations);
+  std::unique_ptr<Backend> cpu = cpu::make_cpu_backend(cpu_bf16_matmul);
+  return activations == DType::kBF16 ? cpu::make_bf16_reference_backend(std::move(cpu)) : std::move(cpu);
+}
+
+// 'fp32' | 'bf16' (the activations of a memory plan) → DType
+inline DType parse_activations(const Napi::Value& v) {
+  const std::string name = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (name == "fp32") return DType::kF32;
+  if (name == "bf16") return DType::kBF16;
+  throw Napi::TypeError::New(v.Env(), "Expected 'fp32' or 'bf16' for activations");
+}
+
+// { params, grads, optimizer, weightCopy, activations, total } in bytes (core/memory_plan.h)
+inline Napi::Object memory_object(Napi::Env env, const MemoryPlan& m) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("params", (double)m.params);
+  out.Set("grads", (double)m.grads);
+  out.Set("optimizer", (double)m.optimizer);
+  out.Set("weightCopy", (double)m.weight_copy);
+  out.Set("activations", (double)m.activations);
+  out.Set("total", (double)m.total());
+  return out;
+}
+
+// memory(batchSize) of a live model or classifier: the plan for its own backend's types. Reads
+// only the configuration and the backend's types, never backend memory, so it may run while a
+// step is in flight.
+template <typename M> Napi::Value memory_of(const Napi::CallbackInfo& info, const M& m) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "Expected a positive integer for batchSize");
+  const double batch = info[0].As<Napi::Number>().DoubleValue();
+  if (!(batch >= 1 && batch <= 1 << 24 && batch == (double)(int)batch))
+    throw Napi::RangeError::New(env, "Expected a positive integer for batchSize");
+  return memory_object(env, guard(env, "memory", [&] { return m.memory((int)batch); }));
+}
+
 // The profiling decorator around `inner`, timed by CUDA events on a CUDA backend's stream, else by
 // the host clock (the CPU backend's ops are synchronous).
 inline std::unique_ptr<Backend> profiled(std::unique_ptr<Backend> inner) {
@@ -182,14 +236,14 @@ template <typename M, typename Config> class CreateWorker : public Napi::AsyncWo
         config_(config),
         device_(std::move(device)),
         handle_(handle),
-        profile_(profiling_requested(env)) {}
+        profile_(profiling_requested(env)),
+        activations_(activations_requested(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     failure_ = run_job([this] {
       omp_set_num_threads(config_.threads);
-      std::unique_ptr<Backend> backend =
-          device_ == "cuda" ? cuda::make_cuda_backend(dist::cuda_device()) : cpu::make_cpu_backend(config_.cpu_bf16_matmul);
+      std::unique_ptr<Backend> backend = make_backend(device_, activations_, config_.cpu_bf16_matmul);
       if (profile_) backend = profiled(std::move(backend));
       model_ = std::make_unique<M>(config_, std::move(backend));
     });
@@ -215,7 +269,8 @@ template <typename M, typename Config> class CreateWorker : public Napi::AsyncWo
   Config config_;
   std::string device_;
   Napi::FunctionReference AddonData::*handle_;
-  bool profile_;  // EMAE_PROFILE=1
+  bool profile_;       // EMAE_PROFILE=1
+  DType activations_;  // EMAE_ACTIVATIONS
   std::unique_ptr<M> model_;
   JobFailure failure_;
 };

@@ -22,12 +22,13 @@ struct Classifier::Arena {
   StackDims enc{};
   float* images = nullptr;     // (B, C, H, W)
   int32_t* perm = nullptr;     // (B, N) identity: every patch, in order
-  float* cols = nullptr;       // (B·N, P)
-  float* emb = nullptr;        // (B·N, D)
+  // Act: stored in the backend's activation_dtype() (blocks.h); float*: always fp32
+  Act cols;                    // (B·N, P)
+  Act emb;                     // (B·N, D)
   float* x0 = nullptr;         // (R, D)
   std::vector<BlockActs> blocks;
   float* pooled = nullptr;     // (B, D) mean of the patch tokens, or the cls token
-  float* feat = nullptr;       // (B, D) after fc_norm / norm
+  Act feat;                    // (B, D) after fc_norm / norm
   float* feat_mean = nullptr;  // (B)
   float* feat_rstd = nullptr;  // (B)
   float* logits = nullptr;     // (B, Q)
@@ -35,13 +36,13 @@ struct Classifier::Arena {
   float* keep = nullptr;       // (depth, 2, B) drop-path factors
   // backward
   float* dlogits = nullptr;    // (B, Q)
-  float* dfeat = nullptr;      // (B, D)
+  Act dfeat;                   // (B, D)
   float* dpooled = nullptr;    // (B, D)
   float* dres = nullptr;       // (R, D)
-  float* wide = nullptr;       // (R, max(3D, H))
-  float* narrow = nullptr;     // (R, D)
+  Act wide;                    // (R, max(3D, H))
+  Act narrow;                  // (R, D)
   float* dbranch = nullptr;    // (R, D), only with drop path
-  float* demb = nullptr;       // (B·N, D)
+  Act demb;                    // (B·N, D)
   ~Arena() {
     if (memory) backend->release(memory);
   }
@@ -58,7 +59,9 @@ Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> 
   backend_->zero(status_, sizeof(StepStatus));
   std::vector<float> host(layout_.total);
   initialize_classifier(config_, layout_, host.data());
-  backend_->upload(params_, host.data(), bytes);
+  if (backend_->weight_dtype() == DType::kBF16)
+    params_bf16_ = static_cast<uint16_t*>(backend_->allocate(layout_.total * sizeof(uint16_t)));
+  upload_params(host.data());
   backend_->zero(grads_, bytes);
   backend_->zero(exp_avg_, bytes);
   backend_->zero(exp_avg_sq_, bytes);
@@ -76,11 +79,19 @@ Classifier::~Classifier() {
   predict_arena_.reset();
   for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
     if (p) backend_->release(p);
+  if (params_bf16_) backend_->release(params_bf16_);
   if (status_) backend_->release(status_);
 }
 
+void Classifier::upload_params(const float* host) {
+  backend_->upload(params_, host, layout_.total * sizeof(float));
+  if (params_bf16_) backend_->convert_to_bf16(params_bf16_, params_, layout_.total);  // the GEMMs' copy
+}
+
+Weights Classifier::weights() const { return {params_, params_bf16_}; }
+
 void Classifier::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
-void Classifier::set_params(const float* host) { backend_->upload(params_, host, layout_.total * sizeof(float)); }
+void Classifier::set_params(const float* host) { upload_params(host); }
 void Classifier::get_grads(float* host) const { backend_->download(host, grads_, layout_.total * sizeof(float)); }
 
 void Classifier::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
@@ -95,25 +106,25 @@ void Classifier::set_optimizer_state(const float* exp_avg, const float* exp_avg_
   step_ = step;
 }
 
-std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backward) {
-  const ClassifierConfig& c = config_;
+// Plans (offsets, no memory) the activations for `batch` images, with the backward's buffers when
+// `backward`; the Act buffers in `narrow`.
+std::unique_ptr<Classifier::Arena> Classifier::plan_arena(const ClassifierConfig& c, int batch, bool backward,
+                                                          DType narrow, ArenaPlanner& pl) {
   const int B = batch, N = c.num_patches(), T = c.tokens(), D = c.embed_dim, Q = c.num_classes, P = c.patch_dim();
   auto a = std::make_unique<Arena>();
-  a->backend = backend_.get();
   a->batch = batch;
   a->backward = backward;
   a->enc = {B, T, D, c.mlp_hidden, c.num_heads};
   const size_t R = a->enc.rows();
 
-  ArenaPlanner pl;
   a->images = pl.take<float>((size_t)B * c.channels * c.image_size * c.image_size);
   a->perm = pl.take<int32_t>((size_t)B * N);
-  a->cols = pl.take<float>((size_t)B * N * P);
-  a->emb = pl.take<float>((size_t)B * N * D);
+  a->cols = pl.take((size_t)B * N * P, narrow);
+  a->emb = pl.take((size_t)B * N * D, narrow);
   a->x0 = pl.take<float>(R * D);
-  plan_blocks(pl, a->enc, c.depth, a->blocks);
+  plan_blocks(pl, a->enc, c.depth, narrow, a->blocks);
   a->pooled = pl.take<float>((size_t)B * D);
-  a->feat = pl.take<float>((size_t)B * D);
+  a->feat = pl.take((size_t)B * D, narrow);
   a->feat_mean = pl.take<float>(B);
   a->feat_rstd = pl.take<float>(B);
   a->logits = pl.take<float>((size_t)B * Q);
@@ -121,17 +132,27 @@ std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backwa
     a->targets = pl.take<float>((size_t)B * Q);
     a->keep = pl.take<float>((size_t)c.depth * 2 * B);
     a->dlogits = pl.take<float>((size_t)B * Q);
-    a->dfeat = pl.take<float>((size_t)B * D);
+    a->dfeat = pl.take((size_t)B * D, narrow);
     a->dpooled = pl.take<float>((size_t)B * D);
     a->dres = pl.take<float>(R * D);
-    a->wide = pl.take<float>(R * std::max(3 * D, c.mlp_hidden));
-    a->narrow = pl.take<float>(R * D);
+    a->wide = pl.take(R * std::max(3 * D, c.mlp_hidden), narrow);
+    a->narrow = pl.take(R * D, narrow);
     if (c.drop_path > 0) a->dbranch = pl.take<float>(R * D);  // drop path's scaled branch gradients
-    a->demb = pl.take<float>((size_t)B * N * D);
+    a->demb = pl.take((size_t)B * N * D, narrow);
   }
+  return a;
+}
+
+// plan_arena's plan, allocated in backend memory, with the identity permutation uploaded.
+std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backward) {
+  const ClassifierConfig& c = config_;
+  const int B = batch, N = c.num_patches();
+  ArenaPlanner pl;
+  std::unique_ptr<Arena> a = plan_arena(c, batch, backward, backend_->activation_dtype(), pl);
+  a->backend = backend_.get();
   a->memory = backend_->allocate(pl.bytes());
   char* base = static_cast<char*>(a->memory);
-  auto fix = [&](auto*& p) { p = rebase(p, base); };
+  auto fix = [&](auto& p) { p = rebase(p, base); };
   fix(a->images); fix(a->perm); fix(a->cols); fix(a->emb); fix(a->x0);
   fix(a->pooled); fix(a->feat); fix(a->feat_mean); fix(a->feat_rstd); fix(a->logits);
   if (backward) {
@@ -144,6 +165,24 @@ std::unique_ptr<Classifier::Arena> Classifier::make_arena(int batch, bool backwa
   for (size_t i = 0; i < identity.size(); ++i) identity[i] = (int32_t)(i % N);
   backend_->upload(a->perm, identity.data(), identity.size() * sizeof(int32_t));
   return a;
+}
+
+MemoryPlan Classifier::memory_plan(const ClassifierConfig& config, int batch, DType activations, DType weights) {
+  config.validate();
+  if (batch < 1) throw RangeError("batchSize must be at least 1");
+  const ClassifierLayout layout(config);
+  ArenaPlanner pl;
+  plan_arena(config, batch, true, activations, pl);
+  MemoryPlan m;
+  m.params = m.grads = layout.total * sizeof(float);
+  m.optimizer = 2 * layout.total * sizeof(float);
+  m.weight_copy = weights == DType::kBF16 ? layout.total * sizeof(uint16_t) : 0;
+  m.activations = pl.bytes();
+  return m;
+}
+
+MemoryPlan Classifier::memory(int batch) const {
+  return memory_plan(config_, batch, backend_->activation_dtype(), backend_->weight_dtype());
 }
 
 Classifier::Arena& Classifier::arena_for(int batch, bool backward) {
@@ -177,11 +216,11 @@ void Classifier::forward(Arena& a, bool drop_path) {
   const ClassifierLayout& L = layout_;
   const PartGeometry g = all_patches(c, a.batch);
   const int B = a.batch, D = c.embed_dim, N = c.num_patches(), T = c.tokens();
-  const float* w = params_;
+  const Weights w = weights();
 
   be.gather_visible_patches(a.cols, a.images, a.perm, g);
-  be.matmul_forward(a.emb, a.cols, w + L.patch_w, w + L.patch_b, nullptr, B * N, c.patch_dim(), D);
-  be.encoder_tokens_forward(a.x0, a.emb, w + L.cls_token, w + L.pos_embed, a.perm, g, D);
+  be.matmul_forward(a.emb, a.cols, w.gemm(L.patch_w), w.f32 + L.patch_b, nullptr, B * N, c.patch_dim(), D);
+  be.encoder_tokens_forward(a.x0, a.emb, w.f32 + L.cls_token, w.f32 + L.pos_embed, a.perm, g, D);
   for (int l = 0; l < c.depth; ++l) {
     DropPath drop;
     if (drop_path && c.block_drop_rate(l) > 0) drop = {a.keep + (size_t)(2 * l) * B, a.keep + (size_t)(2 * l + 1) * B};
@@ -190,9 +229,9 @@ void Classifier::forward(Arena& a, bool drop_path) {
   const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
   // pool, then normalize: norm(x)[cls] = norm(x[cls]) row-wise, so the cls path needs B rows, not B·T
   be.pool_tokens_forward(a.pooled, x_last, B, T, D, c.global_pool);
-  be.layernorm_forward(a.feat, a.feat_mean, a.feat_rstd, a.pooled, w + L.head_norm_w, w + L.head_norm_b, B, D,
+  be.layernorm_forward(a.feat, a.feat_mean, a.feat_rstd, a.pooled, w.f32 + L.head_norm_w, w.f32 + L.head_norm_b, B, D,
                        c.layer_norm_eps);
-  be.matmul_forward(a.logits, a.feat, w + L.head_w, w + L.head_b, nullptr, B, D, c.num_classes);
+  be.matmul_forward(a.logits, a.feat, w.gemm(L.head_w), w.f32 + L.head_b, nullptr, B, D, c.num_classes);
 }
 
 void Classifier::backward(Arena& a, bool drop_path) {
@@ -201,7 +240,7 @@ void Classifier::backward(Arena& a, bool drop_path) {
   const ClassifierLayout& L = layout_;
   const PartGeometry g = all_patches(c, a.batch);
   const int B = a.batch, D = c.embed_dim, N = c.num_patches(), T = c.tokens(), Q = c.num_classes;
-  const float* w = params_;
+  const Weights w = weights();
   float* dw = grads_;
 
   // a non-finite loss runs the backward too (the host does not know it yet): the optimizer refuses
@@ -209,9 +248,9 @@ void Classifier::backward(Arena& a, bool drop_path) {
   be.cross_entropy_forward_backward(&status_->losses.loss, a.dlogits, a.logits, a.targets, B, Q);
   // the linear weights' gradients are assigned (their only contribution); the rest are added into
   for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
-  be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w + L.head_w, B, D, Q, true);
+  be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w.gemm(L.head_w), B, D, Q, true);
   be.zero(a.dpooled, (size_t)B * D * sizeof(float));
-  be.layernorm_backward(a.dpooled, dw + L.head_norm_w, dw + L.head_norm_b, a.dfeat, a.pooled, w + L.head_norm_w,
+  be.layernorm_backward(a.dpooled, dw + L.head_norm_w, dw + L.head_norm_b, a.dfeat, a.pooled, w.f32 + L.head_norm_w,
                         a.feat_mean, a.feat_rstd, B, D);
   be.pool_tokens_backward(a.dres, a.dpooled, B, T, D, c.global_pool);
   for (int l = c.depth; l-- > 0;) {
@@ -222,7 +261,7 @@ void Classifier::backward(Arena& a, bool drop_path) {
   // x0 = tokens + pos_embed: pos_embed's gradient sums dx0 over the batch; the cls token gets row 0's
   be.column_sum_accumulate(dw + L.pos_embed, a.dres, B, T * D);
   be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
-  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w, B * N, c.patch_dim(), D,
+  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w.gemm(L.patch_w), B * N, c.patch_dim(), D,
                      true);
 }
 
@@ -278,8 +317,8 @@ StepResult Classifier::apply_gradients(const FinetuneOptim& opt) { return optimi
 
 StepResult Classifier::optimizer_step(const FinetuneOptim& opt, LossMessage loss_message) {
   set_layer_decay(opt.layer_decay);
-  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, status_}, trainable_, opt.adamw, step_,
-                    loss_message);
+  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, params_bf16_, status_}, trainable_, opt.adamw,
+                    step_, loss_message);
 }
 
 }  // namespace emae

@@ -9,9 +9,13 @@
 
 #include "core/backend.h"
 #include "core/classifier_params.h"
+#include "core/memory_plan.h"
 #include "core/optimizer_step.h"  // OptimOptions, StepResult, NonFiniteLoss
 
 namespace emae {
+
+class ArenaPlanner;  // core/blocks.h
+struct Weights;      // core/blocks.h
 
 struct FinetuneOptim {
   OptimOptions adamw;       // lr is the top layer's (the head's); betas (0.9, 0.999) as MAE's fine-tuning
@@ -29,6 +33,13 @@ class Classifier {
   const ClassifierLayout& layout() const { return layout_; }
   Backend& backend() { return *backend_; }
 
+  // The bytes a training step at `batch` holds (memory_plan.h), from the planner that lays the
+  // arena out; memory_plan plans without a classifier (nothing allocated), for a backend storing
+  // activations and GEMM weights in the given types.
+  MemoryPlan memory(int batch) const;
+  static MemoryPlan memory_plan(const ClassifierConfig& config, int batch, DType activations, DType weights);
+
+  // host copies, layout().total floats (set_params also refreshes the GEMMs' bf16 copy)
   void get_params(float* host) const;
   void set_params(const float* host);
   void get_grads(float* host) const;
@@ -54,7 +65,11 @@ class Classifier {
 
  private:
   struct Arena;
+  static std::unique_ptr<Arena> plan_arena(const ClassifierConfig& c, int batch, bool backward, DType narrow,
+                                           ArenaPlanner& pl);
   std::unique_ptr<Arena> make_arena(int batch, bool backward);
+  void upload_params(const float* host);  // the master weights, then the bf16 copy from them
+  Weights weights() const;                // what the ops read: the master weights and the bf16 copy
   Arena& arena_for(int batch, bool backward);
   void forward(Arena& a, bool drop_path);
   void set_layer_decay(float layer_decay);  // the segments' lr_scale
@@ -67,6 +82,7 @@ class Classifier {
   ClassifierLayout layout_;
   std::unique_ptr<Backend> backend_;
   float* params_ = nullptr;
+  uint16_t* params_bf16_ = nullptr;  // the GEMMs' copy (layout_.total), when weight_dtype() is bf16
   float* grads_ = nullptr;
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;

@@ -24,17 +24,18 @@ struct Model::Arena {
   StackDims enc{}, dec{};
   float* images = nullptr;      // (B, C, H, W)
   int32_t* perm = nullptr;      // (B, N)
-  float* cols = nullptr;        // (S·V, C·p·p)
-  float* emb = nullptr;         // (S·V, D)
+  // Act: stored in the backend's activation_dtype() (blocks.h); float*: always fp32
+  Act cols;                     // (S·V, C·p·p)
+  Act emb;                      // (S·V, D)
   float* x0 = nullptr;          // (R, D)
   std::vector<BlockActs> blocks;
-  float* latent = nullptr;      // (R, D) after norm
+  Act latent;                   // (R, D) after norm (fp32 in an encoder-only plan: encode's features)
   float* latent_mean = nullptr; // (R)
   float* latent_rstd = nullptr; // (R)
-  float* y = nullptr;           // (R, Dd) decoder_embed output
+  Act y;                        // (R, Dd) decoder_embed output
   float* z0 = nullptr;          // (Rd, Dd)
   std::vector<BlockActs> dec_blocks;
-  float* dnorm = nullptr;       // (Rd, Dd) after decoder_norm
+  Act dnorm;                    // (Rd, Dd) after decoder_norm
   float* dnorm_mean = nullptr;  // (Rd)
   float* dnorm_rstd = nullptr;  // (Rd)
   float* pred = nullptr;        // (Rd, P)
@@ -42,10 +43,10 @@ struct Model::Arena {
   // backward scratch
   float* dpred = nullptr;       // (Rd, P)
   float* dres = nullptr;        // (max(R·D, Rd·Dd))
-  float* wide = nullptr;        // (max(R·max(3D, H), Rd·max(3Dd, Hd)))
-  float* narrow = nullptr;      // (max(R·D, Rd·Dd))
-  float* dy = nullptr;          // (R, Dd)
-  float* demb = nullptr;        // (S·V, D)
+  Act wide;                     // (max(R·max(3D, H), Rd·max(3Dd, Hd)))
+  Act narrow;                   // (max(R·D, Rd·Dd))
+  Act dy;                       // (R, Dd)
+  Act demb;                     // (S·V, D)
   ~Arena() {
     if (memory) backend->release(memory);
   }
@@ -62,7 +63,9 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
   backend_->zero(status_, sizeof(StepStatus));
   std::vector<float> host(layout_.total);
   initialize_params(config_, layout_, host.data());
-  backend_->upload(params_, host.data(), bytes);
+  if (backend_->weight_dtype() == DType::kBF16)
+    params_bf16_ = static_cast<uint16_t*>(backend_->allocate(layout_.total * sizeof(uint16_t)));
+  upload_params(host.data());
   backend_->zero(grads_, bytes);
   backend_->zero(exp_avg_, bytes);
   backend_->zero(exp_avg_sq_, bytes);
@@ -79,11 +82,22 @@ Model::~Model() {
   encode_arena_.reset();
   for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
     if (p) backend_->release(p);
+  if (params_bf16_) backend_->release(params_bf16_);
   if (status_) backend_->release(status_);
 }
 
+void Model::upload_params(const float* host) {
+  backend_->upload(params_, host, layout_.total * sizeof(float));
+  if (params_bf16_) backend_->convert_to_bf16(params_bf16_, params_, layout_.total);  // the GEMMs' copy
+}
+
+Weights Model::weights() const { return {params_, params_bf16_}; }
+OptimizerBuffers Model::optimizer_buffers() const {
+  return {params_, grads_, exp_avg_, exp_avg_sq_, params_bf16_, status_};
+}
+
 void Model::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
-void Model::set_params(const float* host) { backend_->upload(params_, host, layout_.total * sizeof(float)); }
+void Model::set_params(const float* host) { upload_params(host); }
 void Model::get_grads(float* host) const { backend_->download(host, grads_, layout_.total * sizeof(float)); }
 
 void Model::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
@@ -117,14 +131,14 @@ void Model::plan(int batch) {
   arena_ = make_arena(batch, config_.parts, config_.visible(), true);
 }
 
-// Activations for `batch` images in `parts` sequences of `visible` patches each; with `decoder`
-// also the decoder, the losses and the backward scratch.
-std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visible, bool decoder) {
-  const ModelConfig& c = config_;
+// Plans (offsets, no memory) the activations for `batch` images in `parts` sequences of `visible`
+// patches each; with `decoder` also the decoder, the losses and the backward scratch. The Act
+// buffers in `narrow`, except an encoder-only plan's latent (encode downloads it as features).
+std::unique_ptr<Model::Arena> Model::plan_arena(const ModelConfig& c, int batch, int parts, int visible, bool decoder,
+                                                DType narrow, ArenaPlanner& pl) {
   const int K = parts, V = visible, N = c.num_patches(), P = c.patch_dim();
   const int S = batch * K;
   auto a = std::make_unique<Arena>();
-  a->backend = backend_.get();
   a->batch = batch;
   a->parts = parts;
   a->visible = visible;
@@ -133,21 +147,20 @@ std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visibl
   a->dec = {S, 1 + N, c.decoder_embed_dim, c.decoder_mlp_hidden, c.decoder_num_heads};
   const int R = a->enc.rows(), Rd = a->dec.rows(), D = c.embed_dim, Dd = c.decoder_embed_dim;
 
-  ArenaPlanner pl;
   a->images = pl.take<float>((size_t)batch * c.channels * c.image_size * c.image_size);
   a->perm = pl.take<int32_t>((size_t)batch * N);
-  a->cols = pl.take<float>((size_t)S * V * c.channels * c.patch_size * c.patch_size);
-  a->emb = pl.take<float>((size_t)S * V * D);
+  a->cols = pl.take((size_t)S * V * c.channels * c.patch_size * c.patch_size, narrow);
+  a->emb = pl.take((size_t)S * V * D, narrow);
   a->x0 = pl.take<float>((size_t)R * D);
-  plan_blocks(pl, a->enc, c.depth, a->blocks);
-  a->latent = pl.take<float>((size_t)R * D);
+  plan_blocks(pl, a->enc, c.depth, narrow, a->blocks);
+  a->latent = pl.take((size_t)R * D, decoder ? narrow : DType::kF32);
   a->latent_mean = pl.take<float>(R);
   a->latent_rstd = pl.take<float>(R);
   if (decoder) {
-    a->y = pl.take<float>((size_t)R * Dd);
+    a->y = pl.take((size_t)R * Dd, narrow);
     a->z0 = pl.take<float>((size_t)Rd * Dd);
-    plan_blocks(pl, a->dec, c.decoder_depth, a->dec_blocks);
-    a->dnorm = pl.take<float>((size_t)Rd * Dd);
+    plan_blocks(pl, a->dec, c.decoder_depth, narrow, a->dec_blocks);
+    a->dnorm = pl.take((size_t)Rd * Dd, narrow);
     a->dnorm_mean = pl.take<float>(Rd);
     a->dnorm_rstd = pl.take<float>(Rd);
     a->pred = pl.take<float>((size_t)Rd * P);
@@ -155,16 +168,23 @@ std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visibl
     a->dpred = pl.take<float>((size_t)Rd * P);
     const size_t res = std::max((size_t)R * D, (size_t)Rd * Dd);
     a->dres = pl.take<float>(res);
-    a->narrow = pl.take<float>(res);
-    a->wide = pl.take<float>(std::max((size_t)R * std::max(3 * D, c.mlp_hidden),
-                                      (size_t)Rd * std::max(3 * Dd, c.decoder_mlp_hidden)));
-    a->dy = pl.take<float>((size_t)R * Dd);
-    a->demb = pl.take<float>((size_t)S * V * D);
+    a->narrow = pl.take(res, narrow);
+    a->wide = pl.take(std::max((size_t)R * std::max(3 * D, c.mlp_hidden),
+                               (size_t)Rd * std::max(3 * Dd, c.decoder_mlp_hidden)), narrow);
+    a->dy = pl.take((size_t)R * Dd, narrow);
+    a->demb = pl.take((size_t)S * V * D, narrow);
   }
+  return a;
+}
 
+// plan_arena's plan, allocated in backend memory.
+std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visible, bool decoder) {
+  ArenaPlanner pl;
+  std::unique_ptr<Arena> a = plan_arena(config_, batch, parts, visible, decoder, backend_->activation_dtype(), pl);
+  a->backend = backend_.get();
   a->memory = backend_->allocate(pl.bytes());
   char* base = static_cast<char*>(a->memory);
-  auto fix = [&](auto*& p) { p = rebase(p, base); };
+  auto fix = [&](auto& p) { p = rebase(p, base); };
   fix(a->images); fix(a->perm); fix(a->cols); fix(a->emb); fix(a->x0);
   fix(a->latent); fix(a->latent_mean); fix(a->latent_rstd);
   if (decoder) {
@@ -176,6 +196,24 @@ std::unique_ptr<Model::Arena> Model::make_arena(int batch, int parts, int visibl
   return a;
 }
 
+MemoryPlan Model::memory_plan(const ModelConfig& config, int batch, DType activations, DType weights) {
+  config.validate();
+  if (batch < 1) throw RangeError("batchSize must be at least 1");
+  const ParamLayout layout(config);
+  ArenaPlanner pl;
+  plan_arena(config, batch, config.parts, config.visible(), true, activations, pl);
+  MemoryPlan m;
+  m.params = m.grads = layout.total * sizeof(float);
+  m.optimizer = 2 * layout.total * sizeof(float);
+  m.weight_copy = weights == DType::kBF16 ? layout.total * sizeof(uint16_t) : 0;
+  m.activations = pl.bytes();
+  return m;
+}
+
+MemoryPlan Model::memory(int batch) const {
+  return memory_plan(config_, batch, backend_->activation_dtype(), backend_->weight_dtype());
+}
+
 void Model::forward_encoder(Arena& a) {
   Backend& be = *backend_;
   const ParamLayout& L = layout_;
@@ -183,15 +221,15 @@ void Model::forward_encoder(Arena& a) {
   const int D = config_.embed_dim;
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
   const float eps = config_.layer_norm_eps;
-  const float* w = params_;
+  const Weights w = weights();
 
   // encoder over the visible patches of every part
   be.gather_visible_patches(a.cols, a.images, a.perm, g);
-  be.matmul_forward(a.emb, a.cols, w + L.patch_w, w + L.patch_b, nullptr, g.batch * g.parts * g.visible, Cpp, D);
-  be.encoder_tokens_forward(a.x0, a.emb, w + L.cls_token, w + L.pos_embed, a.perm, g, D);
+  be.matmul_forward(a.emb, a.cols, w.gemm(L.patch_w), w.f32 + L.patch_b, nullptr, g.batch * g.parts * g.visible, Cpp, D);
+  be.encoder_tokens_forward(a.x0, a.emb, w.f32 + L.cls_token, w.f32 + L.pos_embed, a.perm, g, D);
   for (size_t l = 0; l < a.blocks.size(); ++l) block_forward(be, w, L.blocks[l], a.blocks[l], a.enc, eps);
   const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
-  be.layernorm_forward(a.latent, a.latent_mean, a.latent_rstd, x_last, w + L.norm_w, w + L.norm_b, a.enc.rows(), D, eps);
+  be.layernorm_forward(a.latent, a.latent_mean, a.latent_rstd, x_last, w.f32 + L.norm_w, w.f32 + L.norm_b, a.enc.rows(), D, eps);
 }
 
 void Model::forward() {
@@ -201,16 +239,16 @@ void Model::forward() {
   const PartGeometry g = geometry(a);
   const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
   const float eps = config_.layer_norm_eps;
-  const float* w = params_;
+  const Weights w = weights();
   forward_encoder(a);
 
   // decoder over all patches of every part
-  be.matmul_forward(a.y, a.latent, w + L.dec_embed_w, w + L.dec_embed_b, nullptr, a.enc.rows(), D, Dd);
-  be.decoder_tokens_forward(a.z0, a.y, w + L.mask_token, w + L.dec_pos_embed, a.perm, g, Dd);
+  be.matmul_forward(a.y, a.latent, w.gemm(L.dec_embed_w), w.f32 + L.dec_embed_b, nullptr, a.enc.rows(), D, Dd);
+  be.decoder_tokens_forward(a.z0, a.y, w.f32 + L.mask_token, w.f32 + L.dec_pos_embed, a.perm, g, Dd);
   for (size_t l = 0; l < a.dec_blocks.size(); ++l) block_forward(be, w, L.dec_blocks[l], a.dec_blocks[l], a.dec, eps);
   const float* z_last = a.dec_blocks.empty() ? a.z0 : a.dec_blocks.back().x_out;
-  be.layernorm_forward(a.dnorm, a.dnorm_mean, a.dnorm_rstd, z_last, w + L.dec_norm_w, w + L.dec_norm_b, a.dec.rows(), Dd, eps);
-  be.matmul_forward(a.pred, a.dnorm, w + L.dec_pred_w, w + L.dec_pred_b, nullptr, a.dec.rows(), Dd, P);
+  be.layernorm_forward(a.dnorm, a.dnorm_mean, a.dnorm_rstd, z_last, w.f32 + L.dec_norm_w, w.f32 + L.dec_norm_b, a.dec.rows(), Dd, eps);
+  be.matmul_forward(a.pred, a.dnorm, w.gemm(L.dec_pred_w), w.f32 + L.dec_pred_b, nullptr, a.dec.rows(), Dd, P);
 
   // losses and their gradient w.r.t. the predictions
   be.patchify_target(a.target, a.images, g, config_.norm_pix_loss);
@@ -224,7 +262,7 @@ void Model::backward(bool accumulate) {
   const PartGeometry g = geometry(a);
   const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
-  const float* w = params_;
+  const Weights w = weights();
   float* dw = grads_;
   // A fresh step assigns the linear weights' gradients (their only contribution) and zeroes the
   // rest, which is added into below; accumulating micro-batches adds into everything.
@@ -233,27 +271,27 @@ void Model::backward(bool accumulate) {
     for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
 
   // decoder head
-  be.matmul_backward(a.narrow, dw + L.dec_pred_w, dw + L.dec_pred_b, a.dpred, a.dnorm, w + L.dec_pred_w,
+  be.matmul_backward(a.narrow, dw + L.dec_pred_w, dw + L.dec_pred_b, a.dpred, a.dnorm, w.gemm(L.dec_pred_w),
                      a.dec.rows(), Dd, P, assign);
   be.zero(a.dres, (size_t)a.dec.rows() * Dd * sizeof(float));
   const float* z_last = a.dec_blocks.empty() ? a.z0 : a.dec_blocks.back().x_out;
-  be.layernorm_backward(a.dres, dw + L.dec_norm_w, dw + L.dec_norm_b, a.narrow, z_last, w + L.dec_norm_w,
+  be.layernorm_backward(a.dres, dw + L.dec_norm_w, dw + L.dec_norm_b, a.narrow, z_last, w.f32 + L.dec_norm_w,
                         a.dnorm_mean, a.dnorm_rstd, a.dec.rows(), Dd);
   for (size_t l = a.dec_blocks.size(); l-- > 0;)
     block_backward(be, w, dw, L.dec_blocks[l], a.dec_blocks[l], a.dec, a.dres, a.wide, a.narrow, assign);
   be.decoder_tokens_backward(a.dy, dw + L.mask_token, a.dres, a.perm, g, Dd);
 
   // encoder
-  be.matmul_backward(a.narrow, dw + L.dec_embed_w, dw + L.dec_embed_b, a.dy, a.latent, w + L.dec_embed_w,
+  be.matmul_backward(a.narrow, dw + L.dec_embed_w, dw + L.dec_embed_b, a.dy, a.latent, w.gemm(L.dec_embed_w),
                      a.enc.rows(), D, Dd, assign);
   be.zero(a.dres, (size_t)a.enc.rows() * D * sizeof(float));
   const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
-  be.layernorm_backward(a.dres, dw + L.norm_w, dw + L.norm_b, a.narrow, x_last, w + L.norm_w, a.latent_mean,
+  be.layernorm_backward(a.dres, dw + L.norm_w, dw + L.norm_b, a.narrow, x_last, w.f32 + L.norm_w, a.latent_mean,
                         a.latent_rstd, a.enc.rows(), D);
   for (size_t l = a.blocks.size(); l-- > 0;)
     block_backward(be, w, dw, L.blocks[l], a.blocks[l], a.enc, a.dres, a.wide, a.narrow, assign);
   be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
-  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w + L.patch_w,
+  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w.gemm(L.patch_w),
                      g.batch * g.parts * g.visible, Cpp, D, assign);
 }
 
@@ -306,7 +344,7 @@ void Model::encode(const float* images, int batch, float* features) {
   for (size_t i = 0; i < identity.size(); ++i) identity[i] = (int32_t)(i % N);
   upload_batch(a, images, identity.data());
   forward_encoder(a);
-  backend_->download(features, a.latent, (size_t)a.enc.rows() * c.embed_dim * sizeof(float));
+  backend_->download(features, a.latent.f32("features"), (size_t)a.enc.rows() * c.embed_dim * sizeof(float));
 }
 
 namespace {
@@ -323,13 +361,12 @@ StepResult Model::train_step(const float* images, const int32_t* perm, int batch
                              const OptimOptions& opt) {
   forward_backward(images, perm, batch, lambda, false);
   // the losses stay in status_ until adamw_step reads it back, after the optimizer
-  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, status_}, trainable_, opt, step_,
-                    non_finite_loss_message);
+  return adamw_step(*backend_, optimizer_buffers(), trainable_, opt, step_, non_finite_loss_message);
 }
 
 StepResult Model::apply_gradients(const OptimOptions& opt, float grad_scale) {
   if (grad_scale != 1.f) backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), grad_scale);
-  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, status_}, trainable_, opt, step_, nullptr);
+  return adamw_step(*backend_, optimizer_buffers(), trainable_, opt, step_, nullptr);
 }
 
 }  // namespace emae

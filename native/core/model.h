@@ -11,10 +11,14 @@
 
 #include "core/backend.h"
 #include "core/config.h"
+#include "core/memory_plan.h"
 #include "core/optimizer_step.h"  // OptimOptions, StepResult, NonFiniteLoss
 #include "core/params.h"
 
 namespace emae {
+
+class ArenaPlanner;  // core/blocks.h
+struct Weights;      // core/blocks.h
 
 class Model {
  public:
@@ -27,7 +31,13 @@ class Model {
   const ParamLayout& layout() const { return layout_; }
   Backend& backend() { return *backend_; }
 
-  // host copies, layout().total floats
+  // The bytes a training step at `batch` holds (memory_plan.h), from the planner that lays the
+  // arena out; memory_plan plans without a model (nothing allocated), for a backend storing
+  // activations and GEMM weights in the given types.
+  MemoryPlan memory(int batch) const;
+  static MemoryPlan memory_plan(const ModelConfig& config, int batch, DType activations, DType weights);
+
+  // host copies, layout().total floats (set_params also refreshes the GEMMs' bf16 copy)
   void get_params(float* host) const;
   void set_params(const float* host);
   void get_grads(float* host) const;
@@ -60,7 +70,12 @@ class Model {
  private:
   struct Arena;  // activations and scratch for one batch size
   void plan(int batch);
+  static std::unique_ptr<Arena> plan_arena(const ModelConfig& c, int batch, int parts, int visible, bool decoder,
+                                           DType narrow, ArenaPlanner& pl);
   std::unique_ptr<Arena> make_arena(int batch, int parts, int visible, bool decoder);
+  void upload_params(const float* host);  // the master weights, then the bf16 copy from them
+  Weights weights() const;                // what the ops read: the master weights and the bf16 copy
+  OptimizerBuffers optimizer_buffers() const;
   void forward_encoder(Arena& a);
   void upload_batch(Arena& a, const float* images, const int32_t* perm);  // (B, C, H, W) and (B, N)
   void forward();  // the losses into status_
@@ -74,6 +89,7 @@ class Model {
   ParamLayout layout_;
   std::unique_ptr<Backend> backend_;
   float* params_ = nullptr;
+  uint16_t* params_bf16_ = nullptr;  // the GEMMs' copy (layout_.total), when weight_dtype() is bf16
   float* grads_ = nullptr;
   float* exp_avg_ = nullptr;
   float* exp_avg_sq_ = nullptr;

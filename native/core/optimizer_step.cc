@@ -19,8 +19,8 @@ StepResult adamw_step(Backend& backend, const OptimizerBuffers& b, const std::ve
   s.bias_correction2_sqrt = (float)std::sqrt(1.0 - std::pow((double)opt.beta2, (double)t));
   backend.grad_norm_squared(&b.status->grad_norm_sq, b.grads, segments.data(), count);
   // the backend decides from the status where it lies: no host round trip before the update
-  backend.adamw(b.params, b.grads, b.exp_avg, b.exp_avg_sq, segments.data(), count, s, b.status, opt.clip_grad,
-                loss_message != nullptr);
+  backend.adamw(b.params, b.grads, b.exp_avg, b.exp_avg_sq, b.params_bf16, segments.data(), count, s, b.status,
+                opt.clip_grad, loss_message != nullptr);
   StepStatus status;
   backend.download(&status, b.status, sizeof(status));  // the step's one host synchronization
   // the same decision the backend took (decide_step, from the same values), for the error

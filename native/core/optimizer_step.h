@@ -30,13 +30,14 @@ struct NonFiniteLoss : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A model's parameters, gradients, AdamW moments and step status: backend memory, one flat
-// layout (and one StepStatus).
+// A model's parameters (and their bf16 copy), gradients, AdamW moments and step status: backend
+// memory, one flat layout (and one StepStatus).
 struct OptimizerBuffers {
   float* params;
   float* grads;
   float* exp_avg;
   float* exp_avg_sq;
+  uint16_t* params_bf16;  // the GEMMs' bf16 copy AdamW rewrites (Backend::weight_dtype() bf16), else null
   StepStatus* status;
 };
 

@@ -37,20 +37,20 @@ std::unique_ptr<OpClock> make_host_clock() { return std::make_unique<HostOpClock
 
 // An op's name is compared by address: each is one literal, written once, in this file.
 bool ProfilingBackend::Key::operator==(const Key& o) const {
-  if (op != o.op || rank != o.rank) return false;
+  if (op != o.op || rank != o.rank || bf16 != o.bf16) return false;
   for (int i = 0; i < rank; ++i)
     if (dims[i] != o.dims[i]) return false;
   return true;
 }
 
 size_t ProfilingBackend::KeyHash::operator()(const Key& k) const {
-  size_t h = std::hash<const void*>()(k.op);
+  size_t h = std::hash<const void*>()(k.op) ^ (size_t)k.bf16;
   for (int i = 0; i < k.rank; ++i) h = h * 1000003u ^ std::hash<int>()(k.dims[i]);
   return h;
 }
 
-ProfilingBackend::Key ProfilingBackend::key(const char* op, std::initializer_list<int> dims) {
-  Key k{op, 0, {0, 0, 0, 0}};
+ProfilingBackend::Key ProfilingBackend::key(const char* op, std::initializer_list<int> dims, bool bf16) {
+  Key k{op, 0, {0, 0, 0, 0}, bf16};
   for (int d : dims)
     if (k.rank < 4) k.dims[k.rank++] = d;
   return k;
@@ -115,6 +115,7 @@ ProfileReport ProfilingBackend::report(bool reset) {
     ProfileRow row;
     row.op = keys_[i].op;
     for (int d = 0; d < keys_[i].rank; ++d) row.shape += (d ? "×" : "") + std::to_string(keys_[i].dims[d]);
+    if (keys_[i].bf16) row.shape += row.shape.empty() ? "bf16" : " bf16";
     row.calls = calls_[i];
     row.ms = ms_[i];
     r.ops_ms += row.ms;
@@ -151,77 +152,90 @@ void ProfilingBackend::copy(void* dst, const void* src, size_t bytes) {
   timed(key("copy"), [&] { inner_->copy(dst, src, bytes); });
 }
 
-void ProfilingBackend::matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
-                                      const float* residual, int R, int K, int N) {
-  timed(key("matmul_forward", {R, K, N}), [&] { inner_->matmul_forward(out, inp, weight, bias, residual, R, K, N); });
+void ProfilingBackend::convert_to_bf16(uint16_t* dst, const float* src, size_t n) {
+  timed(key("convert_to_bf16"), [&] { inner_->convert_to_bf16(dst, src, n); });
 }
-void ProfilingBackend::matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                                       const float* weight, int R, int K, int N, bool assign_dweight) {
-  timed(key("matmul_backward", {R, K, N}),
+
+// Whether any of an op's views is bf16 (the row then says so).
+namespace {
+bool any_bf16(std::initializer_list<ActIn> views) {
+  for (const ActIn& v : views)
+    if (v.is_bf16()) return true;
+  return false;
+}
+}  // namespace
+
+void ProfilingBackend::matmul_forward(Act out, ActIn inp, ActIn weight, const float* bias, const float* residual,
+                                      int R, int K, int N) {
+  timed(key("matmul_forward", {R, K, N}, any_bf16({out, inp, weight})),
+        [&] { inner_->matmul_forward(out, inp, weight, bias, residual, R, K, N); });
+}
+void ProfilingBackend::matmul_backward(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp, ActIn weight,
+                                       int R, int K, int N, bool assign_dweight) {
+  timed(key("matmul_backward", {R, K, N}, any_bf16({dinp, dout, inp, weight})),
         [&] { inner_->matmul_backward(dinp, dweight, dbias, dout, inp, weight, R, K, N, assign_dweight); });
 }
 // The fused pairs go to the inner backend's own version (fused or its defaults), timed as one op.
-void ProfilingBackend::matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight,
-                                           const float* bias, int R, int K, int N) {
-  timed(key("matmul_gelu_forward", {R, K, N}),
+void ProfilingBackend::matmul_gelu_forward(Act pre, Act act, ActIn inp, ActIn weight, const float* bias, int R, int K,
+                                           int N) {
+  timed(key("matmul_gelu_forward", {R, K, N}, any_bf16({pre, act, inp, weight})),
         [&] { inner_->matmul_gelu_forward(pre, act, inp, weight, bias, R, K, N); });
 }
-void ProfilingBackend::matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout,
-                                            const float* inp, const float* weight, const float* gelu_inp, int R, int K,
-                                            int N, bool assign_dweight) {
-  timed(key("matmul_backward_gelu", {R, K, N}), [&] {
+void ProfilingBackend::matmul_backward_gelu(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp,
+                                            ActIn weight, ActIn gelu_inp, int R, int K, int N, bool assign_dweight) {
+  timed(key("matmul_backward_gelu", {R, K, N}, any_bf16({dinp, dout, inp, weight, gelu_inp})), [&] {
     inner_->matmul_backward_gelu(dinp, dweight, dbias, dout, inp, weight, gelu_inp, R, K, N, assign_dweight);
   });
 }
-void ProfilingBackend::layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+void ProfilingBackend::layernorm_forward(Act out, float* mean, float* rstd, const float* inp, const float* weight,
                                          const float* bias, int R, int C, float eps) {
-  timed(key("layernorm_forward", {R, C}), [&] { inner_->layernorm_forward(out, mean, rstd, inp, weight, bias, R, C, eps); });
+  timed(key("layernorm_forward", {R, C}, out.is_bf16()),
+        [&] { inner_->layernorm_forward(out, mean, rstd, inp, weight, bias, R, C, eps); });
 }
-void ProfilingBackend::layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                                          const float* inp, const float* weight, const float* mean, const float* rstd,
-                                          int R, int C) {
-  timed(key("layernorm_backward", {R, C}),
+void ProfilingBackend::layernorm_backward(float* dinp, float* dweight, float* dbias, ActIn dout, const float* inp,
+                                          const float* weight, const float* mean, const float* rstd, int R, int C) {
+  timed(key("layernorm_backward", {R, C}, dout.is_bf16()),
         [&] { inner_->layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, R, C); });
 }
-void ProfilingBackend::gelu_forward(float* out, const float* inp, size_t n) {
-  timed(key("gelu_forward"), [&] { inner_->gelu_forward(out, inp, n); });
+void ProfilingBackend::gelu_forward(Act out, ActIn inp, size_t n) {
+  timed(key("gelu_forward", {}, any_bf16({out, inp})), [&] { inner_->gelu_forward(out, inp, n); });
 }
-void ProfilingBackend::gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
-  timed(key("gelu_backward"), [&] { inner_->gelu_backward(dinp, inp, dout, n); });
+void ProfilingBackend::gelu_backward(Act dinp, ActIn inp, ActIn dout, size_t n) {
+  timed(key("gelu_backward", {}, any_bf16({dinp, inp, dout})), [&] { inner_->gelu_backward(dinp, inp, dout, n); });
 }
-void ProfilingBackend::attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) {
-  timed(key("attention_forward", {S, T, H, dh}), [&] { inner_->attention_forward(out, lse, qkv, S, T, H, dh); });
+void ProfilingBackend::attention_forward(Act out, float* lse, ActIn qkv, int S, int T, int H, int dh) {
+  timed(key("attention_forward", {S, T, H, dh}, any_bf16({out, qkv})),
+        [&] { inner_->attention_forward(out, lse, qkv, S, T, H, dh); });
 }
-void ProfilingBackend::attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                                          const float* lse, int S, int T, int H, int dh) {
-  timed(key("attention_backward", {S, T, H, dh}),
+void ProfilingBackend::attention_backward(Act dqkv, ActIn dout, ActIn qkv, ActIn out, const float* lse, int S, int T,
+                                          int H, int dh) {
+  timed(key("attention_backward", {S, T, H, dh}, any_bf16({dqkv, dout, qkv, out})),
         [&] { inner_->attention_backward(dqkv, dout, qkv, out, lse, S, T, H, dh); });
 }
-void ProfilingBackend::gather_visible_patches(float* cols, const float* images, const int32_t* perm,
+void ProfilingBackend::gather_visible_patches(Act cols, const float* images, const int32_t* perm,
                                               const PartGeometry& g) {
-  timed(key("gather_visible_patches"), [&] { inner_->gather_visible_patches(cols, images, perm, g); });
+  timed(key("gather_visible_patches", {}, cols.is_bf16()),
+        [&] { inner_->gather_visible_patches(cols, images, perm, g); });
 }
 void ProfilingBackend::patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) {
   timed(key("patchify_target"), [&] { inner_->patchify_target(target, images, g, norm_pix); });
 }
-void ProfilingBackend::encoder_tokens_forward(float* x, const float* emb, const float* cls_token,
-                                              const float* pos_embed, const int32_t* perm, const PartGeometry& g,
-                                              int D) {
-  timed(key("encoder_tokens_forward"), [&] { inner_->encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D); });
+void ProfilingBackend::encoder_tokens_forward(float* x, ActIn emb, const float* cls_token, const float* pos_embed,
+                                              const int32_t* perm, const PartGeometry& g, int D) {
+  timed(key("encoder_tokens_forward", {}, emb.is_bf16()), [&] { inner_->encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D); });
 }
-void ProfilingBackend::encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm,
+void ProfilingBackend::encoder_tokens_backward(Act demb, float* dcls, const float* dx, const int32_t* perm,
                                                const PartGeometry& g, int D) {
-  timed(key("encoder_tokens_backward"), [&] { inner_->encoder_tokens_backward(demb, dcls, dx, perm, g, D); });
+  timed(key("encoder_tokens_backward", {}, demb.is_bf16()), [&] { inner_->encoder_tokens_backward(demb, dcls, dx, perm, g, D); });
 }
-void ProfilingBackend::decoder_tokens_forward(float* z, const float* y, const float* mask_token,
-                                              const float* dec_pos_embed, const int32_t* perm, const PartGeometry& g,
-                                              int Dd) {
-  timed(key("decoder_tokens_forward"),
+void ProfilingBackend::decoder_tokens_forward(float* z, ActIn y, const float* mask_token, const float* dec_pos_embed,
+                                              const int32_t* perm, const PartGeometry& g, int Dd) {
+  timed(key("decoder_tokens_forward", {}, y.is_bf16()),
         [&] { inner_->decoder_tokens_forward(z, y, mask_token, dec_pos_embed, perm, g, Dd); });
 }
-void ProfilingBackend::decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm,
+void ProfilingBackend::decoder_tokens_backward(Act dy, float* dmask, const float* dz, const int32_t* perm,
                                                const PartGeometry& g, int Dd) {
-  timed(key("decoder_tokens_backward"), [&] { inner_->decoder_tokens_backward(dy, dmask, dz, perm, g, Dd); });
+  timed(key("decoder_tokens_backward", {}, dy.is_bf16()), [&] { inner_->decoder_tokens_backward(dy, dmask, dz, perm, g, Dd); });
 }
 void ProfilingBackend::loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
                                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) {
@@ -255,11 +269,11 @@ void ProfilingBackend::grad_norm_squared(double* norm_sq, const float* grads, co
 void ProfilingBackend::scale(float* data, const ParamSegment* segments, int count, float factor) {
   timed(key("scale"), [&] { inner_->scale(data, segments, count, factor); });
 }
-void ProfilingBackend::adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq,
+void ProfilingBackend::adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, uint16_t* params_bf16,
                              const ParamSegment* segments, int count, const AdamWScalars& s, const StepStatus* status,
                              float clip_grad, bool check_loss) {
-  timed(key("adamw"), [&] {
-    inner_->adamw(params, grads, exp_avg, exp_avg_sq, segments, count, s, status, clip_grad, check_loss);
+  timed(key("adamw", {}, params_bf16 != nullptr), [&] {
+    inner_->adamw(params, grads, exp_avg, exp_avg_sq, params_bf16, segments, count, s, status, clip_grad, check_loss);
   });
 }
 

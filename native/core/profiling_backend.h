@@ -70,7 +70,8 @@ std::unique_ptr<OpClock> make_host_clock();
 
 struct ProfileRow {
   std::string op;     // the Backend method, e.g. "matmul_forward"
-  std::string shape;  // e.g. "R×K×N" for the GEMMs; empty for ops recorded by name only
+  std::string shape;  // e.g. "R×K×N" for the GEMMs ("R×K×N bf16" on bf16 views); empty for ops recorded
+                      // by name only (then "bf16" alone on bf16 views)
   int64_t calls = 0;
   double ms = 0;      // total
 };
@@ -98,6 +99,9 @@ class ProfilingBackend final : public Backend {
   ProfileReport report(bool reset);
 
   std::string name() const override { return inner_->name(); }
+  DType activation_dtype() const override { return inner_->activation_dtype(); }
+  DType weight_dtype() const override { return inner_->weight_dtype(); }
+  void convert_to_bf16(uint16_t* dst, const float* src, size_t n) override;
 
   void* allocate(size_t bytes) override { return inner_->allocate(bytes); }
   void release(void* ptr) override { inner_->release(ptr); }
@@ -107,33 +111,32 @@ class ProfilingBackend final : public Backend {
   void zero(void* dst, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
 
-  void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, const float* residual,
-                      int R, int K, int N) override;
-  void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                       const float* weight, int R, int K, int N, bool assign_dweight) override;
-  void matmul_gelu_forward(float* pre, float* act, const float* inp, const float* weight, const float* bias, int R,
-                           int K, int N) override;
-  void matmul_backward_gelu(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                            const float* weight, const float* gelu_inp, int R, int K, int N,
-                            bool assign_dweight) override;
-  void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
-                         const float* bias, int R, int C, float eps) override;
-  void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+  void matmul_forward(Act out, ActIn inp, ActIn weight, const float* bias, const float* residual, int R, int K,
+                      int N) override;
+  void matmul_backward(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp, ActIn weight, int R, int K,
+                       int N, bool assign_dweight) override;
+  void matmul_gelu_forward(Act pre, Act act, ActIn inp, ActIn weight, const float* bias, int R, int K,
+                           int N) override;
+  void matmul_backward_gelu(Act dinp, float* dweight, float* dbias, ActIn dout, ActIn inp, ActIn weight,
+                            ActIn gelu_inp, int R, int K, int N, bool assign_dweight) override;
+  void layernorm_forward(Act out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias,
+                         int R, int C, float eps) override;
+  void layernorm_backward(float* dinp, float* dweight, float* dbias, ActIn dout, const float* inp,
                           const float* weight, const float* mean, const float* rstd, int R, int C) override;
-  void gelu_forward(float* out, const float* inp, size_t n) override;
-  void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) override;
-  void attention_forward(float* out, float* lse, const float* qkv, int S, int T, int H, int dh) override;
-  void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int S,
-                          int T, int H, int dh) override;
-  void gather_visible_patches(float* cols, const float* images, const int32_t* perm, const PartGeometry& g) override;
+  void gelu_forward(Act out, ActIn inp, size_t n) override;
+  void gelu_backward(Act dinp, ActIn inp, ActIn dout, size_t n) override;
+  void attention_forward(Act out, float* lse, ActIn qkv, int S, int T, int H, int dh) override;
+  void attention_backward(Act dqkv, ActIn dout, ActIn qkv, ActIn out, const float* lse, int S, int T, int H,
+                          int dh) override;
+  void gather_visible_patches(Act cols, const float* images, const int32_t* perm, const PartGeometry& g) override;
   void patchify_target(float* target, const float* images, const PartGeometry& g, bool norm_pix) override;
-  void encoder_tokens_forward(float* x, const float* emb, const float* cls_token, const float* pos_embed,
+  void encoder_tokens_forward(float* x, ActIn emb, const float* cls_token, const float* pos_embed,
                               const int32_t* perm, const PartGeometry& g, int D) override;
-  void encoder_tokens_backward(float* demb, float* dcls, const float* dx, const int32_t* perm, const PartGeometry& g,
+  void encoder_tokens_backward(Act demb, float* dcls, const float* dx, const int32_t* perm, const PartGeometry& g,
                                int D) override;
-  void decoder_tokens_forward(float* z, const float* y, const float* mask_token, const float* dec_pos_embed,
+  void decoder_tokens_forward(float* z, ActIn y, const float* mask_token, const float* dec_pos_embed,
                               const int32_t* perm, const PartGeometry& g, int Dd) override;
-  void decoder_tokens_backward(float* dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
+  void decoder_tokens_backward(Act dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
                                int Dd) override;
   void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override;
@@ -147,21 +150,24 @@ class ProfilingBackend final : public Backend {
                                       int C) override;
   void grad_norm_squared(double* norm_sq, const float* grads, const ParamSegment* segments, int count) override;
   void scale(float* data, const ParamSegment* segments, int count, float factor) override;
-  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, const ParamSegment* segments,
-             int count, const AdamWScalars& s, const StepStatus* status, float clip_grad, bool check_loss) override;
+  void adamw(float* params, float* grads, float* exp_avg, float* exp_avg_sq, uint16_t* params_bf16,
+             const ParamSegment* segments, int count, const AdamWScalars& s, const StepStatus* status, float clip_grad,
+             bool check_loss) override;
 
  private:
-  // A row's key: the op's name (a literal of this file's .cc) and up to 4 dimensions.
+  // A row's key: the op's name (a literal of this file's .cc), up to 4 dimensions, and whether
+  // the op read or wrote a bf16 view (its shape then ends in " bf16").
   struct Key {
     const char* op;
     int rank;
     int dims[4];
+    bool bf16;
     bool operator==(const Key& o) const;
   };
   struct KeyHash {
     size_t operator()(const Key& k) const;
   };
-  static Key key(const char* op, std::initializer_list<int> dims = {});
+  static Key key(const char* op, std::initializer_list<int> dims = {}, bool bf16 = false);
   int row_of(const Key& k);
   template <typename Call> auto timed(const Key& k, Call&& call) -> decltype(call());
 

@@ -1,0 +1,18 @@
+// The backend memory a model holds for training at one batch size, in bytes: what the model
+// allocates (parameters, gradients, AdamW moments, the GEMMs' bf16 weight copy) and its activation
+// arena as the planner lays it out (blocks.h: ArenaPlanner), without allocating it.
+#pragma once
+#include <cstddef>
+
+namespace emae {
+
+struct MemoryPlan {
+  size_t params = 0;       // fp32 master weights
+  size_t grads = 0;        // fp32
+  size_t optimizer = 0;    // AdamW's two fp32 moments
+  size_t weight_copy = 0;  // the bf16 copy the GEMMs read (Backend::weight_dtype() bf16), else 0
+  size_t activations = 0;  // the training arena: inputs, activations, losses' inputs, backward scratch
+  size_t total() const { return params + grads + optimizer + weight_copy + activations; }
+};
+
+}  // namespace emae

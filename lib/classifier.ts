@@ -11,7 +11,7 @@ import {
 } from './errors.js';
 import { pickDevice, type Device, type OptimizerState, type StateDictTensor } from './model.js';
 import { native, type NativeClassifier, type NativeClassifierBatch, type NativeClassifierConfig } from './native.js';
-import { checkMemoryPlanArgs, type MemoryPlanOptions, type MemoryReport } from './memory.js';
+import { checkMemoryPlanArgs, type ActivationType, type MemoryPlanOptions, type MemoryReport } from './memory.js';
 import type { PresetName } from './presets.js';
 import { checkProfileOptions, toProfileReport, type ProfileDisabled, type ProfileOptions, type ProfileReport } from './profile.js';
 import { smoothOneHot } from './finetune-data.js';
@@ -221,6 +221,15 @@ export class Classifier {
 
   get device(): Device {
     return this.#config.device;
+  }
+
+  /**
+   * The element type the backend stores its activations in: 'bf16' when created with
+   * EMAE_ACTIVATIONS=bf16 (on the CPU, the slow reference of the GPU's bf16 storage), else 'fp32'.
+   */
+  get activations(): ActivationType {
+    this.#assertAlive();
+    return this.#handle.activations;
   }
 
   get disposed(): boolean {

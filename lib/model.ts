@@ -13,7 +13,7 @@ import {
   assertPositiveInteger, assertString, invalidRangeError, invalidTypeError, isFloat32Array, isObject, withCallerStack,
 } from './errors.js';
 import { ParallelMasker, validatePermutation } from './masker.js';
-import { checkMemoryPlanArgs, type MemoryPlanOptions, type MemoryReport } from './memory.js';
+import { checkMemoryPlanArgs, type ActivationType, type MemoryPlanOptions, type MemoryReport } from './memory.js';
 import { native, type NativeBatch, type NativeCudaInfo, type NativeModel, type NativeModelConfig } from './native.js';
 import { checkProfileOptions, toProfileReport, type ProfileDisabled, type ProfileOptions, type ProfileReport } from './profile.js';
 import { writeFileAtomic, writeSafetensors } from './safetensors.js';
@@ -213,6 +213,15 @@ export class EMAE {
   /** Where the model lives. */
   get device(): Device {
     return this.#device;
+  }
+
+  /**
+   * The element type the backend stores its activations in: 'bf16' when created with
+   * EMAE_ACTIVATIONS=bf16 (on the CPU, the slow reference of the GPU's bf16 storage), else 'fp32'.
+   */
+  get activations(): ActivationType {
+    this.#assertAlive();
+    return this.#handle.activations;
   }
 
   get disposed(): boolean {

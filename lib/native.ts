@@ -118,6 +118,10 @@ export interface NativeModel {
   profile(options: { reset: boolean }): NativeProfile | null;
   /** Bytes a training step at batchSize holds on this model's backend (planned, nothing allocated). */
   memory(batchSize: number): NativeMemory;
+  /** the backend's name, e.g. 'cpu (avx512)' */
+  readonly backend: string;
+  /** the element type the backend stores activations in (EMAE_ACTIVATIONS at creation) */
+  readonly activations: 'fp32' | 'bf16';
   /** Frees native memory; every later call throws. */
   dispose(): void;
   readonly disposed: boolean;
@@ -162,6 +166,8 @@ export interface NativeClassifier {
   dispose(): void;
   readonly disposed: boolean;
   readonly backend: string;
+  /** as NativeModel.activations */
+  readonly activations: 'fp32' | 'bf16';
 }
 
 export interface NativeCudaInfo {

@@ -180,6 +180,7 @@ Napi::Function ClassifierWrap::Define(Napi::Env env) {
                          InstanceMethod<&ClassifierWrap::Dispose>("dispose"),
                          InstanceAccessor<&ClassifierWrap::Disposed>("disposed"),
                          InstanceAccessor<&ClassifierWrap::BackendName>("backend"),
+                         InstanceAccessor<&ClassifierWrap::Activations>("activations"),
                      });
 }
 
@@ -286,6 +287,11 @@ Napi::Value ClassifierWrap::Disposed(const Napi::CallbackInfo& info) { return Na
 Napi::Value ClassifierWrap::BackendName(const Napi::CallbackInfo& info) {
   check_usable(info.Env(), "backend");
   return Napi::String::New(info.Env(), model_->backend().name());
+}
+
+Napi::Value ClassifierWrap::Activations(const Napi::CallbackInfo& info) {
+  if (!model_) throw Napi::Error::New(info.Env(), "activations: the classifier has been disposed");
+  return Napi::String::New(info.Env(), dtype_name(model_->backend().activation_dtype()));
 }
 
 }  // namespace emae::napi

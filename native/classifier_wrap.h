@@ -38,6 +38,8 @@ class ClassifierWrap : public Napi::ObjectWrap<ClassifierWrap> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);
+  // 'fp32' | 'bf16': the element type its backend stores activations in (EMAE_ACTIVATIONS)
+  Napi::Value Activations(const Napi::CallbackInfo& info);
 
   std::unique_ptr<Classifier> model_;
   bool busy_ = false;

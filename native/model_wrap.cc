@@ -274,6 +274,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                          InstanceAccessor<&ModelWrap::Disposed>("disposed"),
                          InstanceAccessor<&ModelWrap::BackendName>("backend"),
+                         InstanceAccessor<&ModelWrap::Activations>("activations"),
                      });
 }
 
@@ -416,6 +417,11 @@ Napi::Value ModelWrap::Disposed(const Napi::CallbackInfo& info) { return Napi::B
 Napi::Value ModelWrap::BackendName(const Napi::CallbackInfo& info) {
   check_usable(info.Env(), "backend");
   return Napi::String::New(info.Env(), model_->backend().name());
+}
+
+Napi::Value ModelWrap::Activations(const Napi::CallbackInfo& info) {
+  if (!model_) throw Napi::Error::New(info.Env(), "activations: the model has been disposed");
+  return Napi::String::New(info.Env(), dtype_name(model_->backend().activation_dtype()));
 }
 
 }  // namespace emae::napi

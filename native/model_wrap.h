@@ -65,6 +65,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value BackendName(const Napi::CallbackInfo& info);
+  // 'fp32' | 'bf16': the element type its backend stores activations in (EMAE_ACTIVATIONS)
+  Napi::Value Activations(const Napi::CallbackInfo& info);
 
   std::unique_ptr<Model> model_;
   bool busy_ = false;

@@ -261,8 +261,8 @@ void Classifier::backward(Arena& a, bool drop_path) {
   // x0 = tokens + pos_embed: pos_embed's gradient sums dx0 over the batch; the cls token gets row 0's
   be.column_sum_accumulate(dw + L.pos_embed, a.dres, B, T * D);
   be.encoder_tokens_backward(a.demb, dw + L.cls_token, a.dres, a.perm, g, D);
-  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w.gemm(L.patch_w), B * N, c.patch_dim(), D,
-                     true);
+  be.matmul_backward(nullptr, dw + L.patch_w, dw + L.patch_b, a.demb, a.cols, w.gemm(L.patch_w), B * N,
+                     c.patch_dim(), D, true);
 }
 
 void Classifier::forward_backward(const float* images, const float* targets, const float* keep, int batch) {

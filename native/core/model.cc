@@ -225,11 +225,13 @@ void Model::forward_encoder(Arena& a) {
 
   // encoder over the visible patches of every part
   be.gather_visible_patches(a.cols, a.images, a.perm, g);
-  be.matmul_forward(a.emb, a.cols, w.gemm(L.patch_w), w.f32 + L.patch_b, nullptr, g.batch * g.parts * g.visible, Cpp, D);
+  be.matmul_forward(a.emb, a.cols, w.gemm(L.patch_w), w.f32 + L.patch_b, nullptr, g.batch * g.parts * g.visible, Cpp,
+                    D);
   be.encoder_tokens_forward(a.x0, a.emb, w.f32 + L.cls_token, w.f32 + L.pos_embed, a.perm, g, D);
   for (size_t l = 0; l < a.blocks.size(); ++l) block_forward(be, w, L.blocks[l], a.blocks[l], a.enc, eps);
   const float* x_last = a.blocks.empty() ? a.x0 : a.blocks.back().x_out;
-  be.layernorm_forward(a.latent, a.latent_mean, a.latent_rstd, x_last, w.f32 + L.norm_w, w.f32 + L.norm_b, a.enc.rows(), D, eps);
+  be.layernorm_forward(a.latent, a.latent_mean, a.latent_rstd, x_last, w.f32 + L.norm_w, w.f32 + L.norm_b,
+                       a.enc.rows(), D, eps);
 }
 
 void Model::forward() {
@@ -247,7 +249,8 @@ void Model::forward() {
   be.decoder_tokens_forward(a.z0, a.y, w.f32 + L.mask_token, w.f32 + L.dec_pos_embed, a.perm, g, Dd);
   for (size_t l = 0; l < a.dec_blocks.size(); ++l) block_forward(be, w, L.dec_blocks[l], a.dec_blocks[l], a.dec, eps);
   const float* z_last = a.dec_blocks.empty() ? a.z0 : a.dec_blocks.back().x_out;
-  be.layernorm_forward(a.dnorm, a.dnorm_mean, a.dnorm_rstd, z_last, w.f32 + L.dec_norm_w, w.f32 + L.dec_norm_b, a.dec.rows(), Dd, eps);
+  be.layernorm_forward(a.dnorm, a.dnorm_mean, a.dnorm_rstd, z_last, w.f32 + L.dec_norm_w, w.f32 + L.dec_norm_b,
+                       a.dec.rows(), Dd, eps);
   be.matmul_forward(a.pred, a.dnorm, w.gemm(L.dec_pred_w), w.f32 + L.dec_pred_b, nullptr, a.dec.rows(), Dd, P);
 
   // losses and their gradient w.r.t. the predictions

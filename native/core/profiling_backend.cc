@@ -222,11 +222,13 @@ void ProfilingBackend::patchify_target(float* target, const float* images, const
 }
 void ProfilingBackend::encoder_tokens_forward(float* x, ActIn emb, const float* cls_token, const float* pos_embed,
                                               const int32_t* perm, const PartGeometry& g, int D) {
-  timed(key("encoder_tokens_forward", {}, emb.is_bf16()), [&] { inner_->encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D); });
+  timed(key("encoder_tokens_forward", {}, emb.is_bf16()),
+        [&] { inner_->encoder_tokens_forward(x, emb, cls_token, pos_embed, perm, g, D); });
 }
 void ProfilingBackend::encoder_tokens_backward(Act demb, float* dcls, const float* dx, const int32_t* perm,
                                                const PartGeometry& g, int D) {
-  timed(key("encoder_tokens_backward", {}, demb.is_bf16()), [&] { inner_->encoder_tokens_backward(demb, dcls, dx, perm, g, D); });
+  timed(key("encoder_tokens_backward", {}, demb.is_bf16()),
+        [&] { inner_->encoder_tokens_backward(demb, dcls, dx, perm, g, D); });
 }
 void ProfilingBackend::decoder_tokens_forward(float* z, ActIn y, const float* mask_token, const float* dec_pos_embed,
                                               const int32_t* perm, const PartGeometry& g, int Dd) {
@@ -235,7 +237,8 @@ void ProfilingBackend::decoder_tokens_forward(float* z, ActIn y, const float* ma
 }
 void ProfilingBackend::decoder_tokens_backward(Act dy, float* dmask, const float* dz, const int32_t* perm,
                                                const PartGeometry& g, int Dd) {
-  timed(key("decoder_tokens_backward", {}, dy.is_bf16()), [&] { inner_->decoder_tokens_backward(dy, dmask, dz, perm, g, Dd); });
+  timed(key("decoder_tokens_backward", {}, dy.is_bf16()),
+        [&] { inner_->decoder_tokens_backward(dy, dmask, dz, perm, g, Dd); });
 }
 void ProfilingBackend::loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
                                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) {

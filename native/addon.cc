@@ -20,8 +20,17 @@ namespace {
 
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  // the GEMM path a model created now would take: it depends on EMAE_ACTIVATIONS
-  const cuda::DeviceReport report = cuda::query_devices(activations_requested(env));
+  // the GEMM path a model created now would take: it depends on EMAE_ACTIVATIONS, reported as
+  // "refused: …" (never thrown) when its value is not one of the allowed, as the other switches
+  DType activations = DType::kF32;
+  std::string activations_setting;
+  try {
+    activations = activations_requested(env);
+    activations_setting = dtype_name(activations);
+  } catch (const Napi::Error& e) {
+    activations_setting = std::string("refused: ") + e.Message();
+  }
+  const cuda::DeviceReport report = cuda::query_devices(activations);
   Napi::Object out = Napi::Object::New(env);
   out.Set("compiled", report.compiled);
   out.Set("architectures", report.architectures);
@@ -39,6 +48,7 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     o.Set("gemmPath", d.gemm_path);
     o.Set("attentionPath", d.attention_path);
     o.Set("stepSync", d.step_sync);
+    o.Set("activations", activations_setting);
     devices.Set((uint32_t)i, o);
   }
   out.Set("devices", devices);

@@ -48,23 +48,19 @@ struct Classifier::Arena {
   }
 };
 
+namespace {
+std::vector<float> initial_params(const ClassifierConfig& config, const ClassifierLayout& layout) {
+  std::vector<float> host(layout.total);
+  initialize_classifier(config, layout, host.data());
+  return host;
+}
+}  // namespace
+
 Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> backend)
-    : config_(config), layout_((config.validate(), config)), backend_(std::move(backend)) {
-  const size_t bytes = layout_.total * sizeof(float);
-  params_ = static_cast<float*>(backend_->allocate(bytes));
-  grads_ = static_cast<float*>(backend_->allocate(bytes));
-  exp_avg_ = static_cast<float*>(backend_->allocate(bytes));
-  exp_avg_sq_ = static_cast<float*>(backend_->allocate(bytes));
-  status_ = static_cast<StepStatus*>(backend_->allocate(sizeof(StepStatus)));
-  backend_->zero(status_, sizeof(StepStatus));
-  std::vector<float> host(layout_.total);
-  initialize_classifier(config_, layout_, host.data());
-  if (backend_->weight_dtype() == DType::kBF16)
-    params_bf16_ = static_cast<uint16_t*>(backend_->allocate(layout_.total * sizeof(uint16_t)));
-  upload_params(host.data());
-  backend_->zero(grads_, bytes);
-  backend_->zero(exp_avg_, bytes);
-  backend_->zero(exp_avg_sq_, bytes);
+    : config_(config),
+      layout_((config.validate(), config)),
+      backend_(std::move(backend)),
+      state_(*backend_, layout_.total, initial_params(config_, layout_).data()) {
   for (const auto& s : layout_.specs) {
     trainable_.push_back({s.offset, s.size, s.decay, 1.0});  // layer decay 1 until apply_gradients says otherwise
     segment_layers_.push_back(s.layer);
@@ -74,37 +70,8 @@ Classifier::Classifier(const ClassifierConfig& config, std::unique_ptr<Backend> 
   accumulated_grads_ = accumulated_ranges(layout_.specs, assigned);
 }
 
-Classifier::~Classifier() {
-  train_arena_.reset();
-  predict_arena_.reset();
-  for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
-    if (p) backend_->release(p);
-  if (params_bf16_) backend_->release(params_bf16_);
-  if (status_) backend_->release(status_);
-}
-
-void Classifier::upload_params(const float* host) {
-  backend_->upload(params_, host, layout_.total * sizeof(float));
-  if (params_bf16_) backend_->convert_to_bf16(params_bf16_, params_, layout_.total);  // the GEMMs' copy
-}
-
-Weights Classifier::weights() const { return {params_, params_bf16_}; }
-
-void Classifier::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
-void Classifier::set_params(const float* host) { upload_params(host); }
-void Classifier::get_grads(float* host) const { backend_->download(host, grads_, layout_.total * sizeof(float)); }
-
-void Classifier::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
-  backend_->download(exp_avg, exp_avg_, layout_.total * sizeof(float));
-  backend_->download(exp_avg_sq, exp_avg_sq_, layout_.total * sizeof(float));
-}
-
-void Classifier::set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step) {
-  if (step < 0) throw RangeError("optimizer step must be >= 0");
-  backend_->upload(exp_avg_, exp_avg, layout_.total * sizeof(float));
-  backend_->upload(exp_avg_sq_, exp_avg_sq, layout_.total * sizeof(float));
-  step_ = step;
-}
+// the arenas go first (declared after state_), then state_ releases its buffers, then the backend
+Classifier::~Classifier() = default;
 
 // Plans (offsets, no memory) the activations for `batch` images, with the backward's buffers when
 // `backward`; the Act buffers in `narrow`.
@@ -216,7 +183,7 @@ void Classifier::forward(Arena& a, bool drop_path) {
   const ClassifierLayout& L = layout_;
   const PartGeometry g = all_patches(c, a.batch);
   const int B = a.batch, D = c.embed_dim, N = c.num_patches(), T = c.tokens();
-  const Weights w = weights();
+  const Weights w = state_.weights();
 
   be.gather_visible_patches(a.cols, a.images, a.perm, g);
   be.matmul_forward(a.emb, a.cols, w.gemm(L.patch_w), w.f32 + L.patch_b, nullptr, B * N, c.patch_dim(), D);
@@ -240,14 +207,14 @@ void Classifier::backward(Arena& a, bool drop_path) {
   const ClassifierLayout& L = layout_;
   const PartGeometry g = all_patches(c, a.batch);
   const int B = a.batch, D = c.embed_dim, N = c.num_patches(), T = c.tokens(), Q = c.num_classes;
-  const Weights w = weights();
-  float* dw = grads_;
+  const Weights w = state_.weights();
+  float* dw = state_.grads;
 
   // a non-finite loss runs the backward too (the host does not know it yet): the optimizer refuses
   // the step from the status, and the gradients' owner reports them as not meaningful
-  be.cross_entropy_forward_backward(&status_->losses.loss, a.dlogits, a.logits, a.targets, B, Q);
+  be.cross_entropy_forward_backward(&state_.status->losses.loss, a.dlogits, a.logits, a.targets, B, Q);
   // the linear weights' gradients are assigned (their only contribution); the rest are added into
-  for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
+  for (const auto& [offset, size] : accumulated_grads_) be.zero(state_.grads + offset, size * sizeof(float));
   be.matmul_backward(a.dfeat, dw + L.head_w, dw + L.head_b, a.dlogits, a.feat, w.gemm(L.head_w), B, D, Q, true);
   be.zero(a.dpooled, (size_t)B * D * sizeof(float));
   be.layernorm_backward(a.dpooled, dw + L.head_norm_w, dw + L.head_norm_b, a.dfeat, a.pooled, w.f32 + L.head_norm_w,
@@ -279,7 +246,7 @@ void Classifier::forward_backward(const float* images, const float* targets, con
 double Classifier::loss_and_grads(const float* images, const float* targets, const float* keep, int batch) {
   forward_backward(images, targets, keep, batch);
   double loss = 0;
-  backend_->download(&loss, &status_->losses.loss, sizeof(loss));
+  backend_->download(&loss, &state_.status->losses.loss, sizeof(loss));
   return loss;
 }
 
@@ -301,7 +268,7 @@ std::string non_finite_loss_message(const LossValues& losses) {
 StepResult Classifier::train_step(const float* images, const float* targets, const float* keep, int batch,
                                   const FinetuneOptim& opt) {
   forward_backward(images, targets, keep, batch);
-  // the loss stays in status_ until adamw_step reads it back, after the optimizer
+  // the loss stays in state_.status until adamw_step reads it back, after the optimizer
   return optimizer_step(opt, non_finite_loss_message);
 }
 
@@ -317,8 +284,7 @@ StepResult Classifier::apply_gradients(const FinetuneOptim& opt) { return optimi
 
 StepResult Classifier::optimizer_step(const FinetuneOptim& opt, LossMessage loss_message) {
   set_layer_decay(opt.layer_decay);
-  return adamw_step(*backend_, {params_, grads_, exp_avg_, exp_avg_sq_, params_bf16_, status_}, trainable_, opt.adamw,
-                    step_, loss_message);
+  return adamw_step(*backend_, state_.optimizer_buffers(), trainable_, opt.adamw, state_.step, loss_message);
 }
 
 }  // namespace emae

@@ -11,6 +11,7 @@
 #include "core/classifier_params.h"
 #include "core/memory_plan.h"
 #include "core/optimizer_step.h"  // OptimOptions, StepResult, NonFiniteLoss
+#include "core/train_state.h"
 
 namespace emae {
 
@@ -40,12 +41,14 @@ class Classifier {
   static MemoryPlan memory_plan(const ClassifierConfig& config, int batch, DType activations, DType weights);
 
   // host copies, layout().total floats (set_params also refreshes the GEMMs' bf16 copy)
-  void get_params(float* host) const;
-  void set_params(const float* host);
-  void get_grads(float* host) const;
-  int64_t step() const { return step_; }
-  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const;
-  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step);
+  void get_params(float* host) const { state_.get_params(host); }
+  void set_params(const float* host) { state_.set_params(host); }
+  void get_grads(float* host) const { state_.get_grads(host); }
+  int64_t step() const { return state_.step; }
+  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const { state_.get_optimizer_state(exp_avg, exp_avg_sq); }
+  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step) {
+    state_.set_optimizer_state(exp_avg, exp_avg_sq, step);
+  }
 
   // images (B, C, H, W), targets (B, numClasses) soft (rows summing to 1), keep (depth, 2, B):
   // the drop-path factors of each block's attention and MLP branch (0 or 1/(1 − p)), or null for
@@ -68,12 +71,10 @@ class Classifier {
   static std::unique_ptr<Arena> plan_arena(const ClassifierConfig& c, int batch, bool backward, DType narrow,
                                            ArenaPlanner& pl);
   std::unique_ptr<Arena> make_arena(int batch, bool backward);
-  void upload_params(const float* host);  // the master weights, then the bf16 copy from them
-  Weights weights() const;                // what the ops read: the master weights and the bf16 copy
   Arena& arena_for(int batch, bool backward);
   void forward(Arena& a, bool drop_path);
   void set_layer_decay(float layer_decay);  // the segments' lr_scale
-  void backward(Arena& a, bool drop_path);  // the loss into status_->losses.loss
+  void backward(Arena& a, bool drop_path);  // the loss into state_.status->losses.loss
   // upload, forward and backward of one batch, nothing read back
   void forward_backward(const float* images, const float* targets, const float* keep, int batch);
   StepResult optimizer_step(const FinetuneOptim& opt, LossMessage loss_message);  // adamw_step
@@ -81,19 +82,13 @@ class Classifier {
   ClassifierConfig config_;
   ClassifierLayout layout_;
   std::unique_ptr<Backend> backend_;
-  float* params_ = nullptr;
-  uint16_t* params_bf16_ = nullptr;  // the GEMMs' copy (layout_.total), when weight_dtype() is bf16
-  float* grads_ = nullptr;
-  float* exp_avg_ = nullptr;
-  float* exp_avg_sq_ = nullptr;
-  StepStatus* status_ = nullptr;  // the loss and gradient norm of the step in flight
+  TrainState state_;  // parameters, gradients, AdamW moments, the bf16 weight copy, the step status
   // every tensor, in layout order, with lr_scale = layer_decay_^(depth + 1 − its layer id)
   std::vector<ParamSegment> trainable_;
   std::vector<int> segment_layers_;  // the layer id of each of trainable_
   float layer_decay_ = 1.f;
   // what backward zeroes first: every tensor but the linear weights, whose gradients it assigns
   std::vector<std::pair<size_t, size_t>> accumulated_grads_;
-  int64_t step_ = 0;
   std::unique_ptr<Arena> train_arena_;    // with the backward's buffers
   std::unique_ptr<Arena> predict_arena_;  // forward only
 };

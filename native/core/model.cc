@@ -52,23 +52,19 @@ struct Model::Arena {
   }
 };
 
+namespace {
+std::vector<float> initial_params(const ModelConfig& config, const ParamLayout& layout) {
+  std::vector<float> host(layout.total);
+  initialize_params(config, layout, host.data());
+  return host;
+}
+}  // namespace
+
 Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
-    : config_(config), layout_((config.validate(), config)), backend_(std::move(backend)) {
-  const size_t bytes = layout_.total * sizeof(float);
-  params_ = static_cast<float*>(backend_->allocate(bytes));
-  grads_ = static_cast<float*>(backend_->allocate(bytes));
-  exp_avg_ = static_cast<float*>(backend_->allocate(bytes));
-  exp_avg_sq_ = static_cast<float*>(backend_->allocate(bytes));
-  status_ = static_cast<StepStatus*>(backend_->allocate(sizeof(StepStatus)));
-  backend_->zero(status_, sizeof(StepStatus));
-  std::vector<float> host(layout_.total);
-  initialize_params(config_, layout_, host.data());
-  if (backend_->weight_dtype() == DType::kBF16)
-    params_bf16_ = static_cast<uint16_t*>(backend_->allocate(layout_.total * sizeof(uint16_t)));
-  upload_params(host.data());
-  backend_->zero(grads_, bytes);
-  backend_->zero(exp_avg_, bytes);
-  backend_->zero(exp_avg_sq_, bytes);
+    : config_(config),
+      layout_((config.validate(), config)),
+      backend_(std::move(backend)),
+      state_(*backend_, layout_.total, initial_params(config_, layout_).data()) {
   for (const auto& s : layout_.specs)
     if (s.trainable) trainable_.push_back({s.offset, s.size, s.decay, 1.0});  // pretraining: one lr for all
   std::vector<size_t> assigned = {layout_.patch_w, layout_.dec_embed_w, layout_.dec_pred_w};
@@ -77,40 +73,8 @@ Model::Model(const ModelConfig& config, std::unique_ptr<Backend> backend)
   accumulated_grads_ = accumulated_ranges(layout_.specs, assigned);
 }
 
-Model::~Model() {
-  arena_.reset();
-  encode_arena_.reset();
-  for (float* p : {params_, grads_, exp_avg_, exp_avg_sq_})
-    if (p) backend_->release(p);
-  if (params_bf16_) backend_->release(params_bf16_);
-  if (status_) backend_->release(status_);
-}
-
-void Model::upload_params(const float* host) {
-  backend_->upload(params_, host, layout_.total * sizeof(float));
-  if (params_bf16_) backend_->convert_to_bf16(params_bf16_, params_, layout_.total);  // the GEMMs' copy
-}
-
-Weights Model::weights() const { return {params_, params_bf16_}; }
-OptimizerBuffers Model::optimizer_buffers() const {
-  return {params_, grads_, exp_avg_, exp_avg_sq_, params_bf16_, status_};
-}
-
-void Model::get_params(float* host) const { backend_->download(host, params_, layout_.total * sizeof(float)); }
-void Model::set_params(const float* host) { upload_params(host); }
-void Model::get_grads(float* host) const { backend_->download(host, grads_, layout_.total * sizeof(float)); }
-
-void Model::get_optimizer_state(float* exp_avg, float* exp_avg_sq) const {
-  backend_->download(exp_avg, exp_avg_, layout_.total * sizeof(float));
-  backend_->download(exp_avg_sq, exp_avg_sq_, layout_.total * sizeof(float));
-}
-
-void Model::set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step) {
-  if (step < 0) throw RangeError("optimizer step must be >= 0");
-  backend_->upload(exp_avg_, exp_avg, layout_.total * sizeof(float));
-  backend_->upload(exp_avg_sq_, exp_avg_sq, layout_.total * sizeof(float));
-  step_ = step;
-}
+// the arenas go first (declared after state_), then state_ releases its buffers, then the backend
+Model::~Model() = default;
 
 PartGeometry Model::geometry(const Arena& a) const {
   PartGeometry g;
@@ -221,7 +185,7 @@ void Model::forward_encoder(Arena& a) {
   const int D = config_.embed_dim;
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
   const float eps = config_.layer_norm_eps;
-  const Weights w = weights();
+  const Weights w = state_.weights();
 
   // encoder over the visible patches of every part
   be.gather_visible_patches(a.cols, a.images, a.perm, g);
@@ -241,7 +205,7 @@ void Model::forward() {
   const PartGeometry g = geometry(a);
   const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
   const float eps = config_.layer_norm_eps;
-  const Weights w = weights();
+  const Weights w = state_.weights();
   forward_encoder(a);
 
   // decoder over all patches of every part
@@ -255,7 +219,7 @@ void Model::forward() {
 
   // losses and their gradient w.r.t. the predictions
   be.patchify_target(a.target, a.images, g, config_.norm_pix_loss);
-  be.loss_forward_backward(&status_->losses, a.dpred, a.pred, a.target, a.perm, g, lambda_, config_.consistency_l1);
+  be.loss_forward_backward(&state_.status->losses, a.dpred, a.pred, a.target, a.perm, g, lambda_, config_.consistency_l1);
 }
 
 void Model::backward(bool accumulate) {
@@ -265,13 +229,13 @@ void Model::backward(bool accumulate) {
   const PartGeometry g = geometry(a);
   const int D = config_.embed_dim, Dd = config_.decoder_embed_dim, P = config_.patch_dim();
   const int Cpp = config_.channels * config_.patch_size * config_.patch_size;
-  const Weights w = weights();
-  float* dw = grads_;
+  const Weights w = state_.weights();
+  float* dw = state_.grads;
   // A fresh step assigns the linear weights' gradients (their only contribution) and zeroes the
   // rest, which is added into below; accumulating micro-batches adds into everything.
   const bool assign = !accumulate;
   if (assign)
-    for (const auto& [offset, size] : accumulated_grads_) be.zero(grads_ + offset, size * sizeof(float));
+    for (const auto& [offset, size] : accumulated_grads_) be.zero(state_.grads + offset, size * sizeof(float));
 
   // decoder head
   be.matmul_backward(a.narrow, dw + L.dec_pred_w, dw + L.dec_pred_b, a.dpred, a.dnorm, w.gemm(L.dec_pred_w),
@@ -315,7 +279,7 @@ void Model::forward_backward(const float* images, const int32_t* perm, int batch
 
 LossValues Model::read_losses() const {
   LossValues losses;
-  backend_->download(&losses, &status_->losses, sizeof(losses));
+  backend_->download(&losses, &state_.status->losses, sizeof(losses));
   return losses;
 }
 
@@ -363,13 +327,13 @@ std::string non_finite_loss_message(const LossValues& losses) {
 StepResult Model::train_step(const float* images, const int32_t* perm, int batch, float lambda,
                              const OptimOptions& opt) {
   forward_backward(images, perm, batch, lambda, false);
-  // the losses stay in status_ until adamw_step reads it back, after the optimizer
-  return adamw_step(*backend_, optimizer_buffers(), trainable_, opt, step_, non_finite_loss_message);
+  // the losses stay in state_.status until adamw_step reads it back, after the optimizer
+  return adamw_step(*backend_, state_.optimizer_buffers(), trainable_, opt, state_.step, non_finite_loss_message);
 }
 
 StepResult Model::apply_gradients(const OptimOptions& opt, float grad_scale) {
-  if (grad_scale != 1.f) backend_->scale(grads_, trainable_.data(), (int)trainable_.size(), grad_scale);
-  return adamw_step(*backend_, optimizer_buffers(), trainable_, opt, step_, nullptr);
+  if (grad_scale != 1.f) backend_->scale(state_.grads, trainable_.data(), (int)trainable_.size(), grad_scale);
+  return adamw_step(*backend_, state_.optimizer_buffers(), trainable_, opt, state_.step, nullptr);
 }
 
 }  // namespace emae

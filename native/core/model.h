@@ -14,6 +14,7 @@
 #include "core/memory_plan.h"
 #include "core/optimizer_step.h"  // OptimOptions, StepResult, NonFiniteLoss
 #include "core/params.h"
+#include "core/train_state.h"
 
 namespace emae {
 
@@ -38,15 +39,17 @@ class Model {
   static MemoryPlan memory_plan(const ModelConfig& config, int batch, DType activations, DType weights);
 
   // host copies, layout().total floats (set_params also refreshes the GEMMs' bf16 copy)
-  void get_params(float* host) const;
-  void set_params(const float* host);
-  void get_grads(float* host) const;
+  void get_params(float* host) const { state_.get_params(host); }
+  void set_params(const float* host) { state_.set_params(host); }
+  void get_grads(float* host) const { state_.get_grads(host); }
   // The gradient buffer itself (backend memory, layout().total floats), for the data-parallel
   // all-reduce between the backward and apply_gradients (native/distributed).
-  float* grad_buffer() { return grads_; }
-  int64_t step() const { return step_; }
-  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const;
-  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step);
+  float* grad_buffer() { return state_.grads; }
+  int64_t step() const { return state_.step; }
+  void get_optimizer_state(float* exp_avg, float* exp_avg_sq) const { state_.get_optimizer_state(exp_avg, exp_avg_sq); }
+  void set_optimizer_state(const float* exp_avg, const float* exp_avg_sq, int64_t step) {
+    state_.set_optimizer_state(exp_avg, exp_avg_sq, step);
+  }
 
   // images (B, C, H, W) and permutations (B, N) from the host. Forward and backward; the
   // gradients stay in backend memory (get_grads copies them out). With accumulate the new
@@ -73,32 +76,23 @@ class Model {
   static std::unique_ptr<Arena> plan_arena(const ModelConfig& c, int batch, int parts, int visible, bool decoder,
                                            DType narrow, ArenaPlanner& pl);
   std::unique_ptr<Arena> make_arena(int batch, int parts, int visible, bool decoder);
-  void upload_params(const float* host);  // the master weights, then the bf16 copy from them
-  Weights weights() const;                // what the ops read: the master weights and the bf16 copy
-  OptimizerBuffers optimizer_buffers() const;
   void forward_encoder(Arena& a);
   void upload_batch(Arena& a, const float* images, const int32_t* perm);  // (B, C, H, W) and (B, N)
-  void forward();  // the losses into status_
+  void forward();  // the losses into state_.status
   void backward(bool accumulate);
   // upload, forward and backward of one batch, nothing read back
   void forward_backward(const float* images, const int32_t* perm, int batch, float lambda, bool accumulate);
-  LossValues read_losses() const;  // status_'s (a host sync)
+  LossValues read_losses() const;  // state_.status's (a host sync)
   PartGeometry geometry(const Arena& a) const;
 
   ModelConfig config_;
   ParamLayout layout_;
   std::unique_ptr<Backend> backend_;
-  float* params_ = nullptr;
-  uint16_t* params_bf16_ = nullptr;  // the GEMMs' copy (layout_.total), when weight_dtype() is bf16
-  float* grads_ = nullptr;
-  float* exp_avg_ = nullptr;
-  float* exp_avg_sq_ = nullptr;
-  StepStatus* status_ = nullptr;  // the losses and gradient norm of the step in flight
+  TrainState state_;  // parameters, gradients, AdamW moments, the bf16 weight copy, the step status
   std::vector<ParamSegment> trainable_;  // lr_scale 1 each
   // (offset, size) ranges of the gradients a non-accumulating backward adds into, which it zeroes
   // first: every trainable tensor but the linear weights, whose gradients matmul_backward assigns
   std::vector<std::pair<size_t, size_t>> accumulated_grads_;
-  int64_t step_ = 0;
   std::unique_ptr<Arena> arena_;         // training and predict
   std::unique_ptr<Arena> encode_arena_;  // encode: encoder only, every patch visible
   float lambda_ = 1.f;

@@ -210,6 +210,9 @@ export interface NativeAddon {
   /**
    * Runs one Backend op in float32 on the CPU or CUDA backend, for the parity tests (internal,
    * synchronous). Returns the op's outputs (Float32Array) and host values (numbers).
+   * dims.bf16 = 1: the backend stores activations in bf16 (CUDA's bf16 storage, the CPU's
+   * reference of it); the op's activation arguments (and GEMM weights) are rounded to bf16 in
+   * backend memory and its bf16 outputs come back widened; adamw also returns paramBf16.
    */
   testBackendOp(device: 'cpu' | 'cuda', name: string, tensors: Record<string, Float32Array | Int32Array>,
     dims: Record<string, number>): Record<string, Float32Array | number>;

@@ -2,6 +2,12 @@
 // CUDA backend, for the parity tests: the same call on both backends must agree. Outputs that
 // an op assigns are poisoned with NaN first, so an element the op fails to write shows up;
 // outputs it accumulates into start from the tensor of the same name, or zeros. Internal API.
+// dims.bf16 = 1: the backend stores activations in bf16 (issue 11; CUDA's bf16 storage, or the
+// CPU's reference of it), so a device run can pin a faulty bf16 kernel on one op: the arguments
+// that are views (Act, ActIn in core/backend.h; GEMM weights too, as the model passes its bf16
+// weight copy) are given and returned as fp32 here, rounded to bf16 in backend memory on the way
+// in and widened on the host on the way out; fp32 arguments stay fp32. AdamW then also writes the
+// bf16 weight copy, returned as paramBf16.
 #include <napi.h>
 
 #include <algorithm>
@@ -12,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/bf16_reference_backend.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_backend.h"
 #include "napi_util.h"
@@ -21,8 +28,8 @@ namespace {
 
 class Runner {
  public:
-  Runner(Backend& be, Napi::Env env, Napi::Object tensors, Napi::Object dims)
-      : be_(be), env_(env), tensors_(tensors), dims_(dims) {}
+  Runner(Backend& be, Napi::Env env, Napi::Object tensors, Napi::Object dims, DType storage)
+      : be_(be), env_(env), tensors_(tensors), dims_(dims), storage_(storage) {}
   ~Runner() {
     for (void* p : allocations_) be_.release(p);
   }
@@ -45,6 +52,31 @@ class Runner {
   float* out(const char* key, size_t n) {
     std::vector<float> init(n, std::numeric_limits<float>::quiet_NaN());
     return track(key, static_cast<float*>(place(init.data(), n * sizeof(float))), n);
+  }
+  // an input the backend may store narrow (an ActIn): in bf16 storage rounded in backend memory
+  ActIn view_in(const char* key, size_t n) {
+    const float* wide = in(key, n);
+    if (storage_ == DType::kF32) return wide;
+    uint16_t* bits = scratch<uint16_t>(n);
+    be_.convert_to_bf16(bits, wide, n);
+    return {bits, DType::kBF16};
+  }
+  // an output the op assigns that the backend may store narrow (an Act): NaN-poisoned
+  Act view_out(const char* key, size_t n) {
+    if (storage_ == DType::kF32) return out(key, n);
+    std::vector<uint16_t> init(n, bf16_from_float(std::numeric_limits<float>::quiet_NaN()));
+    void* p = place(init.data(), n * sizeof(uint16_t));
+    outputs_[key] = {p, n, DType::kBF16};
+    return {p, DType::kBF16};
+  }
+  // the GEMMs' bf16 copy of params (n) for adamw in bf16 storage, set from params and returned
+  // under key; null in fp32 storage (no copy kept)
+  uint16_t* weight_copy(const char* key, const float* params, size_t n) {
+    if (storage_ == DType::kF32) return nullptr;
+    uint16_t* bits = scratch<uint16_t>(n);
+    be_.convert_to_bf16(bits, params, n);
+    outputs_[key] = {bits, n, DType::kBF16};
+    return bits;
   }
   // an output the op accumulates into: starts from tensors[key] or zeros
   float* acc(const char* key, size_t n) {
@@ -100,8 +132,14 @@ class Runner {
   Napi::Object results() {
     Napi::Object result = Napi::Object::New(env_);
     for (auto& [key, o] : outputs_) {
-      auto arr = Napi::Float32Array::New(env_, o.second);
-      be_.download(arr.Data(), o.first, o.second * sizeof(float));
+      auto arr = Napi::Float32Array::New(env_, o.n);
+      if (o.dtype == DType::kF32) {
+        be_.download(arr.Data(), o.data, o.n * sizeof(float));
+      } else {
+        std::vector<uint16_t> bits(o.n);
+        be_.download(bits.data(), o.data, o.n * sizeof(uint16_t));
+        std::transform(bits.begin(), bits.end(), arr.Data(), float_from_bf16);
+      }
       result.Set(key, arr);
     }
     for (auto& [key, v] : host_values_) result.Set(key, Napi::Number::New(env_, v));
@@ -121,15 +159,21 @@ class Runner {
     return p;
   }
   float* track(const char* key, float* p, size_t n) {
-    outputs_[key] = {p, n};
+    outputs_[key] = {p, n, DType::kF32};
     return p;
   }
+  struct Output {
+    const void* data;
+    size_t n;
+    DType dtype;
+  };
 
   Backend& be_;
   Napi::Env env_;
   Napi::Object tensors_, dims_;
+  DType storage_;  // of the views
   std::vector<void*> allocations_;
-  std::map<std::string, std::pair<float*, size_t>> outputs_;
+  std::map<std::string, Output> outputs_;
   std::map<std::string, double> host_values_;
   std::map<std::string, std::vector<float>> host_arrays_;
 };
@@ -137,44 +181,44 @@ class Runner {
 void run(const std::string& name, Backend& be, Runner& r) {
   if (name == "matmul_forward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
-    const float* inp = r.in("inp", (size_t)R * K);
-    const float* w = r.in("weight", (size_t)N * K);
+    const ActIn inp = r.view_in("inp", (size_t)R * K);
+    const ActIn w = r.view_in("weight", (size_t)N * K);
     const float* bias = r.optional("bias", N);
     const float* residual = r.optional("residual", (size_t)R * N);
-    be.matmul_forward(r.out("out", (size_t)R * N), inp, w, bias, residual, R, K, N);
+    be.matmul_forward(r.view_out("out", (size_t)R * N), inp, w, bias, residual, R, K, N);
   } else if (name == "matmul_backward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
-    const float* dout = r.in("dout", (size_t)R * N);
-    const float* inp = r.in("inp", (size_t)R * K);
-    const float* w = r.in("weight", (size_t)N * K);
+    const ActIn dout = r.view_in("dout", (size_t)R * N);
+    const ActIn inp = r.view_in("inp", (size_t)R * K);
+    const ActIn w = r.view_in("weight", (size_t)N * K);
     const bool assign = r.has_dim("assign") && r.dim("assign") != 0;  // dweight = … (its input ignored)
-    be.matmul_backward(r.out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp, w, R,
-                       K, N, assign);
+    be.matmul_backward(r.view_out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp,
+                       w, R, K, N, assign);
   } else if (name == "matmul_gelu_forward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
-    const float* inp = r.in("inp", (size_t)R * K);
-    const float* w = r.in("weight", (size_t)N * K);
+    const ActIn inp = r.view_in("inp", (size_t)R * K);
+    const ActIn w = r.view_in("weight", (size_t)N * K);
     const float* bias = r.optional("bias", N);
-    be.matmul_gelu_forward(r.out("pre", (size_t)R * N), r.out("act", (size_t)R * N), inp, w, bias, R, K, N);
+    be.matmul_gelu_forward(r.view_out("pre", (size_t)R * N), r.view_out("act", (size_t)R * N), inp, w, bias, R, K, N);
   } else if (name == "matmul_backward_gelu") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
-    const float* dout = r.in("dout", (size_t)R * N);
-    const float* inp = r.in("inp", (size_t)R * K);
-    const float* w = r.in("weight", (size_t)N * K);
-    const float* gelu_inp = r.in("geluInp", (size_t)R * K);
+    const ActIn dout = r.view_in("dout", (size_t)R * N);
+    const ActIn inp = r.view_in("inp", (size_t)R * K);
+    const ActIn w = r.view_in("weight", (size_t)N * K);
+    const ActIn gelu_inp = r.view_in("geluInp", (size_t)R * K);
     const bool assign = r.has_dim("assign") && r.dim("assign") != 0;
-    be.matmul_backward_gelu(r.out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp,
-                            w, gelu_inp, R, K, N, assign);
+    be.matmul_backward_gelu(r.view_out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout,
+                            inp, w, gelu_inp, R, K, N, assign);
   } else if (name == "layernorm_forward") {
     const int R = r.dim("R"), C = r.dim("C");
     const float* inp = r.in("inp", (size_t)R * C);
     const float* w = r.in("weight", C);
     const float* b = r.in("bias", C);
-    be.layernorm_forward(r.out("out", (size_t)R * C), r.out("mean", R), r.out("rstd", R), inp, w, b, R, C,
+    be.layernorm_forward(r.view_out("out", (size_t)R * C), r.out("mean", R), r.out("rstd", R), inp, w, b, R, C,
                          (float)r.scalar("eps"));
   } else if (name == "layernorm_backward") {
     const int R = r.dim("R"), C = r.dim("C");
-    const float* dout = r.in("dout", (size_t)R * C);
+    const ActIn dout = r.view_in("dout", (size_t)R * C);
     const float* inp = r.in("inp", (size_t)R * C);
     const float* w = r.in("weight", C);
     const float* mean = r.in("mean", R);
@@ -183,24 +227,24 @@ void run(const std::string& name, Backend& be, Runner& r) {
                           R, C);
   } else if (name == "gelu_forward" || name == "gelu_backward") {
     const int n = r.dim("n");
-    const float* inp = r.in("inp", n);
+    const ActIn inp = r.view_in("inp", n);
     if (name == "gelu_forward") {
-      be.gelu_forward(r.out("out", n), inp, n);
+      be.gelu_forward(r.view_out("out", n), inp, n);
     } else {
-      const float* dout = r.in("dout", n);
-      be.gelu_backward(r.out("dinp", n), inp, dout, n);
+      const ActIn dout = r.view_in("dout", n);
+      be.gelu_backward(r.view_out("dinp", n), inp, dout, n);
     }
   } else if (name == "attention_forward" || name == "attention_backward") {
     const int S = r.dim("S"), T = r.dim("T"), H = r.dim("H"), dh = r.dim("dh");
     const size_t rows = (size_t)S * T, D = (size_t)H * dh;
-    const float* qkv = r.in("qkv", rows * 3 * D);
+    const ActIn qkv = r.view_in("qkv", rows * 3 * D);
     if (name == "attention_forward") {
-      be.attention_forward(r.out("out", rows * D), r.out("lse", (size_t)S * H * T), qkv, S, T, H, dh);
+      be.attention_forward(r.view_out("out", rows * D), r.out("lse", (size_t)S * H * T), qkv, S, T, H, dh);
     } else {
-      const float* dout = r.in("dout", rows * D);
-      const float* out = r.in("out", rows * D);
+      const ActIn dout = r.view_in("dout", rows * D);
+      const ActIn out = r.view_in("out", rows * D);
       const float* lse = r.in("lse", (size_t)S * H * T);
-      be.attention_backward(r.out("dqkv", rows * 3 * D), dout, qkv, out, lse, S, T, H, dh);
+      be.attention_backward(r.view_out("dqkv", rows * 3 * D), dout, qkv, out, lse, S, T, H, dh);
     }
   } else if (name == "gather_visible_patches" || name == "patchify_target") {
     const PartGeometry g = r.geometry();
@@ -210,7 +254,7 @@ void run(const std::string& name, Backend& be, Runner& r) {
       be.patchify_target(r.out("target", (size_t)g.batch * g.num_patches * P), images, g, r.dim("normPix") != 0);
     } else {
       const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
-      be.gather_visible_patches(r.out("cols", (size_t)g.batch * g.parts * g.visible * P), images, perm, g);
+      be.gather_visible_patches(r.view_out("cols", (size_t)g.batch * g.parts * g.visible * P), images, perm, g);
     }
   } else if (name == "encoder_tokens_forward" || name == "encoder_tokens_backward") {
     const PartGeometry g = r.geometry();
@@ -218,13 +262,13 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const size_t S = (size_t)g.batch * g.parts;
     const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
     if (name == "encoder_tokens_forward") {
-      const float* emb = r.in("emb", S * g.visible * D);
+      const ActIn emb = r.view_in("emb", S * g.visible * D);
       const float* cls = r.in("cls", D);
       const float* pos = r.in("pos", (size_t)(1 + g.num_patches) * D);
       be.encoder_tokens_forward(r.out("x", S * (1 + g.visible) * D), emb, cls, pos, perm, g, D);
     } else {
       const float* dx = r.in("dx", S * (1 + g.visible) * D);
-      be.encoder_tokens_backward(r.out("demb", S * g.visible * D), r.acc("dcls", D), dx, perm, g, D);
+      be.encoder_tokens_backward(r.view_out("demb", S * g.visible * D), r.acc("dcls", D), dx, perm, g, D);
     }
   } else if (name == "decoder_tokens_forward" || name == "decoder_tokens_backward") {
     const PartGeometry g = r.geometry();
@@ -232,13 +276,13 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const size_t S = (size_t)g.batch * g.parts;
     const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
     if (name == "decoder_tokens_forward") {
-      const float* y = r.in("y", S * (1 + g.visible) * D);
+      const ActIn y = r.view_in("y", S * (1 + g.visible) * D);
       const float* mask = r.in("mask", D);
       const float* pos = r.in("pos", (size_t)(1 + g.num_patches) * D);
       be.decoder_tokens_forward(r.out("z", S * (1 + g.num_patches) * D), y, mask, pos, perm, g, D);
     } else {
       const float* dz = r.in("dz", S * (1 + g.num_patches) * D);
-      be.decoder_tokens_backward(r.out("dy", S * (1 + g.visible) * D), r.acc("dmask", D), dz, perm, g, D);
+      be.decoder_tokens_backward(r.view_out("dy", S * (1 + g.visible) * D), r.acc("dmask", D), dz, perm, g, D);
     }
   } else if (name == "loss") {
     const PartGeometry g = r.geometry();
@@ -345,7 +389,8 @@ void run(const std::string& name, Backend& be, Runner& r) {
       if (name == "adamw") {
         // the plain update: a status that lets it run, no clipping (grad comes back unchanged)
         float* grad = r.in_place("grad", "grad", total);
-        be.adamw(p, grad, m, v, nullptr, segments.data(), count, s, r.device_copy(StepStatus{}), 0.f, false);
+        be.adamw(p, grad, m, v, r.weight_copy("paramBf16", p, total), segments.data(), count, s,
+                 r.device_copy(StepStatus{}), 0.f, false);
       } else {
         // the optimizer as adamw_step runs it: the norm into the status, then the update decided
         // from it. tensors.loss (one value, NaN/Infinity allowed) is the status' loss, checked
@@ -358,7 +403,8 @@ void run(const std::string& name, Backend& be, Runner& r) {
         be.grad_norm_squared(&status->grad_norm_sq, grad, segments.data(), count);
         const float clip = r.has_dim("clipGrad") ? (float)r.scalar("clipGrad") : 0.f;
         const bool check_loss = r.has_dim("checkLoss") && r.dim("checkLoss") != 0;
-        be.adamw(p, grad, m, v, nullptr, segments.data(), count, s, status, clip, check_loss);
+        be.adamw(p, grad, m, v, r.weight_copy("paramBf16", p, total), segments.data(), count, s, status, clip,
+                 check_loss);
         const StepStatus after = r.read(status);
         r.host_value("normSquared", after.grad_norm_sq);
         r.host_value("updated", decide_step(after, clip, check_loss).update);
@@ -381,11 +427,23 @@ Napi::Value TestBackendOp(const Napi::CallbackInfo& info) {
   Napi::Object dims = get_object(info[3], "dims");
   if (device != "cpu" && device != "cuda")
     throw Napi::RangeError::New(env, "Expected 'cpu' or 'cuda' for device but received '" + device + "'");
+  DType storage = DType::kF32;
+  if (dims.Has("bf16")) {
+    const Napi::Value flag = dims.Get("bf16");
+    const double v = flag.IsNumber() ? flag.As<Napi::Number>().DoubleValue() : -1;
+    if (v != 0 && v != 1)
+      throw Napi::RangeError::New(env, "testBackendOp: dims.bf16 must be 0 (fp32 activations) or 1 (activations "
+                                       "stored in bf16), got '" + flag.ToString().Utf8Value() + "'");
+    if (v == 1) storage = DType::kBF16;
+  }
   return guard(env, "testBackendOp", [&] {
-    std::unique_ptr<Backend> be = device == "cpu" ? cpu::make_cpu_backend() : cuda::make_cuda_backend(0);
+    std::unique_ptr<Backend> be;
+    if (device == "cuda") be = cuda::make_cuda_backend(0, storage);
+    else if (storage == DType::kBF16) be = cpu::make_bf16_reference_backend(cpu::make_cpu_backend());
+    else be = cpu::make_cpu_backend();
     Napi::Object result = Napi::Object::New(env);
     {
-      Runner runner(*be, env, tensors, dims);
+      Runner runner(*be, env, tensors, dims, storage);
       run(name, *be, runner);
       result = runner.results();
     }

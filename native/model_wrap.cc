@@ -386,18 +386,8 @@ Napi::Value ModelWrap::Memory(const Napi::CallbackInfo& info) {
 
 // (config, batchSize, activations) → the memory plan of a model not created (nothing allocated)
 Napi::Value ModelWrap::MemoryPlanFor(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   std::string device;
-  const auto config = parse_config(get_object(info[0], "config"), device);
-  if (!info[1].IsNumber()) throw Napi::TypeError::New(env, "Expected a positive integer for batchSize");
-  const double batch = info[1].As<Napi::Number>().DoubleValue();
-  if (!(batch >= 1 && batch <= 1 << 24 && batch == (double)(int)batch))
-    throw Napi::RangeError::New(env, "Expected a positive integer for batchSize");
-  const DType activations = parse_activations(info[2]);
-  // a backend storing bf16 activations has its GEMMs read the bf16 weight copy (the CUDA backend's pairing)
-  return memory_object(env, guard(env, "memoryPlan", [&] {
-    return Model::memory_plan(config, (int)batch, activations, activations);
-  }));
+  return memory_plan_for<Model>(info, parse_config(get_object(info[0], "config"), device));
 }
 
 Napi::Value ModelWrap::Profile(const Napi::CallbackInfo& info) {

@@ -174,13 +174,27 @@ inline Napi::Object memory_object(Napi::Env env, const MemoryPlan& m) {
 // memory(batchSize) of a live model or classifier: the plan for its own backend's types. Reads
 // only the configuration and the backend's types, never backend memory, so it may run while a
 // step is in flight.
-template <typename M> Napi::Value memory_of(const Napi::CallbackInfo& info, const M& m) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(env, "Expected a positive integer for batchSize");
-  const double batch = info[0].As<Napi::Number>().DoubleValue();
+inline int memory_batch(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, "Expected a positive integer for batchSize");
+  const double batch = v.As<Napi::Number>().DoubleValue();
   if (!(batch >= 1 && batch <= 1 << 24 && batch == (double)(int)batch))
     throw Napi::RangeError::New(env, "Expected a positive integer for batchSize");
-  return memory_object(env, guard(env, "memory", [&] { return m.memory((int)batch); }));
+  return (int)batch;
+}
+template <typename M> Napi::Value memory_of(const Napi::CallbackInfo& info, const M& m) {
+  const int batch = memory_batch(info.Env(), info[0]);
+  return memory_object(info.Env(), guard(info.Env(), "memory", [&] { return m.memory(batch); }));
+}
+// (config, batchSize, activations) → M's memory plan for `config` (parsed by the caller), nothing
+// allocated; a backend storing bf16 activations has its GEMMs read the bf16 weight copy (the CUDA
+// backend's pairing)
+template <typename M, typename Config>
+Napi::Value memory_plan_for(const Napi::CallbackInfo& info, const Config& config) {
+  const int batch = memory_batch(info.Env(), info[1]);
+  const DType activations = parse_activations(info[2]);
+  return memory_object(info.Env(), guard(info.Env(), "memoryPlan", [&] {
+    return M::memory_plan(config, batch, activations, activations);
+  }));
 }
 
 // The profiling decorator around `inner`, timed by CUDA events on a CUDA backend's stream, else by

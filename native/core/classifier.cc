@@ -140,12 +140,7 @@ MemoryPlan Classifier::memory_plan(const ClassifierConfig& config, int batch, DT
   const ClassifierLayout layout(config);
   ArenaPlanner pl;
   plan_arena(config, batch, true, activations, pl);
-  MemoryPlan m;
-  m.params = m.grads = layout.total * sizeof(float);
-  m.optimizer = 2 * layout.total * sizeof(float);
-  m.weight_copy = weights == DType::kBF16 ? layout.total * sizeof(uint16_t) : 0;
-  m.activations = pl.bytes();
-  return m;
+  return memory_plan_of(layout.total, weights == DType::kBF16, pl.bytes());
 }
 
 MemoryPlan Classifier::memory(int batch) const {

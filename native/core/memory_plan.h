@@ -3,6 +3,7 @@
 // arena as the planner lays it out (blocks.h: ArenaPlanner), without allocating it.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace emae {
 
@@ -14,5 +15,16 @@ struct MemoryPlan {
   size_t activations = 0;  // the training arena: inputs, activations, losses' inputs, backward scratch
   size_t total() const { return params + grads + optimizer + weight_copy + activations; }
 };
+
+// A network of `param_count` parameters (with a bf16 copy for the GEMMs beside the fp32 master
+// when bf16_weight_copy) and an activation arena of `activation_bytes`.
+inline MemoryPlan memory_plan_of(size_t param_count, bool bf16_weight_copy, size_t activation_bytes) {
+  MemoryPlan m;
+  m.params = m.grads = param_count * sizeof(float);
+  m.optimizer = 2 * param_count * sizeof(float);
+  m.weight_copy = bf16_weight_copy ? param_count * sizeof(uint16_t) : 0;
+  m.activations = activation_bytes;
+  return m;
+}
 
 }  // namespace emae

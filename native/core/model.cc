@@ -166,12 +166,7 @@ MemoryPlan Model::memory_plan(const ModelConfig& config, int batch, DType activa
   const ParamLayout layout(config);
   ArenaPlanner pl;
   plan_arena(config, batch, config.parts, config.visible(), true, activations, pl);
-  MemoryPlan m;
-  m.params = m.grads = layout.total * sizeof(float);
-  m.optimizer = 2 * layout.total * sizeof(float);
-  m.weight_copy = weights == DType::kBF16 ? layout.total * sizeof(uint16_t) : 0;
-  m.activations = pl.bytes();
-  return m;
+  return memory_plan_of(layout.total, weights == DType::kBF16, pl.bytes());
 }
 
 MemoryPlan Model::memory(int batch) const {

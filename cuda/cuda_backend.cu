@@ -315,18 +315,21 @@ class CudaBackend final : public Backend {
       cuda::decoder_tokens_backward(d, dmask, dz, perm, position_of, g, Dd, scratch, stream_);
     });
   }
-  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
-                             const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
+  // pred and dpred share one storage type
+  void loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target, const int32_t* perm,
+                             const PartGeometry& g, float lambda, bool l1) override {
     bind();
     const int32_t* position_of = positions(perm, g);
     double* scratch = scratch_.get_as<double>(loss_scratch_doubles(g));
-    if (step_sync_ == StepSync::kOnce) {
-      cuda::loss_forward_backward_into(losses, dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
-      return;
-    }
-    const LossValues values =
-        cuda::loss_forward_backward(dpred, pred, target, position_of, g, lambda, l1, scratch, stream_);
-    upload(losses, &values, sizeof(values));
+    with_storage(dpred, [&](auto* d) {
+      const auto* y = typed<storage_of<decltype(d)>>(pred, "loss_forward_backward pred");
+      if (step_sync_ == StepSync::kOnce) {
+        cuda::loss_forward_backward_into(losses, d, y, target, position_of, g, lambda, l1, scratch, stream_);
+        return;
+      }
+      const LossValues values = cuda::loss_forward_backward(d, y, target, position_of, g, lambda, l1, scratch, stream_);
+      upload(losses, &values, sizeof(values));
+    });
   }
 
   // ---- fine-tuning (cuda/classifier.cuh) -------------------------------------------------------

@@ -1,9 +1,9 @@
-// Reconstruction and self-consistency losses in one fused pass over the predictions (fp32, sums
-// in double), as in native/cpu/ops.cc loss_forward_backward:
+// Reconstruction and self-consistency losses in one fused pass over the predictions (stored fp32
+// or bf16: T; math in fp32, sums in double), as in native/cpu/ops.cc loss_forward_backward:
 //   pred (S, 1+N, P) with row 0 of each part the dropped cls row, target (B, N, P)
 //   recon = Σ_{b,k, n masked in k} mean_p (ŷ − t)² / (B·K·(N−V))
 //   consistency = Σ_{(b,n,i≠j) both masked} mean_p d(ŷ_i − sg(ŷ_j)) / |S|
-//   dpred = ∂(recon + λ·consistency)/∂pred with the stop-gradient (cls rows 0)
+//   dpred = ∂(recon + λ·consistency)/∂pred with the stop-gradient (cls rows 0), stored as T
 // |S| has a closed form: a patch visible in one of the K parts is masked in K−1, the others in K,
 // and exactly K·V patches per image are visible somewhere.
 // One warp per (b, n); per-item sums go to scratch and are reduced in a fixed order. The values
@@ -22,8 +22,9 @@ struct LossTraits {
   static_assert((kReduceThreads & (kReduceThreads - 1)) == 0, "the final tree reduction needs a power of two");
 };
 
-static __global__ void loss_items_kernel(float* __restrict__ dpred, double* __restrict__ item_sums,
-                                  const float* __restrict__ pred, const float* __restrict__ target,
+template <class T>
+__global__ void loss_items_kernel(T* __restrict__ dpred, double* __restrict__ item_sums,
+                                  const T* __restrict__ pred, const float* __restrict__ target,
                                   const int32_t* __restrict__ position_of, PartGeometry g, float rec_scale,
                                   float con_scale, bool l1) {
   const int item = blockIdx.x * LossTraits::kWarpsPerBlock + threadIdx.x / 32;
@@ -39,24 +40,24 @@ static __global__ void loss_items_kernel(float* __restrict__ dpred, double* __re
   const size_t row0 = (size_t)b * K * part_stride + (size_t)(1 + n) * P;
   double rec = 0.0, con = 0.0;
   for (int i = 0; i < K; ++i) {
-    float* gi = dpred + row0 + i * part_stride;
+    T* gi = dpred + row0 + i * part_stride;
     if (i == vis) {
-      for (int q = lane; q < P; q += 32) gi[q] = 0.f;
+      for (int q = lane; q < P; q += 32) gi[q] = store_as<T>(0.f);
       continue;
     }
-    const float* yi = pred + row0 + i * part_stride;
+    const T* yi = pred + row0 + i * part_stride;
     for (int q = lane; q < P; q += 32) {
-      const float y = yi[q];
+      const float y = load_f32(yi[q]);
       const float diff = y - t[q];
       rec += (double)(diff * diff);
       float grad = rec_scale * diff;
       for (int j = 0; j < K; ++j) {
         if (j == i || j == vis) continue;
-        const float dij = y - pred[row0 + j * part_stride + q];
+        const float dij = y - load_f32(pred[row0 + j * part_stride + q]);
         con += (double)consistency_dist(dij, l1);
         grad += con_scale * consistency_dist_grad(dij, l1);
       }
-      gi[q] = grad;
+      gi[q] = store_as<T>(grad);
     }
   }
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -69,10 +70,11 @@ static __global__ void loss_items_kernel(float* __restrict__ dpred, double* __re
   }
 }
 
-static __global__ void zero_cls_rows_kernel(float* __restrict__ dpred, int S, int N, int P) {
+template <class T>
+__global__ void zero_cls_rows_kernel(T* __restrict__ dpred, int S, int N, int P) {
   const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   if (idx >= (long long)S * P) return;
-  dpred[(idx / P) * (size_t)(1 + N) * P + idx % P] = 0.f;
+  dpred[(idx / P) * (size_t)(1 + N) * P + idx % P] = store_as<T>(0.f);
 }
 
 // out[0..1] = Σ items (recon, consistency); one block, fixed assignment and tree: deterministic
@@ -130,7 +132,8 @@ struct LossDenominators {
 
 // Enqueues the fused pass: dpred, and the two sums (recon, consistency) into scratch's last two
 // doubles, returned. scratch: loss_scratch_doubles(g).
-inline const double* loss_sums(LossDenominators& den, float* dpred, const float* pred, const float* target,
+template <class T>
+inline const double* loss_sums(LossDenominators& den, T* dpred, const T* pred, const float* target,
                                const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
                                double* scratch, cudaStream_t stream) {
   const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches;
@@ -155,7 +158,8 @@ inline const double* loss_sums(LossDenominators& den, float* dpred, const float*
 }
 
 // Returns the loss values: waits for the device (EMAE_CUDA_STEP_SYNC=host, the verified flow).
-inline LossValues loss_forward_backward(float* dpred, const float* pred, const float* target,
+template <class T>
+inline LossValues loss_forward_backward(T* dpred, const T* pred, const float* target,
                                         const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
                                         double* scratch, cudaStream_t stream) {
   LossDenominators den;
@@ -167,7 +171,8 @@ inline LossValues loss_forward_backward(float* dpred, const float* pred, const f
 }
 
 // The loss values into *out (device memory) without waiting (EMAE_CUDA_STEP_SYNC=once).
-inline void loss_forward_backward_into(LossValues* out, float* dpred, const float* pred, const float* target,
+template <class T>
+inline void loss_forward_backward_into(LossValues* out, T* dpred, const T* pred, const float* target,
                                        const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
                                        double* scratch, cudaStream_t stream) {
   LossDenominators den;

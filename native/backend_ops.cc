@@ -133,13 +133,7 @@ class Runner {
     Napi::Object result = Napi::Object::New(env_);
     for (auto& [key, o] : outputs_) {
       auto arr = Napi::Float32Array::New(env_, o.n);
-      if (o.dtype == DType::kF32) {
-        be_.download(arr.Data(), o.data, o.n * sizeof(float));
-      } else {
-        std::vector<uint16_t> bits(o.n);
-        be_.download(bits.data(), o.data, o.n * sizeof(uint16_t));
-        std::transform(bits.begin(), bits.end(), arr.Data(), float_from_bf16);
-      }
+      download_f32(be_, arr.Data(), ActIn(o.data, o.dtype), o.n);
       result.Set(key, arr);
     }
     for (auto& [key, v] : host_values_) result.Set(key, Napi::Number::New(env_, v));
@@ -289,10 +283,10 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const size_t P = (size_t)g.patch * g.patch * g.channels;
     const size_t S = (size_t)g.batch * g.parts;
     const int32_t* perm = r.perm((size_t)g.batch * g.num_patches);
-    const float* pred = r.in("pred", S * (1 + g.num_patches) * P);
+    const ActIn pred = r.view_in("pred", S * (1 + g.num_patches) * P);
     const float* target = r.in("target", (size_t)g.batch * g.num_patches * P);
     LossValues* losses = r.device_copy(LossValues{});
-    be.loss_forward_backward(losses, r.out("dpred", S * (1 + g.num_patches) * P), pred, target, perm, g,
+    be.loss_forward_backward(losses, r.view_out("dpred", S * (1 + g.num_patches) * P), pred, target, perm, g,
                              (float)r.scalar("lambda"), r.dim("l1") != 0);
     const LossValues l = r.read(losses);
     r.host_value("loss", l.loss);
@@ -349,10 +343,8 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const float* x = r.in("x", n);
     uint16_t* bits = r.scratch<uint16_t>(n);
     be.convert_to_bf16(bits, x, n);
-    std::vector<uint16_t> host(n);
-    be.download(host.data(), bits, n * sizeof(uint16_t));
     std::vector<float> widened(n);
-    for (size_t i = 0; i < n; ++i) widened[i] = float_from_bf16(host[i]);
+    download_f32(be, widened.data(), ActIn(bits, DType::kBF16), n);
     r.host_array("out", std::move(widened));
   } else if (name == "adamw" || name == "grad_norm" || name == "optimizer_step") {
     // segments given as dims size0/decay0[/lrScale0], size1/decay1[/lrScale1], … laid out back to

@@ -194,7 +194,8 @@ test.serial('bf16 activations: profiled rows say bf16 on the narrow ops', async 
     t.true(shapes('matmul_forward').every((s) => / bf16$/.test(s)), shapes('matmul_forward').join(', '));
     t.deepEqual(shapes('attention_forward').filter((s) => !s.endsWith(' bf16')), []);
     t.deepEqual(shapes('adamw'), ['bf16'], 'adamw wrote the bf16 copy');
-    t.deepEqual(shapes('loss_forward_backward'), [''], 'fp32 ops stay unmarked');
+    t.deepEqual(shapes('loss_forward_backward'), ['bf16'], 'the loss reads bf16 predictions');
+    t.deepEqual(shapes('patchify_target'), [''], 'fp32 ops stay unmarked');
   })));
 });
 

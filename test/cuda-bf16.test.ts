@@ -143,6 +143,7 @@ const VIEWS: Record<string, { in: string[]; out: string[] }> = {
   encoder_tokens_backward: { in: [], out: ['demb'] },
   decoder_tokens_forward: { in: ['y'], out: [] },
   decoder_tokens_backward: { in: [], out: ['dy'] },
+  loss: { in: ['pred'], out: ['dpred'] },
 };
 
 /** x rounded to bf16 (nearest even; NaN stays a quiet NaN) and widened: core/act.h's bf16_from_float */
@@ -154,7 +155,9 @@ function roundBf16(x: Float32Array): Float32Array {
   }
   return out;
 }
-const sameBits = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
+/** the same bits: arrays element by element, host values (the loss's numbers) as numbers */
+const sameBits = (a: Float32Array | number, b: Float32Array | number): boolean =>
+  typeof a === 'number' || typeof b === 'number' ? Object.is(a, b) : a.length === b.length && a.every((v, i) => Object.is(v, b[i]));
 
 type Tensors = Record<string, Float32Array | Int32Array>;
 interface OpCase { op: string; tensors: Tensors; dims: Record<string, number> }
@@ -202,6 +205,9 @@ function viewCases(seed: number, small: boolean): OpCase[] {
       { op: 'encoder_tokens_backward', tensors: { dx: randn(S * (1 + g.visible) * D), dcls: randn(D), perm }, dims: { ...g, D } },
       { op: 'decoder_tokens_forward', tensors: { y: randn(S * (1 + g.visible) * D), mask: randn(D), pos: randn((1 + N) * D), perm }, dims: { ...g, D } },
       { op: 'decoder_tokens_backward', tensors: { dz: randn(S * (1 + N) * D), dmask: randn(D), perm }, dims: { ...g, D } });
+    const P = g.patch * g.patch * g.channels;
+    for (const l1 of [0, 1])
+      cases.push({ op: 'loss', tensors: { pred: randn(S * (1 + N) * P), target: randn(g.batch * N * P), perm }, dims: { ...g, lambda: 0.7, l1 } });
   }
   return cases;
 }
@@ -222,9 +228,9 @@ test(`testBackendOp bf16 on the CPU: the fp32 op on rounded views, bit for bit, 
     for (const key of VIEWS[op].out) want[key] = roundBf16(want[key] as Float32Array);
     t.deepEqual(Object.keys(got).sort(), Object.keys(want).sort(), `${op}: outputs`);
     for (const key of Object.keys(want))
-      t.true(sameBits(got[key] as Float32Array, want[key] as Float32Array), `${op} ${JSON.stringify(dims)}: ${key} bit for bit`);
+      t.true(sameBits(got[key] as Float32Array | number, want[key] as Float32Array | number), `${op} ${JSON.stringify(dims)}: ${key} bit for bit`);
     const wide = native().testBackendOp('cpu', op, tensors, dims);
-    t.false(Object.keys(wide).every((key) => sameBits(wide[key] as Float32Array, got[key] as Float32Array)),
+    t.false(Object.keys(wide).every((key) => sameBits(wide[key] as Float32Array | number, got[key] as Float32Array | number)),
       `${op}: the bf16 mode is not the fp32 op`);
   }
 });
@@ -277,6 +283,11 @@ gpuTest(`per-op parity of the bf16 storage with the CPU reference (seed ${opSeed
     for (const key of Object.keys(ref)) {
       const narrow = VIEWS[op].out.includes(key);
       const tol = !narrow ? 1e-5 : tc && op.startsWith('attention') ? 1e-2 : 4e-3;
+      if (typeof ref[key] === 'number') {  // the loss's values: sums in double of the same bf16 inputs
+        const rel = Math.abs((gpu[key] as number) - (ref[key] as number)) / Math.max(Math.abs(ref[key] as number), 1e-12);
+        t.true(rel <= tol, `${op}.${key} ${JSON.stringify(dims)}: ${gpu[key]} vs ${ref[key]} (rel ${rel.toExponential(2)})`);
+        continue;
+      }
       const a = gpu[key] as Float32Array, err = relativeL2(a, ref[key] as Float32Array);
       t.true(a.every(Number.isFinite), `${op}.${key}: every element written and finite`);
       t.log(`${op}.${key} ${JSON.stringify(dims)}: relative L2 ${err.toExponential(2)} (tolerance ${tol})`);

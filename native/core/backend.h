@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/act.h"  // Act, ActIn, DType
 #include "core/elementwise.h"
@@ -139,10 +140,10 @@ class Backend {
                                        const PartGeometry& g, int Dd) = 0;
 
   // ---- losses -------------------------------------------------------------------------------
-  // pred (B·K, 1+N, P) (row 0 of each part is the dropped cls), target (B, N, P).
-  // Writes dpred (same shape as pred; cls rows zero) for L = L_rec + lambda·L_con and the loss
-  // values into *losses (backend memory: a StepStatus's; read back with download).
-  virtual void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+  // pred (B·K, 1+N, P) (row 0 of each part is the dropped cls), target (B, N, P) fp32.
+  // Writes dpred (same shape and type as pred; cls rows zero) for L = L_rec + lambda·L_con and the
+  // loss values into *losses (backend memory: a StepStatus's; read back with download).
+  virtual void loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target,
                                      const int32_t* perm, const PartGeometry& g, float lambda, bool l1) = 0;
 
   // ---- fine-tuning (core/classifier.cc, DESIGN.md §3b) ---------------------------------------
@@ -188,5 +189,14 @@ class Backend {
                      const ParamSegment* segments, int count, const AdamWScalars& s, const StepStatus* status,
                      float clip_grad, bool check_loss) = 0;
 };
+
+// host (n floats) ← n elements of a view in backend memory: copied as they are when fp32, widened
+// on the host when bf16 (a download, so a host sync)
+inline void download_f32(Backend& backend, float* host, ActIn src, size_t n) {
+  if (src.is_f32()) return backend.download(host, src.data, n * sizeof(float));
+  std::vector<uint16_t> bits(n);
+  backend.download(bits.data(), src.data, n * sizeof(uint16_t));
+  for (size_t i = 0; i < n; ++i) host[i] = float_from_bf16(bits[i]);
+}
 
 }  // namespace emae

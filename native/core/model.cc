@@ -38,10 +38,10 @@ struct Model::Arena {
   Act dnorm;                    // (Rd, Dd) after decoder_norm
   float* dnorm_mean = nullptr;  // (Rd)
   float* dnorm_rstd = nullptr;  // (Rd)
-  float* pred = nullptr;        // (Rd, P)
+  Act pred;                     // (Rd, P)
   float* target = nullptr;      // (B, N, P)
   // backward scratch
-  float* dpred = nullptr;       // (Rd, P)
+  Act dpred;                    // (Rd, P)
   float* dres = nullptr;        // (max(R·D, Rd·Dd))
   Act wide;                     // (max(R·max(3D, H), Rd·max(3Dd, Hd)))
   Act narrow;                   // (max(R·D, Rd·Dd))
@@ -127,9 +127,9 @@ std::unique_ptr<Model::Arena> Model::plan_arena(const ModelConfig& c, int batch,
     a->dnorm = pl.take((size_t)Rd * Dd, narrow);
     a->dnorm_mean = pl.take<float>(Rd);
     a->dnorm_rstd = pl.take<float>(Rd);
-    a->pred = pl.take<float>((size_t)Rd * P);
+    a->pred = pl.take((size_t)Rd * P, narrow);
     a->target = pl.take<float>((size_t)batch * N * P);
-    a->dpred = pl.take<float>((size_t)Rd * P);
+    a->dpred = pl.take((size_t)Rd * P, narrow);
     const size_t res = std::max((size_t)R * D, (size_t)Rd * Dd);
     a->dres = pl.take<float>(res);
     a->narrow = pl.take(res, narrow);
@@ -289,7 +289,7 @@ LossValues Model::predict(const float* images, const int32_t* perm, int batch, f
   upload_batch(*arena_, images, perm);
   lambda_ = lambda;
   forward();
-  backend_->download(pred, arena_->pred, (size_t)arena_->dec.rows() * config_.patch_dim() * sizeof(float));
+  download_f32(*backend_, pred, arena_->pred, (size_t)arena_->dec.rows() * config_.patch_dim());
   return read_losses();
 }
 

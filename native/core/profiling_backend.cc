@@ -240,9 +240,9 @@ void ProfilingBackend::decoder_tokens_backward(Act dy, float* dmask, const float
   timed(key("decoder_tokens_backward", {}, dy.is_bf16()),
         [&] { inner_->decoder_tokens_backward(dy, dmask, dz, perm, g, Dd); });
 }
-void ProfilingBackend::loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+void ProfilingBackend::loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target,
                                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) {
-  timed(key("loss_forward_backward"),
+  timed(key("loss_forward_backward", {}, any_bf16({dpred, pred})),
         [&] { inner_->loss_forward_backward(losses, dpred, pred, target, perm, g, lambda, l1); });
 }
 void ProfilingBackend::column_sum_accumulate(float* dst, const float* src, int R, int C) {

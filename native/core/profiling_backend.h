@@ -138,7 +138,7 @@ class ProfilingBackend final : public Backend {
                               const int32_t* perm, const PartGeometry& g, int Dd) override;
   void decoder_tokens_backward(Act dy, float* dmask, const float* dz, const int32_t* perm, const PartGeometry& g,
                                int Dd) override;
-  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+  void loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target,
                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override;
   void column_sum_accumulate(float* dst, const float* src, int R, int C) override;
   void pool_tokens_forward(float* pooled, const float* x, int S, int T, int D, bool mean) override;

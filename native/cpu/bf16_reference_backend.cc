@@ -204,11 +204,17 @@ class Bf16ReferenceBackend final : public Backend {
     st.finish();
   }
 
-  // ---- fp32 only: straight through ----------------------------------------------------------
-  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+  void loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target,
                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
-    inner_->loss_forward_backward(losses, dpred, pred, target, perm, g, lambda, l1);
+    Staging st(pool_);
+    const size_t n = (size_t)g.batch * g.parts * (1 + g.num_patches) * g.patch * g.patch * g.channels;
+    const float* y = st.in(pred, n);
+    float* d = st.out(dpred, n);
+    inner_->loss_forward_backward(losses, d, y, target, perm, g, lambda, l1);
+    st.finish();
   }
+
+  // ---- fp32 only: straight through ----------------------------------------------------------
   void column_sum_accumulate(float* dst, const float* src, int R, int C) override {
     inner_->column_sum_accumulate(dst, src, R, C);
   }

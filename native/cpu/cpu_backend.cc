@@ -102,9 +102,9 @@ class CpuBackend final : public Backend {
                                const PartGeometry& g, int Dd) override {
     cpu::decoder_tokens_backward(dy.f32("dy"), dmask, dz, perm, g, Dd);
   }
-  void loss_forward_backward(LossValues* losses, float* dpred, const float* pred, const float* target,
+  void loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target,
                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
-    *losses = cpu::loss_forward_backward(dpred, pred, target, perm, g, lambda, l1);
+    *losses = cpu::loss_forward_backward(dpred.f32("dpred"), pred.f32("pred"), target, perm, g, lambda, l1);
   }
 
   void column_sum_accumulate(float* dst, const float* src, int R, int C) override {

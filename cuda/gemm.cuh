@@ -84,6 +84,22 @@ __host__ __device__ __forceinline__ void store_elem(Act v, size_t at, float x) {
   else static_cast<float*>(v.data)[at] = x;
 }
 
+// The element type of an epilogue view fixed at compile time (a kernel instantiation per type, so
+// its stores have no run-time type branch), or kAny: read from the view.
+enum class ViewType { kAny, kF32, kBF16 };
+template <ViewType kT>
+__host__ __device__ __forceinline__ float load_as(ActIn v, size_t at) {
+  if constexpr (kT == ViewType::kAny) return load_elem<true>(v, at);
+  else if constexpr (kT == ViewType::kBF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(v.data)[at]);
+  else return static_cast<const float*>(v.data)[at];
+}
+template <ViewType kT>
+__host__ __device__ __forceinline__ void store_as(Act v, size_t at, float x) {
+  if constexpr (kT == ViewType::kAny) store_elem<true>(v, at, x);
+  else if constexpr (kT == ViewType::kBF16) static_cast<__nv_bfloat16*>(v.data)[at] = __float2bfloat16_rn(x);
+  else static_cast<float*>(v.data)[at] = x;
+}
+
 }  // namespace gemm_detail
 
 // The epilogue of output (row, col) whose K sum is v; the only description of it (see the
@@ -91,23 +107,32 @@ __host__ __device__ __forceinline__ void store_elem(Act v, size_t at, float x) {
 //   v [+ C] [+ bias] [+ residual] [· gelu'(gelu_inp)] → C;  gelu(C's new value) → gelu_out
 // then each store is rounded once to its view's type (bf16 C, gelu_out; gelu_inp is read widened).
 // kGelu: the GELU fields are read; without it they must be null (gelu_epilogue(p) is false).
-// kTyped false: every view is fp32 (the mma kernel, whose gemm() refuses others) and no type is read.
-// Host-callable so that the CPU emulations (cuda/dev/*_emulate.cu) run this very code.
-template <bool kGelu, bool kTyped = true, class Params>
-__host__ __device__ __forceinline__ void epilogue_store(const Params& p, int row, int col, float v) {
-  using gemm_detail::load_elem;
-  using gemm_detail::store_elem;
+// kC, kG: the types of C and of the GELU view (gelu_out or gelu_inp, whichever is set), fixed at
+// compile time by a tile kernel's instantiation (epilogue_types()), or ViewType::kAny: read from
+// the views (the split-K reduce). Host-callable so that the CPU emulations (cuda/dev/*_emulate.cu)
+// run this very code.
+template <bool kGelu, gemm_detail::ViewType kC, gemm_detail::ViewType kG, class Params>
+__host__ __device__ __forceinline__ void epilogue_store_as(const Params& p, int row, int col, float v) {
+  using gemm_detail::load_as;
+  using gemm_detail::store_as;
   const size_t at = (size_t)row * p.ldc + col;
   if (p.accumulate) v += static_cast<const float*>(p.C.data)[at];  // accumulate: fp32 C (checked)
   if (p.bias) v += p.bias[col];
   if (p.residual) v += p.residual[at];
   if constexpr (kGelu) {
-    if (p.gelu_inp.data) v *= gelu_grad(load_elem<kTyped>(p.gelu_inp, at));
+    if (p.gelu_inp.data) v *= gelu_grad(load_as<kG>(p.gelu_inp, at));
   }
-  store_elem<kTyped>(p.C, at, v);
+  store_as<kC>(p.C, at, v);
   if constexpr (kGelu) {
-    if (p.gelu_out.data) store_elem<kTyped>(p.gelu_out, at, gelu(v));
+    if (p.gelu_out.data) store_as<kG>(p.gelu_out, at, gelu(v));
   }
+}
+// kTyped false: every view is fp32 (the mma kernel, whose gemm() refuses others) and no type is read;
+// true: the types are read from the views.
+template <bool kGelu, bool kTyped = true, class Params>
+__host__ __device__ __forceinline__ void epilogue_store(const Params& p, int row, int col, float v) {
+  constexpr gemm_detail::ViewType kT = kTyped ? gemm_detail::ViewType::kAny : gemm_detail::ViewType::kF32;
+  epilogue_store_as<kGelu, kT, kT>(p, row, col, v);
 }
 
 // Output idx (row-major in M × N) of a split-K GEMM: its `splits` partials added in split order,

@@ -66,10 +66,14 @@ inline const char* gemm_path_name(GemmPath p) {
   return "?";
 }
 
+using gemm_detail::ViewType;
+
 // The store of one output element pair (col, col + 1), shared by the kernels. `split` is the K
 // piece this value sums; with p.splits > 1 the raw sum goes to the partial buffer (the reduce
-// applies the epilogue), else epilogue_store<kGelu>. Host-callable for the CPU emulations.
-template <bool kGelu>
+// applies the epilogue), else epilogue_store_as<kGelu, kC, kG>. kC, kG: the types of C and of the
+// GELU view as the kernel's instantiation fixes them (Epilogue, with_epilogue), or kAny: read from
+// the views. Host-callable for the CPU emulations.
+template <bool kGelu, ViewType kC = ViewType::kAny, ViewType kG = ViewType::kAny>
 __host__ __device__ __forceinline__ void store_epilogue(const GemmBf16Params& p, int split, int row, int col, float v0,
                                                         float v1) {
   if (row >= p.M) return;
@@ -79,7 +83,7 @@ __host__ __device__ __forceinline__ void store_epilogue(const GemmBf16Params& p,
     if (c >= p.N) return;
     const float v = j == 0 ? v0 : v1;
     if (p.splits > 1) p.partial[((size_t)split * p.M + row) * p.N + c] = v;
-    else epilogue_store<kGelu>(p, row, c, v);
+    else epilogue_store_as<kGelu, kC, kG>(p, row, c, v);
   }
 }
 
@@ -88,6 +92,38 @@ __host__ __device__ __forceinline__ void store_epilogue(const GemmBf16Params& p,
 // and the CPU emulations choose with this.
 __host__ __device__ __forceinline__ bool gelu_instantiation(const GemmBf16Params& p) {
   return gelu_epilogue(p) && p.splits == 1;
+}
+
+// One epilogue instantiation of a tile kernel: GELU or not, the type of C, and of the GELU view
+// (gelu_out or gelu_inp; kF32 when there is none). A template parameter rather than a run-time
+// read of the views' types: the branch at every unrolled store site cost registers.
+template <bool kGelu_, ViewType kC_, ViewType kG_>
+struct Epilogue {
+  static constexpr bool kGelu = kGelu_;
+  static constexpr ViewType kC = kC_, kG = kG_;
+  __host__ __device__ __forceinline__ static void store(const GemmBf16Params& p, int split, int row, int col,
+                                                        float v0, float v1) {
+    store_epilogue<kGelu, kC, kG>(p, split, row, col, v0, v1);
+  }
+};
+
+// Calls f(Epilogue<…>{}) with p's instantiation: gelu_instantiation(p) and the views' types (split
+// partials are fp32 whatever C is, so a split GEMM runs the fp32 instantiation). The launchers and
+// the CPU emulations choose with this.
+template <class F>
+inline void with_epilogue(const GemmBf16Params& p, F&& f) {
+  constexpr ViewType F32 = ViewType::kF32, BF16 = ViewType::kBF16;
+  const bool c16 = p.splits == 1 && p.C.is_bf16();
+  if (!gelu_instantiation(p)) {
+    if (c16) f(Epilogue<false, BF16, F32>{});
+    else f(Epilogue<false, F32, F32>{});
+    return;
+  }
+  const bool g16 = (p.gelu_out.data ? p.gelu_out.dtype : p.gelu_inp.dtype) == DType::kBF16;
+  if (c16 && g16) f(Epilogue<true, BF16, BF16>{});
+  else if (c16) f(Epilogue<true, BF16, F32>{});
+  else if (g16) f(Epilogue<true, F32, BF16>{});
+  else f(Epilogue<true, F32, F32>{});
 }
 
 namespace bf16_detail {

@@ -120,8 +120,8 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(InFlight) : "memory");
 }
 
-// The sm_90a side of cta_body's Ops policy; kGelu: the epilogue's GELU instantiation.
-template <bool kGelu>
+// The sm_90a side of cta_body's Ops policy; Epi: the epilogue's instantiation (Epilogue in gemm_bf16.cuh).
+template <class Epi>
 struct DeviceOps {
   const CUtensorMap* map_a;
   const CUtensorMap* map_b;
@@ -161,7 +161,7 @@ struct DeviceOps {
   __device__ __forceinline__ void mma_wait() const { wgmma_wait<InFlight>(); }
   __device__ __forceinline__ void store(const GemmBf16Params& p, int split, int row, int col, float v0,
                                         float v1) const {
-    store_epilogue<kGelu>(p, split, row, col, v0, v1);
+    Epi::store(p, split, row, col, v0, v1);
   }
 };
 #endif
@@ -263,14 +263,14 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
   }
 }
 
-// kGelu: the GELU instantiation (gelu_instantiation(p)).
-template <int BN, bool kGelu = false>
+// Epi: the epilogue instantiation (with_epilogue(p)).
+template <int BN, class Epi>
 __global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                      const GemmBf16Params p, int items, int tiles_n) {
 #if EMAE_SM90A_DEVICE
   extern __shared__ uint8_t smem_raw[];
-  DeviceOps<kGelu> ops{&map_a, &map_b};
+  DeviceOps<Epi> ops{&map_a, &map_b};
   cta_body<BN>(p, items, tiles_n, smem_raw, ops);
 #endif
 }
@@ -379,15 +379,15 @@ inline LaunchPlan launch_plan(const GemmBf16Params& p, int sms) {
   return plan;
 }
 
-template <int BN, bool kGelu>
+template <int BN, class Epi>
 inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
   using T = Traits<BN>;
   static std::atomic<unsigned long long> smem_opt_in{0};  // one per instantiation
-  allow_dynamic_smem(gemm_sm90_kernel<BN, kGelu>, T::kSmemBytes, smem_opt_in);
+  allow_dynamic_smem(gemm_sm90_kernel<BN, Epi>, T::kSmemBytes, smem_opt_in);
   if constexpr (BN == 256) {  // fewer registers at launch than setmaxnreg claims: the kernel would wait forever
     static const int regs = [] {
       cudaFuncAttributes attr{};
-      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256, kGelu>));
+      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256, Epi>));
       return attr.numRegs;
     }();
     if (regs * T::kThreads < T::kProducerRegs * 128 + T::kConsumerRegs * 128 * T::kConsumers)
@@ -395,7 +395,7 @@ inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
   }
   const CUtensorMap map_a = detail::tensor_map(plan.map_a);
   const CUtensorMap map_b = detail::tensor_map(plan.map_b);
-  gemm_sm90_kernel<BN, kGelu><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params,
+  gemm_sm90_kernel<BN, Epi><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params,
                                                                                   plan.items, plan.tiles_n);
   EMAE_CHECK_LAUNCH("gemm_sm90_kernel");
 }
@@ -405,8 +405,7 @@ inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
 template <int BN = 128>
 inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
   const LaunchPlan plan = launch_plan<BN>(p, sms);
-  if (gelu_instantiation(plan.params)) launch_kernel<BN, true>(plan, stream);
-  else launch_kernel<BN, false>(plan, stream);
+  with_epilogue(plan.params, [&](auto epi) { launch_kernel<BN, decltype(epi)>(plan, stream); });
 }
 
 }  // namespace emae::cuda::sm90

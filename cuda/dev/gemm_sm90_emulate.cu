@@ -497,8 +497,7 @@ class Cta {
       if (p.splits > 1) ++out->count_partial[((size_t)split * p.M + row) * p.N + col + j];
       else ++out->count_c[(size_t)row * p.N + col + j];
     }
-    if (emae::cuda::gelu_instantiation(p)) emae::cuda::store_epilogue<true>(p, split, row, col, v0, v1);
-    else emae::cuda::store_epilogue<false>(p, split, row, col, v0, v1);
+    emae::cuda::with_epilogue(p, [&](auto epi) { decltype(epi)::store(p, split, row, col, v0, v1); });
   }
 
  private:

@@ -11,6 +11,8 @@
 // Invariants:
 //   - A and B: 16-byte aligned base, lda/ldb multiples of 8 elements (16 bytes, as TMA and cp.async
 //     need), ld ≥ K; elements past K in a row are never read as data (kernels zero-fill past K);
+//     the sm90 kernel also reads an operand stored MN-major (a_mn_major/b_mn_major: (K, M) or
+//     (K, N) with ld ≥ M or N; elements past M or N in a row never read as data);
 //   - any M, N, K ≥ 0; out-of-range rows and columns are never stored;
 //   - split-K: the K range is cut into `splits` pieces of k_split (a multiple of every kernel's BK);
 //     each piece writes its raw sums to partial[split][M][N], and gemm_bf16_reduce (gemm.cuh's reduce) adds them
@@ -40,8 +42,10 @@ using bf16 = __nv_bfloat16;
 
 struct GemmBf16Params {
   int M = 0, N = 0, K = 0;
-  const bf16* A = nullptr; int lda = 0;  // (M, K), K contiguous
-  const bf16* B = nullptr; int ldb = 0;  // (N, K), K contiguous
+  const bf16* A = nullptr; int lda = 0;  // (M, K), K contiguous; a_mn_major: stored (K, M), M contiguous
+  const bf16* B = nullptr; int ldb = 0;  // (N, K), K contiguous; b_mn_major: stored (K, N), N contiguous
+  bool a_mn_major = false;               // MN-major operands: the sm90 kernel only (wgmma reads them
+  bool b_mn_major = false;               // transposed); lda/ldb then ≥ M/N
   Act C; int ldc = 0;                    // (M, N) fp32, or bf16 (not with accumulate or residual)
   bool accumulate = false;               // C += … instead of C = … (fp32 C)
   const float* bias = nullptr;           // (N) or null
@@ -330,7 +334,8 @@ inline void check_bf16_params(const GemmBf16Params& p) {
   if (p.ldc < p.N) bad("ldc must be >= N");
   if (p.K > 0) {
     if (!p.A || !p.B) bad("A or B is null");
-    if (p.lda < p.K || p.ldb < p.K) bad("lda and ldb must be >= K");
+    if (p.lda < (p.a_mn_major ? p.M : p.K)) bad(p.a_mn_major ? "lda must be >= M (A MN-major)" : "lda must be >= K");
+    if (p.ldb < (p.b_mn_major ? p.N : p.K)) bad(p.b_mn_major ? "ldb must be >= N (B MN-major)" : "ldb must be >= K");
     if (p.lda % 8 || p.ldb % 8) bad("lda and ldb must be multiples of 8 (16 bytes)");
     if (reinterpret_cast<uintptr_t>(p.A) % 16 || reinterpret_cast<uintptr_t>(p.B) % 16) bad("A and B must be 16-byte aligned");
   }

@@ -96,6 +96,7 @@ inline void run_bf16(GemmBf16Params q, GemmPath path, int sms, float* workspace,
     check_bf16_params(q);
     sm90::launch<128>(q, sms, stream);
   } else if (path == GemmPath::kSm80) {
+    if (q.a_mn_major || q.b_mn_major) throw std::invalid_argument("run_bf16: the sm80 kernel reads K-major operands only");
     using T = sm80::Traits;
     choose_splits(q, T::kBM, T::kBN, T::kBK, sms, workspace_floats);
     check_bf16_params(q);

@@ -1,6 +1,7 @@
 // Hopper GEMM (sm_90a) for the bf16 path of gemm_bf16.cuh: wgmma fed by the tensor memory
 // accelerator (TMA), persistent, warp-specialized.
-//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual] [GELU]   (A, B bf16 K-major; C fp32 or bf16)
+//   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias] [+ residual] [GELU]   (A, B bf16 K-major or MN-major;
+//   C fp32 or bf16)
 // Shape of the kernel (Traits below):
 //   - a CTA owns a BM × BN output tile at a time and loops over tiles (and split-K pieces) with a
 //     stride of gridDim.x: the grid is at most one CTA per multiprocessor (persistent);
@@ -21,6 +22,17 @@
 //     descriptor has stride-byte-offset 1024 and layout "128B swizzle"; the k-th 16-wide slice is
 //     the same descriptor with its start moved by 32·k bytes (the swizzle is applied to the
 //     address bits, as TMA wrote them);
+//   - an MN-major operand (a_mn_major / b_mn_major: stored (K, M) or (K, N), the input-gradient
+//     GEMM's weight and both operands of the weight-gradient GEMM) is read as it is stored: TMA
+//     loads boxes of 64 MN elements (128 bytes) × 64 K rows in the same 128-byte swizzle, one box
+//     per 64 tile rows (8 KB each, consecutive, so the tile has the bytes of its K-major form);
+//     wgmma reads it with imm-trans = 1 and the MN-major descriptor (smem_desc_mn): the PTX ISA's
+//     canonical MN-major 128B layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) (T = 8 bf16), i.e. K row
+//     k at 128·k bytes with SBO 1024 between 8-row groups, and LBO 8192 between 64-element MN
+//     blocks (the next box); the k-th 16-wide slice starts 16 K rows = 2048 bytes further. The
+//     ISA's Swizzle<3,4,3> is taken on byte addresses, the same XOR TMA applies (the K-major path
+//     relies on that too); the ISA text does not say that LBO is ignored when the operand has a
+//     single MN block (the A slice of 64 rows), so it is set to the box size there as well;
 //   - TMA zero-fills whatever lies outside the (M or N) × K tensor, so edge tiles and the last
 //     K-tile need no masking; split pieces are whole K-tiles (k_split is a multiple of kBK);
 //   - the accumulator of thread t of a consumer (warp w = t/32, lane l) holds, for n8-block i,
@@ -38,6 +50,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda/gemm_bf16.cuh"
 
@@ -69,7 +82,8 @@ struct Traits {
   static_assert(kSmemBytes <= 227 * 1024, "fits a Hopper multiprocessor's shared memory");
 };
 
-template <int N> struct Wgmma;
+// wgmma m64nNk16 with imm-trans-a / imm-trans-b (1: that operand is MN-major in shared memory).
+template <int N, bool kTransA, bool kTransB> struct Wgmma;
 
 // Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart.
 __host__ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
@@ -77,6 +91,23 @@ __host__ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
          | (uint64_t)1 << 16                // leading byte offset (unused by swizzled K-major)
          | (uint64_t)(1024 >> 4) << 32      // stride byte offset: next 8-row atom
          | (uint64_t)1 << 62;               // layout: 128-byte swizzle
+}
+// Bytes of one TMA box of an MN-major operand: 64 MN elements × 64 K rows.
+constexpr uint32_t kMnBoxBytes = 64 * 64 * 2;
+// Shared-memory matrix descriptor: MN-major, 128-byte swizzle; K rows of 64 MN elements (128 bytes),
+// 8-row groups 1024 bytes apart (SBO), 64-element MN blocks a box apart (LBO).
+__host__ __device__ __forceinline__ uint64_t smem_desc_mn(uint32_t addr) {
+  return (uint64_t)((addr & 0x3FFFF) >> 4)     // start address
+         | (uint64_t)(kMnBoxBytes >> 4) << 16  // leading byte offset: next 64 MN elements
+         | (uint64_t)(1024 >> 4) << 32         // stride byte offset: next 8 K rows
+         | (uint64_t)1 << 62;                  // layout: 128-byte swizzle
+}
+// The descriptor of the k-th 16-wide K slice of a tile at addr: K-major moves 16 elements (32
+// bytes) along each row, MN-major 16 K rows (2048 bytes).
+template <bool kMnMajor>
+__host__ __device__ __forceinline__ uint64_t slice_desc(uint32_t addr, int k) {
+  if constexpr (kMnMajor) return smem_desc_mn(addr + 16 * 128 * k);
+  else return smem_desc(addr + 32 * k);
 }
 #if EMAE_SM90A_DEVICE
 #include "cuda/gemm_sm90_wgmma.inc"
@@ -152,9 +183,9 @@ struct DeviceOps {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Regs));
   }
   __device__ __forceinline__ void mma_fence() const { wgmma_fence(); }
-  template <int BN>
+  template <int BN, bool kTransA, bool kTransB>
   __device__ __forceinline__ void mma(float (&acc)[BN / 2], uint64_t desc_a, uint64_t desc_b) const {
-    Wgmma<BN>::mma(acc, desc_a, desc_b);
+    Wgmma<BN, kTransA, kTransB>::mma(acc, desc_a, desc_b);
   }
   __device__ __forceinline__ void mma_commit() const { wgmma_commit(); }
   template <int InFlight>
@@ -186,11 +217,14 @@ __host__ __device__ __forceinline__ WorkItem work_item(const GemmBf16Params& p, 
 
 // One CTA of the kernel: thread ops.thread() of block ops.block() in a grid of ops.grid(), dynamic
 // shared memory at smem_raw. Ops: DeviceOps on the GPU, the CPU emulation's policy on the host.
+// kTransA, kTransB: p.a_mn_major, p.b_mn_major (with_operand_majors).
 #pragma nv_exec_check_disable
-template <int BN, class Ops>
+template <int BN, bool kTransA, bool kTransB, class Ops>
 __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int items, int tiles_n, uint8_t* smem_raw,
                                                   Ops& ops) {
   using T = Traits<BN>;
+  static_assert(!kTransB || T::kBN % 64 == 0, "an MN-major B tile is whole 64-element boxes");
+  static_assert(kMnBoxBytes == 64 * T::kBK * 2, "an MN-major box is 64 elements × the K-tile");
   uint8_t* smem = smem_raw + ((1024 - (ops.shared_addr(smem_raw) & 1023)) & 1023);  // 1024-byte aligned
   uint8_t* a_tiles = smem;                                                           // [kStages][kBM][64] bf16
   uint8_t* b_tiles = smem + T::kStages * T::kABytes;                                 // [kStages][kBN][64] bf16
@@ -217,8 +251,20 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
         ops.wait(&empty[stage], phase ^ 1);  // the consumers released this stage (fresh: passes)
         ops.expect_tx(&full[stage], T::kStageBytes);
         const int k = w.k_begin + kt * T::kBK;
-        ops.load_a(a_tiles + stage * T::kABytes, k, w.m0, &full[stage]);
-        ops.load_b(b_tiles + stage * T::kBBytes, k, w.n0, &full[stage]);
+        uint8_t* a = a_tiles + stage * T::kABytes;
+        uint8_t* b = b_tiles + stage * T::kBBytes;
+        if constexpr (kTransA) {  // boxes at (MN element, K row)
+#pragma unroll
+          for (int j = 0; j < T::kBM / 64; ++j) ops.load_a(a + j * kMnBoxBytes, w.m0 + 64 * j, k, &full[stage]);
+        } else {
+          ops.load_a(a, k, w.m0, &full[stage]);
+        }
+        if constexpr (kTransB) {
+#pragma unroll
+          for (int j = 0; j < T::kBN / 64; ++j) ops.load_b(b + j * kMnBoxBytes, w.n0 + 64 * j, k, &full[stage]);
+        } else {
+          ops.load_b(b, k, w.n0, &full[stage]);
+        }
         if (++stage == T::kStages) stage = 0, phase ^= 1;
       }
     }
@@ -228,7 +274,8 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
   // consumers
   if constexpr (BN == 256) ops.template claim_regs<Traits<BN>::kConsumerRegs>();
   const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
-  const uint32_t a_base = ops.shared_addr(a_tiles) + consumer * 64 * 128;  // this consumer's 64 rows
+  // this consumer's 64 rows: 64 K-major rows of 128 bytes, or the consumer's MN-major box
+  const uint32_t a_base = ops.shared_addr(a_tiles) + consumer * 64 * 128;
   const uint32_t b_base = ops.shared_addr(b_tiles);
   int stage = 0, phase = 0;
   float acc[T::kAccum];
@@ -242,8 +289,8 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
       ops.mma_fence();
 #pragma unroll
       for (int k = 0; k < T::kBK / 16; ++k)
-        ops.template mma<BN>(acc, smem_desc(a_base + stage * T::kABytes + 32 * k),
-                             smem_desc(b_base + stage * T::kBBytes + 32 * k));
+        ops.template mma<BN, kTransA, kTransB>(acc, slice_desc<kTransA>(a_base + stage * T::kABytes, k),
+                                               slice_desc<kTransB>(b_base + stage * T::kBBytes, k));
       ops.mma_commit();
       ops.template mma_wait<1>();  // the previous K-tile's group is done reading its stage
       if (prev_stage >= 0 && lane == 0) ops.arrive(&empty[prev_stage]);
@@ -263,15 +310,15 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
   }
 }
 
-// Epi: the epilogue instantiation (with_epilogue(p)).
-template <int BN, class Epi>
+// Epi: the epilogue instantiation (with_epilogue(p)); kTransA, kTransB: MN-major A, B.
+template <int BN, class Epi, bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(Traits<BN>::kThreads, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                      const GemmBf16Params p, int items, int tiles_n) {
 #if EMAE_SM90A_DEVICE
   extern __shared__ uint8_t smem_raw[];
   DeviceOps<Epi> ops{&map_a, &map_b};
-  cta_body<BN>(p, items, tiles_n, smem_raw, ops);
+  cta_body<BN, kTransA, kTransB>(p, items, tiles_n, smem_raw, ops);
 #endif
 }
 
@@ -330,10 +377,11 @@ struct TensorMapArgs {
   CUtensorMapFloatOOBfill oob_fill;
 };
 
-// rows × K bf16, K-major with row stride ld elements; boxes of box_rows × 64, 128-byte swizzle, zero fill.
-inline TensorMapArgs tensor_map_args(const bf16* base, int rows, int K, int ld, int box_rows) {
+// rows × cols bf16, cols contiguous, row stride ld elements; boxes of box_rows × 64, 128-byte
+// swizzle, zero fill. K-major operands: rows = M or N, cols = K; MN-major: rows = K, cols = M or N.
+inline TensorMapArgs tensor_map_args(const bf16* base, int rows, int cols, int ld, int box_rows) {
   return {CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base,
-          {(cuuint64_t)K, (cuuint64_t)rows}, {(cuuint64_t)ld * sizeof(bf16)}, {64, (cuuint32_t)box_rows}, {1, 1},
+          {(cuuint64_t)cols, (cuuint64_t)rows}, {(cuuint64_t)ld * sizeof(bf16)}, {64, (cuuint32_t)box_rows}, {1, 1},
           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE};
 }
@@ -350,6 +398,18 @@ inline CUtensorMap tensor_map(const TensorMapArgs& a) {
 }
 
 }  // namespace detail
+
+// Calls f(ta, tb) with std::bool_constant<p.a_mn_major>, <p.b_mn_major>: the kernel's wgmma
+// transpose immediates (launch and the CPU emulation choose with this).
+template <class F>
+inline void with_operand_majors(const GemmBf16Params& p, F&& f) {
+  using T = std::true_type;
+  using F0 = std::false_type;
+  if (p.a_mn_major && p.b_mn_major) f(T{}, T{});
+  else if (p.a_mn_major) f(T{}, F0{});
+  else if (p.b_mn_major) f(F0{}, T{});
+  else f(F0{}, F0{});
+}
 
 // What launch runs for p: the kernel's parameters, the operands' tensor maps (as encode arguments),
 // the work items and the grid.
@@ -369,8 +429,10 @@ inline LaunchPlan launch_plan(const GemmBf16Params& p, int sms) {
     throw std::invalid_argument("gemm_sm90: k_split must be a positive multiple of " + std::to_string(T::kBK) +
                                 " with splits · k_split >= K");
   }
-  plan.map_a = detail::tensor_map_args(p.A, p.M, p.K, p.lda, T::kBM);
-  plan.map_b = detail::tensor_map_args(p.B, p.N, p.K, p.ldb, T::kBN);
+  plan.map_a = p.a_mn_major ? detail::tensor_map_args(p.A, p.K, p.M, p.lda, T::kBK)
+                            : detail::tensor_map_args(p.A, p.M, p.K, p.lda, T::kBM);
+  plan.map_b = p.b_mn_major ? detail::tensor_map_args(p.B, p.K, p.N, p.ldb, T::kBK)
+                            : detail::tensor_map_args(p.B, p.N, p.K, p.ldb, T::kBN);
   plan.tiles_n = ceil_div(p.N, T::kBN);
   const long long items = (long long)ceil_div(p.M, T::kBM) * plan.tiles_n * p.splits;
   if (items > INT32_MAX) throw std::invalid_argument("gemm_sm90: too many tiles");
@@ -379,15 +441,15 @@ inline LaunchPlan launch_plan(const GemmBf16Params& p, int sms) {
   return plan;
 }
 
-template <int BN, class Epi>
+template <int BN, class Epi, bool kTransA, bool kTransB>
 inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
   using T = Traits<BN>;
   static std::atomic<unsigned long long> smem_opt_in{0};  // one per instantiation
-  allow_dynamic_smem(gemm_sm90_kernel<BN, Epi>, T::kSmemBytes, smem_opt_in);
+  allow_dynamic_smem(gemm_sm90_kernel<BN, Epi, kTransA, kTransB>, T::kSmemBytes, smem_opt_in);
   if constexpr (BN == 256) {  // fewer registers at launch than setmaxnreg claims: the kernel would wait forever
     static const int regs = [] {
       cudaFuncAttributes attr{};
-      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256, Epi>));
+      EMAE_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_sm90_kernel<256, Epi, kTransA, kTransB>));
       return attr.numRegs;
     }();
     if (regs * T::kThreads < T::kProducerRegs * 128 + T::kConsumerRegs * 128 * T::kConsumers)
@@ -395,7 +457,7 @@ inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
   }
   const CUtensorMap map_a = detail::tensor_map(plan.map_a);
   const CUtensorMap map_b = detail::tensor_map(plan.map_b);
-  gemm_sm90_kernel<BN, Epi><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params,
+  gemm_sm90_kernel<BN, Epi, kTransA, kTransB><<<plan.grid, T::kThreads, T::kSmemBytes, stream>>>(map_a, map_b, plan.params,
                                                                                   plan.items, plan.tiles_n);
   EMAE_CHECK_LAUNCH("gemm_sm90_kernel");
 }
@@ -405,7 +467,11 @@ inline void launch_kernel(const LaunchPlan& plan, cudaStream_t stream) {
 template <int BN = 128>
 inline void launch(const GemmBf16Params& p, int sms, cudaStream_t stream) {
   const LaunchPlan plan = launch_plan<BN>(p, sms);
-  with_epilogue(plan.params, [&](auto epi) { launch_kernel<BN, decltype(epi)>(plan, stream); });
+  with_epilogue(plan.params, [&](auto epi) {
+    with_operand_majors(plan.params, [&](auto ta, auto tb) {
+      launch_kernel<BN, decltype(epi), decltype(ta)::value, decltype(tb)::value>(plan, stream);
+    });
+  });
 }
 
 }  // namespace emae::cuda::sm90

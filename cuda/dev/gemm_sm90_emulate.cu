@@ -15,8 +15,15 @@
 //     1 128B, 2 64B, 3 32B); K-major canonical layouts ((8,m),(T,2k)):((W/16·T, SBO),(1,T)) under
 //     Swizzle<b,4,3> of the byte address (LBO unused), or ((8,m),(T,2k)):((T,SBO),(1,LBO)) without
 //     swizzle; reserved bits 0; base offset = (pattern start ≫ 7) & (span/16 − 1), which is 0 for
-//     atoms on their 1024/512/256-byte boundary (the only case the emulation decodes); D += A·Bᵀ
-//     (scale-d = 1, K-major A and B: the .inc's operand lists are checked as text); the accumulator
+//     atoms on their 1024/512/256-byte boundary (the only case the emulation decodes); with
+//     imm-trans-a / imm-trans-b = 1 that operand is MN-major (9.7.15.5.1.2, canonical layouts
+//     9.7.15.5.1.2.1.3, in elements, T = 8 for bf16): ((T,S,m),(8,k)):((1,T,LBO),(S·T,SBO)) under
+//     Swizzle<log2 S,4,3> for a swizzle of S·16 bytes (S = 2, 4, 8), or ((T,1,m),(8,k)):((1,T,SBO),(T,LBO))
+//     without swizzle (LBO and SBO trade places there, as the ISA's LBO/SBO tables say); the
+//     swizzle is taken on the byte address, as for K-major (the ISA's tables do not name the unit;
+//     the byte reading is the one that matches TMA's 128-byte swizzle); checked against the ISA's
+//     three bf16 MN-major examples; D += A·Bᵀ (scale-d = 1; the .inc's operand lists are checked as
+//     text, trans immediates bound to the kernel's kTransA, kTransB); the accumulator
 //     fragment: register i of thread t holds D(16·(t/32) + (t%32)/4 + 8·((i/2)%2), 8·(i/4) +
 //     2·(t%4) + i%2) (9.7.15.5.1.1 figure "WGMMA .m64nNk16 register fragment layout for accumulator
 //     matrix D", as CuTe's CLayout_64xN and microsoft/MMA-Sim's hardware tests spell it);
@@ -218,8 +225,18 @@ Descriptor decode(uint64_t d, const char* which) {
   return r;
 }
 
-// Shared address of element (row r, k) of a K-major rows × 16 bf16 operand.
-uint32_t operand_address(const Descriptor& d, int r, int k) {
+// Shared address of element (row r, k) of a rows × 16 bf16 operand; row is M (A) or N (B).
+// MN-major (imm-trans 1), PTX ISA 9.7.15.5.1.2.1.3 in bytes: T = 8 elements = 16 bytes, S = span/16.
+uint32_t operand_address_mn(const Descriptor& d, int r, int k) {
+  if (d.span == 0)  // ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)): 8 MN elements contiguous, K rows 16 bytes apart
+    return d.start + (r % 8) * 2 + (r / 8) * d.sbo + (k % 8) * 16 + (k / 8) * d.lbo;
+  // ((T,S,m),(8,k)):((1,T,LBO),(S·T,SBO)): S·T MN elements contiguous (one span), K rows a span apart
+  const int per_span = d.span / 2;
+  return swizzle(d.start + (r % per_span) * 2 + (r / per_span) * d.lbo + (k % 8) * (uint32_t)d.span + (k / 8) * d.sbo,
+                 d.span);
+}
+uint32_t operand_address(const Descriptor& d, int r, int k, bool mn_major = false) {
+  if (mn_major) return operand_address_mn(d, r, k);
   if (d.span == 0)  // ((8,m),(T,2k)):((T,SBO),(1,LBO)), T = 8 elements = 16 bytes: 8×16-byte core matrices
     return d.start + (r % 8) * 16 + (r / 8) * d.sbo + (k % 8) * 2 + (k / 8) * d.lbo;
   // ((8,m),(T,2k)):((span/16·T, SBO),(1,T)) then Swizzle<log2(span/16),4,3> on the byte address
@@ -289,6 +306,7 @@ struct Mbar {
 struct MmaOp {
   uint64_t da, db;
   int n;
+  bool trans_a, trans_b;
   std::vector<uint32_t> chunks;  // 16-byte chunks read
 };
 
@@ -624,7 +642,7 @@ class Cta {
         wg.regs = r;
         break;
       }
-      case Coll::kMma: issue_mma(w, t0.imm);
+      case Coll::kMma: issue_mma(w, t0.imm & 0xFFFF, (t0.imm >> 16) & 1, (t0.imm >> 17) & 1);
         break;
       case Coll::kCommit:
         wg.groups.push_back(std::move(wg.open));
@@ -641,11 +659,11 @@ class Cta {
     return true;
   }
 
-  std::vector<uint32_t> operand(const Descriptor& d, int rows, const char* which) const {
+  std::vector<uint32_t> operand(const Descriptor& d, int rows, const char* which, bool mn_major) const {
     std::vector<uint32_t> a((size_t)rows * 16);
     for (int r = 0; r < rows; ++r)
       for (int k = 0; k < 16; ++k) {
-        const uint32_t x = operand_address(d, r, k);
+        const uint32_t x = operand_address(d, r, k, mn_major);
         if (x < dyn_base || x + 2 > dyn_base + dyn_bytes)
           throw EmulationError(std::string("wgmma reads operand ") + which + " at " + hex(x) +
                                ", outside the dynamic shared memory");
@@ -655,11 +673,13 @@ class Cta {
     return a;
   }
 
-  void issue_mma(int w, int n) {
+  // n: the instruction's N; trans_a, trans_b: imm-trans-a, imm-trans-b
+  void issue_mma(int w, int n, bool trans_a, bool trans_b) {
     Thread* g = &t_[128 * w];
     const uint64_t da = g[0].da, db = g[0].db;
-    MmaOp op{da, db, n, {}};
-    const std::vector<uint32_t> a = operand(decode(da, "A"), 64, "A"), b = operand(decode(db, "B"), n, "B");
+    MmaOp op{da, db, n, trans_a, trans_b, {}};
+    const std::vector<uint32_t> a = operand(decode(da, "A"), 64, "A", trans_a),
+                                b = operand(decode(db, "B"), n, "B", trans_b);
     for (const auto* v : {&a, &b})
       for (uint32_t x : *v) {
         const uint32_t ch = x / 16;
@@ -696,7 +716,8 @@ class Cta {
 
   void retire_mma(int w, const MmaOp& op) {
     const int n = op.n;
-    const std::vector<uint32_t> a = operand(decode(op.da, "A"), 64, "A"), b = operand(decode(op.db, "B"), n, "B");
+    const std::vector<uint32_t> a = operand(decode(op.da, "A"), 64, "A", op.trans_a),
+                                b = operand(decode(op.db, "B"), n, "B", op.trans_b);
     auto value = [&](uint32_t x) {
       uint16_t v;
       std::memcpy(&v, &smem[x], 2);
@@ -802,9 +823,9 @@ struct HostOps {
   template <int Regs>
   void claim_regs() const { cta->collective(tid, Coll::kRegsInc, Regs); }
   void mma_fence() const { cta->collective(tid, Coll::kFence, 0); }
-  template <int BN>
+  template <int BN, bool kTransA, bool kTransB>
   void mma(float (&acc)[BN / 2], uint64_t desc_a, uint64_t desc_b) const {
-    cta->collective(tid, Coll::kMma, BN, desc_a, desc_b, acc);
+    cta->collective(tid, Coll::kMma, BN | (int)kTransA << 16 | (int)kTransB << 17, desc_a, desc_b, acc);
   }
   void mma_commit() const { cta->collective(tid, Coll::kCommit, 0); }
   template <int InFlight>
@@ -818,8 +839,8 @@ struct HostOps {
 
 // The wgmma wrappers of gemm_sm90_wgmma.inc, as text: shape m64nNk16.f32.bf16.bf16, accumulators
 // %0..%N/2-1 bound in order to d[0..N/2-1] ("+f"), A and B descriptors next, then scale-d = p (set
-// from the constant 1: D = A·B + D), imm-scale-a = imm-scale-b = 1, imm-trans-a = imm-trans-b = 0
-// (K-major A and B).
+// from the constant 1: D = A·B + D), imm-scale-a = imm-scale-b = 1, imm-trans-a and imm-trans-b
+// the immediates kTransA and kTransB (in that order) of Wgmma<N, kTransA, kTransB>.
 int check_wgmma_inc() {
   std::string path = __FILE__;
   path = path.substr(0, path.rfind('/') + 1) + "../gemm_sm90_wgmma.inc";
@@ -845,8 +866,9 @@ int check_wgmma_inc() {
   }
   int failures = 0;
   for (int n : {128, 256}) {
-    const size_t at = joined.find("template <> struct Wgmma<" + std::to_string(n) + ">");
-    const size_t end = joined.find("template <> struct Wgmma<", at + 1);
+    const size_t at = joined.find("template <bool kTransA, bool kTransB> struct Wgmma<" + std::to_string(n) +
+                                  ", kTransA, kTransB>");
+    const size_t end = joined.find("struct Wgmma<", at + 60);
     if (at == std::string::npos) {
       std::printf("FAIL Wgmma<%d> missing\n", n);
       ++failures;
@@ -863,8 +885,9 @@ int check_wgmma_inc() {
         "float (&d)[" + std::to_string(h) + "], uint64_t desc_a, uint64_t desc_b",
         "setp.ne.b32 p, %" + std::to_string(h + 2) + ", 0;",
         "wgmma.mma_async.sync.aligned.m64n" + std::to_string(n) + "k16.f32.bf16.bf16 {" + regs + "}, %" +
-            std::to_string(h) + ", %" + std::to_string(h + 1) + ", p, 1, 1, 0, 0;",
-        ": \"l\"(desc_a), \"l\"(desc_b), \"r\"(1));",
+            std::to_string(h) + ", %" + std::to_string(h + 1) + ", p, 1, 1, %" + std::to_string(h + 3) + ", %" +
+            std::to_string(h + 4) + ";",
+        ": \"l\"(desc_a), \"l\"(desc_b), \"r\"(1), \"n\"((int)kTransA), \"n\"((int)kTransB));",
     };
     for (const std::string& w : want)
       if (b.find(w) == std::string::npos) {
@@ -912,6 +935,21 @@ int self_test() {
       const int elem = (r / 8) * 128 + (k / 8) * 64 + (r % 8) * 8 + k % 8;
       failures += operand_address(d0, r, k) != (uint32_t)(2 * elem);
     }
+  // MN-major bf16 examples of PTX ISA 9.7.15.5.1.2.1.3 ("exact layout" in elements, (MN, K) →
+  // offset; then the mode's swizzle on the byte address): no swizzle ((8,1,2),(8,2)):((1,8,64),(8,128))
+  // with LBO 128, SBO 64 elements; 32B ((8,2,2),(8,2)):((1,8,128),(16,256)) with LBO 128, SBO 256;
+  // 64B ((8,4,2),(8,2)):((1,8,256),(32,512)) with LBO 256, SBO 512
+  struct MnExample { int span, lbo, sbo, per_mn, mn_block, k_row, k_group; };
+  const MnExample mn_examples[] = {{0, 128, 64, 8, 64, 8, 128}, {32, 128, 256, 16, 128, 16, 256},
+                                   {64, 256, 512, 32, 256, 32, 512}};
+  for (const MnExample& e : mn_examples) {
+    const Descriptor d{2048, (uint32_t)e.lbo * 2, (uint32_t)e.sbo * 2, 0, e.span};
+    for (int r = 0; r < 2 * e.per_mn; ++r)
+      for (int k = 0; k < 16; ++k) {
+        const int elem = r % e.per_mn + (r / e.per_mn) * e.mn_block + (k % 8) * e.k_row + (k / 8) * e.k_group;
+        failures += operand_address(d, r, k, true) != swizzle(2048 + 2 * elem, e.span);
+      }
+  }
   if (failures) std::printf("FAIL self test: %d mismatch(es)\n", failures);
   return failures ? 1 : 0;
 }
@@ -962,6 +1000,8 @@ struct Case {
   bool a_sums = false;  // the dweight GEMM: A converted from fp32 dout (K, M) with the bias gradient's row sums
   bool bf16 = false;    // bf16 activations (issue 11): gelu_inp bf16, C and gelu_out bf16 when C is assigned
                         // without a residual (stored once rounded: within 2^-8 · (|want| + tol) more)
+  bool a_mn = false;    // A stored MN-major: (K, M) at lda = bf16_ld(M) + lda_extra (the weight-gradient GEMM)
+  bool b_mn = false;    // B stored MN-major: (K, N) at ldb = bf16_ld(N) + 8 (the input-gradient GEMM's weight)
 };
 
 // The a_sums cases' A: fp32 dout stored (K, M) (row stride M + 3) through gemm_bf16.cuh's
@@ -995,16 +1035,20 @@ template <int BN>
 int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
   using T = sm90::Traits<BN>;
   const int M = cs.M, N = cs.N, K = cs.K;
-  const int lda = emae::cuda::bf16_ld(K) + (cs.a_sums ? 0 : cs.lda_extra), ldb = emae::cuda::bf16_ld(K),
-            ldc = N + cs.ldc_extra;
-  Buffer<uint16_t> A((size_t)M * lda, kBf16NaN, kBf16NaN), B((size_t)N * ldb, kBf16NaN, kBf16NaN);
+  const int lda = cs.a_mn ? emae::cuda::bf16_ld(M) + cs.lda_extra : emae::cuda::bf16_ld(K) + (cs.a_sums ? 0 : cs.lda_extra),
+            ldb = cs.b_mn ? emae::cuda::bf16_ld(N) + 8 : emae::cuda::bf16_ld(K), ldc = N + cs.ldc_extra;
+  // element (row, k) of A (M, K) and B (N, K) in their stored layouts; NaN wherever no element is
+  Buffer<uint16_t> A((size_t)(cs.a_mn ? K : M) * lda, kBf16NaN, kBf16NaN),
+      B((size_t)(cs.b_mn ? K : N) * ldb, kBf16NaN, kBf16NaN);
+  auto a_at = [&](int r, int k) { return cs.a_mn ? (size_t)k * lda + r : (size_t)r * lda + k; };
+  auto b_at = [&](int r, int k) { return cs.b_mn ? (size_t)k * ldb + r : (size_t)r * ldb + k; };
   for (int r = 0; r < N; ++r)
-    for (int k = 0; k < K; ++k) B[(size_t)r * ldb + k] = float_to_bf16(random_unit(seed + 1, (size_t)r * ldb + k));
+    for (int k = 0; k < K; ++k) B[b_at(r, k)] = float_to_bf16(random_unit(seed + 1, (size_t)r * ldb + k));
   std::vector<float> a_sums0(M), a_sums(M);
   std::string error;
   if (!cs.a_sums) {
     for (int r = 0; r < M; ++r)
-      for (int k = 0; k < K; ++k) A[(size_t)r * lda + k] = float_to_bf16(random_unit(seed, (size_t)r * lda + k));
+      for (int k = 0; k < K; ++k) A[a_at(r, k)] = float_to_bf16(random_unit(seed, (size_t)r * lda + k));
   } else if (!check_a_sums(A.data(), a_sums0, a_sums, M, K, seed)) {
     error = "the conversion of A with row sums is wrong (FAIL lines above)";
   }
@@ -1042,6 +1086,8 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
   p.lda = lda;
   p.B = reinterpret_cast<const bf16_t*>(B.data());
   p.ldb = ldb;
+  p.a_mn_major = cs.a_mn;
+  p.b_mn_major = cs.b_mn;
   p.C = C.data();
   p.ldc = ldc;
   p.accumulate = cs.accumulate;
@@ -1083,7 +1129,10 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
       cta.dyn_bytes = (uint32_t)T::kSmemBytes;
       cta.run([&](int tid) {
         HostOps ops{&cta, tid};
-        sm90::cta_body<BN>(plan.params, plan.items, plan.tiles_n, cta.smem.data() + cta.dyn_base, ops);
+        sm90::with_operand_majors(plan.params, [&](auto ta, auto tb) {
+          sm90::cta_body<BN, decltype(ta)::value, decltype(tb)::value>(plan.params, plan.items, plan.tiles_n,
+                                                                      cta.smem.data() + cta.dyn_base, ops);
+        });
       });
     }
     steps = cta.steps;
@@ -1110,7 +1159,7 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
     for (int c = 0; c < N; ++c) {
       double want = 0, mag = 0;
       for (int k = 0; k < K; ++k) {
-        const double x = (double)bf16_to_float(A[(size_t)r * lda + k]) * bf16_to_float(B[(size_t)c * ldb + k]);
+        const double x = (double)bf16_to_float(A[a_at(r, k)]) * bf16_to_float(B[b_at(c, k)]);
         want += x;
         mag += std::fabs(x);
       }
@@ -1155,12 +1204,12 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
       guards &= std::memcmp(&C[(size_t)r * ldc + c], &kSentinel, 4) == 0 &&
                 std::memcmp(&gelu_out[(size_t)r * ldc + c], &kSentinel, 4) == 0;
   const bool ok = error.empty() && bad == 0 && miscount == 0 && guards;
-  std::printf("%s BN=%d M=%d N=%d K=%d splits=%d k_split=%d grid=%d%s%s%s%s%s%s lda=%d ldc=%d [%s]  max err %.2e"
+  std::printf("%s BN=%d M=%d N=%d K=%d splits=%d k_split=%d grid=%d%s%s%s%s%s%s%s%s lda=%d ldc=%d [%s]  max err %.2e"
               " (%.2f of tol)"
               "  %lld bad, %lld miscounted  [%lld steps, %lld wgmma, %lld TMA, blocked waits: producer %lld,"
               " consumers %lld]%s%s%s\n",
               ok ? "PASS" : "FAIL", BN, M, N, K, cs.splits, cs.k_split, plan.grid, cs.accumulate ? " acc" : "",
-              cs.bias ? " bias" : "", cs.residual ? " res" : "", epi_name(cs.epi), cs.a_sums ? " a_sums" : "", !cs.bf16 ? "" : out16 ? " bf16 in/out" : " bf16 in", lda, ldc, kPolicies[policy].name, max_err, worst_ratio,
+              cs.bias ? " bias" : "", cs.residual ? " res" : "", epi_name(cs.epi), cs.a_sums ? " a_sums" : "", !cs.bf16 ? "" : out16 ? " bf16 in/out" : " bf16 in", cs.a_mn ? " A MN-major" : "", cs.b_mn ? " B MN-major" : "", lda, ldc, kPolicies[policy].name, max_err, worst_ratio,
               bad, miscount, steps, mma_ops, tma_ops, producer_blocked, consumer_blocked,
               guards ? "" : "  GUARD/PADDING OVERWRITTEN",
               error.empty() ? "" : "  ERROR: ", error.c_str());
@@ -1184,7 +1233,8 @@ int main(int argc, char** argv) {
     }
   }
   int failures = self_test() + check_wgmma_inc();
-  std::printf("checks: swizzle tables of PTX ISA 5.5.7, D-fragment bijection, no-swizzle K-major layout, the "
+  std::printf("checks: swizzle tables of PTX ISA 5.5.7, D-fragment bijection, no-swizzle K-major layout, the ISA's "
+              "MN-major bf16 layout examples, the "
               "operand lists of gemm_sm90_wgmma.inc: %s\n", failures ? "FAILED" : "ok");
   Cta* cta = new Cta();
   //  bn   M    N    K  splits k_split sms  acc   bias   res  lda+ ldc+
@@ -1225,9 +1275,21 @@ int main(int argc, char** argv) {
       {128, 70, 33, 300, 3, 128, 2, false, false, false, 8, 0, Epi::kGeluBackward, false, true},
       {256, 129, 300, 200, 1, 200, 3, false, true, false, 8, 0, Epi::kPlain, false, true},
       {256, 7, 200, 65, 2, 64, 1, true, true, true, 0, 0, Epi::kGeluBackward, false, true},
+      // MN-major operands read as stored (wgmma imm-trans, MN-major descriptors, 64-element TMA
+      // boxes): B (the input-gradient GEMM: dout · W, W stored (N_out, K_in)), A and both (the
+      // weight-gradient GEMM: doutᵀ · inp, reduction over rows); odd sizes, edge tiles, split-K
+      {128, 130, 70, 77, 1, 77, 2, false, false, false, 0, 3, Epi::kPlain, false, false, false, true},
+      {128, 65, 129, 200, 1, 200, 3, false, true, true, 0, 1, Epi::kPlain, false, false, false, true},
+      {256, 129, 300, 129, 3, 64, 2, false, true, false, 0, 0, Epi::kGeluBackward, false, true, false, true},
+      {128, 70, 33, 300, 1, 300, 2, true, false, false, 8, 0, Epi::kPlain, false, false, true, false},
+      {128, 200, 7, 65, 1, 65, 1, false, false, false, 0, 2, Epi::kGeluForward, false, true, true, false},
+      {128, 129, 200, 300, 3, 128, 2, true, false, false, 0, 0, Epi::kPlain, false, false, true, true},
+      {256, 7, 65, 129, 1, 129, 3, true, true, false, 16, 1, Epi::kPlain, false, false, true, true},
+      {128, 1, 1, 1, 1, 1, 1, false, false, false, 0, 0, Epi::kPlain, false, false, true, true},
+      {128, 300, 130, 600, 2, 320, 2, true, true, false, 8, 0, Epi::kPlain, false, false, true, true},
   };
   const std::vector<Case> quick_cases = {cases[1], cases[4], cases[7], cases[10], cases[11], cases[17], cases[21], cases[24],
-                                          cases[26], cases[29]};
+                                          cases[26], cases[29], cases[33], cases[35], cases[37]};
   int n = 0;
   for (const Case& c : quick ? quick_cases : cases) {
     for (int rep = 0; rep < 2; ++rep) {

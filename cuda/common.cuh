@@ -64,13 +64,15 @@ __device__ __forceinline__ float warp_max(float v) {
 // then dst[c] += Σ_chunks partial[chunk][c] in chunk order.
 constexpr int kColumnSumRowChunk = 256;
 
-static __global__ void column_sum_partial_kernel(float* __restrict__ partial, const float* __restrict__ src, int rows, int C,
+// Src: float, or bf16 (summed widened to fp32, in the same order).
+template <class Src>
+static __global__ void column_sum_partial_kernel(float* __restrict__ partial, const Src* __restrict__ src, int rows, int C,
                                           long long row_stride) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const int r0 = blockIdx.y * kColumnSumRowChunk, r1 = min(rows, r0 + kColumnSumRowChunk);
   float acc = 0.f;
-  for (int r = r0; r < r1; ++r) acc += src[(size_t)r * row_stride + c];
+  for (int r = r0; r < r1; ++r) acc += load_f32(src[(size_t)r * row_stride + c]);
   partial[(size_t)blockIdx.y * C + c] = acc;
 }
 
@@ -84,12 +86,14 @@ static __global__ void reduce_chunks_kernel(float* __restrict__ dst, const float
 
 inline size_t column_sum_scratch_floats(int rows, int C) { return (size_t)ceil_div(rows, kColumnSumRowChunk) * C; }
 
-// dst (C) += Σ_r src[r·row_stride + c]; scratch: column_sum_scratch_floats(rows, C) floats
-inline void column_sum_accumulate(float* dst, const float* src, int rows, int C, long long row_stride, float* scratch,
+// dst (C) += Σ_r src[r·row_stride + c]; scratch: column_sum_scratch_floats(rows, C) floats.
+// Src: float, or bf16 (the sums of an fp32 array holding the same values, bit for bit).
+template <class Src>
+inline void column_sum_accumulate(float* dst, const Src* src, int rows, int C, long long row_stride, float* scratch,
                                   cudaStream_t stream) {
   if (rows <= 0 || C <= 0) return;
   const int chunks = ceil_div(rows, kColumnSumRowChunk);
-  column_sum_partial_kernel<<<dim3(ceil_div(C, 128), chunks), 128, 0, stream>>>(scratch, src, rows, C, row_stride);
+  column_sum_partial_kernel<Src><<<dim3(ceil_div(C, 128), chunks), 128, 0, stream>>>(scratch, src, rows, C, row_stride);
   EMAE_CHECK_LAUNCH("column_sum_partial_kernel");
   reduce_chunks_kernel<<<ceil_div(C, 128), 128, 0, stream>>>(dst, scratch, chunks, C);
   EMAE_CHECK_LAUNCH("reduce_chunks_kernel");

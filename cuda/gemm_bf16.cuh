@@ -5,9 +5,10 @@
 //              [· gelu'(gelu_inp (M, N))];  gelu_out (M, N) = gelu(C) when asked
 // Two kernels implement it: gemm_sm80.cuh (mma.sync, cp.async multistage; sm_80 and newer) and
 // gemm_sm90.cuh (wgmma fed by TMA; sm_90a only). gemm_via_bf16() (gemm_dispatch.cuh) hands an
-// operand that is already bf16, K-contiguous and 16-byte aligned to the kernels as it is; any other
-// (fp32, or stored M- or N-contiguous) is copied once into a K-contiguous bf16 operand (converting,
-// transposing where needed) by the conversion kernels below.
+// operand that is already bf16, K-contiguous (or, to the sm90 kernel, M- or N-contiguous) and
+// 16-byte aligned to the kernels as it is; any other (fp32, or on sm80 stored M- or N-contiguous)
+// is copied once into a K-contiguous bf16 operand (converting, transposing where needed) by the
+// conversion kernels below.
 // Invariants:
 //   - A and B: 16-byte aligned base, lda/ldb multiples of 8 elements (16 bytes, as TMA and cp.async
 //     need), ld ≥ K; elements past K in a row are never read as data (kernels zero-fill past K);

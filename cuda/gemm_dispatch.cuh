@@ -19,17 +19,19 @@
 namespace emae::cuda {
 
 // Whether an operand view (rows, K), stored K-contiguous (k_contig) or not with row stride ld, is
-// what the bf16 kernels read as it is: bf16, K-contiguous, 16-byte aligned base and row stride.
-inline bool direct_operand(ActIn v, bool k_contig, int ld) {
-  return v.is_bf16() && k_contig && ld % 8 == 0 && reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
+// what `path`'s kernel reads as it is: bf16, 16-byte aligned base and row stride, and K-contiguous
+// or, on sm90 (wgmma's transposed operands), MN-contiguous.
+inline bool direct_operand(ActIn v, bool k_contig, int ld, GemmPath path) {
+  return v.is_bf16() && (k_contig || path == GemmPath::kSm90) && ld % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
 }
-inline bool direct_a(const GemmParams& p) { return !p.a_sums && direct_operand(p.A, !p.trans_a, p.lda); }
-inline bool direct_b(const GemmParams& p) { return direct_operand(p.B, p.trans_b, p.ldb); }
+inline bool direct_a(const GemmParams& p, GemmPath path) { return direct_operand(p.A, !p.trans_a, p.lda, path); }
+inline bool direct_b(const GemmParams& p, GemmPath path) { return direct_operand(p.B, p.trans_b, p.ldb, path); }
 
-// bf16 elements gemm_via_bf16 needs for the K-contiguous copies of A (M × ld) and B (N × ld), of
-// those that are not read in place (direct_a, direct_b).
-inline size_t gemm_operand_elems(const GemmParams& p) {
-  return (size_t)((direct_a(p) ? 0 : p.M) + (direct_b(p) ? 0 : p.N)) * bf16_ld(p.K);
+// bf16 elements gemm_via_bf16 on `path` needs for the K-contiguous copies of A (M × ld) and B
+// (N × ld), of those that are not read in place (direct_a, direct_b).
+inline size_t gemm_operand_elems(const GemmParams& p, GemmPath path) {
+  return (size_t)((direct_a(p, path) ? 0 : p.M) + (direct_b(p, path) ? 0 : p.N)) * bf16_ld(p.K);
 }
 
 // p's epilogue as GemmBf16Params fields (no operands).
@@ -48,23 +50,26 @@ inline void with_operand(ActIn v, F&& f) {
   else f(v.f32("gemm operand"));
 }
 
-// The bf16 problem of p: its epilogue, and A and B as the kernels read them. An operand that is
-// direct (direct_a, direct_b: the step's bf16 activations and the bf16 weight copy in the forward
-// GEMMs, dout in the input-gradient GEMM) is used in place; any other is copied once into
-// `operands` (gemm_operand_elems(p) bf16, 16-byte aligned): fp32 converted, and transposed where
-// stored M- or N-contiguous (the weight in the input-gradient GEMM, dout and inp in the
-// weight-gradient GEMM; MN-major operands for wgmma and ldmatrix.trans in the kernels would remove
-// these copies later). p.a_sums is added to while A is copied (partials in p.workspace, free again
-// when this returns, in stream order). p.K > 0.
-inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cudaStream_t stream) {
+// The bf16 problem of p on `path`: its epilogue, and A and B as the kernels read them. An operand
+// that is direct (direct_a, direct_b: the step's bf16 activations and the bf16 weight copy in the
+// forward GEMMs, dout in the input-gradient GEMM; on sm90 also the MN-contiguous ones: the weight
+// copy in the input-gradient GEMM, bf16 dout and inp in the weight-gradient GEMM, read MN-major) is
+// used in place; any other is copied once into `operands` (gemm_operand_elems(p, path) bf16,
+// 16-byte aligned): fp32 converted, and transposed where stored M- or N-contiguous (on sm80 the
+// bf16 ones too: its kernel reads K-major operands only). p.a_sums is added to while A is copied,
+// or by a column-sum pass over A in place (the same sums bit for bit; partials in p.workspace, free
+// again when this returns, in stream order). p.K > 0.
+inline GemmBf16Params convert_operands(const GemmParams& p, GemmPath path, bf16* operands, cudaStream_t stream) {
   GemmBf16Params q = bf16_epilogue(p);
   const int ld = bf16_ld(p.K);
-  const bool a_in_place = direct_a(p), b_in_place = direct_b(p);
+  const bool a_in_place = direct_a(p, path), b_in_place = direct_b(p, path);
   if (!(a_in_place && b_in_place) && (!operands || reinterpret_cast<uintptr_t>(operands) % 16))
     throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
   bf16* next = operands;  // each copy takes rows·ld elements: a multiple of 16 bytes
   if (a_in_place) {
     q.A = static_cast<const bf16*>(p.A.data); q.lda = p.lda;
+    q.a_mn_major = p.trans_a;  // A stored (K, M)
+    if (p.a_sums) column_sum_accumulate(p.a_sums, q.A, p.K, p.M, p.lda, p.workspace, stream);  // a_sums: trans_a
   } else {
     with_operand(p.A, [&](const auto* a) {
       if (p.a_sums)  // trans_a (check_gemm_params): A stored (K, M)
@@ -77,6 +82,7 @@ inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cuda
   }
   if (b_in_place) {
     q.B = static_cast<const bf16*>(p.B.data); q.ldb = p.ldb;
+    q.b_mn_major = !p.trans_b;  // B stored (K, N)
   } else {
     // B stored (K, N) unless trans_b
     with_operand(p.B, [&](const auto* b) { convert_to_bf16(next, b, p.N, p.K, p.ldb, !p.trans_b, stream); });
@@ -112,11 +118,8 @@ inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, in
   check_gemm_params(p);
   if (p.M == 0) return;
   if (p.N == 0) {  // no product, no operand copies; the row sums of A still count
-    if (p.a_sums && p.A.is_bf16())  // the copy with row sums (a bf16 A has no separate column-sum pass)
-      convert_to_bf16_with_row_sums(operands, p.a_sums, static_cast<const bf16*>(p.A.data), p.M, p.K, p.lda,
-                                    p.workspace, stream);
-    else if (p.a_sums)
-      column_sum_accumulate(p.a_sums, p.A.f32("gemm A"), p.K, p.M, p.lda, p.workspace, stream);
+    if (p.a_sums)
+      with_operand(p.A, [&](const auto* a) { column_sum_accumulate(p.a_sums, a, p.K, p.M, p.lda, p.workspace, stream); });
     return;
   }
   if (p.K == 0) {  // the epilogue of zero sums: the reduction over no partials (a_sums: += nothing)
@@ -125,7 +128,7 @@ inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, in
     gemm_bf16_reduce(q, stream);
     return;
   }
-  run_bf16(convert_operands(p, operands, stream), path, sms, p.workspace, p.workspace_floats, stream);
+  run_bf16(convert_operands(p, path, operands, stream), path, sms, p.workspace, p.workspace_floats, stream);
 }
 
 // The path EMAE_CUDA_GEMM asks for on the current device; throws a sentence when it cannot run here.
@@ -151,7 +154,7 @@ struct GemmRunner {
   cudaStream_t stream;
   void operator()(const GemmParams& p) const {
     if (path == GemmPath::kMma) return gemm(p, stream);
-    gemm_via_bf16(p, path, operands.template get_as<bf16>(gemm_operand_elems(p)), sms, stream);
+    gemm_via_bf16(p, path, operands.template get_as<bf16>(gemm_operand_elems(p, path)), sms, stream);
   }
 };
 

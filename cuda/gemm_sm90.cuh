@@ -25,7 +25,7 @@
 //   - an MN-major operand (a_mn_major / b_mn_major: stored (K, M) or (K, N), the input-gradient
 //     GEMM's weight and both operands of the weight-gradient GEMM) is read as it is stored: TMA
 //     loads boxes of 64 MN elements (128 bytes) × 64 K rows in the same 128-byte swizzle, one box
-//     per 64 tile rows (8 KB each, consecutive, so the tile has the bytes of its K-major form);
+//     per 64 tile rows (8 KB each, back to back: a stage holds as many bytes as in K-major form);
 //     wgmma reads it with imm-trans = 1 and the MN-major descriptor (smem_desc_mn): the PTX ISA's
 //     canonical MN-major 128B layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) (T = 8 bf16), i.e. K row
 //     k at 128·k bytes with SBO 1024 between 8-row groups, and LBO 8192 between 64-element MN

@@ -34,6 +34,12 @@
 // reference is the one on the bf16 inputs; a bf16 output adds its one rounding (≤ 2^-8 relative
 // each) to the tolerance; a_sums from a bf16 A must equal column_sum_accumulate on those values
 // bit for bit, and so must the scratch-free dbias of a bf16 dout.
+// MN-major operands (sm90 reads bf16 operands stored M- or N-contiguous in place: the dinp GEMM's
+// weight (NN), both operands of the dweight GEMM (TN), A of TT): "mn-major" cases lay bf16 views out
+// so that every operand is read in place (ld a multiple of 8, aligned base; on sm90 the case fails
+// unless direct_a and direct_b say so), odd sizes and edge tiles, split-K, a_sums (then summed by
+// the bf16 column-sum pass, bit for bit column_sum_accumulate's), GELU backward with bf16 C; the
+// same double reference and tolerances. On sm80 the same cases run through the copies.
 // Flags: --verbose prints every case of the size sweep; --no-bench skips the timings.
 #include <cuda_runtime.h>
 
@@ -288,6 +294,7 @@ struct Case {
   bool a_sums = false;                  // a_sums += the row sums of op(A) (trans_a; gets a workspace)
   bool bf16 = false;                    // bf16 views: A, B, gelu_inp, and C and gelu_out when C is assigned
                                         // without a residual (the bf16 paths only)
+  bool direct = false;                  // bf16 views the sm90 path must read in place (MN-major ones too)
 };
 
 // Whether c stores C (and gelu_out) in bf16.
@@ -298,6 +305,7 @@ struct Outcome {
   double act_bf16 = 0, act_fp32 = 0;    // gelu_out (GELU forward cases)
   double sums_rel = 0;                  // a_sums against the double column sums
   unsigned long long nonfinite = 0, sentinel = 0, bitdiff = 0;
+  bool copied = false;                  // a c.direct case's operand was copied on sm90
   unsigned long long sums_bitdiff = 0;  // a_sums elements differing from column_sum_accumulate's
   bool pass = false;
 };
@@ -424,6 +432,8 @@ Outcome run_case(const Case& c, uint64_t seed) {
   DeviceBuffer<float> workspace(ws_floats);
   p.workspace = ws_floats ? workspace.ptr : nullptr;
   p.workspace_floats = ws_floats;
+  if (c.direct && g_path == GemmPath::kSm90)
+    o.copied = !emae::cuda::direct_a(p, g_path) || !emae::cuda::direct_b(p, g_path);
 
   run_gemm(p);
   widen_outputs();
@@ -469,7 +479,7 @@ Outcome run_case(const Case& c, uint64_t seed) {
   const double store = out_bf16 ? kTolStoreBf16 : 0.0;
   const double tol = (c.gelu ? 2 * tol_bf16(c.K) : tol_bf16(c.K)) + store;
   o.pass = o.rel_bf16 <= tol && o.act_bf16 <= 2 * tol_bf16(c.K) + store && fp32_ok && o.nonfinite == 0 && o.sentinel == 0 &&
-           o.bitdiff == 0 && o.sums_rel <= kTolSum && o.sums_bitdiff == 0;
+           o.bitdiff == 0 && o.sums_rel <= kTolSum && o.sums_bitdiff == 0 && !o.copied;
 
   if (c.bench) {  // timing: the output is overwritten (or accumulated into) again and again, fine
     cudaEvent_t start, stop;
@@ -500,6 +510,7 @@ void print_case(const Case& c, const Outcome& o) {
               c.accumulate ? " +=" : "", c.bias ? " +bias" : "", c.residual ? " +res" : "", c.split_k ? " split-K" : "",
               c.gelu == 1 ? " gelu_out" : c.gelu == 2 ? " ·gelu'" : "", c.a_sums ? " a_sums" : "",
               !c.bf16 ? "" : bf16_output(c) ? " bf16 in/out" : " bf16 in", o.rel_bf16, o.rel_fp32);
+  if (o.copied) std::printf("  OPERAND COPIED (sm90 must read it in place)");
   if (!o.pass) std::printf("  (tol %.1e / %.0e)", tol_bf16(c.K), kTolFp32);
   if (o.nonfinite) std::printf("  non-finite %llu", o.nonfinite);
   if (o.sentinel) std::printf("  out-of-range writes %llu", o.sentinel);
@@ -511,6 +522,16 @@ void print_case(const Case& c, const Outcome& o) {
 }
 
 // one of the three training-step layouts (plus TT) with the options the step uses
+// c with bf16 views laid out to be read in place: rows padded to multiples of 8 elements, aligned bases.
+Case in_place(Case c) {
+  const int a_cols = c.trans_a ? c.M : c.K, b_cols = c.trans_b ? c.K : c.N;
+  c.pad_a = (8 - a_cols % 8) % 8;
+  c.pad_b = (8 - b_cols % 8) % 8;
+  c.off_a = c.off_b = 0;
+  c.bf16 = c.direct = true;
+  return c;
+}
+
 Case make(const std::string& name, bool ta, bool tb, int M, int N, int K) {
   Case c;
   c.name = name;
@@ -832,6 +853,19 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
       cases.push_back(c);
     }
   }
+  if (bf16_path) {  // bf16 views read in place, MN-major ones included on sm90 (see the top of the file)
+    for (int lay = 0; lay < 4; ++lay) {
+      const bool ta = lay >= 2, tb = lay % 2 == 1;
+      cases.push_back(in_place(make("in-place", ta, tb, 129, 70, 200)));
+      cases.push_back(in_place(make("in-place 1x1", ta, tb, 1, 1, 1)));
+      { Case c = in_place(make("in-place split-K", ta, tb, 33, 100, 3000)); c.split_k = true; c.repeat = true; cases.push_back(c); }
+      { Case c = in_place(make("in-place edge", ta, tb, 257, 136, 77)); c.pad_c = 3; cases.push_back(c); }
+    }
+    { Case c = in_place(make("mn-major a_sums", true, false, 100, 129, 1029)); c.a_sums = true; c.repeat = true; cases.push_back(c); }
+    { Case c = in_place(make("mn-major a_sums split-K", true, false, 7, 33, 5000)); c.a_sums = c.split_k = true; cases.push_back(c); }
+    { Case c = in_place(make("mn-major gelu' bf16 out", false, false, 257, 100, 129)); c.gelu = 2; c.repeat = true; cases.push_back(c); }
+    { Case c = in_place(make("mn-major gelu' split-K", false, false, 33, 100, 3000)); c.gelu = 2; c.split_k = true; cases.push_back(c); }
+  }
   for (const Case& c : cases) {
     const Outcome o = run_case(c, seed++);
     std::printf("[%s] ", path);
@@ -909,7 +943,7 @@ int time_shapes(const char* file, int reps, const std::vector<GemmPath>& paths) 
       double kernel = call;
       if (path != GemmPath::kMma) {
         const emae::cuda::GemmBf16Params q =
-            emae::cuda::convert_operands(p, g_operands.get_as<emae::cuda::bf16>(emae::cuda::gemm_operand_elems(p)), 0);
+            emae::cuda::convert_operands(p, path, g_operands.get_as<emae::cuda::bf16>(emae::cuda::gemm_operand_elems(p, path)), 0);
         kernel = median_ms([&] { emae::cuda::run_bf16(q, path, g_sms, p.workspace, p.workspace_floats, 0); });
       }
       EMAE_CUDA_CHECK(cudaDeviceSynchronize());

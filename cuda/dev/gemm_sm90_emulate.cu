@@ -44,6 +44,9 @@
 //     the code the GPU runs, split-K off and on; the a_sums cases take A from gemm_bf16.cuh's
 //     conversion kernel with the bias gradient's row sums (bf16_convert_emulate.h), which must
 //     equal column_sum_accumulate's sums bit for bit.
+// The MN-major cases enter through gemm_dispatch.cuh's convert_operands as a GemmParams with the
+// step's layouts (dinp: B stored (K, N); dweight: A stored (K, M) and B (K, N)), which must hand
+// them to sm90 in place (and to sm80 as copies).
 // Checks: against a double reference on the bf16 inputs (bf16 NaN past K in every row, so a read
 // past K shows); every output element written exactly once, NaN-poisoned outputs, sentinels in the
 // C padding (ldc > N) and after every buffer; shared memory NaN-poisoned per CTA, the dynamic base
@@ -72,6 +75,11 @@
 // sm80::launch does. Fused epilogues, 7 more faults, all caught: bias dropped under a GELU
 // forward, gelu_out = the pre-activation, gelu' instead of gelu, the reduce without the GELU, the
 // GELU on every split partial, the plain instantiation for a GELU GEMM, row sums in reverse order.
+// MN-major operands, 10 more faults, all caught: imm-trans-a or imm-trans-b passed as 0 for an
+// MN-major operand, the MN-major descriptor's LBO 4096 (not the 8192-byte box), its SBO 512 or
+// 2048, K slices 1024 bytes apart (not 2048), layout 64B, B's box coordinates swapped (K, MN), B's
+// box of kBN K rows, the .inc's trans immediates swapped; and 3 in gemm_dispatch.cuh: MN-major
+// operands not read in place on sm90, B's MN-major flag dropped, MN-major operands handed to sm80.
 // Exit status non-zero on any FAIL.
 #include <ucontext.h>
 
@@ -92,6 +100,7 @@
 #include <vector>
 
 #include "cuda/dev/bf16_convert_emulate.h"
+#include "cuda/gemm_dispatch.cuh"
 #include "cuda/gemm_sm90.cuh"
 
 namespace {
@@ -1103,6 +1112,36 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
   p.splits = cs.splits;
   p.k_split = cs.k_split;
   p.partial = cs.splits > 1 ? partial.data() : nullptr;
+  if ((cs.a_mn || cs.b_mn) && error.empty()) {
+    // the MN-major cases go through gemm_dispatch.cuh as the backend's GEMMs do: the same operands
+    // as a GemmParams (A stored (K, M) is trans_a; B stored (K, N) is !trans_b) must come out of
+    // convert_operands on sm90 as p's operands, read in place (no copy, no kernel launched), and
+    // need copies on sm80
+    emae::cuda::GemmParams g;
+    g.trans_a = cs.a_mn;
+    g.trans_b = !cs.b_mn;
+    g.M = M; g.N = N; g.K = K;
+    g.A = emae::ActIn(A.data(), emae::DType::kBF16); g.lda = lda;
+    g.B = emae::ActIn(B.data(), emae::DType::kBF16); g.ldb = ldb;
+    g.C = p.C; g.ldc = ldc; g.accumulate = p.accumulate; g.bias = p.bias; g.residual = p.residual;
+    g.gelu_out = p.gelu_out; g.gelu_inp = p.gelu_inp;
+    using emae::cuda::GemmPath;
+    try {
+      emae::cuda::check_gemm_params(g);
+      GemmBf16Params q = emae::cuda::convert_operands(g, GemmPath::kSm90, nullptr, 0);
+      if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm90) != 0 || q.A != p.A || q.lda != p.lda ||
+          q.a_mn_major != p.a_mn_major || q.B != p.B || q.ldb != p.ldb || q.b_mn_major != p.b_mn_major)
+        error = "gemm_dispatch.cuh does not hand the MN-major operands to sm90 in place";
+      else if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm80) == 0)
+        error = "gemm_dispatch.cuh hands an MN-major operand to sm80 (which reads K-major only)";
+      q.splits = p.splits;
+      q.k_split = p.k_split;
+      q.partial = p.partial;
+      p = q;
+    } catch (const std::exception& e) {
+      error = std::string("dispatch: ") + e.what();
+    }
+  }
 
   Outputs out{&p, std::vector<int>((size_t)M * N), std::vector<int>((size_t)cs.splits * M * N)};
   long long steps = 0, mma_ops = 0, tma_ops = 0, producer_blocked = 0, consumer_blocked = 0;

@@ -1,19 +1,20 @@
-// The bf16-operand GEMM path (issue 11): both operands bf16 and K-contiguous in global memory,
-// fp32 accumulation, the epilogue of GemmParams (epilogue_store in gemm.cuh) in fp32, C and the
-// GELU buffers stored fp32 or bf16 (rounded once, at the store).
+// The bf16-operand GEMM path (issue 11): both operands bf16 in global memory, K-contiguous or (on
+// the sm80 kernel) M- or N-contiguous (a_mn_major, b_mn_major), fp32 accumulation, the epilogue of
+// GemmParams (epilogue_store in gemm.cuh) in fp32, C and the GELU buffers stored fp32 or bf16
+// (rounded once, at the store).
 //   C (M, N) = [C +] A (M, K) · B (N, K)ᵀ [+ bias (N)] [+ residual (M, N), leading dim ldc]
 //              [· gelu'(gelu_inp (M, N))];  gelu_out (M, N) = gelu(C) when asked
 // Two kernels implement it: gemm_sm80.cuh (mma.sync, cp.async multistage; sm_80 and newer) and
 // gemm_sm90.cuh (wgmma fed by TMA; sm_90a only). gemm_via_bf16() (gemm_dispatch.cuh) hands an
-// operand that is already bf16, K-contiguous (or, to the sm90 kernel, M- or N-contiguous) and
-// 16-byte aligned to the kernels as it is; any other (fp32, or on sm80 stored M- or N-contiguous)
-// is copied once into a K-contiguous bf16 operand (converting, transposing where needed) by the
-// conversion kernels below.
+// operand that is already bf16 and 16-byte aligned with an ld of whole 16 bytes to the kernels as it
+// is, stored K-contiguous or M- or N-contiguous (a_mn_major / b_mn_major: sm80 reads those with
+// ldmatrix.trans, sm90 with wgmma's transposed operands); any other (fp32, misaligned) is copied once
+// into a K-contiguous bf16 operand (converting, transposing where needed) by the conversion kernels
+// below.
 // Invariants:
 //   - A and B: 16-byte aligned base, lda/ldb multiples of 8 elements (16 bytes, as TMA and cp.async
-//     need), ld ≥ K; elements past K in a row are never read as data (kernels zero-fill past K);
-//     the sm90 kernel also reads an operand stored MN-major (a_mn_major/b_mn_major: (K, M) or
-//     (K, N) with ld ≥ M or N; elements past M or N in a row never read as data);
+//     need), ld ≥ the stored row length (K, or M / N when MN-major); elements past it in a row are
+//     never read as data (kernels zero-fill past K, M and N);
 //   - any M, N, K ≥ 0; out-of-range rows and columns are never stored;
 //   - split-K: the K range is cut into `splits` pieces of k_split (a multiple of every kernel's BK);
 //     each piece writes its raw sums to partial[split][M][N], and gemm_bf16_reduce (gemm.cuh's reduce) adds them
@@ -45,8 +46,8 @@ struct GemmBf16Params {
   int M = 0, N = 0, K = 0;
   const bf16* A = nullptr; int lda = 0;  // (M, K), K contiguous; a_mn_major: stored (K, M), M contiguous
   const bf16* B = nullptr; int ldb = 0;  // (N, K), K contiguous; b_mn_major: stored (K, N), N contiguous
-  bool a_mn_major = false;               // MN-major operands: the sm90 kernel only (wgmma reads them
-  bool b_mn_major = false;               // transposed); lda/ldb then ≥ M/N
+  bool a_mn_major = false;               // lda ≥ M then (the leading dimension over K rows)
+  bool b_mn_major = false;               // ldb ≥ N then
   Act C; int ldc = 0;                    // (M, N) fp32, or bf16 (not with accumulate or residual)
   bool accumulate = false;               // C += … instead of C = … (fp32 C)
   const float* bias = nullptr;           // (N) or null

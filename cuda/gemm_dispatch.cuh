@@ -1,7 +1,8 @@
 // Which kernel runs a GemmParams (operands in any of the step's layouts), and running it.
 //   mma   gemm.cuh's kernel: fp32 views only, operands converted while loading, mma.sync; verified
 //         on an H100; the default until a device run verifies the others
-//   sm80  gemm_via_bf16 + gemm_sm80.cuh (cp.async multistage, mma.sync; compute capability ≥ 8.0)
+//   sm80  gemm_via_bf16 + gemm_sm80.cuh (cp.async multistage, mma.sync; compute capability ≥ 8.0;
+//         reads bf16 operands in place in every layout)
 //   sm90  gemm_via_bf16 + gemm_sm90.cuh (TMA + wgmma; compute capability 9.0 with the sm_90a build)
 // The bf16 paths take fp32 or bf16 operand views, and C and the GELU buffers in either type.
 // EMAE_CUDA_GEMM=mma|sm80|sm90|auto chooses; auto (or unset) is mma. A path the device cannot run
@@ -18,13 +19,19 @@
 
 namespace emae::cuda {
 
+// Whether the kernel of `path` reads an operand stored M- or N-contiguous (MN-major) in place: both
+// bf16 kernels do (sm80: MN-major tiles and ldmatrix.trans; sm90: wgmma's transposed operands).
+inline bool reads_mn_major(GemmPath path) { return path == GemmPath::kSm80 || path == GemmPath::kSm90; }
+
 // Whether an operand view (rows, K), stored K-contiguous (k_contig) or not with row stride ld, is
-// what `path`'s kernel reads as it is: bf16, 16-byte aligned base and row stride, and K-contiguous
-// or, on sm90 (wgmma's transposed operands), MN-contiguous.
+// what the bf16 kernels of `path` read as it is: bf16, 16-byte aligned base and row stride, and
+// K-contiguous or, where the kernel reads it (reads_mn_major), M- or N-contiguous.
 inline bool direct_operand(ActIn v, bool k_contig, int ld, GemmPath path) {
-  return v.is_bf16() && (k_contig || path == GemmPath::kSm90) && ld % 8 == 0 &&
+  return v.is_bf16() && (k_contig || reads_mn_major(path)) && ld % 8 == 0 &&
          reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
 }
+// A with a_sums (stored (K, M)) too: its row sums are then a column-sum pass over the bf16 A
+// (convert_operands); a copied A gets them on the way instead.
 inline bool direct_a(const GemmParams& p, GemmPath path) { return direct_operand(p.A, !p.trans_a, p.lda, path); }
 inline bool direct_b(const GemmParams& p, GemmPath path) { return direct_operand(p.B, p.trans_b, p.ldb, path); }
 
@@ -50,15 +57,14 @@ inline void with_operand(ActIn v, F&& f) {
   else f(v.f32("gemm operand"));
 }
 
-// The bf16 problem of p on `path`: its epilogue, and A and B as the kernels read them. An operand
-// that is direct (direct_a, direct_b: the step's bf16 activations and the bf16 weight copy in the
-// forward GEMMs, dout in the input-gradient GEMM; on sm90 also the MN-contiguous ones: the weight
-// copy in the input-gradient GEMM, bf16 dout and inp in the weight-gradient GEMM, read MN-major) is
-// used in place; any other is copied once into `operands` (gemm_operand_elems(p, path) bf16,
-// 16-byte aligned): fp32 converted, and transposed where stored M- or N-contiguous (on sm80 the
-// bf16 ones too: its kernel reads K-major operands only). p.a_sums is added to while A is copied,
-// or by a column-sum pass over A in place (the same sums bit for bit; partials in p.workspace, free
-// again when this returns, in stream order). p.K > 0.
+// The bf16 problem of p for `path`'s kernel: its epilogue, and A and B as the kernel reads them.
+// An operand that is direct (direct_a, direct_b: the step's bf16 activations and the bf16 weight copy
+// in the forward GEMMs, dout in the input-gradient GEMM, and the MN-major ones: the weight in the
+// input-gradient GEMM, dout and inp in the weight-gradient GEMM) is used in place, MN-major where
+// stored so; any other is copied once into `operands` (gemm_operand_elems(p, path) bf16, 16-byte
+// aligned): fp32 converted, and transposed where stored M- or N-contiguous. p.a_sums is added to
+// while A is copied, or by column_sum_accumulate over an A used in place: the same sums bit for bit
+// (partials in p.workspace, free again when this returns, in stream order). p.K > 0.
 inline GemmBf16Params convert_operands(const GemmParams& p, GemmPath path, bf16* operands, cudaStream_t stream) {
   GemmBf16Params q = bf16_epilogue(p);
   const int ld = bf16_ld(p.K);
@@ -102,7 +108,6 @@ inline void run_bf16(GemmBf16Params q, GemmPath path, int sms, float* workspace,
     check_bf16_params(q);
     sm90::launch<128>(q, sms, stream);
   } else if (path == GemmPath::kSm80) {
-    if (q.a_mn_major || q.b_mn_major) throw std::invalid_argument("run_bf16: the sm80 kernel reads K-major operands only");
     using T = sm80::Traits;
     choose_splits(q, T::kBM, T::kBN, T::kBK, sms, workspace_floats);
     check_bf16_params(q);
@@ -117,7 +122,7 @@ inline void run_bf16(GemmBf16Params q, GemmPath path, int sms, float* workspace,
 inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, int sms, cudaStream_t stream) {
   check_gemm_params(p);
   if (p.M == 0) return;
-  if (p.N == 0) {  // no product, no operand copies; the row sums of A still count
+  if (p.N == 0) {  // no product, no operand copies (operands may be empty); the row sums of A still count
     if (p.a_sums)
       with_operand(p.A, [&](const auto* a) { column_sum_accumulate(p.a_sums, a, p.K, p.M, p.lda, p.workspace, stream); });
     return;

@@ -3,7 +3,7 @@
 // threads as fibers and ldmatrix/mma/shfl/barriers emulated from the PTX ISA, against a double
 // reference, and checks that views mixing fp32 and bf16 are refused;
 // cuda/dev/gemm_sm80_emulate.cu checks gemm_sm80.cuh's swizzle, bank groups and a functional
-// emulation of its pipeline; cuda/dev/gemm_sm90_emulate.cu runs gemm_sm90.cuh's CTA body with its
+// emulation of its pipeline, for K-major and MN-major (ldmatrix.trans) operand tiles; cuda/dev/gemm_sm90_emulate.cu runs gemm_sm90.cuh's CTA body with its
 // 384 threads as fibers and TMA (128-byte swizzle, zero fill, complete-tx), wgmma (descriptors,
 // accumulator fragments, asynchronous groups), mbarrier phases and setmaxnreg emulated from the PTX
 // ISA. Both GEMM emulators store through the headers' own epilogue code (gemm.cuh's epilogue_store,
@@ -63,6 +63,12 @@ async function buildAndRun(source: string, args: string[]) {
   t.notRegex(r.out, /^FAIL/m);
   for (const epilogue of ['gelu-forward', 'gelu-backward', 'a_sums'])
     t.regex(r.out, new RegExp(`^case .*${epilogue}`, 'm'), `an ${epilogue} case ran`);
+  // MN-major operands read in place (ldmatrix.trans): the bank check covers their tiles, and cases
+  // with A, B and both MN-major ran, with split-K
+  t.regex(r.out, /^bank check: .*MN-major/m);
+  for (const layout of ['A mn-major', 'B mn-major', 'A,B mn-major'])
+    t.regex(r.out, new RegExp(`^case .* ${layout}`, 'm'), `a ${layout} case ran`);
+  t.regex(r.out, /^case .*splits=[2-9].* mn-major/m, 'a split-K MN-major case ran');
 });
 
 (nvcc ? test : test.skip)('Hopper GEMM (gemm_sm90.cuh): TMA, wgmma descriptors and the mbarrier pipeline in CPU emulation', async (t) => {

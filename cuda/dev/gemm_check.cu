@@ -29,17 +29,18 @@
 // (the separate pass it replaces on the bf16 paths) adds; outputs poisoned, sentinels around them.
 // bf16 views (issue 11, bf16 paths only; the mma path must refuse them with a sentence): the sweep
 // over all layouts and the special cases run again with A, B and gelu_inp stored in bf16 (read in
-// place when K-contiguous and aligned, else copied), and C and gelu_out in bf16 where the step
-// stores them so (assigned, no residual). The fp32 buffers hold the same bf16 values, so the double
-// reference is the one on the bf16 inputs; a bf16 output adds its one rounding (≤ 2^-8 relative
-// each) to the tolerance; a_sums from a bf16 A must equal column_sum_accumulate on those values
-// bit for bit, and so must the scratch-free dbias of a bf16 dout.
-// MN-major operands (sm90 reads bf16 operands stored M- or N-contiguous in place: the dinp GEMM's
-// weight (NN), both operands of the dweight GEMM (TN), A of TT): "mn-major" cases lay bf16 views out
-// so that every operand is read in place (ld a multiple of 8, aligned base; on sm90 the case fails
-// unless direct_a and direct_b say so), odd sizes and edge tiles, split-K, a_sums (then summed by
-// the bf16 column-sum pass, bit for bit column_sum_accumulate's), GELU backward with bf16 C; the
-// same double reference and tolerances. On sm80 the same cases run through the copies.
+// place when aligned, K-contiguous or M- or N-contiguous, else copied), and C and gelu_out in bf16
+// where the step stores them so (assigned, no residual). The fp32 buffers hold the same bf16
+// values, so the double reference is the one on the bf16 inputs; a bf16 output adds its one
+// rounding (≤ 2^-8 relative each) to the tolerance; a_sums from a bf16 A must equal
+// column_sum_accumulate on those values bit for bit, and so must the scratch-free dbias of a bf16 dout.
+// MN-major operands (both bf16 kernels read bf16 operands stored M- or N-contiguous in place: sm80
+// with ldmatrix.trans, sm90 with wgmma's transposed operands; the dinp GEMM's weight (NN), both
+// operands of the dweight GEMM (TN), A of TT): "in place" / "in-place" / "mn-major" cases lay bf16
+// views out so that every operand is read in place (ld a multiple of 8, aligned base; a case fails
+// unless gemm_operand_elems is 0), every layout, odd and tiny sizes and edge tiles, split-K, a_sums
+// (then summed by the bf16 column-sum pass, bit for bit column_sum_accumulate's), GELU backward with
+// bf16 C; the same double reference and tolerances.
 // Flags: --verbose prints every case of the size sweep; --no-bench skips the timings.
 #include <cuda_runtime.h>
 
@@ -294,7 +295,8 @@ struct Case {
   bool a_sums = false;                  // a_sums += the row sums of op(A) (trans_a; gets a workspace)
   bool bf16 = false;                    // bf16 views: A, B, gelu_inp, and C and gelu_out when C is assigned
                                         // without a residual (the bf16 paths only)
-  bool direct = false;                  // bf16 views the sm90 path must read in place (MN-major ones too)
+  bool direct = false;                  // bf16 operands the kernels read in place (ld a multiple of 8,
+                                        // 16-byte aligned; in_place()): the bf16 paths copy neither
 };
 
 // Whether c stores C (and gelu_out) in bf16.
@@ -305,8 +307,8 @@ struct Outcome {
   double act_bf16 = 0, act_fp32 = 0;    // gelu_out (GELU forward cases)
   double sums_rel = 0;                  // a_sums against the double column sums
   unsigned long long nonfinite = 0, sentinel = 0, bitdiff = 0;
-  bool copied = false;                  // a c.direct case's operand was copied on sm90
   unsigned long long sums_bitdiff = 0;  // a_sums elements differing from column_sum_accumulate's
+  long long copied = -1;                // direct cases: bf16 elements of operand copies (gemm_operand_elems)
   bool pass = false;
 };
 
@@ -432,9 +434,8 @@ Outcome run_case(const Case& c, uint64_t seed) {
   DeviceBuffer<float> workspace(ws_floats);
   p.workspace = ws_floats ? workspace.ptr : nullptr;
   p.workspace_floats = ws_floats;
-  if (c.direct && g_path == GemmPath::kSm90)
-    o.copied = !emae::cuda::direct_a(p, g_path) || !emae::cuda::direct_b(p, g_path);
 
+  if (c.direct && g_path != GemmPath::kMma) o.copied = (long long)emae::cuda::gemm_operand_elems(p, g_path);
   run_gemm(p);
   widen_outputs();
   EMAE_CUDA_CHECK(cudaDeviceSynchronize());
@@ -479,7 +480,9 @@ Outcome run_case(const Case& c, uint64_t seed) {
   const double store = out_bf16 ? kTolStoreBf16 : 0.0;
   const double tol = (c.gelu ? 2 * tol_bf16(c.K) : tol_bf16(c.K)) + store;
   o.pass = o.rel_bf16 <= tol && o.act_bf16 <= 2 * tol_bf16(c.K) + store && fp32_ok && o.nonfinite == 0 && o.sentinel == 0 &&
-           o.bitdiff == 0 && o.sums_rel <= kTolSum && o.sums_bitdiff == 0 && !o.copied;
+           o.bitdiff == 0 && o.sums_rel <= kTolSum && o.sums_bitdiff == 0 &&
+           // both bf16 paths read every layout in place (with a_sums too: a column-sum pass over the bf16 A)
+           o.copied <= 0;
 
   if (c.bench) {  // timing: the output is overwritten (or accumulated into) again and again, fine
     cudaEvent_t start, stop;
@@ -510,13 +513,14 @@ void print_case(const Case& c, const Outcome& o) {
               c.accumulate ? " +=" : "", c.bias ? " +bias" : "", c.residual ? " +res" : "", c.split_k ? " split-K" : "",
               c.gelu == 1 ? " gelu_out" : c.gelu == 2 ? " ·gelu'" : "", c.a_sums ? " a_sums" : "",
               !c.bf16 ? "" : bf16_output(c) ? " bf16 in/out" : " bf16 in", o.rel_bf16, o.rel_fp32);
-  if (o.copied) std::printf("  OPERAND COPIED (sm90 must read it in place)");
   if (!o.pass) std::printf("  (tol %.1e / %.0e)", tol_bf16(c.K), kTolFp32);
   if (o.nonfinite) std::printf("  non-finite %llu", o.nonfinite);
   if (o.sentinel) std::printf("  out-of-range writes %llu", o.sentinel);
   if (c.gelu == 1) std::printf("  gelu_out rel_bf16 %.2e rel_fp32 %.2e", o.act_bf16, o.act_fp32);
   if (c.a_sums) std::printf("  a_sums rel %.2e, %llu differ from column_sum_accumulate", o.sums_rel, o.sums_bitdiff);
   if (o.bitdiff) std::printf("  repeat differs in %llu", o.bitdiff);
+  if (o.copied == 0) std::printf("  operands in place");
+  else if (o.copied > 0) std::printf("  operand copies %lld bf16", o.copied);
   if (c.bench) std::printf("  %.3f ms  %.1f TFLOP/s", o.ms, 2.0 * c.M * c.N * c.K / (o.ms * 1e-3) / 1e12);
   std::printf("\n");
 }
@@ -852,6 +856,24 @@ int check_path(bool verbose, bool bench, bool quick, uint64_t& seed) {
       c.name += " bf16";
       cases.push_back(c);
     }
+    // bf16 operands laid out to be read in place, every layout: on sm80 MN-major ones too (the
+    // weight of dinp (NN), dout and inp of dweight (TN): ldmatrix.trans), no copy; odd and tiny
+    // sizes, edge tiles in M, N and K, split-K with a ragged last piece, GELU backward (fc2's dinp),
+    // a_sums (the row sums by a column-sum pass over the bf16 A, bit for bit the fused copy's)
+    for (int lay = 0; lay < 4; ++lay) {
+      const bool ta = lay >= 2, tb = lay % 2 == 1;
+      for (const auto& s : std::vector<std::array<int, 3>>{{1, 1, 1}, {7, 33, 5}, {33, 100, 129}, {129, 257, 1000}, {200, 9, 77}})
+        cases.push_back(in_place(make("in place", ta, tb, s[0], s[1], s[2])));
+    }
+    { Case c = in_place(make("in place split-K", true, false, 33, 100, 3000)); c.split_k = true; c.repeat = true; cases.push_back(c); }
+    { Case c = in_place(make("in place split-K", true, false, 129, 257, 1029)); c.split_k = true; cases.push_back(c); }
+    { Case c = in_place(make("in place split-K", false, false, 33, 100, 3000)); c.split_k = true; cases.push_back(c); }
+    { Case c = in_place(make("in place gelu'", false, false, 257, 100, 129)); c.gelu = 2; c.repeat = true; cases.push_back(c); }
+    { Case c = in_place(make("in place gelu' split-K", false, false, 33, 100, 3000)); c.gelu = 2; c.split_k = true; cases.push_back(c); }
+    { Case c = in_place(make("in place gelu_out", false, true, 257, 100, 129)); c.gelu = 1; cases.push_back(c); }
+    { Case c = in_place(make("in place a_sums", true, false, 100, 129, 1029)); c.a_sums = true; c.repeat = true; cases.push_back(c); }
+    { Case c = in_place(make("in place a_sums", true, false, 7, 33, 5)); c.a_sums = true; cases.push_back(c); }
+    { Case c = in_place(make("in place a_sums 1x1", true, false, 1, 1, 5000)); c.a_sums = true; cases.push_back(c); }
   }
   if (bf16_path) {  // bf16 views read in place, MN-major ones included on sm90 (see the top of the file)
     for (int lay = 0; lay < 4; ++lay) {

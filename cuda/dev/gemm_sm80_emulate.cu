@@ -1,9 +1,12 @@
 // Host-only check (no GPU; nvcc compiles it, test/cuda-emulation.test.ts runs it) of gemm_sm80.cuh's index math, using the header's own constexpr helpers.
-// (1) swizzle is a bijection per operand tile; (2) every ldmatrix phase and every 8-thread cp.async
-// phase hits 8 distinct 16-byte bank groups (also under any 16-byte shift of the base);
-// (3) per-lane precomputed offsets + constant tile steps == the full swizzle; (4) a functional
-// emulation of the kernel (cp.async with src-size zero fill, stages, wait_group accounting, ldmatrix
-// and mma.m16n8k16 fragment layouts as the PTX ISA defines them) against a reference, its stores
+// For A and B, each K-major and MN-major: (1) the tile's swizzle is a bijection; (2) every ldmatrix
+// phase and every 8-thread cp.async phase hits 8 distinct 16-byte bank groups (also under any
+// 16-byte shift of the base); (3) per-lane precomputed offsets + the tile steps (Frag::step: an XOR
+// for MN-major tiles) == the full swizzle; (4) a functional emulation of the kernel (the header's
+// copy_tile issuing cp.async with src-size zero fill, each read checked to stay inside the stored
+// matrix and the split's K piece; stages, wait_group accounting; the header's Frag offsets and
+// ldmatrix form, ldmatrix[.trans] and mma.m16n8k16 fragment layouts as the PTX ISA defines them)
+// against a reference, for K-major and MN-major (stored (K, M) / (K, N)) operands, its stores
 // through the header's own store_epilogue and split-K partials through gemm.cuh's reduce_output, so
 // the fused epilogues run the code the GPU runs: GELU forward (C = pre-activation and gelu_out) and
 // backward (C ⊙ gelu'(gelu_inp)), split-K off and on; and the dweight GEMM whose A comes from
@@ -16,6 +19,13 @@
 // applied to every split partial, the plain instantiation for a GELU GEMM; row sums missing a
 // tile's last column, added in reverse column order, read before the barrier, no barrier before
 // the next tile, a chunk of one tile, partials at chunk·ld_dst, padding columns not zeroed.
+// Mutation check of the MN-major operands (one fault at a time in gemm_sm80.cuh): all 11 fail this
+// program: swizzle_mn without its XOR, XOR-ed with (k/2)%8 or into the chunk's high bits (ldmatrix
+// bank conflicts); kTrans false for MN-major tiles (no .trans: wrong products); Frag::step adding
+// instead of XOR-ing; A's matrices 1 and 2 swapped; B's k rows of the K-major mapping; the copy
+// bounded on K instead of M/N, without the K-row bound, at the K-major global address, or with its
+// chunk origin along the wrong axis. Not covered here: the kernel's own ldmatrix asm line (it calls
+// detail::ldmatrix_frag, which follows Frag::kTrans; gemm_check.cu's MN-major cases check it on a GPU).
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,66 +43,76 @@ using emae::cuda::GemmBf16Params;
 static int fails = 0;
 #define CHECK(c, ...) do { if (!(c)) { if (fails++ < 20) { printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } } while (0)
 
-static void check_banks() {
-  for (int rows : {T::kBM, T::kBN}) {
+// One operand's tile (A when kIsA, else B; K-major or MN-major): the swizzle is a bijection onto the
+// tile's bytes; every ldmatrix phase (8 lanes: one matrix) and every 8-thread cp.async phase hits 8
+// distinct 16-byte bank groups, also under any 16-byte shift of the base; per-lane offsets plus
+// Frag::step / the copy row step equal the full offsets; every chunk is copied once per K-tile.
+template <bool kIsA, bool kMn>
+static int check_operand() {
+  using F = Frag<kIsA, kMn>;
+  using Tl = typename F::Tl;
+  const int rows = kIsA ? T::kBM : T::kBN;
+  const int tile_rows = kMn ? T::kBK : rows;  // the tile's own rows (k rows when MN-major)
+  const char* name = kIsA ? (kMn ? "A mn-major" : "A k-major") : (kMn ? "B mn-major" : "B k-major");
+  {
     std::set<int> seen;
-    for (int r = 0; r < rows; ++r)
-      for (int c = 0; c < T::kChunks; ++c) {
-        int o = swizzle(r, c);
-        CHECK(o % 16 == 0 && o >= 0 && o < rows * T::kRowBytes, "offset range r%d c%d", r, c);
-        CHECK(seen.insert(o).second, "swizzle collision r%d c%d", r, c);
+    for (int r = 0; r < tile_rows; ++r)
+      for (int c = 0; c < Tl::kChunksPerRow; ++c) {
+        const int o = Tl::offset(r, c);
+        CHECK(o % 16 == 0 && o >= 0 && o < rows * T::kBK * 2, "%s: offset range r%d c%d", name, r, c);
+        CHECK(seen.insert(o).second, "%s: swizzle collision r%d c%d", name, r, c);
       }
   }
   int phases = 0;
   for (int shift = 0; shift < 128; shift += 16) {
     for (int warp = 0; warp < T::kThreads / 32; ++warp) {
-      const int wm0 = (warp / T::kWarpsN) * T::kWarpM, wn0 = (warp % T::kWarpsN) * T::kWarpN;
-      for (int q = 0; q < T::kKSteps; ++q) {
-        for (int i = 0; i < T::kTilesM; ++i)
+      const int w0 = kIsA ? (warp / T::kWarpsN) * T::kWarpM : (warp % T::kWarpsN) * T::kWarpN;
+      const int blocks = kIsA ? T::kTilesM : T::kTilesN / 2, block_rows = 16;  // m16 tiles, n16 pairs
+      for (int q = 0; q < T::kKSteps; ++q)
+        for (int i = 0; i < blocks; ++i)
           for (int ph = 0; ph < 4; ++ph) {
             std::set<int> g;
             for (int l = 8 * ph; l < 8 * ph + 8; ++l) {
-              int full = swizzle(wm0 + i * 16 + a_lane_row(l), 2 * q + a_lane_chunk(l));
-              int fast = swizzle(wm0 + a_lane_row(l), 2 * q + a_lane_chunk(l)) + i * 16 * T::kRowBytes;
-              CHECK(full == fast, "A shortcut");
+              const int full = F::offset(l, w0 + i * block_rows, q);
+              const int fast = F::step(F::offset(l, w0, q), i * block_rows);
+              CHECK(full == fast, "%s: step shortcut warp%d q%d i%d lane%d: %d vs %d", name, warp, q, i, l, full, fast);
               g.insert(((shift + full) / 16) % 8);
             }
-            CHECK(g.size() == 8, "A ldmatrix conflict warp%d q%d i%d ph%d", warp, q, i, ph); ++phases;
+            CHECK(g.size() == 8, "%s: ldmatrix conflict warp%d q%d i%d ph%d", name, warp, q, i, ph);
+            ++phases;
           }
-        for (int jn = 0; jn < T::kTilesN; jn += 2)
-          for (int ph = 0; ph < 4; ++ph) {
-            std::set<int> g;
-            for (int l = 8 * ph; l < 8 * ph + 8; ++l) {
-              int full = T::kStageBytesA + swizzle(wn0 + jn * 8 + b_lane_row(l), 2 * q + b_lane_chunk(l));
-              int fast = T::kStageBytesA + swizzle(wn0 + b_lane_row(l), 2 * q + b_lane_chunk(l)) + jn * 8 * T::kRowBytes;
-              CHECK(full == fast, "B shortcut");
-              g.insert(((shift + full) / 16) % 8);
-            }
-            CHECK(g.size() == 8, "B ldmatrix conflict"); ++phases;
-          }
-      }
     }
-    for (int op = 0; op < 2; ++op) {
-      const int copies = op ? T::kCopiesB : T::kCopiesA;
-      for (int i = 0; i < copies; ++i)
-        for (int t0 = 0; t0 < T::kThreads; t0 += 8) {
-          std::set<int> g;
-          for (int t = t0; t < t0 + 8; ++t) {
-            int full = swizzle(copy_row(t, i), copy_chunk(t));
-            int fast = swizzle(copy_row(t, 0), copy_chunk(t)) + i * T::kCopyRowStep * T::kRowBytes;
-            CHECK(full == fast, "copy shortcut");
-            g.insert(((shift + full) / 16) % 8);
-          }
-          CHECK(g.size() == 8, "cp.async conflict op%d i%d t0 %d", op, i, t0); ++phases;
+    for (int i = 0; i < Tl::kCopies; ++i)
+      for (int t0 = 0; t0 < T::kThreads; t0 += 8) {
+        std::set<int> g;
+        for (int t = t0; t < t0 + 8; ++t) {
+          const int full = Tl::offset(Tl::copy_row(t, i), Tl::copy_chunk(t));
+          const int fast = Tl::offset(Tl::copy_row(t, 0), Tl::copy_chunk(t)) + i * Tl::kCopyRowStep * Tl::kRowBytes;
+          CHECK(full == fast, "%s: copy shortcut", name);
+          g.insert(((shift + full) / 16) % 8);
         }
-      // every (row, chunk) of the tile is copied exactly once per K-tile
-      std::set<std::pair<int, int>> cov;
-      for (int t = 0; t < T::kThreads; ++t)
-        for (int i = 0; i < copies; ++i) CHECK(cov.insert({copy_row(t, i), copy_chunk(t)}).second, "double copy");
-      CHECK((int)cov.size() == (op ? T::kBN : T::kBM) * T::kChunks, "copy coverage");
-    }
+        CHECK(g.size() == 8, "%s: cp.async conflict i%d t0 %d", name, i, t0);
+        ++phases;
+      }
   }
-  printf("bank check: %d phases (8 base shifts) checked\n", phases);
+  // every (mn, k) chunk of the tile copied exactly once per K-tile, into the tile slot ldmatrix reads for it
+  std::set<std::pair<int, int>> cov;
+  for (int t = 0; t < T::kThreads; ++t)
+    for (int i = 0; i < Tl::kCopies; ++i) {
+      const int mn = Tl::copy_mn(t, i), k = Tl::copy_k(t, i);
+      CHECK(mn >= 0 && mn < rows && k >= 0 && k < T::kBK && (kMn ? mn % 8 : k % 8) == 0, "%s: copy origin", name);
+      CHECK(cov.insert({mn, k}).second, "%s: double copy", name);
+      const int o = Tl::offset(Tl::copy_row(t, i), Tl::copy_chunk(t));
+      CHECK(o == (kMn ? Tl::offset(k, mn / 8) : Tl::offset(mn, k / 8)), "%s: copy slot of (%d, %d)", name, mn, k);
+    }
+  CHECK((int)cov.size() == rows * T::kChunks, "%s: copy coverage", name);
+  return phases;
+}
+
+static void check_banks() {
+  const int phases = check_operand<true, false>() + check_operand<false, false>() + check_operand<true, true>() +
+                     check_operand<false, true>();
+  printf("bank check: %d phases (8 base shifts; A and B, K-major and MN-major) checked\n", phases);
 }
 
 // ---- functional emulation ----
@@ -104,11 +124,57 @@ static uint16_t bf_rn(float f) {  // round to nearest even (finite f): an implem
   return (uint16_t)(u >> 16);
 }
 
-// The kernel's grid for p (splits and k_split as the caller chose them) on bf16 A (M, lda) and
-// B (N, ldb): the cp.async pipeline, ldmatrix and mma emulated, the stores through the header's
+// cp.async on the host, for the header's copy_tile: 16 bytes into the emulated shared memory at
+// offset dst, the first src_bytes read from src, the rest zeros. Each read must be 16-byte aligned
+// and inside the operand's stored matrix ((mn_end, K) K-major, (K, mn_end) MN-major: never past K,
+// M or N, whatever the padding holds) and inside the split's K piece.
+struct HostCopy {
+  std::vector<uint8_t>* smem;
+  const uint16_t* base; size_t size; int ld; bool mn_major; int mn_end, k_lo, k_hi;
+  void operator()(uint32_t dst, const emae::cuda::bf16* src, int bytes) const {
+    CHECK(dst % 16 == 0 && dst + 16 <= smem->size(), "cp.async destination %u", dst);
+    const size_t e = reinterpret_cast<const uint16_t*>(src) - base;
+    CHECK(bytes >= 0 && bytes <= 16 && bytes % 2 == 0, "src-size %d", bytes);
+    if (bytes) {
+      CHECK(e % 8 == 0 && e + bytes / 2 <= size, "cp.async source %zu (+%d bytes) misaligned or outside the array", e, bytes);
+      const int row = (int)(e / ld), col = (int)(e % ld), n = bytes / 2;
+      const int mn_first = mn_major ? col : row, mn_last = mn_major ? col + n - 1 : row;
+      const int k_first = mn_major ? row : col, k_last = mn_major ? row : col + n - 1;
+      CHECK(mn_last < mn_end && k_first >= k_lo && k_last < k_hi,
+            "cp.async reads (mn %d-%d, k %d-%d) outside (mn < %d, k in [%d, %d))", mn_first, mn_last, k_first, k_last,
+            mn_end, k_lo, k_hi);
+    } else {
+      CHECK(reinterpret_cast<const uint16_t*>(src) == base, "an empty copy's address is the operand's base");
+    }
+    uint8_t* d = smem->data() + dst;
+    memset(d, 0, 16);
+    if (bytes && e + bytes / 2 <= size) memcpy(d, base + e, bytes);
+  }
+};
+
+// ldmatrix.x4 (kTrans: .trans) for one warp, as the PTX ISA defines it: lanes 8j … 8j+7 give the
+// addresses of the 8 rows (8 bf16 each) of matrix j; register j of lane L holds row L/4, elements
+// 2(L%4), 2(L%4)+1 of matrix j, or with .trans elements L/4 of rows 2(L%4), 2(L%4)+1.
+// out[L][j][e]: element e of register j of lane L. Addresses must be 16-byte aligned and in [lo, hi).
+static void ldmatrix_x4(const uint8_t* stage, const int* off, bool trans, int lo, int hi, uint16_t (*out)[4][2]) {
+  for (int L = 0; L < 32; ++L) CHECK(off[L] % 16 == 0 && off[L] >= lo && off[L] + 16 <= hi, "ldmatrix row address %d", off[L]);
+  auto row_element = [&](int lane, int e) { uint16_t v; memcpy(&v, stage + off[lane] + 2 * e, 2); return v; };
+  for (int L = 0; L < 32; ++L)
+    for (int j = 0; j < 4; ++j)
+      for (int e = 0; e < 2; ++e)
+        out[L][j][e] = trans ? row_element(8 * j + 2 * (L % 4) + e, L / 4) : row_element(8 * j + L / 4, 2 * (L % 4) + e);
+}
+
+// The kernel's grid for p (splits and k_split as the caller chose them) on bf16 A and B stored as
+// p says (K-major (M, lda), (N, ldb), or MN-major (K, lda), (K, ldb)): the header's copy_tile through
+// the cp.async pipeline (stages, wait_group accounting), its Frag offsets and ldmatrix form through
+// ldmatrix and mma.m16n8k16 as the PTX ISA defines them, the stores through the header's
 // store_epilogue (the instantiation the launcher picks); written[split][row][col] counts stores.
-static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>& A, int lda,
-                           const std::vector<uint16_t>& B, int ldb, std::vector<int>& written) {
+template <bool kAMn, bool kBMn>
+static void emulate_kernel_as(const GemmBf16Params& p, const std::vector<uint16_t>& A, const std::vector<uint16_t>& B,
+                              std::vector<int>& written) {
+  using FA = Frag<true, kAMn>;
+  using FB = Frag<false, kBMn>;
   const int M = p.M, N = p.N, K = p.K;
   const int k_split = p.splits == 1 ? std::max(K, 1) : p.k_split;  // launcher normalisation as in launch()
   const int tiles_m = (M + T::kBM - 1) / T::kBM, tiles_n = (N + T::kBN - 1) / T::kBN;
@@ -120,6 +186,8 @@ static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>&
     else emae::cuda::store_epilogue<false>(p, split, row, col, v0, v1);
   };
   std::vector<uint8_t> smem(T::kSmemBytes);
+  const auto* a_base = reinterpret_cast<const emae::cuda::bf16*>(A.data());
+  const auto* b_base = reinterpret_cast<const emae::cuda::bf16*>(B.data());
   for (int split = 0; split < p.splits; ++split)
     for (int tm = 0; tm < tiles_m; ++tm)
       for (int tn = 0; tn < tiles_n; ++tn) {
@@ -129,33 +197,19 @@ static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>&
         memset(smem.data(), 0xAB, smem.size());  // poison
         std::vector<int> stage_tile(T::kStages, -1);
         std::deque<std::vector<std::pair<int,int>>> groups;  // per group: (stage, tile)
-        int committed = 0;
         std::vector<std::pair<int,int>> open;
+        const HostCopy copy_a{&smem, A.data(), A.size(), p.lda, kAMn, M, k_begin, k_end};
+        const HostCopy copy_b{&smem, B.data(), B.size(), p.ldb, kBMn, N, k_begin, k_end};
         auto load_stage = [&](int stage, int kt) {
+          const int k0 = k_begin + kt * T::kBK;
+          const uint32_t dst = stage * T::kStageBytes;
           for (int tid = 0; tid < T::kThreads; ++tid) {
-            const int cchunk = copy_chunk(tid);
-            const int k = k_begin + kt * T::kBK + cchunk * 8;
-            const int k_bytes = k < k_end ? std::min(16, 2 * (k_end - k)) : 0;
-            for (int op = 0; op < 2; ++op) {
-              const int copies = op ? T::kCopiesB : T::kCopiesA;
-              for (int i = 0; i < copies; ++i) {
-                const int row = (op ? n0 : m0) + copy_row(tid, i);
-                const int bytes = row < (op ? N : M) ? k_bytes : 0;
-                const int ld = op ? ldb : lda;
-                const std::vector<uint16_t>& G = op ? B : A;
-                const size_t src = bytes ? (size_t)row * ld + k : 0;
-                CHECK(k % 8 == 0 || !bytes, "misaligned chunk");
-                if (bytes) CHECK(k + bytes / 2 <= K && src + bytes / 2 <= G.size(), "read past K/array");
-                uint8_t* dst = smem.data() + stage * T::kStageBytes + (op ? T::kStageBytesA : 0) +
-                               swizzle(copy_row(tid, 0), cchunk) + i * T::kCopyRowStep * T::kRowBytes;
-                memset(dst, 0, 16);
-                memcpy(dst, &G[src], bytes);
-              }
-            }
+            emae::cuda::sm80::copy_tile<typename FA::Tl>(copy_a, dst, a_base, p.lda, m0, M, k0, k_end, tid);
+            emae::cuda::sm80::copy_tile<typename FB::Tl>(copy_b, dst + T::kStageBytesA, b_base, p.ldb, n0, N, k0, k_end, tid);
           }
           open.push_back({stage, kt});
         };
-        auto commit = [&]() { groups.push_back(open); open.clear(); ++committed; };
+        auto commit = [&]() { groups.push_back(open); open.clear(); };
         auto wait = [&](int n) { while ((int)groups.size() > n) { for (auto& st : groups.front()) stage_tile[st.first] = st.second; groups.pop_front(); } };
         // registers: acc[warp][lane][i][j][4]
         std::vector<float> acc((size_t)T::kThreads * T::kTilesM * T::kTilesN * 4, 0.f);
@@ -171,24 +225,22 @@ static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>&
           for (int warp = 0; warp < T::kThreads / 32; ++warp) {
             const int wm0 = (warp / T::kWarpsN) * T::kWarpM, wn0 = (warp % T::kWarpsN) * T::kWarpN;
             for (int q = 0; q < T::kKSteps; ++q) {
-              uint32_t a_off[32], b_off[32];
+              int a_off[32], b_off[32];  // the kernel's per-lane a_off[q], b_off[q]
               for (int l = 0; l < 32; ++l) {
-                a_off[l] = swizzle(wm0 + a_lane_row(l), 2 * q + a_lane_chunk(l));
-                b_off[l] = T::kStageBytesA + swizzle(wn0 + b_lane_row(l), 2 * q + b_lane_chunk(l));
+                a_off[l] = FA::offset(l, wm0, q);
+                b_off[l] = FB::offset(l, wn0, q);
               }
-              // ldmatrix.x4: reg j of lane L = matrix j (rows from lanes 8j..8j+7), row L/4, elements 2(L%4), +1
-              auto ldsm = [&](const uint32_t* off, int add, uint16_t (*out)[4][2]) {
-                for (int L = 0; L < 32; ++L)
-                  for (int j = 0; j < 4; ++j) {
-                    const uint8_t* rowp = stage + off[8 * j + L / 4] + add;
-                    memcpy(out[L][j], rowp + 4 * (L % 4), 4);
-                  }
-              };
               uint16_t af[T::kTilesM][32][4][2];
-              for (int i = 0; i < T::kTilesM; ++i) ldsm(a_off, i * 16 * T::kRowBytes, af[i]);
+              for (int i = 0; i < T::kTilesM; ++i) {
+                int at[32];
+                for (int l = 0; l < 32; ++l) at[l] = FA::step(a_off[l], i * 16);
+                ldmatrix_x4(stage, at, FA::kTrans, 0, T::kStageBytesA, af[i]);
+              }
               for (int jn = 0; jn < T::kTilesN; jn += 2) {
                 uint16_t bfr[32][4][2];
-                ldsm(b_off, jn * 8 * T::kRowBytes, bfr);
+                int at[32];
+                for (int l = 0; l < 32; ++l) at[l] = T::kStageBytesA + FB::step(b_off[l], jn * 8);
+                ldmatrix_x4(stage, at, FB::kTrans, T::kStageBytesA, T::kStageBytes, bfr);
                 for (int i = 0; i < T::kTilesM; ++i)
                   for (int h = 0; h < 2; ++h) {  // mma(acc[i][jn+h], a, b[2h], b[2h+1]) per the PTX m16n8k16 layouts
                     float Am[16][16], Bm[16][8];
@@ -231,6 +283,18 @@ static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>&
       }
 }
 
+// The instantiation launch_layout picks for p.a_mn_major, p.b_mn_major.
+static void emulate_kernel(const GemmBf16Params& p, const std::vector<uint16_t>& A, const std::vector<uint16_t>& B,
+                           std::vector<int>& written) {
+  if (p.a_mn_major) {
+    if (p.b_mn_major) emulate_kernel_as<true, true>(p, A, B, written);
+    else emulate_kernel_as<true, false>(p, A, B, written);
+  } else {
+    if (p.b_mn_major) emulate_kernel_as<false, true>(p, A, B, written);
+    else emulate_kernel_as<false, false>(p, A, B, written);
+  }
+}
+
 enum class Epi { kPlain, kGeluForward, kGeluBackward };
 struct Case {
   int M, N, K, splits, k_split; bool acc, bias, res;
@@ -238,6 +302,7 @@ struct Case {
   bool a_sums = false;  // the dweight GEMM: A and B converted from fp32 (A with the bias gradient's row sums)
   bool bf16 = false;    // bf16 activations (issue 11): gelu_inp bf16, C and gelu_out bf16 when C is assigned
                         // without a residual; with a_sums, dout and inp bf16 (the bf16 → bf16 transposing copy)
+  bool a_mn = false, b_mn = false;  // A stored (K, M), B stored (K, N): read in place (a_mn_major, b_mn_major)
 };
 constexpr float kSentinel = 12345.5f;
 constexpr double kBf16Round = 1.0 / 256;  // a bf16 store's rounding, relative (unit roundoff 2^-8)
@@ -302,11 +367,20 @@ static void emulate(const Case& cs, std::mt19937& rng) {
     }
     printf("  a_sums: %d rows over K=%d bitwise equal to column_sum_accumulate's order, worst rel err %.2e\n", M, K, worst);
   } else {
-    A.resize((size_t)M * lda);
-    B.resize((size_t)N * ldb);
-    for (int r = 0; r < M; ++r) for (int k = 0; k < lda; ++k) A[(size_t)r * lda + k] = k < K ? (real ? bf_rn(value()) : bf(value())) : bf(1000.f);  // garbage past K
-    for (int r = 0; r < N; ++r) for (int k = 0; k < ldb; ++k) B[(size_t)r * ldb + k] = k < K ? (real ? bf_rn(value()) : bf(value())) : bf(-1000.f);
+    // MN-major: (K, ld) with ld a multiple of 8 past M or N (the padding garbage too)
+    if (cs.a_mn) lda = emae::cuda::bf16_ld(M) + 8;
+    if (cs.b_mn) ldb = emae::cuda::bf16_ld(N) + 16;
+    A.resize((size_t)(cs.a_mn ? K : M) * lda);
+    B.resize((size_t)(cs.b_mn ? K : N) * ldb);
+    auto fill = [&](std::vector<uint16_t>& X, int ld, int row_len, float garbage) {  // garbage past the stored row
+      for (size_t i = 0; i < X.size(); ++i) X[i] = (int)(i % ld) < row_len ? (real ? bf_rn(value()) : bf(value())) : bf(garbage);
+    };
+    fill(A, lda, cs.a_mn ? M : K, 1000.f);
+    fill(B, ldb, cs.b_mn ? N : K, -1000.f);
   }
+  // A (m, k) and B (n, k) as the reference reads them
+  auto av = [&](int m, int k) { return fb(cs.a_mn ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]); };
+  auto bv = [&](int n, int k) { return fb(cs.b_mn ? B[(size_t)k * ldb + n] : B[(size_t)n * ldb + k]); };
   const int ldc = N + 3;
   std::vector<float> C((size_t)(M + 1) * ldc, kSentinel), bias(N), res((size_t)M * ldc), gelu_inp((size_t)M * ldc),
       gelu_out((size_t)(M + 1) * ldc, kSentinel);
@@ -339,6 +413,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
   p.M = M; p.N = N; p.K = K;
   p.A = reinterpret_cast<const emae::cuda::bf16*>(A.data()); p.lda = lda;
   p.B = reinterpret_cast<const emae::cuda::bf16*>(B.data()); p.ldb = ldb;
+  p.a_mn_major = cs.a_mn; p.b_mn_major = cs.b_mn;
   p.C = C.data(); p.ldc = ldc;
   p.accumulate = cs.acc;
   p.bias = cs.bias ? bias.data() : nullptr;
@@ -359,7 +434,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
     return;
   }
   std::vector<int> written((size_t)M * N * cs.splits, 0);
-  emulate_kernel(p, A, lda, B, ldb, written);
+  emulate_kernel(p, A, B, written);
   for (auto w : written) CHECK(w == 1, "an output written %d times", w);
   const int k_split = cs.splits == 1 ? std::max(K, 1) : cs.k_split;
   if (cs.splits > 1) {
@@ -368,7 +443,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
         for (int r = 0; r < M; ++r)
           for (int c = 0; c < N; ++c) {
             float ps = 0; const int kb = s * k_split, ke = std::min(K, kb + k_split);
-            for (int k = kb; k < ke; ++k) ps += fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
+            for (int k = kb; k < ke; ++k) ps += av(r, k) * bv(c, k);
             const float pv = partial[((size_t)s * M + r) * N + c];
             CHECK(pv == ps, "partial s%d (%d,%d) %g vs %g", s, r, c, pv, ps);
           }
@@ -381,7 +456,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
     for (int c = 0; c < N; ++c) {
       const size_t at = (size_t)r * ldc + c;
       if (!real) {  // integers: exact in fp32
-        float want = 0; for (int k = 0; k < K; ++k) want += fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
+        float want = 0; for (int k = 0; k < K; ++k) want += av(r, k) * bv(c, k);
         if (cs.acc) want += C0[at];
         if (cs.bias) want += bias[c];
         if (cs.res) want += res[at];
@@ -391,7 +466,7 @@ static void emulate(const Case& cs, std::mt19937& rng) {
       }
       double want = 0, mag = 0;
       for (int k = 0; k < K; ++k) {
-        const double x = (double)fb(A[(size_t)r * lda + k]) * fb(B[(size_t)c * ldb + k]);
+        const double x = (double)av(r, k) * bv(c, k);
         want += x; mag += fabs(x);
       }
       if (cs.acc) want += C0[at], mag += fabs(C0[at]);
@@ -425,8 +500,9 @@ static void emulate(const Case& cs, std::mt19937& rng) {
       if (r == M || c >= N) CHECK(gelu_out[at] == kSentinel, "gelu_out sentinel (%d,%d)", r, c);
     }
   static const char* epi_names[] = {"plain", "gelu-forward", "gelu-backward"};
-  printf("case M=%d N=%d K=%d splits=%d k_split=%d acc=%d bias=%d res=%d %s%s%s: max err %g%s\n", M, N, K, cs.splits,
+  printf("case M=%d N=%d K=%d splits=%d k_split=%d acc=%d bias=%d res=%d %s%s%s%s: max err %g%s\n", M, N, K, cs.splits,
          k_split, cs.acc, cs.bias, cs.res, epi_names[(int)cs.epi], cs.a_sums ? " a_sums" : "",
+         cs.a_mn ? (cs.b_mn ? " A,B mn-major" : " A mn-major") : cs.b_mn ? " B mn-major" : "",
          !cs.bf16 ? "" : out16 ? " bf16 in/out" : " bf16 in", maxerr,
          real ? (" (" + std::to_string(worst_ratio) + " of tol)").c_str() : "");
 }
@@ -462,6 +538,23 @@ int main() {
       {7, 9, 3, 1, 0, true, true, true, Epi::kGeluBackward, false, true},
       {33, 129, 600, 3, 224, true, false, false, Epi::kPlain, true, true},
       {129, 7, 5, 1, 0, true, false, false, Epi::kPlain, true, true},
+      // MN-major operands read in place (ldmatrix.trans): A stored (K, M) (dweight's dout), B stored
+      // (K, N) (dinp's weight, dweight's inp), both; odd sizes, edge tiles in M, N and K, split-K
+      // (pieces end inside a tile's K rows), the fused epilogues; integer cases compare bit for bit
+      {1, 1, 1, 1, 0, false, false, false, Epi::kPlain, false, false, true, false},
+      {1, 1, 1, 1, 0, false, false, false, Epi::kPlain, false, false, false, true},
+      {17, 9, 7, 1, 0, false, true, false, Epi::kPlain, false, false, true, true},
+      {129, 130, 33, 1, 0, true, false, true, Epi::kPlain, false, false, true, false},
+      {200, 136, 100, 1, 0, false, true, true, Epi::kPlain, false, false, false, true},
+      {130, 257, 161, 1, 0, true, true, true, Epi::kPlain, false, false, true, true},
+      {130, 70, 200, 3, 96, false, false, false, Epi::kPlain, false, false, true, false},
+      {33, 129, 257, 5, 64, true, true, true, Epi::kPlain, false, false, false, true},
+      {257, 40, 64, 2, 32, false, false, false, Epi::kPlain, false, false, true, true},
+      {129, 40, 100, 1, 0, false, false, false, Epi::kGeluBackward, false, true, false, true},
+      {70, 33, 300, 3, 128, false, false, false, Epi::kGeluBackward, false, true, false, true},
+      {130, 70, 77, 1, 0, false, true, false, Epi::kGeluForward, false, true, true, true},
+      {70, 50, 300, 1, 0, true, false, false, Epi::kPlain, false, true, true, true},
+      {33, 129, 600, 3, 224, true, false, false, Epi::kPlain, false, true, true, true},
   };
   for (const auto& c : cases) emulate(c, rng);
   printf(fails ? "FAILED (%d)\n" : "ALL PASS\n", fails);

@@ -46,7 +46,7 @@
 //     equal column_sum_accumulate's sums bit for bit.
 // The MN-major cases enter through gemm_dispatch.cuh's convert_operands as a GemmParams with the
 // step's layouts (dinp: B stored (K, N); dweight: A stored (K, M) and B (K, N)), which must hand
-// them to sm90 in place (and to sm80 as copies).
+// them to sm90 (and sm80) in place.
 // Checks: against a double reference on the bf16 inputs (bf16 NaN past K in every row, so a read
 // past K shows); every output element written exactly once, NaN-poisoned outputs, sentinels in the
 // C padding (ldc > N) and after every buffer; shared memory NaN-poisoned per CTA, the dynamic base
@@ -1132,8 +1132,8 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
       if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm90) != 0 || q.A != p.A || q.lda != p.lda ||
           q.a_mn_major != p.a_mn_major || q.B != p.B || q.ldb != p.ldb || q.b_mn_major != p.b_mn_major)
         error = "gemm_dispatch.cuh does not hand the MN-major operands to sm90 in place";
-      else if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm80) == 0)
-        error = "gemm_dispatch.cuh hands an MN-major operand to sm80 (which reads K-major only)";
+      else if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm80) != 0)
+        error = "gemm_dispatch.cuh does not hand the MN-major operands to sm80 in place";
       q.splits = p.splits;
       q.k_split = p.k_split;
       q.partial = p.partial;

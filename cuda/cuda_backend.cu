@@ -115,19 +115,6 @@ template <class V, class F> void with_storage(V v, F&& f) {
 }
 template <class T> using storage_of = std::remove_const_t<std::remove_pointer_t<T>>;
 
-// The GEMM path for a backend storing activations as `activations`: EMAE_CUDA_GEMM's choice, except
-// that bf16 activations need a bf16-operand kernel, so auto picks sm90 where its kernels load (9.x,
-// the 90a build), else sm80, and an explicit mma is refused.
-GemmPath gemm_path_for(DType activations) {
-  const GemmPath chosen = select_gemm_path();  // throws for a path this device cannot run
-  if (activations == DType::kF32 || chosen != GemmPath::kMma) return chosen;
-  if (env_switch("EMAE_CUDA_GEMM", {"auto", "mma", "sm80", "sm90"}) == "mma")
-    throw std::invalid_argument(
-        "EMAE_CUDA_GEMM=mma reads fp32 operands; bf16 activations (EMAE_ACTIVATIONS=bf16) need EMAE_CUDA_GEMM=sm80, "
-        "sm90 or auto");
-  return sm90::sm90a_kernels_loaded() ? GemmPath::kSm90 : GemmPath::kSm80;
-}
-
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, DType activations) : device_(device), activations_(activations) {
@@ -144,7 +131,7 @@ class CudaBackend final : public Backend {
                        std::to_string(prop.major) + "." + std::to_string(prop.minor) + "; emae needs 8.0 or newer");
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
     sms_ = prop.multiProcessorCount;
-    gemm_path_ = gemm_path_for(activations);  // EMAE_CUDA_GEMM; a path this device cannot run throws here
+    gemm_path_ = select_gemm_path(activations);  // EMAE_CUDA_GEMM; a path this device cannot run throws here
     attention_path_ = select_attention_path();  // EMAE_CUDA_ATTENTION; an unknown value throws here
     step_sync_ = select_step_sync();            // EMAE_CUDA_STEP_SYNC; an unknown value throws here
     EMAE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -469,7 +456,7 @@ std::string step_sync_setting() {
 std::string gemm_path_of_device(int device, DType activations) {
   try {
     EMAE_CUDA_CHECK(cudaSetDevice(device));
-    return gemm_path_name(gemm_path_for(activations));
+    return gemm_path_name(select_gemm_path(activations));
   } catch (const std::exception& e) {
     return std::string("refused: ") + e.what();
   }

@@ -5,7 +5,8 @@
 //         reads bf16 operands in place in every layout)
 //   sm90  gemm_via_bf16 + gemm_sm90.cuh (TMA + wgmma; compute capability 9.0 with the sm_90a build)
 // The bf16 paths take fp32 or bf16 operand views, and C and the GELU buffers in either type.
-// EMAE_CUDA_GEMM=mma|sm80|sm90|auto chooses; auto (or unset) is mma. A path the device cannot run
+// EMAE_CUDA_GEMM=mma|sm80|sm90|auto chooses; auto (or unset) is mma, or with bf16 activations the
+// best bf16 path (select_gemm_path). A path the device cannot run
 // is refused with a sentence when the backend is created, never silently replaced.
 #pragma once
 #include <cstdlib>
@@ -19,26 +20,21 @@
 
 namespace emae::cuda {
 
-// Whether the kernel of `path` reads an operand stored M- or N-contiguous (MN-major) in place: both
-// bf16 kernels do (sm80: MN-major tiles and ldmatrix.trans; sm90: wgmma's transposed operands).
-inline bool reads_mn_major(GemmPath path) { return path == GemmPath::kSm80 || path == GemmPath::kSm90; }
-
-// Whether an operand view (rows, K), stored K-contiguous (k_contig) or not with row stride ld, is
-// what the bf16 kernels of `path` read as it is: bf16, 16-byte aligned base and row stride, and
-// K-contiguous or, where the kernel reads it (reads_mn_major), M- or N-contiguous.
-inline bool direct_operand(ActIn v, bool k_contig, int ld, GemmPath path) {
-  return v.is_bf16() && (k_contig || reads_mn_major(path)) && ld % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
+// Whether an operand view with row stride ld is what the bf16 kernels read as it is: bf16 with a
+// 16-byte aligned base and row stride, stored K-contiguous or M-/N-contiguous alike (both kernels
+// read MN-major operands: sm80 by MN-major tiles and ldmatrix.trans, sm90 by wgmma's transposed
+// operands). A with a_sums (stored (K, M)) too: its row sums are then a column-sum pass over the
+// bf16 A (convert_operands); a copied A gets them on the way instead.
+inline bool direct_operand(ActIn v, int ld) {
+  return v.is_bf16() && ld % 8 == 0 && reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
 }
-// A with a_sums (stored (K, M)) too: its row sums are then a column-sum pass over the bf16 A
-// (convert_operands); a copied A gets them on the way instead.
-inline bool direct_a(const GemmParams& p, GemmPath path) { return direct_operand(p.A, !p.trans_a, p.lda, path); }
-inline bool direct_b(const GemmParams& p, GemmPath path) { return direct_operand(p.B, p.trans_b, p.ldb, path); }
+inline bool direct_a(const GemmParams& p) { return direct_operand(p.A, p.lda); }
+inline bool direct_b(const GemmParams& p) { return direct_operand(p.B, p.ldb); }
 
-// bf16 elements gemm_via_bf16 on `path` needs for the K-contiguous copies of A (M × ld) and B
-// (N × ld), of those that are not read in place (direct_a, direct_b).
-inline size_t gemm_operand_elems(const GemmParams& p, GemmPath path) {
-  return (size_t)((direct_a(p, path) ? 0 : p.M) + (direct_b(p, path) ? 0 : p.N)) * bf16_ld(p.K);
+// bf16 elements gemm_via_bf16 needs for the K-contiguous copies of A (M × ld) and B (N × ld), of
+// those that are not read in place (direct_a, direct_b).
+inline size_t gemm_operand_elems(const GemmParams& p) {
+  return (size_t)((direct_a(p) ? 0 : p.M) + (direct_b(p) ? 0 : p.N)) * bf16_ld(p.K);
 }
 
 // p's epilogue as GemmBf16Params fields (no operands).
@@ -57,18 +53,18 @@ inline void with_operand(ActIn v, F&& f) {
   else f(v.f32("gemm operand"));
 }
 
-// The bf16 problem of p for `path`'s kernel: its epilogue, and A and B as the kernel reads them.
+// The bf16 problem of p for the bf16 kernels: its epilogue, and A and B as the kernels read them.
 // An operand that is direct (direct_a, direct_b: the step's bf16 activations and the bf16 weight copy
 // in the forward GEMMs, dout in the input-gradient GEMM, and the MN-major ones: the weight in the
 // input-gradient GEMM, dout and inp in the weight-gradient GEMM) is used in place, MN-major where
-// stored so; any other is copied once into `operands` (gemm_operand_elems(p, path) bf16, 16-byte
+// stored so; any other is copied once into `operands` (gemm_operand_elems(p) bf16, 16-byte
 // aligned): fp32 converted, and transposed where stored M- or N-contiguous. p.a_sums is added to
 // while A is copied, or by column_sum_accumulate over an A used in place: the same sums bit for bit
 // (partials in p.workspace, free again when this returns, in stream order). p.K > 0.
-inline GemmBf16Params convert_operands(const GemmParams& p, GemmPath path, bf16* operands, cudaStream_t stream) {
+inline GemmBf16Params convert_operands(const GemmParams& p, bf16* operands, cudaStream_t stream) {
   GemmBf16Params q = bf16_epilogue(p);
   const int ld = bf16_ld(p.K);
-  const bool a_in_place = direct_a(p, path), b_in_place = direct_b(p, path);
+  const bool a_in_place = direct_a(p), b_in_place = direct_b(p);
   if (!(a_in_place && b_in_place) && (!operands || reinterpret_cast<uintptr_t>(operands) % 16))
     throw std::invalid_argument("gemm_via_bf16: operands must be 16-byte aligned");
   bf16* next = operands;  // each copy takes rows·ld elements: a multiple of 16 bytes
@@ -133,12 +129,21 @@ inline void gemm_via_bf16(const GemmParams& p, GemmPath path, bf16* operands, in
     gemm_bf16_reduce(q, stream);
     return;
   }
-  run_bf16(convert_operands(p, path, operands, stream), path, sms, p.workspace, p.workspace_floats, stream);
+  run_bf16(convert_operands(p, operands, stream), path, sms, p.workspace, p.workspace_floats, stream);
 }
 
-// The path EMAE_CUDA_GEMM asks for on the current device; throws a sentence when it cannot run here.
-inline GemmPath select_gemm_path() {
+// The path EMAE_CUDA_GEMM asks for on the current device, for a backend storing activations as
+// `activations`; throws a sentence when it cannot run here. auto is mma for fp32 activations; bf16
+// activations need a bf16-operand kernel, so auto then picks sm90 where its kernels load (9.x, the
+// 90a build), else sm80, and an explicit mma is refused.
+inline GemmPath select_gemm_path(DType activations = DType::kF32) {
   const std::string want = env_switch("EMAE_CUDA_GEMM", {"auto", "mma", "sm80", "sm90"});
+  if (activations == DType::kBF16 && want == "mma")
+    throw std::invalid_argument(
+        "EMAE_CUDA_GEMM=mma reads fp32 operands; bf16 activations (EMAE_ACTIVATIONS=bf16) need EMAE_CUDA_GEMM=sm80, "
+        "sm90 or auto");
+  if (activations == DType::kBF16 && want == "auto")
+    return sm90::sm90a_kernels_loaded() ? GemmPath::kSm90 : GemmPath::kSm80;
   if (want == "sm80") return GemmPath::kSm80;  // every device emae accepts (≥ 8.0)
   if (want == "sm90") {
     if (!sm90::sm90a_kernels_loaded())
@@ -159,7 +164,7 @@ struct GemmRunner {
   cudaStream_t stream;
   void operator()(const GemmParams& p) const {
     if (path == GemmPath::kMma) return gemm(p, stream);
-    gemm_via_bf16(p, path, operands.template get_as<bf16>(gemm_operand_elems(p, path)), sms, stream);
+    gemm_via_bf16(p, path, operands.template get_as<bf16>(gemm_operand_elems(p)), sms, stream);
   }
 };
 

@@ -435,7 +435,7 @@ Outcome run_case(const Case& c, uint64_t seed) {
   p.workspace = ws_floats ? workspace.ptr : nullptr;
   p.workspace_floats = ws_floats;
 
-  if (c.direct && g_path != GemmPath::kMma) o.copied = (long long)emae::cuda::gemm_operand_elems(p, g_path);
+  if (c.direct && g_path != GemmPath::kMma) o.copied = (long long)emae::cuda::gemm_operand_elems(p);
   run_gemm(p);
   widen_outputs();
   EMAE_CUDA_CHECK(cudaDeviceSynchronize());
@@ -965,7 +965,7 @@ int time_shapes(const char* file, int reps, const std::vector<GemmPath>& paths) 
       double kernel = call;
       if (path != GemmPath::kMma) {
         const emae::cuda::GemmBf16Params q =
-            emae::cuda::convert_operands(p, path, g_operands.get_as<emae::cuda::bf16>(emae::cuda::gemm_operand_elems(p, path)), 0);
+            emae::cuda::convert_operands(p, g_operands.get_as<emae::cuda::bf16>(emae::cuda::gemm_operand_elems(p)), 0);
         kernel = median_ms([&] { emae::cuda::run_bf16(q, path, g_sms, p.workspace, p.workspace_floats, 0); });
       }
       EMAE_CUDA_CHECK(cudaDeviceSynchronize());

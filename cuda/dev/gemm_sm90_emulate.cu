@@ -78,8 +78,9 @@
 // MN-major operands, 10 more faults, all caught: imm-trans-a or imm-trans-b passed as 0 for an
 // MN-major operand, the MN-major descriptor's LBO 4096 (not the 8192-byte box), its SBO 512 or
 // 2048, K slices 1024 bytes apart (not 2048), layout 64B, B's box coordinates swapped (K, MN), B's
-// box of kBN K rows, the .inc's trans immediates swapped; and 3 in gemm_dispatch.cuh: MN-major
-// operands not read in place on sm90, B's MN-major flag dropped, MN-major operands handed to sm80.
+// box of kBN K rows, the .inc's trans immediates swapped; and 3 in gemm_dispatch.cuh (when it still
+// chose per path): MN-major operands not read in place on sm90, B's MN-major flag dropped, MN-major
+// operands copied for sm80. The dispatch now reads every aligned bf16 operand in place on both.
 // Exit status non-zero on any FAIL.
 #include <ucontext.h>
 
@@ -1125,15 +1126,12 @@ int run_case(const Case& cs, uint64_t seed, Cta& cta, int policy) {
     g.B = emae::ActIn(B.data(), emae::DType::kBF16); g.ldb = ldb;
     g.C = p.C; g.ldc = ldc; g.accumulate = p.accumulate; g.bias = p.bias; g.residual = p.residual;
     g.gelu_out = p.gelu_out; g.gelu_inp = p.gelu_inp;
-    using emae::cuda::GemmPath;
     try {
       emae::cuda::check_gemm_params(g);
-      GemmBf16Params q = emae::cuda::convert_operands(g, GemmPath::kSm90, nullptr, 0);
-      if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm90) != 0 || q.A != p.A || q.lda != p.lda ||
+      GemmBf16Params q = emae::cuda::convert_operands(g, nullptr, 0);
+      if (emae::cuda::gemm_operand_elems(g) != 0 || q.A != p.A || q.lda != p.lda ||
           q.a_mn_major != p.a_mn_major || q.B != p.B || q.ldb != p.ldb || q.b_mn_major != p.b_mn_major)
-        error = "gemm_dispatch.cuh does not hand the MN-major operands to sm90 in place";
-      else if (emae::cuda::gemm_operand_elems(g, GemmPath::kSm80) != 0)
-        error = "gemm_dispatch.cuh does not hand the MN-major operands to sm80 in place";
+        error = "gemm_dispatch.cuh does not hand the MN-major operands to the bf16 kernels in place";
       q.splits = p.splits;
       q.k_split = p.k_split;
       q.partial = p.partial;

@@ -6,7 +6,8 @@
 //   dpred = ∂(recon + λ·consistency)/∂pred with the stop-gradient (cls rows 0), stored as T
 // |S| has a closed form: a patch visible in one of the K parts is masked in K−1, the others in K,
 // and exactly K·V patches per image are visible somewhere.
-// One warp per (b, n); per-item sums go to scratch and are reduced in a fixed order. The values
+// One warp per (b, n); per-item sums go to scratch and are reduced in a fixed order (the bodies in
+// loss_detail are host-callable: cuda/dev/elementwise_bf16_emulate.cu runs them). The values
 // come back to the host (loss_forward_backward, a host sync) or go into device memory for the
 // optimizer to read there (loss_forward_backward_into).
 #pragma once
@@ -22,13 +23,29 @@ struct LossTraits {
   static_assert((kReduceThreads & (kReduceThreads - 1)) == 0, "the final tree reduction needs a power of two");
 };
 
-template <class T>
-__global__ void loss_items_kernel(T* __restrict__ dpred, double* __restrict__ item_sums,
-                                  const T* __restrict__ pred, const float* __restrict__ target,
-                                  const int32_t* __restrict__ position_of, PartGeometry g, float rec_scale,
-                                  float con_scale, bool l1) {
-  const int item = blockIdx.x * LossTraits::kWarpsPerBlock + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
+namespace loss_detail {
+
+// The item body runs one warp per (b, n); a Warp policy gives the value of lane ^ offset
+// (__shfl_xor_sync on the GPU), so the CPU emulation (cuda/dev/elementwise_bf16_emulate.cu) runs
+// this very code.
+struct DeviceWarp {
+  __device__ __forceinline__ double shfl_xor(double v, int offset) const {
+    return __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+};
+
+// This lane's part of item (b, n) = (item / N, item % N): dpred of its K rows (stored as T) and,
+// from lane 0, item_sums[item] = (Σ (ŷ − t)², Σ d) over the rows where n is masked; nothing for an
+// item past B·N (checked here, where the kernel checked it, so the fp32 code is as it was).
+#pragma nv_exec_check_disable
+template <class T, class Warp>
+__host__ __device__ __forceinline__ void item(T* __restrict__ dpred, double* __restrict__ item_sums,
+                                              const T* __restrict__ pred, const float* __restrict__ target,
+                                              const int32_t* __restrict__ position_of, const PartGeometry& g,
+                                              float rec_scale, float con_scale, bool l1, unsigned block,
+                                              unsigned thread, const Warp& warp) {
+  const int item = block * LossTraits::kWarpsPerBlock + thread / 32;
+  const int lane = thread % 32;
   const int K = g.parts, V = g.visible, N = g.num_patches;
   const int P = g.patch * g.patch * g.channels;
   if (item >= g.batch * N) return;
@@ -61,8 +78,8 @@ __global__ void loss_items_kernel(T* __restrict__ dpred, double* __restrict__ it
     }
   }
   for (int offset = 16; offset > 0; offset >>= 1) {
-    rec += __shfl_xor_sync(0xffffffffu, rec, offset);
-    con += __shfl_xor_sync(0xffffffffu, con, offset);
+    rec += warp.shfl_xor(rec, offset);
+    con += warp.shfl_xor(con, offset);
   }
   if (lane == 0) {
     item_sums[2 * (size_t)item] = rec;
@@ -70,11 +87,28 @@ __global__ void loss_items_kernel(T* __restrict__ dpred, double* __restrict__ it
   }
 }
 
+// Element idx of the S·P cls-row elements of dpred (S, 1+N, P): zero
+template <class T>
+__host__ __device__ __forceinline__ void zero_cls_row_element(T* __restrict__ dpred, int N, int P, long long idx) {
+  dpred[(idx / P) * (size_t)(1 + N) * P + idx % P] = store_as<T>(0.f);
+}
+
+}  // namespace loss_detail
+
+template <class T>
+__global__ void loss_items_kernel(T* __restrict__ dpred, double* __restrict__ item_sums,
+                                  const T* __restrict__ pred, const float* __restrict__ target,
+                                  const int32_t* __restrict__ position_of, PartGeometry g, float rec_scale,
+                                  float con_scale, bool l1) {
+  loss_detail::item(dpred, item_sums, pred, target, position_of, g, rec_scale, con_scale, l1, blockIdx.x, threadIdx.x,
+                    loss_detail::DeviceWarp{});
+}
+
 template <class T>
 __global__ void zero_cls_rows_kernel(T* __restrict__ dpred, int S, int N, int P) {
   const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   if (idx >= (long long)S * P) return;
-  dpred[(idx / P) * (size_t)(1 + N) * P + idx % P] = store_as<T>(0.f);
+  loss_detail::zero_cls_row_element(dpred, N, P, idx);
 }
 
 // out[0..1] = Σ items (recon, consistency); one block, fixed assignment and tree: deterministic
@@ -130,20 +164,35 @@ struct LossDenominators {
   double rec, pairs;
 };
 
+// The denominators and the gradient scales of a step: dpred = rec_scale·(ŷ − t) + con_scale·Σ d′
+struct LossScales {
+  LossDenominators den;
+  float rec_scale, con_scale;
+};
+inline LossScales loss_scales(const PartGeometry& g, float lambda) {
+  const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches;
+  const int P = g.patch * g.patch * g.channels;
+  const double rec_count = (double)B * K * (N - V);
+  const double pairs = (double)B * ((double)K * V * (K - 1) * (K - 2) + (double)(N - K * V) * K * (K - 1));
+  LossScales s;
+  s.den.rec = rec_count * P;
+  s.den.pairs = pairs > 0 ? pairs * P : 0.0;
+  s.rec_scale = (float)(2.0 / (rec_count * P));
+  s.con_scale = pairs > 0 ? (float)(lambda / (pairs * P)) : 0.f;
+  return s;
+}
+
 // Enqueues the fused pass: dpred, and the two sums (recon, consistency) into scratch's last two
 // doubles, returned. scratch: loss_scratch_doubles(g).
 template <class T>
 inline const double* loss_sums(LossDenominators& den, T* dpred, const T* pred, const float* target,
                                const int32_t* position_of, const PartGeometry& g, float lambda, bool l1,
                                double* scratch, cudaStream_t stream) {
-  const int B = g.batch, K = g.parts, V = g.visible, N = g.num_patches;
+  const int B = g.batch, K = g.parts, N = g.num_patches;
   const int P = g.patch * g.patch * g.channels;
-  const double rec_count = (double)B * K * (N - V);
-  const double pairs = (double)B * ((double)K * V * (K - 1) * (K - 2) + (double)(N - K * V) * K * (K - 1));
-  den.rec = rec_count * P;
-  den.pairs = pairs > 0 ? pairs * P : 0.0;
-  const float rec_scale = (float)(2.0 / (rec_count * P));
-  const float con_scale = pairs > 0 ? (float)(lambda / (pairs * P)) : 0.f;
+  const LossScales scales = loss_scales(g, lambda);
+  den = scales.den;
+  const float rec_scale = scales.rec_scale, con_scale = scales.con_scale;
   const int items = B * N;
   double* item_sums = scratch;
   double* totals = scratch + 2 * (size_t)items;

@@ -1,14 +1,16 @@
 // CPU emulation of the memory-bound kernels with bf16 activation storage (issue 11): the element,
-// row and stride bodies of cuda/layernorm.cuh, cuda/optim.cuh (GELU, AdamW with its bf16 weight
-// copy, the flat conversion) and cuda/tokens.cuh run on the host, over the grids of their
-// launchers. LayerNorm's row bodies run one warp's 32 lanes as std::threads whose Warp::sum is the
-// GPU's xor butterfly (warp_sum), value for value.
+// row and stride bodies of cuda/layernorm.cuh (the three-kernel backward and the fused one that bf16
+// dout takes), cuda/loss.cuh (the item and cls-row bodies), cuda/optim.cuh (GELU, AdamW with its
+// bf16 weight copy, the flat conversion) and cuda/tokens.cuh run on the host, over the grids of
+// their launchers. Warp-wide bodies run one warp's 32 lanes as std::threads whose Warp::sum is the
+// GPU's xor butterfly (warp_sum), value for value, or whose shfl_xor passes values as
+// __shfl_xor_sync; a block's barrier is a barrier of its threads.
 // Each op runs twice: the float instantiation on the bf16 inputs widened to fp32, and the bf16
 // instantiation on the bf16 inputs. Because both compute in fp32 and round only on store, the bf16
 // outputs must equal the fp32 outputs rounded to nearest even (act.h's bf16_from_float) and every
-// fp32 output (statistics, dinp, dw, db, x, z, AdamW state) must be the same bits. The fp32 runs are
-// also checked against plain references (double for LayerNorm and GELU, exact for the token ops),
-// so the comparison is not between two equally wrong results.
+// fp32 output (statistics, dinp, dw, db, x, z, AdamW state, loss sums) must be the same bits. The
+// fp32 runs are also checked against plain references (double for LayerNorm, GELU and the losses,
+// exact for the token ops), so the comparison is not between two equally wrong results.
 // Build: nvcc -std=c++17 -O2 --expt-relaxed-constexpr -arch=sm_80 -I. -Inative
 //        cuda/dev/elementwise_bf16_emulate.cu -o /tmp/elementwise_bf16_emulate (run by
 //        test/cuda-emulation.test.ts; the device kernels of both instantiations are compiled too).
@@ -16,6 +18,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <thread>
@@ -25,6 +28,7 @@
 #include "cuda/dev/bf16_convert_emulate.h"  // convert_emulation::Barrier
 #include "cuda/dev/check_common.h"
 #include "cuda/layernorm.cuh"
+#include "cuda/loss.cuh"
 #include "cuda/optim.cuh"
 #include "cuda/tokens.cuh"
 
@@ -67,6 +71,12 @@ struct Bf16Input {
     }
   }
 };
+
+std::string sci(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2e", v);
+  return buf;
+}
 
 std::vector<bf16> bf16_poison(size_t n) { return std::vector<bf16>(n, from_bits(0xffff)); }  // a NaN
 std::vector<float> f32_poison(size_t n) { return std::vector<float>(n, std::nanf("")); }
@@ -216,6 +226,199 @@ void check_layernorm(int R, int C) {
   }
   report(worst_dw < 1e-3 && worst_dx < 1e-4, "layernorm backward " + shape + ": fp32 vs double reference, max error dw/db " +
                                                  std::to_string(worst_dw) + ", dinp " + std::to_string(worst_dx));
+}
+
+// ---- the losses ------------------------------------------------------------------------------
+
+// A lane of a warp as a std::thread: shfl_xor(v, offset) is the value lane ^ offset passed in the
+// same call, as __shfl_xor_sync.
+struct HostShflWarp {
+  Barrier* barrier;
+  double* slots;  // 32
+  int lane;
+  double shfl_xor(double v, int offset) const {
+    slots[lane] = v;
+    barrier->wait();
+    const double other = slots[lane ^ offset];
+    barrier->wait();  // every lane has read before any writes its next value
+    return other;
+  }
+};
+
+// loss_sums' kernels over their grids: the item kernel (blocks of kWarpsPerBlock warps, the last
+// block's warps past B·N included), the cls rows; item_sums (B·N, 2); false if a barrier timed out
+template <class T>
+bool emulate_loss_items(std::vector<T>& dpred, std::vector<double>& item_sums, const std::vector<T>& pred,
+                        const std::vector<float>& target, const std::vector<int32_t>& position_of,
+                        const PartGeometry& g, const ec::LossScales& scales, bool l1) {
+  const int items = g.batch * g.num_patches, P = g.patch * g.patch * g.channels;
+  bool ok = true;
+  for (int block = 0; block < ec::ceil_div(items, ec::LossTraits::kWarpsPerBlock); ++block)
+    for (int w = 0; w < ec::LossTraits::kWarpsPerBlock; ++w) {
+      Barrier barrier(32);
+      double slots[32];
+      std::vector<std::thread> lanes;
+      for (int lane = 0; lane < 32; ++lane)
+        lanes.emplace_back([&, lane] {
+          ec::loss_detail::item(dpred.data(), item_sums.data(), pred.data(), target.data(), position_of.data(), g,
+                                scales.rec_scale, scales.con_scale, l1, block, w * 32 + lane,
+                                HostShflWarp{&barrier, slots, lane});
+        });
+      for (auto& t : lanes) t.join();
+      ok = ok && !barrier.timed_out;
+    }
+  const long long cls = (long long)g.batch * g.parts * P;
+  for (long long idx = 0; idx < cls; ++idx) ec::loss_detail::zero_cls_row_element(dpred.data(), g.num_patches, P, idx);
+  return ok;
+}
+
+// loss_reduce_kernel's order (a host copy of it: the kernel is storage-independent): thread t of
+// kReduceThreads sums items t, t + threads, ...; then the halving tree
+std::pair<double, double> reduce_items_in_kernel_order(const std::vector<double>& item_sums) {
+  const int threads = ec::LossTraits::kReduceThreads, items = (int)item_sums.size() / 2;
+  std::vector<double> rec(threads, 0.0), con(threads, 0.0);
+  for (int t = 0; t < threads; ++t)
+    for (int i = t; i < items; i += threads) {
+      rec[t] += item_sums[2 * (size_t)i];
+      con[t] += item_sums[2 * (size_t)i + 1];
+    }
+  for (int stride = threads / 2; stride > 0; stride >>= 1)
+    for (int t = 0; t < stride; ++t) {
+      rec[t] += rec[t + stride];
+      con[t] += con[t + stride];
+    }
+  return {rec[0], con[0]};
+}
+
+struct LossCase {
+  int batch, grid, patch, channels, parts_total, parts;
+  bool l1, norm_pix;
+  float lambda;
+};
+
+void check_loss(const LossCase& lc, uint64_t seed) {
+  PartGeometry g{};
+  g.batch = lc.batch;
+  g.grid = lc.grid;
+  g.num_patches = lc.grid * lc.grid;
+  g.visible = g.num_patches / lc.parts_total;
+  g.parts = lc.parts;
+  g.patch = lc.patch;
+  g.channels = lc.channels;
+  g.image = lc.grid * lc.patch;
+  const int B = g.batch, N = g.num_patches, K = g.parts, V = g.visible, P = g.patch * g.patch * g.channels;
+  const std::string shape = "B=" + std::to_string(B) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + "/" +
+                            std::to_string(lc.parts_total) + " P=" + std::to_string(P) + (lc.l1 ? " l1" : " mse") +
+                            (lc.norm_pix ? " norm-pix" : "");
+
+  // a seeded permutation per image and its inverse
+  std::vector<int32_t> perm((size_t)B * N), position_of((size_t)B * N);
+  for (int b = 0; b < B; ++b) {
+    for (int n = 0; n < N; ++n) perm[(size_t)b * N + n] = n;
+    for (int n = N - 1; n > 0; --n) {
+      const int j = (int)(emae::dev::splitmix64(seed * 1000003 + b * 7919 + n) % (uint64_t)(n + 1));
+      std::swap(perm[(size_t)b * N + n], perm[(size_t)b * N + j]);
+    }
+    for (int n = 0; n < N; ++n) position_of[(size_t)b * N + perm[(size_t)b * N + n]] = n;
+  }
+  // target (B, N, P): random patches, per patch normalized by mean and unbiased variance if norm_pix
+  std::vector<float> target = random_vector((size_t)B * N * P, seed + 1, 1.f);
+  if (lc.norm_pix)
+    for (size_t item = 0; item < (size_t)B * N; ++item) {
+      float* t = target.data() + item * P;
+      double m = 0, ss = 0;
+      for (int q = 0; q < P; ++q) m += t[q];
+      m /= P;
+      for (int q = 0; q < P; ++q) ss += (t[q] - m) * (t[q] - m);
+      const double s = 1 / std::sqrt(ss / (P - 1) + 1e-6);
+      for (int q = 0; q < P; ++q) t[q] = (float)((t[q] - m) * s);
+    }
+  // pred (S, 1+N, P) in bf16 and the same values in fp32; the cls rows hold values too (never read)
+  const size_t npred = (size_t)B * K * (1 + N) * P;
+  const Bf16Input pred(npred, seed + 2, 2.f);
+  const ec::LossScales scales = ec::loss_scales(g, lc.lambda);
+
+  std::vector<float> d32 = f32_poison(npred);
+  std::vector<bf16> d16 = bf16_poison(npred);
+  std::vector<double> sums32((size_t)2 * B * N, std::nan("")), sums16 = sums32;
+  bool ok = emulate_loss_items(d32, sums32, pred.wide, target, position_of, g, scales, lc.l1);
+  ok = emulate_loss_items(d16, sums16, pred.narrow, target, position_of, g, scales, lc.l1) && ok;
+  report(ok, "loss " + shape + ": barriers");
+  report(std::memcmp(sums16.data(), sums32.data(), sums32.size() * sizeof(double)) == 0,
+         "loss " + shape + ": bf16 pred gives the fp32 item sums bit for bit");
+  report(rounded_equal(d16, d32), "loss " + shape + ": bf16 dpred = fp32 dpred rounded");
+  const auto [rec32, con32] = reduce_items_in_kernel_order(sums32);
+  const auto [rec16, con16] = reduce_items_in_kernel_order(sums16);
+  const emae::LossValues v32 = ec::loss_values(rec32, con32, scales.den.rec, scales.den.pairs, lc.lambda);
+  const emae::LossValues v16 = ec::loss_values(rec16, con16, scales.den.rec, scales.den.pairs, lc.lambda);
+  report(std::memcmp(&v16, &v32, sizeof v32) == 0, "loss " + shape + ": bf16 pred gives the fp32 loss values bit for bit");
+
+  // DESIGN.md §1 in double on the fp32 pred: recon over (b, k, n masked in k), consistency over the
+  // ordered pairs (b, n, i ≠ j) masked in both, d′ only for the first member; cls rows get 0
+  auto masked = [&](int b, int k, int n) {
+    const int at = position_of[(size_t)b * N + n];
+    return !(at >= k * V && at < (k + 1) * V);
+  };
+  auto y = [&](int b, int k, int n, int q) { return (double)pred.wide[(((size_t)b * K + k) * (1 + N) + 1 + n) * P + q]; };
+  double rec = 0, con = 0, rec_count = 0, pair_count = 0;
+  std::vector<double> dref(npred, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < K; ++i) {
+        if (!masked(b, i, n)) continue;
+        double e = 0;
+        for (int q = 0; q < P; ++q) e += (y(b, i, n, q) - target[((size_t)b * N + n) * P + q]) * (y(b, i, n, q) - target[((size_t)b * N + n) * P + q]);
+        rec += e / P;
+        rec_count += 1;
+        for (int j = 0; j < K; ++j) {
+          if (j == i || !masked(b, j, n)) continue;
+          double d = 0;
+          for (int q = 0; q < P; ++q) d += lc.l1 ? std::fabs(y(b, i, n, q) - y(b, j, n, q)) : (y(b, i, n, q) - y(b, j, n, q)) * (y(b, i, n, q) - y(b, j, n, q));
+          con += d / P;
+          pair_count += 1;
+        }
+      }
+  const double rec_ref = rec / rec_count, con_ref = pair_count > 0 ? con / pair_count : 0.0;
+  for (int b = 0; b < B; ++b)
+    for (int n = 0; n < N; ++n)
+      for (int i = 0; i < K; ++i) {
+        if (!masked(b, i, n)) continue;
+        for (int q = 0; q < P; ++q) {
+          const double diff = y(b, i, n, q) - target[((size_t)b * N + n) * P + q];
+          double grad = 2 * diff / (rec_count * P);
+          for (int j = 0; j < K; ++j) {
+            if (j == i || !masked(b, j, n)) continue;
+            const double dij = y(b, i, n, q) - y(b, j, n, q);
+            grad += lc.lambda * (lc.l1 ? (dij > 0 ? 1.0 : dij < 0 ? -1.0 : 0.0) : 2 * dij) / (pair_count * P);
+          }
+          dref[(((size_t)b * K + i) * (1 + N) + 1 + n) * P + q] = grad;
+        }
+      }
+  auto rel = [](double a, double b) { return std::fabs(a - b) / std::max(1e-30, std::fabs(b)); };
+  const double loss_ref = rec_ref + lc.lambda * con_ref;
+  const bool values_ok = rel(v32.recon, rec_ref) < 1e-6 && (con_ref == 0 ? v32.consistency == 0 : rel(v32.consistency, con_ref) < 1e-6) &&
+                         rel(v32.loss, loss_ref) < 1e-6;
+  report(values_ok, "loss " + shape + ": fp32 values vs double reference, relative error recon " +
+                        sci(rel(v32.recon, rec_ref)) + ", consistency " +
+                        (con_ref == 0 ? std::string("0 (no pairs)") : sci(rel(v32.consistency, con_ref))));
+  double scale = 0, worst = 0;
+  for (size_t i = 0; i < npred; ++i) {
+    scale = std::max(scale, std::fabs(dref[i]));
+    worst = std::max(worst, std::fabs(d32[i] - dref[i]));  // NaN poison left anywhere fails below
+  }
+  bool zeros_ok = true;  // cls rows and each patch's row in the part where it is visible: exactly 0
+  for (size_t i = 0; i < npred; ++i)
+    if (dref[i] == 0 && !(d32[i] == 0 && float_from_bf16(bits(d16[i])) == 0)) {
+      const size_t row = i / P;
+      const int t = (int)(row % (1 + N));
+      const int bk = (int)(row / (1 + N));
+      if (t == 0 || !masked(bk / K, bk % K, t - 1)) zeros_ok = false;
+    }
+  bool finite = true;
+  for (size_t i = 0; i < npred; ++i) finite = finite && std::isfinite(d32[i]);
+  report(finite && zeros_ok && worst <= 1e-5 * scale,
+         "loss " + shape + ": fp32 dpred vs double reference, max error " + sci(worst / scale) +
+             " of the largest; cls and visible rows 0");
 }
 
 // ---- GELU and the flat conversion ----------------------------------------------------------------
@@ -486,6 +689,9 @@ void instantiate_launchers(T* t, float* f, bf16* pb, const int32_t* p, const Par
   ec::adamw(f, f, f, f, pb, segs, 1, s, stream);
   ec::adamw_decided(f, f, f, f, pb, segs, 1, s, st, 1.f, true, dec, stream);
   ec::convert_to_bf16_flat(pb, f, 1, stream);
+  emae::LossValues* lv = nullptr;
+  ec::loss_forward_backward(t, (const T*)t, f, p, g, 1.f, false, (double*)f, stream);
+  ec::loss_forward_backward_into(lv, t, (const T*)t, f, p, g, 1.f, false, (double*)f, stream);
 }
 template void instantiate_launchers<float>(float*, float*, bf16*, const int32_t*, const PartGeometry&,
                                            ec::DeviceSegment*, const emae::AdamWScalars&, const emae::StepStatus*,
@@ -497,6 +703,14 @@ template void instantiate_launchers<bf16>(bf16*, float*, bf16*, const int32_t*, 
 int main() {
   check_layernorm(37, 200);  // C not a multiple of 32: lanes with fewer columns
   check_layernorm(260, 33);  // two row chunks in the parameter sums
+  // (batch, grid, patch, channels, K_total, K, l1, norm_pix, λ): P = 12, 27, 49, 48, 75 (lanes with
+  // fewer elements, P < 32 and not a multiple of 32); K < K_total leaves patches visible nowhere;
+  // K = 1 has no pairs; B·N not a multiple of the block's 8 warps
+  check_loss({2, 4, 2, 3, 4, 4, false, true, 1.f}, 101);
+  check_loss({3, 4, 3, 3, 4, 3, true, false, 1.f}, 102);
+  check_loss({1, 5, 7, 1, 5, 2, false, true, 0.5f}, 103);
+  check_loss({2, 4, 4, 3, 4, 1, false, true, 1.f}, 104);
+  check_loss({3, 3, 5, 3, 3, 3, true, true, 0.5f}, 105);
   check_gelu(4099);
   check_adamw();
   check_tokens();

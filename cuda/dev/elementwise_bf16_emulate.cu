@@ -20,6 +20,7 @@
 #include <cstring>
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -161,6 +162,111 @@ bool emulate_layernorm_backward(std::vector<float>& dinp, std::vector<float>& dw
                                                            rstd.data(), c, chunk, R, C);
   for (int c = 0; c < C; ++c) ec::layernorm_detail::reduce_chunks_column(dw.data(), db.data(), partial.data(), chunks, C, c);
   return ok;
+}
+
+// a block's __syncthreads as a barrier of its threads
+struct HostBlockSync {
+  Barrier* barrier;
+  void sync() const { barrier->wait(); }
+};
+
+// layernorm_backward's fused path (bf16 dout): the fused kernel over its grid (kFusedRowChunk rows
+// per block, 8 warps of 32 threads, each warp's sums through its own HostWarp), then the chunk
+// reduction; false if a barrier timed out
+template <int kCols>
+bool emulate_layernorm_backward_fused(std::vector<float>& dinp, std::vector<float>& dw, std::vector<float>& db,
+                                      const std::vector<bf16>& dout, const std::vector<float>& inp,
+                                      const std::vector<float>& w, const std::vector<float>& mean,
+                                      const std::vector<float>& rstd, int R, int C) {
+  constexpr int kWarps = ec::LayerNormTraits::kWarpsPerBlock;
+  const int chunks = ec::ceil_div(R, ec::LayerNormTraits::kFusedRowChunk);
+  std::vector<float> partial = f32_poison(ec::layernorm_scratch_floats(R, C));
+  bool ok = true;
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    std::vector<float> sh = f32_poison(2 * 32 * kCols);
+    Barrier block_barrier(32 * kWarps);
+    std::vector<std::unique_ptr<Barrier>> warp_barriers;
+    for (int k = 0; k < kWarps; ++k) warp_barriers.push_back(std::make_unique<Barrier>(32));
+    std::vector<float> slots(32 * kWarps);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 32 * kWarps; ++t)
+      threads.emplace_back([&, t] {
+        const int warp_id = t / 32, lane = t % 32;
+        ec::layernorm_detail::backward_fused_block<kCols>(
+            partial.data(), sh.data(), dinp.data(), dout.data(), inp.data(), w.data(), mean.data(), rstd.data(), chunk,
+            warp_id, lane, R, C, HostWarp{warp_barriers[warp_id].get(), slots.data() + 32 * warp_id, lane},
+            HostBlockSync{&block_barrier});
+      });
+    for (auto& t : threads) t.join();
+    ok = ok && !block_barrier.timed_out;
+    for (auto& b : warp_barriers) ok = ok && !b->timed_out;
+  }
+  for (int c = 0; c < C; ++c) ec::layernorm_detail::reduce_chunks_column(dw.data(), db.data(), partial.data(), chunks, C, c);
+  return ok;
+}
+
+// layernorm_backward<bf16>'s choice of instantiation
+bool emulate_layernorm_backward_bf16(std::vector<float>& dinp, std::vector<float>& dw, std::vector<float>& db,
+                                     const std::vector<bf16>& dout, const std::vector<float>& inp,
+                                     const std::vector<float>& w, const std::vector<float>& mean,
+                                     const std::vector<float>& rstd, int R, int C) {
+  switch (ec::layernorm_fused_columns_per_lane(C)) {
+    case 2: return emulate_layernorm_backward_fused<2>(dinp, dw, db, dout, inp, w, mean, rstd, R, C);
+    case 8: return emulate_layernorm_backward_fused<8>(dinp, dw, db, dout, inp, w, mean, rstd, R, C);
+    case 16: return emulate_layernorm_backward_fused<16>(dinp, dw, db, dout, inp, w, mean, rstd, R, C);
+    case 24: return emulate_layernorm_backward_fused<24>(dinp, dw, db, dout, inp, w, mean, rstd, R, C);
+    case ec::LayerNormTraits::kFusedMaxColumnsPerLane:
+      return emulate_layernorm_backward_fused<ec::LayerNormTraits::kFusedMaxColumnsPerLane>(dinp, dw, db, dout, inp, w,
+                                                                                            mean, rstd, R, C);
+    default: return false;
+  }
+}
+
+// The fused backward (bf16 dout) against the three kernels on the same bf16 dout: dinp the same
+// bits (the same row math), dw/db within a tight bound of a double reference (they are summed in
+// another order), the same bits on a second run.
+void check_layernorm_fused(int R, int C) {
+  const std::string shape = "R=" + std::to_string(R) + " C=" + std::to_string(C);
+  const auto inp = random_vector((size_t)R * C, 61 + C, 2.f);
+  const auto w = random_vector(C, 62 + C, 1.5f);
+  std::vector<float> mean(R), rstd(R);
+  for (int r = 0; r < R; ++r) {  // the statistics as the forward computes them, in double here
+    double m = 0, v = 0;
+    for (int c = 0; c < C; ++c) m += inp[(size_t)r * C + c];
+    m /= C;
+    for (int c = 0; c < C; ++c) v += (inp[(size_t)r * C + c] - m) * (inp[(size_t)r * C + c] - m);
+    mean[r] = (float)m;
+    rstd[r] = (float)(1 / std::sqrt(v / C + 1e-6));
+  }
+  const Bf16Input dout((size_t)R * C, 63 + C, 1.f);
+  const auto dinp0 = random_vector((size_t)R * C, 64 + C, 0.3f);
+  const auto dw0 = random_vector(C, 65 + C, 0.3f), db0 = random_vector(C, 66 + C, 0.3f);
+  std::vector<float> dinp3 = dinp0, dw3 = dw0, db3 = db0;
+  bool ok = emulate_layernorm_backward(dinp3, dw3, db3, dout.narrow, inp, w, mean, rstd, R, C);
+  std::vector<float> dinpf = dinp0, dwf = dw0, dbf = db0, dinpf2 = dinp0, dwf2 = dw0, dbf2 = db0;
+  ok = emulate_layernorm_backward_bf16(dinpf, dwf, dbf, dout.narrow, inp, w, mean, rstd, R, C) && ok;
+  ok = emulate_layernorm_backward_bf16(dinpf2, dwf2, dbf2, dout.narrow, inp, w, mean, rstd, R, C) && ok;
+  report(ok, "layernorm fused backward " + shape + ": barriers");
+  report(same_bits(dinpf, dinp3), "layernorm fused backward " + shape + ": dinp = the three-kernel dinp bit for bit");
+  report(same_bits(dinpf2, dinpf) && same_bits(dwf2, dwf) && same_bits(dbf2, dbf),
+         "layernorm fused backward " + shape + ": deterministic (two runs, the same bits)");
+  // |error| against the double sums, relative to Σ |terms| (what a float sum in any order is bounded by)
+  double worst = 0, worst3 = 0;
+  for (int c = 0; c < C; ++c) {
+    double sw = dw0[c], sb = db0[c], aw = std::fabs(dw0[c]), ab = std::fabs(db0[c]);
+    for (int r = 0; r < R; ++r) {
+      const double g = dout.wide[(size_t)r * C + c];
+      const double t = g * (inp[(size_t)r * C + c] - mean[r]) * rstd[r];
+      sw += t;
+      sb += g;
+      aw += std::fabs(t);
+      ab += std::fabs(g);
+    }
+    worst = std::max({worst, std::fabs(dwf[c] - sw) / aw, std::fabs(dbf[c] - sb) / ab});
+    worst3 = std::max({worst3, std::fabs(dw3[c] - sw) / aw, std::fabs(db3[c] - sb) / ab});
+  }
+  report(worst < 1e-6, "layernorm fused backward " + shape + ": dw, db vs double reference, max error " + sci(worst) +
+                           " of Σ|terms| (three kernels: " + sci(worst3) + ")");
 }
 
 void check_layernorm(int R, int C) {
@@ -703,6 +809,20 @@ template void instantiate_launchers<bf16>(bf16*, float*, bf16*, const int32_t*, 
 int main() {
   check_layernorm(37, 200);  // C not a multiple of 32: lanes with fewer columns
   check_layernorm(260, 33);  // two row chunks in the parameter sums
+  // the fused backward of bf16 dout: odd R (one partial block, several), C one warp wide, odd, ViT-B's
+  for (int C : {32, 37, 768})
+    for (int R : {1, 7, 300, 3000}) check_layernorm_fused(R, C);
+  check_layernorm_fused(5, 1000);  // the widest instantiation
+  {
+    bool ok = true;  // the instantiation per C, and the three kernels past it
+    for (int C : {1, 64, 65, 256, 257, 512, 768, 769, 1280})
+      ok = ok && ec::layernorm_fused_columns_per_lane(C) * 32 >= C;
+    ok = ok && ec::layernorm_fused_columns_per_lane(64) == 2 && ec::layernorm_fused_columns_per_lane(768) == 24 &&
+         ec::layernorm_fused_columns_per_lane(1281) == 0;
+    ok = ok && ec::layernorm_scratch_floats(300, 37) >= (size_t)ec::ceil_div(300, ec::LayerNormTraits::kFusedRowChunk) * 2 * 37 &&
+         ec::layernorm_scratch_floats(300, 37) >= (size_t)ec::ceil_div(300, ec::LayerNormTraits::kRowChunk) * 2 * 37;
+    report(ok, "layernorm fused backward: columns per lane cover C (C > 1280: three kernels), scratch holds either path's partials");
+  }
   // (batch, grid, patch, channels, K_total, K, l1, norm_pix, λ): P = 12, 27, 49, 48, 75 (lanes with
   // fewer elements, P < 32 and not a multiple of 32); K < K_total leaves patches visible nowhere;
   // K = 1 has no pairs; B·N not a multiple of the block's 8 warps

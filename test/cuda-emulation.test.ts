@@ -11,8 +11,8 @@
 // split-K off and on, and the dweight GEMM whose bias gradient is summed in the fp32 → bf16
 // conversion (run with a block's threads as std::threads, bf16_convert_emulate.h), which must equal
 // the separate column-sum pass bit for bit. cuda/dev/elementwise_bf16_emulate.cu runs the bodies of
-// the memory-bound kernels (LayerNorm, GELU, AdamW with its bf16 weight copy, the token ops) for
-// both storage types: bf16 outputs must be the fp32 outputs rounded, fp32 outputs the same bits.
+// the memory-bound kernels (LayerNorm with the fused backward of bf16 dout, the losses, GELU, AdamW
+// with its bf16 weight copy, the token ops) for both storage types: bf16 outputs must be the fp32 outputs rounded, fp32 outputs the same bits.
 // All are built with nvcc as host programs (the device
 // code is compiled, never run). Without nvcc the tests are skipped and say so; a GPU run
 // (scripts/gpu-check.sh) is still what verifies the kernels on hardware.
@@ -81,13 +81,15 @@ async function buildAndRun(source: string, args: string[]) {
     t.regex(r.out, new RegExp(`^PASS BN=.* ${epilogue}`, 'm'), `an ${epilogue} case ran`);
 });
 
-(nvcc ? test : test.skip)('bf16 storage of LayerNorm, GELU, AdamW and token kernels matches their fp32 instantiations in CPU emulation', async (t) => {
+(nvcc ? test : test.skip)('bf16 storage of LayerNorm, the losses, GELU, AdamW and token kernels matches their fp32 instantiations in CPU emulation', async (t) => {
   const r = await buildAndRun('cuda/dev/elementwise_bf16_emulate.cu', []);
   t.is(r.code, 0, r.out);
   t.regex(r.out, /^PASS: 0 failure\(s\)$/m, r.out);
   t.notRegex(r.out, /^FAIL/m);
-  for (const op of ['layernorm forward', 'layernorm backward', 'gelu forward', 'gelu backward', 'convert_to_bf16_flat',
+  for (const op of ['layernorm forward', 'layernorm backward', 'layernorm fused backward R=3000 C=768', 'loss B=', 'gelu forward', 'gelu backward', 'convert_to_bf16_flat',
     'adamw with params_bf16', 'adamw_decided, refused', 'gather_visible_patches', 'encoder_tokens_forward',
     'encoder_tokens_backward', 'decoder_tokens_forward', 'decoder_tokens_backward'])
     t.regex(r.out, new RegExp(`^PASS ${op}`, 'm'), `a ${op} case ran`);
+  // the loss cases: l1 and mse, norm-pix targets, and a K = 1 case without pairs
+  for (const kind of [' l1', ' mse norm-pix', 'K=1/']) t.regex(r.out, new RegExp(`^PASS loss .*${kind}.*double reference`, 'm'));
 });

@@ -29,10 +29,20 @@
 //     wgmma reads it with imm-trans = 1 and the MN-major descriptor (smem_desc_mn): the PTX ISA's
 //     canonical MN-major 128B layout ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) (T = 8 bf16), i.e. K row
 //     k at 128·k bytes with SBO 1024 between 8-row groups, and LBO 8192 between 64-element MN
-//     blocks (the next box); the k-th 16-wide slice starts 16 K rows = 2048 bytes further. The
-//     ISA's Swizzle<3,4,3> is taken on byte addresses, the same XOR TMA applies (the K-major path
-//     relies on that too); the ISA text does not say that LBO is ignored when the operand has a
-//     single MN block (the A slice of 64 rows), so it is set to the box size there as well;
+//     blocks (the next box); the k-th 16-wide slice starts 16 K rows = 2048 bytes further;
+//   - what CUTLASS/CuTe says about the two points the PTX ISA text leaves open (NVIDIA/cutlass
+//     include/cute, read at 7107b05; make_gmma_desc was run on the host for these layouts):
+//     (a) LBO of an MN-major operand with a single 64-element MN block is never used: the
+//     canonical layout multiplies it by the block index, always 0; make_gmma_desc writes 0 there
+//     (our A slice) and, for our box-ordered B tile, exactly smem_desc_mn's fields (LBO 8192,
+//     SBO 1024, start + 2048 per slice; layout type 1 = 128B, base_offset 0). We keep 8192 for A
+//     too (harmless). K-major 128B: LBO 1 ("unused, assumed 1"), SBO 1024, start + 32 per slice,
+//     as here (mma_sm90_desc.hpp, mma_traits_sm90_gmma.hpp: make_gmma_desc, DescriptorIterator);
+//     (b) the 128B swizzle is Swizzle<3,4,3> on byte addresses: bits 4-6 ^= bits 7-9, the same
+//     for TMA SWIZZLE_128B (16-byte base) and wgmma layout type 1; the pattern is anchored to the
+//     absolute shared address, so a tile must start 1024-byte aligned (pointer_flagged.hpp: the
+//     swizzle is "acting on byte-addressed pointers", its alignment assert masks 0x3FF;
+//     copy_traits_sm90_tma_swizzle.hpp: Swizzle<3,4,3> <-> B128, base 16B);
 //   - TMA zero-fills whatever lies outside the (M or N) × K tensor, so edge tiles and the last
 //     K-tile need no masking; split pieces are whole K-tiles (k_split is a multiple of kBK);
 //   - the accumulator of thread t of a consumer (warp w = t/32, lane l) holds, for n8-block i,

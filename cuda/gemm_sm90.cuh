@@ -193,6 +193,14 @@ struct DeviceOps {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Regs));
   }
   __device__ __forceinline__ void mma_fence() const { wgmma_fence(); }
+  // Pins the accumulators' register accesses in program order (no instruction): the wgmma asm
+  // statements are the only ones naming them, so the compiler could otherwise move their zeroing
+  // past wgmma.fence or the epilogue's reads above wgmma.wait_group (CUTLASS: warpgroup_fence_operand).
+  template <int N>
+  __device__ __forceinline__ void fence_acc(float (&acc)[N]) const {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+  }
   template <int BN, bool kTransA, bool kTransB>
   __device__ __forceinline__ void mma(float (&acc)[BN / 2], uint64_t desc_a, uint64_t desc_b) const {
     Wgmma<BN, kTransA, kTransB>::mma(acc, desc_a, desc_b);
@@ -296,6 +304,7 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
     int prev_stage = -1;
     for (int kt = 0; kt < w.k_tiles; ++kt) {
       ops.wait(&full[stage], phase);
+      ops.fence_acc(acc);
       ops.mma_fence();
 #pragma unroll
       for (int k = 0; k < T::kBK / 16; ++k)
@@ -308,6 +317,7 @@ __host__ __device__ __forceinline__ void cta_body(const GemmBf16Params& p, int i
       if (++stage == T::kStages) stage = 0, phase ^= 1;
     }
     ops.template mma_wait<0>();
+    ops.fence_acc(acc);
     if (prev_stage >= 0 && lane == 0) ops.arrive(&empty[prev_stage]);
 
     const int row = w.m0 + consumer * 64 + warp * 16 + lane / 4;

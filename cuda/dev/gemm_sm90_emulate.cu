@@ -833,6 +833,8 @@ struct HostOps {
   template <int Regs>
   void claim_regs() const { cta->collective(tid, Coll::kRegsInc, Regs); }
   void mma_fence() const { cta->collective(tid, Coll::kFence, 0); }
+  template <int N>
+  void fence_acc(float (&)[N]) const {}  // a compiler ordering constraint only: nothing to emulate
   template <int BN, bool kTransA, bool kTransB>
   void mma(float (&acc)[BN / 2], uint64_t desc_a, uint64_t desc_b) const {
     cta->collective(tid, Coll::kMma, BN | (int)kTransA << 16 | (int)kTransB << 17, desc_a, desc_b, acc);

@@ -27,8 +27,6 @@
 // should (dropping the query kernel's key mask: the zero k rows add nothing; D = 1 on padded
 // queries: their p is 0).
 // Exit status non-zero on any FAIL.
-#include <ucontext.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -43,6 +41,7 @@
 #include "cuda/attention_tc.cuh"
 #include "cuda/dev/attention_reference.h"
 #include "cuda/dev/check_common.h"
+#include "cuda/dev/fiber_block.h"
 
 namespace {
 
@@ -61,10 +60,6 @@ float bf16_bits_to_float(uint16_t b) {
 float lo_half(uint32_t r) { return bf16_bits_to_float((uint16_t)(r & 0xffffu)); }
 float hi_half(uint32_t r) { return bf16_bits_to_float((uint16_t)(r >> 16)); }
 
-struct EmulationError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 enum class Op { kRun, kSync, kShfl, kLdsm, kLdsmT, kMma, kDone };
 const char* op_name(Op op) {
   switch (op) {
@@ -79,13 +74,10 @@ const char* op_name(Op op) {
   return "?";
 }
 
-constexpr int kThreads = 128;
-constexpr size_t kStack = 256 * 1024;
 constexpr size_t kSmemGuard = 256;
 
+// a thread's operands and results of the warp collectives
 struct Thread {
-  ucontext_t ctx;
-  Op op = Op::kRun;
   float f = 0.f, f_out = 0.f;
   int mask = 0;
   const unsigned char* addr = nullptr;
@@ -93,89 +85,20 @@ struct Thread {
   float c[4] = {}, d[4] = {};
 };
 
-class BlockEmulator;
-BlockEmulator* g_emulator = nullptr;
-
-class BlockEmulator {
+// A block on the fiber scheduler (fiber_block.h), completing shfl.xor, ldmatrix and mma.
+class BlockEmulator : public FiberBlock<Op, Thread> {
  public:
-  BlockEmulator() : stacks_(kThreads, std::vector<char>(kStack)) {}
-
-  int bx = 0, by = 0;
   std::vector<unsigned char> smem;  // dynamic shared memory + guard
   size_t smem_bytes = 0;
-  Thread t[kThreads];
-  std::mt19937_64 rng{12345};
-  long long collectives = 0;
 
   // runs body(tid) for every thread of block (bx, by) with `bytes` of dynamic shared memory
   void run(int bx_, int by_, size_t bytes, std::function<void(int)> body) {
-    bx = bx_;
-    by = by_;
     smem_bytes = bytes;
-    smem.assign(bytes + kSmemGuard, 0xff);  // bf16 and fp32 NaN everywhere: unstaged reads poison results
-    body_ = std::move(body);
-    g_emulator = this;
-    for (int tid = 0; tid < kThreads; ++tid) {
-      Thread& th = t[tid];
-      th = Thread{};
-      getcontext(&th.ctx);
-      th.ctx.uc_stack.ss_sp = stacks_[tid].data();
-      th.ctx.uc_stack.ss_size = kStack;
-      th.ctx.uc_link = &sched_;
-      makecontext(&th.ctx, reinterpret_cast<void (*)()>(&BlockEmulator::entry), 1, tid);
-    }
-    int order[4] = {0, 1, 2, 3};
-    for (;;) {
-      std::shuffle(order, order + 4, rng);
-      for (int w : order) run_warp(w);
-      int done = 0, at_sync = 0;
-      for (const Thread& th : t) {
-        done += th.op == Op::kDone;
-        at_sync += th.op == Op::kSync;
-      }
-      if (done == kThreads) break;
-      if (at_sync + done != kThreads) throw EmulationError("scheduler: a thread is neither at a barrier nor done");
-      if (done > 0)
-        throw EmulationError("block (" + std::to_string(bx) + ", " + std::to_string(by) + "): " +
-                             std::to_string(at_sync) + " threads wait at a barrier that " + std::to_string(done) +
-                             " exited threads never reach");
-      for (Thread& th : t) th.op = Op::kRun;  // the barrier opens
-    }
-    for (size_t i = bytes; i < smem.size(); ++i)
-      if (smem[i] != 0xff) throw EmulationError("shared memory written past the dynamic allocation");
-  }
-
-  // from a fiber: park at a collective until the scheduler completes it
-  void wait(int tid, Op op) {
-    t[tid].op = op;
-    swapcontext(&t[tid].ctx, &sched_);
+    smem.resize(bytes + kSmemGuard);
+    run_block(bx_, by_, smem.data(), smem.size(), bytes, std::move(body));
   }
 
  private:
-  static void entry(int tid) {
-    g_emulator->body_(tid);
-    g_emulator->t[tid].op = Op::kDone;
-  }
-
-  // run warp w's lanes until each waits at a barrier or exited, completing its collectives
-  void run_warp(int w) {
-    for (;;) {
-      for (int lane = 0; lane < 32; ++lane) {
-        Thread& th = t[32 * w + lane];
-        if (th.op == Op::kRun) swapcontext(&sched_, &th.ctx);
-      }
-      const Op op = t[32 * w].op;
-      for (int lane = 1; lane < 32; ++lane)
-        if (t[32 * w + lane].op != op)
-          throw EmulationError("warp " + std::to_string(w) + ": lane 0 at " + op_name(op) + ", lane " +
-                               std::to_string(lane) + " at " + op_name(t[32 * w + lane].op) + " (divergence)");
-      if (op == Op::kSync || op == Op::kDone) return;
-      complete(w, op);
-      ++collectives;
-      for (int lane = 0; lane < 32; ++lane) t[32 * w + lane].op = Op::kRun;
-    }
-  }
-
   void check_row_address(const unsigned char* p, int lane) const {
     const unsigned char* base = smem.data();
     if (p < base || p + 16 > base + smem_bytes)
@@ -190,7 +113,7 @@ class BlockEmulator {
   }
   const Thread& thread_at(int lane) const { return t[32 * warp_ + lane]; }
 
-  void complete(int w, Op op) {
+  void complete(int w, Op op) override {
     warp_ = w;
     Thread* lanes = &t[32 * w];
     switch (op) {
@@ -247,9 +170,6 @@ class BlockEmulator {
     }
   }
 
-  std::vector<std::vector<char>> stacks_;
-  ucontext_t sched_;
-  std::function<void(int)> body_;
   int warp_ = 0;
 };
 

@@ -2,6 +2,9 @@
 // the bodies of cuda/attention_tc.cuh (forward, dQ, dK/dV; fp32 and bf16 storage) with a block's
 // threads as fibers and ldmatrix/mma/shfl/barriers emulated from the PTX ISA, against a double
 // reference, and checks that views mixing fp32 and bf16 are refused;
+// cuda/dev/attention_simt_emulate.cu compiles the unchanged SIMT kernels of cuda/attention.cuh for
+// the host (CUDA built-ins shimmed: fibers, barriers, shuffles, checked __ldg) and runs them for
+// fp32 and bf16 storage against the same reference, bf16 outputs bit for bit the fp32 ones rounded;
 // cuda/dev/gemm_sm80_emulate.cu checks gemm_sm80.cuh's swizzle, bank groups and a functional
 // emulation of its pipeline, for K-major and MN-major (ldmatrix.trans) operand tiles; cuda/dev/gemm_sm90_emulate.cu runs gemm_sm90.cuh's CTA body with its
 // 384 threads as fibers and TMA (128-byte swizzle, zero fill, complete-tx), wgmma (descriptors,
@@ -54,6 +57,21 @@ async function buildAndRun(source: string, args: string[]) {
   t.true(passed('bf16') >= 10, 'bf16-storage cases ran');
   for (const path of ['simt', 'tc']) t.regex(r.out, new RegExp(`^PASS mixed storage \\[${path}\\]`, 'm'));
   t.log(passed('fp32'), 'fp32 cases,', passed('bf16'), 'bf16 cases');
+});
+
+(nvcc ? test : test.skip)('SIMT attention (attention.cuh) matches a double reference in CPU emulation, fp32 and bf16 storage', async (t) => {
+  const r = await buildAndRun('cuda/dev/attention_simt_emulate.cu', []);
+  t.is(r.code, 0, r.out);
+  t.regex(r.out, /^PASS: 0 failure\(s\)$/m, r.out);
+  t.notRegex(r.out, /^FAIL/m);
+  const lines = (storage: string) => r.out.split('\n').filter((l) => l.startsWith(`PASS ${storage} S=`));
+  t.true(lines('fp32').length >= 10, 'fp32-storage cases ran');
+  t.true(lines('bf16').length >= 10, 'bf16-storage cases ran');
+  // every bf16 output was the fp32 run's output rounded, bit for bit
+  t.true(lines('bf16').every((l) => l.includes('= fp32 rounded')), 'bf16 outputs are the fp32 outputs rounded');
+  // every head-dim split ran, on both staging paths
+  for (const dims of [1, 2, 3, 4]) t.regex(r.out, new RegExp(`^PASS bf16 .*kDims ${dims}`, 'm'), `kDims ${dims} ran`);
+  for (const vec4 of [0, 1]) t.regex(r.out, new RegExp(`^PASS bf16 .*vec4 ${vec4}\\)`, 'm'), `vec4 ${vec4} ran`);
 });
 
 (nvcc ? test : test.skip)('Ampere GEMM (gemm_sm80.cuh): swizzle, bank groups, pipeline and fused epilogues in CPU emulation', async (t) => {

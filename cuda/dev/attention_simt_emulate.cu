@@ -32,8 +32,12 @@
 //   nvcc -std=c++17 -O2 --expt-relaxed-constexpr -arch=sm_80 -I. -Inative cuda/dev/attention_simt_emulate.cu \
 //     -o /tmp/attention_simt_emulate   (the header's kernels are compiled for the host only)
 //   /tmp/attention_simt_emulate
-// Mutation check: deliberate one-line faults in attention.cuh, each of which makes this program
-// fail (listed in the commit that adds it; see MUTATIONS below).
+// Mutation check: 8 deliberate one-line faults in attention.cuh (on copies of the header), each of
+// which makes this program fail: bf16 store_elem rounding toward zero (bf16 ≠ fp32 rounded), bf16
+// store_elem writing a float (guard overwritten), ldg_group4's bf16 halves swapped, its uint2 index
+// 2c instead of c (__ldg outside the inputs), aligned_group4 asking 2-element alignment (misaligned
+// __ldg), bf16 ldg_elem reading p + 1, the key kernel without the barrier after staging a query
+// chunk, the forward without the __syncwarp before reading the weights.
 // Exit status non-zero on any FAIL.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { uniformInt } from 'pure-rand/distribution/uniformInt';
+import { BatchQueue, EpochBatches } from './batch-cursor.js';
 import { listCheckpoints } from './checkpoint.js';
 import { CLASSIFIER_CONFIG_KEY, classifierConfigDifference, type Classifier } from './classifier.js';
 import type { LabelledImageSet, Normalization } from './data.js';
@@ -191,15 +191,14 @@ export class FineTuner {
     };
   /** a folder's class names, recorded in checkpoints */
   readonly #classes: string[] | undefined;
-  readonly #stepsPerEpoch: number;
   readonly #mixup: Mixup | undefined;
   #state: FinetuneState;
   #stopRequested = false;
   #resumedFrom: string | undefined;
   #prepared = false;
   #epochLoss = { sum: 0, count: 0 };
-  /** the shuffled orders of the epochs in use (the current one and, prefetching, the next) */
-  readonly #orders = new Map<number, Int32Array>();
+  /** the epochs' shuffled orders, read in batches (MAE's drop_last) */
+  readonly #batches: EpochBatches;
 
   /**
    * @throws {TypeError | RangeError} a bad option (named), data or testData that do not fit the
@@ -269,7 +268,7 @@ export class FineTuner {
     this.#model = model;
     this.#data = data;
     this.#classes = data instanceof ImageFolder ? [...data.classes] : undefined;
-    this.#stepsPerEpoch = Math.floor(data.count / batchSize);  // MAE's drop_last
+    this.#batches = new EpochBatches(data.count, batchSize, (epoch) => seededRng(o.seed, epoch));
     this.#mixup = mixing ? new Mixup({ numClasses: c.numClasses, mixupAlpha: o.mixup, cutmixAlpha: o.cutmix, prob: o.mixupProb,
       switchProb: o.mixupSwitchProb, labelSmoothing: c.labelSmoothing }) : undefined;
     this.#state = { step: 0, epoch: 0, position: 0, seed: o.seed, batchSize, runId: randomBytes(8).toString('hex'),
@@ -277,7 +276,7 @@ export class FineTuner {
   }
 
   get totalSteps(): number {
-    return this.#o.epochs * this.#stepsPerEpoch;
+    return this.#o.epochs * this.#batches.batchesPerEpoch;
   }
 
   get step(): number {
@@ -313,27 +312,25 @@ export class FineTuner {
     const per = c.channels * c.imageSize * c.imageSize;
     const total = this.totalSteps;
     const baseLr = scaledLr(o.blr, o.batchSize);
-    const warmupSteps = Math.round(o.warmupEpochs * this.#stepsPerEpoch);
+    const warmupSteps = Math.round(o.warmupEpochs * this.#batches.batchesPerEpoch);
     await this.#prepare();
     let last: FinetuneEpochInfo | undefined;
     let epochStarted = performance.now();
-    // batches started in order, the first being this step's; a folder's decode at once (prefetch)
-    const queue: Array<{ step: number; epoch: number; position: number; take: () => Promise<{ images: Float32Array; labels: Int32Array }> }> = [];
+    // batches started in order, the first being this step's; a folder's decode at once, `prefetch`
+    // ahead of the one computed (in memory, a batch is copied when taken)
+    const firstStep = this.#state.step;
+    const queue = new BatchQueue(this.#batches, {
+      from: this.#state, batches: total - firstStep, prefetch: this.#data instanceof ImageFolder ? o.prefetch : 0,
+      start: (indices, at) => this.#startBatch(indices, firstStep + at.ordinal, per),
+    });
+    queue.fill();
     const B = o.batchSize;
     while (this.#state.step < total) {
-      const { epoch, position } = this.#state;
-      const ahead = this.#data instanceof ImageFolder ? o.prefetch : 0;
-      while (queue.length <= ahead && this.#state.step + queue.length < total) {
-        const prev = queue.at(-1);
-        // the cursor after a batch, as the loop below moves it: the next epoch when no full batch is left
-        const at = !prev ? { epoch, position } : prev.position + 2 * B > this.#data.count ? { epoch: prev.epoch + 1, position: 0 }
-          : { epoch: prev.epoch, position: prev.position + B };
-        const step = this.#state.step + queue.length;
-        queue.push({ step, ...at, take: this.#startBatch(at.epoch, at.position, step, per) });
-      }
-      for (const e of this.#orders.keys()) if (e < epoch) this.#orders.delete(e);
+      const taken = queue.take();
+      queue.fill();
+      const epoch = taken.epoch;
       const batchSeed = this.#batchSeed(this.#state.step);
-      const { images, labels } = await queue.shift()!.take();
+      const { images, labels } = await taken.loading();
       const lr = lrAt(this.#state.step, { baseLr, warmupSteps, totalSteps: total, minLr: o.minLr });
       const started = performance.now();
       let batch;
@@ -355,18 +352,18 @@ export class FineTuner {
         throw err;
       }
       this.#state.step += 1;
-      this.#state.position += B;
+      // the next epoch when no full batch is left
+      const next = this.#batches.after(taken);
+      this.#state.epoch = next.epoch;
+      this.#state.position = next.position;
       this.#epochLoss.sum += r.loss;
       this.#epochLoss.count += 1;
       const info: FinetuneStepInfo = { step: this.#state.step, epoch, loss: r.loss, lr, gradNorm: r.gradNorm,
         imagesPerSecond: B / ((performance.now() - started) / 1000) };
       if (o.outDir) await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify(info) + '\n');
       await o.onStep?.(info);
-      const epochDone = this.#state.position + B > this.#data.count;
       let saved = false;
-      if (epochDone) {
-        this.#state.epoch += 1;
-        this.#state.position = 0;
+      if (next.epoch > epoch) {
         const testTop1 = o.testData ? await top1Accuracy(this.#model, o.testData, o.evalBatchSize) : undefined;
         last = { epoch, step: this.#state.step, trainLoss: this.#epochLoss.sum / Math.max(1, this.#epochLoss.count),
           ...(testTop1 !== undefined ? { testTop1 } : {}), seconds: (performance.now() - epochStarted) / 1000 };
@@ -427,31 +424,16 @@ export class FineTuner {
     return undefined;
   }
 
-  /** The epoch's order: a seeded shuffle that depends only on (seed, epoch). */
-  #epochOrder(epoch: number): Int32Array {
-    let order = this.#orders.get(epoch);
-    if (order) return order;
-    const rng = seededRng(this.#o.seed, epoch);
-    order = Int32Array.from({ length: this.#data.count }, (_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) {
-      const j = uniformInt(rng, 0, i);
-      [order[i], order[j]] = [order[j], order[i]];
-    }
-    this.#orders.set(epoch, order);
-    return order;
-  }
-
   /** The seed of step `step`'s augmentation and mixing: a resumed run draws the same. */
   #batchSeed(step: number): number {
     return (Math.imul(this.#o.seed + 1, 0x9e3779b1) ^ step) >>> 0;
   }
 
-  // The augmented batch of `step`, starting at (epoch, position) of the epoch's order. A folder
-  // starts decoding now (each image's crop and flip seeded by the step's seed and its index); in
-  // memory the images are copied and augmented when taken.
-  #startBatch(epoch: number, position: number, step: number, per: number): () => Promise<{ images: Float32Array; labels: Int32Array }> {
+  // The augmented batch of `step` (`indices` of the dataset). A folder starts decoding now (each
+  // image's crop and flip seeded by the step's seed and its index); in memory the images are
+  // copied and augmented when taken.
+  #startBatch(indices: Int32Array, step: number, per: number): () => Promise<{ images: Float32Array; labels: Int32Array }> {
     const o = this.#o, c = this.#model.config, B = o.batchSize, data = this.#data;
-    const indices = this.#epochOrder(epoch).slice(position, position + B);
     const seed = this.#batchSeed(step);
     if (data instanceof ImageFolder) {
       const transform: FolderTransform = o.augment ? { crop: 'random', scale: o.cropScale } : { crop: 'center' };

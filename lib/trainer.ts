@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
-import { uniformInt } from 'pure-rand/distribution/uniformInt';
+import { BatchQueue, EpochBatches, type DataCursor } from './batch-cursor.js';
 import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { assertFiniteNumber, invalidParameterError, invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
@@ -26,13 +26,6 @@ export interface BatchSource {
   count: number;
   /** `seed` is fixed by the trainer for this batch, so augmentations repeat after a resume */
   load(indices: Int32Array, seed: number): Promise<Float32Array>;
-}
-
-/** A batch started by the trainer: its images (loading), its epoch and the position after it. */
-interface PendingBatch {
-  images: () => Promise<Float32Array>;
-  epoch: number;
-  next: number;
 }
 
 const isBatchSource = (d: ImageSet | BatchSource): d is BatchSource => typeof (d as BatchSource).load === 'function';
@@ -129,7 +122,8 @@ export class Trainer {
   readonly #world: number;
   readonly #masker: ParallelMasker;
   #state: TrainerState;
-  #orders = new Map<number, Int32Array>();  // epoch → shuffled indices (current and next epoch)
+  /** the epochs' shuffled orders, read in global batches */
+  readonly #batches: EpochBatches;
   #stopRequested = false;
   #stopAgreed = false;
   #resumedFrom: string | undefined;
@@ -194,6 +188,8 @@ export class Trainer {
     this.#dist = options.distributed;
     this.#world = world;
     this.#masker = ParallelMasker.fromConfig(c, this.#opts.seed);
+    // a generator per epoch: the order depends only on (seed, epoch)
+    this.#batches = new EpochBatches(data.count, batchSize * world, (epoch) => xoroshiro128plus((this.#opts.seed * 1_000_003 + epoch) | 0));
     this.#state = { step: 0, epoch: 0, position: 0, seed: this.#opts.seed, runId: newRunId(), ...this.#shape() };
   }
 
@@ -306,20 +302,13 @@ export class Trainer {
     const outDir = main ? o.outDir : undefined;  // rank 0 writes the log and the checkpoints
     await this.prepareOutDir();  // more than one rank: the ranks' first collectives
     let last: StepInfo | undefined;
-    // `prefetch` batches load while one is computed: started in order, none beyond the last step
-    const queue: PendingBatch[] = [];
-    let ahead = { epoch: this.#state.epoch, position: this.#state.position };
-    let toStart = (o.steps - this.#state.step) * o.accumulate;
-    const start = () => {
-      const b = this.#startBatch(ahead.epoch, ahead.position, per);
-      ahead = { epoch: b.epoch, position: b.next };
-      toStart -= 1;
-      return b;
-    };
-    const fill = () => {
-      while (queue.length < o.prefetch && toStart > 0) queue.push(start());
-    };
-    fill();
+    // `prefetch` batches load while one is computed: started in order, none beyond the last step;
+    // this rank takes its slice [rank·B, (rank+1)·B) of each global batch
+    const queue = new BatchQueue(this.#batches, {
+      from: this.#state, batches: (o.steps - this.#state.step) * o.accumulate, prefetch: o.prefetch,
+      slice: { offset: rank * o.batchSize, size: o.batchSize }, start: (indices, at) => this.#startBatch(indices, at, per),
+    });
+    queue.fill();
     // More than one rank: every rank makes the same collectives in the same order, whatever
     // failed where — a failing rank never skips one the others are in, nor makes one they are
     // not in. The sequence is, per step, the losses all-reduce (#agree) then the gradient
@@ -339,13 +328,13 @@ export class Trainer {
       const sums = { loss: 0, recon: 0, consistency: 0 };
       try {
         for (let micro = 0; micro < o.accumulate; micro++) {
-          const batch = queue.shift() ?? start();
-          const images = await batch.images();
+          const batch = queue.take();
+          const images = await batch.loading();
           if (batch.epoch > this.#state.epoch) await o.onEpoch?.(this.#state.epoch);
           this.#state.epoch = batch.epoch;
           this.#state.position = batch.next;
           const lastMicro = micro + 1 === o.accumulate;
-          fill();
+          queue.fill();
           // masks keyed by the sample's place in the global stream: rank-invariant, resumable
           const sample = (this.#state.step * o.accumulate + micro) * o.batchSize * W + rank * o.batchSize;
           const permutation = this.#masker.forSamples(sample, o.batchSize);
@@ -453,23 +442,11 @@ export class Trainer {
     }
   }
 
-  // The batch starting at (epoch, position): each epoch a seeded shuffle of the dataset; a partial
-  // batch at the end of an epoch is dropped (MAE's drop_last), so every batch is full.
-  // A BatchSource starts loading at once (prefetch); in-memory images are copied when taken.
-  // With more than one rank the batch is global (batchSize · worldSize samples of the order) and
-  // this rank takes its slice [rank·B, (rank+1)·B); positions count global samples.
-  #startBatch(epoch: number, position: number, per: number): PendingBatch {
-    const B = this.#opts.batchSize, global = B * this.#world, first = position + (this.#dist?.rank ?? 0) * B;
-    if (position + global > this.#data.count) {
-      epoch += 1;
-      position = 0;
-      return this.#startBatch(epoch, position, per);
-    }
-    for (const e of this.#orders.keys()) if (e < epoch) this.#orders.delete(e);
-    if (!this.#orders.has(epoch)) this.#orders.set(epoch, this.#epochOrder(epoch));
-    const indices = this.#orders.get(epoch)!.slice(first, first + B);
-    const data = this.#data;
-    let images: () => Promise<Float32Array>;
+  // This rank's slice (`indices`) of the global batch at (epoch, position) of the epochs' orders
+  // (positions count global samples). A BatchSource starts loading at once, seeded by the batch's
+  // place so a resume repeats it (prefetch); in-memory images are copied when taken.
+  #startBatch(indices: Int32Array, { epoch, position }: DataCursor, per: number): () => Promise<Float32Array> {
+    const B = this.#opts.batchSize, data = this.#data;
     if (isBatchSource(data)) {
       let loading: Promise<Float32Array>;
       try {
@@ -478,15 +455,13 @@ export class Trainer {
         loading = Promise.reject(err);  // a load() that throws at once fails when its batch is awaited, as a rejection would
       }
       loading.catch(() => {});  // awaited in run(); no unhandled rejection if the run stops first
-      images = () => loading;
-    } else {
-      images = async () => {
-        const out = new Float32Array(B * per);
-        for (let b = 0; b < B; b++) out.set(data.images.subarray(indices[b] * per, (indices[b] + 1) * per), b * per);
-        return out;
-      };
+      return () => loading;
     }
-    return { images, epoch, next: position + global };
+    return async () => {
+      const out = new Float32Array(B * per);
+      for (let b = 0; b < B; b++) out.set(data.images.subarray(indices[b] * per, (indices[b] + 1) * per), b * per);
+      return out;
+    };
   }
 
   /** What the data order and masks depend on, recorded in checkpoints. */
@@ -583,16 +558,6 @@ export class Trainer {
         differ.map((n) => `${n} ${mine[names.indexOf(n)]}`).join(', ') + '); every rank must start from the same state with the same options');
   }
 
-  #epochOrder(epoch: number): Int32Array {
-    // a generator per epoch: the order depends only on (seed, epoch), so a resume needs no RNG state
-    const rng = xoroshiro128plus((this.#opts.seed * 1_000_003 + epoch) | 0);
-    const order = Int32Array.from({ length: this.#data.count }, (_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) {
-      const j = uniformInt(rng, 0, i);
-      [order[i], order[j]] = [order[j], order[i]];
-    }
-    return order;
-  }
 }
 
 const newRunId = () => randomBytes(8).toString('hex');

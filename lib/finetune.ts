@@ -11,7 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { BatchQueue, EpochBatches } from './batch-cursor.js';
+import { BatchQueue, EpochBatches, assertDataCursor } from './batch-cursor.js';
 import { listCheckpoints } from './checkpoint.js';
 import { CLASSIFIER_CONFIG_KEY, classifierConfigDifference, type Classifier } from './classifier.js';
 import type { LabelledImageSet, Normalization } from './data.js';
@@ -301,6 +301,7 @@ export class FineTuner {
         throw new Error(`resume: the checkpoint was made with batch ${st.batchSize}, this run has ${this.#o.batchSize}; resume with the same batch size`);
       const diff = st.classes && this.#classes ? classesDifference(st.classes, 'the checkpoint\'s', this.#classes, 'this run\'s folder') : undefined;
       if (diff) throw new Error(`resume: the checkpoint was made on a folder with other classes than this run's: ${diff}`);
+      assertDataCursor(`resume: ${target}`, st);
     }) as unknown as FinetuneState;
     this.#state = { ...saved, ...(this.#classes ? { classes: this.#classes } : {}) };
     this.#resumedFrom = target;

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { appendFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
-import { BatchQueue, EpochBatches, type DataCursor } from './batch-cursor.js';
+import { BatchQueue, EpochBatches, assertDataCursor, type DataCursor } from './batch-cursor.js';
 import { listCheckpoints, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { assertFiniteNumber, invalidParameterError, invalidRangeError, invalidTypeError } from './errors.js';
 import { ParallelMasker } from './masker.js';
@@ -229,6 +229,7 @@ export class Trainer {
         `this run has ${describe(now.globalBatch, now.worldSize, now.accumulate)}. Resume with the same batch · world size ` +
         `(e.g. batch ${saved.globalBatch / now.worldSize} on ${now.worldSize} rank${now.worldSize > 1 ? 's' : ''}) and accumulate ${saved.accumulate ?? 1}`);
     }
+    assertDataCursor(`resume: ${target}`, saved);
     // checkpoints of older versions carry no run id: continue under a new one
     const runId = typeof saved.runId === 'string' ? saved.runId : newRunId();
     this.#state = { step: saved.step, epoch: saved.epoch, position: saved.position, seed: saved.seed, runId, ...now };

@@ -2,8 +2,11 @@
 // shuffles read in full batches (the partial batch at an epoch's end dropped), the move to the
 // next epoch, a queue started from a saved cursor repeating the batches of an uninterrupted run,
 // batches started strictly in order whatever the prefetch depth, a rank's slice of the global
-// batch, and bad cursors refused.
+// batch, and bad cursors refused (also by Trainer.resume and FineTuner.resume).
 import test from 'ava';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { BatchQueue, EpochBatches, assertDataCursor, type DataCursor } from '../lib/batch-cursor.js';
 import { seededRng } from '../lib/rng.js';
 
@@ -122,4 +125,27 @@ test('a bad cursor is refused with a clear error', (t) => {
   t.throws(() => new BatchQueue(b, { from: { epoch: 0, position: 0 }, batches: 1, prefetch: -1, start: () => 0 }),
     { instanceOf: RangeError, message: 'BatchQueue: prefetch must be a non-negative integer, not -1' });
   t.throws(() => batchesOf(3, 4), { instanceOf: RangeError, message: 'EpochBatches: batchSize must be an integer in 1..3, not 4' });
+});
+
+// Trainer.resume and FineTuner.resume: a checkpoint whose cursor is no place in the data is refused
+// before the run starts (it would read batches of the wrong length or none at all).
+test('Trainer.resume and FineTuner.resume refuse a checkpoint with a bad data cursor', async (t) => {
+  const { EMAE, Trainer, Classifier, FineTuner, saveCheckpoint, saveClassifierCheckpoint } = await import('../lib/index.js');
+  const dir = mkdtempSync(path.join(tmpdir(), 'emae-cursor-'));
+  const model = await EMAE.create({ imageSize: 8, patchSize: 4, embedDim: 8, depth: 1, numHeads: 2, decoderEmbedDim: 8, decoderDepth: 1,
+    decoderNumHeads: 2, device: 'cpu', threads: 1 });
+  t.teardown(() => model.dispose());
+  const data = { images: new Float32Array(6 * 3 * 64), count: 6 };
+  const pretrain = path.join(dir, 'pretrain.safetensors');
+  await saveCheckpoint(pretrain, model, { step: 2, epoch: 0, position: 'x', seed: 0, globalBatch: 2, accumulate: 1, worldSize: 1, runId: 'r' });
+  await t.throwsAsync(new Trainer(model, data, { batchSize: 2, steps: 4 }).resume(pretrain),
+    { instanceOf: RangeError, message: `resume: ${pretrain}: the data cursor's position must be a non-negative integer, but it is "x"` });
+
+  const clf = await Classifier.create({ imageSize: 8, patchSize: 4, channels: 3, embedDim: 8, depth: 1, numHeads: 2, numClasses: 2, device: 'cpu', threads: 1 });
+  t.teardown(() => clf.dispose());
+  const labelled = { images: new Float32Array(6 * 3 * 64), labels: new Int32Array(6), count: 6, channels: 3, size: 8 };
+  const finetune = path.join(dir, 'finetune.safetensors');
+  await saveClassifierCheckpoint(finetune, clf, { step: 1, epoch: -1, position: 2, seed: 0, batchSize: 2, runId: 'r' });
+  await t.throwsAsync(new FineTuner(clf, labelled, { batchSize: 2, epochs: 2 }).resume(finetune),
+    { instanceOf: RangeError, message: `resume: ${finetune}: the data cursor's epoch must be a non-negative integer, but it is -1` });
 });

@@ -56,7 +56,13 @@ export async function saveCheckpoint(file: string, model: EMAE, trainer: Record<
  * state saved with it. Throws before touching the model when the file is not an emae checkpoint,
  * is truncated, fails its checksum, or was saved for another architecture (the keys are named).
  */
-export async function loadCheckpoint(file: string, model: EMAE): Promise<Record<string, unknown>> {
+/**
+ * Loads a checkpoint into `model` (parameters and AdamW state) and returns its trainer state.
+ * `accept`, when given, sees the trainer state first and may throw to refuse the file: it runs
+ * before anything is written, so a refused checkpoint leaves the model as it was.
+ */
+export async function loadCheckpoint(file: string, model: EMAE,
+  accept?: (trainer: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
   const { kind, config, metadata, data: tensors } = parseWeightsFile(await readFile(file), file, 'checkpoint');
   if (kind !== 'checkpoint')
     throw new Error(`${file}: not an emae checkpoint (format '${metadata.format}', expected '${CHECKPOINT_FORMAT}')`);
@@ -82,6 +88,7 @@ export async function loadCheckpoint(file: string, model: EMAE): Promise<Record<
     else if (name.startsWith('exp_avg_sq.')) expAvgSq[name.slice(11)] = t.data;
     else if (name.startsWith('exp_avg.')) expAvg[name.slice(8)] = t.data;
   }
+  accept?.(trainer);
   // loadStateDict checks every name and shape before writing; the optimizer state likewise
   const before = await model.stateDict();
   await model.loadStateDict(params);

@@ -218,18 +218,21 @@ export class Trainer {
     const target = file ?? (this.#opts.outDir ? (await listCheckpoints(this.#opts.outDir)).pop() : undefined);
     if (!target) throw new Error('resume: no checkpoint to resume from');
     if (this.#outDirReport) throw new Error('resume: this trainer has already started its run');
-    const saved = (await loadCheckpoint(target, this.#model)) as unknown as TrainerState;
-    if (saved.seed !== this.#opts.seed) throw new Error(`resume: the checkpoint was made with seed ${saved.seed}, this trainer has ${this.#opts.seed}`);
-    // Data order and masks depend on the global batch and accumulation, not on the world size,
-    // so a checkpoint resumes on any number of ranks that keeps batchSize · worldSize.
     const now = this.#shape();
-    if (saved.globalBatch !== undefined && (saved.globalBatch !== now.globalBatch || (saved.accumulate ?? 1) !== now.accumulate)) {
-      const describe = (g: number, w: number, a: number) => `a global batch of ${g} (batch ${g / w} × ${w} rank${w > 1 ? 's' : ''}, accumulate ${a})`;
-      throw new Error(`resume: the checkpoint was made with ${describe(saved.globalBatch, saved.worldSize ?? 1, saved.accumulate ?? 1)}; ` +
-        `this run has ${describe(now.globalBatch, now.worldSize, now.accumulate)}. Resume with the same batch · world size ` +
-        `(e.g. batch ${saved.globalBatch / now.worldSize} on ${now.worldSize} rank${now.worldSize > 1 ? 's' : ''}) and accumulate ${saved.accumulate ?? 1}`);
-    }
-    assertDataCursor(`resume: ${target}`, saved);
+    // checked before the checkpoint is written into the model, so a refused one changes nothing
+    const saved = (await loadCheckpoint(target, this.#model, (trainer) => {
+      const state = trainer as unknown as TrainerState;
+      if (state.seed !== this.#opts.seed) throw new Error(`resume: the checkpoint was made with seed ${state.seed}, this trainer has ${this.#opts.seed}`);
+      // Data order and masks depend on the global batch and accumulation, not on the world size,
+      // so a checkpoint resumes on any number of ranks that keeps batchSize · worldSize.
+      if (state.globalBatch !== undefined && (state.globalBatch !== now.globalBatch || (state.accumulate ?? 1) !== now.accumulate)) {
+        const describe = (g: number, w: number, a: number) => `a global batch of ${g} (batch ${g / w} × ${w} rank${w > 1 ? 's' : ''}, accumulate ${a})`;
+        throw new Error(`resume: the checkpoint was made with ${describe(state.globalBatch, state.worldSize ?? 1, state.accumulate ?? 1)}; ` +
+          `this run has ${describe(now.globalBatch, now.worldSize, now.accumulate)}. Resume with the same batch · world size ` +
+          `(e.g. batch ${state.globalBatch / now.worldSize} on ${now.worldSize} rank${now.worldSize > 1 ? 's' : ''}) and accumulate ${state.accumulate ?? 1}`);
+      }
+      assertDataCursor(`resume: ${target}`, state);
+    })) as unknown as TrainerState;
     // checkpoints of older versions carry no run id: continue under a new one
     const runId = typeof saved.runId === 'string' ? saved.runId : newRunId();
     this.#state = { step: saved.step, epoch: saved.epoch, position: saved.position, seed: saved.seed, runId, ...now };

@@ -388,16 +388,22 @@ test('more than one rank in a build without MPI says what to install', (t) => {
   t.regex(r.stdout, /rank 0 of 2: .*could not load emae's MPI plugin \/nonexistent\/emae_mpi\.so.*install Open MPI \(Debian\/Ubuntu: apt-get install openmpi-bin libopenmpi-dev/s);
 });
 
-test('the Trainer refuses a checkpoint of another global batch, naming both', async (t) => {
+test('the Trainer refuses a checkpoint of another global batch, naming both, and leaves the model as it was', async (t) => {
   const dir = tmp();
   const config = { imageSize: 8, patchSize: 2, channels: 3, embedDim: 8, depth: 1, numHeads: 2, decoderEmbedDim: 8, decoderDepth: 1,
     decoderNumHeads: 2, device: 'cpu' as const, threads: 1 };
   const data = { images: gratings(16, 3, 8, 1), count: 16 };
   const model = await EMAE.create(config);
   await new Trainer(model, data, { batchSize: 8, steps: 1, outDir: dir }).run();
-  const other = new Trainer(model, data, { batchSize: 4, steps: 2, outDir: dir });
+  // a refused checkpoint is refused before it is loaded: the model and its AdamW state are as before
+  const fresh = await EMAE.create({ ...config, seed: 3 });
+  const before = await fresh.stateDict(), stepBefore = (await fresh.getOptimizerState()).step;
+  const other = new Trainer(fresh, data, { batchSize: 4, steps: 2, outDir: dir });
   await t.throwsAsync(other.resume(), { message: /global batch of 8 \(batch 8 × 1 rank, accumulate 1\); this run has a global batch of 4/ });
+  t.deepEqual(await fresh.stateDict(), before);
+  t.is((await fresh.getOptimizerState()).step, stepBefore);
   await model.dispose();
+  await fresh.dispose();
 });
 
 mp('allReduce across 2 ranks: sum, mean, max and min of Float32Array and Float64Array', async (t) => {

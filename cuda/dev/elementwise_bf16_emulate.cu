@@ -2,9 +2,10 @@
 // row and stride bodies of cuda/layernorm.cuh (the three-kernel backward and the fused one that bf16
 // dout takes), cuda/loss.cuh (the item and cls-row bodies), cuda/optim.cuh (GELU, AdamW with its
 // bf16 weight copy, the flat conversion) and cuda/tokens.cuh run on the host, over the grids of
-// their launchers. Warp-wide bodies run one warp's 32 lanes as std::threads whose Warp::sum is the
-// GPU's xor butterfly (warp_sum), value for value, or whose shfl_xor passes values as
-// __shfl_xor_sync; a block's barrier is a barrier of its threads.
+// their launchers. Warp-wide bodies run a block's lanes as fibers (fiber_block.h: a warp's 32 lanes
+// meet at each collective, divergence is an error): Warp::sum is the GPU's xor butterfly (warp_sum),
+// value for value, shfl_xor passes values as __shfl_xor_sync; a block's barrier is a barrier of its
+// fibers, its warps run in a shuffled order per barrier phase.
 // Each op runs twice: the float instantiation on the bf16 inputs widened to fp32, and the bf16
 // instantiation on the bf16 inputs. Because both compute in fp32 and round only on store, the bf16
 // outputs must equal the fp32 outputs rounded to nearest even (act.h's bf16_from_float) and every
@@ -20,14 +21,12 @@
 #include <cstring>
 #include <algorithm>
 #include <functional>
-#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/act.h"
-#include "cuda/dev/bf16_convert_emulate.h"  // convert_emulation::Barrier
 #include "cuda/dev/check_common.h"
+#include "cuda/dev/fiber_block.h"
 #include "cuda/layernorm.cuh"
 #include "cuda/loss.cuh"
 #include "cuda/optim.cuh"
@@ -40,7 +39,8 @@ using bf16 = __nv_bfloat16;
 using emae::bf16_from_float;
 using emae::float_from_bf16;
 using emae::PartGeometry;
-using emae::dev::convert_emulation::Barrier;
+using emae::dev::EmulationError;
+using emae::dev::FiberBlock;
 using emae::dev::random_vector;
 
 int failures = 0;
@@ -93,40 +93,125 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-// ---- one warp on the host ----------------------------------------------------------------------
+// ---- warps and blocks on the host ------------------------------------------------------------
 
-// A lane of a warp run as a std::thread: sum() is warp_sum's xor butterfly over the 32 lanes'
-// values (each step v += the value of lane ^ offset), the same additions in the same order.
-struct HostWarp {
-  Barrier* barrier;
-  float* slots;  // 32
-  int lane;
-  float sum(float v) const {
-    slots[lane] = v;
-    barrier->wait();
-    float vals[32];
-    std::memcpy(vals, slots, sizeof vals);
-    barrier->wait();  // every lane has read before any writes its next value
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      float next[32];
-      for (int l = 0; l < 32; ++l) next[l] = vals[l] + vals[l ^ offset];
-      std::memcpy(vals, next, sizeof vals);
+// the scheduler's states and the bodies' collectives
+enum class Op { kRun, kSync, kSum, kShfl, kDone };
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kRun: return "run";
+    case Op::kSync: return "__syncthreads";
+    case Op::kSum: return "warp_sum";
+    case Op::kShfl: return "__shfl_xor_sync";
+    case Op::kDone: return "exit";
+  }
+  return "?";
+}
+
+// a thread's operand and result of a collective (sum: in place; shfl: value in place, offset)
+struct Lane {
+  float sum = 0.f;
+  double shfl = 0.0;
+  int offset = 0;
+};
+
+template <int Threads>
+class HostBlock : public FiberBlock<Op, Lane, Threads> {
+ private:
+  void complete(int w, Op op) override {
+    Lane* lanes = &this->t[32 * w];
+    switch (op) {
+      case Op::kSum: {
+        // warp_sum's xor butterfly: each step v += the value of lane ^ offset, the same additions
+        // in the same order
+        float vals[32];
+        for (int l = 0; l < 32; ++l) vals[l] = lanes[l].sum;
+        for (int offset = 16; offset > 0; offset >>= 1) {
+          float next[32];
+          for (int l = 0; l < 32; ++l) next[l] = vals[l] + vals[l ^ offset];
+          std::memcpy(vals, next, sizeof vals);
+        }
+        for (int l = 0; l < 32; ++l) lanes[l].sum = vals[l];
+        break;
+      }
+      case Op::kShfl: {
+        double vals[32];
+        for (int l = 0; l < 32; ++l) {
+          if (lanes[l].offset < 0 || lanes[l].offset > 31)
+            throw EmulationError("__shfl_xor_sync: offset past the warp");
+          vals[l] = lanes[l].shfl;
+        }
+        for (int l = 0; l < 32; ++l) lanes[l].shfl = vals[l ^ lanes[l].offset];
+        break;
+      }
+      default: throw EmulationError(std::string("unexpected collective ") + op_name(op));
     }
-    return vals[lane];
   }
 };
 
-// body(row, lane, warp) for every row, one warp of 32 threads per row; false if a barrier timed out
-bool run_warp_rows(int R, const std::function<void(int, int, const HostWarp&)>& body) {
+// one scheduler (and its fiber stacks) per block size, for every launch
+template <int Threads>
+HostBlock<Threads>& host_block() {
+  static HostBlock<Threads> block;
+  return block;
+}
+
+// A thread's Warp policy for the LayerNorm bodies: sum() completes when all 32 lanes of its warp ask.
+template <int Threads>
+struct FiberWarp {
+  HostBlock<Threads>* block;
+  int tid;
+  float sum(float v) const {
+    block->t[tid].sum = v;
+    block->wait(tid, Op::kSum);
+    return block->t[tid].sum;
+  }
+};
+
+// A thread's Warp policy for the loss item: shfl_xor(v, offset) is the value lane ^ offset passed in
+// the same call, as __shfl_xor_sync.
+template <int Threads>
+struct FiberShflWarp {
+  HostBlock<Threads>* block;
+  int tid;
+  double shfl_xor(double v, int offset) const {
+    block->t[tid].shfl = v;
+    block->t[tid].offset = offset;
+    block->wait(tid, Op::kShfl);
+    return block->t[tid].shfl;
+  }
+};
+
+// a block's __syncthreads as a barrier of its fibers
+template <int Threads>
+struct FiberBlockSync {
+  HostBlock<Threads>* block;
+  int tid;
+  void sync() const { block->wait(tid, Op::kSync); }
+};
+
+// body(tid) for every thread of block bx of Threads threads; smem: the block's shared memory, of which
+// the first `used` floats are the kernel's (NaN-poisoned per block), the rest a guard that must stay
+// untouched; false (the reason printed) when the threads diverged at a collective or a barrier
+template <int Threads>
+bool run_host_block(int bx, std::vector<float>& smem, size_t used, const std::function<void(int)>& body) {
+  try {
+    host_block<Threads>().run_block(bx, 0, reinterpret_cast<unsigned char*>(smem.data()), smem.size() * sizeof(float),
+                                    used * sizeof(float), body);
+  } catch (const EmulationError& e) {
+    std::printf("emulation error: %s\n", e.what());
+    return false;
+  }
+  return true;
+}
+
+// body(row, lane, warp) for every row, one warp of 32 fibers per row; false if the lanes diverged
+bool run_warp_rows(int R, const std::function<void(int, int, const FiberWarp<32>&)>& body) {
+  std::vector<float> no_smem;
   bool ok = true;
   for (int row = 0; row < R; ++row) {
-    Barrier barrier(32);
-    float slots[32];
-    std::vector<std::thread> lanes;
-    for (int lane = 0; lane < 32; ++lane)
-      lanes.emplace_back([&, lane] { body(row, lane, HostWarp{&barrier, slots, lane}); });
-    for (auto& t : lanes) t.join();
-    ok = ok && !barrier.timed_out;
+    const auto lane_body = [&](int lane) { body(row, lane, FiberWarp<32>{&host_block<32>(), lane}); };
+    ok = run_host_block<32>(row, no_smem, 0, lane_body) && ok;
   }
   return ok;
 }
@@ -138,7 +223,7 @@ template <class Out>
 bool emulate_layernorm_forward(std::vector<Out>& out, std::vector<float>& mean, std::vector<float>& rstd,
                                const std::vector<float>& inp, const std::vector<float>& w, const std::vector<float>& b,
                                int R, int C, float eps) {
-  return run_warp_rows(R, [&](int row, int lane, const HostWarp& warp) {
+  return run_warp_rows(R, [&](int row, int lane, const FiberWarp<32>& warp) {
     ec::layernorm_detail::forward_row(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), row, lane,
                                       C, eps, warp);
   });
@@ -150,7 +235,7 @@ bool emulate_layernorm_backward(std::vector<float>& dinp, std::vector<float>& dw
                                 const std::vector<DOut>& dout, const std::vector<float>& inp,
                                 const std::vector<float>& w, const std::vector<float>& mean,
                                 const std::vector<float>& rstd, int R, int C) {
-  const bool ok = run_warp_rows(R, [&](int row, int lane, const HostWarp& warp) {
+  const bool ok = run_warp_rows(R, [&](int row, int lane, const FiberWarp<32>& warp) {
     ec::layernorm_detail::backward_input_row(dinp.data(), dout.data(), inp.data(), w.data(), mean.data(), rstd.data(),
                                              row, lane, C, warp);
   });
@@ -164,42 +249,29 @@ bool emulate_layernorm_backward(std::vector<float>& dinp, std::vector<float>& dw
   return ok;
 }
 
-// a block's __syncthreads as a barrier of its threads
-struct HostBlockSync {
-  Barrier* barrier;
-  void sync() const { barrier->wait(); }
-};
-
 // layernorm_backward's fused path (bf16 dout): the fused kernel over its grid (kFusedRowChunk rows
-// per block, 8 warps of 32 threads, each warp's sums through its own HostWarp), then the chunk
-// reduction; false if a barrier timed out
+// per block, 8 warps of 32 fibers, its static shared array sh[2·32·kCols]), then the chunk
+// reduction; false if the threads diverged at a collective or a barrier
 template <int kCols>
 bool emulate_layernorm_backward_fused(std::vector<float>& dinp, std::vector<float>& dw, std::vector<float>& db,
                                       const std::vector<bf16>& dout, const std::vector<float>& inp,
                                       const std::vector<float>& w, const std::vector<float>& mean,
                                       const std::vector<float>& rstd, int R, int C) {
-  constexpr int kWarps = ec::LayerNormTraits::kWarpsPerBlock;
+  constexpr int kThreads = 32 * ec::LayerNormTraits::kWarpsPerBlock;
+  constexpr size_t kShared = 2 * 32 * kCols, kGuard = 16;
   const int chunks = ec::ceil_div(R, ec::LayerNormTraits::kFusedRowChunk);
   std::vector<float> partial = f32_poison(ec::layernorm_scratch_floats(R, C));
+  std::vector<float> sh(kShared + kGuard);
+  HostBlock<kThreads>* block = &host_block<kThreads>();
   bool ok = true;
   for (int chunk = 0; chunk < chunks; ++chunk) {
-    std::vector<float> sh = f32_poison(2 * 32 * kCols);
-    Barrier block_barrier(32 * kWarps);
-    std::vector<std::unique_ptr<Barrier>> warp_barriers;
-    for (int k = 0; k < kWarps; ++k) warp_barriers.push_back(std::make_unique<Barrier>(32));
-    std::vector<float> slots(32 * kWarps);
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 32 * kWarps; ++t)
-      threads.emplace_back([&, t] {
-        const int warp_id = t / 32, lane = t % 32;
-        ec::layernorm_detail::backward_fused_block<kCols>(
-            partial.data(), sh.data(), dinp.data(), dout.data(), inp.data(), w.data(), mean.data(), rstd.data(), chunk,
-            warp_id, lane, R, C, HostWarp{warp_barriers[warp_id].get(), slots.data() + 32 * warp_id, lane},
-            HostBlockSync{&block_barrier});
-      });
-    for (auto& t : threads) t.join();
-    ok = ok && !block_barrier.timed_out;
-    for (auto& b : warp_barriers) ok = ok && !b->timed_out;
+    const auto thread_body = [&](int t) {
+      const int warp_id = t / 32, lane = t % 32;
+      ec::layernorm_detail::backward_fused_block<kCols>(
+          partial.data(), sh.data(), dinp.data(), dout.data(), inp.data(), w.data(), mean.data(), rstd.data(), chunk,
+          warp_id, lane, R, C, FiberWarp<kThreads>{block, t}, FiberBlockSync<kThreads>{block, t});
+    };
+    ok = run_host_block<kThreads>(chunk, sh, kShared, thread_body) && ok;
   }
   for (int c = 0; c < C; ++c) ec::layernorm_detail::reduce_chunks_column(dw.data(), db.data(), partial.data(), chunks, C, c);
   return ok;
@@ -336,43 +408,25 @@ void check_layernorm(int R, int C) {
 
 // ---- the losses ------------------------------------------------------------------------------
 
-// A lane of a warp as a std::thread: shfl_xor(v, offset) is the value lane ^ offset passed in the
-// same call, as __shfl_xor_sync.
-struct HostShflWarp {
-  Barrier* barrier;
-  double* slots;  // 32
-  int lane;
-  double shfl_xor(double v, int offset) const {
-    slots[lane] = v;
-    barrier->wait();
-    const double other = slots[lane ^ offset];
-    barrier->wait();  // every lane has read before any writes its next value
-    return other;
-  }
-};
-
-// loss_sums' kernels over their grids: the item kernel (blocks of kWarpsPerBlock warps, the last
-// block's warps past B·N included), the cls rows; item_sums (B·N, 2); false if a barrier timed out
+// loss_sums' kernels over their grids: the item kernel (blocks of kWarpsPerBlock warps of 32 fibers,
+// the last block's warps past B·N included), the cls rows; item_sums (B·N, 2); false if the lanes
+// diverged at a collective
 template <class T>
 bool emulate_loss_items(std::vector<T>& dpred, std::vector<double>& item_sums, const std::vector<T>& pred,
                         const std::vector<float>& target, const std::vector<int32_t>& position_of,
                         const PartGeometry& g, const ec::LossScales& scales, bool l1) {
   const int items = g.batch * g.num_patches, P = g.patch * g.patch * g.channels;
+  constexpr int kThreads = 32 * ec::LossTraits::kWarpsPerBlock;
+  HostBlock<kThreads>* host = &host_block<kThreads>();
+  std::vector<float> no_smem;
   bool ok = true;
-  for (int block = 0; block < ec::ceil_div(items, ec::LossTraits::kWarpsPerBlock); ++block)
-    for (int w = 0; w < ec::LossTraits::kWarpsPerBlock; ++w) {
-      Barrier barrier(32);
-      double slots[32];
-      std::vector<std::thread> lanes;
-      for (int lane = 0; lane < 32; ++lane)
-        lanes.emplace_back([&, lane] {
-          ec::loss_detail::item(dpred.data(), item_sums.data(), pred.data(), target.data(), position_of.data(), g,
-                                scales.rec_scale, scales.con_scale, l1, block, w * 32 + lane,
-                                HostShflWarp{&barrier, slots, lane});
-        });
-      for (auto& t : lanes) t.join();
-      ok = ok && !barrier.timed_out;
-    }
+  for (int block = 0; block < ec::ceil_div(items, ec::LossTraits::kWarpsPerBlock); ++block) {
+    const auto thread_body = [&](int t) {
+      ec::loss_detail::item(dpred.data(), item_sums.data(), pred.data(), target.data(), position_of.data(), g,
+                            scales.rec_scale, scales.con_scale, l1, block, t, FiberShflWarp<kThreads>{host, t});
+    };
+    ok = run_host_block<kThreads>(block, no_smem, 0, thread_body) && ok;
+  }
   const long long cls = (long long)g.batch * g.parts * P;
   for (long long idx = 0; idx < cls; ++idx) ec::loss_detail::zero_cls_row_element(dpred.data(), g.num_patches, P, idx);
   return ok;

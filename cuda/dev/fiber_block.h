@@ -1,11 +1,12 @@
-// The fiber scheduler shared by the CPU emulations of the attention kernels (attention_tc_emulate.cu,
-// attention_simt_emulate.cu): the 128 threads of one block run as cooperative fibers (ucontext) on
-// one host thread. A fiber runs until it parks at a collective (wait(tid, op)); the scheduler runs
-// one warp's lanes until all 32 park, requires them at the same operation (else: divergence), and
-// has the derived class complete warp collectives (complete(warp, op)) until the warp reaches a
-// barrier or exits. Barriers open when all 128 threads wait at one; the warps run one after another,
-// each as far as it goes, in an order shuffled per barrier phase, so a missing barrier lets a warp
-// read shared rows the others have not staged yet, or overwrite rows they still read.
+// The fiber scheduler shared by the CPU emulations (attention_tc_emulate.cu, attention_simt_emulate.cu,
+// elementwise_bf16_emulate.cu, bf16_convert_emulate.h): the threads of one block (Threads, 128 unless
+// given, whole warps) run as cooperative fibers (ucontext) on one host thread. A fiber runs until it
+// parks at a collective (wait(tid, op)); the scheduler runs one warp's lanes until all 32 park,
+// requires them at the same operation (else: divergence), and has the derived class complete warp
+// collectives (complete(warp, op)) until the warp reaches a barrier or exits. Barriers open when all
+// the block's threads wait at one; the warps run one after another, each as far as it goes, in an
+// order shuffled per barrier phase, so a missing barrier lets a warp read shared rows the others have
+// not staged yet, or overwrite rows they still read.
 // Shared memory is the caller's buffer: NaN-poisoned (0xff bytes) per block, and the bytes past the
 // block's dynamic allocation must stay untouched.
 // Op: an enum with kRun, kSync and kDone (the scheduler's states) besides the collectives.
@@ -27,10 +28,11 @@ struct EmulationError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-template <class Op, class Lane>
+template <class Op, class Lane, int Threads = 128>
 class FiberBlock {
  public:
-  static constexpr int kThreads = 128;
+  static_assert(Threads > 0 && Threads % 32 == 0, "a block is whole warps");
+  static constexpr int kThreads = Threads;
   static constexpr size_t kStack = 256 * 1024;
 
   FiberBlock() : stacks_(kThreads, std::vector<char>(kStack)) {}

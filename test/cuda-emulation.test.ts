@@ -12,7 +12,7 @@
 // ISA. Both GEMM emulators store through the headers' own epilogue code (gemm.cuh's epilogue_store,
 // the split-K reduce's reduce_output) and cover the fused epilogues: GELU forward and backward with
 // split-K off and on, and the dweight GEMM whose bias gradient is summed in the fp32 → bf16
-// conversion (run with a block's threads as std::threads, bf16_convert_emulate.h), which must equal
+// conversion (run with a block's threads as fibers, bf16_convert_emulate.h), which must equal
 // the separate column-sum pass bit for bit. cuda/dev/elementwise_bf16_emulate.cu runs the bodies of
 // the memory-bound kernels (LayerNorm with the fused backward of bf16 dout, the losses, GELU, AdamW
 // with its bf16 weight copy, the token ops) for both storage types: bf16 outputs must be the fp32 outputs rounded, fp32 outputs the same bits.

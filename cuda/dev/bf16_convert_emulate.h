@@ -1,20 +1,20 @@
 // CPU emulation of gemm_bf16.cuh's fp32 → bf16 conversion kernels, for the GEMM emulators
 // (gemm_sm80_emulate.cu, gemm_sm90_emulate.cu): the header's own block bodies (convert_block,
-// convert_row_sums_block) run with a block's 32 × 8 threads as std::threads that meet at a barrier
-// for every sync(), so what a thread reads after a barrier is what the others wrote before it, as
-// on the GPU. The grids are those of the launchers (convert_to_bf16, convert_to_bf16_with_row_sums);
-// the chunk partials are added as common.cuh's reduce_chunks_kernel does (in chunk order).
-// A barrier that some thread never reaches (a divergent sync) times out and is reported.
+// convert_row_sums_block) run with a block's 32 × 8 threads as fibers (fiber_block.h) that meet at a
+// barrier for every sync(), the warps in a shuffled order per barrier phase, so what a thread reads
+// after a barrier is what the others wrote before it, as on the GPU. The grids are those of the
+// launchers (convert_to_bf16, convert_to_bf16_with_row_sums); the chunk partials are added as
+// common.cuh's reduce_chunks_kernel does (in chunk order).
+// A barrier that some thread never reaches (a divergent sync) is reported (printed, false returned).
 #pragma once
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
-#include <mutex>
-#include <thread>
+#include <string>
 #include <vector>
 
+#include "cuda/dev/fiber_block.h"
 #include "cuda/gemm_bf16.cuh"
 
 namespace emae::dev {
@@ -24,58 +24,59 @@ namespace convert_emulation {
 using emae::cuda::bf16;
 using namespace emae::cuda::bf16_detail;
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const long long generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
-      return;
-    }
-    if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return generation_ != generation; })) timed_out = true;
+// the scheduler's states; the bodies use no warp collective
+enum class Op { kRun, kSync, kDone };
+inline const char* op_name(Op op) {
+  switch (op) {
+    case Op::kRun: return "run";
+    case Op::kSync: return "__syncthreads";
+    case Op::kDone: return "exit";
   }
-  bool timed_out = false;
+  return "?";
+}
+struct Lane {};
 
+class ConvBlock : public FiberBlock<Op, Lane, kConvTile * kConvRows> {
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int count_, arrived_ = 0;
-  long long generation_ = 0;
+  void complete(int, Op op) override { throw EmulationError(std::string("unexpected collective ") + op_name(op)); }
 };
 
+// one scheduler (and its fiber stacks) for every grid
+inline ConvBlock& conv_block() {
+  static ConvBlock block;
+  return block;
+}
+
+// thread (tx, ty) is fiber tid = 32·ty + tx: warp ty, as threadIdx.x + 32·threadIdx.y on the GPU
 struct HostBlock {
   int bx, by, tx, ty;
-  Barrier* barrier;
+  ConvBlock* block;
   int block_x() const { return bx; }
   int block_y() const { return by; }
   int thread_x() const { return tx; }
   int thread_y() const { return ty; }
-  void sync() const { barrier->wait(); }
+  void sync() const { block->wait(ty * kConvTile + tx, Op::kSync); }
 };
 
-// body(tile, HostBlock) for every block of a gx × gy grid, the tile NaN-poisoned per block; false
-// when a barrier timed out.
+// body(tile, HostBlock) for every block of a gx × gy grid, the tile (the block's shared memory)
+// NaN-poisoned per block; false when a barrier was not reached by every thread.
 template <class Body>
 bool run_grid(int gx, int gy, Body body) {
-  bool ok = true;
+  static_assert(kConvTile == 32, "a row of threads is one warp");
+  ConvBlock& block = conv_block();
   for (int by = 0; by < gy; ++by)
     for (int bx = 0; bx < gx; ++bx) {
       ConvTile tile;
-      for (auto& row : tile)
-        for (float& v : row) v = std::nanf("");
-      Barrier barrier(kConvTile * kConvRows);
-      std::vector<std::thread> threads;
-      for (int ty = 0; ty < kConvRows; ++ty)
-        for (int tx = 0; tx < kConvTile; ++tx)
-          threads.emplace_back([&, tx, ty] { body(tile, HostBlock{bx, by, tx, ty, &barrier}); });
-      for (auto& t : threads) t.join();
-      ok = ok && !barrier.timed_out;
+      try {
+        block.run_block(bx, by, reinterpret_cast<unsigned char*>(&tile), sizeof tile, sizeof tile, [&](int tid) {
+          body(tile, HostBlock{bx, by, tid % kConvTile, tid / kConvTile, &block});
+        });
+      } catch (const EmulationError& e) {
+        std::fprintf(stderr, "conversion kernel: %s\n", e.what());
+        return false;
+      }
     }
-  return ok;
+  return true;
 }
 
 // The element type the header's kernels see: float, or bf16 for bf16 bits (uint16_t) on the host.

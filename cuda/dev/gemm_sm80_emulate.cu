@@ -340,11 +340,11 @@ static void emulate(const Case& cs, std::mt19937& rng) {
       std::vector<uint16_t> dout16(dout.size()), inp16(inp.size());
       for (size_t i = 0; i < dout.size(); ++i) dout[i] = fb(dout16[i] = bf_rn(dout[i]));
       for (size_t i = 0; i < inp.size(); ++i) inp[i] = fb(inp16[i] = bf_rn(inp[i]));
-      CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout16.data(), M, K, ld_dout), "A copy: a barrier timed out");
-      CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp16.data(), N, K, ld_inp, true), "B copy: a barrier timed out");
+      CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout16.data(), M, K, ld_dout), "A copy: a barrier not reached by every thread");
+      CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp16.data(), N, K, ld_inp, true), "B copy: a barrier not reached by every thread");
     } else {
-      CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout.data(), M, K, ld_dout), "A conversion: a barrier timed out");
-      CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp.data(), N, K, ld_inp, true), "B conversion: a barrier timed out");
+      CHECK(emae::dev::emulate_convert_with_row_sums(A.data(), a_sums.data(), dout.data(), M, K, ld_dout), "A conversion: a barrier not reached by every thread");
+      CHECK(emae::dev::emulate_convert_to_bf16(B.data(), inp.data(), N, K, ld_inp, true), "B conversion: a barrier not reached by every thread");
     }
     for (int m = 0; m < M; ++m)
       for (int k = 0; k < lda; ++k) {

@@ -1026,7 +1026,7 @@ bool check_a_sums(uint16_t* A, std::vector<float>& a_sums0, std::vector<float>& 
   for (size_t i = 0; i < dout.size(); ++i) dout[i] = 4.f * random_unit(seed + 6, i);
   for (int m = 0; m < M; ++m) a_sums[m] = a_sums0[m] = random_unit(seed + 7, m);
   bool ok = emae::dev::emulate_convert_with_row_sums(A, a_sums.data(), dout.data(), M, K, ld_dout);
-  if (!ok) std::printf("FAIL a_sums conversion: a barrier timed out\n");
+  if (!ok) std::printf("FAIL a_sums conversion: a barrier not reached by every thread\n");
   long long bad_copy = 0, bad_bits = 0, bad_exact = 0;
   for (int m = 0; m < M; ++m) {
     for (int k = 0; k < lda; ++k)

@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include "cpu/gemm.h"
-#include "cpu/gemm_amx.h"
 #include "cuda/device_info.h"
 #include "classifier_wrap.h"
 #include "model_wrap.h"
@@ -64,11 +63,13 @@ Napi::Value CpuGemmKernel(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), cpu::gemm_kernel_name());
 }
 
+// Whether cpuMatmul 'bf16' can run, on which kernel ("amx-bf16", "avx512-bf16", "" when none), why not.
 Napi::Value CpuBf16Available(const Napi::CallbackInfo& info) {
   std::string why;
-  const bool ok = cpu::amx_bf16_available(&why);
+  const char* kernel = cpu::gemm_bf16_kernel_name(&why);
   Napi::Object out = Napi::Object::New(info.Env());
-  out.Set("available", ok);
+  out.Set("available", kernel != nullptr);
+  out.Set("kernel", kernel ? kernel : "");
   out.Set("reason", why);
   return out;
 }

@@ -3,14 +3,16 @@
 // synchronous; inputs are validated here since no TS layer stands in front of it.
 #include <napi.h>
 
+#include <algorithm>
 #include <functional>
 #include <cmath>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/classifier_ops.h"
-#include "cpu/gemm_amx.h"
+#include "cpu/gemm.h"
 #include "cpu/ops.h"
 #include "napi_util.h"
 
@@ -31,12 +33,12 @@ template <typename T> struct OpContext {
   Tensors<T> out;
 
   int dim(const char* key) const { return get_int(call.dims, key, 0); }
-  // dims.bf16 = 1 (with fp32 = 1): the GEMMs on the AMX bf16 path
+  // dims.bf16 = 1 (with fp32 = 1): the GEMMs on the bf16 path (AMX or AVX512-BF16)
   bool bf16() const {
     if (!call.dims.Has("bf16") || get_int(call.dims, "bf16", 0) == 0) return false;
     if (!std::is_same_v<T, float>) throw Napi::RangeError::New(call.env, "testOp: bf16 needs fp32 = 1");
     std::string why;
-    if (!emae::cpu::amx_bf16_available(&why)) throw Napi::Error::New(call.env, "testOp: bf16 unavailable: " + why);
+    if (!emae::cpu::gemm_bf16_kernel_name(&why)) throw Napi::Error::New(call.env, "testOp: bf16 unavailable: " + why);
     return true;
   }
   double scalar(const char* key) const { return get_number(call.dims, key); }
@@ -270,6 +272,37 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
       m[i] = m0[i];
       v[i] = v0[i];
       adamw_update(p[i], m[i], v[i], g[i], s, decay);
+    }
+  } else if (name == "gemm") {
+    // gemm() itself in every layout: A stored (M, K) or, transA, (K, M); B (K, N) or, transB,
+    // (N, K); every leading dimension `pad` wider than the rows; out = the whole C buffer
+    // (M, N + pad), starting from c when given, so writes past the N columns show. float64:
+    // the plain triple loop in the fp32 path's order.
+    const int M = c.dim("M"), N = c.dim("N"), K = c.dim("K"), pad = c.dim("pad");
+    const bool ta = c.dim("transA") != 0, tb = c.dim("transB") != 0, accumulate = c.dim("accumulate") != 0;
+    const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    const T* A = c.input("A", (size_t)(ta ? K : M) * lda);
+    const T* B = c.input("B", (size_t)(tb ? N : K) * ldb);
+    const T* bias = c.optional("bias", N);
+    const T* residual = c.optional("residual", (size_t)M * ldc);
+    const T* c0 = c.optional("c", (size_t)M * ldc);
+    T* C = c.output("out", (size_t)M * ldc);
+    if (c0) std::copy(c0, c0 + (size_t)M * ldc, C);
+    if constexpr (std::is_same_v<T, float>) {
+      GemmParams p;
+      p.trans_a = ta, p.trans_b = tb, p.M = M, p.N = N, p.K = K;
+      p.A = A, p.lda = lda, p.B = B, p.ldb = ldb, p.C = C, p.ldc = ldc;
+      p.accumulate = accumulate, p.bf16 = c.bf16(), p.bias = bias, p.residual = residual;
+      gemm(p);
+    } else {
+      for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+          T s = 0;
+          for (int k = 0; k < K; ++k) s += (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+                                           (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+          T& out = C[(size_t)i * ldc + j];
+          out = (accumulate ? out : T(0)) + s + (bias ? bias[j] : T(0)) + (residual ? residual[(size_t)i * ldc + j] : T(0));
+        }
     }
   } else {
     throw Napi::RangeError::New(c.call.env, "testOp: unknown op '" + name + "'");

@@ -11,7 +11,6 @@
 #include "core/errors.h"
 #include "cpu/classifier_ops.h"
 #include "cpu/gemm.h"
-#include "cpu/gemm_amx.h"
 #include "cpu/ops.h"
 #include "cpu/optim.h"
 
@@ -22,7 +21,7 @@ class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(bool bf16_matmul) : bf16_(bf16_matmul) {}
   std::string name() const override {
-    return std::string("cpu (") + (bf16_ ? "amx-bf16" : gemm_kernel_name()) + ")";
+    return std::string("cpu (") + (bf16_ ? gemm_bf16_kernel_name() : gemm_kernel_name()) + ")";
   }
 
   void convert_to_bf16(uint16_t* dst, const float* src, size_t n) override {
@@ -158,7 +157,7 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cpu_backend(bool bf16_matmul) {
   std::string why;
-  if (bf16_matmul && !amx_bf16_available(&why)) throw std::runtime_error("cpuMatmul 'bf16' is not available: " + why);
+  if (bf16_matmul && !gemm_bf16_kernel_name(&why)) throw std::runtime_error("cpuMatmul 'bf16' is not available: " + why);
   return std::make_unique<CpuBackend>(bf16_matmul);
 }
 

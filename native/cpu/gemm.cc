@@ -19,10 +19,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cpu/gemm_amx.h"
+#include "cpu/gemm_avx512bf16.h"
 #include "cpu/transpose.h"
 
 namespace emae::cpu {
@@ -315,14 +317,51 @@ void pack_b_panel(const GemmParams& p, int NR, const PanelBlock& blk, int s0, in
     pack_b_sliver(p, blk.k0, blk.kc, blk.j0 + s * NR, std::min(NR, blk.nc - s * NR), NR, b_pack + (size_t)s * NR * blk.kc);
 }
 
+struct Bf16Kernel {
+  void (*run)(const GemmParams&) = nullptr;
+  const char* name = nullptr;
+  std::string why;  // when run is null
+};
+
+// AMX where it runs, else AVX512-BF16, else none (why names what each lacks).
+Bf16Kernel select_bf16_kernel() {
+  const char* env = std::getenv("EMAE_BF16_KERNEL");
+  const std::string cap = env ? env : "";
+  Bf16Kernel k;
+  if (!cap.empty() && cap != "amx-bf16" && cap != "avx512-bf16") {
+    k.why = "EMAE_BF16_KERNEL='" + cap + "' names no bf16 kernel (amx-bf16 or avx512-bf16)";
+    return k;
+  }
+  std::string amx_why = "left out by EMAE_BF16_KERNEL", avx_why = "left out by EMAE_BF16_KERNEL";
+  if (cap != "avx512-bf16" && amx_bf16_available(&amx_why)) return {gemm_amx_bf16, "amx-bf16", ""};
+  if (cap != "amx-bf16" && avx512_bf16_available(&avx_why)) return {gemm_avx512_bf16, "avx512-bf16", ""};
+  k.why = "it needs AMX-BF16 or AVX512-BF16; AMX: " + amx_why + "; AVX512-BF16: " + avx_why;
+  return k;
+}
+
+const Bf16Kernel& bf16_kernel() {
+  static const Bf16Kernel info = select_bf16_kernel();
+  return info;
+}
+
 }  // namespace
 
 const char* gemm_kernel_name() { return kernel().name; }
 
+const char* gemm_bf16_kernel_name(std::string* why) {
+  const Bf16Kernel& k = bf16_kernel();
+  if (why) *why = k.why;
+  return k.name;
+}
+
 void gemm(const GemmParams& p) {
   if (p.M <= 0 || p.N <= 0) return;
   if (p.K <= 0) return gemm_no_depth(p);
-  if (p.bf16) return gemm_amx_bf16(p);
+  if (p.bf16) {
+    const Bf16Kernel& k = bf16_kernel();
+    if (!k.run) throw std::runtime_error("bf16 GEMM: " + k.why);
+    return k.run(p);
+  }
   const KernelInfo& kinfo = kernel();
   const int MR = kinfo.mr, NR = kinfo.nr;
   const int kc_max = std::min(p.K, (split_size(p.K, kKC) + 15) / 16 * 16);  // whole 16-k blocks for the transposes

@@ -1,11 +1,13 @@
 // CPU GEMM: C (M, N) = [C +] op(A) (M, K) · op(B) (K, N) [+ bias] [+ residual], row-major, fp32.
 // Cache-blocked with packed B panels and a register-blocked micro-kernel chosen at run time
 // (AVX-512 12×32, AVX2+FMA 6×16, portable 4×8; EMAE_GEMM_KERNEL=avx2|generic narrows the choice).
-// With bf16 set, the operands are rounded to bf16 and multiplied on AMX tiles (gemm_amx.h).
+// With bf16 set, the operands are rounded to bf16 and multiplied with fp32 sums on AMX tiles
+// (gemm_amx.h) or, on CPUs without AMX, with AVX512-BF16's VDPBF16PS (gemm_avx512bf16.h).
 // Threads split the output into tiles, each tile owned by one thread and summed over K in a fixed
 // order: results are bitwise identical for any thread count.
 #pragma once
 #include <cstddef>
+#include <string>
 
 namespace emae::cpu {
 
@@ -17,7 +19,7 @@ struct GemmParams {
   const float* B = nullptr; int ldb = 0;
   float* C = nullptr; int ldc = 0;
   bool accumulate = false;          // C += … instead of C = …
-  bool bf16 = false;                // operands rounded to bf16, on AMX tiles (gemm_amx.h); fp32 sums
+  bool bf16 = false;                // operands rounded to bf16, fp32 sums (gemm_bf16_kernel_name())
   const float* bias = nullptr;      // (N) added to every row
   const float* residual = nullptr;  // (M, N) with leading dimension ldc, added
   // Called once per finished tile of C (rows [i0, i0 + rows), columns [j0, j0 + cols)), after
@@ -32,5 +34,11 @@ void gemm(const GemmParams& p);
 
 // Name of the micro-kernel in use ("avx512", "avx2", "generic").
 const char* gemm_kernel_name();
+
+// The kernel GemmParams::bf16 runs on in this process: "amx-bf16" (Intel AMX tiles, preferred),
+// "avx512-bf16" (VDPBF16PS: AMD Zen 4 and newer, Intel Cooper Lake), or nullptr when neither
+// can run, with *why saying why. EMAE_BF16_KERNEL=amx-bf16|avx512-bf16 narrows the choice to
+// that one (never widens it), so the tests can run the AVX512-BF16 kernel on an AMX machine.
+const char* gemm_bf16_kernel_name(std::string* why = nullptr);
 
 }  // namespace emae::cpu

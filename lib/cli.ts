@@ -42,7 +42,7 @@ program
       cudaError: cuda.error,
       cpuThreads: cpu.defaultThreads,
       cpuGemmKernel: cpu.gemmKernel,
-      cpuBf16: cpu.bf16Available ? 'available (AMX)' : `unavailable: ${cpu.bf16Reason}`,
+      cpuBf16: cpu.bf16Available ? `available (${cpu.bf16Kernel})` : `unavailable: ${cpu.bf16Reason}`,
     };
     if (opts.json) {
       console.log(JSON.stringify(info, null, 2));
@@ -121,7 +121,7 @@ program
   .option('--mask-ratio <r>', 'mask ratio', num('mask-ratio'))
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
-  .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles (opt-in)").choices(['fp32', 'bf16']))
+  .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles or AVX512-BF16 (opt-in)").choices(['fp32', 'bf16']))
   .option('--seed <n>', 'seed of the init, data order and masks', num('seed'), 0)
   .option('--steps <n>', 'optimizer steps (default 1000 unless --epochs)', num('steps'))
   .option('--epochs <n>', 'epochs instead of steps', num('epochs'))
@@ -319,7 +319,7 @@ const sharedModelOptions = (cmd: Command) => cmd
   .option('--mask-ratio <r>', 'mask ratio (default: the saved or config\'s)', num('mask-ratio'))
   .addOption(new Option('--device <d>', 'device').choices(['auto', 'cpu', 'cuda']).default('auto'))
   .option('--threads <n>', 'CPU threads', num('threads'))
-  .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles (opt-in)").choices(['fp32', 'bf16']))
+  .addOption(new Option('--cpu-matmul <p>', "CPU matmul precision: bf16 = operands in bf16 on AMX tiles or AVX512-BF16 (opt-in)").choices(['fp32', 'bf16']))
   .option('--seed <n>', 'seed of the masks', num('seed'), 0);
 
 sharedModelOptions(program.command('reconstruct')

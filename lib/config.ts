@@ -51,8 +51,9 @@ export interface EMAEConfig {
   threads?: number;
   /**
    * Precision of the CPU backend's matmuls (default 'fp32'). 'bf16' (opt-in) rounds the GEMM
-   * operands to bf16 and multiplies on Intel AMX tiles with fp32 sums (Sapphire Rapids and newer;
-   * `cpuBf16Available()` says whether this machine can); weights, activations and AdamW stay fp32.
+   * operands to bf16 and multiplies them with fp32 sums, on Intel AMX tiles (Sapphire Rapids and
+   * newer) or else with AVX512-BF16 (AMD Zen 4 and newer, Intel Cooper Lake); `cpuInfo()` says
+   * whether this machine can and on which; weights, activations and AdamW stay fp32.
    * The CUDA backend always multiplies in bf16 with fp32 sums.
    */
   cpuMatmul?: CpuMatmul;

@@ -37,8 +37,10 @@ export interface CpuInfo {
   defaultThreads: number;
   /** the fp32 GEMM micro-kernel picked for this CPU: 'avx512' | 'avx2' | 'generic' */
   gemmKernel: string;
-  /** whether cpuMatmul 'bf16' (AMX tiles) can run in this process */
+  /** whether cpuMatmul 'bf16' can run in this process */
   bf16Available: boolean;
+  /** the kernel it runs on: 'amx-bf16' (Intel AMX tiles), 'avx512-bf16' (AVX512-BF16 without AMX: AMD Zen 4 and newer), '' when unavailable */
+  bf16Kernel: string;
   /** why not, when bf16Available is false ('' otherwise) */
   bf16Reason: string;
 }
@@ -47,7 +49,7 @@ export interface CpuInfo {
 export function cpuInfo(): CpuInfo {
   const addon = native();
   const bf16 = addon.cpuBf16Available();
-  return { defaultThreads: addon.defaultThreads(), gemmKernel: addon.cpuGemmKernel(), bf16Available: bf16.available, bf16Reason: bf16.reason };
+  return { defaultThreads: addon.defaultThreads(), gemmKernel: addon.cpuGemmKernel(), bf16Available: bf16.available, bf16Kernel: bf16.kernel, bf16Reason: bf16.reason };
 }
 
 /** The package version (package.json; lib/ and dist/ both sit one level below it). */

@@ -34,7 +34,7 @@ export interface NativeModelConfig {
   threads: number;
   /** backend: 'cuda' uses CUDA device 0 */
   device: 'cpu' | 'cuda';
-  /** the CPU backend's GEMMs in bf16 on AMX tiles ('bf16') or fp32 */
+  /** the CPU backend's GEMMs in bf16 (AMX tiles, else AVX512-BF16) or fp32 */
   cpuMatmul: 'fp32' | 'bf16';
 }
 
@@ -205,8 +205,12 @@ export interface NativeAddon {
   defaultThreads(): number;
   /** the CPU GEMM micro-kernel in use: 'avx512' | 'avx2' | 'generic' (env EMAE_GEMM_KERNEL narrows it) */
   cpuGemmKernel(): string;
-  /** whether the opt-in bf16 CPU matmuls (AMX) can run in this process, and if not why */
-  cpuBf16Available(): { available: boolean; reason: string };
+  /**
+   * whether the opt-in bf16 CPU matmuls can run in this process, on which kernel ('amx-bf16':
+   * Intel AMX tiles; 'avx512-bf16': VDPBF16PS on CPUs without AMX; '' when neither), and if not why
+   * (env EMAE_BF16_KERNEL=amx-bf16|avx512-bf16 narrows the choice)
+   */
+  cpuBf16Available(): { available: boolean; kernel: '' | 'amx-bf16' | 'avx512-bf16'; reason: string };
   /**
    * Runs one Backend op in float32 on the CPU or CUDA backend, for the parity tests (internal,
    * synchronous). Returns the op's outputs (Float32Array) and host values (numbers).

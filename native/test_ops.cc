@@ -2,6 +2,7 @@
 // (finite differences in float64, GEMM checks in float32 with dims.fp32 = 1). Internal API,
 // synchronous; inputs are validated here since no TS layer stands in front of it.
 #include <napi.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <functional>
@@ -33,6 +34,7 @@ template <typename T> struct OpContext {
   Tensors<T> out;
 
   int dim(const char* key) const { return get_int(call.dims, key, 0); }
+  int dim_or_zero(const char* key) const { return call.dims.Has(key) ? dim(key) : 0; }
   // dims.bf16 = 1 (with fp32 = 1): the GEMMs on the bf16 path (AMX or AVX512-BF16)
   bool bf16() const {
     if (!call.dims.Has("bf16") || get_int(call.dims, "bf16", 0) == 0) return false;
@@ -276,10 +278,11 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
   } else if (name == "gemm") {
     // gemm() itself in every layout: A stored (M, K) or, transA, (K, M); B (K, N) or, transB,
     // (N, K); every leading dimension `pad` wider than the rows; out = the whole C buffer
-    // (M, N + pad), starting from c when given, so writes past the N columns show. float64:
-    // the plain triple loop in the fp32 path's order.
-    const int M = c.dim("M"), N = c.dim("N"), K = c.dim("K"), pad = c.dim("pad");
-    const bool ta = c.dim("transA") != 0, tb = c.dim("transB") != 0, accumulate = c.dim("accumulate") != 0;
+    // (M, N + pad), starting from c when given, so writes past the N columns show; threads (fp32):
+    // the OpenMP team size for this call. float64: the plain triple loop in the fp32 path's order.
+    const int M = c.dim("M"), N = c.dim("N"), K = c.dim("K"), pad = c.dim_or_zero("pad");
+    const bool ta = c.dim_or_zero("transA") != 0, tb = c.dim_or_zero("transB") != 0;
+    const bool accumulate = c.dim_or_zero("accumulate") != 0;
     const int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
     const T* A = c.input("A", (size_t)(ta ? K : M) * lda);
     const T* B = c.input("B", (size_t)(tb ? N : K) * ldb);
@@ -293,7 +296,15 @@ template <typename T> void run_op(const std::string& name, OpContext<T>& c) {
       p.trans_a = ta, p.trans_b = tb, p.M = M, p.N = N, p.K = K;
       p.A = A, p.lda = lda, p.B = B, p.ldb = ldb, p.C = C, p.ldc = ldc;
       p.accumulate = accumulate, p.bf16 = c.bf16(), p.bias = bias, p.residual = residual;
-      gemm(p);
+      const int threads = c.dim_or_zero("threads"), before = omp_get_max_threads();
+      if (threads > 0) omp_set_num_threads(threads);
+      try {
+        gemm(p);
+      } catch (...) {
+        omp_set_num_threads(before);
+        throw;
+      }
+      omp_set_num_threads(before);
     } else {
       for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {

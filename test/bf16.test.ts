@@ -75,10 +75,11 @@ test('the bf16 kernel is the one this CPU should run: AMX, else AVX512-BF16, els
 });
 
 // M, N, K around the AVX512-BF16 kernel's 12 × 32 tile and the AMX path's 32 × 32 blocks, K odd
-// (the last pair half zero) and K = 1, 2; K = 513 crosses the 128-pair depth blocks, N = 800 the
+// (the last pair half zero; K % 32 above and below 16: the packers' 16-float halves) and K = 1, 2;
+// K = 513 crosses the 128-pair depth blocks, N = 800 the
 // 768-column panels, M = 300 splits the work by rows, M = 37 by tiles.
 const gemmSizes = [[1, 1, 1], [1, 1, 2], [2, 3, 1], [5, 7, 3], [12, 32, 2], [13, 33, 3], [11, 31, 5], [24, 64, 32],
-  [25, 65, 33], [37, 100, 257], [300, 97, 513], [40, 800, 64], [17, 48, 1031]];
+  [25, 65, 33], [7, 45, 25], [29, 70, 95], [3, 5, 17], [37, 100, 257], [300, 97, 513], [40, 800, 64], [17, 48, 1031]];
 for (const [M, N, K] of gemmSizes) {
   test(`bf16 gemm() M=${M} N=${N} K=${K}, all four layouts, plain and with epilogue: float64 on bf16-rounded operands`, (t) => {
     if (skipIfUnavailable(t)) return;

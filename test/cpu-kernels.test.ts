@@ -55,5 +55,8 @@ test('cpuInfo() reports threads, the GEMM kernel and whether bf16 matmuls can ru
   t.is(typeof info.bf16Available, 'boolean');
   if (info.bf16Available) t.is(info.bf16Reason, '');
   else t.true(info.bf16Reason.length > 0, 'says why not');
-  if (info.bf16Available) t.true(cpuHas('amx_bf16'), 'never available without the CPU flag');
+  t.is(info.bf16Kernel, native().cpuBf16Available().kernel);
+  t.is(info.bf16Available, info.bf16Kernel !== '');
+  const flag = info.bf16Kernel === 'amx-bf16' ? 'amx_bf16' : 'avx512_bf16';
+  if (info.bf16Available) t.true(cpuHas(flag), `${info.bf16Kernel}: never available without the CPU flag ${flag}`);
 });

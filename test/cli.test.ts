@@ -22,6 +22,8 @@ test('emae info prints the version, backends and devices', (t) => {
   t.true(j.backends.includes('cpu'));
   t.is(typeof j.cpuThreads, 'number');
   t.true(['avx512', 'avx2', 'generic'].includes(j.cpuGemmKernel), String(j.cpuGemmKernel));
+  t.regex(j.cpuBf16, /^(available \((amx-bf16|avx512-bf16)\)|unavailable: .+)$/, 'names the bf16 kernel or why there is none');
+  t.true(r.stdout.includes(`cpuMatmul 'bf16': ${j.cpuBf16}`));
 });
 
 test("the package's bin is an executable script (npx emae runs dist/cli.js itself)", (t) => {

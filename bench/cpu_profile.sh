@@ -17,6 +17,8 @@ perf report -i "$data" --no-children --sort symbol --stdio 2>/dev/null | awk -v 
     if (sym ~ /micro_avx512|micro_avx2|micro_generic/) g = "GEMM micro-kernels"
     else if (sym ~ /micro_amx|configure_tiles/) g = "GEMM AMX tiles (bf16)"
     else if (sym ~ /pack_a_rows|pack_b_block|gemm_amx/) g = "GEMM bf16 packing (AMX path)"
+    else if (sym ~ /micro_bf16/) g = "GEMM AVX512-BF16 micro-kernel"
+    else if (sym ~ /pack_sliver|gemm_avx512_bf16/) g = "GEMM bf16 packing, prefetch (AVX512-BF16 path)"
     else if (sym ~ /pack_b_sliver|pack_a_sliver|transpose16x16|run_tiles|cpu::gemm/) g = "GEMM packing, edges, prefetch"
     else if (sym ~ /attention/) g = "attention (forward + backward)"
     else if (sym ~ /gelu/) g = "GELU (fused into the fc1 / fc2 GEMM tiles)"

@@ -10,9 +10,9 @@
 // exists else python3. Each configuration runs in its own child process (this script with
 // --child, one JSON line out) so that the peak RSS is that configuration's alone. Images and
 // permutations are drawn outside the timed region, fresh each step, on both sides.
-// --matmul bf16 runs our step with cpuMatmul 'bf16' (GEMM operands in bf16 on AMX tiles) and
-// PyTorch's under torch.autocast('cpu', dtype=torch.bfloat16) — bf16 against bf16, never against
-// PyTorch fp32. Default fp32 on both sides.
+// --matmul bf16 runs our step with cpuMatmul 'bf16' (GEMM operands in bf16 on AMX tiles, else
+// with AVX512-BF16; the header names which) and PyTorch's under torch.autocast('cpu',
+// dtype=torch.bfloat16) — bf16 against bf16, never against PyTorch fp32. Default fp32 on both sides.
 // --profile: our child creates its model with EMAE_PROFILE=1 (the per-op profiler, a host clock
 // around every Backend op) and prints a markdown table of the top ops and the gap line (step time
 // against the ops' time) for the timed steps; the parent prints it before the table.
@@ -28,7 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { EMAE, ParallelMasker, formatProfile, presets, type PresetName } from '../lib/index.js';
+import { EMAE, ParallelMasker, cpuInfo, formatProfile, presets, type PresetName } from '../lib/index.js';
 
 const self = fileURLToPath(import.meta.url);
 const root = path.dirname(path.dirname(self));
@@ -187,7 +187,7 @@ if (torchVersion === null) {
 }
 const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/)?.[1] ?? os.cpus()[0]?.model ?? 'unknown CPU';
 console.log(`${cpu}, ${os.availableParallelism()} logical CPUs; threads ${threads}, ${iters} timed steps after ${warmup} warm-up` +
-  `${rounds > 1 ? `, best of ${rounds} rounds` : ''}; matmuls ${matmul === 'bf16' ? "bf16 (ours: cpuMatmul 'bf16' on AMX; PyTorch: bf16 autocast)" : 'fp32'}; ` +
+  `${rounds > 1 ? `, best of ${rounds} rounds` : ''}; matmuls ${matmul === 'bf16' ? `bf16 (ours: cpuMatmul 'bf16' on ${cpuInfo().bf16Kernel || 'no bf16 kernel'}; PyTorch: bf16 autocast)` : 'fp32'}; ` +
   `PyTorch ${torchVersion ?? 'n/a'} (${python})`);
 
 interface Row {

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     p.B = B.data(); p.ldb = x.tb ? x.K : x.N;
     p.C = C.data(); p.ldc = x.N;
     p.accumulate = x.ta;
-    p.bf16 = std::getenv("EMAE_BENCH_BF16") != nullptr;  // the opt-in AMX bf16 path
+    p.bf16 = std::getenv("EMAE_BENCH_BF16") != nullptr;  // the opt-in bf16 path (AMX or AVX512-BF16)
     emae::cpu::gemm(p);  // warm-up
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
@@ -49,6 +49,6 @@ int main(int argc, char** argv) {
     total_flop += flop * x.count;
   }
   std::printf("TOTAL %.1f ms %.1f GFLOP %.1f GFLOP/s kernel=%s threads=%d\n", total_s * 1e3, total_flop / 1e9,
-              total_flop / total_s / 1e9, std::getenv("EMAE_BENCH_BF16") ? "amx-bf16" : emae::cpu::gemm_kernel_name(),
+              total_flop / total_s / 1e9, std::getenv("EMAE_BENCH_BF16") ? emae::cpu::gemm_bf16_kernel_name() : emae::cpu::gemm_kernel_name(),
               omp_get_max_threads());
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Our CPU GEMM (native/cpu/gemm.cc + gemm_amx.cc, built standalone with g++) against PyTorch's on
+# Our CPU GEMM (native/cpu/gemm.cc + the bf16 kernels, built standalone with g++) against PyTorch's on
 # the GEMM shapes of one training step, in the same run, 2 threads each; prints both and the ratio.
 #   bash bench/gemm_shapes.sh [preset=cpu-tiny] [parts=4] [batch=32] [reps=10]
 #   bash bench/gemm_shapes.sh --build-only   # CI: build ours and run it on a few shapes (no Python)
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 tmp=$(mktemp -d /tmp/emae-gemm.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 g++ -std=c++17 -O3 -fopenmp -fno-math-errno -fno-trapping-math -Inative \
-  bench/gemm_shapes.cc native/cpu/gemm.cc native/cpu/gemm_amx.cc -o "$tmp/gemm_shapes"
+  bench/gemm_shapes.cc native/cpu/gemm.cc native/cpu/gemm_amx.cc native/cpu/gemm_avx512bf16.cc -o "$tmp/gemm_shapes"
 
 if [ "${1:-}" = "--build-only" ]; then
   # qkv of cpu-tiny at 2 images × 4 parts × 17 tokens (forward NT, dinp NN, weight gradient TN)

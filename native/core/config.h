@@ -16,7 +16,7 @@ struct ModelConfig {
   float layer_norm_eps = 1e-6f;
   uint32_t seed = 0;
   int threads = 1;
-  bool cpu_bf16_matmul = false;  // cpuMatmul 'bf16': the CPU backend's GEMMs on AMX tiles
+  bool cpu_bf16_matmul = false;  // cpuMatmul 'bf16': the CPU backend's GEMMs in bf16 (AMX or AVX512-BF16)
 
   int grid() const { return image_size / patch_size; }
   int num_patches() const { return grid() * grid(); }

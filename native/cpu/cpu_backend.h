@@ -6,7 +6,7 @@
 
 namespace emae::cpu {
 
-// bf16_matmul: the GEMMs on AMX tiles in bf16 (throws std::runtime_error where unavailable)
+// bf16_matmul: the GEMMs in bf16 on AMX tiles or AVX512-BF16 (throws std::runtime_error where neither runs)
 std::unique_ptr<Backend> make_cpu_backend(bool bf16_matmul = false);
 
 }  // namespace emae::cpu

@@ -10,7 +10,7 @@
 namespace emae::cpu {
 
 // out (R, N) = inp (R, K) · w (N, K)ᵀ + bias + residual
-// bf16 (float only): the GEMMs' operands rounded to bf16 on AMX tiles (gemm_amx.h)
+// bf16 (float only): the GEMMs' operands rounded to bf16, fp32 sums (gemm_bf16_kernel_name())
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, const T* residual, int R, int K, int N,
                     bool bf16 = false);

@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { EMAE, ParallelMasker, type EMAEConfig } from '../lib/index.js';
+import { Classifier, EMAE, ParallelMasker, type ClassifierConfig, type EMAEConfig } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { bf16, checkGemm, layouts, round } from './helpers/bf16-gemm.js';
 import { randn as randnFrom, relL2, seededRng } from './helpers/numeric.js';
@@ -195,6 +195,29 @@ test("cpuMatmul 'bf16': loss and gradients close to fp32, bitwise the same for 1
     t.is(other.loss, one.loss, `${threads} threads`);
     for (const name of Object.keys(one.grads)) t.deepEqual(other.grads[name], one.grads[name], `${name}, ${threads} threads`);
   }
+});
+
+test("cpuMatmul 'bf16' on a Classifier: loss and gradients close to fp32, bitwise the same for 1 and 2 threads", async (t) => {
+  if (skipIfUnavailable(t)) return;
+  const config: ClassifierConfig = {
+    imageSize: 16, patchSize: 4, channels: 3, embedDim: 32, depth: 2, numHeads: 2, mlpRatio: 2, numClasses: 5,
+    device: 'cpu', threads: 1, seed: 4, dropPath: 0,
+  };
+  const B = 6, batch = { images: gratings(B, 3, 16, 2), labels: Int32Array.from({ length: B }, (_, b) => b % 5), batchSize: B };
+  const run = async (c: ClassifierConfig) => {
+    const clf = await Classifier.create(c);
+    try {
+      return await clf.lossAndGrads(batch);
+    } finally {
+      await clf.dispose();
+    }
+  };
+  const fp32 = await run(config), one = await run({ ...config, cpuMatmul: 'bf16' }), two = await run({ ...config, cpuMatmul: 'bf16', threads: 2 });
+  t.not(one.loss, fp32.loss, 'bf16 is in use');
+  t.true(Math.abs(one.loss - fp32.loss) <= 1e-2 * Math.abs(fp32.loss), `loss ${one.loss} vs fp32 ${fp32.loss}`);
+  for (const [name, g] of Object.entries(fp32.grads)) t.true(relL2(one.grads[name], g) < 5e-2, `${name}: bf16 vs fp32`);
+  t.is(two.loss, one.loss);
+  for (const name of Object.keys(one.grads)) t.deepEqual(two.grads[name], one.grads[name], `${name}, 2 threads`);
 });
 
 test("cpuMatmul 'bf16' trains: the reconstruction loss falls over 40 steps", async (t) => {

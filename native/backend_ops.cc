@@ -6,8 +6,9 @@
 // CPU's reference of it), so a device run can pin a faulty bf16 kernel on one op: the arguments
 // that are views (Act, ActIn in core/backend.h; GEMM weights too, as the model passes its bf16
 // weight copy) are given and returned as fp32 here, rounded to bf16 in backend memory on the way
-// in and widened on the host on the way out; fp32 arguments stay fp32. AdamW then also writes the
-// bf16 weight copy, returned as paramBf16.
+// in and widened on the host on the way out; fp32 arguments stay fp32 (so does matmul_forward's out
+// when a residual is given: the residual stream). AdamW then also writes the bf16 weight copy,
+// returned as paramBf16.
 #include <napi.h>
 
 #include <algorithm>
@@ -179,7 +180,10 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const ActIn w = r.view_in("weight", (size_t)N * K);
     const float* bias = r.optional("bias", N);
     const float* residual = r.optional("residual", (size_t)R * N);
-    be.matmul_forward(r.view_out("out", (size_t)R * N), inp, w, bias, residual, R, K, N);
+    // with a residual, out is the residual stream: fp32 in either storage, as the core passes it
+    // (the CUDA GEMMs refuse a bf16 C with a residual)
+    const Act out = residual ? Act(r.out("out", (size_t)R * N)) : r.view_out("out", (size_t)R * N);
+    be.matmul_forward(out, inp, w, bias, residual, R, K, N);
   } else if (name == "matmul_backward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
     const ActIn dout = r.view_in("dout", (size_t)R * N);

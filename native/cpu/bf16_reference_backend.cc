@@ -3,8 +3,12 @@
 // (gelu_backward's dinp and dout) and no output is read before it is written. Every Act output of
 // the interface is assigned (the accumulating outputs are fp32 and pass through), so an output's
 // scratch needs no initial values.
+// Calls the CUDA backend refuses (cuda/cuda_backend.cu) are refused here too, so that a CPU run
+// finds them: the ops it runs in one kernel instantiation per storage type (GELU, attention, loss)
+// take all their views in one type, and a GEMM with a residual writes an fp32 out.
 #include "cpu/bf16_reference_backend.h"
 
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -21,6 +25,18 @@ void widen(float* dst, const uint16_t* src, size_t n) {
 void round_to_bf16(uint16_t* dst, const float* src, size_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (size_t i = 0; i < n; ++i) dst[i] = bf16_from_float(src[i]);
+}
+
+// std::logic_error unless the (non-null) views share one storage type, as the CUDA backend needs
+void require_one_storage(const char* op, std::initializer_list<ActIn> views) {
+  const ActIn* first = nullptr;
+  for (const ActIn& v : views) {
+    if (!v) continue;
+    if (!first) first = &v;
+    else if (v.dtype != first->dtype)
+      throw std::logic_error(std::string("bf16 reference backend: ") + op + " got " + dtype_name(first->dtype) + " and " +
+                             dtype_name(v.dtype) + " views; the CUDA backend needs them in one storage type");
+  }
 }
 
 // The fp32 buffers of one op call: inputs widened on entry, outputs rounded by finish().
@@ -82,6 +98,8 @@ class Bf16ReferenceBackend final : public Backend {
   // ---- ops on views: widened, the inner fp32 op, rounded -----------------------------------
   void matmul_forward(Act out, ActIn inp, ActIn weight, const float* bias, const float* residual, int R, int K,
                       int N) override {
+    if (residual && out.is_bf16())  // the CUDA GEMMs: a residual needs an fp32 C (the residual stream)
+      throw std::logic_error("bf16 reference backend: matmul_forward with a residual writes an fp32 out, got bf16");
     Staging st(pool_);
     const float* i = st.in(inp, (size_t)R * K);
     const float* w = st.in(weight, (size_t)N * K);
@@ -135,6 +153,7 @@ class Bf16ReferenceBackend final : public Backend {
     inner_->layernorm_backward(dinp, dweight, dbias, d, inp, weight, mean, rstd, R, C);
   }
   void gelu_forward(Act out, ActIn inp, size_t n) override {
+    require_one_storage("gelu_forward", {out, inp});
     Staging st(pool_);
     const float* i = st.in(inp, n);
     float* o = st.out(out, n);
@@ -142,6 +161,7 @@ class Bf16ReferenceBackend final : public Backend {
     st.finish();
   }
   void gelu_backward(Act dinp, ActIn inp, ActIn dout, size_t n) override {  // dinp may alias dout
+    require_one_storage("gelu_backward", {dinp, inp, dout});
     Staging st(pool_);
     const float* i = st.in(inp, n);
     const float* d = st.in(dout, n);
@@ -150,6 +170,7 @@ class Bf16ReferenceBackend final : public Backend {
     st.finish();
   }
   void attention_forward(Act out, float* lse, ActIn qkv, int S, int T, int H, int dh) override {
+    require_one_storage("attention_forward", {out, qkv});
     const size_t rows = (size_t)S * T, D = (size_t)H * dh;
     Staging st(pool_);
     const float* q = st.in(qkv, rows * 3 * D);
@@ -159,6 +180,7 @@ class Bf16ReferenceBackend final : public Backend {
   }
   void attention_backward(Act dqkv, ActIn dout, ActIn qkv, ActIn out, const float* lse, int S, int T, int H,
                           int dh) override {
+    require_one_storage("attention_backward", {dqkv, dout, qkv, out});
     const size_t rows = (size_t)S * T, D = (size_t)H * dh;
     Staging st(pool_);
     const float* d = st.in(dout, rows * D);
@@ -206,6 +228,7 @@ class Bf16ReferenceBackend final : public Backend {
 
   void loss_forward_backward(LossValues* losses, Act dpred, ActIn pred, const float* target,
                              const int32_t* perm, const PartGeometry& g, float lambda, bool l1) override {
+    require_one_storage("loss_forward_backward", {dpred, pred});
     Staging st(pool_);
     const size_t n = (size_t)g.batch * g.parts * (1 + g.num_patches) * g.patch * g.patch * g.channels;
     const float* y = st.in(pred, n);

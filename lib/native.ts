@@ -217,6 +217,8 @@ export interface NativeAddon {
    * dims.bf16 = 1: the backend stores activations in bf16 (CUDA's bf16 storage, the CPU's
    * reference of it); the op's activation arguments (and GEMM weights) are rounded to bf16 in
    * backend memory and its bf16 outputs come back widened; adamw also returns paramBf16.
+   * dims.doutF32 = 1 (matmul_backward, matmul_backward_gelu): dout stays fp32, as the core passes
+   * the residual stream's gradient and the classifier's dlogits.
    */
   testBackendOp(device: 'cpu' | 'cuda', name: string, tensors: Record<string, Float32Array | Int32Array>,
     dims: Record<string, number>): Record<string, Float32Array | number>;

@@ -7,8 +7,9 @@
 // that are views (Act, ActIn in core/backend.h; GEMM weights too, as the model passes its bf16
 // weight copy) are given and returned as fp32 here, rounded to bf16 in backend memory on the way
 // in and widened on the host on the way out; fp32 arguments stay fp32 (so does matmul_forward's out
-// when a residual is given: the residual stream). AdamW then also writes the bf16 weight copy,
-// returned as paramBf16.
+// when a residual is given: the residual stream; and the GEMM backwards' dout with dims.doutF32 = 1:
+// the residual stream's gradient, the classifier's dlogits). AdamW then also writes the bf16 weight
+// copy, returned as paramBf16.
 #include <napi.h>
 
 #include <algorithm>
@@ -111,6 +112,16 @@ class Runner {
     return host;
   }
   bool has_dim(const std::string& key) const { return dims_.Has(key); }
+  // a switch in dims: 0 or 1 (absent: 0), refused with a sentence otherwise
+  bool flag(const char* key) const {
+    if (!dims_.Has(key)) return false;
+    const Napi::Value v = dims_.Get(key);
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (d != 0 && d != 1)
+      throw Napi::RangeError::New(env_, std::string("testBackendOp: dims.") + key + " must be 0 or 1, got '" +
+                                            v.ToString().Utf8Value() + "'");
+    return d == 1;
+  }
   Napi::Env env() const { return env_; }
 
   PartGeometry geometry() const {
@@ -173,7 +184,15 @@ class Runner {
   std::map<std::string, std::vector<float>> host_arrays_;
 };
 
+// The GEMM backwards' dout (R·N): a view, or with dims.doutF32 = 1 fp32 in either storage, as the
+// core passes the residual stream's gradient to the proj and fc2 backwards and the classifier its
+// dlogits (the CUDA bf16 GEMMs then convert it on the fly, dbias from its fp32 values).
+ActIn gemm_dout(Runner& r, size_t n) { return r.flag("doutF32") ? ActIn(r.in("dout", n)) : r.view_in("dout", n); }
+
 void run(const std::string& name, Backend& be, Runner& r) {
+  if (r.has_dim("doutF32") && name != "matmul_backward" && name != "matmul_backward_gelu")
+    throw Napi::RangeError::New(r.env(), "testBackendOp: dims.doutF32 is for matmul_backward and "
+                                         "matmul_backward_gelu, not '" + name + "'");
   if (name == "matmul_forward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
     const ActIn inp = r.view_in("inp", (size_t)R * K);
@@ -186,7 +205,7 @@ void run(const std::string& name, Backend& be, Runner& r) {
     be.matmul_forward(out, inp, w, bias, residual, R, K, N);
   } else if (name == "matmul_backward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
-    const ActIn dout = r.view_in("dout", (size_t)R * N);
+    const ActIn dout = gemm_dout(r, (size_t)R * N);
     const ActIn inp = r.view_in("inp", (size_t)R * K);
     const ActIn w = r.view_in("weight", (size_t)N * K);
     const bool assign = r.has_dim("assign") && r.dim("assign") != 0;  // dweight = … (its input ignored)
@@ -200,7 +219,7 @@ void run(const std::string& name, Backend& be, Runner& r) {
     be.matmul_gelu_forward(r.view_out("pre", (size_t)R * N), r.view_out("act", (size_t)R * N), inp, w, bias, R, K, N);
   } else if (name == "matmul_backward_gelu") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
-    const ActIn dout = r.view_in("dout", (size_t)R * N);
+    const ActIn dout = gemm_dout(r, (size_t)R * N);
     const ActIn inp = r.view_in("inp", (size_t)R * K);
     const ActIn w = r.view_in("weight", (size_t)N * K);
     const ActIn gelu_inp = r.view_in("geluInp", (size_t)R * K);

@@ -149,6 +149,10 @@ const VIEWS: Record<string, { in: string[]; out: string[] }> = {
  * (the core passes it so, and the CUDA GEMMs refuse a bf16 out with a residual). */
 const viewOuts = (op: string, tensors: Tensors): string[] =>
   op === 'matmul_forward' && 'residual' in tensors ? [] : VIEWS[op].out;
+/** The view inputs of one call: the GEMM backwards with dims.doutF32 take an fp32 dout (the core's
+ * residual-stream gradient into proj and fc2, the classifier's dlogits). */
+const viewIns = (op: string, dims: Record<string, number>): string[] =>
+  dims.doutF32 ? VIEWS[op].in.filter((key) => key !== 'dout') : VIEWS[op].in;
 
 /** x rounded to bf16 (nearest even; NaN stays a quiet NaN) and widened: core/act.h's bf16_from_float */
 function roundBf16(x: Float32Array): Float32Array {
@@ -185,7 +189,16 @@ function viewCases(seed: number, small: boolean): OpCase[] {
     for (const assign of [0, 1])
       cases.push({ op: 'matmul_backward', tensors: grads(), dims: { R, K, N, assign } },
         { op: 'matmul_backward_gelu', tensors: { ...grads(), geluInp: randn(R * K, 2) }, dims: { R, K, N, assign } });
+    // with the fp32 dout the core passes: the residual stream's gradient into proj's backward and
+    // fc2's (with the GELU of fc1)
+    for (const assign of [0, 1])
+      cases.push({ op: 'matmul_backward', tensors: grads(), dims: { R, K, N, assign, doutF32: 1 } },
+        { op: 'matmul_backward_gelu', tensors: { ...grads(), geluInp: randn(R * K, 2) }, dims: { R, K, N, assign, doutF32: 1 } });
   }
+  // the classifier head's backward (core/classifier.cc): fp32 dlogits (B, classes), dweight assigned
+  for (const [R, K, N] of pick([[4, 16, 3], [8, 192, 10], [256, 768, 1000]]))
+    cases.push({ op: 'matmul_backward', tensors: { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dbias: randn(N) },
+      dims: { R, K, N, assign: 1, doutF32: 1 } });
   for (const [R, C] of pick([[5, 12], [300, 192], [2000, 768]])) {
     const inp = randn(R * C, 2), weight = randn(C), bias = randn(C);
     cases.push({ op: 'layernorm_forward', tensors: { inp, weight, bias }, dims: { R, C, eps: 1e-6 } });
@@ -230,15 +243,21 @@ test(`testBackendOp bf16 on the CPU: the fp32 op on rounded views, bit for bit, 
   for (const { op, tensors, dims } of cases) {
     const got = native().testBackendOp('cpu', op, tensors, { ...dims, bf16: 1 });
     const rounded = { ...tensors };
-    for (const key of VIEWS[op].in) rounded[key] = roundBf16(tensors[key] as Float32Array);
-    const want = native().testBackendOp('cpu', op, rounded, dims);
+    for (const key of viewIns(op, dims)) rounded[key] = roundBf16(tensors[key] as Float32Array);
+    const { doutF32, ...fp32Dims } = dims;  // fp32 storage: dout is fp32 anyway
+    const want = native().testBackendOp('cpu', op, rounded, fp32Dims);
     for (const key of viewOuts(op, tensors)) want[key] = roundBf16(want[key] as Float32Array);
     t.deepEqual(Object.keys(got).sort(), Object.keys(want).sort(), `${op}: outputs`);
     for (const key of Object.keys(want))
       t.true(sameBits(got[key] as Float32Array | number, want[key] as Float32Array | number), `${op} ${JSON.stringify(dims)}: ${key} bit for bit`);
-    const wide = native().testBackendOp('cpu', op, tensors, dims);
+    const wide = native().testBackendOp('cpu', op, tensors, fp32Dims);
     t.false(Object.keys(wide).every((key) => sameBits(wide[key] as Float32Array | number, got[key] as Float32Array | number)),
       `${op}: the bf16 mode is not the fp32 op`);
+    if (doutF32) {  // the fp32 dout reaches the op unrounded: every output differs from a bf16 dout's
+      const narrowDout = native().testBackendOp('cpu', op, tensors, { ...fp32Dims, bf16: 1 });
+      for (const key of Object.keys(got))
+        t.false(sameBits(narrowDout[key] as Float32Array, got[key] as Float32Array), `${op} ${JSON.stringify(dims)}: ${key} from the fp32 dout`);
+    }
   }
 });
 
@@ -272,6 +291,24 @@ test('testBackendOp: a dims.bf16 other than 0 or 1 is refused with a sentence', 
   t.true(sameBits(ok.out as Float32Array, native().testBackendOp('cpu', 'gelu_forward', { inp: Float32Array.of(1, 2) }, { n: 2 }).out as Float32Array));
 });
 
+test('testBackendOp: dims.doutF32 is 0 or 1, and only for the GEMM backwards', (t) => {
+  const gemm = { dout: Float32Array.of(1.001, -2.003), inp: Float32Array.of(3), weight: Float32Array.of(0.5, -1) };
+  for (const bad of [2, -1, 0.5, 'yes', Number.NaN]) {
+    const err = t.throws(() => native().testBackendOp('cpu', 'matmul_backward', gemm, { R: 1, K: 1, N: 2, bf16: 1, doutF32: bad as number }));
+    t.regex(err!.message, /^testBackendOp: dims\.doutF32 must be 0 or 1, got '.+'$/);
+  }
+  for (const doutF32 of [0, 1]) {
+    const err = t.throws(() => native().testBackendOp('cpu', 'gelu_backward', { inp: Float32Array.of(1), dout: Float32Array.of(1) },
+      { n: 1, bf16: 1, doutF32 }));
+    t.is(err!.message, "testBackendOp: dims.doutF32 is for matmul_backward and matmul_backward_gelu, not 'gelu_backward'");
+  }
+  // 0: dout a view (rounded), as without the key; 1: dout as given (1.001 is not a bf16 value)
+  const dweight = (dims: Record<string, number>) =>
+    native().testBackendOp('cpu', 'matmul_backward', gemm, { R: 1, K: 1, N: 2, bf16: 1, ...dims }).dweight as Float32Array;
+  t.true(sameBits(dweight({ doutF32: 0 }), dweight({})));
+  t.false(sameBits(dweight({ doutF32: 1 }), dweight({})));
+});
+
 // The GPU's bf16 storage against the CPU's reference of it, op by op. Both sides read the same bf16
 // inputs, so an output differs only by summation order (fp32: ~1e-6 relative, held to cuda-parity's
 // fp32 tolerance 1e-5) and, where it is stored in bf16, by the roundings that order flips: one
@@ -286,16 +323,24 @@ gpuTest(`per-op parity of the bf16 storage with the CPU reference (seed ${opSeed
   for (const { op, tensors, dims } of viewCases(opSeed, false)) {
     const ref = native().testBackendOp('cpu', op, tensors, { ...dims, bf16: 1 });
     const gpu = native().testBackendOp('cuda', op, tensors, { ...dims, bf16: 1 });
+    // an fp32 dout: the GPU's bf16 GEMMs multiply it rounded to bf16 (gemm_dispatch.cuh's
+    // convert_operands) and take dbias from its fp32 values (the row sums of that conversion),
+    // while the reference multiplies it unrounded. So the products (dinp, dweight) are held to the
+    // reference given the rounded dout, dbias to the one given the fp32 dout.
+    const products = dims.doutF32
+      ? native().testBackendOp('cpu', op, { ...tensors, dout: roundBf16(tensors.dout as Float32Array) }, { ...dims, bf16: 1 })
+      : ref;
     t.deepEqual(Object.keys(gpu).sort(), Object.keys(ref).sort(), `${op}: outputs`);
     for (const key of Object.keys(ref)) {
+      const want = key === 'dbias' ? ref : products;
       const narrow = viewOuts(op, tensors).includes(key);
       const tol = !narrow ? 1e-5 : tc && op.startsWith('attention') ? 1e-2 : 4e-3;
-      if (typeof ref[key] === 'number') {  // the loss's values: sums in double of the same bf16 inputs
-        const rel = Math.abs((gpu[key] as number) - (ref[key] as number)) / Math.max(Math.abs(ref[key] as number), 1e-12);
-        t.true(rel <= tol, `${op}.${key} ${JSON.stringify(dims)}: ${gpu[key]} vs ${ref[key]} (rel ${rel.toExponential(2)})`);
+      if (typeof want[key] === 'number') {  // the loss's values: sums in double of the same bf16 inputs
+        const rel = Math.abs((gpu[key] as number) - (want[key] as number)) / Math.max(Math.abs(want[key] as number), 1e-12);
+        t.true(rel <= tol, `${op}.${key} ${JSON.stringify(dims)}: ${gpu[key]} vs ${want[key]} (rel ${rel.toExponential(2)})`);
         continue;
       }
-      const a = gpu[key] as Float32Array, err = relativeL2(a, ref[key] as Float32Array);
+      const a = gpu[key] as Float32Array, err = relativeL2(a, want[key] as Float32Array);
       t.true(a.every(Number.isFinite), `${op}.${key}: every element written and finite`);
       t.log(`${op}.${key} ${JSON.stringify(dims)}: relative L2 ${err.toExponential(2)} (tolerance ${tol})`);
       t.true(err <= tol, `${op}.${key} ${JSON.stringify(dims)}: relative L2 ${err.toExponential(2)} > ${tol}`);

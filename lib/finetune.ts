@@ -9,7 +9,7 @@
 // resumed run repeats them. Single process (data parallelism is the pretraining Trainer's; not
 // here yet).
 import { randomBytes } from 'node:crypto';
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BatchQueue, EpochBatches, assertDataCursor } from './batch-cursor.js';
 import { listCheckpoints } from './checkpoint.js';
@@ -22,7 +22,7 @@ import {
 } from './finetune-data.js';
 import { ImageFolder, type FolderTransform } from './folder.js';
 import { seededRng } from './rng.js';
-import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
+import { LOG_FILE, newestRunCheckpoint, prepareRunFolder, pruneRunCheckpoints } from './run-folder.js';
 import { writeFileAtomic, writeSafetensors, type SafetensorsInput } from './safetensors.js';
 import { lrAt, scaledLr } from './schedule.js';
 import { CHECKSUM_KEY, parseWeightsFile, weightsChecksum } from './weights-file.js';
@@ -361,7 +361,7 @@ export class FineTuner {
       this.#epochLoss.count += 1;
       const info: FinetuneStepInfo = { step: this.#state.step, epoch, loss: r.loss, lr, gradNorm: r.gradNorm,
         imagesPerSecond: B / ((performance.now() - started) / 1000) };
-      if (o.outDir) await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify(info) + '\n');
+      if (o.outDir) await appendFile(path.join(o.outDir, LOG_FILE), JSON.stringify(info) + '\n');
       await o.onStep?.(info);
       let saved = false;
       if (next.epoch > epoch) {
@@ -371,7 +371,7 @@ export class FineTuner {
         this.#epochLoss = { sum: 0, count: 0 };
         epochStarted = performance.now();
         if (o.outDir) {
-          await appendFile(path.join(o.outDir, 'log.jsonl'), JSON.stringify({ ...last, kind: 'epoch' }) + '\n');
+          await appendFile(path.join(o.outDir, LOG_FILE), JSON.stringify({ ...last, kind: 'epoch' }) + '\n');
           if ((epoch + 1) % o.checkpointEvery === 0 || this.#state.step === total) {
             await this.checkpoint();
             saved = true;
@@ -401,28 +401,12 @@ export class FineTuner {
   async #prepare(): Promise<void> {
     if (this.#prepared) return;
     const dir = this.#o.outDir;
-    if (dir) {
-      const continuing = this.#resumedFrom !== undefined && path.resolve(path.dirname(this.#resumedFrom)) === path.resolve(dir);
-      if (continuing) {
-        await removeStaleTemporaries(dir);
-        await truncateLog(path.join(dir, 'log.jsonl'), this.#state.step);
-      } else {
-        await claimOutDir(dir, this.#o.overwrite);
-      }
-      try {
-        await mkdir(dir, { recursive: true });
-      } catch (err) {
-        throw outDirError(dir, err as NodeJS.ErrnoException);
-      }
-    }
+    if (dir) await prepareRunFolder(dir, { overwrite: this.#o.overwrite, resumedFrom: this.#resumedFrom, step: this.#state.step });
     this.#prepared = true;
   }
 
   async #lastGoodCheckpoint(): Promise<string | undefined> {
-    if (!this.#o.outDir) return undefined;
-    const all = await listCheckpoints(this.#o.outDir);
-    for (let i = all.length - 1; i >= 0; i--) if ((await checkpointRunId(all[i])) === this.#state.runId) return all[i];
-    return undefined;
+    return this.#o.outDir ? newestRunCheckpoint(this.#o.outDir, this.#state.runId) : undefined;
   }
 
   /** The seed of step `step`'s augmentation and mixing: a resumed run draws the same. */

@@ -1,11 +1,16 @@
 // A training run's output folder: log.jsonl, ckpt-<step>.safetensors, curves.svg/png. One run per
 // folder, so nothing a run does (pruning, appending to the log, resuming) can reach another run's
 // files: a fresh run refuses a folder that already holds files unless told to start over, and
-// pruning removes only checkpoints that carry the current run's id.
-import { readdir, readFile, rm, stat } from 'node:fs/promises';
+// pruning removes only checkpoints that carry the current run's id. The Trainer and the FineTuner
+// both keep their folders through this module (prepareRunFolder, newestRunCheckpoint,
+// pruneRunCheckpoints); "this run" is the run id each records in its checkpoints.
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { listCheckpoints } from './checkpoint.js';
 import { readSafetensorsMetadata, writeFileAtomic } from './safetensors.js';
+
+/** The log a run appends one JSON line per step (and the fine-tuner per epoch) to. */
+export const LOG_FILE = 'log.jsonl';
 
 /** The files a run writes (and the temporary files of interrupted atomic writes). */
 const RUN_FILE = /^(ckpt-\d+\.safetensors|log\.jsonl|curves\.(svg|png))(\.tmp-.*)?$/;
@@ -13,6 +18,24 @@ const TEMPORARY = /\.tmp-\d+-[0-9a-f]+$/;
 
 /** Error code of a refused output folder. */
 export const OUT_NOT_EMPTY = 'EMAE_OUT_NOT_EMPTY';
+
+/** What preparing the output folder did (prepareRunFolder, Trainer.prepareOutDir). */
+export interface OutDirReport {
+  /** run files deleted: an earlier run's because `overwrite` was set, or interrupted writes of the run continued */
+  removed: string[];
+  /** log.jsonl lines after the resumed step, dropped so that no step is logged twice */
+  logLinesDropped: number;
+}
+
+/** The run a folder is prepared for. */
+export interface RunStart {
+  /** start over in a folder that holds files, deleting the run files there */
+  overwrite: boolean;
+  /** the checkpoint the run was resumed from (none for a new run) */
+  resumedFrom?: string;
+  /** the step the run starts at (a resumed run's checkpoint step) */
+  step: number;
+}
 
 async function entries(dir: string): Promise<string[]> {
   try {
@@ -63,6 +86,29 @@ export async function claimOutDir(dir: string, overwrite: boolean): Promise<stri
   return removed;
 }
 
+/**
+ * Makes `dir` ready for a run. A new run, or one resumed from a checkpoint in another folder,
+ * claims it (claimOutDir: missing or empty, or `overwrite`; else code EMAE_OUT_NOT_EMPTY with
+ * nothing deleted). A run resumed from a checkpoint in `dir` continues there: interrupted writes
+ * are removed and log.jsonl is cut back to the resumed step. Then the folder is created.
+ */
+export async function prepareRunFolder(dir: string, run: RunStart): Promise<OutDirReport> {
+  const report: OutDirReport = { removed: [], logLinesDropped: 0 };
+  const continuing = run.resumedFrom !== undefined && path.resolve(path.dirname(run.resumedFrom)) === path.resolve(dir);
+  if (continuing) {
+    report.removed = await removeStaleTemporaries(dir);
+    report.logLinesDropped = await truncateLog(path.join(dir, LOG_FILE), run.step);
+  } else {
+    report.removed = await claimOutDir(dir, run.overwrite);
+  }
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    throw outDirError(dir, err as NodeJS.ErrnoException);
+  }
+  return report;
+}
+
 /** Removes temporary files left by atomic writes that were interrupted (a killed process). */
 export async function removeStaleTemporaries(dir: string): Promise<string[]> {
   const stale = (await entries(dir)).filter((n) => RUN_FILE.test(n) && TEMPORARY.test(n));
@@ -103,6 +149,14 @@ export async function checkpointRunId(file: string): Promise<string | undefined>
   } catch {
     return undefined;
   }
+}
+
+/** The newest checkpoint of run `runId` in `dir` (the one a resume of it would take), if any. */
+export async function newestRunCheckpoint(dir: string, runId: string): Promise<string | undefined> {
+  const all = await listCheckpoints(dir);
+  // newest first: usually the last file is this run's, so one header is read
+  for (let i = all.length - 1; i >= 0; i--) if ((await checkpointRunId(all[i])) === runId) return all[i];
+  return undefined;
 }
 
 /** Removes all but the newest `keep` checkpoints of run `runId` in `dir`; other runs' files stay. */

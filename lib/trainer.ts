@@ -3,7 +3,7 @@
 // seeded epoch shuffling and parallel masks, a JSON-lines log, periodic atomic checkpoints and an
 // exact resume: on the CPU the losses after a resume are bitwise those of an uninterrupted run.
 import { randomBytes } from 'node:crypto';
-import { appendFile, mkdir } from 'node:fs/promises';
+import { appendFile } from 'node:fs/promises';
 import path from 'node:path';
 import { xoroshiro128plus } from 'pure-rand/generator/xoroshiro128plus';
 import { BatchQueue, EpochBatches, assertDataCursor, type DataCursor } from './batch-cursor.js';
@@ -12,7 +12,7 @@ import { assertFiniteNumber, invalidParameterError, invalidRangeError, invalidTy
 import { ParallelMasker } from './masker.js';
 import { Distributed, isCollectiveError, ownFailure, peerFailure } from './distributed.js';
 import type { EMAE } from './model.js';
-import { checkpointRunId, claimOutDir, outDirError, pruneRunCheckpoints, removeStaleTemporaries, truncateLog } from './run-folder.js';
+import { LOG_FILE, newestRunCheckpoint, prepareRunFolder, pruneRunCheckpoints, type OutDirReport } from './run-folder.js';
 import { lrAt, scaledLr } from './schedule.js';
 
 /** Images held in memory: (count, C, H, W) with the model's C, H, W. */
@@ -104,13 +104,7 @@ interface TrainerState {
   runId: string;
 }
 
-/** What preparing the output folder did (Trainer.prepareOutDir). */
-export interface OutDirReport {
-  /** run files deleted because `overwrite` was set */
-  removed: string[];
-  /** log.jsonl lines after the resumed step, dropped so that no step is logged twice */
-  logLinesDropped: number;
-}
+export type { OutDirReport };
 
 export class Trainer {
   readonly #model: EMAE;
@@ -268,21 +262,9 @@ export class Trainer {
   async #prepareFolder(): Promise<OutDirReport> {
     if (this.#outDirReport) return this.#outDirReport;
     const dir = this.#opts.outDir;
-    const report: OutDirReport = { removed: [], logLinesDropped: 0 };
-    if (dir && (this.#dist?.rank ?? 0) === 0) {
-      const continuing = this.#resumedFrom !== undefined && path.resolve(path.dirname(this.#resumedFrom)) === path.resolve(dir);
-      if (continuing) {
-        report.removed = await removeStaleTemporaries(dir);
-        report.logLinesDropped = await truncateLog(path.join(dir, 'log.jsonl'), this.#state.step);
-      } else {
-        report.removed = await claimOutDir(dir, this.#overwrite);
-      }
-      try {
-        await mkdir(dir, { recursive: true });
-      } catch (err) {
-        throw outDirError(dir, err as NodeJS.ErrnoException);
-      }
-    }
+    const report = dir && (this.#dist?.rank ?? 0) === 0
+      ? await prepareRunFolder(dir, { overwrite: this.#overwrite, resumedFrom: this.#resumedFrom, step: this.#state.step })
+      : { removed: [], logLinesDropped: 0 };
     this.#outDirReport = report;
     return report;
   }
@@ -387,7 +369,7 @@ export class Trainer {
         };
         const due = o.checkpointEvery > 0 && this.#state.step % o.checkpointEvery === 0;
         if (outDir) {
-          await this.#writing(`append step ${this.#state.step} to log.jsonl`, () => appendFile(path.join(outDir, 'log.jsonl'), JSON.stringify(last) + '\n'));
+          await this.#writing(`append step ${this.#state.step} to log.jsonl`, () => appendFile(path.join(outDir, LOG_FILE), JSON.stringify(last) + '\n'));
           if (due || this.#state.step === o.steps) await this.#writing(`write the checkpoint of step ${this.#state.step}`, () => this.checkpoint());
         }
         await o.onStep?.(last);  // after the checkpoint: a callback that stops the run loses nothing
@@ -427,10 +409,7 @@ export class Trainer {
 
   // The newest checkpoint of this run in outDir (the one a --resume would take).
   async #lastGoodCheckpoint(): Promise<string | undefined> {
-    if (!this.#opts.outDir) return undefined;
-    const all = await listCheckpoints(this.#opts.outDir);
-    for (let i = all.length - 1; i >= 0; i--) if ((await checkpointRunId(all[i])) === this.#state.runId) return all[i];
-    return undefined;
+    return this.#opts.outDir ? newestRunCheckpoint(this.#opts.outDir, this.#state.runId) : undefined;
   }
 
   // A write to outDir; a failure (a full disk, a folder removed) stops the run with an error that

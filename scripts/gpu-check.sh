@@ -43,7 +43,9 @@
 #   bench_sync     the step with EMAE_CUDA_STEP_SYNC=once alone (on request only)
 #   sanitizer      compute-sanitizer memcheck/racecheck on the smoke step, default and bf16 paths
 #   gemm_sanitizer memcheck/racecheck on gemm_check --quick; HGMMA count in the SASS
-#   dist           one process over a one-rank NCCL communicator (PyTorch's NCCL wheel)
+#   dist           one process over a one-rank NCCL communicator (PyTorch's NCCL wheel), two ranks
+#                  on the one GPU through host-staged MPI (where the image has mpirun), and the
+#                  all-reduce time of vit-base's gradient on each (issue 13)
 set -uo pipefail
 OUT=${OUT:-/tmp/emae-gpu-out}
 mkdir -p "$OUT"
@@ -190,6 +192,17 @@ if want dist && [ "${SKIP_DIST:-0}" != 1 ]; then
   nccl_dir=$(python3 -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null)
   export EMAE_NCCL_LIBRARY=${EMAE_NCCL_LIBRARY:-$nccl_dir/lib/libnccl.so.2}
   phase dist_nccl 120 "${AVA[@]}" test/distributed.test.ts --match 'one process*'
+  # all-reduce of vit-base's gradient (the cost a step adds per rank): NCCL over one rank here
+  phase allreduce_nccl 60 node --import=tsx bench/allreduce.ts --device cuda --collectives nccl --iters 20
+  # two ranks sharing the GPU through the host-staged MPI path (NCCL refuses two ranks on one
+  # device before 2.30): the equivalence test, then the all-reduce; they need an mpirun that our
+  # Open MPI plugin works with, and the test says why it skipped otherwise
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  phase dist_two_ranks 150 "${AVA[@]}" test/distributed.test.ts --match '2 ranks on one GPU*'
+  if [ "$DRY" = 1 ] || command -v mpirun >/dev/null; then
+    phase allreduce_mpi 60 mpirun -np 2 --oversubscribe --bind-to none node --import=tsx bench/allreduce.ts --device cuda --collectives mpi --iters 10
+  fi
+  grep -hE '^\{"preset"' "$OUT"/allreduce_*.log >> "$SUMMARY" 2>/dev/null
 fi
 if [ "${PROFILE:-0}" = 1 ]; then  # kernel-time breakdown of two vit-base steps at batch 32
   phase profile 150 ncu --metrics gpu__time_duration.sum --print-summary per-kernel node scripts/gpu-profile.mjs vit-base 32 2

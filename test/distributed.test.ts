@@ -94,7 +94,7 @@ function compareCheckpoints(a: string, b: string): { worst: number; name: string
   return { worst, name: worstName, count };
 }
 
-function assertEquivalent(t: import('ava').ExecutionContext, one: string, two: string, steps: number) {
+function assertEquivalent(t: import('ava').ExecutionContext, one: string, two: string, steps: number, tol = 1e-5) {
   const ref = result(one, 0), r0 = result(two, 0), r1 = result(two, 1);
   t.is(r0.worldSize, 2);
   t.is(ref.losses.length, steps);
@@ -102,11 +102,11 @@ function assertEquivalent(t: import('ava').ExecutionContext, one: string, two: s
   t.deepEqual(r0.hashes, r1.hashes, 'the two ranks hold bitwise identical parameters after every step');
   t.is(r0.final, r1.final, 'and identical AdamW moments at the end');
   const lossErr = Math.max(...ref.losses.map((l, i) => Math.abs(r0.losses[i] - l) / Math.abs(l)));
-  t.true(lossErr < 1e-5, `losses within 1e-5 relative (worst ${lossErr.toExponential(2)})`);
+  t.true(lossErr < tol, `losses within ${tol} relative (worst ${lossErr.toExponential(2)})`);
   const logged = readFileSync(path.join(two, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss);
   t.deepEqual(logged, r0.losses, 'rank 0 logs the global mean loss');
   const cmp = compareCheckpoints(path.join(two, `ckpt-${steps}.safetensors`), path.join(one, `ckpt-${steps}.safetensors`));
-  t.true(cmp.worst < 1e-5, `every parameter and AdamW moment within 1e-5 relative L2 (worst ${cmp.worst.toExponential(2)} in ${cmp.name})`);
+  t.true(cmp.worst < tol, `every parameter and AdamW moment within ${tol} relative L2 (worst ${cmp.worst.toExponential(2)} in ${cmp.name})`);
   t.log(`loss rel err ${lossErr.toExponential(2)}; worst tensor rel L2 ${cmp.worst.toExponential(2)} (${cmp.name}) over ${cmp.count} tensors`);
 }
 
@@ -486,6 +486,26 @@ const singleNccl = async (device: 'cpu' | 'cuda') => {
     t.is(r.collectives, 'nccl');
     t.is(r.nccl.length, 5);
     for (let i = 0; i < 5; i++) t.true(Math.abs(r.nccl[i] - r.plain[i]) <= 1e-5 * Math.abs(r.plain[i]), `step ${i + 1}: ${r.nccl[i]} vs ${r.plain[i]}`);
+  });
+}
+
+// Two ranks sharing the one GPU (issue 13's device check): NCCL refuses two ranks on one device
+// before 2.30, so 'mpi' stages the CUDA gradients through the host. They must compute the step of
+// one process with the whole batch, as on the CPU. The tolerance is 1e-4, not the CPU's 1e-5: the
+// CUDA GEMMs tile a batch of 8 and one of 16 differently, so more of the sums change order; the
+// ranks must still agree bitwise. Runs where mpirun, the MPI plugin and a CUDA device all are
+// (scripts/gpu-check.sh's dist phase); skipped, saying why, elsewhere.
+{
+  const info = cudaInfo();
+  const why = skipWhy ?? (!info.compiled ? 'the addon has no CUDA backend' : info.devices.length === 0 ? `no CUDA device (${info.error})` : undefined);
+  if (why) console.log(`distributed.test: two ranks on one GPU skipped: ${why}`);
+  (why ? test.skip : test.serial)('2 ranks on one GPU through the host-staged MPI path × batch 8 = 1 process × batch 16 (GPU)', async (t) => {
+    const one = tmp(), two = tmp();
+    const a = await trainOnce({ batch: 16, steps: 20, out: one, device: 'cuda' });
+    t.is(a.code, 0, a.output);
+    const b = await trainOnTwo({ batch: 8, steps: 20, out: two, device: 'cuda' });
+    t.is(b.code, 0, b.output);
+    assertEquivalent(t, one, two, 20, 1e-4);
   });
 }
 

@@ -56,7 +56,7 @@ test('every phase the script documents is planned by first,second, and every fil
   const expands: Record<string, string[]> = {
     kernels: ['attention_check', 'classifier_check', 'elementwise_bf16_check'], gemm_shapes: ['gemm_shapes_ours', 'gemm_shapes'],
     op_profile: ['op_profile', 'op_profile_bf16'], sanitizer: ['memcheck', 'racecheck', 'memcheck_bf16', 'racecheck_bf16'],
-    gemm_sanitizer: ['gemm_memcheck', 'gemm_racecheck'], dist: ['dist_nccl'], bench_sync: [],  // bench_sync: on request only
+    gemm_sanitizer: ['gemm_memcheck', 'gemm_racecheck'], dist: ['dist_nccl', 'allreduce_nccl', 'dist_two_ranks', 'allreduce_mpi'], bench_sync: [],  // bench_sync: on request only
   };
   for (const phase of documented) for (const name of expands[phase] ?? [phase]) t.true(names.has(name), `${phase} → ${name} planned`);
   t.false(names.has('bench_sync'));
@@ -97,4 +97,22 @@ test('an unknown phase is refused before anything is unpacked or run', (t) => {
   t.is(status, 2);
   t.regex(stderr, /unknown phase 'parity_bf61' \(known: smoke,gemm,/);
   t.deepEqual(planned, []);
+});
+
+test('every test title a phase selects with --match exists in the file it runs', (t) => {
+  const { status, planned } = dryRun({});
+  t.is(status, 0);
+  let checked = 0;
+  for (const p of planned) {
+    const at = p.command.indexOf(' --match ');
+    if (at < 0) continue;
+    // the dry run prints the arguments joined by spaces: the pattern is the rest of the line
+    const prefix = p.command.slice(at + ' --match '.length).replace(/\*$/, '');
+    const files = p.command.slice(0, at).split(' ').filter((w) => /^test\/[\w.-]+\.test\.ts$/.test(w));
+    t.true(files.length > 0, `${p.name}: names a test file`);
+    const titles = files.map((f) => readFileSync(f, 'utf8')).join('\n');
+    t.true(titles.includes(`'${prefix}`), `${p.name}: a test title starting '${prefix}' exists in ${files.join(', ')}`);
+    checked++;
+  }
+  t.true(checked >= 2, `phases with --match: ${checked}`);
 });

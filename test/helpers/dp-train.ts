@@ -9,7 +9,9 @@
 // source throws on its `failAt`-th load: with accumulate a, load k is micro-batch (k−1) % a + 1 of
 // step ⌈k / a⌉), nanRank (that rank's images are NaN from step 3), blockCheckpointAt (rank 0 puts
 // a non-empty folder where that step's checkpoint goes, after step 1: its write fails as on a full
-// disk), noAbort (an error is only recorded, as by a Trainer user who never calls dist.abort).
+// disk), noAbort (an error is only recorded, as by a Trainer user who never calls dist.abort),
+// device ('cpu', the default, with 1 thread; 'cuda': every rank on the GPU its local rank picks,
+// gradients all-reduced through the host over MPI).
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -20,7 +22,8 @@ const o = JSON.parse(process.argv[2] ?? '{}');
 const dist = await initDistributed({ collectives: 'mpi' });
 const config = {
   imageSize: 16, patchSize: 4, channels: 3, embedDim: 32, depth: 1, numHeads: 2, decoderEmbedDim: 32, decoderDepth: 1,
-  decoderNumHeads: 2, mlpRatio: 2, maskRatio: 0.75, parts: o.parts ?? 4, device: 'cpu' as const, threads: 1, seed: 1,
+  decoderNumHeads: 2, mlpRatio: 2, maskRatio: 0.75, parts: o.parts ?? 4, seed: 1,
+  ...(o.device === 'cuda' ? { device: 'cuda' as const } : { device: 'cpu' as const, threads: 1 }),
 };
 const model = await EMAE.create(config);
 const count = 64, per = 3 * 16 * 16, images = gratings(count, 3, 16, 3);

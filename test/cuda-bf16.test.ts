@@ -255,7 +255,10 @@ test(`testBackendOp bf16 on the CPU: the fp32 op on rounded views, bit for bit, 
       `${op}: the bf16 mode is not the fp32 op`);
     if (doutF32) {  // the fp32 dout reaches the op unrounded: every output differs from a bf16 dout's
       const narrowDout = native().testBackendOp('cpu', op, tensors, { ...fp32Dims, bf16: 1 });
-      for (const key of Object.keys(got))
+      // ... except that a bf16-stored output of a few values may round to the same bits either way
+      // (dinp of R=1 K=7 did for one seed, 2026-12-02): those are held to it from 64 values up
+      const tooFewToTell = (key: string) => viewOuts(op, tensors).includes(key) && (got[key] as Float32Array).length < 64;
+      for (const key of Object.keys(got).filter((k) => !tooFewToTell(k)))
         t.false(sameBits(narrowDout[key] as Float32Array, got[key] as Float32Array), `${op} ${JSON.stringify(dims)}: ${key} from the fp32 dout`);
     }
   }

@@ -9,7 +9,8 @@
 // in and widened on the host on the way out; fp32 arguments stay fp32 (so does matmul_forward's out
 // when a residual is given: the residual stream; and the GEMM backwards' dout with dims.doutF32 = 1:
 // the residual stream's gradient, the classifier's dlogits). AdamW then also writes the bf16 weight
-// copy, returned as paramBf16.
+// copy, returned as paramBf16. matmul_backward with dims.noDinp = 1 gets no dinp (nullptr), as the
+// patch embedding's backward does, and returns none.
 #include <napi.h>
 
 #include <algorithm>
@@ -193,6 +194,8 @@ void run(const std::string& name, Backend& be, Runner& r) {
   if (r.has_dim("doutF32") && name != "matmul_backward" && name != "matmul_backward_gelu")
     throw Napi::RangeError::New(r.env(), "testBackendOp: dims.doutF32 is for matmul_backward and "
                                          "matmul_backward_gelu, not '" + name + "'");
+  if (r.has_dim("noDinp") && name != "matmul_backward")
+    throw Napi::RangeError::New(r.env(), "testBackendOp: dims.noDinp is for matmul_backward, not '" + name + "'");
   if (name == "matmul_forward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
     const ActIn inp = r.view_in("inp", (size_t)R * K);
@@ -209,8 +212,9 @@ void run(const std::string& name, Backend& be, Runner& r) {
     const ActIn inp = r.view_in("inp", (size_t)R * K);
     const ActIn w = r.view_in("weight", (size_t)N * K);
     const bool assign = r.has_dim("assign") && r.dim("assign") != 0;  // dweight = … (its input ignored)
-    be.matmul_backward(r.view_out("dinp", (size_t)R * K), r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp,
-                       w, R, K, N, assign);
+    // dims.noDinp = 1: no input gradient (nullptr), as the patch embedding's backward passes it
+    const Act dinp = r.flag("noDinp") ? Act(nullptr) : r.view_out("dinp", (size_t)R * K);
+    be.matmul_backward(dinp, r.acc("dweight", (size_t)N * K), r.acc("dbias", N), dout, inp, w, R, K, N, assign);
   } else if (name == "matmul_gelu_forward") {
     const int R = r.dim("R"), K = r.dim("K"), N = r.dim("N");
     const ActIn inp = r.view_in("inp", (size_t)R * K);

@@ -146,9 +146,10 @@ const VIEWS: Record<string, { in: string[]; out: string[] }> = {
   loss: { in: ['pred'], out: ['dpred'] },
 };
 /** The view outputs of one call: matmul_forward with a residual writes the fp32 residual stream
- * (the core passes it so, and the CUDA GEMMs refuse a bf16 out with a residual). */
-const viewOuts = (op: string, tensors: Tensors): string[] =>
-  op === 'matmul_forward' && 'residual' in tensors ? [] : VIEWS[op].out;
+ * (the core passes it so, and the CUDA GEMMs refuse a bf16 out with a residual); matmul_backward
+ * with dims.noDinp (the patch embedding's) writes no dinp. */
+const viewOuts = (op: string, tensors: Tensors, dims: Record<string, number>): string[] =>
+  (op === 'matmul_forward' && 'residual' in tensors) || dims.noDinp ? [] : VIEWS[op].out;
 /** The view inputs of one call: the GEMM backwards with dims.doutF32 take an fp32 dout (the core's
  * residual-stream gradient into proj and fc2, the classifier's dlogits). */
 const viewIns = (op: string, dims: Record<string, number>): string[] =>
@@ -195,6 +196,10 @@ function viewCases(seed: number, small: boolean): OpCase[] {
       cases.push({ op: 'matmul_backward', tensors: grads(), dims: { R, K, N, assign, doutF32: 1 } },
         { op: 'matmul_backward_gelu', tensors: { ...grads(), geluInp: randn(R * K, 2) }, dims: { R, K, N, assign, doutF32: 1 } });
   }
+  // the patch embedding's backward (core/model.cc, classifier.cc): no dinp, a bf16 demb and cols
+  for (const [R, K, N] of pick([[6, 12, 16], [196, 768, 192], [3136, 768, 768]]))
+    cases.push({ op: 'matmul_backward', tensors: { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1),
+      dweight: randn(N * K), dbias: randn(N) }, dims: { R, K, N, assign: 1, noDinp: 1 } });
   // the classifier head's backward (core/classifier.cc): fp32 dlogits (B, classes), dweight assigned
   for (const [R, K, N] of pick([[4, 16, 3], [8, 192, 10], [256, 768, 1000]]))
     cases.push({ op: 'matmul_backward', tensors: { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dbias: randn(N) },
@@ -246,7 +251,7 @@ test(`testBackendOp bf16 on the CPU: the fp32 op on rounded views, bit for bit, 
     for (const key of viewIns(op, dims)) rounded[key] = roundBf16(tensors[key] as Float32Array);
     const { doutF32, ...fp32Dims } = dims;  // fp32 storage: dout is fp32 anyway
     const want = native().testBackendOp('cpu', op, rounded, fp32Dims);
-    for (const key of viewOuts(op, tensors)) want[key] = roundBf16(want[key] as Float32Array);
+    for (const key of viewOuts(op, tensors, dims)) want[key] = roundBf16(want[key] as Float32Array);
     t.deepEqual(Object.keys(got).sort(), Object.keys(want).sort(), `${op}: outputs`);
     for (const key of Object.keys(want))
       t.true(sameBits(got[key] as Float32Array | number, want[key] as Float32Array | number), `${op} ${JSON.stringify(dims)}: ${key} bit for bit`);
@@ -257,7 +262,7 @@ test(`testBackendOp bf16 on the CPU: the fp32 op on rounded views, bit for bit, 
       const narrowDout = native().testBackendOp('cpu', op, tensors, { ...fp32Dims, bf16: 1 });
       // ... except that a bf16-stored output of a few values may round to the same bits either way
       // (dinp of R=1 K=7 did for one seed, 2026-12-02): those are held to it from 64 values up
-      const tooFewToTell = (key: string) => viewOuts(op, tensors).includes(key) && (got[key] as Float32Array).length < 64;
+      const tooFewToTell = (key: string) => viewOuts(op, tensors, dims).includes(key) && (got[key] as Float32Array).length < 64;
       for (const key of Object.keys(got).filter((k) => !tooFewToTell(k)))
         t.false(sameBits(narrowDout[key] as Float32Array, got[key] as Float32Array), `${op} ${JSON.stringify(dims)}: ${key} from the fp32 dout`);
     }
@@ -312,6 +317,28 @@ test('testBackendOp: dims.doutF32 is 0 or 1, and only for the GEMM backwards', (
   t.false(sameBits(dweight({ doutF32: 1 }), dweight({})));
 });
 
+test('testBackendOp: dims.noDinp gives matmul_backward no dinp, the other gradients as with one; bad values refused', (t) => {
+  const random = makeRandn(opSeed + 2);
+  const randn = (n: number, scale = 1) => Float32Array.from(random.randn(n, scale));
+  const [R, K, N] = [5, 12, 7];
+  const tensors = { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) };
+  for (const bf16 of [0, 1]) {
+    const full = native().testBackendOp('cpu', 'matmul_backward', tensors, { R, K, N, bf16 });
+    const none = native().testBackendOp('cpu', 'matmul_backward', tensors, { R, K, N, bf16, noDinp: 1 });
+    t.deepEqual(Object.keys(none).sort(), ['dbias', 'dweight'], `bf16 ${bf16}: no dinp returned`);
+    t.true('dinp' in full);
+    for (const key of ['dweight', 'dbias']) t.true(sameBits(none[key] as Float32Array, full[key] as Float32Array), `bf16 ${bf16}: ${key} bit for bit`);
+    const zero = native().testBackendOp('cpu', 'matmul_backward', tensors, { R, K, N, bf16, noDinp: 0 });
+    t.true(sameBits(zero.dinp as Float32Array, full.dinp as Float32Array), 'noDinp 0: as without the key');
+  }
+  for (const bad of [2, -1, 'yes']) {
+    const err = t.throws(() => native().testBackendOp('cpu', 'matmul_backward', tensors, { R, K, N, noDinp: bad as number }));
+    t.regex(err!.message, /^testBackendOp: dims\.noDinp must be 0 or 1, got '.+'$/);
+  }
+  const err = t.throws(() => native().testBackendOp('cpu', 'matmul_backward_gelu', { ...tensors, geluInp: randn(R * K) }, { R, K, N, noDinp: 1 }));
+  t.is(err!.message, "testBackendOp: dims.noDinp is for matmul_backward, not 'matmul_backward_gelu'");
+});
+
 // The GPU's bf16 storage against the CPU's reference of it, op by op. Both sides read the same bf16
 // inputs, so an output differs only by summation order (fp32: ~1e-6 relative, held to cuda-parity's
 // fp32 tolerance 1e-5) and, where it is stored in bf16, by the roundings that order flips: one
@@ -336,7 +363,7 @@ gpuTest(`per-op parity of the bf16 storage with the CPU reference (seed ${opSeed
     t.deepEqual(Object.keys(gpu).sort(), Object.keys(ref).sort(), `${op}: outputs`);
     for (const key of Object.keys(ref)) {
       const want = key === 'dbias' ? ref : products;
-      const narrow = viewOuts(op, tensors).includes(key);
+      const narrow = viewOuts(op, tensors, dims).includes(key);
       const tol = !narrow ? 1e-5 : tc && op.startsWith('attention') ? 1e-2 : 4e-3;
       if (typeof want[key] === 'number') {  // the loss's values: sums in double of the same bf16 inputs
         const rel = Math.abs((gpu[key] as number) - (want[key] as number)) / Math.max(Math.abs(want[key] as number), 1e-12);

@@ -53,6 +53,8 @@ gpuTest(`per-op parity with the CPU backend (seed ${seed})`, (t) => {
     compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N }, 1e-2);
     // assign: dweight's input (random here) is overwritten, not added to
     compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N, assign: 1 }, 1e-2);
+    // no dinp, as the patch embedding's backward: only the weight-gradient GEMM and dbias run
+    compare(t, 'matmul_backward', { dout: randn(R * N), inp: randn(R * K), weight: randn(N * K, 0.1), dweight: randn(N * K), dbias: randn(N) }, { R, K, N, assign: 1, noDinp: 1 }, 1e-2);
     // the MLP's GELU beside its GEMMs: fused into the GEMM's epilogue on the bf16 paths
     // (EMAE_CUDA_GEMM=sm80|sm90), composed on mma
     compare(t, 'matmul_gelu_forward', { inp: randn(R * K), weight: randn(N * K, 0.1), bias: randn(N) }, { R, K, N }, 1e-2);

@@ -67,6 +67,9 @@ DRY=${DRY_RUN:-0}
 if [ "$DRY" != 1 ]; then
   xz -d < .device/node.xz > /usr/local/bin/node && chmod +x /usr/local/bin/node
   tar -xJf .device/node_modules.tar.xz
+  for f in .device/*.xz; do  # the addon and the kernel checks, packed by device-pack.sh
+    case $f in .device/node.xz|.device/node_modules.tar.xz) ;; *) xz -dc "$f" > "${f%.xz}" && chmod +x "${f%.xz}" ;; esac
+  done
   export LD_LIBRARY_PATH="$PWD/.device${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export EMAE_NATIVE_PATH="$PWD/.device/emae.node"
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee -a "$SUMMARY"

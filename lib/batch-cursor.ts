@@ -4,7 +4,8 @@
 // batches started in order ahead of the one computed (prefetch), so that a folder decodes while a
 // step runs. Which batches come depends only on the shuffle, the batch size and the cursor, so a
 // run resumed from a saved cursor repeats them, whatever the prefetch depth.
-import { uniformInt } from 'pure-rand/distribution/uniformInt';
+import type { uniformInt } from 'pure-rand/distribution/uniformInt';
+import { shuffledRange } from './masker.js';
 
 type RandomGenerator = Parameters<typeof uniformInt>[0];
 
@@ -82,12 +83,8 @@ export class EpochBatches {
   order(epoch: number): Int32Array {
     let order = this.#orders.get(epoch);
     if (order) return order;
-    const rng = this.#shuffle(epoch);
-    order = Int32Array.from({ length: this.count }, (_, i) => i);
-    for (let i = order.length - 1; i > 0; i--) {
-      const j = uniformInt(rng, 0, i);
-      [order[i], order[j]] = [order[j], order[i]];
-    }
+    order = new Int32Array(this.count);
+    shuffledRange(order, this.#shuffle(epoch));
     this.#orders.set(epoch, order);
     return order;
   }

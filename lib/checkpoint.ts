@@ -55,11 +55,8 @@ export async function saveCheckpoint(file: string, model: EMAE, trainer: Record<
  * Verifies `file` and loads it into `model` (weights and optimizer state); returns the trainer
  * state saved with it. Throws before touching the model when the file is not an emae checkpoint,
  * is truncated, fails its checksum, or was saved for another architecture (the keys are named).
- */
-/**
- * Loads a checkpoint into `model` (parameters and AdamW state) and returns its trainer state.
- * `accept`, when given, sees the trainer state first and may throw to refuse the file: it runs
- * before anything is written, so a refused checkpoint leaves the model as it was.
+ * `accept`, when given, sees the trainer state after the file is verified and may throw to refuse
+ * it: it runs before anything is written, so a refused checkpoint leaves the model as it was.
  */
 export async function loadCheckpoint(file: string, model: EMAE,
   accept?: (trainer: Record<string, unknown>) => void): Promise<Record<string, unknown>> {

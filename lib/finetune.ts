@@ -321,7 +321,7 @@ export class FineTuner {
     // ahead of the one computed (in memory, a batch is copied when taken)
     const firstStep = this.#state.step;
     const queue = new BatchQueue(this.#batches, {
-      from: this.#state, batches: total - firstStep, prefetch: this.#data instanceof ImageFolder ? o.prefetch : 0,
+      from: this.#state, batches: Math.max(0, total - firstStep), prefetch: this.#data instanceof ImageFolder ? o.prefetch : 0,
       start: (indices, at) => this.#startBatch(indices, firstStep + at.ordinal, per),
     });
     queue.fill();

@@ -27,7 +27,7 @@ function checkSize(batchSize: number, n: number): void {
 }
 
 /** Fills `row` with 0..n−1 shuffled by Fisher–Yates: position i takes a uniform pick among the n−i not yet placed. */
-function shuffledRange(row: Int32Array, rng: Rng): void {
+export function shuffledRange(row: Int32Array, rng: Parameters<typeof uniformInt>[0]): void {
   for (let i = 0; i < row.length; i++) row[i] = i;
   for (let i = row.length - 1; i > 0; i--) {
     const j = uniformInt(rng, 0, i);

@@ -65,7 +65,7 @@ export function outDirError(dir: string, err: NodeJS.ErrnoException): Error {
  * which case the run files found there are deleted (other files are left alone). Returns the names
  * it deleted. Throws (code EMAE_OUT_NOT_EMPTY) naming what is there and how to go on otherwise.
  */
-export async function claimOutDir(dir: string, overwrite: boolean): Promise<string[]> {
+async function claimOutDir(dir: string, overwrite: boolean): Promise<string[]> {
   let info;
   try {
     info = await stat(dir);
@@ -110,7 +110,7 @@ export async function prepareRunFolder(dir: string, run: RunStart): Promise<OutD
 }
 
 /** Removes temporary files left by atomic writes that were interrupted (a killed process). */
-export async function removeStaleTemporaries(dir: string): Promise<string[]> {
+async function removeStaleTemporaries(dir: string): Promise<string[]> {
   const stale = (await entries(dir)).filter((n) => RUN_FILE.test(n) && TEMPORARY.test(n));
   for (const n of stale) await rm(path.join(dir, n), { force: true });
   return stale;
@@ -120,7 +120,7 @@ export async function removeStaleTemporaries(dir: string): Promise<string[]> {
  * Cuts `log.jsonl` back to the steps up to `step` (the step a run resumes from), so that steps
  * logged after the last checkpoint of an interrupted run are not repeated. Returns the lines dropped.
  */
-export async function truncateLog(file: string, step: number): Promise<number> {
+async function truncateLog(file: string, step: number): Promise<number> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -142,7 +142,7 @@ export async function truncateLog(file: string, step: number): Promise<number> {
 }
 
 /** The run id a checkpoint was written with (undefined for files of older versions or not checkpoints). */
-export async function checkpointRunId(file: string): Promise<string | undefined> {
+async function checkpointRunId(file: string): Promise<string | undefined> {
   try {
     const trainer = JSON.parse((await readSafetensorsMetadata(file)).trainer ?? '{}') as { runId?: unknown };
     return typeof trainer.runId === 'string' ? trainer.runId : undefined;

@@ -104,7 +104,6 @@ interface TrainerState {
   runId: string;
 }
 
-export type { OutDirReport };
 
 export class Trainer {
   readonly #model: EMAE;
@@ -291,7 +290,7 @@ export class Trainer {
     // `prefetch` batches load while one is computed: started in order, none beyond the last step;
     // this rank takes its slice [rank·B, (rank+1)·B) of each global batch
     const queue = new BatchQueue(this.#batches, {
-      from: this.#state, batches: (o.steps - this.#state.step) * o.accumulate, prefetch: o.prefetch,
+      from: this.#state, batches: Math.max(0, o.steps - this.#state.step) * o.accumulate, prefetch: o.prefetch,
       slice: { offset: rank * o.batchSize, size: o.batchSize }, start: (indices, at) => this.#startBatch(indices, at, per),
     });
     queue.fill();

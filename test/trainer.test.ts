@@ -98,6 +98,21 @@ test('resume continues bitwise: 4 + 4 steps give the losses of 8 uninterrupted s
   for (const m of [m1, m2, m3]) await m.dispose();
 });
 
+test('a run resumed past its steps trains nothing and changes nothing', async (t) => {
+  const dir = tmp();
+  const m1 = await EMAE.create(config);
+  await new Trainer(m1, data, { batchSize: 8, steps: 3, blr: 1e-2, outDir: dir }).run();
+  const m2 = await EMAE.create({ ...config, seed: 99 });
+  const steps: number[] = [];
+  const trainer = new Trainer(m2, data, { batchSize: 8, steps: 2, blr: 1e-2, outDir: dir, onStep: (s) => { steps.push(s.step); } });
+  await trainer.resume();
+  await trainer.run();  // the queue of batches is empty, never negative
+  t.deepEqual(steps, []);
+  t.is(trainer.step, 3);
+  t.deepEqual(await m2.stateDict(), await m1.stateDict());
+  for (const m of [m1, m2]) await m.dispose();
+});
+
 test('a non-finite loss stops training, names the step and keeps the last good checkpoint', async (t) => {
   const dir = tmp();
   const images = Float32Array.from(data.images);

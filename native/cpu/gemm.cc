@@ -25,6 +25,7 @@
 
 #include "cpu/gemm_amx.h"
 #include "cpu/gemm_avx512bf16.h"
+#include "cpu/gemm_util.h"
 #include "cpu/transpose.h"
 
 namespace emae::cpu {
@@ -35,12 +36,9 @@ constexpr int kNC = 768;  // max B panel width: 256 × 768 fp32 = 768 KiB, resid
 constexpr int kMaxMR = 12, kMaxNR = 32;
 static_assert(kNC % 32 == 0 && kNC % 16 == 0 && kNC % 8 == 0, "kNC must be a multiple of each NR");
 
-// What the micro-kernel's store does with the accumulated tile (pointers already at the tile).
-struct TileStore {
-  bool add = false;                 // C += acc (a later depth block, or accumulate)
-  const float* bias = nullptr;      // (NR) added to every row
-  const float* residual = nullptr;  // (MR, NR) at ldc, added
-};
+using gemm_util::TileStore;
+using gemm_util::aligned_scratch;
+using gemm_util::split_size;
 
 // Micro-kernel: c (MR, NR) at ldc = Σ_k a(i, k) · b[k·NR + j] [+ c] [+ bias] [+ residual], in that order.
 // kDirectA: a(i, k) = a[i·lda + k] (row-major A read in place); else a(i, k) = a[k·MR + i] (packed).
@@ -233,18 +231,6 @@ void pack_b_sliver(const GemmParams& p, int k0, int kc, int j0, int cols, int NR
     for (int k = 0; k < kc; ++k)
       for (int c = cols; c < NR; ++c) dst[(size_t)k * NR + c] = 0.f;
   }
-}
-
-float* aligned_scratch(std::vector<float>& v, size_t n) {
-  if (v.size() < n + 16) v.resize(n + 16);
-  auto addr = reinterpret_cast<uintptr_t>(v.data());
-  return reinterpret_cast<float*>((addr + 63) & ~uintptr_t(63));
-}
-
-// Even split of `n` blocks of size `target` or less: the block size depends only on n.
-int split_size(int n, int target) {
-  const int blocks = (n + target - 1) / target;
-  return (n + blocks - 1) / blocks;
 }
 
 // C = bias + residual (+ C) when there is nothing to multiply (K = 0).

@@ -30,6 +30,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/gemm_util.h"
 #include "cpu/transpose.h"
 
 namespace emae::cpu {
@@ -85,11 +86,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void micro_amx(int kpairs, const ui
   _tile_stored(3, c + kTile * kNB + kTile, kNB * 4);
 }
 
-template <typename T> T* grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n + 64) v.resize(n + 64);
-  auto addr = reinterpret_cast<uintptr_t>(v.data());
-  return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));
-}
+using gemm_util::aligned_scratch;
 
 
 // 16 floats → 16 bf16, rounded as to_bf16 (VCVTNEPS2BF16: nearest even, denormals to zero).
@@ -223,8 +220,8 @@ void gemm_amx_bf16(const GemmParams& p) {
   const int K_pad = (p.K + kKStep - 1) / kKStep * kKStep, kpairs = K_pad / 2;
   const int row_blocks = (p.M + kMB - 1) / kMB, col_blocks = (p.N + kNB - 1) / kNB;
   thread_local std::vector<uint16_t> a_buf, b_buf;  // the caller's: shared by the team below
-  uint16_t* a_pack = grow(a_buf, (size_t)row_blocks * kMB * K_pad);
-  uint16_t* b_pack = grow(b_buf, (size_t)col_blocks * kNB * K_pad);
+  uint16_t* a_pack = aligned_scratch(a_buf, (size_t)row_blocks * kMB * K_pad);
+  uint16_t* b_pack = aligned_scratch(b_buf, (size_t)col_blocks * kNB * K_pad);
   const int a_stride = K_pad * 2;  // bytes per packed A row
 
 #pragma omp parallel

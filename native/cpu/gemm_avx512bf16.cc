@@ -23,7 +23,6 @@
 
 #if EMAE_HAVE_AVX512BF16
 
-#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -33,6 +32,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/gemm_util.h"
 #include "cpu/transpose.h"
 
 #define EMAE_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -60,7 +60,7 @@ __mmask16 first_lanes(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__
 EMAE_AVX512BF16 void pack_sliver(const Operand& op, int i0, int width, int kpairs, uint32_t* dst) {
   const __m512 zero = _mm512_setzero_ps();
   for (int g = 0; g < width; g += 16) {
-    const int live = std::clamp(op.extent - i0 - g, 0, 16);  // lanes holding data
+    const int live = std::clamp(std::min(op.extent - i0, width) - g, 0, 16);  // lanes holding data
     const __mmask16 store = first_lanes(width - g);         // lanes of this sliver
     if (live == 0) {
       for (int k2 = 0; k2 < kpairs; ++k2) _mm512_mask_storeu_epi32(dst + (size_t)k2 * width + g, store, _mm512_setzero_si512());
@@ -101,12 +101,9 @@ EMAE_AVX512BF16 void pack_sliver(const Operand& op, int i0, int width, int kpair
   }
 }
 
-// What the micro-kernel's store does (pointers already at the tile), as gemm.cc's TileStore.
-struct TileStore {
-  bool add = false;                 // C += acc (a later depth block, or accumulate)
-  const float* bias = nullptr;      // (cols) added to every row
-  const float* residual = nullptr;  // (rows, cols) at ldc, added
-};
+using gemm_util::TileStore;
+using gemm_util::aligned_scratch;
+using gemm_util::split_size;
 
 // c (rows ≤ kMR, cols ≤ kNR) at ldc = Σ over the k-pairs [0, kp) of a [kp][kMR] · b [kp][kNR]
 // (VDPBF16PS: both products of a pair added to the fp32 sum) [+ c] [+ bias] [+ residual], in
@@ -146,24 +143,6 @@ EMAE_AVX512BF16 void micro_bf16(int kp, const uint32_t* a, const uint32_t* b, fl
   }
 }
 
-template <typename T> T* grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n + 64) v.resize(n + 64);
-  auto addr = reinterpret_cast<uintptr_t>(v.data());
-  return reinterpret_cast<T*>((addr + 63) & ~uintptr_t(63));
-}
-
-// Even split of `n` into blocks of `target` or less: the block size depends only on n.
-int split_size(int n, int target) {
-  const int blocks = (n + target - 1) / target;
-  return (n + blocks - 1) / blocks;
-}
-
-uint64_t read_xcr0() {
-  uint32_t lo, hi;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return ((uint64_t)hi << 32) | lo;
-}
-
 }  // namespace
 
 bool avx512_bf16_available(std::string* why) {
@@ -171,22 +150,12 @@ bool avx512_bf16_available(std::string* why) {
   static bool ok = false;
   static std::string reason;
   std::call_once(once, [] {
-    unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) {  // OSXSAVE: xgetbv usable
-      reason = "the OS does not enable XSAVE, so no AVX-512 state";
-      return;
-    }
-    unsigned max_subleaf = 0, leaf7_ebx = 0, leaf7_1_eax = 0;
-    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) max_subleaf = eax, leaf7_ebx = ebx;
-    if (max_subleaf >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) leaf7_1_eax = eax;
-    const bool avx512f = leaf7_ebx & (1u << 16), avx512bw = leaf7_ebx & (1u << 30), bf16 = leaf7_1_eax & (1u << 5);
-    if (!(avx512f && avx512bw && bf16)) {
-      reason = "this CPU has no AVX512-BF16 (AMD Zen 4 or newer and Intel Cooper Lake have it)";
-      return;
-    }
-    // XCR0: SSE (1), AVX (2), opmask (5), upper halves of zmm0-15 (6), zmm16-31 (7)
-    if ((read_xcr0() & 0xe6) != 0xe6) {
-      reason = "the OS does not enable the AVX-512 register state (XCR0)";
+    // the compiler's runtime reads cpuid and reports AVX-512 features only where the OS enables
+    // their register state (XCR0), as gemm.cc's and gemm_amx.cc's checks rely on
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512bf16")) {
+      reason = "this CPU (or its OS) has no usable AVX512-BF16 (AMD Zen 4 or newer and Intel Cooper Lake have it)";
       return;
     }
     ok = true;
@@ -201,8 +170,8 @@ void gemm_avx512_bf16(const GemmParams& p) {
   const int kpairs = (p.K + 1) / 2;
   const int row_slivers = (p.M + kMR - 1) / kMR, col_slivers = (p.N + kNR - 1) / kNR;
   thread_local std::vector<uint32_t> a_buf, b_buf;  // the caller's: shared by the team below
-  uint32_t* a_pack = grow(a_buf, (size_t)row_slivers * kpairs * kMR);
-  uint32_t* b_pack = grow(b_buf, (size_t)col_slivers * kpairs * kNR);  // slivers 128-byte multiples: aligned
+  uint32_t* a_pack = aligned_scratch(a_buf, (size_t)row_slivers * kpairs * kMR);
+  uint32_t* b_pack = aligned_scratch(b_buf, (size_t)col_slivers * kpairs * kNR);  // slivers 128-byte multiples: aligned
   const Operand a{p.A, p.lda, !p.trans_a, p.M, p.K}, b{p.B, p.ldb, p.trans_b, p.N, p.K};
   const int kc_max = split_size(kpairs, kKC2);
   const int panel_slivers = split_size(col_slivers, kNC / kNR);

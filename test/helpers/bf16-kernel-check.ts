@@ -12,7 +12,7 @@ const randn = (n: number, scale = 1) => randnFrom(n, rng, scale);
 const { available, kernel, reason } = native().cpuBf16Available();
 let worst = 0, cases = 0, padKept = true;
 if (available)
-  for (const [M, N, K] of [[1, 1, 1], [13, 33, 3], [37, 100, 257], [300, 97, 513]])
+  for (const [M, N, K] of [[1, 1, 1], [13, 33, 3], [37, 100, 257], [300, 97, 513], [40, 800, 64]])
     for (const [transA, transB] of layouts) {
       const r = checkGemm({ M, N, K, transA, transB, pad: 3, epilogue: true }, randn);
       worst = Math.max(worst, r.error);

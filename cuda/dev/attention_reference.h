@@ -101,4 +101,21 @@ inline double norm(const std::vector<double>& v, Take take) {
   return std::sqrt(std::max(r2, 1e-300));
 }
 
+// Tolerances, relative L2 against this reference, of out, lse and the gradients (dq, dk, dv): one
+// table for the GPU check and both emulators, derived in attention_check.cu's header. σ: the RMS
+// score (its logit scale); u = 2^-8, bf16's unit roundoff; t = 1e-5·max(1, σ/3), fp32 rounding.
+constexpr double kBf16Unit = 1.0 / 256;
+struct AttentionTolerance {
+  double out, lse, grads;
+};
+inline AttentionTolerance attention_tolerance(bool tensor_cores, bool bf16_storage, double sigma) {
+  const double t32 = 1e-5 * std::max(1.0, sigma / 3);
+  if (tensor_cores) {  // bf16 operands: u·(1 + σ), the gradients rounding P and dS once more
+    const double t = kBf16Unit * (1 + sigma);
+    return {t, bf16_storage ? t32 : t, 2 * t};
+  }
+  if (!bf16_storage) return {t32, t32, t32};
+  return {kBf16Unit / 2 + t32, t32, kBf16Unit * (1 + sigma / 8) + t32};
+}
+
 }  // namespace emae::dev

@@ -507,11 +507,10 @@ void check_loss(const LossCase& lc, uint64_t seed) {
   report(std::memcmp(sums16.data(), sums32.data(), sums32.size() * sizeof(double)) == 0,
          "loss " + shape + ": bf16 pred gives the fp32 item sums bit for bit");
   report(rounded_equal(d16, d32), "loss " + shape + ": bf16 dpred = fp32 dpred rounded");
+  // (the item sums being equal, the loss values of bf16 pred are the fp32 ones: the reduction
+  // and loss_values read nothing else)
   const auto [rec32, con32] = reduce_items_in_kernel_order(sums32);
-  const auto [rec16, con16] = reduce_items_in_kernel_order(sums16);
   const emae::LossValues v32 = ec::loss_values(rec32, con32, scales.den.rec, scales.den.pairs, lc.lambda);
-  const emae::LossValues v16 = ec::loss_values(rec16, con16, scales.den.rec, scales.den.pairs, lc.lambda);
-  report(std::memcmp(&v16, &v32, sizeof v32) == 0, "loss " + shape + ": bf16 pred gives the fp32 loss values bit for bit");
 
   // DESIGN.md §1 in double on the fp32 pred: recon over (b, k, n masked in k), consistency over the
   // ordered pairs (b, n, i ≠ j) masked in both, d′ only for the first member; cls rows get 0
@@ -867,6 +866,8 @@ int main() {
   for (int C : {32, 37, 768})
     for (int R : {1, 7, 300, 3000}) check_layernorm_fused(R, C);
   check_layernorm_fused(5, 1000);  // the widest instantiation
+  check_layernorm_fused(300, 192);  // the presets' widths: 8 and 16 columns per lane
+  check_layernorm_fused(300, 384);
   {
     bool ok = true;  // the instantiation per C, and the three kernels past it
     for (int C : {1, 64, 65, 256, 257, 512, 768, 769, 1280})
